@@ -1,0 +1,189 @@
+//! The one record schema behind every output.
+//!
+//! A [`Record`] is a flat map from attribute name (see [`crate::semconv`]) to
+//! value. `egret records --json` prints it as is, OTLP exporters turn each
+//! entry into a `KeyValue`, ClickHouse maps names to columns (dots →
+//! underscores). Two kinds exist: `flow` (one per TCP connection, from the
+//! kernel's close event) and `transaction` (one per HTTP exchange).
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::semconv as sc;
+
+/// An attribute value. JSON-compatible; arrays are string arrays only
+/// (`gen_ai.response.finish_reasons`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AttrValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    StrArray(Vec<String>),
+}
+
+impl From<bool> for AttrValue {
+    fn from(v: bool) -> Self {
+        AttrValue::Bool(v)
+    }
+}
+impl From<i64> for AttrValue {
+    fn from(v: i64) -> Self {
+        AttrValue::Int(v)
+    }
+}
+impl From<u64> for AttrValue {
+    fn from(v: u64) -> Self {
+        AttrValue::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+impl From<u32> for AttrValue {
+    fn from(v: u32) -> Self {
+        AttrValue::Int(i64::from(v))
+    }
+}
+impl From<u16> for AttrValue {
+    fn from(v: u16) -> Self {
+        AttrValue::Int(i64::from(v))
+    }
+}
+impl From<f64> for AttrValue {
+    fn from(v: f64) -> Self {
+        AttrValue::Float(v)
+    }
+}
+impl From<String> for AttrValue {
+    fn from(v: String) -> Self {
+        AttrValue::Str(v)
+    }
+}
+impl From<&str> for AttrValue {
+    fn from(v: &str) -> Self {
+        AttrValue::Str(v.to_owned())
+    }
+}
+impl From<Vec<String>> for AttrValue {
+    fn from(v: Vec<String>) -> Self {
+        AttrValue::StrArray(v)
+    }
+}
+
+impl AttrValue {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            AttrValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            AttrValue::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            AttrValue::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+}
+
+/// One flow or transaction record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Record {
+    attrs: BTreeMap<String, AttrValue>,
+}
+
+impl Record {
+    /// A new record of `kind` (`flow` or `transaction`) with a fresh id.
+    pub fn new(kind: &'static str) -> Self {
+        let mut r = Record::default();
+        r.set(sc::RECORD_KIND, kind);
+        r.set(sc::RECORD_ID, uuid::Uuid::now_v7().to_string());
+        r
+    }
+
+    pub fn set(&mut self, key: &str, value: impl Into<AttrValue>) {
+        self.attrs.insert(key.to_owned(), value.into());
+    }
+
+    /// Sets `key` only when `value` is present.
+    pub fn set_opt<V: Into<AttrValue>>(&mut self, key: &str, value: Option<V>) {
+        if let Some(v) = value {
+            self.set(key, v);
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<AttrValue> {
+        self.attrs.remove(key)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&AttrValue> {
+        self.attrs.get(key)
+    }
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(AttrValue::as_str)
+    }
+    pub fn get_i64(&self, key: &str) -> Option<i64> {
+        self.get(key).and_then(AttrValue::as_i64)
+    }
+    pub fn get_bool(&self, key: &str) -> Option<bool> {
+        self.get(key).and_then(AttrValue::as_bool)
+    }
+
+    pub fn kind(&self) -> &str {
+        self.get_str(sc::RECORD_KIND).unwrap_or("")
+    }
+    pub fn id(&self) -> &str {
+        self.get_str(sc::RECORD_ID).unwrap_or("")
+    }
+    pub fn invocation_id(&self) -> Option<&str> {
+        self.get_str(sc::INVOCATION_ID)
+    }
+    pub fn start_ns(&self) -> i64 {
+        self.get_i64(sc::START_TIME).unwrap_or(0)
+    }
+    pub fn end_ns(&self) -> i64 {
+        self.get_i64(sc::END_TIME).unwrap_or(0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &AttrValue)> {
+        self.attrs.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).expect("record serializes")
+    }
+}
+
+/// Wall-clock now in Unix nanoseconds.
+pub fn now_unix_nanos() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_keeps_types() {
+        let mut r = Record::new(sc::KIND_TRANSACTION);
+        r.set(sc::INVOCATION_ID, "inv-1");
+        r.set(sc::GEN_AI_USAGE_INPUT_TOKENS, 12u64);
+        r.set(sc::GEN_AI_REQUEST_STREAM, true);
+        r.set(sc::DURATION_MS, 1.5);
+        r.set(sc::GEN_AI_RESPONSE_FINISH_REASONS, vec!["stop".to_owned()]);
+        let line = r.to_json_line();
+        assert!(line.contains("\"invocation.id\":\"inv-1\""), "{line}");
+        let back: Record = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.kind(), "transaction");
+        assert_eq!(back.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(12));
+    }
+}

@@ -1,0 +1,108 @@
+//! Every attribute name egret emits, in one place.
+//!
+//! The same names are used for `egret records --json` keys, OTLP attributes
+//! and (dots → underscores) ClickHouse columns. GenAI names follow the
+//! OpenTelemetry semantic conventions v1.37.0 (see `docs/attributes.md`).
+
+// Record envelope.
+pub const RECORD_KIND: &str = "egret.record.kind";
+pub const RECORD_ID: &str = "egret.record.id";
+pub const START_TIME: &str = "egret.start_time_unix_nano";
+pub const END_TIME: &str = "egret.end_time_unix_nano";
+pub const TRANSACTION_ID: &str = "egret.transaction.id";
+
+// Attribution.
+pub const INVOCATION_ID: &str = "invocation.id";
+pub const AGENT_KIND: &str = "agent.kind";
+pub const AGENT_NAMESPACE: &str = "agent.namespace";
+pub const AGENT_NAME: &str = "agent.name";
+pub const AGENT_UID: &str = "agent.uid";
+pub const AGENT_REVISION: &str = "agent.revision";
+pub const SANDBOX_ID: &str = "egret.sandbox.id";
+pub const ATTRIBUTION_SOURCE: &str = "egret.attribution.source";
+
+// gen_ai.*
+pub const GEN_AI_PROVIDER_NAME: &str = "gen_ai.provider.name";
+pub const GEN_AI_SYSTEM: &str = "gen_ai.system";
+pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
+pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
+pub const GEN_AI_RESPONSE_MODEL: &str = "gen_ai.response.model";
+pub const GEN_AI_RESPONSE_ID: &str = "gen_ai.response.id";
+pub const GEN_AI_RESPONSE_FINISH_REASONS: &str = "gen_ai.response.finish_reasons";
+pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
+pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+pub const GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: &str = "gen_ai.usage.cache_read.input_tokens";
+pub const GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: &str =
+    "gen_ai.usage.cache_creation.input_tokens";
+pub const GEN_AI_REQUEST_STREAM: &str = "gen_ai.request.stream";
+pub const GEN_AI_TOOL_NAME: &str = "gen_ai.tool.name";
+pub const MCP_METHOD_NAME: &str = "mcp.method.name";
+pub const MCP_SESSION_ID: &str = "mcp.session.id";
+pub const JSONRPC_REQUEST_ID: &str = "jsonrpc.request.id";
+
+// http / network.
+pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
+pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+pub const URL_PATH: &str = "url.path";
+pub const SERVER_ADDRESS: &str = "server.address";
+pub const SERVER_PORT: &str = "server.port";
+pub const NETWORK_PROTOCOL_VERSION: &str = "network.protocol.version";
+pub const NETWORK_TRANSPORT: &str = "network.transport";
+pub const NETWORK_TYPE: &str = "network.type";
+pub const ERROR_TYPE: &str = "error.type";
+pub const PROCESS_PID: &str = "process.pid";
+
+// egret.*
+pub const COMPONENT: &str = "egret.component";
+pub const ROUTE_NAME: &str = "egret.route.name";
+pub const ROUTE_MATCHED: &str = "egret.route.matched";
+pub const DST_NAME: &str = "egret.dst.name";
+pub const REQ_BYTES: &str = "egret.req.bytes";
+pub const RESP_BYTES: &str = "egret.resp.bytes";
+pub const REQ_TRUNCATED: &str = "egret.req.truncated";
+pub const RESP_TRUNCATED: &str = "egret.resp.truncated";
+pub const BODY_BYTES: &str = "egret.body.bytes";
+pub const BODY_TRUNCATED: &str = "egret.body.truncated";
+pub const BODY_USAGE_VISIBLE: &str = "egret.body.usage_visible";
+pub const BODY_REQUEST_REWRITTEN: &str = "egret.body.request_rewritten";
+pub const DURATION_MS: &str = "egret.duration_ms";
+pub const TTFB_MS: &str = "egret.ttfb_ms";
+pub const BUDGET_DENIED: &str = "egret.budget.denied";
+pub const BUDGET_DAILY_USED: &str = "egret.budget.daily_used";
+pub const BUDGET_DAILY_MAX: &str = "egret.budget.daily_max";
+pub const POLICY_DENIED: &str = "egret.policy.denied";
+pub const L4_BYTES_SANDBOX_TX: &str = "egret.l4.bytes_sandbox_tx";
+pub const L4_BYTES_SANDBOX_RX: &str = "egret.l4.bytes_sandbox_rx";
+pub const L4_BYTES_UPSTREAM: &str = "egret.l4.bytes_upstream";
+pub const L4_BYTES_DOWNSTREAM: &str = "egret.l4.bytes_downstream";
+pub const L4_SEGS_SANDBOX_TX: &str = "egret.l4.segs_sandbox_tx";
+pub const L4_SEGS_SANDBOX_RX: &str = "egret.l4.segs_sandbox_rx";
+pub const L4_TCP_BYTES_ACKED: &str = "egret.l4.tcp_bytes_acked";
+pub const L4_TCP_BYTES_RECEIVED: &str = "egret.l4.tcp_bytes_received";
+pub const L4_REDIRECTED: &str = "egret.l4.redirected";
+pub const L4_COUNTERS_MISSING: &str = "egret.l4.counters_missing";
+pub const SOCKET_COOKIE: &str = "egret.socket.cookie";
+pub const NETNS_COOKIE: &str = "egret.netns.cookie";
+pub const CGROUP_ID: &str = "egret.cgroup.id";
+pub const API_KEY_ID: &str = "egret.api_key.id";
+pub const REQUEST_BODY: &str = "egret.request.body";
+pub const RESPONSE_BODY: &str = "egret.response.body";
+pub const REQUEST_CONTENT_TYPE: &str = "egret.request.content_type";
+pub const RESPONSE_CONTENT_TYPE: &str = "egret.response.content_type";
+pub const PARSE_ERROR: &str = "egret.parse.error";
+pub const TRACE_ID: &str = "egret.trace_id";
+pub const SPAN_ID: &str = "egret.span_id";
+pub const PARENT_SPAN_ID: &str = "egret.parent_span_id";
+
+/// Values of [`RECORD_KIND`].
+pub const KIND_FLOW: &str = "flow";
+pub const KIND_TRANSACTION: &str = "transaction";
+
+/// Values of [`COMPONENT`].
+pub const COMPONENT_PROXY: &str = "egress-proxy";
+pub const COMPONENT_FLOW: &str = "l4-flow";
+
+/// ClickHouse column name for an attribute: dots become underscores.
+pub fn column_name(attr: &str) -> String {
+    attr.replace('.', "_")
+}

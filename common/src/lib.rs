@@ -1,0 +1,162 @@
+//! Types shared by the kernel half (`egret-ebpf`) and the agent.
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, free of padding surprises and
+//! `no_std`: the same bytes are written by BPF programs and read by the agent
+//! through Aya maps. The `user` feature adds `aya::Pod` impls for the agent.
+#![no_std]
+
+/// Address family values as the kernel uses them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// `SockTag::flags`: the connection was rewritten to the agent's listener.
+pub const TAG_REDIRECTED: u8 = 1;
+/// `SockTag::flags`: the socket's cgroup was registered (slot/generation valid).
+pub const TAG_ATTRIBUTED: u8 = 2;
+
+/// Transport protocol numbers stored in `SockTag::proto`.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Which attribution a sandbox cgroup currently has. `generation` changes each
+/// time the sandbox is registered again, so a socket opened under an earlier
+/// registration keeps pointing at that registration.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttrRef {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// Everything the kernel knows about a sandbox socket at `connect()` time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockTag {
+    /// Sandbox cgroup id (inode of the cgroup v2 directory under the root).
+    pub cgroup_id: u64,
+    /// `bpf_get_netns_cookie` of the socket's network namespace.
+    pub netns_cookie: u64,
+    /// `bpf_ktime_get_ns` at connect.
+    pub start_ns: u64,
+    /// `bpf_get_current_pid_tgid`: tgid in the upper 32 bits.
+    pub pid_tgid: u64,
+    pub attr: AttrRef,
+    /// Original destination address, network byte order words (v4 in `[0]`).
+    pub orig_addr: [u32; 4],
+    /// Original destination port, host byte order.
+    pub orig_port: u16,
+    pub family: u16,
+    pub proto: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Per-socket payload counters from `cgroup_skb`, kept per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkbCounters {
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub tx_segs: u64,
+    pub rx_segs: u64,
+}
+
+impl SkbCounters {
+    pub fn add(&mut self, other: &SkbCounters) {
+        self.tx_bytes += other.tx_bytes;
+        self.rx_bytes += other.rx_bytes;
+        self.tx_segs += other.tx_segs;
+        self.rx_segs += other.rx_segs;
+    }
+}
+
+/// Sent on the ring buffer when a tagged TCP socket reaches `TCP_CLOSE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseEvent {
+    pub cookie: u64,
+    pub end_ns: u64,
+    /// The kernel's own TCP counters at close (`tcp_sock.bytes_acked` etc.).
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub segs_in: u32,
+    pub segs_out: u32,
+    pub tag: SockTag,
+}
+
+/// Key linking a redirected sandbox socket to the connection the agent
+/// accepts: the client's own address and port inside its network namespace.
+/// (The destination is always the agent's listener, so this is exact.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LinkKey {
+    pub netns_cookie: u64,
+    /// Client address, network byte order words (v4 in `[0]`).
+    pub addr: [u32; 4],
+    /// Client port, host byte order.
+    pub port: u32,
+    pub family: u32,
+}
+
+/// Node-wide settings the programs read (single-entry array `CONFIG`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KConfig {
+    /// Agent listener port, host byte order; 0 disables redirection.
+    pub listen_port: u16,
+    /// 1 = refuse UDP to port 443 from sandboxes (QUIC cannot bypass capture).
+    pub block_quic: u8,
+    pub _pad: u8,
+    /// cgroup v2 level of the sandbox root; sandboxes are its children.
+    pub root_level: u32,
+}
+
+/// Indices into the per-CPU `STATS` array.
+pub mod stat {
+    /// Close events the ring buffer had no room for.
+    pub const RINGBUF_DROPS: u32 = 0;
+    /// Sockets that reached close without a tag (evicted or opened before attach).
+    pub const CLOSE_WITHOUT_TAG: u32 = 1;
+    /// connect() from a sandbox cgroup that is not registered.
+    pub const UNATTRIBUTED_CONNECTS: u32 = 2;
+    /// Tag map insert failures.
+    pub const TAG_INSERT_FAILED: u32 = 3;
+    /// Redirects to the agent listener.
+    pub const REDIRECTS: u32 = 4;
+    /// UDP/443 datagrams or connects refused.
+    pub const QUIC_REFUSED: u32 = 5;
+    /// Link map insert failures.
+    pub const LINK_INSERT_FAILED: u32 = 6;
+    /// Counter map insert failures.
+    pub const COUNTER_INSERT_FAILED: u32 = 7;
+    pub const COUNT: u32 = 8;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ringbuf_drops",
+        "close_without_tag",
+        "unattributed_connects",
+        "tag_insert_failed",
+        "redirects",
+        "quic_refused",
+        "link_insert_failed",
+        "counter_insert_failed",
+    ];
+}
+
+/// Map sizes: every map is bounded.
+pub mod limits {
+    pub const MAX_SANDBOXES: u32 = 16_384;
+    pub const MAX_SOCKETS: u32 = 262_144;
+    pub const MAX_CAPTURE_PORTS: u32 = 64;
+    pub const RINGBUF_BYTES: u32 = 1 << 22;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for AttrRef {}
+    unsafe impl aya::Pod for SockTag {}
+    unsafe impl aya::Pod for SkbCounters {}
+    unsafe impl aya::Pod for CloseEvent {}
+    unsafe impl aya::Pod for LinkKey {}
+    unsafe impl aya::Pod for KConfig {}
+}

@@ -1,0 +1,381 @@
+//! egret's kernel half: cgroup programs attached at the sandbox root cgroup.
+//!
+//! * `connect4`/`connect6` tag every TCP socket a sandbox opens (cookie →
+//!   [`SockTag`]) and rewrite captured ports to the agent's listener; UDP/443
+//!   is refused when `KConfig::block_quic` is set (also in `sendmsg4/6`).
+//! * `getpeername4/6` keep the sandbox seeing its original peer.
+//! * `sock_ops` links a redirected socket to the agent's accepted socket
+//!   (`LINKS`, keyed by the client address inside its netns) and reports the
+//!   socket's end on the `CLOSES` ring buffer with the kernel's TCP counters.
+//! * `cgroup_skb` ingress/egress count TCP payload bytes and segments per
+//!   socket (GSO/GRO aware) into a per-CPU LRU map.
+//!
+//! Every map is bounded; anything that cannot be recorded is counted in
+//! `STATS` so the agent can report it.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{bpf_sock_addr, bpf_sock_ops},
+    helpers::generated::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_get_netns_cookie,
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sock_ops_cb_flags_set,
+    },
+    macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
+    EbpfContext,
+};
+use egret_common::{
+    limits, stat, AttrRef, CloseEvent, KConfig, LinkKey, SkbCounters, SockTag, AF_INET, AF_INET6,
+    PROTO_TCP, TAG_ATTRIBUTED, TAG_REDIRECTED,
+};
+
+/// Sandbox cgroup id → current attribution.
+#[map(name = "EGRET_ATTR")]
+static ATTR: HashMap<u64, AttrRef> = HashMap::pinned(limits::MAX_SANDBOXES, 0);
+
+/// Socket cookie → tag taken at connect.
+#[map(name = "EGRET_TAGS")]
+static TAGS: LruHashMap<u64, SockTag> = LruHashMap::pinned(limits::MAX_SOCKETS, 0);
+
+/// Client address of a redirected socket → its cookie.
+#[map(name = "EGRET_LINKS")]
+static LINKS: LruHashMap<LinkKey, u64> = LruHashMap::pinned(limits::MAX_SOCKETS, 0);
+
+/// Socket cookie → payload counters (per CPU; the agent sums).
+#[map(name = "EGRET_COUNTERS")]
+static COUNTERS: LruPerCpuHashMap<u64, SkbCounters> =
+    LruPerCpuHashMap::pinned(limits::MAX_SOCKETS, 0);
+
+/// Destination ports (host order) redirected to the agent.
+#[map(name = "EGRET_PORTS")]
+static PORTS: HashMap<u16, u8> = HashMap::pinned(limits::MAX_CAPTURE_PORTS, 0);
+
+#[map(name = "EGRET_CONFIG")]
+static CONFIG: Array<KConfig> = Array::pinned(1, 0);
+
+#[map(name = "EGRET_STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
+
+#[map(name = "EGRET_CLOSES")]
+static CLOSES: RingBuf = RingBuf::pinned(limits::RINGBUF_BYTES, 0);
+
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const QUIC_PORT: u16 = 443;
+const BPF_NOEXIST: u64 = 1;
+
+// sock_ops operations and TCP states (include/uapi/linux/bpf.h, net/tcp_states.h).
+const OP_TCP_CONNECT_CB: u32 = 3;
+const OP_ACTIVE_ESTABLISHED_CB: u32 = 4;
+const OP_STATE_CB: u32 = 10;
+const CB_FLAG_STATE: i32 = 1 << 2;
+const TCP_CLOSE: u32 = 7;
+
+#[inline(always)]
+fn bump(idx: u32) {
+    if let Some(p) = STATS.get_ptr_mut(idx) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn config() -> KConfig {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => KConfig::default(),
+    }
+}
+
+/// The sandbox cgroup of the current task: its ancestor one level below the
+/// sandbox root, so processes in nested cgroups still belong to their sandbox.
+#[inline(always)]
+fn sandbox_cgroup(cfg: &KConfig) -> u64 {
+    unsafe { bpf_get_current_ancestor_cgroup_id((cfg.root_level + 1) as i32) }
+}
+
+/// Common connect path. `addr` is the destination in network order words.
+#[inline(always)]
+fn on_connect(ctx: &SockAddrContext, family: u16, redirect: fn(*mut bpf_sock_addr, u16)) -> i32 {
+    let sa = ctx.sock_addr;
+    let cfg = config();
+    let (ty, port_be) = unsafe { ((*sa).type_, (*sa).user_port) };
+    let port = u16::from_be(port_be as u16);
+    if ty == SOCK_DGRAM {
+        if cfg.block_quic != 0 && port == QUIC_PORT {
+            bump(stat::QUIC_REFUSED);
+            return REFUSE;
+        }
+        return ALLOW;
+    }
+    if ty != SOCK_STREAM {
+        return ALLOW;
+    }
+    let cgroup_id = sandbox_cgroup(&cfg);
+    let mut tag = SockTag {
+        cgroup_id,
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        pid_tgid: unsafe { bpf_get_current_pid_tgid() },
+        orig_port: port,
+        family,
+        proto: PROTO_TCP,
+        ..SockTag::default()
+    };
+    unsafe {
+        if family == AF_INET {
+            tag.orig_addr[0] = (*sa).user_ip4;
+        } else {
+            tag.orig_addr = (*sa).user_ip6;
+        }
+    }
+    match unsafe { ATTR.get(&cgroup_id) } {
+        Some(a) => {
+            tag.attr = *a;
+            tag.flags |= TAG_ATTRIBUTED;
+        }
+        None => bump(stat::UNATTRIBUTED_CONNECTS),
+    }
+    if cfg.listen_port != 0 && unsafe { PORTS.get(&port) }.is_some() {
+        redirect(sa, cfg.listen_port);
+        tag.flags |= TAG_REDIRECTED;
+        bump(stat::REDIRECTS);
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if TAGS.insert(&cookie, &tag, 0).is_err() {
+        bump(stat::TAG_INSERT_FAILED);
+    }
+    ALLOW
+}
+
+fn redirect4(sa: *mut bpf_sock_addr, port: u16) {
+    unsafe {
+        (*sa).user_ip4 = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+        (*sa).user_port = u32::from(port.to_be());
+    }
+}
+
+fn redirect6(sa: *mut bpf_sock_addr, port: u16) {
+    unsafe {
+        // An IPv4-mapped destination goes to the IPv4 loopback listener.
+        if (*sa).user_ip6[0] == 0 && (*sa).user_ip6[1] == 0 && (*sa).user_ip6[2] == 0xffff_u32.to_be() {
+            (*sa).user_ip6[3] = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+        } else {
+            (*sa).user_ip6[0] = 0;
+            (*sa).user_ip6[1] = 0;
+            (*sa).user_ip6[2] = 0;
+            (*sa).user_ip6[3] = 1u32.to_be();
+        }
+        (*sa).user_port = u32::from(port.to_be());
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn egret_connect4(ctx: SockAddrContext) -> i32 {
+    on_connect(&ctx, AF_INET, redirect4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn egret_connect6(ctx: SockAddrContext) -> i32 {
+    on_connect(&ctx, AF_INET6, redirect6)
+}
+
+#[inline(always)]
+fn on_sendmsg(ctx: &SockAddrContext) -> i32 {
+    let cfg = config();
+    let port = u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16);
+    if cfg.block_quic != 0 && port == QUIC_PORT {
+        bump(stat::QUIC_REFUSED);
+        return REFUSE;
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn egret_sendmsg4(ctx: SockAddrContext) -> i32 {
+    on_sendmsg(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn egret_sendmsg6(ctx: SockAddrContext) -> i32 {
+    on_sendmsg(&ctx)
+}
+
+#[inline(always)]
+fn on_getpeername(ctx: &SockAddrContext, v4: bool) -> i32 {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(tag) = unsafe { TAGS.get(&cookie) } {
+        if tag.flags & TAG_REDIRECTED != 0 {
+            let sa = ctx.sock_addr;
+            unsafe {
+                if v4 {
+                    (*sa).user_ip4 = tag.orig_addr[0];
+                } else {
+                    (*sa).user_ip6 = tag.orig_addr;
+                }
+                (*sa).user_port = u32::from(tag.orig_port.to_be());
+            }
+        }
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn egret_getpeername4(ctx: SockAddrContext) -> i32 {
+    on_getpeername(&ctx, true)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn egret_getpeername6(ctx: SockAddrContext) -> i32 {
+    on_getpeername(&ctx, false)
+}
+
+#[inline(always)]
+fn link_key(ops: *mut bpf_sock_ops, netns_cookie: u64) -> LinkKey {
+    unsafe {
+        let family = (*ops).family;
+        let mut key = LinkKey {
+            netns_cookie,
+            addr: [0; 4],
+            port: (*ops).local_port,
+            family,
+        };
+        if family == AF_INET as u32 {
+            key.addr[0] = (*ops).local_ip4;
+        } else {
+            key.addr = (*ops).local_ip6;
+        }
+        key
+    }
+}
+
+#[sock_ops]
+pub fn egret_sockops(ctx: SockOpsContext) -> u32 {
+    let ops = ctx.ops;
+    let op = ctx.op();
+    if op != OP_TCP_CONNECT_CB && op != OP_ACTIVE_ESTABLISHED_CB && op != OP_STATE_CB {
+        return 1;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(tag) = (unsafe { TAGS.get(&cookie) }).copied() else {
+        if op == OP_STATE_CB && ctx.arg(1) == TCP_CLOSE {
+            bump(stat::CLOSE_WITHOUT_TAG);
+        }
+        return 1;
+    };
+    if op == OP_TCP_CONNECT_CB {
+        // Ask for state callbacks so failed connects report their end too.
+        unsafe { bpf_sock_ops_cb_flags_set(ops, CB_FLAG_STATE) };
+        return 1;
+    }
+    if op == OP_ACTIVE_ESTABLISHED_CB {
+        if tag.flags & TAG_REDIRECTED != 0 {
+            let key = link_key(ops, tag.netns_cookie);
+            if LINKS.insert(&key, &cookie, 0).is_err() {
+                bump(stat::LINK_INSERT_FAILED);
+            }
+        }
+        return 1;
+    }
+    // OP_STATE_CB: arg(0) old state, arg(1) new state.
+    if ctx.arg(1) != TCP_CLOSE {
+        return 1;
+    }
+    let ev = unsafe {
+        CloseEvent {
+            cookie,
+            end_ns: bpf_ktime_get_ns(),
+            bytes_acked: (*ops).bytes_acked,
+            bytes_received: (*ops).bytes_received,
+            segs_in: (*ops).segs_in,
+            segs_out: (*ops).segs_out,
+            tag,
+        }
+    };
+    if CLOSES.output::<CloseEvent>(&ev, 0).is_err() {
+        bump(stat::RINGBUF_DROPS);
+    }
+    if tag.flags & TAG_REDIRECTED != 0 {
+        let key = link_key(ops, tag.netns_cookie);
+        let _ = LINKS.remove(&key);
+    }
+    let _ = TAGS.remove(&cookie);
+    1
+}
+
+/// TCP payload length and segment count of an skb, from its own headers.
+#[inline(always)]
+fn tcp_payload(ctx: &SkBuffContext) -> Option<(u64, u64)> {
+    let first: u8 = ctx.load(0).ok()?;
+    let (l3_len, proto) = match first >> 4 {
+        4 => (((first & 0x0f) as usize) * 4, ctx.load::<u8>(9).ok()?),
+        6 => (40usize, ctx.load::<u8>(6).ok()?),
+        _ => return None,
+    };
+    if proto != PROTO_TCP {
+        return None;
+    }
+    let doff: u8 = ctx.load(l3_len + 12).ok()?;
+    let hdrs = l3_len as u64 + ((doff >> 4) as u64) * 4;
+    let len = ctx.len() as u64;
+    let payload = len.saturating_sub(hdrs);
+    let segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
+    Some((payload, if segs == 0 { 1 } else { segs }))
+}
+
+#[inline(always)]
+fn count(ctx: &SkBuffContext, egress: bool) -> i32 {
+    let Some((bytes, segs)) = tcp_payload(ctx) else {
+        return 1;
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if cookie == 0 {
+        return 1;
+    }
+    if add(cookie, egress, bytes, segs) {
+        return 1;
+    }
+    // First packet of this socket on any CPU. BPF_NOEXIST so a racing insert
+    // from another CPU is never overwritten; then add to whichever won.
+    let _ = COUNTERS.insert(&cookie, &SkbCounters::default(), BPF_NOEXIST);
+    if !add(cookie, egress, bytes, segs) {
+        bump(stat::COUNTER_INSERT_FAILED);
+    }
+    1
+}
+
+#[inline(always)]
+fn add(cookie: u64, egress: bool, bytes: u64, segs: u64) -> bool {
+    let Some(c) = COUNTERS.get_ptr_mut(&cookie) else {
+        return false;
+    };
+    unsafe {
+        if egress {
+            (*c).tx_bytes += bytes;
+            (*c).tx_segs += segs;
+        } else {
+            (*c).rx_bytes += bytes;
+            (*c).rx_segs += segs;
+        }
+    }
+    true
+}
+
+#[cgroup_skb(egress)]
+pub fn egret_skb_egress(ctx: SkBuffContext) -> i32 {
+    count(&ctx, true)
+}
+
+#[cgroup_skb(ingress)]
+pub fn egret_skb_ingress(ctx: SkBuffContext) -> i32 {
+    count(&ctx, false)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
