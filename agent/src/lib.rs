@@ -1,1 +1,18 @@
-pub mod record; pub mod semconv;
+//! egret: eBPF + userspace capture agent for AI-agent sandboxes.
+//!
+//! One module per stage of the flow (see `docs/architecture.md`).
+pub mod api;
+pub mod attribution;
+pub mod bpf;
+pub mod cgroup;
+pub mod config;
+pub mod daemon;
+pub mod doctor;
+pub mod flow;
+pub mod netns;
+pub mod proxy;
+pub mod record;
+pub mod records;
+pub mod sandbox;
+pub mod semconv;
+pub mod store;

@@ -1,1 +1,252 @@
-fn main() {}
+//! The `egret` binary: the CLI edge. Errors become one line on stderr and a
+//! non-zero exit status, never a panic trace.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use egret::{
+    api,
+    attribution::{Attribution, SandboxSpec},
+    config::Config,
+    daemon::{self, NodePaths},
+    doctor, records, sandbox,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "egret",
+    version,
+    about = "Capture agent for AI-agent sandboxes"
+)]
+struct Cli {
+    /// Configuration file (YAML). Without it the embedded default applies.
+    #[arg(long, global = true, env = "EGRET_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent in the foreground.
+    Run,
+    /// Run a command as a fresh sandbox registered with the running agent.
+    Exec(ExecArgs),
+    /// Show captured records.
+    Records(RecordsArgs),
+    /// Register, unregister and list sandboxes through the attribution API.
+    #[command(subcommand)]
+    Sandbox(SandboxCmd),
+    /// Check kernel features, cgroup v2, BTF, privileges and the agent.
+    Doctor,
+    /// Validate or print configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Args)]
+struct AttributionArgs {
+    /// Invocation id (generated when absent).
+    #[arg(long)]
+    invocation_id: Option<String>,
+    #[arg(long, default_value = "")]
+    agent_kind: String,
+    #[arg(long, default_value = "")]
+    agent_namespace: String,
+    #[arg(long, default_value = "")]
+    agent_name: String,
+    #[arg(long, default_value = "")]
+    agent_uid: String,
+    #[arg(long, default_value = "")]
+    agent_revision: String,
+    /// W3C traceparent of the invocation; outbound requests extend that trace.
+    #[arg(long)]
+    traceparent: Option<String>,
+    #[arg(long)]
+    tracestate: Option<String>,
+}
+
+impl AttributionArgs {
+    fn into_attribution(self) -> Attribution {
+        Attribution {
+            invocation_id: self
+                .invocation_id
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            agent_kind: self.agent_kind,
+            agent_namespace: self.agent_namespace,
+            agent_name: self.agent_name,
+            agent_uid: self.agent_uid,
+            agent_revision: self.agent_revision,
+            traceparent: self.traceparent,
+            tracestate: self.tracestate,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    #[command(flatten)]
+    attribution: AttributionArgs,
+    /// Give the sandbox its own network namespace (veth to the host).
+    #[arg(long)]
+    netns: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+struct RecordsArgs {
+    #[arg(long)]
+    invocation_id: Option<String>,
+    /// Only records that ended within this long ago (e.g. 15m, 2h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    since: Option<Duration>,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum SandboxCmd {
+    /// Register (or re-register) a sandbox cgroup with an attribution.
+    Register {
+        id: String,
+        /// cgroup, relative to the sandbox root.
+        #[arg(long)]
+        cgroup: String,
+        /// Network namespace path (e.g. /run/netns/NAME).
+        #[arg(long)]
+        netns: Option<PathBuf>,
+        #[command(flatten)]
+        attribution: AttributionArgs,
+    },
+    Unregister {
+        id: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a configuration file without running.
+    Check { file: PathBuf },
+    /// Print the effective configuration's JSON Schema.
+    Schema,
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::embedded_default(),
+    })
+}
+
+async fn real_main(cli: Cli) -> Result<i32> {
+    let cfg = load_config(cli.config.as_ref())?;
+    match cli.command {
+        Command::Run => {
+            daemon::run(cfg).await?;
+            Ok(0)
+        }
+        Command::Exec(args) => {
+            let paths = NodePaths::resolve(&cfg)?;
+            let bundle = cfg.node.state_dir.join("ca").join("trust-bundle.pem");
+            let code = sandbox::exec(sandbox::ExecOptions {
+                sandbox_root: paths.sandbox_root,
+                api_socket: cfg.node.api_socket.clone(),
+                attribution: args.attribution.into_attribution(),
+                netns: args.netns,
+                trust_bundle: bundle.exists().then_some(bundle),
+                command: args.command,
+            })
+            .await?;
+            Ok(code)
+        }
+        Command::Records(args) => {
+            let since_ns = args.since.map(|d| {
+                egret::record::now_unix_nanos() - i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+            });
+            let recs = records::load(&cfg, args.invocation_id.as_deref(), since_ns).await?;
+            let mut out = std::io::stdout().lock();
+            if args.json {
+                records::print_json(&mut out, &recs)?;
+            } else {
+                records::print_table(&mut out, &recs)?;
+            }
+            Ok(0)
+        }
+        Command::Sandbox(cmd) => {
+            let client = api::Client::new(&cfg.node.api_socket);
+            match cmd {
+                SandboxCmd::Register {
+                    id,
+                    cgroup,
+                    netns,
+                    attribution,
+                } => {
+                    let sb = client
+                        .register(
+                            &id,
+                            &SandboxSpec {
+                                cgroup,
+                                netns,
+                                attribution: attribution.into_attribution(),
+                            },
+                        )
+                        .await?;
+                    println!("{}", serde_json::to_string(&sb)?);
+                }
+                SandboxCmd::Unregister { id } => client.unregister(&id).await?,
+                SandboxCmd::List => {
+                    for sb in client.list().await? {
+                        println!("{}", serde_json::to_string(&sb)?);
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Doctor => Ok(if doctor::run(&cfg).await { 0 } else { 1 }),
+        Command::Config(ConfigCmd::Check { file }) => {
+            Config::load(&file)?;
+            println!("{}: ok", file.display());
+            Ok(0)
+        }
+        Command::Config(ConfigCmd::Schema) => {
+            let schema = schemars::schema_for!(Config);
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(0)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EGRET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("egret: starting runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(real_main(cli)) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("egret: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -26,6 +26,7 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
+use aya_log_ebpf::warn;
 use egret_common::{
     limits, stat, AttrRef, CloseEvent, KConfig, LinkKey, SkbCounters, SockTag, AF_INET, AF_INET6,
     PROTO_TCP, TAG_ATTRIBUTED, TAG_REDIRECTED,
@@ -60,6 +61,32 @@ static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
 #[map(name = "EGRET_CLOSES")]
 static CLOSES: RingBuf = RingBuf::pinned(limits::RINGBUF_BYTES, 0);
+
+/// Context fields must be accessed one u32 at a time: the verifier rejects
+/// the u64 loads/stores LLVM would merge an array copy into.
+#[inline(always)]
+unsafe fn read_ip6(p: *const [u32; 4]) -> [u32; 4] {
+    let w = p.cast::<u32>();
+    unsafe {
+        [
+            core::ptr::read_volatile(w),
+            core::ptr::read_volatile(w.add(1)),
+            core::ptr::read_volatile(w.add(2)),
+            core::ptr::read_volatile(w.add(3)),
+        ]
+    }
+}
+
+#[inline(always)]
+unsafe fn write_ip6(p: *mut [u32; 4], v: &[u32; 4]) {
+    let w = p.cast::<u32>();
+    unsafe {
+        core::ptr::write_volatile(w, v[0]);
+        core::ptr::write_volatile(w.add(1), v[1]);
+        core::ptr::write_volatile(w.add(2), v[2]);
+        core::ptr::write_volatile(w.add(3), v[3]);
+    }
+}
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
@@ -129,7 +156,7 @@ fn on_connect(ctx: &SockAddrContext, family: u16, redirect: fn(*mut bpf_sock_add
         if family == AF_INET {
             tag.orig_addr[0] = (*sa).user_ip4;
         } else {
-            tag.orig_addr = (*sa).user_ip6;
+            tag.orig_addr = read_ip6(core::ptr::addr_of!((*sa).user_ip6));
         }
     }
     match unsafe { ATTR.get(&cgroup_id) } {
@@ -160,14 +187,13 @@ fn redirect4(sa: *mut bpf_sock_addr, port: u16) {
 
 fn redirect6(sa: *mut bpf_sock_addr, port: u16) {
     unsafe {
-        // An IPv4-mapped destination goes to the IPv4 loopback listener.
-        if (*sa).user_ip6[0] == 0 && (*sa).user_ip6[1] == 0 && (*sa).user_ip6[2] == 0xffff_u32.to_be() {
-            (*sa).user_ip6[3] = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+        let p = core::ptr::addr_of_mut!((*sa).user_ip6);
+        let cur = read_ip6(p);
+        if cur[0] == 0 && cur[1] == 0 && cur[2] == 0xffff_u32.to_be() {
+            // IPv4-mapped destination: the IPv4 loopback listener.
+            write_ip6(p, &[0, 0, 0xffff_u32.to_be(), u32::from_be_bytes([127, 0, 0, 1]).to_be()]);
         } else {
-            (*sa).user_ip6[0] = 0;
-            (*sa).user_ip6[1] = 0;
-            (*sa).user_ip6[2] = 0;
-            (*sa).user_ip6[3] = 1u32.to_be();
+            write_ip6(p, &[0, 0, 0, 1u32.to_be()]);
         }
         (*sa).user_port = u32::from(port.to_be());
     }
@@ -214,7 +240,7 @@ fn on_getpeername(ctx: &SockAddrContext, v4: bool) -> i32 {
                 if v4 {
                     (*sa).user_ip4 = tag.orig_addr[0];
                 } else {
-                    (*sa).user_ip6 = tag.orig_addr;
+                    write_ip6(core::ptr::addr_of_mut!((*sa).user_ip6), &tag.orig_addr);
                 }
                 (*sa).user_port = u32::from(tag.orig_port.to_be());
             }
@@ -246,7 +272,7 @@ fn link_key(ops: *mut bpf_sock_ops, netns_cookie: u64) -> LinkKey {
         if family == AF_INET as u32 {
             key.addr[0] = (*ops).local_ip4;
         } else {
-            key.addr = (*ops).local_ip6;
+            key.addr = read_ip6(core::ptr::addr_of!((*ops).local_ip6));
         }
         key
     }
@@ -297,6 +323,7 @@ pub fn egret_sockops(ctx: SockOpsContext) -> u32 {
     };
     if CLOSES.output::<CloseEvent>(&ev, 0).is_err() {
         bump(stat::RINGBUF_DROPS);
+        warn!(&ctx, "close event for socket {} dropped: ring buffer full", cookie);
     }
     if tag.flags & TAG_REDIRECTED != 0 {
         let key = link_key(ops, tag.netns_cookie);

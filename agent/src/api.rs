@@ -1,0 +1,258 @@
+//! The attribution API: HTTP/1.1 on a root-only unix socket.
+//!
+//! `PUT /v1/sandboxes/{id}`, `DELETE /v1/sandboxes/{id}`, `GET /v1/sandboxes`.
+//! The socket is mode 0600 and every caller's credentials are checked with
+//! `SO_PEERCRED`: a process inside the sandbox tree is refused even as root,
+//! so a sandbox can never (re)write its own attribution.
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::{
+    attribution::{Registry, Sandbox, SandboxSpec},
+    bpf::Kernel,
+    proxy::Proxy,
+};
+
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("attribution API socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("attribution API at {path} is not reachable ({source}); is `egret run` running?")]
+    Unreachable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("attribution API: {0}")]
+    Http(String),
+    #[error("attribution API refused the request ({status}): {message}")]
+    Refused { status: u16, message: String },
+}
+
+pub struct ApiState {
+    pub registry: Arc<Registry>,
+    pub kernel: Arc<Kernel>,
+    pub proxy: Arc<Proxy>,
+    /// Absolute sandbox root cgroup path relative to the cgroup mount, e.g. `/egret.slice`.
+    pub sandbox_root_rel: String,
+}
+
+/// Binds the socket (0600) and serves until the task is dropped.
+pub async fn serve(path: &Path, state: Arc<ApiState>) -> Result<(), ApiError> {
+    let io = |source| ApiError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    let _ = std::fs::remove_file(path);
+    // Create with a tight umask so the socket is never briefly world-writable.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("api accept: {e}");
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let allowed = caller_allowed(&stream, &state.sandbox_root_rel);
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                let allowed = allowed.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &state, allowed).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!("api connection: {e}");
+            }
+        });
+    }
+}
+
+/// Ok when the peer is root and not inside the sandbox tree.
+fn caller_allowed(stream: &UnixStream, sandbox_root_rel: &str) -> Result<(), String> {
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("peer credentials: {e}"))?;
+    if cred.uid() != 0 {
+        return Err("only root may use the attribution API".into());
+    }
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", cred.pid()))
+        .map_err(|e| format!("reading caller cgroup: {e}"))?;
+    for line in cgroups.lines() {
+        if let Some(path) = line.strip_prefix("0::") {
+            if path == sandbox_root_rel || path.starts_with(&format!("{sandbox_root_rel}/")) {
+                return Err("callers inside a sandbox may not use the attribution API".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Full<Bytes>> {
+    json(status, serde_json::json!({ "error": message.to_string() }))
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: &ApiState,
+    allowed: Result<(), String>,
+) -> Response<Full<Bytes>> {
+    if let Err(why) = allowed {
+        return error(StatusCode::FORBIDDEN, why);
+    }
+    let path = req.uri().path().to_owned();
+    let id = path.strip_prefix("/v1/sandboxes/").map(str::to_owned);
+    match (req.method().clone(), path.as_str(), id) {
+        (Method::GET, "/v1/sandboxes", _) => {
+            json(StatusCode::OK, serde_json::json!(state.registry.list()))
+        }
+        (Method::PUT, _, Some(id)) => {
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, e),
+            };
+            let spec: SandboxSpec = match serde_json::from_slice(&body) {
+                Ok(s) => s,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+            };
+            let netns = spec.netns.clone();
+            if let Some(ns) = &netns {
+                if let Err(e) = state.proxy.ensure_listeners(Some(ns)) {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("opening listeners in netns {}: {e}", ns.display()),
+                    );
+                }
+            }
+            match state.registry.register(&id, spec, &state.kernel.maps) {
+                Ok(sb) => {
+                    tracing::info!(sandbox = %sb.id, invocation = %sb.attribution.invocation_id, generation = sb.generation, "sandbox registered");
+                    json(StatusCode::OK, serde_json::json!(sb))
+                }
+                Err(e) => error(StatusCode::BAD_REQUEST, e),
+            }
+        }
+        (Method::DELETE, _, Some(id)) => match state.registry.unregister(&id, &state.kernel.maps) {
+            Ok(sb) => {
+                if let Some(ns) = &sb.netns {
+                    state.proxy.close_listeners(ns);
+                }
+                tracing::info!(sandbox = %sb.id, "sandbox unregistered");
+                json(StatusCode::OK, serde_json::json!(sb))
+            }
+            Err(e) => error(StatusCode::NOT_FOUND, e),
+        },
+        _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
+/// A client for the API, used by `egret exec` and `egret sandbox`.
+pub struct Client {
+    path: PathBuf,
+}
+
+impl Client {
+    pub fn new(path: impl Into<PathBuf>) -> Client {
+        Client { path: path.into() }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ApiError> {
+        let stream =
+            UnixStream::connect(&self.path)
+                .await
+                .map_err(|source| ApiError::Unreachable {
+                    path: self.path.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ApiError::Http(e.to_string()))?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "egret")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ApiError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ApiError::Http(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ApiError::Http(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ApiError::Refused {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Ok(bytes)
+    }
+
+    pub async fn register(&self, id: &str, spec: &SandboxSpec) -> Result<Sandbox, ApiError> {
+        let body = serde_json::to_vec(spec).map_err(|e| ApiError::Http(e.to_string()))?;
+        let bytes = self
+            .call(Method::PUT, &format!("/v1/sandboxes/{id}"), Some(body))
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Http(e.to_string()))
+    }
+
+    pub async fn unregister(&self, id: &str) -> Result<(), ApiError> {
+        self.call(Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn list(&self) -> Result<Vec<Sandbox>, ApiError> {
+        let bytes = self.call(Method::GET, "/v1/sandboxes", None).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Http(e.to_string()))
+    }
+}

@@ -1,0 +1,403 @@
+//! Loads the kernel half, attaches it at the sandbox root and owns its maps.
+//!
+//! Maps and links are pinned under `node.bpffsDir`, so a restarted agent
+//! finds the programs still attached and the counters still counting: it
+//! re-opens the pinned maps and does not attach a second time (which would
+//! count every byte twice). A different program build (by content hash)
+//! replaces the pinned set.
+//!
+//! Attachment uses BPF links (`bpf_link_create`), which the kernel always
+//! treats as multi-attach: egret's programs coexist with whatever else is
+//! attached at the same cgroup (flags must be 0 for link-based attach, so
+//! `CgroupAttachMode::Single` is what requests that).
+use std::{
+    fs,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
+    },
+    Ebpf, EbpfLoader,
+};
+use egret_common::{stat, AttrRef, KConfig, LinkKey, SkbCounters, SockTag};
+
+/// The compiled kernel half (built by `agent/build.rs`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret.bpf.o"));
+
+/// Program names in the object and how each attaches.
+const SOCK_ADDR_PROGS: [&str; 6] = [
+    "egret_connect4",
+    "egret_connect6",
+    "egret_sendmsg4",
+    "egret_sendmsg6",
+    "egret_getpeername4",
+    "egret_getpeername6",
+];
+const SKB_PROGS: [(&str, CgroupSkbAttachType); 2] = [
+    ("egret_skb_egress", CgroupSkbAttachType::Egress),
+    ("egret_skb_ingress", CgroupSkbAttachType::Ingress),
+];
+const SOCK_OPS_PROG: &str = "egret_sockops";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("bpffs: {0}")]
+    Bpffs(String),
+    #[error("loading eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} missing from the object")]
+    MissingMap(&'static str),
+    #[error("pinning {path}: {message}")]
+    Pin { path: PathBuf, message: String },
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// How the programs came to be attached in this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// Attached now (first start, or a different program build).
+    Fresh,
+    /// Found pinned and attached from an earlier run; reused as is.
+    Reused,
+}
+
+/// Handles on the pinned maps the agent uses.
+pub struct KernelMaps {
+    attr: Mutex<HashMap<MapData, u64, AttrRef>>,
+    tags: HashMap<MapData, u64, SockTag>,
+    links: HashMap<MapData, LinkKey, u64>,
+    counters: Mutex<PerCpuHashMap<MapData, u64, SkbCounters>>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+pub struct Kernel {
+    pub maps: KernelMaps,
+    /// Taken by the close loop, which owns it from then on.
+    pub closes: Mutex<Option<RingBuf<MapData>>>,
+    pub attachment: Attachment,
+    /// Kept so aya-log can be polled; `None` when nothing logs.
+    pub logger: Mutex<Option<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+    _ebpf: Ebpf,
+}
+
+/// Settings the loader needs from the node config.
+pub struct LoadOptions<'a> {
+    pub bpffs_dir: &'a Path,
+    pub sandbox_root: &'a Path,
+    pub root_level: u32,
+    pub listen_port: u16,
+    pub capture_ports: &'a [u16],
+    pub block_quic: bool,
+}
+
+/// Identifies the program build and attach point. Kept as the name of an
+/// empty directory in bpffs (which holds no regular files).
+fn object_version(root: &Path) -> String {
+    let mut h = crc32fast::Hasher::new();
+    h.update(OBJECT);
+    h.update(root.as_os_str().as_encoded_bytes());
+    format!("version-{:08x}-{}", h.finalize(), OBJECT.len())
+}
+
+/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there yet.
+fn ensure_bpffs(dir: &Path) -> Result<(), BpfError> {
+    let base = Path::new("/sys/fs/bpf");
+    if dir.starts_with(base) && !is_bpffs(base) {
+        nix::mount::mount(
+            Some("bpf"),
+            base,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| BpfError::Bpffs(format!("mounting bpffs at {}: {e}", base.display())))?;
+    }
+    fs::create_dir_all(dir).map_err(|e| BpfError::Bpffs(format!("creating {}: {e}", dir.display())))
+}
+
+pub fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+impl Kernel {
+    /// Loads (or re-opens) the programs and attaches them to `sandbox_root`.
+    pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, BpfError> {
+        ensure_bpffs(opts.bpffs_dir)?;
+        let version = object_version(opts.sandbox_root);
+        let version_dir = opts.bpffs_dir.join(&version);
+        let links_dir = opts.bpffs_dir.join("links");
+        let maps_dir = opts.bpffs_dir.join("maps");
+        if !version_dir.exists() {
+            // A different build (or nothing): drop the old pins. Removing a
+            // link pin detaches it once no process holds it.
+            clear_pins(opts.bpffs_dir);
+        }
+        for d in [&links_dir, &maps_dir] {
+            fs::create_dir_all(d)
+                .map_err(|e| BpfError::Bpffs(format!("creating {}: {e}", d.display())))?;
+        }
+
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(OBJECT)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::debug!("aya-log not initialised: {e}");
+                None
+            }
+        };
+
+        let cgroup = fs::File::open(opts.sandbox_root).map_err(|source| BpfError::Cgroup {
+            path: opts.sandbox_root.to_owned(),
+            source,
+        })?;
+        let all_pinned = all_program_names()
+            .iter()
+            .all(|n| links_dir.join(n).exists());
+        let attachment = if all_pinned {
+            // Verify the pins still open as links.
+            for n in all_program_names() {
+                PinnedLink::from_pin(links_dir.join(n)).map_err(|e| BpfError::Pin {
+                    path: links_dir.join(n),
+                    message: e.to_string(),
+                })?;
+            }
+            Attachment::Reused
+        } else {
+            let _ = fs::remove_dir_all(&links_dir);
+            fs::create_dir_all(&links_dir)
+                .map_err(|e| BpfError::Bpffs(format!("creating {}: {e}", links_dir.display())))?;
+            attach_all(&mut ebpf, cgroup.as_fd(), &links_dir)?;
+            fs::create_dir_all(&version_dir)
+                .map_err(|e| BpfError::Bpffs(format!("creating {}: {e}", version_dir.display())))?;
+            Attachment::Fresh
+        };
+
+        let mut kernel = Kernel {
+            maps: KernelMaps {
+                attr: Mutex::new(take(&mut ebpf, "EGRET_ATTR")?),
+                tags: take(&mut ebpf, "EGRET_TAGS")?,
+                links: take(&mut ebpf, "EGRET_LINKS")?,
+                counters: Mutex::new(take(&mut ebpf, "EGRET_COUNTERS")?),
+                stats: take(&mut ebpf, "EGRET_STATS")?,
+            },
+            closes: Mutex::new(Some(take(&mut ebpf, "EGRET_CLOSES")?)),
+            attachment,
+            logger: Mutex::new(logger),
+            _ebpf: ebpf,
+        };
+        kernel.configure(opts)?;
+        Ok(kernel)
+    }
+
+    /// Writes node settings and capture ports into the kernel maps.
+    fn configure(&mut self, opts: &LoadOptions<'_>) -> Result<(), BpfError> {
+        let mut config: Array<MapData, KConfig> = take(&mut self._ebpf, "EGRET_CONFIG")?;
+        let cfg = KConfig {
+            listen_port: opts.listen_port,
+            block_quic: u8::from(opts.block_quic),
+            _pad: 0,
+            root_level: opts.root_level,
+        };
+        config.set(0, cfg, 0).map_err(|source| BpfError::Map {
+            name: "EGRET_CONFIG",
+            source,
+        })?;
+        let mut ports: HashMap<MapData, u16, u8> = take(&mut self._ebpf, "EGRET_PORTS")?;
+        let stale: Vec<u16> = ports.keys().filter_map(Result::ok).collect();
+        for p in stale {
+            if !opts.capture_ports.contains(&p) {
+                let _ = ports.remove(&p);
+            }
+        }
+        for p in opts.capture_ports {
+            ports.insert(p, 1, 0).map_err(|source| BpfError::Map {
+                name: "EGRET_PORTS",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes every pin under `dir` (links detach, maps are freed once unused).
+pub fn clear_pins(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            clear_pins(&p);
+            let _ = fs::remove_dir(&p);
+        } else {
+            let _ = fs::remove_file(&p);
+        }
+    }
+}
+
+fn all_program_names() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = SOCK_ADDR_PROGS.to_vec();
+    v.extend(SKB_PROGS.iter().map(|(n, _)| *n));
+    v.push(SOCK_OPS_PROG);
+    v
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, BpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(BpfError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| BpfError::Map { name, source })
+}
+
+fn pin(link: FdLink, dir: &Path, name: &'static str) -> Result<(), BpfError> {
+    let path = dir.join(name);
+    link.pin(&path).map_err(|e| BpfError::Pin {
+        path,
+        message: e.to_string(),
+    })?;
+    Ok(())
+}
+
+fn attach_all(
+    ebpf: &mut Ebpf,
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    links_dir: &Path,
+) -> Result<(), BpfError> {
+    let perr = |name: &'static str| move |source| BpfError::Program { name, source };
+    for name in SOCK_ADDR_PROGS {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(BpfError::MissingMap(name))?
+            .try_into()
+            .map_err(perr(name))?;
+        prog.load().map_err(perr(name))?;
+        let id = prog
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(perr(name))?;
+        let link: FdLink = prog.take_link(id).map_err(perr(name))?.try_into().map_err(
+            |e: aya::programs::links::LinkError| BpfError::Pin {
+                path: links_dir.join(name),
+                message: e.to_string(),
+            },
+        )?;
+        pin(link, links_dir, name)?;
+    }
+    for (name, kind) in SKB_PROGS {
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(name)
+            .ok_or(BpfError::MissingMap(name))?
+            .try_into()
+            .map_err(perr(name))?;
+        prog.load().map_err(perr(name))?;
+        let id = prog
+            .attach(cgroup, kind, CgroupAttachMode::Single)
+            .map_err(perr(name))?;
+        let link: FdLink = prog.take_link(id).map_err(perr(name))?.try_into().map_err(
+            |e: aya::programs::links::LinkError| BpfError::Pin {
+                path: links_dir.join(name),
+                message: e.to_string(),
+            },
+        )?;
+        pin(link, links_dir, name)?;
+    }
+    let name = SOCK_OPS_PROG;
+    let prog: &mut SockOps = ebpf
+        .program_mut(name)
+        .ok_or(BpfError::MissingMap(name))?
+        .try_into()
+        .map_err(perr(name))?;
+    prog.load().map_err(perr(name))?;
+    let id = prog
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(perr(name))?;
+    let link: FdLink = prog.take_link(id).map_err(perr(name))?.try_into().map_err(
+        |e: aya::programs::links::LinkError| BpfError::Pin {
+            path: links_dir.join(name),
+            message: e.to_string(),
+        },
+    )?;
+    pin(link, links_dir, name)
+}
+
+impl KernelMaps {
+    /// Points a sandbox cgroup at an attribution.
+    pub fn set_attribution(&self, cgroup_id: u64, attr: AttrRef) -> Result<(), BpfError> {
+        let mut m = self.attr.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(cgroup_id, attr, 0)
+            .map_err(|source| BpfError::Map {
+                name: "EGRET_ATTR",
+                source,
+            })
+    }
+
+    pub fn clear_attribution(&self, cgroup_id: u64) {
+        let mut m = self.attr.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = m.remove(&cgroup_id);
+    }
+
+    pub fn attribution_of(&self, cgroup_id: u64) -> Option<AttrRef> {
+        let m = self.attr.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&cgroup_id, 0).ok()
+    }
+
+    /// The sandbox socket a connection accepted by the agent came from.
+    pub fn link(&self, key: &LinkKey) -> Option<u64> {
+        self.links.get(key, 0).ok()
+    }
+
+    pub fn tag(&self, cookie: u64) -> Option<SockTag> {
+        self.tags.get(&cookie, 0).ok()
+    }
+
+    /// Sums and removes a closed socket's per-CPU payload counters.
+    pub fn take_counters(&self, cookie: u64) -> Option<SkbCounters> {
+        let mut m = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let values = m.get(&cookie, 0).ok()?;
+        let mut sum = SkbCounters::default();
+        for v in values.iter() {
+            sum.add(v);
+        }
+        let _ = m.remove(&cookie);
+        Some(sum)
+    }
+
+    /// Kernel-side counters (drops, misses, redirects) summed over CPUs.
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        (0..stat::COUNT)
+            .map(|i| {
+                let total = self
+                    .stats
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum::<u64>())
+                    .unwrap_or(0);
+                (stat::NAMES[i as usize], total)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,227 @@
+//! The one typed configuration, parsed once.
+//!
+//! YAML, camelCase keys, unknown keys rejected with line and column. Every
+//! field has a default so `egret run` with no file runs the embedded default
+//! (see [`Config::embedded_default`]).
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub gateways: Vec<GatewayConfig>,
+}
+
+/// Node-wide settings: where sandboxes live and how the agent listens.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct NodeConfig {
+    /// cgroup v2 mount; empty = detect from /proc/self/mountinfo.
+    pub cgroup_mount: Option<PathBuf>,
+    /// Sandbox root, relative to the cgroup v2 mount. Sandboxes are its children.
+    pub sandbox_root: PathBuf,
+    /// Destination TCP ports redirected to the agent.
+    pub capture_ports: Vec<u16>,
+    /// Refuse UDP to port 443 from sandboxes so QUIC cannot bypass capture.
+    pub block_quic: bool,
+    /// Port of the agent's redirect listener (127.0.0.1 and ::1, in every sandbox netns).
+    pub listen_port: u16,
+    /// Agent state: CA, registry, local record store.
+    pub state_dir: PathBuf,
+    /// bpffs directory for pinned maps and links.
+    pub bpffs_dir: PathBuf,
+    /// Root-only unix socket of the attribution API.
+    pub api_socket: PathBuf,
+    /// Admin listener (metrics, health); never inside a sandbox netns.
+    pub admin_listen: SocketAddr,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            cgroup_mount: None,
+            sandbox_root: PathBuf::from("egret.slice"),
+            capture_ports: vec![80, 443],
+            block_quic: true,
+            listen_port: 15001,
+            state_dir: PathBuf::from("/var/lib/egret"),
+            bpffs_dir: PathBuf::from("/sys/fs/bpf/egret"),
+            api_socket: PathBuf::from("/run/egret/api.sock"),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+/// What a gateway does with connections that match no route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DefaultPolicy {
+    #[default]
+    DenyAll,
+    AllowAll,
+}
+
+/// A set of sandboxes (by registration attributes) and what applies to them.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewayConfig {
+    pub name: String,
+    #[serde(default)]
+    pub selector: Selector,
+    #[serde(default)]
+    pub default_policy: DefaultPolicy,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Which sandboxes a gateway applies to; empty lists match everything.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Selector {
+    pub namespaces: Vec<String>,
+    pub agent_names: Vec<String>,
+    pub agent_kinds: Vec<String>,
+}
+
+/// Hosts (exact or `*.suffix`) allowed and how their traffic is understood.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteConfig {
+    pub name: String,
+    pub hosts: Vec<String>,
+    /// `anthropic`, `openai`, `google`, `mcp` or `http`.
+    #[serde(default = "default_provider")]
+    pub provider: String,
+}
+
+fn default_provider() -> String {
+    "http".to_owned()
+}
+
+impl Config {
+    /// What `egret run` uses without `--config`: sandbox root `egret.slice`,
+    /// ports 80/443, the well-known LLM provider hosts allowed, everything
+    /// else denied.
+    pub fn embedded_default() -> Config {
+        let route = |name: &str, host: &str, provider: &str| RouteConfig {
+            name: name.to_owned(),
+            hosts: vec![host.to_owned()],
+            provider: provider.to_owned(),
+        };
+        Config {
+            node: NodeConfig::default(),
+            gateways: vec![GatewayConfig {
+                name: "default".to_owned(),
+                selector: Selector::default(),
+                default_policy: DefaultPolicy::DenyAll,
+                routes: vec![
+                    route("anthropic", "api.anthropic.com", "anthropic"),
+                    route("openai", "api.openai.com", "openai"),
+                    route("google", "generativelanguage.googleapis.com", "google"),
+                ],
+            }],
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates; errors carry line and column.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: match e.location() {
+                Some(l) => format!("line {}, column {}: {e}", l.line(), l.column()),
+                None => e.to_string(),
+            },
+        })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let n = &self.node;
+        if n.sandbox_root.is_absolute() || n.sandbox_root.as_os_str().is_empty() {
+            return Err(
+                "node.sandboxRoot must be a relative path under the cgroup v2 mount".into(),
+            );
+        }
+        if n.listen_port == 0 {
+            return Err("node.listenPort must not be 0".into());
+        }
+        if n.capture_ports.contains(&n.listen_port) {
+            return Err("node.listenPort must not be one of node.capturePorts".into());
+        }
+        if n.capture_ports.len() > egret_common::limits::MAX_CAPTURE_PORTS as usize {
+            return Err(format!(
+                "node.capturePorts: at most {} ports",
+                egret_common::limits::MAX_CAPTURE_PORTS
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for g in &self.gateways {
+            if !names.insert(g.name.as_str()) {
+                return Err(format!("gateways: duplicate name {:?}", g.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_rejected_with_position() {
+        let err = Config::parse(
+            "node:\n  capturePorts: [443]\n  bogus: 1\n",
+            Path::new("x.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn defaults_fill_missing_keys() {
+        let cfg = Config::parse("node:\n  listenPort: 16000\n", Path::new("x.yaml")).unwrap();
+        assert_eq!(cfg.node.listen_port, 16000);
+        assert_eq!(cfg.node.capture_ports, vec![80, 443]);
+        assert_eq!(cfg.node.sandbox_root, PathBuf::from("egret.slice"));
+    }
+
+    #[test]
+    fn listen_port_cannot_be_captured() {
+        let err = Config::parse("node:\n  listenPort: 443\n", Path::new("x.yaml")).unwrap_err();
+        assert!(err.to_string().contains("listenPort"));
+    }
+}

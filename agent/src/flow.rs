@@ -1,0 +1,171 @@
+//! L4 flows: the kernel's close events become flow records.
+//!
+//! The ring buffer is polled through tokio's `AsyncFd`. For each event the
+//! socket's per-CPU payload counters are summed and removed, the socket's
+//! (slot, generation) is resolved to the attribution it was opened under, and
+//! one flow record is sent on to the recorder.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
+
+use egret_common::{CloseEvent, SockTag, AF_INET, TAG_ATTRIBUTED, TAG_REDIRECTED};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    sync::mpsc,
+};
+
+use crate::{
+    attribution::Registry,
+    bpf::{Kernel, KernelMaps},
+    record::{now_unix_nanos, Record},
+    semconv as sc,
+};
+
+/// Original destination of a tagged socket.
+pub fn orig_dst(tag: &SockTag) -> std::net::SocketAddr {
+    let ip = if tag.family == AF_INET {
+        IpAddr::V4(Ipv4Addr::from(u32::from_be(tag.orig_addr[0])))
+    } else {
+        let mut b = [0u8; 16];
+        for (i, w) in tag.orig_addr.iter().enumerate() {
+            b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        let v6 = Ipv6Addr::from(b);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    };
+    std::net::SocketAddr::new(ip, tag.orig_port)
+}
+
+/// Converts between `bpf_ktime_get_ns` (monotonic) and wall-clock time.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    offset_ns: i64,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let mono = ts.tv_sec * 1_000_000_000 + ts.tv_nsec;
+        Clock {
+            offset_ns: now_unix_nanos() - mono,
+        }
+    }
+    pub fn to_unix(self, ktime_ns: u64) -> i64 {
+        i64::try_from(ktime_ns).unwrap_or(i64::MAX) + self.offset_ns
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// Builds the flow record for one close event.
+pub fn flow_record(
+    ev: &CloseEvent,
+    maps: &KernelMaps,
+    registry: &Registry,
+    clock: Clock,
+) -> Record {
+    let tag = &ev.tag;
+    let mut rec = Record::new(sc::KIND_FLOW);
+    rec.set(sc::COMPONENT, sc::COMPONENT_FLOW);
+    rec.set(sc::START_TIME, clock.to_unix(tag.start_ns));
+    rec.set(sc::END_TIME, clock.to_unix(ev.end_ns));
+    rec.set(
+        sc::DURATION_MS,
+        ev.end_ns.saturating_sub(tag.start_ns) as f64 / 1e6,
+    );
+    if tag.flags & TAG_ATTRIBUTED != 0 {
+        match registry.resolve(tag.attr) {
+            Some(a) => a.apply(&mut rec),
+            None => tracing::warn!(
+                slot = tag.attr.slot,
+                generation = tag.attr.generation,
+                "flow from an attribution the registry no longer knows"
+            ),
+        }
+        if let Some(sb) = registry.sandbox_by_slot(tag.attr.slot) {
+            rec.set(sc::SANDBOX_ID, sb.id);
+        }
+        rec.set(sc::ATTRIBUTION_SOURCE, "kernel");
+    }
+    let dst = orig_dst(tag);
+    rec.set(sc::SERVER_ADDRESS, dst.ip().to_string());
+    rec.set(sc::SERVER_PORT, dst.port());
+    rec.set(sc::NETWORK_TRANSPORT, "tcp");
+    rec.set(
+        sc::NETWORK_TYPE,
+        if dst.is_ipv4() { "ipv4" } else { "ipv6" },
+    );
+    rec.set(sc::PROCESS_PID, tag.pid_tgid >> 32);
+    rec.set(sc::SOCKET_COOKIE, ev.cookie.to_string());
+    rec.set(sc::NETNS_COOKIE, tag.netns_cookie.to_string());
+    rec.set(sc::CGROUP_ID, tag.cgroup_id.to_string());
+    rec.set(sc::L4_REDIRECTED, tag.flags & TAG_REDIRECTED != 0);
+    match maps.take_counters(ev.cookie) {
+        Some(c) => {
+            rec.set(sc::L4_BYTES_SANDBOX_TX, c.tx_bytes);
+            rec.set(sc::L4_BYTES_SANDBOX_RX, c.rx_bytes);
+            rec.set(sc::L4_SEGS_SANDBOX_TX, c.tx_segs);
+            rec.set(sc::L4_SEGS_SANDBOX_RX, c.rx_segs);
+        }
+        None => {
+            // No payload packet seen (e.g. refused connect) or evicted.
+            rec.set(sc::L4_BYTES_SANDBOX_TX, 0u64);
+            rec.set(sc::L4_BYTES_SANDBOX_RX, 0u64);
+            rec.set(sc::L4_COUNTERS_MISSING, true);
+        }
+    }
+    rec.set(sc::L4_TCP_BYTES_ACKED, ev.bytes_acked);
+    rec.set(sc::L4_TCP_BYTES_RECEIVED, ev.bytes_received);
+    rec
+}
+
+/// Polls the close ring buffer until the channel closes.
+pub async fn run_close_loop(
+    kernel: Arc<Kernel>,
+    registry: Arc<Registry>,
+    out: mpsc::Sender<Record>,
+) -> std::io::Result<()> {
+    let clock = Clock::new();
+    let ring = kernel
+        .closes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or_else(|| std::io::Error::other("close ring buffer already taken"))?;
+    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as
+    // long as it is registered.
+    let mut afd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
+    let mut batch = Vec::new();
+    loop {
+        let mut guard = afd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<CloseEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a CloseEvent; read it unaligned.
+            batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<CloseEvent>()) });
+        }
+        guard.clear_ready();
+        for ev in batch.drain(..) {
+            let rec = flow_record(&ev, &kernel.maps, &registry, clock);
+            if out.send(rec).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The redirect listener: where the kernel sends captured sandbox connections.
+//!
+//! One listener pair (127.0.0.1 and ::1 on `node.listenPort`) lives in the
+//! agent's netns and one in every registered sandbox netns, ztunnel-style.
+//! Each accepted connection is matched to the sandbox socket that made it
+//! through the kernel's link map (client address inside that netns); a
+//! connection with no link was not redirected by the kernel and is refused —
+//! egret is never an open proxy. The upstream socket is created inside the
+//! sandbox's netns, so the original destination means what it meant there.
+use std::{
+    collections::HashMap,
+    io,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use egret_common::{LinkKey, SockTag, AF_INET, AF_INET6};
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    task::JoinHandle,
+};
+
+use crate::{
+    attribution::{Attribution, Registry},
+    bpf::Kernel,
+    flow::orig_dst,
+    netns,
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where an accepted connection really came from, per the kernel.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub cookie: u64,
+    pub tag: SockTag,
+    pub dst: SocketAddr,
+    pub attribution: Option<Attribution>,
+    pub netns: Option<PathBuf>,
+}
+
+#[derive(Default)]
+pub struct ProxyStats {
+    pub accepted: AtomicU64,
+    pub refused_unlinked: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub bytes_upstream: AtomicU64,
+    pub bytes_downstream: AtomicU64,
+}
+
+pub struct Proxy {
+    kernel: Arc<Kernel>,
+    registry: Arc<Registry>,
+    port: u16,
+    listeners: Mutex<HashMap<Option<PathBuf>, Vec<JoinHandle<()>>>>,
+    pub stats: ProxyStats,
+}
+
+fn words_v4(ip: std::net::Ipv4Addr) -> [u32; 4] {
+    [u32::from_ne_bytes(ip.octets()), 0, 0, 0]
+}
+
+fn words_v6(ip: std::net::Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    let mut w = [0u32; 4];
+    for (i, c) in o.chunks_exact(4).enumerate() {
+        w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    w
+}
+
+/// Link-map keys a peer address may have been stored under.
+fn link_keys(netns_cookie: u64, peer: SocketAddr) -> [LinkKey; 2] {
+    let port = u32::from(peer.port());
+    match peer.ip() {
+        IpAddr::V4(v4) => [
+            LinkKey {
+                netns_cookie,
+                addr: words_v4(v4),
+                port,
+                family: u32::from(AF_INET),
+            },
+            // An AF_INET6 client socket talking to a v4-mapped destination.
+            LinkKey {
+                netns_cookie,
+                addr: words_v6(v4.to_ipv6_mapped()),
+                port,
+                family: u32::from(AF_INET6),
+            },
+        ],
+        IpAddr::V6(v6) => {
+            let k = LinkKey {
+                netns_cookie,
+                addr: words_v6(v6),
+                port,
+                family: u32::from(AF_INET6),
+            };
+            [k, k]
+        }
+    }
+}
+
+impl Proxy {
+    pub fn new(kernel: Arc<Kernel>, registry: Arc<Registry>, port: u16) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            kernel,
+            registry,
+            port,
+            listeners: Mutex::new(HashMap::new()),
+            stats: ProxyStats::default(),
+        })
+    }
+
+    /// Opens the listener pair in `netns` (None = the agent's own) if not open.
+    pub fn ensure_listeners(self: &Arc<Self>, netns: Option<&Path>) -> io::Result<()> {
+        let key = netns.map(Path::to_owned);
+        let mut map = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(&key) {
+            return Ok(());
+        }
+        let port = self.port;
+        let bound = netns::run_in(netns, move || {
+            let v4 = bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+            let v6 = bind(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))).ok();
+            Ok((v4, v6))
+        })?;
+        let mut tasks = Vec::new();
+        for l in [Some(bound.0), bound.1].into_iter().flatten() {
+            let cookie = netns::socket_netns_cookie(&l)?;
+            let listener = TcpListener::from_std(l)?;
+            let me = self.clone();
+            let ns = key.clone();
+            tasks.push(tokio::spawn(async move {
+                me.accept_loop(listener, cookie, ns).await
+            }));
+        }
+        tracing::info!(netns = ?key, port, "redirect listeners open");
+        map.insert(key, tasks);
+        Ok(())
+    }
+
+    /// Closes the listeners of a sandbox netns (connections already accepted go on).
+    pub fn close_listeners(&self, netns: &Path) {
+        let mut map = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tasks) = map.remove(&Some(netns.to_owned())) {
+            for t in tasks {
+                t.abort();
+            }
+        }
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        netns_cookie: u64,
+        netns: Option<PathBuf>,
+    ) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let me = self.clone();
+                    let ns = netns.clone();
+                    tokio::spawn(async move { me.serve(stream, peer, netns_cookie, ns).await });
+                }
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Finds the sandbox socket behind an accepted connection.
+    pub fn origin(
+        &self,
+        netns_cookie: u64,
+        peer: SocketAddr,
+        netns: Option<PathBuf>,
+    ) -> Option<Origin> {
+        let cookie = link_keys(netns_cookie, peer)
+            .iter()
+            .find_map(|k| self.kernel.maps.link(k))?;
+        let tag = self.kernel.maps.tag(cookie)?;
+        Some(Origin {
+            cookie,
+            dst: orig_dst(&tag),
+            attribution: self.registry.resolve(tag.attr),
+            tag,
+            netns,
+        })
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        netns_cookie: u64,
+        netns: Option<PathBuf>,
+    ) {
+        let Some(origin) = self.origin(netns_cookie, peer, netns) else {
+            self.stats.refused_unlinked.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "refused a connection the kernel did not redirect");
+            return;
+        };
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let mut client = stream;
+        let mut upstream = match dial(origin.netns.as_deref(), origin.dst).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(dst = %origin.dst, "upstream connect failed: {e}");
+                return;
+            }
+        };
+        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            Ok((up, down)) => {
+                self.stats.bytes_upstream.fetch_add(up, Ordering::Relaxed);
+                self.stats
+                    .bytes_downstream
+                    .fetch_add(down, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(dst = %origin.dst, "splice ended: {e}"),
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// Connects to `dst` from inside `netns` (None = the agent's own).
+pub async fn dial(netns: Option<&Path>, dst: SocketAddr) -> io::Result<TcpStream> {
+    let sock = netns::run_in(netns, move || {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(dst),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        s.set_nonblocking(true)?;
+        s.set_tcp_nodelay(true)?;
+        Ok(s)
+    })?;
+    let sock = TcpSocket::from_std_stream(sock.into());
+    tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(dst))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
