@@ -130,10 +130,13 @@ impl AttrMap for crate::bpf::KernelMaps {
     }
 }
 
+type HistoryIndex = HashMap<(u32, u32), Attribution>;
+
 pub struct Registry {
     root: PathBuf,
     file: PathBuf,
-    state: Mutex<(State, HashMap<(u32, u32), Attribution>)>,
+    /// Persisted state plus an index of `history` by (slot, generation).
+    state: Mutex<(State, HistoryIndex)>,
 }
 
 pub fn valid_id(id: &str) -> bool {

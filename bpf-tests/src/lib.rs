@@ -1,1 +1,600 @@
+//! The privileged test rig.
+//!
+//! Every fixture here creates its own kernel objects with unique names
+//! (cgroups, network namespaces, veth pairs, bpffs pin dirs, agent state
+//! dirs) and removes them in `Drop`, so a failing test still cleans up. Tests
+//! panic rather than return `Result`. A test that needs something the kernel
+//! or machine lacks prints why and returns — except when `CI` is set, where
+//! it fails instead: CI never silently skips.
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
 
+use egret::{
+    attribution::{Attribution, SandboxSpec},
+    record::Record,
+};
+use serde_json::Value;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call, short enough for interface names.
+pub fn unique(prefix: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:x}{n:x}", std::process::id() % 0xfffff)
+}
+
+/// True when the test may run; false (after printing why) when it must be
+/// skipped. Panics instead of skipping when `CI` is set.
+pub fn require_privileges(test: &str) -> bool {
+    let mut why = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        why.push("not running as root".to_owned());
+    }
+    if egret::cgroup::detect_mount().is_err() {
+        why.push("no cgroup v2 mount".to_owned());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        why.push("iproute2 `ip` not found".to_owned());
+    }
+    if why.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: cannot run: {}", why.join(", "));
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg} (CI is set: privileged tests must run, not skip)");
+    }
+    eprintln!("SKIPPED {msg}");
+    false
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bpf-tests lives in the workspace")
+        .to_path_buf()
+}
+
+/// The `egret` binary under test (`EGRET_BIN`, else target/debug/egret).
+pub fn egret_bin() -> PathBuf {
+    let p = std::env::var_os("EGRET_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/egret"));
+    assert!(
+        p.exists(),
+        "{} missing: build it first (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
+/// Options for one agent instance. Every instance gets its own sandbox root,
+/// ports, state dir, bpffs dir and API socket.
+#[derive(Clone)]
+pub struct AgentOptions {
+    pub capture_ports: Vec<u16>,
+    pub block_quic: bool,
+    pub extra_yaml: String,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            capture_ports: vec![],
+            block_quic: true,
+            extra_yaml: String::new(),
+        }
+    }
+}
+
+pub struct Agent {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub cgroup_mount: PathBuf,
+    pub sandbox_root: PathBuf,
+    pub bpffs: PathBuf,
+    pub api: PathBuf,
+    pub listen_port: u16,
+    pub state_dir: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr").port()
+}
+
+impl Agent {
+    pub fn start(opts: AgentOptions) -> Agent {
+        let name = unique("egt");
+        let dir = std::env::temp_dir().join(format!("egret-test-{name}"));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let cgroup_mount = egret::cgroup::detect_mount().expect("cgroup v2");
+        let listen_port = free_port();
+        let sandbox_rel = format!("{name}.slice");
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/{name}"));
+        let api = dir.join("api.sock");
+        let state_dir = dir.join("state");
+        let ports: Vec<String> = opts.capture_ports.iter().map(u16::to_string).collect();
+        let config = dir.join("egret.yaml");
+        let yaml = format!(
+            "node:\n  sandboxRoot: {sandbox_rel}\n  capturePorts: [{}]\n  blockQuic: {}\n  listenPort: {listen_port}\n  stateDir: {}\n  bpffsDir: {}\n  apiSocket: {}\n  adminListen: 127.0.0.1:{}\n{}",
+            ports.join(", "),
+            opts.block_quic,
+            state_dir.display(),
+            bpffs.display(),
+            api.display(),
+            free_port(),
+            opts.extra_yaml,
+        );
+        fs::write(&config, yaml).expect("write config");
+        let mut agent = Agent {
+            name,
+            log: dir.join("agent.log"),
+            dir,
+            config,
+            sandbox_root: cgroup_mount.join(&sandbox_rel),
+            cgroup_mount,
+            bpffs,
+            api,
+            listen_port,
+            state_dir,
+            child: None,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts (or restarts) the agent process and waits for its API.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let child = Command::new(egret_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .env("EGRET_LOG", "info")
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn egret run");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.api_ready() {
+                return;
+            }
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("egret run exited early ({st}):\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn api_ready(&self) -> bool {
+        std::os::unix::net::UnixStream::connect(&self.api).is_ok()
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the agent: SIGTERM (graceful) or SIGKILL.
+    pub fn stop(&mut self, kill: bool) {
+        if let Some(mut c) = self.child.take() {
+            let sig = if kill {
+                nix::sys::signal::Signal::SIGKILL
+            } else {
+                nix::sys::signal::Signal::SIGTERM
+            };
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+            let _ = c.wait();
+        }
+        let _ = fs::remove_file(&self.api);
+    }
+
+    /// Runs `egret <args>` against this agent's config.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(egret_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run egret")
+    }
+
+    /// Records from this agent's store.
+    pub fn records(&self) -> Vec<Record> {
+        let out = self.cli(&["records", "--json"]);
+        assert!(
+            out.status.success(),
+            "egret records failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("record json"))
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the records, returning them.
+    pub fn wait_records(&self, what: &str, pred: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let recs = self.records();
+            if pred(&recs) {
+                return recs;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; records:\n{}\nagent log:\n{}",
+                    recs.iter()
+                        .map(Record::to_json_line)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Creates a sandbox cgroup under this agent's root.
+    pub fn cgroup(&self, id: &str) -> SandboxCgroup {
+        let path = self.sandbox_root.join(id);
+        fs::create_dir_all(&path).expect("create sandbox cgroup");
+        SandboxCgroup { path }
+    }
+
+    /// Registers a sandbox through the API (as a trusted caller).
+    pub fn register(&self, id: &str, netns: Option<&Netns>, invocation: &str) {
+        let spec = SandboxSpec {
+            cgroup: id.to_owned(),
+            netns: netns.map(|n| n.path()),
+            attribution: Attribution {
+                invocation_id: invocation.to_owned(),
+                agent_name: format!("agent-{id}"),
+                agent_namespace: "tests".into(),
+                agent_kind: "test".into(),
+                ..Default::default()
+            },
+        };
+        let api = self.api.clone();
+        let id = id.to_owned();
+        block_on(async move {
+            egret::api::Client::new(api)
+                .register(&id, &spec)
+                .await
+                .expect("register sandbox")
+        });
+    }
+
+    pub fn unregister(&self, id: &str) {
+        let api = self.api.clone();
+        let id = id.to_owned();
+        block_on(async move { egret::api::Client::new(api).unregister(&id).await })
+            .expect("unregister sandbox");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop(false);
+        if let Ok(entries) = fs::read_dir(&self.sandbox_root) {
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    let _ = egret::cgroup::remove(&e.path());
+                }
+            }
+        }
+        let _ = egret::cgroup::remove(&self.sandbox_root);
+        egret::bpf::clear_pins(&self.bpffs);
+        let _ = fs::remove_dir(&self.bpffs);
+        if std::thread::panicking() {
+            eprintln!("agent log ({}):\n{}", self.name, self.log_text());
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// A sandbox cgroup; removed (with anything left in it) on drop.
+pub struct SandboxCgroup {
+    pub path: PathBuf,
+}
+
+impl Drop for SandboxCgroup {
+    fn drop(&mut self) {
+        let _ = egret::cgroup::remove(&self.path);
+    }
+}
+
+/// A named network namespace with loopback up; deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        let name = unique("egtn");
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+    /// A command that runs inside this netns (not in any sandbox cgroup).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Netns::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A veth pair from the host into `ns`: host side `host_ip/24`, netns side
+/// `ns_ip/24`. Deleted with the netns (and explicitly on drop).
+pub struct Veth {
+    pub host_if: String,
+}
+
+impl Veth {
+    pub fn new(ns: &Netns, host_ip: &str, ns_ip: &str) -> Veth {
+        let host_if = unique("egv");
+        let ns_if = format!("{host_if}p");
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns.name,
+        ]);
+        let v = Veth { host_if };
+        ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &v.host_if]);
+        ip(&["link", "set", &v.host_if, "up"]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/24"),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["-n", &ns.name, "link", "set", &ns_if, "up"]);
+        v
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
+
+/// Builds a command that starts inside `cgroup` (and `netns` if given),
+/// moved there between fork and exec like `egret exec` does.
+pub fn sandboxed(cgroup: &SandboxCgroup, netns: Option<&Netns>, program: &str) -> Command {
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.path.join("cgroup.procs"))
+        .expect("open cgroup.procs");
+    let ns = netns.map(|n| fs::File::open(n.path()).expect("open netns"));
+    let mut cmd = Command::new(program);
+    // SAFETY: only write(2) and setns(2) between fork and exec; the files are
+    // moved into the closure and live as long as the Command.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(ns) = &ns {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+pub fn clients_dir() -> PathBuf {
+    workspace_root().join("bpf-tests/clients")
+}
+
+/// A running `tcp_client.py` (see bpf-tests/clients): connects, transfers,
+/// reports its own counts, then holds the socket open until told to close.
+pub struct HeldClient {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl HeldClient {
+    /// `cmd` must run `python3 tcp_client.py ...` with `--hold`.
+    pub fn spawn(mut cmd: Command) -> HeldClient {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn client");
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        HeldClient { child, out }
+    }
+
+    /// Next JSON line the client printed.
+    pub fn next(&mut self) -> Value {
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("read client");
+        assert!(!line.is_empty(), "client exited early");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("client said {line:?}: {e}"))
+    }
+
+    /// Sends a command line ("more N" / "close").
+    pub fn say(&mut self, cmd: &str) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{cmd}").expect("write client");
+        stdin.flush().expect("flush");
+    }
+
+    pub fn finish(mut self) {
+        self.say("close");
+        let st = self.child.wait().expect("wait client");
+        assert!(st.success(), "client failed: {st}");
+    }
+}
+
+impl Drop for HeldClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ss -tinH` counters for the TCP socket with local port `port`, run in `netns`.
+pub fn ss_counters(netns: Option<&Netns>, port: u16) -> (u64, u64) {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = ns.command("ss");
+            c.args(["-tinH", "state", "established"]);
+            c
+        }
+        None => {
+            let mut c = Command::new("ss");
+            c.args(["-tinH", "state", "established"]);
+            c
+        }
+    };
+    cmd.arg(format!("sport = :{port}"));
+    let out = cmd.output().expect("run ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let find = |key: &str| -> u64 {
+        text.split_whitespace()
+            .find_map(|t| t.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (find("bytes_sent:"), find("bytes_received:"))
+}
+
+/// A TCP server thread on `addr`: each request line carrying a number N is
+/// answered with N bytes; a line starting with "GET " (curl, HTTP/0.9 style)
+/// gets its bytes and then the connection is closed.
+pub fn byte_server(addr: &str) -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind(addr).expect("bind byte server");
+    let local = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || serve_bytes(s));
+        }
+    });
+    local
+}
+
+fn serve_bytes(mut s: std::net::TcpStream) {
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        // The first numeric token is the size asked for; other lines (HTTP
+        // headers from curl) are ignored.
+        let Some(n) = line
+            .split_whitespace()
+            .find_map(|t| t.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let http = line.starts_with("GET ");
+        if http {
+            // Consume the request headers first: closing with unread data
+            // would send a reset that can discard the response at the peer.
+            loop {
+                let mut h = String::new();
+                match r.read_line(&mut h) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if h.trim().is_empty() => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        let buf = vec![b'x'; 64 * 1024];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(buf.len());
+            if s.write_all(&buf[..k]).is_err() {
+                return;
+            }
+            left -= k;
+        }
+        if http {
+            // HTTP/0.9-style client (curl): the response ends at close.
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut rest = Vec::new();
+            use std::io::Read;
+            let _ = r.read_to_end(&mut rest);
+            return;
+        }
+    }
+}
+
+/// Flow records whose `invocation.id` is `inv`.
+pub fn flows_of<'a>(recs: &'a [Record], inv: &str) -> Vec<&'a Record> {
+    recs.iter()
+        .filter(|r| r.kind() == "flow" && r.invocation_id() == Some(inv))
+        .collect()
+}

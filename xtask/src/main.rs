@@ -1,1 +1,304 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build-ebpf | test | demo | bench`.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent): apt packages,
+    /// nightly rust-src, bpf-linker built against the nightly's LLVM, a
+    /// Python venv with the official provider SDKs.
+    Setup {
+        /// Skip apt packages.
+        #[arg(long)]
+        no_apt: bool,
+    },
+    /// Build the kernel half (nightly, build-std=core, bpf-linker).
+    BuildEbpf,
+    /// Install what is missing (as `setup`), then run every test: unit,
+    /// integration and privileged bpf-tests.
+    Test {
+        /// Extra arguments passed to `cargo test` after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Install what is missing (as `setup`), build the release agent and run
+    /// the first-run demo.
+    Demo,
+}
+
+const APT_PACKAGES: &[&str] = &[
+    "clickhouse-server",
+    "clickhouse-client",
+    "iproute2",
+    "nftables",
+    "iperf3",
+    "wrk",
+    "nghttp2-client",
+    "nginx",
+    "curl",
+    "python3-venv",
+    "procps",
+];
+
+const PY_PACKAGES: &[&str] = &[
+    "openai",
+    "anthropic",
+    "google-genai",
+    "mcp",
+    "opentelemetry-proto",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().with_context(|| format!("running {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed ({st})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("running {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn has(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin} >/dev/null 2>&1")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn nightly() -> Command {
+    let mut c = Command::new("rustup");
+    c.env_remove("RUSTUP_TOOLCHAIN");
+    c
+}
+
+/// What `build-ebpf` needs; each missing piece with how to get it.
+fn missing_prereqs() -> Vec<String> {
+    let mut missing = Vec::new();
+    if output(nightly().args(["run", "nightly", "rustc", "--version"])).is_err() {
+        missing.push("the nightly toolchain: `rustup toolchain install nightly`".into());
+    }
+    let src =
+        output(nightly().args(["component", "list", "--toolchain", "nightly", "--installed"]))
+            .unwrap_or_default();
+    if !src.lines().any(|l| l.starts_with("rust-src")) {
+        missing.push(
+            "rust-src for nightly: `rustup component add rust-src --toolchain nightly`".into(),
+        );
+    }
+    if !has("bpf-linker") {
+        missing.push(
+            "bpf-linker built against the nightly's LLVM: `cargo xtask setup --no-apt`".into(),
+        );
+    }
+    missing
+}
+
+fn build_ebpf() -> Result<()> {
+    let missing = missing_prereqs();
+    if !missing.is_empty() {
+        bail!(
+            "cannot build the kernel half; missing:\n  - {}\n(or run `cargo xtask setup` for all of them)",
+            missing.join("\n  - ")
+        );
+    }
+    let root = root();
+    run(Command::new("cargo")
+        .current_dir(root.join("ebpf"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["+nightly", "build", "--release", "-Z", "build-std=core"])
+        .args(["--target", "bpfel-unknown-none", "--target-dir"])
+        .arg(root.join("target/ebpf")))?;
+    println!(
+        "kernel half: {}",
+        root.join("target/ebpf/bpfel-unknown-none/release/egret")
+            .display()
+    );
+    Ok(())
+}
+
+fn install_bpf_linker() -> Result<()> {
+    if has("bpf-linker") {
+        println!("bpf-linker: present");
+        return Ok(());
+    }
+    // bpf-linker must link against the same LLVM as the nightly rustc.
+    let sysroot = output(nightly().args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+    let lib = Path::new(&sysroot).join("lib");
+    let llvm = std::fs::read_dir(&lib)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let major: String = llvm
+        .trim_start_matches("libLLVM.so.")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let prefix = env::temp_dir().join("egret-llvm-prefix");
+    let plib = prefix.join("lib");
+    std::fs::create_dir_all(&plib)?;
+    for name in ["libLLVM.so", llvm.as_str()] {
+        let link = plib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib.join(&llvm), &link)?;
+    }
+    run(Command::new("cargo")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env("LLVM_PREFIX", &prefix)
+        .args(["+nightly", "install", "bpf-linker@0.13.0", "--locked"])
+        .args(["--no-default-features", "--features"])
+        .arg(format!("llvm-{major}")))
+}
+
+fn venv_dir() -> PathBuf {
+    env::var_os("EGRET_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv"))
+}
+
+fn setup(no_apt: bool) -> Result<()> {
+    if !no_apt {
+        let missing: Vec<&str> = APT_PACKAGES
+            .iter()
+            .copied()
+            .filter(|p| {
+                !Command::new("dpkg")
+                    .args(["-s", p])
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false)
+            })
+            .collect();
+        if missing.is_empty() {
+            println!("apt packages: present");
+        } else {
+            run(Command::new("apt-get").arg("update").arg("-q"))?;
+            run(Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing))?;
+        }
+    }
+    // Only touch rustup when something is missing: it goes to the network.
+    if output(nightly().args(["run", "nightly", "rustc", "--version"])).is_err() {
+        run(nightly().args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let installed =
+        output(nightly().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        run(nightly().args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    install_bpf_linker()?;
+    let venv = venv_dir();
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    let have = Command::new(&py)
+        .args([
+            "-c",
+            "import openai, anthropic, google.genai, mcp, opentelemetry.proto",
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if have {
+        println!("python SDKs: present in {}", venv.display());
+    } else {
+        run(Command::new(&py)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(PY_PACKAGES))?;
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup(false)?;
+    let root = root();
+    // The binaries the privileged tests drive.
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "-p",
+        "egret",
+        "-p",
+        "bpf-tests",
+        "--bins",
+    ]))?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root)
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .env("EGRET_BIN", root.join("target/debug/egret"))
+        .env("EGRET_VENV", venv_dir());
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    run(&mut cmd)
+}
+
+fn demo() -> Result<()> {
+    setup(false)?;
+    let root = root();
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "egret",
+        "-p",
+        "bpf-tests",
+        "--bins",
+    ]))?;
+    run(Command::new("bash")
+        .arg(root.join("deploy/demo.sh"))
+        .env("EGRET_BIN", root.join("target/release/egret"))
+        .env("MOCK_BIN", root.join("target/release/mock-provider"))
+        .env("EGRET_VENV", venv_dir()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Setup { no_apt } => setup(no_apt),
+        Cmd::BuildEbpf => build_ebpf(),
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo => demo(),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
