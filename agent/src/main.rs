@@ -107,20 +107,23 @@ struct RecordsArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct RegisterArgs {
+    id: String,
+    /// cgroup, relative to the sandbox root.
+    #[arg(long)]
+    cgroup: String,
+    /// Network namespace path (e.g. /run/netns/NAME).
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    #[command(flatten)]
+    attribution: AttributionArgs,
+}
+
 #[derive(Subcommand)]
 enum SandboxCmd {
     /// Register (or re-register) a sandbox cgroup with an attribution.
-    Register {
-        id: String,
-        /// cgroup, relative to the sandbox root.
-        #[arg(long)]
-        cgroup: String,
-        /// Network namespace path (e.g. /run/netns/NAME).
-        #[arg(long)]
-        netns: Option<PathBuf>,
-        #[command(flatten)]
-        attribution: AttributionArgs,
-    },
+    Register(Box<RegisterArgs>),
     Unregister {
         id: String,
     },
@@ -179,12 +182,13 @@ async fn real_main(cli: Cli) -> Result<i32> {
         Command::Sandbox(cmd) => {
             let client = api::Client::new(&cfg.node.api_socket);
             match cmd {
-                SandboxCmd::Register {
-                    id,
-                    cgroup,
-                    netns,
-                    attribution,
-                } => {
+                SandboxCmd::Register(args) => {
+                    let RegisterArgs {
+                        id,
+                        cgroup,
+                        netns,
+                        attribution,
+                    } = *args;
                     let sb = client
                         .register(
                             &id,

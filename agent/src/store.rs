@@ -243,7 +243,9 @@ impl Shared {
             }
         }
         st.segments.remove(&id);
-        self.counters.segments_deleted.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .segments_deleted
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn stats(&self) -> SpoolStats {
@@ -731,7 +733,10 @@ impl Cursor {
     /// Reads up to `max_records` records after the last one read (across
     /// segments). Each comes with the position to [`commit`](Self::commit)
     /// once it has been delivered. An empty result means caught up.
-    pub fn next_batch(&mut self, max_records: usize) -> Result<Vec<(Position, Record)>, StoreError> {
+    pub fn next_batch(
+        &mut self,
+        max_records: usize,
+    ) -> Result<Vec<(Position, Record)>, StoreError> {
         let mut out = Vec::with_capacity(max_records.min(1024));
         while out.len() < max_records {
             // Only the index lookup happens under the lock.
@@ -1238,7 +1243,13 @@ mod tests {
         let mut spool = Spool::open(&cfg(tmp.path())).unwrap();
         let batch = recs(0..100);
         let out = spool.append(&batch).unwrap();
-        assert_eq!(out, AppendOutcome { written: 100, dropped: 0 });
+        assert_eq!(
+            out,
+            AppendOutcome {
+                written: 100,
+                dropped: 0
+            }
+        );
         let back: Vec<Record> = read_records(tmp.path())
             .unwrap()
             .collect::<Result<_, _>>()
@@ -1302,7 +1313,11 @@ mod tests {
         }
         let seg = last_segment(tmp.path());
         // Flip a crc byte of the last frame.
-        let f = OpenOptions::new().read(true).write(true).open(&seg).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg)
+            .unwrap();
         let mut b = [0u8; 1];
         f.read_exact_at(&mut b, good + 4).unwrap();
         b[0] ^= 0xff;
@@ -1417,7 +1432,13 @@ mod tests {
         }
         assert!(spool.stats().bytes_on_disk < 8 << 10);
         let out = spool.append(&recs(5000..5010)).unwrap();
-        assert_eq!(out, AppendOutcome { written: 10, dropped: 0 });
+        assert_eq!(
+            out,
+            AppendOutcome {
+                written: 10,
+                dropped: 0
+            }
+        );
         let batch = cursor.next_batch(100).unwrap();
         assert_eq!(
             batch.iter().map(|(_, r)| r.start_ns()).collect::<Vec<_>>(),
@@ -1432,7 +1453,13 @@ mod tests {
         let mut big = rec(1);
         big.set(sc::REQUEST_BODY, "x".repeat(MAX_FRAME_PAYLOAD + 1));
         let out = spool.append(&[rec(0), big, rec(2)]).unwrap();
-        assert_eq!(out, AppendOutcome { written: 2, dropped: 1 });
+        assert_eq!(
+            out,
+            AppendOutcome {
+                written: 2,
+                dropped: 1
+            }
+        );
         assert_eq!(starts(tmp.path()), vec![0, 2]);
     }
 
@@ -1454,7 +1481,7 @@ mod tests {
             assert_eq!(b.len(), 120);
             assert_eq!(b[119].1.start_ns(), 119);
             cur.commit(b[99].0).unwrap(); // acknowledged 0..100 only
-            // Read-but-uncommitted records (100..120) must come back after restart.
+                                          // Read-but-uncommitted records (100..120) must come back after restart.
             assert!(spool.stats().segments_deleted > 0);
         }
         let mut spool = Spool::open(&c).unwrap();
@@ -1536,7 +1563,8 @@ mod tests {
 
     #[test]
     fn config_from_json_with_defaults() {
-        let c: SpoolConfig = serde_json::from_str(r#"{"dir": "/tmp/s", "maxBytes": 1000000}"#).unwrap();
+        let c: SpoolConfig =
+            serde_json::from_str(r#"{"dir": "/tmp/s", "maxBytes": 1000000}"#).unwrap();
         assert_eq!(c.segment_bytes, 64 << 20);
         assert_eq!(c.max_bytes, 1_000_000);
         assert!(serde_json::from_str::<SpoolConfig>(r#"{"bogus": 1}"#).is_err());
@@ -1556,10 +1584,22 @@ mod tests {
             if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS) {
                 return Err(format!("unshare(CLONE_NEWNS): {e}"));
             }
-            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-                .map_err(|e| format!("make-rprivate: {e}"))?;
-            mount(Some("tmpfs"), &mnt, Some("tmpfs"), MsFlags::empty(), Some("size=256k"))
-                .map_err(|e| format!("mount tmpfs: {e}"))?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(|e| format!("make-rprivate: {e}"))?;
+            mount(
+                Some("tmpfs"),
+                &mnt,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some("size=256k"),
+            )
+            .map_err(|e| format!("mount tmpfs: {e}"))?;
             full_disk_scenario(&mnt);
             Ok(())
         })
@@ -1614,15 +1654,15 @@ mod tests {
         fs::remove_file(&filler_path).unwrap();
         let out = spool.append(&batch).unwrap();
         assert_eq!(out.written, 40);
-        assert_eq!(
-            starts(&dir),
-            (0..20).chain(100..140).collect::<Vec<_>>()
-        );
+        assert_eq!(starts(&dir), (0..20).chain(100..140).collect::<Vec<_>>());
         // And a restart finds a clean spool.
         drop(cur);
         drop(spool);
         let spool = Spool::open(&c).unwrap();
-        assert_eq!(spool.stats().bytes_on_disk, fs::metadata(&seg).unwrap().len());
+        assert_eq!(
+            spool.stats().bytes_on_disk,
+            fs::metadata(&seg).unwrap().len()
+        );
         assert_eq!(starts(&dir).len(), 60);
     }
 }

@@ -475,7 +475,7 @@ impl HeldClient {
     }
 
     /// Next JSON line the client printed.
-    pub fn next(&mut self) -> Value {
+    pub fn next_report(&mut self) -> Value {
         let mut line = String::new();
         self.out.read_line(&mut line).expect("read client");
         assert!(!line.is_empty(), "client exited early");

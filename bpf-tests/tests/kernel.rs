@@ -42,9 +42,9 @@ fn python_bytes_match(agent: &Agent, ns: Option<&Netns>, host: &str, port: u16, 
     let inv = format!("inv-{tag}-{id}");
     agent.register(&id, ns, &inv);
     let mut client = HeldClient::spawn(py_client(&cg, ns, host, port, 333, 1_500_000));
-    let first = client.next();
+    let first = client.next_report();
     client.say("more 1234 600000");
-    let second = client.next();
+    let second = client.next_report();
     let local_port = first["local_port"].as_u64().unwrap() as u16;
     let (ss_sent, ss_received) = ss_counters(ns, local_port);
     let sent = second["sent"].as_i64().unwrap();
@@ -244,13 +244,13 @@ fn reregistration_mid_connection_keeps_old_sockets_on_the_old_invocation() {
     let cg = agent.cgroup(&id);
     agent.register(&id, None, "inv-first");
     let mut old = HeldClient::spawn(py_client(&cg, None, "127.0.0.1", server.port(), 100, 1000));
-    old.next();
+    old.next_report();
     agent.register(&id, None, "inv-second");
     let mut new = HeldClient::spawn(py_client(&cg, None, "127.0.0.1", server.port(), 200, 2000));
-    new.next();
+    new.next_report();
     // The old socket keeps talking after the re-registration.
     old.say("more 50 500");
-    old.next();
+    old.next_report();
     old.finish();
     new.finish();
     let recs = agent.wait_records("both flows", |r| {
@@ -431,7 +431,7 @@ fn agent_restart_keeps_counters_and_loses_or_doubles_no_flow() {
         100,
         10_000,
     ));
-    held.next();
+    held.next_report();
     // Killed hard, with a connection open.
     agent.stop(true);
     // A connection that opens and closes entirely while the agent is down.
@@ -447,7 +447,7 @@ fn agent_restart_keeps_counters_and_loses_or_doubles_no_flow() {
         .unwrap();
     assert!(out.status.success());
     held.say("more 40 4000");
-    held.next();
+    held.next_report();
     agent.spawn();
     assert!(
         agent.log_text().contains("Reused"),
@@ -455,7 +455,7 @@ fn agent_restart_keeps_counters_and_loses_or_doubles_no_flow() {
         agent.log_text()
     );
     held.say("more 10 1000");
-    held.next();
+    held.next_report();
     held.finish();
     let recs = agent.wait_records("restart flows", |r| flows_of(r, "inv-restart").len() >= 2);
     std::thread::sleep(Duration::from_millis(500));
