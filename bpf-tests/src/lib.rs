@@ -530,8 +530,8 @@ pub fn ss_counters(netns: Option<&Netns>, port: u16) -> (u64, u64) {
 }
 
 /// A TCP server thread on `addr`: each request line carrying a number N is
-/// answered with N bytes; a line starting with "GET " (curl, HTTP/0.9 style)
-/// gets its bytes and then the connection is closed.
+/// answered with N bytes; a line starting with "GET " (curl) gets an HTTP/1.1
+/// response with an N-byte body, then the connection is closed.
 pub fn byte_server(addr: &str) -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind(addr).expect("bind byte server");
     let local = l.local_addr().expect("addr");
@@ -572,6 +572,13 @@ fn serve_bytes(mut s: std::net::TcpStream) {
                 }
             }
         }
+        if http {
+            let head =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n");
+            if s.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+        }
         let buf = vec![b'x'; 64 * 1024];
         let mut left = n;
         while left > 0 {
@@ -582,7 +589,7 @@ fn serve_bytes(mut s: std::net::TcpStream) {
             left -= k;
         }
         if http {
-            // HTTP/0.9-style client (curl): the response ends at close.
+            // HTTP client (curl): one response, then close.
             let _ = s.shutdown(std::net::Shutdown::Write);
             let mut rest = Vec::new();
             use std::io::Read;

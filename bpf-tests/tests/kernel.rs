@@ -80,10 +80,10 @@ fn curl_bytes_match(agent: &Agent, ns: Option<&Netns>, host: &str, port: u16, ta
     let cg = agent.cgroup(&id);
     let inv = format!("inv-curl-{tag}-{id}");
     agent.register(&id, ns, &inv);
-    // The byte server answers the request line "GET /x 1048577 ..." with
-    // raw bytes; curl --http0.9 accepts a response without headers.
+    // The byte server answers the request line "GET 1048577 / HTTP/1.1"
+    // with a 1048577-byte body.
     let out = sandboxed(&cg, ns, "curl")
-        .args(["-s", "--http0.9", "-o", "/dev/null", "-X", "GET 1048577"])
+        .args(["-sS", "-o", "/dev/null", "-X", "GET 1048577"])
         .args([
             "-w",
             "%{size_request} %{size_upload} %{size_header} %{size_download}",
@@ -104,7 +104,12 @@ fn curl_bytes_match(agent: &Agent, ns: Option<&Netns>, host: &str, port: u16, ta
         String::from_utf8_lossy(&out.stderr)
     );
     let (tx, rx) = (nums[0] + nums[1], nums[2] + nums[3]);
-    assert!(rx >= 1_048_577, "curl got {rx} bytes");
+    assert!(
+        rx >= 1_048_577,
+        "curl got {rx} bytes ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let recs = agent.wait_records("curl flow", |r| flows_of(r, &inv).len() == 1);
     let f = one_flow(&recs, &inv);
     assert_eq!(i(f, sc::L4_BYTES_SANDBOX_TX), tx, "{}", f.to_json_line());
