@@ -53,6 +53,9 @@ pub struct NodeConfig {
     pub api_socket: PathBuf,
     /// Admin listener (metrics, health); never inside a sandbox netns.
     pub admin_listen: SocketAddr,
+    /// Extra PEM root certificates the agent trusts for upstream TLS (on top
+    /// of the system roots).
+    pub upstream_extra_roots: Vec<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -67,6 +70,7 @@ impl Default for NodeConfig {
             bpffs_dir: PathBuf::from("/sys/fs/bpf/egret"),
             api_socket: PathBuf::from("/run/egret/api.sock"),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            upstream_extra_roots: vec![],
         }
     }
 }
@@ -91,6 +95,67 @@ pub struct GatewayConfig {
     pub default_policy: DefaultPolicy,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Daily token budgets per agent.
+    #[serde(default)]
+    pub budgets: Vec<BudgetConfig>,
+    #[serde(default)]
+    pub capture_body: CaptureBodyConfig,
+    /// Rewrite OpenAI streaming requests to include usage (and hide the extra
+    /// usage chunk from the client) so token counts are always captured.
+    #[serde(default = "yes")]
+    pub rewrite_stream_usage: bool,
+    /// What to do with a captured-port connection that is not TLS or HTTP:
+    /// `passthrough` (splice, flow record only) or `refuse`.
+    #[serde(default)]
+    pub non_http: NonHttpPolicy,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum NonHttpPolicy {
+    #[default]
+    Passthrough,
+    Refuse,
+}
+
+/// A daily token budget (input + output tokens, UTC day) for one agent.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BudgetConfig {
+    /// Agent namespace; empty matches any.
+    #[serde(default)]
+    pub namespace: String,
+    /// Agent name; empty matches any.
+    #[serde(default)]
+    pub name: String,
+    pub daily_tokens: u64,
+}
+
+/// Body capture per direction.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct CaptureBodyConfig {
+    /// Bytes kept per direction (request, response).
+    pub max_bytes: usize,
+    /// Content types (without parameters) whose bodies are kept.
+    pub include_content_types: Vec<String>,
+}
+
+impl Default for CaptureBodyConfig {
+    fn default() -> Self {
+        CaptureBodyConfig {
+            max_bytes: 64 * 1024,
+            include_content_types: vec![
+                "application/json".into(),
+                "application/x-ndjson".into(),
+                "text/event-stream".into(),
+            ],
+        }
+    }
 }
 
 /// Which sandboxes a gateway applies to; empty lists match everything.
@@ -138,6 +203,10 @@ impl Config {
                     route("openai", "api.openai.com", "openai"),
                     route("google", "generativelanguage.googleapis.com", "google"),
                 ],
+                budgets: vec![],
+                capture_body: CaptureBodyConfig::default(),
+                rewrite_stream_usage: true,
+                non_http: NonHttpPolicy::Passthrough,
             }],
         }
     }

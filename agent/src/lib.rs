@@ -4,12 +4,15 @@
 pub mod api;
 pub mod attribution;
 pub mod bpf;
+pub mod budget;
 pub mod cgroup;
 pub mod config;
+pub mod credentials;
 pub mod daemon;
 pub mod doctor;
 pub mod flow;
 pub mod netns;
+pub mod policy;
 pub mod proxy;
 pub mod record;
 pub mod records;

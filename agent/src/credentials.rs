@@ -1,0 +1,117 @@
+//! Credentials never leave the process in clear: headers and query
+//! parameters that carry keys are recognised here, and a key is identified
+//! in records only by a short keyed hash (`egret.api_key.id`).
+use std::path::Path;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// Request headers that carry credentials.
+pub const SECRET_HEADERS: [&str; 5] = [
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "proxy-authorization",
+];
+
+/// Query parameters that carry credentials.
+pub const SECRET_QUERY_PARAMS: [&str; 4] = ["key", "api_key", "apikey", "access_token"];
+
+pub fn is_secret_header(name: &str) -> bool {
+    SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Keyed hashing of API keys with a per-node secret (32 random bytes, 0600).
+pub struct KeyHasher {
+    secret: [u8; 32],
+}
+
+impl std::fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyHasher(<redacted>)")
+    }
+}
+
+impl KeyHasher {
+    /// Loads the node secret from `path`, creating it (0600) when absent.
+    pub fn open(path: &Path) -> std::io::Result<KeyHasher> {
+        use std::io::{Read, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut secret = [0u8; 32];
+        match std::fs::File::open(path) {
+            Ok(mut f) => f.read_exact(&mut secret)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::File::open("/dev/urandom")?.read_exact(&mut secret)?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)?;
+                f.write_all(&secret)?;
+                f.sync_all()?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(KeyHasher { secret })
+    }
+
+    pub fn with_secret(secret: [u8; 32]) -> KeyHasher {
+        KeyHasher { secret }
+    }
+
+    /// 16 hex chars of HMAC-SHA256(secret, key).
+    pub fn id(&self, key: &str) -> String {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        mac.update(key.as_bytes());
+        let out = mac.finalize().into_bytes();
+        out[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The API key a request carries, from headers or query, if any.
+pub fn api_key<'a>(headers: &'a http::HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    for name in ["x-api-key", "api-key", "x-goog-api-key", "authorization"] {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            let v = v.trim();
+            let v = v
+                .strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .unwrap_or(v);
+            if !v.is_empty() {
+                return Some(v);
+            }
+        }
+    }
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        SECRET_QUERY_PARAMS
+            .contains(&k)
+            .then_some(v)
+            .filter(|v| !v.is_empty())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_found_and_hashed_stably() {
+        let h = KeyHasher::with_secret([7; 32]);
+        let mut hm = http::HeaderMap::new();
+        hm.insert("authorization", "Bearer sk-test-123".parse().unwrap());
+        let k = api_key(&hm, None).unwrap();
+        assert_eq!(k, "sk-test-123");
+        let id = h.id(k);
+        assert_eq!(id.len(), 16);
+        assert_eq!(id, h.id("sk-test-123"));
+        assert!(!id.contains("sk-"));
+        assert_eq!(
+            api_key(&http::HeaderMap::new(), Some("alt=sse&key=AIza1")),
+            Some("AIza1")
+        );
+        assert!(is_secret_header("X-Goog-Api-Key"));
+    }
+}
