@@ -387,6 +387,17 @@ impl KernelMaps {
         Some(sum)
     }
 
+    /// A live socket's payload counters so far (summed over CPUs), untouched.
+    pub fn peek_counters(&self, cookie: u64) -> Option<SkbCounters> {
+        let m = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let values = m.get(&cookie, 0).ok()?;
+        let mut sum = SkbCounters::default();
+        for v in values.iter() {
+            sum.add(v);
+        }
+        Some(sum)
+    }
+
     /// Kernel-side counters (drops, misses, redirects) summed over CPUs.
     pub fn stats(&self) -> Vec<(&'static str, u64)> {
         (0..stat::COUNT)

@@ -113,22 +113,28 @@ pub fn flow_record(
     rec.set(sc::NETNS_COOKIE, tag.netns_cookie.to_string());
     rec.set(sc::CGROUP_ID, tag.cgroup_id.to_string());
     rec.set(sc::L4_REDIRECTED, tag.flags & TAG_REDIRECTED != 0);
+    // Delivered payload, from the kernel's TCP accounting at close: what the
+    // peer acknowledged and what the socket received in order (retransmitted
+    // or duplicate segments are not counted twice).
+    rec.set(sc::L4_BYTES_SANDBOX_TX, ev.payload_acked());
+    rec.set(sc::L4_BYTES_SANDBOX_RX, ev.bytes_received);
+    rec.set(sc::L4_TCP_BYTES_ACKED, ev.bytes_acked);
+    rec.set(sc::L4_TCP_BYTES_RECEIVED, ev.bytes_received);
+    // Payload on the wire, from cgroup_skb (retransmissions included).
     match maps.take_counters(ev.cookie) {
         Some(c) => {
-            rec.set(sc::L4_BYTES_SANDBOX_TX, c.tx_bytes);
-            rec.set(sc::L4_BYTES_SANDBOX_RX, c.rx_bytes);
+            rec.set(sc::L4_WIRE_BYTES_SANDBOX_TX, c.tx_bytes);
+            rec.set(sc::L4_WIRE_BYTES_SANDBOX_RX, c.rx_bytes);
             rec.set(sc::L4_SEGS_SANDBOX_TX, c.tx_segs);
             rec.set(sc::L4_SEGS_SANDBOX_RX, c.rx_segs);
         }
         None => {
-            // No payload packet seen (e.g. refused connect) or evicted.
-            rec.set(sc::L4_BYTES_SANDBOX_TX, 0u64);
-            rec.set(sc::L4_BYTES_SANDBOX_RX, 0u64);
+            // No packet seen (e.g. refused connect) or evicted.
+            rec.set(sc::L4_WIRE_BYTES_SANDBOX_TX, 0u64);
+            rec.set(sc::L4_WIRE_BYTES_SANDBOX_RX, 0u64);
             rec.set(sc::L4_COUNTERS_MISSING, true);
         }
     }
-    rec.set(sc::L4_TCP_BYTES_ACKED, ev.bytes_acked);
-    rec.set(sc::L4_TCP_BYTES_RECEIVED, ev.bytes_received);
     rec
 }
 

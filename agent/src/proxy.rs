@@ -7,6 +7,16 @@
 //! connection with no link was not redirected by the kernel and is refused —
 //! egret is never an open proxy. The upstream socket is created inside the
 //! sandbox's netns, so the original destination means what it meant there.
+//!
+//! After the origin is known the first bytes decide the path: a TLS
+//! ClientHello is terminated (`http::serve_tls`), an HTTP request line is
+//! served as plain HTTP (`http::serve_plain`), anything else is spliced to
+//! the original destination or refused, per the gateway's `nonHttp`.
+pub mod http;
+pub mod io;
+pub mod tap;
+pub mod upstream;
+
 use std::{
     collections::HashMap,
     io,
@@ -28,9 +38,43 @@ use tokio::{
 use crate::{
     attribution::{Attribution, Registry},
     bpf::Kernel,
+    budget::Budgets,
+    config::NonHttpPolicy,
+    credentials::KeyHasher,
     flow::orig_dst,
     netns,
+    policy::Policy,
+    record::Record,
+    tls::{Terminator, UpstreamTls},
 };
+
+/// How long a connection may stay silent before its protocol is known;
+/// server-speaks-first protocols are then spliced.
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything the L7 path shares across connections.
+pub struct L7 {
+    pub kernel: Arc<Kernel>,
+    pub policy: arc_swap::ArcSwap<Policy>,
+    pub budgets: Arc<Budgets>,
+    pub terminator: Arc<Terminator>,
+    pub upstream_tls: Arc<UpstreamTls>,
+    pub keys: Arc<KeyHasher>,
+    pub records: tokio::sync::mpsc::Sender<Record>,
+    pub dropped_records: AtomicU64,
+}
+
+impl L7 {
+    /// Hands a record to the recorder without ever blocking the data path.
+    pub fn emit(&self, rec: Record) {
+        if self.records.try_send(rec).is_err() {
+            let n = self.dropped_records.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(dropped = n, "record queue full: transaction records dropped");
+            }
+        }
+    }
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -56,6 +100,7 @@ pub struct ProxyStats {
 pub struct Proxy {
     kernel: Arc<Kernel>,
     registry: Arc<Registry>,
+    l7: Arc<L7>,
     port: u16,
     listeners: Mutex<HashMap<Option<PathBuf>, Vec<JoinHandle<()>>>>,
     pub stats: ProxyStats,
@@ -106,10 +151,16 @@ fn link_keys(netns_cookie: u64, peer: SocketAddr) -> [LinkKey; 2] {
 }
 
 impl Proxy {
-    pub fn new(kernel: Arc<Kernel>, registry: Arc<Registry>, port: u16) -> Arc<Proxy> {
+    pub fn new(
+        kernel: Arc<Kernel>,
+        registry: Arc<Registry>,
+        l7: Arc<L7>,
+        port: u16,
+    ) -> Arc<Proxy> {
         Arc::new(Proxy {
             kernel,
             registry,
+            l7,
             port,
             listeners: Mutex::new(HashMap::new()),
             stats: ProxyStats::default(),
@@ -208,7 +259,29 @@ impl Proxy {
             return;
         };
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let mut client = stream;
+        match sniff(&stream).await {
+            Sniffed::Tls => http::serve_tls(self.l7.clone(), stream, origin).await,
+            Sniffed::Http => http::serve_plain(self.l7.clone(), stream, origin).await,
+            Sniffed::Other => {
+                let decision = self
+                    .l7
+                    .policy
+                    .load()
+                    .decide(origin.attribution.as_ref(), None);
+                let refuse = decision
+                    .gateway
+                    .as_ref()
+                    .is_none_or(|g| g.non_http == NonHttpPolicy::Refuse);
+                if refuse {
+                    tracing::info!(dst = %origin.dst, "refused a non-HTTP connection on a captured port");
+                    return;
+                }
+                self.splice(stream, &origin).await;
+            }
+        }
+    }
+
+    async fn splice(&self, mut client: TcpStream, origin: &Origin) {
         let mut upstream = match dial(origin.netns.as_deref(), origin.dst).await {
             Ok(s) => s,
             Err(e) => {
@@ -220,13 +293,40 @@ impl Proxy {
         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             Ok((up, down)) => {
                 self.stats.bytes_upstream.fetch_add(up, Ordering::Relaxed);
-                self.stats
-                    .bytes_downstream
-                    .fetch_add(down, Ordering::Relaxed);
+                self.stats.bytes_downstream.fetch_add(down, Ordering::Relaxed);
             }
             Err(e) => tracing::debug!(dst = %origin.dst, "splice ended: {e}"),
         }
     }
+}
+
+enum Sniffed {
+    Tls,
+    Http,
+    Other,
+}
+
+/// Looks at the first bytes without consuming them.
+async fn sniff(stream: &TcpStream) -> Sniffed {
+    let mut buf = [0u8; 8];
+    let n = match tokio::time::timeout(SNIFF_TIMEOUT, stream.peek(&mut buf)).await {
+        Ok(Ok(n)) => n,
+        _ => return Sniffed::Other,
+    };
+    let b = &buf[..n];
+    if b.first() == Some(&0x16) {
+        return Sniffed::Tls;
+    }
+    // An HTTP/1 request line starts with an upper-case method token.
+    let method_len = b.iter().take_while(|c| c.is_ascii_uppercase()).count();
+    if method_len >= 3 && (method_len == n || b[method_len] == b' ') {
+        return Sniffed::Http;
+    }
+    // h2 prior knowledge: "PRI * HTTP/2.0"
+    if b.starts_with(b"PRI ") {
+        return Sniffed::Http;
+    }
+    Sniffed::Other
 }
 
 fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {

@@ -75,6 +75,8 @@ pub const L4_BYTES_SANDBOX_TX: &str = "egret.l4.bytes_sandbox_tx";
 pub const L4_BYTES_SANDBOX_RX: &str = "egret.l4.bytes_sandbox_rx";
 pub const L4_BYTES_UPSTREAM: &str = "egret.l4.bytes_upstream";
 pub const L4_BYTES_DOWNSTREAM: &str = "egret.l4.bytes_downstream";
+pub const L4_WIRE_BYTES_SANDBOX_TX: &str = "egret.l4.wire_bytes_sandbox_tx";
+pub const L4_WIRE_BYTES_SANDBOX_RX: &str = "egret.l4.wire_bytes_sandbox_rx";
 pub const L4_SEGS_SANDBOX_TX: &str = "egret.l4.segs_sandbox_tx";
 pub const L4_SEGS_SANDBOX_RX: &str = "egret.l4.segs_sandbox_rx";
 pub const L4_TCP_BYTES_ACKED: &str = "egret.l4.tcp_bytes_acked";
@@ -93,6 +95,8 @@ pub const PARSE_ERROR: &str = "egret.parse.error";
 pub const TRACE_ID: &str = "egret.trace_id";
 pub const SPAN_ID: &str = "egret.span_id";
 pub const PARENT_SPAN_ID: &str = "egret.parent_span_id";
+pub const BODY_B64: &str = "egret.body.b64";
+pub const GATEWAY_NAME: &str = "egret.gateway.name";
 
 /// Values of [`RECORD_KIND`].
 pub const KIND_FLOW: &str = "flow";

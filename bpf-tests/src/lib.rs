@@ -503,7 +503,9 @@ impl Drop for HeldClient {
     }
 }
 
-/// `ss -tinH` counters for the TCP socket with local port `port`, run in `netns`.
+/// `ss -tinH` counters for the TCP socket with local port `port`, run in
+/// `netns`: (bytes_sent − bytes_retrans, bytes_received), i.e. payload the
+/// socket delivered once.
 pub fn ss_counters(netns: Option<&Netns>, port: u16) -> (u64, u64) {
     let mut cmd = match netns {
         Some(ns) => {
@@ -526,7 +528,10 @@ pub fn ss_counters(netns: Option<&Netns>, port: u16) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (find("bytes_sent:"), find("bytes_received:"))
+    (
+        find("bytes_sent:") - find("bytes_retrans:"),
+        find("bytes_received:"),
+    )
 }
 
 /// A TCP server thread on `addr`: each request line carrying a number N is

@@ -81,7 +81,24 @@ pub struct CloseEvent {
     pub bytes_received: u64,
     pub segs_in: u32,
     pub segs_out: u32,
+    /// TCP state the socket left for `TCP_CLOSE` (tells whether our FIN was acked).
+    pub old_state: u32,
+    pub _pad: u32,
     pub tag: SockTag,
+}
+
+/// TCP states (net/tcp_states.h) from which reaching `TCP_CLOSE` means the
+/// socket's own FIN was acknowledged.
+pub const FIN_ACKED_STATES: [u32; 4] = [5 /* FIN_WAIT2 */, 6 /* TIME_WAIT */, 9 /* LAST_ACK */, 11 /* CLOSING */];
+
+impl CloseEvent {
+    /// Payload bytes the peer acknowledged: `bytes_acked` counts the SYN and
+    /// the FIN in sequence space, this does not.
+    pub fn payload_acked(&self) -> u64 {
+        let syn = u64::from(self.bytes_acked > 0);
+        let fin = u64::from(FIN_ACKED_STATES.contains(&self.old_state));
+        self.bytes_acked.saturating_sub(syn + fin)
+    }
 }
 
 /// Key linking a redirected sandbox socket to the connection the agent

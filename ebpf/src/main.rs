@@ -318,6 +318,8 @@ pub fn egret_sockops(ctx: SockOpsContext) -> u32 {
             bytes_received: (*ops).bytes_received,
             segs_in: (*ops).segs_in,
             segs_out: (*ops).segs_out,
+            old_state: ctx.arg(0),
+            _pad: 0,
             tag,
         }
     };

@@ -1,0 +1,523 @@
+//! The sandbox leg: TLS termination (or plain HTTP), hyper server with
+//! HTTP/1.1 and HTTP/2, one transaction per request.
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{
+    io::{ByteCounts, Counted},
+    tap::{capturable, Capture, Finisher, L4Snapshot, RequestTap, ResponseTap, Transaction},
+    upstream::{ProxyBody, Target, Upstream},
+    L7, Origin,
+};
+use crate::{
+    budget,
+    credentials,
+    genai::{Exchange, Limits, Provider},
+    policy::Decision,
+    record::{now_unix_nanos, Record},
+    semconv as sc,
+};
+
+/// Request bodies up to this size (with a known length) are read whole
+/// before forwarding, so the provider parser sees the model and the OpenAI
+/// usage rewrite can apply. Larger or unsized bodies are streamed.
+const WHOLE_REQUEST_MAX: u64 = 4 * 1024 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One sandbox connection being served.
+pub struct Conn {
+    pub l7: Arc<L7>,
+    pub origin: Origin,
+    /// SNI (TLS) — None for plain HTTP, where the Host header names the host.
+    pub sni: Option<String>,
+    pub tls: bool,
+    pub upstream: Upstream,
+    pub downstream: Arc<ByteCounts>,
+}
+
+fn full(body: impl Into<Bytes>) -> ProxyBody {
+    Full::new(body.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn refusal(kind: &str, message: &str) -> String {
+    serde_json::json!({"error": {"type": kind, "message": message}}).to_string()
+}
+
+/// Serves a TLS connection: terminate with a leaf for the SNI, then HTTP.
+pub async fn serve_tls<S>(l7: Arc<L7>, stream: S, origin: Origin)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let downstream = Arc::new(ByteCounts::default());
+    let io = Counted::new(stream, downstream.clone());
+    let fallback = origin.dst.ip().to_string();
+    let accepted = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        l7.terminator.accept(io, Some(&fallback)),
+    )
+    .await
+    {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            tracing::info!(dst = %origin.dst, "TLS handshake with sandbox failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(dst = %origin.dst, "TLS handshake with sandbox timed out");
+            return;
+        }
+    };
+    let sni = accepted.sni.clone();
+    let tls_name = sni.clone().unwrap_or_else(|| fallback.clone());
+    let conn = Arc::new(Conn {
+        upstream: Upstream::new(
+            Target {
+                dst: origin.dst,
+                netns: origin.netns.clone(),
+                tls_name: Some(tls_name),
+            },
+            l7.upstream_tls.clone(),
+        ),
+        l7,
+        origin,
+        sni,
+        tls: true,
+        downstream,
+    });
+    serve_http(TokioIo::new(accepted.stream), conn).await;
+}
+
+/// Serves a plain-HTTP connection.
+pub async fn serve_plain<S>(l7: Arc<L7>, stream: S, origin: Origin)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let downstream = Arc::new(ByteCounts::default());
+    let io = Counted::new(stream, downstream.clone());
+    let conn = Arc::new(Conn {
+        upstream: Upstream::new(
+            Target {
+                dst: origin.dst,
+                netns: origin.netns.clone(),
+                tls_name: None,
+            },
+            l7.upstream_tls.clone(),
+        ),
+        l7,
+        origin,
+        sni: None,
+        tls: false,
+        downstream,
+    });
+    serve_http(TokioIo::new(io), conn).await;
+}
+
+async fn serve_http<I>(io: I, conn: Arc<Conn>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(req, conn).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(256 * 1024);
+    builder.http2().max_header_list_size(256 * 1024);
+    if let Err(e) = builder.serve_connection(io, svc).await {
+        tracing::debug!("sandbox connection ended: {e}");
+    }
+}
+
+/// Writes a finished transaction's record and counts its tokens.
+struct Finish {
+    conn: Arc<Conn>,
+    decision: Decision,
+}
+
+impl Finisher for Finish {
+    fn finish(&self, mut txn: Transaction) {
+        txn.seal();
+        let c = &self.conn;
+        let now = c.l7.l4_snapshot(c);
+        let s = txn.l4_start;
+        txn.rec
+            .set(sc::L4_BYTES_SANDBOX_TX, now.sandbox_tx.saturating_sub(s.sandbox_tx));
+        txn.rec
+            .set(sc::L4_BYTES_SANDBOX_RX, now.sandbox_rx.saturating_sub(s.sandbox_rx));
+        txn.rec
+            .set(sc::L4_BYTES_DOWNSTREAM, now.downstream.saturating_sub(s.downstream));
+        txn.rec
+            .set(sc::L4_BYTES_UPSTREAM, now.upstream.saturating_sub(s.upstream));
+        let tokens = txn.rec.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS).unwrap_or(0)
+            + txn.rec.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS).unwrap_or(0);
+        if let (Some(gw), Some(a)) = (&self.decision.gateway, &c.origin.attribution) {
+            if let Some(st) =
+                c.l7
+                    .budgets
+                    .add(gw, &a.agent_namespace, &a.agent_name, tokens.max(0) as u64)
+            {
+                txn.rec.set(sc::BUDGET_DAILY_USED, st.used);
+            }
+        }
+        c.l7.emit(txn.rec);
+    }
+}
+
+/// Common attributes of every transaction on this connection.
+fn base_record(conn: &Conn, req: &Request<Incoming>, host: &str, decision: &Decision) -> Record {
+    let mut rec = Record::new(sc::KIND_TRANSACTION);
+    rec.set(sc::COMPONENT, sc::COMPONENT_PROXY);
+    rec.set(sc::START_TIME, now_unix_nanos());
+    if let Some(a) = &conn.origin.attribution {
+        a.apply(&mut rec);
+        rec.set(sc::ATTRIBUTION_SOURCE, "kernel");
+    }
+    rec.set(sc::SOCKET_COOKIE, conn.origin.cookie.to_string());
+    rec.set(sc::HTTP_REQUEST_METHOD, req.method().as_str());
+    rec.set(sc::URL_PATH, req.uri().path());
+    rec.set(sc::SERVER_ADDRESS, host);
+    rec.set(sc::SERVER_PORT, conn.origin.dst.port());
+    rec.set(sc::DST_NAME, host);
+    rec.set(
+        sc::NETWORK_PROTOCOL_VERSION,
+        match req.version() {
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        },
+    );
+    rec.set(sc::ROUTE_MATCHED, decision.route.is_some());
+    if let Some(r) = &decision.route {
+        rec.set(sc::ROUTE_NAME, r.name.as_str());
+    }
+    if let Some(gw) = &decision.gateway {
+        rec.set(sc::GATEWAY_NAME, gw.name.as_str());
+    }
+    rec
+}
+
+/// W3C trace context for the outbound request: the sandbox's own header is
+/// the parent when present, else the invocation's registered traceparent,
+/// else a new trace. Returns (trace id, span id, parent span id, header).
+fn trace_context(
+    incoming: Option<&str>,
+    registered: Option<&str>,
+) -> (String, String, Option<String>, String) {
+    let parse = |tp: &str| -> Option<(String, String, String)> {
+        let p: Vec<&str> = tp.trim().split('-').collect();
+        (p.len() >= 4
+            && p[1].len() == 32
+            && p[2].len() == 16
+            && p[1].bytes().all(|b| b.is_ascii_hexdigit())
+            && p[2].bytes().all(|b| b.is_ascii_hexdigit())
+            && p[1] != "00000000000000000000000000000000")
+            .then(|| (p[1].to_ascii_lowercase(), p[2].to_ascii_lowercase(), p[3].to_owned()))
+    };
+    let span = format!("{:016x}", rand_u64());
+    match incoming.and_then(parse).or_else(|| registered.and_then(parse)) {
+        Some((trace, parent, flags)) => {
+            let header = format!("00-{trace}-{span}-{flags}");
+            (trace, span, Some(parent), header)
+        }
+        None => {
+            let trace = format!("{:016x}{:016x}", rand_u64(), rand_u64());
+            let header = format!("00-{trace}-{span}-01");
+            (trace, span, None, header)
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    let u = uuid::Uuid::new_v4();
+    let b = u.as_bytes();
+    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let l4_start = conn.l7.l4_snapshot(&conn);
+    let host_header = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+    // TLS: the SNI decides (it is what upstream TLS verifies). Plain HTTP:
+    // the Host header, without port.
+    let host = match (&conn.sni, &host_header) {
+        (Some(sni), _) => sni.clone(),
+        (None, Some(h)) => h.rsplit_once(':').map_or(h.as_str(), |(h, _)| h).to_owned(),
+        (None, None) => conn.origin.dst.ip().to_string(),
+    };
+    let attr = conn.origin.attribution.as_ref();
+    let decision = conn.l7.policy.load().decide(attr, Some(&host));
+    let mut rec = base_record(&conn, &req, &host, &decision);
+    let query = req.uri().query().map(str::to_owned);
+    if let Some(key) = credentials::api_key(req.headers(), query.as_deref()) {
+        rec.set(sc::API_KEY_ID, conn.l7.keys.id(key));
+    }
+
+    let finish_now = |mut rec: Record, status: u16, err: Option<&str>| {
+        rec.set(sc::HTTP_RESPONSE_STATUS_CODE, status);
+        if let Some(e) = err {
+            rec.set(sc::ERROR_TYPE, e);
+        }
+        rec.set(sc::END_TIME, now_unix_nanos());
+        rec.set(sc::DURATION_MS, started.elapsed().as_secs_f64() * 1e3);
+        conn.l7.emit(rec);
+    };
+
+    // Upgrades (WebSocket, h2c) and CONNECT are not proxied.
+    if req.method() == http::Method::CONNECT || req.headers().contains_key(http::header::UPGRADE) {
+        let body = refusal("upgrade_refused", "egret does not proxy protocol upgrades");
+        finish_now(rec, 501, Some("upgrade_refused"));
+        return json_response(StatusCode::NOT_IMPLEMENTED, body);
+    }
+    if !decision.allowed {
+        rec.set(sc::POLICY_DENIED, true);
+        let body = refusal("egress_denied", &format!("{host}: {}", decision.reason));
+        finish_now(rec, 403, Some("policy_denied"));
+        return json_response(StatusCode::FORBIDDEN, body);
+    }
+    rec.set(sc::POLICY_DENIED, false);
+
+    let gw = decision.gateway.clone();
+    let provider = decision
+        .provider()
+        .and_then(Provider::from_name)
+        .or_else(|| Provider::detect(&host, req.uri().path()));
+    if let (Some(gw), Some(a)) = (&gw, attr) {
+        if let Some(st) = conn.l7.budgets.status(gw, &a.agent_namespace, &a.agent_name) {
+            rec.set(sc::BUDGET_DAILY_USED, st.used);
+            rec.set(sc::BUDGET_DAILY_MAX, st.max);
+            rec.set(sc::BUDGET_DENIED, st.exhausted());
+            if st.exhausted() {
+                let (body, _) =
+                    budget::exhausted_body(provider.map(Provider::name), &st);
+                finish_now(rec, 429, Some("budget_exhausted"));
+                return json_response(StatusCode::TOO_MANY_REQUESTS, body);
+            }
+        }
+    }
+
+    let capture_cfg = gw.as_ref().map(|g| g.capture_body.clone()).unwrap_or_default();
+    let rewrite_allowed = gw.as_ref().is_none_or(|g| g.rewrite_stream_usage);
+    let req_ct = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    rec.set_opt(sc::REQUEST_CONTENT_TYPE, req_ct.clone());
+    let req_capture = Arc::new(Mutex::new(Capture::new(
+        capture_cfg.max_bytes,
+        capturable(req_ct.as_deref(), &capture_cfg.include_content_types),
+    )));
+    let mut exchange = Exchange::new(provider, Limits::default());
+
+    // Trace context, set on the outbound request.
+    let incoming_tp = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (trace_id, span_id, parent, header) = trace_context(
+        incoming_tp.as_deref(),
+        attr.and_then(|a| a.traceparent.as_deref()),
+    );
+    rec.set(sc::TRACE_ID, trace_id);
+    rec.set(sc::SPAN_ID, span_id);
+    rec.set_opt(sc::PARENT_SPAN_ID, parent);
+
+    let (mut parts, body) = req.into_parts();
+    parts.headers.remove(http::header::EXPECT);
+    if let Ok(v) = HeaderValue::from_str(&header) {
+        parts.headers.insert("traceparent", v);
+    }
+    if incoming_tp.is_none() {
+        if let Some(ts) = attr.and_then(|a| a.tracestate.as_deref()) {
+            if let Ok(v) = HeaderValue::from_str(ts) {
+                parts.headers.insert("tracestate", v);
+            }
+        }
+    }
+    let path_q = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+
+    let length = body.size_hint().exact();
+    let whole = length.is_some_and(|n| n <= WHOLE_REQUEST_MAX);
+    let out_body: ProxyBody = if whole {
+        let bytes = match Limited::new(body, WHOLE_REQUEST_MAX as usize).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                tracing::debug!("reading request body: {e}");
+                finish_now(rec, 400, Some("client_body_error"));
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    refusal("bad_request", "request body could not be read"),
+                );
+            }
+        };
+        req_capture
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(&bytes);
+        exchange.on_request(&parts.method, &path_q, &parts.headers, &bytes);
+        let sent = if rewrite_allowed && exchange.wants_usage_rewrite() {
+            exchange.rewrite_request_body(&bytes).map(Bytes::from)
+        } else {
+            None
+        };
+        match sent {
+            Some(b) => {
+                parts.headers.insert(
+                    http::header::CONTENT_LENGTH,
+                    HeaderValue::from(b.len() as u64),
+                );
+                full(b)
+            }
+            None => full(bytes),
+        }
+    } else {
+        exchange.on_request(&parts.method, &path_q, &parts.headers, &[]);
+        RequestTap::new(body, req_capture.clone()).boxed_unsync()
+    };
+
+    let authority = match (&conn.sni, &host_header) {
+        (Some(sni), _) if conn.origin.dst.port() == 443 => sni.clone(),
+        (Some(sni), _) => format!("{sni}:{}", conn.origin.dst.port()),
+        (None, Some(h)) => h.clone(),
+        (None, None) => conn.origin.dst.to_string(),
+    };
+    let upstream_req = Request::from_parts(parts, out_body);
+    let resp = match conn.upstream.send(upstream_req, &authority).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(dst = %conn.origin.dst, %host, "upstream failed: {e}");
+            let mut txn = Transaction {
+                rec,
+                exchange,
+                started,
+                first_byte: None,
+                request: req_capture,
+                response: Capture::new(0, false),
+                error: Some(e.kind()),
+                finisher: Arc::new(Finish {
+                    conn: conn.clone(),
+                    decision: decision.clone(),
+                }),
+                l4_start,
+            };
+            txn.rec.set(sc::HTTP_RESPONSE_STATUS_CODE, 502u16);
+            let fin = txn.finisher.clone();
+            fin.finish(txn);
+            return json_response(
+                StatusCode::BAD_GATEWAY,
+                refusal("upstream_error", &format!("{host}: {e}")),
+            );
+        }
+    };
+    let (mut rparts, rbody) = resp.into_parts();
+    super::upstream::strip_hop_by_hop(&mut rparts.headers);
+    rec.set(sc::HTTP_RESPONSE_STATUS_CODE, rparts.status.as_u16());
+    let resp_ct = rparts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    rec.set_opt(sc::RESPONSE_CONTENT_TYPE, resp_ct.clone());
+    exchange.on_response_head(rparts.status.as_u16(), &rparts.headers);
+    if rparts.status.is_server_error() {
+        rec.set(sc::ERROR_TYPE, rparts.status.as_u16().to_string());
+    }
+    let txn = Box::new(Transaction {
+        rec,
+        exchange,
+        started,
+        first_byte: None,
+        request: req_capture,
+        response: Capture::new(
+            capture_cfg.max_bytes,
+            capturable(resp_ct.as_deref(), &capture_cfg.include_content_types),
+        ),
+        error: None,
+        finisher: Arc::new(Finish {
+            conn: conn.clone(),
+            decision,
+        }),
+        l4_start,
+    });
+    let tap = ResponseTap::new(rbody, txn);
+    if tap.rewrites_body() {
+        // The usage filter removes bytes: the length is no longer known.
+        rparts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    Response::from_parts(rparts, tap.boxed_unsync())
+}
+
+impl L7 {
+    /// Current L4 counters of a connection, for per-transaction deltas.
+    pub fn l4_snapshot(&self, conn: &Conn) -> L4Snapshot {
+        let k = self.kernel.maps.peek_counters(conn.origin.cookie).unwrap_or_default();
+        let (dr, dw) = conn.downstream.snapshot();
+        let (ur, uw) = conn.upstream.counts.snapshot();
+        L4Snapshot {
+            sandbox_tx: k.tx_bytes,
+            sandbox_rx: k.rx_bytes,
+            downstream: dr + dw,
+            upstream: ur + uw,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_context_extends_the_sandbox_or_registered_trace() {
+        let client = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let (t, s, p, h) = trace_context(Some(client), None);
+        assert_eq!(t, "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(p.as_deref(), Some("b7ad6b7169203331"));
+        assert_eq!(h, format!("00-{t}-{s}-01"));
+        let reg = "00-11111111111111111111111111111111-2222222222222222-00";
+        let (t, _, p, _) = trace_context(None, Some(reg));
+        assert_eq!(t, "11111111111111111111111111111111");
+        assert_eq!(p.as_deref(), Some("2222222222222222"));
+        let (t, s, p, h) = trace_context(Some("garbage"), None);
+        assert_eq!((t.len(), s.len(), p), (32, 16, None));
+        assert!(h.ends_with("-01"));
+    }
+}

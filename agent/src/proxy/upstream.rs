@@ -1,0 +1,212 @@
+//! The provider leg: one upstream connection per sandbox connection, dialled
+//! lazily to the original destination from inside the sandbox's netns, over
+//! TLS with the same SNI the sandbox asked for, HTTP/2 when the provider
+//! offers it and HTTP/1.1 otherwise.
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::sync::Mutex;
+
+use super::io::{ByteCounts, Counted};
+use crate::tls::{UpstreamTls, ALPN_H2, ALPN_HTTP11};
+
+pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to {dst}: {source}")]
+    Connect {
+        dst: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS to {name}: {source}")]
+    Tls { name: String, source: std::io::Error },
+    #[error("invalid upstream server name {0:?}")]
+    Name(String),
+    #[error("TLS client config: {0}")]
+    Config(String),
+    #[error("HTTP handshake with {dst}: {source}")]
+    Handshake {
+        dst: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("upstream request: {0}")]
+    Request(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// Short machine-readable kind for `error.type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "upstream_connect",
+            UpstreamError::Tls { .. } | UpstreamError::Name(_) | UpstreamError::Config(_) => {
+                "upstream_tls"
+            }
+            UpstreamError::Handshake { .. } => "upstream_handshake",
+            UpstreamError::Request(_) => "upstream_request",
+        }
+    }
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<ProxyBody>),
+    H2(hyper::client::conn::http2::SendRequest<ProxyBody>),
+}
+
+/// Where and how to reach the provider for one sandbox connection.
+pub struct Target {
+    pub dst: SocketAddr,
+    pub netns: Option<PathBuf>,
+    /// SNI for TLS; None = plain HTTP.
+    pub tls_name: Option<String>,
+}
+
+pub struct Upstream {
+    target: Target,
+    tls: Arc<UpstreamTls>,
+    pub counts: Arc<ByteCounts>,
+    sender: Mutex<Option<Sender>>,
+}
+
+impl Upstream {
+    pub fn new(target: Target, tls: Arc<UpstreamTls>) -> Upstream {
+        Upstream {
+            target,
+            tls,
+            counts: Arc::new(ByteCounts::default()),
+            sender: Mutex::new(None),
+        }
+    }
+
+    /// "2" or "1.1" once connected.
+    pub async fn protocol(&self) -> Option<&'static str> {
+        match &*self.sender.lock().await {
+            Some(Sender::H2(_)) => Some("2"),
+            Some(Sender::H1(_)) => Some("1.1"),
+            None => None,
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, UpstreamError> {
+        let dst = self.target.dst;
+        let tcp = super::dial(self.target.netns.as_deref(), dst)
+            .await
+            .map_err(|source| UpstreamError::Connect { dst, source })?;
+        let tcp = Counted::new(tcp, self.counts.clone());
+        let exec = TokioExecutor::new();
+        match &self.target.tls_name {
+            Some(name) => {
+                let cfg = self
+                    .tls
+                    .client_config(&[ALPN_H2, ALPN_HTTP11])
+                    .map_err(|e| UpstreamError::Config(e.to_string()))?;
+                let server_name = ServerName::try_from(name.clone())
+                    .map_err(|_| UpstreamError::Name(name.clone()))?;
+                let tls = tokio_rustls::TlsConnector::from(cfg)
+                    .connect(server_name, tcp)
+                    .await
+                    .map_err(|source| UpstreamError::Tls {
+                        name: name.clone(),
+                        source,
+                    })?;
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+                let io = TokioIo::new(tls);
+                if h2 {
+                    let (s, conn) = hyper::client::conn::http2::handshake(exec, io)
+                        .await
+                        .map_err(|source| UpstreamError::Handshake { dst, source })?;
+                    tokio::spawn(conn);
+                    Ok(Sender::H2(s))
+                } else {
+                    let (s, conn) = hyper::client::conn::http1::handshake(io)
+                        .await
+                        .map_err(|source| UpstreamError::Handshake { dst, source })?;
+                    tokio::spawn(conn);
+                    Ok(Sender::H1(s))
+                }
+            }
+            None => {
+                let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|source| UpstreamError::Handshake { dst, source })?;
+                tokio::spawn(conn);
+                Ok(Sender::H1(s))
+            }
+        }
+    }
+
+    /// Sends one request, (re)connecting when needed. `authority` is the
+    /// host[:port] the sandbox addressed.
+    pub async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+        authority: &str,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut guard = self.sender.lock().await;
+        let alive = match guard.as_mut() {
+            Some(Sender::H1(s)) => s.ready().await.is_ok(),
+            Some(Sender::H2(s)) => s.ready().await.is_ok(),
+            None => false,
+        };
+        if !alive {
+            *guard = Some(self.connect().await?);
+        }
+        let scheme = if self.target.tls_name.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        match guard.as_mut() {
+            Some(Sender::H2(s)) => {
+                *req.version_mut() = http::Version::HTTP_2;
+                req.headers_mut().remove(http::header::HOST);
+                strip_hop_by_hop(req.headers_mut());
+                *req.uri_mut() = format!("{scheme}://{authority}{pq}")
+                    .parse()
+                    .unwrap_or_default();
+                let mut s = s.clone();
+                drop(guard);
+                s.send_request(req).await.map_err(UpstreamError::Request)
+            }
+            Some(Sender::H1(s)) => {
+                *req.version_mut() = http::Version::HTTP_11;
+                if !req.headers().contains_key(http::header::HOST) {
+                    if let Ok(v) = http::HeaderValue::from_str(authority) {
+                        req.headers_mut().insert(http::header::HOST, v);
+                    }
+                }
+                strip_hop_by_hop(req.headers_mut());
+                *req.uri_mut() = pq.parse().unwrap_or_default();
+                // http1: one request at a time on this connection; the lock
+                // is held until the response head arrives.
+                s.send_request(req).await.map_err(UpstreamError::Request)
+            }
+            None => unreachable!("connected above"),
+        }
+    }
+}
+
+/// Connection-specific headers never cross the proxy.
+pub fn strip_hop_by_hop(h: &mut http::HeaderMap) {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "trailer",
+    ] {
+        h.remove(name);
+    }
+}
