@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod doctor;
 pub mod flow;
+pub mod genai;
 pub mod netns;
 pub mod proxy;
 pub mod record;
