@@ -342,6 +342,45 @@ fn json_error(e: &serde_json::Error) -> ParseError {
     }
 }
 
+/// Bytes kept from the end of a JSON body that outgrew
+/// [`Limits::max_json_bytes`]: the usage objects sit at the end.
+const SALVAGE_TAIL: usize = 64 * 1024;
+
+/// Appends to a rolling tail of at most about `2 * SALVAGE_TAIL` bytes.
+fn push_tail(tail: &mut Vec<u8>, buf: &[u8]) {
+    if buf.len() >= SALVAGE_TAIL {
+        tail.clear();
+        tail.extend_from_slice(&buf[buf.len() - SALVAGE_TAIL..]);
+        return;
+    }
+    tail.extend_from_slice(buf);
+    if tail.len() > 2 * SALVAGE_TAIL {
+        let cut = tail.len() - SALVAGE_TAIL;
+        tail.drain(..cut);
+    }
+}
+
+/// Best effort on the tail of an oversized JSON body: the value of the
+/// last `"key":` occurrence that parses as `T` (searching backwards, so
+/// the provider's trailing top-level field wins over text that happens to
+/// contain the key).
+fn salvage_value<'a, T: serde::Deserialize<'a>>(tail: &'a [u8], key: &str) -> Option<T> {
+    let quoted = format!("\"{key}\"");
+    for pos in memchr::memmem::rfind_iter(tail, quoted.as_bytes()) {
+        let mut rest = &tail[pos + quoted.len()..];
+        rest = rest.trim_ascii_start();
+        let Some(after) = rest.strip_prefix(b":") else {
+            continue;
+        };
+        let mut it =
+            serde_json::Deserializer::from_slice(after.trim_ascii_start()).into_iter::<T>();
+        if let Some(Ok(v)) = it.next() {
+            return Some(v);
+        }
+    }
+    None
+}
+
 /// What the response told, in semconv terms.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Findings {
@@ -428,6 +467,37 @@ impl Parser {
         }
     }
 
+    /// Best effort on an oversized JSON body: `head` is its first
+    /// [`Limits::max_json_bytes`] bytes, `tail` about its last
+    /// [`SALVAGE_TAIL`] bytes.
+    fn salvage(&mut self, head: &[u8], tail: &[u8], f: &mut Findings) {
+        if matches!(self, Parser::Mcp(_)) {
+            return;
+        }
+        // Top-level scalars of the (truncated) head: ids and models come
+        // first in OpenAI and Anthropic bodies.
+        json_scan::scan(head, |h| {
+            if h.parent.is_some() {
+                return;
+            }
+            let slot = match h.key {
+                b"id" | b"responseId" => &mut f.response_id,
+                b"model" | b"modelVersion" => &mut f.response_model,
+                _ => return,
+            };
+            if let Some(v) = h.value.as_str() {
+                Findings::set_str(slot, &v);
+            }
+        });
+        let tail = &tail[tail.len().saturating_sub(SALVAGE_TAIL)..];
+        match self {
+            Parser::Anthropic(s) => s.salvage(tail, f),
+            Parser::Chat(_) | Parser::Responses(_) => openai::salvage(tail, f),
+            Parser::Google(s) => s.salvage(tail, f),
+            Parser::Mcp(_) => {}
+        }
+    }
+
     /// Whether a successful response must reach an end marker.
     fn expects_completion(&self) -> bool {
         match self {
@@ -454,6 +524,9 @@ struct Sink {
     mode: Mode,
     sse: SseParser,
     body: Vec<u8>,
+    /// The JSON body outgrew `max_json_bytes`: only its tail is kept.
+    over_cap: bool,
+    tail: Vec<u8>,
     parser: Parser,
     findings: Findings,
     max_json_bytes: usize,
@@ -476,11 +549,20 @@ impl Sink {
             };
         }
         match self.mode {
+            Mode::Json if self.over_cap => push_tail(&mut self.tail, buf),
             Mode::Json => {
                 if self.body.len() + buf.len() > self.max_json_bytes {
                     self.findings.flag(ParseError::BodyTooLarge);
-                    self.mode = Mode::Off;
-                    self.body = Vec::new();
+                    self.over_cap = true;
+                    // The head is read now, then dropped: only the tail stays.
+                    let room = self.max_json_bytes.saturating_sub(self.body.len());
+                    self.body.extend_from_slice(&buf[..room.min(buf.len())]);
+                    let head = std::mem::take(&mut self.body);
+                    let Sink {
+                        parser, findings, ..
+                    } = self;
+                    parser.salvage(&head, &[], findings);
+                    push_tail(&mut self.tail, buf);
                 } else {
                     self.body.extend_from_slice(buf);
                 }
@@ -523,6 +605,10 @@ impl Sink {
                 if self.sse.overflowed() {
                     self.findings.flag(ParseError::EventTooLarge);
                 }
+            }
+            Mode::Json if self.over_cap => {
+                let tail = std::mem::take(&mut self.tail);
+                self.parser.salvage(&[], &tail, &mut self.findings);
             }
             Mode::Json if !self.body.is_empty() => {
                 let body = std::mem::take(&mut self.body);
@@ -852,6 +938,8 @@ impl Exchange {
             mode,
             sse: SseParser::new(self.limits.max_event_bytes),
             body: Vec::new(),
+            over_cap: false,
+            tail: Vec::new(),
             parser,
             findings: Findings::default(),
             max_json_bytes: self.limits.max_json_bytes,

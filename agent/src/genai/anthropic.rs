@@ -19,7 +19,7 @@
 use serde::Deserialize;
 
 use super::de::BStr;
-use super::{json_error, Findings};
+use super::{json_error, salvage_value, Findings};
 
 #[derive(Deserialize, Default, Clone, Copy)]
 struct Usage {
@@ -170,6 +170,16 @@ impl State {
         }
         if let Some(u) = m.usage {
             self.usage(u);
+        }
+    }
+
+    /// The tail of an oversized non-streaming body.
+    pub fn salvage(&mut self, tail: &[u8], f: &mut Findings) {
+        if let Some(u) = salvage_value::<Usage>(tail, "usage") {
+            self.usage(u);
+        }
+        if let Some(r) = salvage_value::<BStr<'_>>(tail, "stop_reason") {
+            f.set_reason(0, r.as_str());
         }
     }
 

@@ -23,7 +23,7 @@
 use serde::Deserialize;
 
 use super::de::{BStr, HasReason, Reasons};
-use super::{json_error, Findings};
+use super::{json_error, salvage_value, Findings};
 
 #[derive(Deserialize, Clone, Copy, Default)]
 #[serde(rename_all = "camelCase")]
@@ -168,6 +168,23 @@ impl State {
                 }
                 Err(e) => f.flag(json_error(&e)),
             }
+        }
+    }
+
+    /// The tail of an oversized non-streaming body.
+    pub fn salvage(&mut self, tail: &[u8], f: &mut Findings) {
+        if let Some(u) = salvage_value::<UsageMetadata>(tail, "usageMetadata") {
+            self.apply(
+                GenerateResponse {
+                    candidates: None,
+                    usage_metadata: Some(u),
+                    model_version: salvage_value(tail, "modelVersion"),
+                    response_id: salvage_value(tail, "responseId"),
+                    prompt_feedback: None,
+                    error: None,
+                },
+                f,
+            );
         }
     }
 

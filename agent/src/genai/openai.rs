@@ -27,7 +27,7 @@
 use serde::Deserialize;
 
 use super::de::{BStr, HasReason, Reasons};
-use super::{json_error, Findings};
+use super::{json_error, salvage_value, Findings};
 
 #[derive(Deserialize, Clone, Copy)]
 struct Details {
@@ -169,6 +169,17 @@ pub fn is_usage_only_chunk(data: &[u8]) -> bool {
     match serde_json::from_slice::<Completion<'_>>(data) {
         Ok(c) => c.usage.is_some() && c.choices.is_some_and(|c| c.len == 0),
         Err(_) => false,
+    }
+}
+
+/// The tail of an oversized non-streaming body (a large embeddings list,
+/// typically): its trailing `usage`.
+pub fn salvage(tail: &[u8], f: &mut Findings) {
+    if let Some(u) = salvage_value::<Usage>(tail, "usage") {
+        u.apply(f);
+    }
+    if let Some(m) = salvage_value::<BStr<'_>>(tail, "model") {
+        Findings::set_str(&mut f.response_model, m.as_str());
     }
 }
 

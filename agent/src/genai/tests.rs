@@ -1311,3 +1311,79 @@ fn unexpected_content_type_on_success() {
     assert_eq!(r.get(sc::PARSE_ERROR), None);
     assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(9));
 }
+
+#[test]
+fn oversized_json_bodies_still_give_their_usage() {
+    // A large embeddings batch: usage comes last, after megabytes of floats.
+    let mut body = String::from(r#"{"object":"list","data":["#);
+    for i in 0..2000 {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            r#"{{"object":"embedding","index":{i},"embedding":[0.0023064255,-0.009327292,0.015797347,-0.0077780345]}}"#
+        ));
+    }
+    body.push_str(
+        r#"],"model":"text-embedding-3-large","usage":{"prompt_tokens":4096,"total_tokens":4096}}"#,
+    );
+    let mut c = Case::new(
+        "api.openai.com",
+        "/v1/embeddings",
+        br#"{"model":"text-embedding-3-large","input":["a","b"]}"#.to_vec(),
+    )
+    .respond(200, JSON, body.into_bytes());
+    c.limits.max_json_bytes = 16 * 1024;
+    for chunk in [1000, 100_000, usize::MAX] {
+        let r = c.run_chunks(c.resp_body.chunks(chunk.min(c.resp_body.len())));
+        assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("body_too_large"));
+        assert_eq!(
+            r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS),
+            Some(4096),
+            "chunk {chunk}"
+        );
+        assert_eq!(
+            s(&r, sc::GEN_AI_RESPONSE_MODEL).as_deref(),
+            Some("text-embedding-3-large")
+        );
+    }
+
+    // Anthropic: id and model from the head, usage and stop reason from the tail.
+    let long_text = "word \\\"usage\\\": {} ".repeat(5000);
+    let body = format!(
+        r#"{{"id":"msg_big","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","content":[{{"type":"text","text":"{long_text}"}}],"stop_reason":"max_tokens","stop_sequence":null,"usage":{{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":8192}}}}"#
+    );
+    let mut c = Case::new(
+        "api.anthropic.com",
+        "/v1/messages",
+        br#"{"model":"claude-sonnet-4-5"}"#.to_vec(),
+    )
+    .respond(200, JSON, body.into_bytes());
+    c.limits.max_json_bytes = 8 * 1024;
+    let r = c.run_chunks(c.resp_body.chunks(4096));
+    assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("body_too_large"));
+    assert_eq!(s(&r, sc::GEN_AI_RESPONSE_ID).as_deref(), Some("msg_big"));
+    assert_eq!(
+        s(&r, sc::GEN_AI_RESPONSE_MODEL).as_deref(),
+        Some("claude-sonnet-4-5-20250929")
+    );
+    assert_eq!(reasons(&r), vec!["max_tokens"]);
+    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(15));
+    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(8192));
+
+    // Gemini: usageMetadata, modelVersion and responseId trail the candidates.
+    let mut c = Case::new(
+        "generativelanguage.googleapis.com",
+        "/v1beta/models/gemini-2.0-flash:generateContent",
+        fixture("google_request.json"),
+    )
+    .respond(200, JSON, fixture("google_generate.json"));
+    c.limits.max_json_bytes = 200;
+    let r = c.run();
+    assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("body_too_large"));
+    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(7));
+    assert_eq!(
+        s(&r, sc::GEN_AI_RESPONSE_ID).as_deref(),
+        Some("Xb9zaPq3MvK7nvgPwqnI8AQ")
+    );
+}
