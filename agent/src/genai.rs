@@ -901,16 +901,20 @@ impl Exchange {
                 Parser::Google(google::State::default())
             }
             Api::Mcp => match &self.mcp {
-                Some(r) => Parser::Mcp(mcp::State {
-                    request_id: r.id.clone(),
-                    any_id: r.id.is_none()
-                        && self.request_truncated
-                        && !r
-                            .method
-                            .as_deref()
-                            .is_some_and(|m| m.starts_with("notifications/")),
-                    method: r.method.clone(),
-                }),
+                Some(r) => {
+                    // Only requests get a response; notifications and the
+                    // client's responses to server requests (no `method`)
+                    // are answered with a bare 202.
+                    let request = r
+                        .method
+                        .as_deref()
+                        .is_some_and(|m| !m.starts_with("notifications/"));
+                    Parser::Mcp(mcp::State {
+                        request_id: r.id.clone().filter(|_| request),
+                        any_id: request && r.id.is_none() && self.request_truncated,
+                        method: r.method.clone(),
+                    })
+                }
                 None => return,
             },
             Api::Other => return,

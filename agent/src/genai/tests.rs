@@ -729,6 +729,18 @@ fn mcp_errors_and_notifications() {
     assert_eq!(r.get(sc::JSONRPC_REQUEST_ID), None);
     assert_eq!(r.get(sc::PARSE_ERROR), None);
 
+    // The client answering a server request (no method): 202, nothing due.
+    let mut c = Case::new(
+        "tools.example",
+        "/mcp",
+        br#"{"jsonrpc":"2.0","id":"srv-9","result":{"roots":[]}}"#.to_vec(),
+    )
+    .respond(202, &[], Vec::new());
+    c.provider = Some(Provider::Mcp);
+    let r = c.run();
+    assert_eq!(r.get(sc::PARSE_ERROR), None);
+    assert_eq!(r.get(sc::MCP_METHOD_NAME), None);
+
     // A request whose response stream ends before the response: truncated.
     let progress_only = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n";
     let r = base.respond(200, SSE, progress_only.to_vec()).run();
@@ -1386,4 +1398,12 @@ fn oversized_json_bodies_still_give_their_usage() {
         s(&r, sc::GEN_AI_RESPONSE_ID).as_deref(),
         Some("Xb9zaPq3MvK7nvgPwqnI8AQ")
     );
+}
+
+#[test]
+fn taps_can_move_between_tasks() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<Exchange>();
+    assert_send::<UsageChunkFilter>();
+    assert_send::<SseParser>();
 }
