@@ -784,7 +784,13 @@ impl Exchange {
             .and_then(|v| v.parse::<usize>().ok())
             .is_some_and(|n| n == body_prefix.len());
 
-        if self.provider.is_none() && method == Method::POST && mcp::looks_like_jsonrpc(body) {
+        // MCP without a route: a JSON-RPC 2.0 POST (MCP clients always send
+        // `Content-Type: application/json`).
+        if self.provider.is_none()
+            && method == Method::POST
+            && media_type(headers).is_some_and(is_json_type)
+            && mcp::looks_like_jsonrpc(body)
+        {
             self.provider = Some(Provider::Mcp);
         }
         let Some(provider) = self.provider else {

@@ -243,6 +243,25 @@ fn unknown_traffic_records_nothing() {
     );
     c.provider = None;
     assert_eq!(c.run(), Record::default());
+    // JSON-RPC is MCP only as JSON.
+    let mut rpc = Case::new(
+        "example.com",
+        "/rpc",
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#.to_vec(),
+    )
+    .respond(
+        200,
+        JSON,
+        br#"{"jsonrpc":"2.0","id":1,"result":{}}"#.to_vec(),
+    );
+    rpc.provider = None;
+    assert_eq!(
+        rpc.run().get_str(sc::MCP_METHOD_NAME),
+        Some("ping"),
+        "application/json JSON-RPC is MCP"
+    );
+    rpc.req_headers[0].1 = "text/plain".into();
+    assert_eq!(rpc.run(), Record::default());
     // A plain GET never becomes MCP.
     c.method = Method::GET;
     c.req_body = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#.to_vec();
