@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod doctor;
 pub mod flow;
+pub mod genai;
 pub mod netns;
 pub mod policy;
 pub mod proxy;

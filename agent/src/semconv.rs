@@ -110,3 +110,10 @@ pub const COMPONENT_FLOW: &str = "l4-flow";
 pub fn column_name(attr: &str) -> String {
     attr.replace('.', "_")
 }
+
+// Added with the provider parsers (`genai`): MCP / JSON-RPC attributes of
+// the OTel MCP semantic conventions.
+pub const GEN_AI_PROMPT_NAME: &str = "gen_ai.prompt.name";
+pub const MCP_RESOURCE_URI: &str = "mcp.resource.uri";
+pub const MCP_PROTOCOL_VERSION: &str = "mcp.protocol.version";
+pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";

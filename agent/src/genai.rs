@@ -1,0 +1,1112 @@
+//! Provider parsers: turn one HTTP exchange with an LLM API or an MCP
+//! server into `gen_ai.*` / `mcp.*` attributes, while the proxy streams it.
+//!
+//! Pure Rust, no I/O. The proxy drives one [`Exchange`] per HTTP exchange:
+//!
+//! ```
+//! use egret::genai::{Exchange, Limits, Provider};
+//! use egret::record::Record;
+//! use http::{HeaderMap, Method};
+//!
+//! // Route config may name the provider (`Provider::from_name`); otherwise
+//! // detect it from the upstream host and path. `None` = plain HTTP (MCP is
+//! // still recognised from a JSON-RPC body).
+//! let provider = Provider::detect("api.openai.com", "/v1/chat/completions");
+//! let mut ex = Exchange::new(provider, Limits::default());
+//!
+//! let mut req_headers = HeaderMap::new();
+//! req_headers.insert("content-type", "application/json".parse().unwrap());
+//! let body = br#"{"model":"gpt-4o-mini","messages":[],"stream":true}"#;
+//! // The captured request body prefix (the whole body when the proxy has it).
+//! ex.on_request(&Method::POST, "/v1/chat/completions", &req_headers, body);
+//! // Optional: ask upstream for usage the client did not request.
+//! let sent = ex.rewrite_request_body(body).unwrap_or_else(|| body.to_vec());
+//! assert!(sent.ends_with(br#""stream_options":{"include_usage":true}}"#));
+//!
+//! let mut resp_headers = HeaderMap::new();
+//! resp_headers.insert("content-type", "text/event-stream".parse().unwrap());
+//! ex.on_response_head(200, &resp_headers);
+//! // Only after a rewrite: hides the extra usage chunk from the client.
+//! let mut filter = ex.usage_filter();
+//! let mut to_client = Vec::new();
+//! for chunk in [
+//!     &b"data: {\"id\":\"c1\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n"[..],
+//!     b"data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1}}\n\n",
+//!     b"data: [DONE]\n\n",
+//! ] {
+//!     ex.on_response_chunk(chunk); // the upstream bytes, unfiltered
+//!     match filter.as_mut() {
+//!         Some(f) => f.push(chunk, &mut to_client),
+//!         None => to_client.extend_from_slice(chunk),
+//!     }
+//! }
+//! if let Some(f) = filter.as_mut() {
+//!     f.finish(&mut to_client);
+//! }
+//! let mut record = Record::new("transaction");
+//! ex.finish(&mut record);
+//! assert_eq!(record.get_i64("gen_ai.usage.input_tokens"), Some(5));
+//! assert_eq!(record.get_bool("egret.body.usage_visible"), Some(false));
+//! assert!(!String::from_utf8_lossy(&to_client).contains("\"choices\":[]"));
+//! ```
+//!
+//! Bounded state: request bodies are scanned in place; streamed responses go
+//! through a streaming decoder (gzip / deflate / br, total decoded size
+//! capped by [`Limits::max_decoded_bytes`]) into an incremental SSE parser
+//! (one event at a time, at most [`Limits::max_event_bytes`]); non-streaming
+//! JSON bodies are kept up to [`Limits::max_json_bytes`] and parsed once at
+//! [`Exchange::finish`]. Whatever goes wrong with the *content* is never an
+//! error for the proxy: it ends up as `egret.parse.error` on the record,
+//! next to every attribute that could still be read.
+//!
+//! Names follow the OpenTelemetry GenAI semantic conventions v1.37.0:
+//! `gen_ai.provider.name` well-known values `anthropic`, `openai`,
+//! `gcp.gemini` (Gemini API; `gcp.vertex_ai` is Vertex AI, `gcp.gen_ai` any
+//! Google endpoint); `gen_ai.operation.name` well-known values `chat`,
+//! `text_completion`, `embeddings`, `generate_content`, `execute_tool`.
+//! The deprecated `gen_ai.system` carries the same value as
+//! `gen_ai.provider.name` for dashboards built on semconv ≤ 1.36.
+
+mod anthropic;
+mod de;
+pub mod decode;
+mod google;
+mod include_usage;
+mod json_scan;
+mod mcp;
+mod openai;
+pub mod sse;
+#[cfg(test)]
+mod tests;
+
+use std::io::{self, Write};
+
+use http::{HeaderMap, Method};
+
+use crate::record::Record;
+use crate::semconv as sc;
+
+pub use decode::Encoding;
+pub use include_usage::{rewrite_request_for_usage, UsageChunkFilter};
+pub use sse::{Block, SseEvent, SseParser};
+
+use decode::Decoder;
+
+/// A provider whose traffic egret understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    /// Anthropic Messages API (`api.anthropic.com`).
+    Anthropic,
+    /// OpenAI (`api.openai.com`) and OpenAI-compatible gateways.
+    OpenAi,
+    /// Google Gemini API (`generativelanguage.googleapis.com`).
+    Google,
+    /// An MCP server (Streamable HTTP transport).
+    Mcp,
+}
+
+/// `host` without port and trailing dot, compared case-insensitively.
+fn host_is(host: &str, name: &str) -> bool {
+    let h = if host.starts_with('[') {
+        host
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    let h = h.strip_suffix('.').unwrap_or(h);
+    h.eq_ignore_ascii_case(name)
+}
+
+impl Provider {
+    pub const ALL: [Provider; 4] = [
+        Provider::Anthropic,
+        Provider::OpenAi,
+        Provider::Google,
+        Provider::Mcp,
+    ];
+
+    /// The provider named in a route's config: `anthropic`, `openai`,
+    /// `google` (also `gemini`, `gcp.gemini`, `google-genai`), `mcp`;
+    /// case-insensitive. `None` for anything else.
+    pub fn from_name(name: &str) -> Option<Provider> {
+        let n = name.trim();
+        let is = |s: &str| n.eq_ignore_ascii_case(s);
+        if is("anthropic") {
+            Some(Provider::Anthropic)
+        } else if is("openai") {
+            Some(Provider::OpenAi)
+        } else if is("google") || is("gemini") || is("gcp.gemini") || is("google-genai") {
+            Some(Provider::Google)
+        } else if is("mcp") {
+            Some(Provider::Mcp)
+        } else {
+            None
+        }
+    }
+
+    /// The provider of a request to `host` (SNI / `Host`, port allowed) for
+    /// `path` (query allowed): the provider's public API host *and* one of
+    /// its endpoints that egret parses. Anything else is `None` (plain HTTP;
+    /// MCP has no well-known host and is found from the body instead).
+    pub fn detect(host: &str, path: &str) -> Option<Provider> {
+        let p = if host_is(host, "api.anthropic.com") {
+            Provider::Anthropic
+        } else if host_is(host, "api.openai.com") {
+            Provider::OpenAi
+        } else if host_is(host, "generativelanguage.googleapis.com") {
+            Provider::Google
+        } else {
+            return None;
+        };
+        (Api::classify(p, path) != Api::Other).then_some(p)
+    }
+
+    /// The name used in config ([`Self::from_name`] accepts it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Anthropic => "anthropic",
+            Provider::OpenAi => "openai",
+            Provider::Google => "google",
+            Provider::Mcp => "mcp",
+        }
+    }
+
+    /// The `gen_ai.provider.name` value (semconv v1.37.0 well-known
+    /// values); `None` for MCP, which is not a model provider.
+    pub fn semconv_name(self) -> Option<&'static str> {
+        match self {
+            Provider::Anthropic => Some("anthropic"),
+            Provider::OpenAi => Some("openai"),
+            Provider::Google => Some("gcp.gemini"),
+            Provider::Mcp => None,
+        }
+    }
+}
+
+/// The endpoint of a provider an exchange went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// Anthropic `…/v1/messages`.
+    AnthropicMessages,
+    /// OpenAI `…/chat/completions`.
+    OpenAiChat,
+    /// OpenAI `…/completions` (legacy).
+    OpenAiCompletions,
+    /// OpenAI `…/responses`.
+    OpenAiResponses,
+    /// OpenAI `…/embeddings`.
+    OpenAiEmbeddings,
+    /// Gemini `models/{m}:generateContent`.
+    GoogleGenerate,
+    /// Gemini `models/{m}:streamGenerateContent`.
+    GoogleStreamGenerate,
+    /// Gemini `models/{m}:embedContent` / `:batchEmbedContents`.
+    GoogleEmbed,
+    /// Any request to an MCP server.
+    Mcp,
+    /// Not an endpoint egret parses.
+    Other,
+}
+
+impl Api {
+    /// The endpoint for `path` (query allowed) at `provider`. Paths are
+    /// matched by suffix so gateways that mount a provider's API under a
+    /// prefix (`/openai/v1/chat/completions`) are recognised.
+    pub fn classify(provider: Provider, path: &str) -> Api {
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        let path = path.strip_suffix('/').unwrap_or(path);
+        match provider {
+            Provider::Anthropic if path.ends_with("/v1/messages") => Api::AnthropicMessages,
+            Provider::OpenAi if path.ends_with("/chat/completions") => Api::OpenAiChat,
+            Provider::OpenAi if path.ends_with("/completions") => Api::OpenAiCompletions,
+            Provider::OpenAi if path.ends_with("/responses") => Api::OpenAiResponses,
+            Provider::OpenAi if path.ends_with("/embeddings") => Api::OpenAiEmbeddings,
+            Provider::Google => match google::method_from_path(path) {
+                Some("generateContent") => Api::GoogleGenerate,
+                Some("streamGenerateContent") => Api::GoogleStreamGenerate,
+                Some("embedContent" | "batchEmbedContents") => Api::GoogleEmbed,
+                _ => Api::Other,
+            },
+            Provider::Mcp => Api::Mcp,
+            _ => Api::Other,
+        }
+    }
+
+    /// `gen_ai.operation.name` (MCP: decided by the JSON-RPC method).
+    pub fn operation(self) -> Option<&'static str> {
+        match self {
+            Api::AnthropicMessages | Api::OpenAiChat | Api::OpenAiResponses => Some("chat"),
+            Api::OpenAiCompletions => Some("text_completion"),
+            Api::OpenAiEmbeddings | Api::GoogleEmbed => Some("embeddings"),
+            Api::GoogleGenerate | Api::GoogleStreamGenerate => Some("generate_content"),
+            Api::Mcp | Api::Other => None,
+        }
+    }
+
+    /// Endpoints that can stream (and so get `gen_ai.request.stream`).
+    fn streams(self) -> bool {
+        matches!(
+            self,
+            Api::AnthropicMessages
+                | Api::OpenAiChat
+                | Api::OpenAiCompletions
+                | Api::OpenAiResponses
+                | Api::GoogleGenerate
+                | Api::GoogleStreamGenerate
+        )
+    }
+}
+
+/// Bounds on what one exchange may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest non-streaming JSON body kept for parsing (after decoding).
+    /// Larger bodies are not parsed (`egret.parse.error = body_too_large`).
+    pub max_json_bytes: usize,
+    /// Largest single SSE event (and line). A larger event is skipped
+    /// (`sse_event_too_large`); the stream goes on being parsed.
+    pub max_event_bytes: usize,
+    /// Largest total a `Content-Encoding` may decode to; decoding stops
+    /// there (`decoded_too_large`). Identity bodies are not limited.
+    pub max_decoded_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_json_bytes: 4 << 20,
+            max_event_bytes: 4 << 20,
+            max_decoded_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why (part of) an exchange could not be parsed: the value of
+/// `egret.parse.error` (the first problem met; the attributes that could be
+/// read are recorded anyway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// A JSON body or event was not valid JSON.
+    #[error("invalid_json")]
+    InvalidJson,
+    /// The body or stream ended early: mid-JSON, mid-event, or before the
+    /// provider's end-of-stream marker.
+    #[error("truncated")]
+    Truncated,
+    /// An SSE event exceeded [`Limits::max_event_bytes`].
+    #[error("sse_event_too_large")]
+    EventTooLarge,
+    /// A JSON body exceeded [`Limits::max_json_bytes`].
+    #[error("body_too_large")]
+    BodyTooLarge,
+    /// The `Content-Encoding` data was corrupt or cut short.
+    #[error("decode_failed")]
+    DecodeFailed,
+    /// Decoding passed [`Limits::max_decoded_bytes`].
+    #[error("decoded_too_large")]
+    DecodedTooLarge,
+    /// A `Content-Encoding` egret does not decode (zstd, stacked, …).
+    #[error("unsupported_content_encoding")]
+    UnsupportedEncoding,
+    /// A successful response with a content type that is neither JSON nor
+    /// an event stream.
+    #[error("unsupported_content_type")]
+    UnsupportedContentType,
+}
+
+impl ParseError {
+    /// The attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParseError::InvalidJson => "invalid_json",
+            ParseError::Truncated => "truncated",
+            ParseError::EventTooLarge => "sse_event_too_large",
+            ParseError::BodyTooLarge => "body_too_large",
+            ParseError::DecodeFailed => "decode_failed",
+            ParseError::DecodedTooLarge => "decoded_too_large",
+            ParseError::UnsupportedEncoding => "unsupported_content_encoding",
+            ParseError::UnsupportedContentType => "unsupported_content_type",
+        }
+    }
+}
+
+/// A `serde_json` failure as a [`ParseError`]: running out of input is
+/// truncation, anything else invalid JSON.
+fn json_error(e: &serde_json::Error) -> ParseError {
+    if e.is_eof() {
+        ParseError::Truncated
+    } else {
+        ParseError::InvalidJson
+    }
+}
+
+/// Bytes kept from the end of a JSON body that outgrew
+/// [`Limits::max_json_bytes`]: the usage objects sit at the end.
+const SALVAGE_TAIL: usize = 64 * 1024;
+
+/// Appends to a rolling tail of at most about `2 * SALVAGE_TAIL` bytes.
+fn push_tail(tail: &mut Vec<u8>, buf: &[u8]) {
+    if buf.len() >= SALVAGE_TAIL {
+        tail.clear();
+        tail.extend_from_slice(&buf[buf.len() - SALVAGE_TAIL..]);
+        return;
+    }
+    tail.extend_from_slice(buf);
+    if tail.len() > 2 * SALVAGE_TAIL {
+        let cut = tail.len() - SALVAGE_TAIL;
+        tail.drain(..cut);
+    }
+}
+
+/// Best effort on the tail of an oversized JSON body: the value of the
+/// last `"key":` occurrence that parses as `T` (searching backwards, so
+/// the provider's trailing top-level field wins over text that happens to
+/// contain the key).
+fn salvage_value<'a, T: serde::Deserialize<'a>>(tail: &'a [u8], key: &str) -> Option<T> {
+    let quoted = format!("\"{key}\"");
+    for pos in memchr::memmem::rfind_iter(tail, quoted.as_bytes()) {
+        let mut rest = &tail[pos + quoted.len()..];
+        rest = rest.trim_ascii_start();
+        let Some(after) = rest.strip_prefix(b":") else {
+            continue;
+        };
+        let mut it =
+            serde_json::Deserializer::from_slice(after.trim_ascii_start()).into_iter::<T>();
+        if let Some(Ok(v)) = it.next() {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// What the response told, in semconv terms.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Findings {
+    pub response_model: Option<String>,
+    pub response_id: Option<String>,
+    /// `(choice index, reason)`, one per index.
+    pub finish_reasons: Vec<(u32, String)>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub cache_read_input_tokens: Option<u64>,
+    pub cache_creation_input_tokens: Option<u64>,
+    /// Provider / JSON-RPC error code, for `error.type`.
+    pub error_type: Option<String>,
+    pub rpc_status_code: Option<String>,
+    pub mcp_protocol_version: Option<String>,
+    /// The provider's end marker (or a whole JSON body) was seen.
+    pub complete: bool,
+    /// A Chat Completions usage-only chunk (`choices: []`) was seen.
+    pub usage_only_chunk: bool,
+    pub error: Option<ParseError>,
+}
+
+impl Findings {
+    /// Sets `slot` to `v`, allocating only when the value changes.
+    fn set_str(slot: &mut Option<String>, v: &str) {
+        if slot.as_deref() != Some(v) {
+            *slot = Some(v.to_owned());
+        }
+    }
+
+    fn set_reason(&mut self, index: u32, reason: &str) {
+        if let Some(slot) = self.finish_reasons.iter_mut().find(|(i, _)| *i == index) {
+            if slot.1 != reason {
+                slot.1 = reason.to_owned();
+            }
+        } else if self.finish_reasons.len() < de::MAX_REASONS {
+            self.finish_reasons.push((index, reason.to_owned()));
+        }
+    }
+
+    fn flag(&mut self, e: ParseError) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+}
+
+/// The per-provider response accumulator.
+#[derive(Debug)]
+enum Parser {
+    Anthropic(anthropic::State),
+    Chat(openai::Chat),
+    Responses(openai::Responses),
+    Google(google::State),
+    Mcp(mcp::State),
+}
+
+impl Parser {
+    fn event(&mut self, name: &str, data: &[u8], f: &mut Findings) {
+        match self {
+            Parser::Anthropic(s) => s.event(data, f),
+            Parser::Chat(s) => s.event(data, f),
+            Parser::Responses(s) => s.event(name, data, f),
+            Parser::Google(s) => s.event(data, f),
+            Parser::Mcp(s) => s.event(data, f),
+        }
+    }
+
+    fn json(&mut self, body: &[u8], f: &mut Findings) {
+        match self {
+            Parser::Anthropic(s) => s.json(body, f),
+            Parser::Chat(s) => s.json(body, f),
+            Parser::Responses(s) => s.json(body, f),
+            Parser::Google(s) => s.json(body, f),
+            Parser::Mcp(s) => s.json(body, f),
+        }
+    }
+
+    fn end(&mut self, f: &mut Findings) {
+        match self {
+            Parser::Anthropic(s) => s.end(f),
+            Parser::Google(s) => s.end(f),
+            Parser::Chat(_) | Parser::Responses(_) | Parser::Mcp(_) => {}
+        }
+    }
+
+    /// Best effort on an oversized JSON body: `head` is its first
+    /// [`Limits::max_json_bytes`] bytes, `tail` about its last
+    /// [`SALVAGE_TAIL`] bytes.
+    fn salvage(&mut self, head: &[u8], tail: &[u8], f: &mut Findings) {
+        if matches!(self, Parser::Mcp(_)) {
+            return;
+        }
+        // Top-level scalars of the (truncated) head: ids and models come
+        // first in OpenAI and Anthropic bodies.
+        json_scan::scan(head, |h| {
+            if h.parent.is_some() {
+                return;
+            }
+            let slot = match h.key {
+                b"id" | b"responseId" => &mut f.response_id,
+                b"model" | b"modelVersion" => &mut f.response_model,
+                _ => return,
+            };
+            if let Some(v) = h.value.as_str() {
+                Findings::set_str(slot, &v);
+            }
+        });
+        let tail = &tail[tail.len().saturating_sub(SALVAGE_TAIL)..];
+        match self {
+            Parser::Anthropic(s) => s.salvage(tail, f),
+            Parser::Chat(_) | Parser::Responses(_) => openai::salvage(tail, f),
+            Parser::Google(s) => s.salvage(tail, f),
+            Parser::Mcp(_) => {}
+        }
+    }
+
+    /// Whether a successful response must reach an end marker.
+    fn expects_completion(&self) -> bool {
+        match self {
+            Parser::Mcp(s) => s.expects_response(),
+            _ => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No content type: decided by the first non-blank byte.
+    Sniff,
+    Json,
+    Sse,
+    /// Not parsed (unsupported type, or given up).
+    Off,
+}
+
+/// The decoded-body side of the response pipeline: receives decoded bytes
+/// (it is the decoder's [`Write`] target) and parses them.
+#[derive(Debug)]
+struct Sink {
+    mode: Mode,
+    sse: SseParser,
+    body: Vec<u8>,
+    /// The JSON body outgrew `max_json_bytes`: only its tail is kept.
+    over_cap: bool,
+    tail: Vec<u8>,
+    parser: Parser,
+    findings: Findings,
+    max_json_bytes: usize,
+    /// `Some(cap)` when decoding: the decoded total is capped.
+    max_decoded: Option<u64>,
+    decoded: u64,
+}
+
+impl Sink {
+    fn feed(&mut self, mut buf: &[u8]) {
+        if self.mode == Mode::Sniff {
+            let Some(i) = buf.iter().position(|b| !b.is_ascii_whitespace()) else {
+                return;
+            };
+            buf = &buf[i..];
+            self.mode = if matches!(buf[0], b'{' | b'[') {
+                Mode::Json
+            } else {
+                Mode::Sse
+            };
+        }
+        match self.mode {
+            Mode::Json if self.over_cap => push_tail(&mut self.tail, buf),
+            Mode::Json => {
+                if self.body.len() + buf.len() > self.max_json_bytes {
+                    self.findings.flag(ParseError::BodyTooLarge);
+                    self.over_cap = true;
+                    // The head is read now, then dropped: only the tail stays.
+                    let room = self.max_json_bytes.saturating_sub(self.body.len());
+                    self.body.extend_from_slice(&buf[..room.min(buf.len())]);
+                    let head = std::mem::take(&mut self.body);
+                    let Sink {
+                        parser, findings, ..
+                    } = self;
+                    parser.salvage(&head, &[], findings);
+                    push_tail(&mut self.tail, buf);
+                } else {
+                    self.body.extend_from_slice(buf);
+                }
+            }
+            Mode::Sse => {
+                let Sink {
+                    sse,
+                    parser,
+                    findings,
+                    ..
+                } = self;
+                sse.feed(buf, |block| {
+                    if let Some(ev) = block.event {
+                        parser.event(ev.event, ev.data, findings);
+                    }
+                });
+            }
+            Mode::Sniff | Mode::Off => {}
+        }
+    }
+
+    /// End of body. `ok`: the status was a success one.
+    fn end(&mut self, ok: bool) {
+        match self.mode {
+            Mode::Sse => {
+                if self.sse.has_pending() {
+                    self.findings.flag(ParseError::Truncated);
+                }
+                let Sink {
+                    sse,
+                    parser,
+                    findings,
+                    ..
+                } = self;
+                sse.finish(|block| {
+                    if let Some(ev) = block.event {
+                        parser.event(ev.event, ev.data, findings);
+                    }
+                });
+                if self.sse.overflowed() {
+                    self.findings.flag(ParseError::EventTooLarge);
+                }
+            }
+            Mode::Json if self.over_cap => {
+                let tail = std::mem::take(&mut self.tail);
+                self.parser.salvage(&[], &tail, &mut self.findings);
+            }
+            Mode::Json if !self.body.is_empty() => {
+                let body = std::mem::take(&mut self.body);
+                self.parser.json(&body, &mut self.findings);
+            }
+            _ => {}
+        }
+        self.parser.end(&mut self.findings);
+        if ok && !self.findings.complete && self.parser.expects_completion() {
+            self.findings.flag(ParseError::Truncated);
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(cap) = self.max_decoded {
+            self.decoded = self.decoded.saturating_add(buf.len() as u64);
+            if self.decoded > cap {
+                self.findings.flag(ParseError::DecodedTooLarge);
+                self.mode = Mode::Off;
+                return Err(io::Error::other("decoded body over the cap"));
+            }
+        }
+        self.feed(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A `Write` target that keeps at most `cap` bytes (request decoding).
+struct CappedVec {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl Write for CappedVec {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let room = self.cap.saturating_sub(self.buf.len());
+        if room == 0 {
+            return Err(io::Error::other("request prefix over the cap"));
+        }
+        let n = b.len().min(room);
+        self.buf.extend_from_slice(&b[..n]);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// The media type of a `Content-Type` value, without parameters.
+fn media_type(headers: &HeaderMap) -> Option<&str> {
+    header(headers, "content-type").map(|v| v.split(';').next().unwrap_or("").trim())
+}
+
+fn is_json_type(t: &str) -> bool {
+    t.eq_ignore_ascii_case("application/json")
+        || t.len() > 5 && t.as_bytes()[t.len() - 5..].eq_ignore_ascii_case(b"+json")
+}
+
+/// One HTTP exchange being tapped. See the module docs for the call order.
+#[derive(Debug)]
+pub struct Exchange {
+    limits: Limits,
+    provider: Option<Provider>,
+    api: Api,
+    request_model: Option<String>,
+    request_stream: Option<bool>,
+    /// `stream_options.include_usage` as the client sent it.
+    include_usage: Option<bool>,
+    mcp: Option<mcp::Request>,
+    mcp_session_id: Option<String>,
+    mcp_protocol_version: Option<String>,
+    /// The request body prefix was cut before the JSON ended.
+    request_truncated: bool,
+    request_error: Option<ParseError>,
+    rewritten: bool,
+    filter_issued: bool,
+    status: Option<u16>,
+    response_is_sse: bool,
+    response_identity: bool,
+    response: Option<Decoder<Sink>>,
+    /// The decoder failed: later chunks are ignored.
+    response_dead: bool,
+    response_error: Option<ParseError>,
+    finished: bool,
+}
+
+impl Exchange {
+    /// A new exchange. `provider` comes from the route config
+    /// ([`Provider::from_name`]) or [`Provider::detect`]; with `None` the
+    /// exchange is plain HTTP unless its body turns out to be JSON-RPC 2.0
+    /// (then it is MCP).
+    pub fn new(provider: Option<Provider>, limits: Limits) -> Exchange {
+        Exchange {
+            limits,
+            provider,
+            api: Api::Other,
+            request_model: None,
+            request_stream: None,
+            include_usage: None,
+            mcp: None,
+            mcp_session_id: None,
+            mcp_protocol_version: None,
+            request_truncated: false,
+            request_error: None,
+            rewritten: false,
+            filter_issued: false,
+            status: None,
+            response_is_sse: false,
+            response_identity: true,
+            response: None,
+            response_dead: false,
+            response_error: None,
+            finished: false,
+        }
+    }
+
+    /// The provider (after [`Self::on_request`], including MCP found from
+    /// the body).
+    pub fn provider(&self) -> Option<Provider> {
+        self.provider
+    }
+
+    /// The endpoint (after [`Self::on_request`]).
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
+    /// The request line, headers and the captured start of the body
+    /// (`body_prefix` may be the whole body or a prefix of it; the
+    /// `Content-Length` header tells which). Call once, before forwarding.
+    pub fn on_request(
+        &mut self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body_prefix: &[u8],
+    ) {
+        // A compressed request body (rare) is decoded, bounded, for reading.
+        let decoded;
+        let body: &[u8] = match Encoding::from_header(header(headers, "content-encoding")) {
+            Some(Encoding::Identity) => body_prefix,
+            Some(enc) => {
+                let mut d = Decoder::new(
+                    enc,
+                    CappedVec {
+                        buf: Vec::new(),
+                        cap: self.limits.max_json_bytes,
+                    },
+                );
+                // Errors only mean a cut prefix or the cap: use what came out
+                // (`finish` also flushes the decoder's internal buffer).
+                let _ = d.write_chunk(body_prefix);
+                let _ = d.finish();
+                decoded = d.sink_mut().map(|s| std::mem::take(&mut s.buf));
+                decoded.as_deref().unwrap_or(&[])
+            }
+            None => &[],
+        };
+        let whole = header(headers, "content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n == body_prefix.len());
+
+        // MCP without a route: a JSON-RPC 2.0 POST (MCP clients always send
+        // `Content-Type: application/json`).
+        if self.provider.is_none()
+            && method == Method::POST
+            && media_type(headers).is_some_and(is_json_type)
+            && mcp::looks_like_jsonrpc(body)
+        {
+            self.provider = Some(Provider::Mcp);
+        }
+        let Some(provider) = self.provider else {
+            return;
+        };
+        self.api = Api::classify(provider, path_and_query);
+        if let Some(v) = header(headers, "mcp-session-id") {
+            self.mcp_session_id = Some(v.to_owned());
+        }
+        if let Some(v) = header(headers, "mcp-protocol-version") {
+            self.mcp_protocol_version = Some(v.to_owned());
+        }
+
+        let end = match self.api {
+            Api::AnthropicMessages
+            | Api::OpenAiChat
+            | Api::OpenAiCompletions
+            | Api::OpenAiResponses
+            | Api::OpenAiEmbeddings => {
+                let mut model = None;
+                let mut stream = None;
+                let mut include_usage = None;
+                let end = json_scan::scan(body, |h| match (h.parent, h.key) {
+                    (None, b"model") => model = h.value.as_str().map(|s| s.into_owned()),
+                    (None, b"stream") => stream = h.value.as_bool(),
+                    (Some(b"stream_options"), b"include_usage") => {
+                        include_usage = h.value.as_bool()
+                    }
+                    _ => {}
+                });
+                self.request_model = model;
+                self.request_stream = match (stream, end) {
+                    (Some(s), _) => Some(s),
+                    // A complete body without `stream` does not stream.
+                    (None, json_scan::ScanEnd::Complete { .. }) => Some(false),
+                    (None, _) => None,
+                };
+                self.include_usage = include_usage;
+                Some(end)
+            }
+            Api::GoogleGenerate | Api::GoogleStreamGenerate | Api::GoogleEmbed => {
+                let path = path_and_query.split('?').next().unwrap_or("");
+                self.request_model = google::model_from_path(path).map(str::to_owned);
+                self.request_stream = Some(self.api == Api::GoogleStreamGenerate);
+                None
+            }
+            Api::Mcp if method == Method::POST && !body.is_empty() => {
+                let (r, end) = mcp::Request::scan(body);
+                if self.mcp_protocol_version.is_none() && r.method.as_deref() == Some("initialize")
+                {
+                    self.mcp_protocol_version.clone_from(&r.protocol_version);
+                }
+                self.mcp = Some(r);
+                Some(end)
+            }
+            Api::Mcp | Api::Other => None,
+        };
+        match end {
+            Some(json_scan::ScanEnd::Invalid) if !body.is_empty() => {
+                self.request_error = Some(ParseError::InvalidJson);
+            }
+            Some(json_scan::ScanEnd::Truncated) => {
+                self.request_truncated = true;
+                if whole {
+                    // The client sent all of it: the JSON itself is cut.
+                    self.request_error = Some(ParseError::Truncated);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// True for a streaming Chat Completions / Completions request that did
+    /// not ask for usage (as far as the body prefix shows): the proxy may
+    /// then buffer the body and call [`Self::rewrite_request_body`].
+    pub fn wants_usage_rewrite(&self) -> bool {
+        matches!(self.api, Api::OpenAiChat | Api::OpenAiCompletions)
+            && self.request_stream != Some(false)
+            && self.include_usage.is_none()
+            && (self.request_stream == Some(true) || self.request_truncated)
+    }
+
+    /// Rewrites the *whole* request body of a Chat Completions /
+    /// Completions request to ask for usage
+    /// ([`rewrite_request_for_usage`]). `Some(body)`: send that instead
+    /// (and fix `Content-Length`); the exchange then records
+    /// `egret.body.request_rewritten = true` and [`Self::usage_filter`]
+    /// becomes available. `None`: send the original.
+    pub fn rewrite_request_body(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        if !matches!(self.api, Api::OpenAiChat | Api::OpenAiCompletions) {
+            return None;
+        }
+        let out = rewrite_request_for_usage(body)?;
+        self.rewritten = true;
+        self.request_stream = Some(true);
+        Some(out)
+    }
+
+    /// The response status and headers.
+    pub fn on_response_head(&mut self, status: u16, headers: &HeaderMap) {
+        self.status = Some(status);
+        if self.mcp_session_id.is_none() {
+            if let Some(v) = header(headers, "mcp-session-id") {
+                self.mcp_session_id = Some(v.to_owned());
+            }
+        }
+        let parser = match self.api {
+            Api::AnthropicMessages => Parser::Anthropic(anthropic::State::default()),
+            Api::OpenAiChat | Api::OpenAiCompletions | Api::OpenAiEmbeddings => {
+                Parser::Chat(openai::Chat)
+            }
+            Api::OpenAiResponses => Parser::Responses(openai::Responses),
+            Api::GoogleGenerate | Api::GoogleStreamGenerate | Api::GoogleEmbed => {
+                Parser::Google(google::State::default())
+            }
+            Api::Mcp => match &self.mcp {
+                Some(r) => {
+                    // Only requests get a response; notifications and the
+                    // client's responses to server requests (no `method`)
+                    // are answered with a bare 202.
+                    let request = r
+                        .method
+                        .as_deref()
+                        .is_some_and(|m| !m.starts_with("notifications/"));
+                    Parser::Mcp(mcp::State {
+                        request_id: r.id.clone().filter(|_| request),
+                        any_id: request && r.id.is_none() && self.request_truncated,
+                        method: r.method.clone(),
+                    })
+                }
+                None => return,
+            },
+            Api::Other => return,
+        };
+        let ok = (200..300).contains(&status);
+        let mode = match media_type(headers) {
+            None | Some("") => Mode::Sniff,
+            Some(t) if t.eq_ignore_ascii_case("text/event-stream") => Mode::Sse,
+            Some(t) if is_json_type(t) => Mode::Json,
+            Some(_) => {
+                if ok && status != 204 {
+                    self.response_error = Some(ParseError::UnsupportedContentType);
+                }
+                return;
+            }
+        };
+        self.response_is_sse = mode == Mode::Sse;
+        let Some(encoding) = Encoding::from_header(header(headers, "content-encoding")) else {
+            self.response_identity = false;
+            self.response_error = Some(ParseError::UnsupportedEncoding);
+            return;
+        };
+        self.response_identity = encoding == Encoding::Identity;
+        let sink = Sink {
+            mode,
+            sse: SseParser::new(self.limits.max_event_bytes),
+            body: Vec::new(),
+            over_cap: false,
+            tail: Vec::new(),
+            parser,
+            findings: Findings::default(),
+            max_json_bytes: self.limits.max_json_bytes,
+            max_decoded: (encoding != Encoding::Identity).then_some(self.limits.max_decoded_bytes),
+            decoded: 0,
+        };
+        self.response = Some(Decoder::new(encoding, sink));
+    }
+
+    /// The filter that hides the usage-only chunk a rewritten request
+    /// caused, when one is needed: the request was rewritten and the
+    /// response is a successful, identity-encoded event stream. The proxy
+    /// must then pass every response byte through it (and still feed the
+    /// unfiltered bytes to [`Self::on_response_chunk`]). `None`: forward
+    /// unchanged (the client then sees the usage chunk, and the record says
+    /// `egret.body.usage_visible = true`).
+    pub fn usage_filter(&mut self) -> Option<UsageChunkFilter> {
+        let ok = self.status.is_some_and(|s| (200..300).contains(&s));
+        if !self.rewritten || !ok || !self.response_is_sse || !self.response_identity {
+            return None;
+        }
+        self.filter_issued = true;
+        Some(UsageChunkFilter::new(self.limits.max_event_bytes))
+    }
+
+    /// One chunk of the response body as received from upstream (still
+    /// content-encoded). Never buffers beyond the limits; cheap when the
+    /// exchange is not parsed.
+    pub fn on_response_chunk(&mut self, chunk: &[u8]) {
+        if self.response_dead {
+            return;
+        }
+        let Some(dec) = self.response.as_mut() else {
+            return;
+        };
+        if dec.write_chunk(chunk).is_err() {
+            self.response_dead = true;
+            let capped = dec
+                .sink_mut()
+                .is_some_and(|s| s.findings.error == Some(ParseError::DecodedTooLarge));
+            if !capped {
+                self.response_error.get_or_insert(ParseError::DecodeFailed);
+            }
+        }
+    }
+
+    /// Ends the exchange (response complete, cut, or never received) and
+    /// writes its attributes into `record`. Later calls do nothing.
+    ///
+    /// Written: `gen_ai.provider.name` + `gen_ai.system`,
+    /// `gen_ai.operation.name`, `gen_ai.request.model`,
+    /// `gen_ai.request.stream`, `gen_ai.response.model`,
+    /// `gen_ai.response.id`, `gen_ai.response.finish_reasons` (provider
+    /// values as sent, ordered by choice index), `gen_ai.usage.*`; for MCP
+    /// `mcp.method.name`, `jsonrpc.request.id`, `gen_ai.tool.name`,
+    /// `gen_ai.prompt.name`, `mcp.resource.uri`, `mcp.session.id`,
+    /// `mcp.protocol.version`, `rpc.response.status_code`;
+    /// `egret.parse.error`; `egret.body.request_rewritten = true` after a
+    /// rewrite; `egret.body.usage_visible` whenever usage was recorded:
+    /// `false` exactly when egret added `include_usage` to the request and
+    /// removed the usage chunk from the response (the client never saw the
+    /// numbers), `true` otherwise (the client asked for usage itself, the
+    /// provider always reports it, or the usage chunk was forwarded).
+    /// `error.type` is set to the provider's / JSON-RPC error code only
+    /// when the record has no `error.type` yet (transport errors the proxy
+    /// recorded win).
+    pub fn finish(&mut self, record: &mut Record) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let Some(provider) = self.provider else {
+            return;
+        };
+
+        let mut f = Findings::default();
+        if let Some(mut dec) = self.response.take() {
+            if !self.response_dead && dec.finish().is_err() {
+                let capped = dec
+                    .sink_mut()
+                    .is_some_and(|s| s.findings.error == Some(ParseError::DecodedTooLarge));
+                if !capped {
+                    self.response_error.get_or_insert(ParseError::DecodeFailed);
+                }
+            }
+            if let Some(sink) = dec.sink_mut() {
+                let ok = self
+                    .status
+                    .is_some_and(|s| (200..300).contains(&s) && s != 204);
+                sink.end(ok);
+                f = std::mem::take(&mut sink.findings);
+            }
+        }
+
+        if let Some(name) = provider.semconv_name() {
+            record.set(sc::GEN_AI_PROVIDER_NAME, name);
+            record.set(sc::GEN_AI_SYSTEM, name);
+        }
+        let operation = match (self.api, &self.mcp) {
+            (Api::Mcp, Some(r)) if r.method.as_deref() == Some("tools/call") => {
+                Some("execute_tool")
+            }
+            (api, _) => api.operation(),
+        };
+        record.set_opt(sc::GEN_AI_OPERATION_NAME, operation);
+        record.set_opt(sc::GEN_AI_REQUEST_MODEL, self.request_model.take());
+        if self.api.streams() {
+            record.set_opt(sc::GEN_AI_REQUEST_STREAM, self.request_stream);
+        }
+        record.set_opt(sc::GEN_AI_RESPONSE_MODEL, f.response_model.take());
+        record.set_opt(sc::GEN_AI_RESPONSE_ID, f.response_id.take());
+        if !f.finish_reasons.is_empty() {
+            f.finish_reasons.sort_by_key(|(i, _)| *i);
+            let reasons: Vec<String> = f.finish_reasons.drain(..).map(|(_, r)| r).collect();
+            record.set(sc::GEN_AI_RESPONSE_FINISH_REASONS, reasons);
+        }
+        record.set_opt(sc::GEN_AI_USAGE_INPUT_TOKENS, f.input_tokens);
+        record.set_opt(sc::GEN_AI_USAGE_OUTPUT_TOKENS, f.output_tokens);
+        record.set_opt(
+            sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+            f.cache_read_input_tokens,
+        );
+        record.set_opt(
+            sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+            f.cache_creation_input_tokens,
+        );
+
+        if let Some(r) = self.mcp.take() {
+            record.set_opt(sc::MCP_METHOD_NAME, r.method);
+            record.set_opt(sc::JSONRPC_REQUEST_ID, r.id);
+            record.set_opt(sc::GEN_AI_TOOL_NAME, r.tool_name);
+            record.set_opt(sc::GEN_AI_PROMPT_NAME, r.prompt_name);
+            record.set_opt(sc::MCP_RESOURCE_URI, r.resource_uri);
+        }
+        if provider == Provider::Mcp {
+            record.set_opt(sc::MCP_SESSION_ID, self.mcp_session_id.take());
+            let version = self
+                .mcp_protocol_version
+                .take()
+                .or(f.mcp_protocol_version.take());
+            record.set_opt(sc::MCP_PROTOCOL_VERSION, version);
+            record.set_opt(sc::RPC_RESPONSE_STATUS_CODE, f.rpc_status_code.take());
+        }
+
+        if self.rewritten {
+            record.set(sc::BODY_REQUEST_REWRITTEN, true);
+        }
+        let has_usage = f.input_tokens.is_some() || f.output_tokens.is_some();
+        if has_usage {
+            let hidden = self.rewritten && self.filter_issued && f.usage_only_chunk;
+            record.set(sc::BODY_USAGE_VISIBLE, !hidden);
+        }
+
+        let error = self.response_error.or(f.error).or(self.request_error);
+        record.set_opt(sc::PARSE_ERROR, error.map(ParseError::as_str));
+        if record.get(sc::ERROR_TYPE).is_none() {
+            record.set_opt(sc::ERROR_TYPE, f.error_type.take());
+        }
+    }
+}
