@@ -1,1 +1,2 @@
 pub mod record; pub mod semconv;
+pub mod tls;
