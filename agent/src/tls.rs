@@ -16,6 +16,21 @@
 //!
 //! All of it uses the `ring` provider explicitly, so the process never
 //! depends on a process-wide default crypto provider.
+//!
+//! ```no_run
+//! # async fn proxy(tcp: tokio::net::TcpStream, orig_dst: std::net::SocketAddr) -> Result<(), egret::tls::TlsError> {
+//! use std::sync::Arc;
+//! use egret::tls::{Ca, Terminator, UpstreamTls, UpstreamTlsOptions};
+//! // Once, at startup:
+//! let ca = Arc::new(Ca::init("/var/lib/egret/ca".as_ref())?);
+//! let terminator = Terminator::with_ca(ca)?;
+//! let upstream = UpstreamTls::new(&UpstreamTlsOptions::default())?.default_client_config()?;
+//! // Per accepted connection (wrap in a timeout):
+//! let conn = terminator.accept(tcp, Some(&orig_dst.ip().to_string())).await?;
+//! let (_sni, _offer, _h2) = (conn.sni.as_deref(), &conn.client_alpn, conn.is_h2());
+//! // serve `conn.stream` with hyper; dial the upstream with `upstream` and the same SNI.
+//! # let _ = upstream; Ok(()) }
+//! ```
 
 mod bundle;
 mod ca;

@@ -534,6 +534,17 @@ async fn mcp_streamable_http() {
     .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     assert!(r.body.is_empty());
+    let r = call(
+        h(both),
+        "/mcp",
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "notification without session"
+    );
 
     // SSE when the client accepts it.
     let r = call(with_sid(both), "/mcp", json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
@@ -812,15 +823,74 @@ fn venv_python() -> Option<PathBuf> {
     None
 }
 
-/// Runs one client script; returns its JSON lines keyed by `call`.
-fn run_client(python: &Path, mock: &Mock, script: &str, extra: &[&str]) -> Vec<Value> {
-    let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients");
-    let out = Command::new(python)
-        .arg(clients.join(script))
-        .arg("--base-url")
-        .arg(format!("https://127.0.0.1:{}", mock.port()))
-        .args(extra)
-        .env("SSL_CERT_FILE", &mock.ca_cert)
+/// How a client script reaches the mock.
+enum Target<'a> {
+    /// `--base-url https://127.0.0.1:PORT` against a mock on a free port.
+    BaseUrl(&'a Mock),
+    /// The SDK's default base URL (real hostnames, port 443) inside a
+    /// private network + mount namespace where those names map to a mock
+    /// listening on 127.0.0.1:443 (needs root, `unshare` and `ip`).
+    DefaultHosts { dir: &'a Path },
+}
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients")
+}
+
+/// Runs one client script; returns its JSON lines.
+fn run_client(python: &Path, target: &Target<'_>, script: &str, extra: &[&str]) -> Vec<Value> {
+    let script_path = clients_dir().join(script);
+    let mut cmd = match target {
+        Target::BaseUrl(mock) => {
+            let mut c = Command::new(python);
+            c.arg(&script_path)
+                .arg("--base-url")
+                .arg(format!("https://127.0.0.1:{}", mock.port()))
+                .args(extra)
+                .env("SSL_CERT_FILE", &mock.ca_cert);
+            c
+        }
+        Target::DefaultHosts { dir } => {
+            let hosts = dir.join("hosts");
+            std::fs::write(
+                &hosts,
+                "127.0.0.1 localhost api.anthropic.com api.openai.com \
+                 generativelanguage.googleapis.com mcp.local\n::1 localhost\n",
+            )
+            .expect("hosts file");
+            let ready = dir.join("ready.json");
+            let _ = std::fs::remove_file(&ready);
+            // The mock lives and dies with this one namespace.
+            let script = r#"
+                set -u
+                ip link set lo up || exit 97
+                "$MOCK" --listen 127.0.0.1:443 --ca-dir "$DIR/ca" --ready-file "$READY" >/dev/null &
+                mock=$!
+                i=0
+                while [ ! -s "$READY" ]; do
+                    i=$((i + 1)); [ $i -gt 200 ] && { kill $mock; exit 98; }
+                    sleep 0.05
+                done
+                mount --bind "$HOSTS" /etc/hosts || { kill $mock; exit 99; }
+                "$PYTHON" "$@"
+                rc=$?
+                kill $mock
+                exit $rc
+            "#;
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--net", "sh", "-c", script, "sh"])
+                .arg(&script_path)
+                .args(extra)
+                .env("MOCK", MOCK)
+                .env("DIR", dir)
+                .env("READY", &ready)
+                .env("HOSTS", &hosts)
+                .env("PYTHON", python)
+                .env("SSL_CERT_FILE", dir.join("ca/ca.crt"));
+            c
+        }
+    };
+    let out = cmd
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONWARNINGS", "ignore::DeprecationWarning")
         .env_remove("HTTPS_PROXY")
@@ -831,7 +901,11 @@ fn run_client(python: &Path, mock: &Mock, script: &str, extra: &[&str]) -> Vec<V
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
     stdout
         .lines()
         .map(|l| {
@@ -853,8 +927,39 @@ const REPLY16: &str = "Hello from the egret mock provider: this reply is determi
 fn official_python_sdks() {
     let Some(python) = venv_python() else { return };
     let mock = Mock::start();
+    check_sdks(&python, &Target::BaseUrl(&mock));
+}
 
-    let openai = run_client(&python, &mock, "openai_client.py", &[]);
+/// Same, with the SDKs' default base URLs (real hostnames on port 443),
+/// resolved to the mock for these processes only.
+#[test]
+fn official_python_sdks_default_hostnames() {
+    let Some(python) = venv_python() else { return };
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let have_tools = ["unshare", "ip"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    });
+    if !is_root || !have_tools {
+        eprintln!("skipping default-hostname SDK test: needs root, unshare and ip");
+        return;
+    }
+    let dir = TempDir::new("hosts");
+    check_sdks(&python, &Target::DefaultHosts { dir: &dir.0 });
+}
+
+/// Runs all four client scripts against `target` and checks what the SDKs
+/// parsed against the mock's token rule.
+fn check_sdks(python: &Path, target: &Target<'_>) {
+    let openai = run_client(python, target, "openai_client.py", &[]);
     assert!(openai.iter().all(|l| l["ok"] == true), "{openai:?}");
     let chat = by_call(&openai, "chat");
     assert_eq!(
@@ -884,7 +989,7 @@ fn official_python_sdks() {
         (Some(2), Some(8))
     );
 
-    let anthropic = run_client(&python, &mock, "anthropic_client.py", &[]);
+    let anthropic = run_client(python, target, "anthropic_client.py", &[]);
     let m = by_call(&anthropic, "messages");
     assert_eq!(
         m["usage"],
@@ -900,7 +1005,7 @@ fn official_python_sdks() {
     assert_eq!(s["stop_reason"], "max_tokens");
     assert_eq!(s["model"], "claude-haiku-4-5");
 
-    let google = run_client(&python, &mock, "google_client.py", &[]);
+    let google = run_client(python, target, "google_client.py", &[]);
     let g = by_call(&google, "generate_content");
     assert_eq!(
         g["usage"],
@@ -917,7 +1022,7 @@ fn official_python_sdks() {
     assert_eq!(g["chunks"], 3);
 
     for path in ["/mcp", "/mcp?format=json"] {
-        let mcp = run_client(&python, &mock, "mcp_client.py", &["--path", path]);
+        let mcp = run_client(python, target, "mcp_client.py", &["--path", path]);
         assert!(mcp.iter().all(|l| l["ok"] == true), "{mcp:?}");
         assert_eq!(by_call(&mcp, "initialize")["server"], "egret-mock-mcp");
         assert_eq!(by_call(&mcp, "list_tools")["tools"], json!(["add", "echo"]));

@@ -1448,7 +1448,7 @@ mod google {
             return Err(bad_request("model name is empty"));
         }
         let input = match body.get("contents") {
-            Some(Value::Array(c)) if !c.is_empty() => text_words(&Value::Array(c.clone())),
+            Some(Value::Array(c)) if !c.is_empty() => c.iter().map(text_words).sum::<u64>(),
             _ => {
                 return Err(bad_request(
                     "* GenerateContentRequest.contents: contents is not specified",
@@ -1682,6 +1682,11 @@ mod mcp {
         let (id, method) = match (id, method) {
             // Notifications and client responses: accepted, no body.
             (None, Some(_)) | (Some(_), None) => {
+                if let Err(resp) =
+                    check_session(state, session.as_deref(), version.as_deref(), &Value::Null)
+                {
+                    return *resp;
+                }
                 return respond(StatusCode::ACCEPTED, "text/plain", "");
             }
             (Some(id), Some(method)) => (id, method.to_string()),
@@ -1726,36 +1731,9 @@ mod mcp {
                 rpc_error(&id, METHOD_NOT_FOUND, "Method not found: server/discover")
             }
             _ => {
-                let Some(sid) = session else {
-                    return http_error(
-                        StatusCode::BAD_REQUEST,
-                        &id,
-                        INVALID_REQUEST,
-                        "Bad Request: Mcp-Session-Id header is required",
-                    );
-                };
-                let known = state
-                    .sessions
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .contains(&sid);
-                if !known {
-                    return http_error(
-                        StatusCode::NOT_FOUND,
-                        &id,
-                        INVALID_REQUEST,
-                        "Session not found",
-                    );
-                }
-                if let Some(v) = &version {
-                    if !MCP_VERSIONS.contains(&v.as_str()) {
-                        return http_error(
-                            StatusCode::BAD_REQUEST,
-                            &id,
-                            INVALID_REQUEST,
-                            &format!("Bad Request: unsupported MCP-Protocol-Version {v:?}"),
-                        );
-                    }
+                if let Err(resp) = check_session(state, session.as_deref(), version.as_deref(), &id)
+                {
+                    return *resp;
                 }
                 match method.as_str() {
                     "ping" => result(&id, json!({})),
@@ -1796,6 +1774,49 @@ mod mcp {
             }
         }
         resp
+    }
+
+    /// Everything after `initialize` needs a live session (400 without the
+    /// header, 404 for an unknown or ended one) and, when the client names
+    /// one, a supported protocol version.
+    fn check_session(
+        state: &State,
+        session: Option<&str>,
+        version: Option<&str>,
+        id: &Value,
+    ) -> Result<(), Box<Response<RespBody>>> {
+        let Some(sid) = session else {
+            return Err(Box::new(http_error(
+                StatusCode::BAD_REQUEST,
+                id,
+                INVALID_REQUEST,
+                "Bad Request: Mcp-Session-Id header is required",
+            )));
+        };
+        let known = state
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(sid);
+        if !known {
+            return Err(Box::new(http_error(
+                StatusCode::NOT_FOUND,
+                id,
+                INVALID_REQUEST,
+                "Session not found",
+            )));
+        }
+        if let Some(v) = version {
+            if !MCP_VERSIONS.contains(&v) {
+                return Err(Box::new(http_error(
+                    StatusCode::BAD_REQUEST,
+                    id,
+                    INVALID_REQUEST,
+                    &format!("Bad Request: unsupported MCP-Protocol-Version {v:?}"),
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn result(id: &Value, result: Value) -> Value {
