@@ -20,3 +20,4 @@ pub mod records;
 pub mod sandbox;
 pub mod semconv;
 pub mod store;
+pub mod tls;

@@ -19,7 +19,6 @@ pub mod upstream;
 
 use std::{
     collections::HashMap,
-    io,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{
@@ -168,7 +167,7 @@ impl Proxy {
     }
 
     /// Opens the listener pair in `netns` (None = the agent's own) if not open.
-    pub fn ensure_listeners(self: &Arc<Self>, netns: Option<&Path>) -> io::Result<()> {
+    pub fn ensure_listeners(self: &Arc<Self>, netns: Option<&Path>) -> std::io::Result<()> {
         let key = netns.map(Path::to_owned);
         let mut map = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         if map.contains_key(&key) {
@@ -329,7 +328,7 @@ async fn sniff(stream: &TcpStream) -> Sniffed {
     Sniffed::Other
 }
 
-fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     s.set_reuse_address(true)?;
@@ -343,7 +342,7 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// Connects to `dst` from inside `netns` (None = the agent's own).
-pub async fn dial(netns: Option<&Path>, dst: SocketAddr) -> io::Result<TcpStream> {
+pub async fn dial(netns: Option<&Path>, dst: SocketAddr) -> std::io::Result<TcpStream> {
     let sock = netns::run_in(netns, move || {
         let s = socket2::Socket::new(
             socket2::Domain::for_address(dst),
@@ -357,5 +356,5 @@ pub async fn dial(netns: Option<&Path>, dst: SocketAddr) -> io::Result<TcpStream
     let sock = TcpSocket::from_std_stream(sock.into());
     tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(dst))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }
