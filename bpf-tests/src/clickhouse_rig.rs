@@ -204,6 +204,15 @@ impl ClickHouseRig {
         }
     }
 
+    /// Kills the server with SIGKILL (a crash). Data already acknowledged
+    /// survives; [`start_again`](Self::start_again) brings it back.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Runs `sql` over HTTP; returns the response body (TSV by default).
     pub fn query(&self, sql: &str) -> Result<String, RigError> {
         match self.http("POST", "/", sql) {
@@ -282,6 +291,9 @@ impl ClickHouseRig {
   <uncompressed_cache_size>67108864</uncompressed_cache_size>
   <max_concurrent_queries>50</max_concurrent_queries>
   <mlock_executable>false</mlock_executable>
+  <!-- Tests stop servers often: don't wait 5 s for idle keep-alive clients. -->
+  <shutdown_wait_unfinished>1</shutdown_wait_unfinished>
+  <keep_alive_timeout>1</keep_alive_timeout>
   <timezone>UTC</timezone>
   <default_profile>default</default_profile>
   <default_database>default</default_database>

@@ -1131,8 +1131,10 @@ impl ClickHouseSink {
             sql.push_str(" AND invocation_id = ?");
         }
         if since_ns.is_some() {
-            // The event_time condition prunes partitions.
-            sql.push_str(" AND event_time >= toDateTime(?) AND egret_start_time_unix_nano >= ?");
+            // Same rule as the local store (`records::matches`): records that
+            // ended at or after `since`. No partition pruning on the start
+            // day: a long-lived connection may have started days earlier.
+            sql.push_str(" AND ifNull(egret_end_time_unix_nano, 0) >= ?");
         }
         sql.push_str(" ORDER BY egret_start_time_unix_nano, egret_record_id");
         let mut q = self.client.query(&sql);
@@ -1140,7 +1142,7 @@ impl ClickHouseSink {
             q = q.bind(id);
         }
         if let Some(since) = since_ns {
-            q = q.bind(since.div_euclid(1_000_000_000).max(0)).bind(since);
+            q = q.bind(since);
         }
         let fut = async {
             let mut cursor = q.fetch::<R>()?;
@@ -1162,7 +1164,8 @@ pub struct InsertCounts {
 }
 
 /// `egret records` against ClickHouse: records of both tables (optionally
-/// one invocation's, optionally those that started at or after `since_ns`),
+/// one invocation's, optionally those that ended at or after `since_ns`, as
+/// `records::matches` does for the local store),
 /// deduplicated, ordered by start time, with the same attribute names (and
 /// value types) as the local store.
 pub async fn query_records(
