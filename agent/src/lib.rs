@@ -19,5 +19,6 @@ pub mod record;
 pub mod records;
 pub mod sandbox;
 pub mod semconv;
+pub mod sink;
 pub mod store;
 pub mod tls;

@@ -544,10 +544,11 @@ impl Spool {
             if self.active_len <= HEADER_LEN {
                 return; // nothing left to delete: the batch itself is too big
             }
-            // Only the active segment is left: seal it and drop it.
-            drop_guard_rotate(self, st);
-            if st.active == oldest {
-                return; // rotation failed
+            // Only the active segment is left: seal it so it can go too.
+            if let Err(e) = self.rotate_locked(st) {
+                shared.counters.io_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot start a new spool segment");
+                return;
             }
         }
     }
@@ -556,6 +557,10 @@ impl Spool {
     fn rotate(&mut self) -> Result<(), StoreError> {
         let shared = self.shared.clone();
         let mut st = shared.lock();
+        self.rotate_locked(&mut st)
+    }
+
+    fn rotate_locked(&mut self, st: &mut State) -> Result<(), StoreError> {
         let next = st.active + 1;
         let (file, len) = create_segment(&self.shared.dir, next)?;
         st.segments.insert(next, len);
@@ -564,28 +569,6 @@ impl Spool {
         self.active_len = len;
         self.active_path = segment_path(&self.shared.dir, next);
         Ok(())
-    }
-}
-
-/// Rotation while the caller already holds the state lock.
-fn drop_guard_rotate(spool: &mut Spool, st: &mut State) {
-    let next = st.active + 1;
-    match create_segment(&spool.shared.dir, next) {
-        Ok((file, len)) => {
-            st.segments.insert(next, len);
-            st.active = next;
-            spool.file = file;
-            spool.active_len = len;
-            spool.active_path = segment_path(&spool.shared.dir, next);
-        }
-        Err(e) => {
-            spool
-                .shared
-                .counters
-                .io_errors
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "cannot start a new spool segment");
-        }
     }
 }
 
