@@ -24,11 +24,24 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+/// Keys left out of a file take their values from the embedded default
+/// (including its gateways: `gateways: []` is how to have none).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Config {
     pub node: NodeConfig,
+    pub store: StoreConfig,
     pub gateways: Vec<GatewayConfig>,
+}
+
+/// Where records are kept: the local spool always, ClickHouse when set.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct StoreConfig {
+    /// The durable local spool (default: `<stateDir>/spool`, 1 GiB).
+    pub spool: Option<crate::store::SpoolConfig>,
+    /// ClickHouse; every record is inserted, none lost while it is down.
+    pub clickhouse: Option<crate::sink::ClickHouseConfig>,
 }
 
 /// Node-wide settings: where sandboxes live and how the agent listens.
@@ -182,6 +195,12 @@ fn default_provider() -> String {
     "http".to_owned()
 }
 
+impl Default for Config {
+    fn default() -> Self {
+        Config::embedded_default()
+    }
+}
+
 impl Config {
     /// What `egret run` uses without `--config`: sandbox root `egret.slice`,
     /// ports 80/443, the well-known LLM provider hosts allowed, everything
@@ -194,6 +213,7 @@ impl Config {
         };
         Config {
             node: NodeConfig::default(),
+            store: StoreConfig::default(),
             gateways: vec![GatewayConfig {
                 name: "default".to_owned(),
                 selector: Selector::default(),

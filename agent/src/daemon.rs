@@ -13,16 +13,25 @@ use tokio::{
     sync::mpsc,
 };
 
+use std::sync::atomic::AtomicU64;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::{
     api,
     attribution::Registry,
     bpf::{self, Kernel, LoadOptions},
+    budget::Budgets,
     cgroup,
     config::Config,
+    credentials::KeyHasher,
     flow,
-    proxy::Proxy,
+    policy::Policy,
+    proxy::{Proxy, L7},
     record::Record,
+    sink::{self, ClickHouseSink},
     store::{Spool, SpoolConfig},
+    tls::{self, Ca, LeafCache, LeafCacheOptions, Terminator, UpstreamTls, UpstreamTlsOptions},
 };
 
 /// Capacity of the channel from capture to the recorder.
@@ -51,6 +60,10 @@ pub enum RunError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Api(#[from] api::ApiError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("ClickHouse: {0}")]
+    Sink(#[from] sink::SinkError),
 }
 
 /// Resolved node paths shared by the subcommands.
@@ -84,10 +97,10 @@ impl NodePaths {
 }
 
 pub fn spool_config(cfg: &Config) -> SpoolConfig {
-    SpoolConfig {
+    cfg.store.spool.clone().unwrap_or_else(|| SpoolConfig {
         dir: cfg.node.state_dir.join("spool"),
         ..SpoolConfig::default()
-    }
+    })
 }
 
 pub async fn run(cfg: Config) -> Result<(), RunError> {
@@ -122,11 +135,44 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let registry = Arc::new(Registry::open(root_canon, state_dir.join("registry.json")));
     registry.restore(&kernel.maps);
 
+    let shutdown = CancellationToken::new();
     let spool = Spool::open(&spool_config(&cfg))?;
+    let mut sinks = Vec::new();
+    match &cfg.store.clickhouse {
+        Some(ch) => {
+            let cursor = spool.cursor(sink::clickhouse::CURSOR_NAME)?;
+            let sink = ClickHouseSink::new(ch)?;
+            sinks.push(tokio::spawn(sink.run(cursor, shutdown.child_token())));
+        }
+        None => {
+            // A cursor left by an earlier config would pin data forever.
+            spool
+                .handle()
+                .remove_cursor(sink::clickhouse::CURSOR_NAME)?;
+        }
+    }
     let (tx, rx) = mpsc::channel::<Record>(RECORD_QUEUE);
-    let recorder = tokio::spawn(record_loop(spool, rx));
+    let recorder = tokio::spawn(record_loop(spool, rx, shutdown.child_token()));
 
-    let proxy = Proxy::new(kernel.clone(), registry.clone(), cfg.node.listen_port);
+    let tls = tls_setup(&cfg)?;
+    let l7 = Arc::new(L7 {
+        kernel: kernel.clone(),
+        policy: arc_swap::ArcSwap::from_pointee(Policy::new(&cfg)),
+        budgets: Arc::new(Budgets::open(Some(state_dir.join("budgets.json")))),
+        terminator: tls.0,
+        upstream_tls: tls.1,
+        keys: Arc::new(
+            KeyHasher::open(&state_dir.join("apikey-id.secret")).map_err(|source| {
+                RunError::StateDir {
+                    path: state_dir.join("apikey-id.secret"),
+                    source,
+                }
+            })?,
+        ),
+        records: tx.clone(),
+        dropped_records: AtomicU64::new(0),
+    });
+    let proxy = Proxy::new(kernel.clone(), registry.clone(), l7, cfg.node.listen_port);
     proxy.ensure_listeners(None).map_err(RunError::Listen)?;
     for sb in registry.list() {
         if let Some(ns) = sb.netns.as_deref().filter(|p| p.exists()) {
@@ -176,13 +222,44 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         }
     }
     tracing::info!("shutting down: flushing records");
+    // Close events not read yet stay in the pinned ring buffer for the next start.
     closes.abort();
     drop(tx);
     drop(proxy);
+    shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), recorder).await;
+    for s in sinks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), s).await;
+    }
     let _ = std::fs::remove_file(&cfg.node.api_socket);
     Ok(())
 }
+
+/// The node CA (created on first run), the trust bundle sandboxes use, the
+/// terminator minting leaves from it, and the upstream client roots.
+fn tls_setup(cfg: &Config) -> Result<(Arc<Terminator>, Arc<UpstreamTls>), RunError> {
+    let dir = ca_dir(cfg);
+    let ca = Arc::new(Ca::init(&dir)?);
+    tls::write_trust_bundle(&ca, &dir.join(TRUST_BUNDLE))?;
+    if ca.was_created() {
+        tracing::info!(cert = %ca.cert_path().display(), "node CA created");
+    }
+    let cache = Arc::new(LeafCache::new(ca, LeafCacheOptions::default()));
+    let terminator = Arc::new(Terminator::new(cache)?);
+    let upstream = Arc::new(UpstreamTls::new(&UpstreamTlsOptions {
+        system_roots: true,
+        extra_root_files: cfg.node.upstream_extra_roots.clone(),
+    })?);
+    Ok((terminator, upstream))
+}
+
+/// Where the node CA lives.
+pub fn ca_dir(cfg: &Config) -> PathBuf {
+    cfg.node.state_dir.join("ca")
+}
+
+/// Trust bundle (system roots + node CA) for sandboxes, in [`ca_dir`].
+pub const TRUST_BUNDLE: &str = "trust-bundle.pem";
 
 /// Drains aya-log messages from the kernel half (they arrive on a ring
 /// buffer that must be polled) into the agent's log.
@@ -208,14 +285,22 @@ async fn poll_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
 }
 
 /// The only writer of the spool: batches what arrives and appends it.
-async fn record_loop(mut spool: Spool, mut rx: mpsc::Receiver<Record>) {
+/// On shutdown the channel is closed and what is queued is still written.
+async fn record_loop(mut spool: Spool, mut rx: mpsc::Receiver<Record>, stop: CancellationToken) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     loop {
         batch.clear();
-        if rx.recv_many(&mut batch, RECORD_BATCH).await == 0 {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, RECORD_BATCH) => n,
+            _ = stop.cancelled() => {
+                rx.close();
+                rx.recv_many(&mut batch, RECORD_BATCH).await
+            }
+        };
+        if n == 0 {
             return;
         }
-        // fsync blocks: keep it off the runtime's worker threads' hot path.
+        // fsync blocks: keep it off the runtime's other tasks.
         match tokio::task::block_in_place(|| spool.append(&batch)) {
             Ok(out) if out.dropped > 0 => {
                 tracing::warn!(dropped = out.dropped, "spool full: records dropped")

@@ -89,6 +89,21 @@ pub async fn run(cfg: &Config) -> bool {
             Err(e) => e.to_string(),
         },
     });
+    if let Some(ch) = &cfg.store.clickhouse {
+        let r = match crate::sink::ClickHouseSink::new(ch) {
+            Ok(s) => s.healthcheck().await,
+            Err(e) => Err(e),
+        };
+        checks.push(Check {
+            name: "ClickHouse reachable",
+            ok: r.is_ok(),
+            required: false,
+            detail: match r {
+                Ok(()) => ch.url.clone(),
+                Err(e) => e.to_string(),
+            },
+        });
+    }
     let mut all = true;
     for c in &checks {
         let mark = if c.ok {

@@ -42,6 +42,15 @@ enum Command {
     /// Validate or print configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// The node CA that sandboxes trust.
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Create the node CA (idempotent) and the sandbox trust bundle; print the CA path.
+    Init,
 }
 
 #[derive(Args)]
@@ -154,7 +163,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
         }
         Command::Exec(args) => {
             let paths = NodePaths::resolve(&cfg)?;
-            let bundle = cfg.node.state_dir.join("ca").join("trust-bundle.pem");
+            let bundle = daemon::ca_dir(&cfg).join(daemon::TRUST_BUNDLE);
             let code = sandbox::exec(sandbox::ExecOptions {
                 sandbox_root: paths.sandbox_root,
                 api_socket: cfg.node.api_socket.clone(),
@@ -214,6 +223,13 @@ async fn real_main(cli: Cli) -> Result<i32> {
         Command::Config(ConfigCmd::Check { file }) => {
             Config::load(&file)?;
             println!("{}: ok", file.display());
+            Ok(0)
+        }
+        Command::Ca(CaCmd::Init) => {
+            let dir = daemon::ca_dir(&cfg);
+            let ca = egret::tls::Ca::init(&dir)?;
+            egret::tls::write_trust_bundle(&ca, &dir.join(daemon::TRUST_BUNDLE))?;
+            println!("{}", ca.cert_path().display());
             Ok(0)
         }
         Command::Config(ConfigCmd::Schema) => {

@@ -69,7 +69,10 @@ impl L7 {
         if self.records.try_send(rec).is_err() {
             let n = self.dropped_records.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
-                tracing::warn!(dropped = n, "record queue full: transaction records dropped");
+                tracing::warn!(
+                    dropped = n,
+                    "record queue full: transaction records dropped"
+                );
             }
         }
     }
@@ -150,12 +153,7 @@ fn link_keys(netns_cookie: u64, peer: SocketAddr) -> [LinkKey; 2] {
 }
 
 impl Proxy {
-    pub fn new(
-        kernel: Arc<Kernel>,
-        registry: Arc<Registry>,
-        l7: Arc<L7>,
-        port: u16,
-    ) -> Arc<Proxy> {
+    pub fn new(kernel: Arc<Kernel>, registry: Arc<Registry>, l7: Arc<L7>, port: u16) -> Arc<Proxy> {
         Arc::new(Proxy {
             kernel,
             registry,
@@ -292,7 +290,9 @@ impl Proxy {
         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             Ok((up, down)) => {
                 self.stats.bytes_upstream.fetch_add(up, Ordering::Relaxed);
-                self.stats.bytes_downstream.fetch_add(down, Ordering::Relaxed);
+                self.stats
+                    .bytes_downstream
+                    .fetch_add(down, Ordering::Relaxed);
             }
             Err(e) => tracing::debug!(dst = %origin.dst, "splice ended: {e}"),
         }

@@ -7,6 +7,8 @@ use crate::{config::Config, record::Record, semconv as sc, store};
 pub enum RecordsError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] crate::sink::SinkError),
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -17,6 +19,9 @@ pub async fn load(
     invocation_id: Option<&str>,
     since_ns: Option<i64>,
 ) -> Result<Vec<Record>, RecordsError> {
+    if let Some(ch) = &cfg.store.clickhouse {
+        return Ok(crate::sink::query_records(ch, invocation_id, since_ns).await?);
+    }
     let dir = crate::daemon::spool_config(cfg).dir;
     let mut out = Vec::new();
     if !dir.exists() {

@@ -89,7 +89,12 @@ pub struct CloseEvent {
 
 /// TCP states (net/tcp_states.h) from which reaching `TCP_CLOSE` means the
 /// socket's own FIN was acknowledged.
-pub const FIN_ACKED_STATES: [u32; 4] = [5 /* FIN_WAIT2 */, 6 /* TIME_WAIT */, 9 /* LAST_ACK */, 11 /* CLOSING */];
+pub const FIN_ACKED_STATES: [u32; 4] = [
+    5,  /* FIN_WAIT2 */
+    6,  /* TIME_WAIT */
+    9,  /* LAST_ACK */
+    11, /* CLOSING */
+];
 
 impl CloseEvent {
     /// Payload bytes the peer acknowledged: `bytes_acked` counts the SYN and

@@ -21,11 +21,10 @@ use super::{
     io::{ByteCounts, Counted},
     tap::{capturable, Capture, Finisher, L4Snapshot, RequestTap, ResponseTap, Transaction},
     upstream::{ProxyBody, Target, Upstream},
-    L7, Origin,
+    Origin, L7,
 };
 use crate::{
-    budget,
-    credentials,
+    budget, credentials,
     genai::{Exchange, Limits, Provider},
     policy::Decision,
     record::{now_unix_nanos, Record},
@@ -77,22 +76,20 @@ where
     let downstream = Arc::new(ByteCounts::default());
     let io = Counted::new(stream, downstream.clone());
     let fallback = origin.dst.ip().to_string();
-    let accepted = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        l7.terminator.accept(io, Some(&fallback)),
-    )
-    .await
-    {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => {
-            tracing::info!(dst = %origin.dst, "TLS handshake with sandbox failed: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(dst = %origin.dst, "TLS handshake with sandbox timed out");
-            return;
-        }
-    };
+    let accepted =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, l7.terminator.accept(io, Some(&fallback)))
+            .await
+        {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                tracing::info!(dst = %origin.dst, "TLS handshake with sandbox failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(dst = %origin.dst, "TLS handshake with sandbox timed out");
+                return;
+            }
+        };
     let sni = accepted.sni.clone();
     let tls_name = sni.clone().unwrap_or_else(|| fallback.clone());
     let conn = Arc::new(Conn {
@@ -170,20 +167,27 @@ impl Finisher for Finish {
         let c = &self.conn;
         let now = c.l7.l4_snapshot(c);
         let s = txn.l4_start;
-        txn.rec
-            .set(sc::L4_BYTES_SANDBOX_TX, now.sandbox_tx.saturating_sub(s.sandbox_tx));
-        txn.rec
-            .set(sc::L4_BYTES_SANDBOX_RX, now.sandbox_rx.saturating_sub(s.sandbox_rx));
-        txn.rec
-            .set(sc::L4_BYTES_DOWNSTREAM, now.downstream.saturating_sub(s.downstream));
-        txn.rec
-            .set(sc::L4_BYTES_UPSTREAM, now.upstream.saturating_sub(s.upstream));
+        txn.rec.set(
+            sc::L4_BYTES_SANDBOX_TX,
+            now.sandbox_tx.saturating_sub(s.sandbox_tx),
+        );
+        txn.rec.set(
+            sc::L4_BYTES_SANDBOX_RX,
+            now.sandbox_rx.saturating_sub(s.sandbox_rx),
+        );
+        txn.rec.set(
+            sc::L4_BYTES_DOWNSTREAM,
+            now.downstream.saturating_sub(s.downstream),
+        );
+        txn.rec.set(
+            sc::L4_BYTES_UPSTREAM,
+            now.upstream.saturating_sub(s.upstream),
+        );
         let tokens = txn.rec.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS).unwrap_or(0)
             + txn.rec.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS).unwrap_or(0);
         if let (Some(gw), Some(a)) = (&self.decision.gateway, &c.origin.attribution) {
             if let Some(st) =
-                c.l7
-                    .budgets
+                c.l7.budgets
                     .add(gw, &a.agent_namespace, &a.agent_name, tokens.max(0) as u64)
             {
                 txn.rec.set(sc::BUDGET_DAILY_USED, st.used);
@@ -241,10 +245,19 @@ fn trace_context(
             && p[1].bytes().all(|b| b.is_ascii_hexdigit())
             && p[2].bytes().all(|b| b.is_ascii_hexdigit())
             && p[1] != "00000000000000000000000000000000")
-            .then(|| (p[1].to_ascii_lowercase(), p[2].to_ascii_lowercase(), p[3].to_owned()))
+            .then(|| {
+                (
+                    p[1].to_ascii_lowercase(),
+                    p[2].to_ascii_lowercase(),
+                    p[3].to_owned(),
+                )
+            })
     };
     let span = format!("{:016x}", rand_u64());
-    match incoming.and_then(parse).or_else(|| registered.and_then(parse)) {
+    match incoming
+        .and_then(parse)
+        .or_else(|| registered.and_then(parse))
+    {
         Some((trace, parent, flags)) => {
             let header = format!("00-{trace}-{span}-{flags}");
             (trace, span, Some(parent), header)
@@ -317,20 +330,26 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         .and_then(Provider::from_name)
         .or_else(|| Provider::detect(&host, req.uri().path()));
     if let (Some(gw), Some(a)) = (&gw, attr) {
-        if let Some(st) = conn.l7.budgets.status(gw, &a.agent_namespace, &a.agent_name) {
+        if let Some(st) = conn
+            .l7
+            .budgets
+            .status(gw, &a.agent_namespace, &a.agent_name)
+        {
             rec.set(sc::BUDGET_DAILY_USED, st.used);
             rec.set(sc::BUDGET_DAILY_MAX, st.max);
             rec.set(sc::BUDGET_DENIED, st.exhausted());
             if st.exhausted() {
-                let (body, _) =
-                    budget::exhausted_body(provider.map(Provider::name), &st);
+                let (body, _) = budget::exhausted_body(provider.map(Provider::name), &st);
                 finish_now(rec, 429, Some("budget_exhausted"));
                 return json_response(StatusCode::TOO_MANY_REQUESTS, body);
             }
         }
     }
 
-    let capture_cfg = gw.as_ref().map(|g| g.capture_body.clone()).unwrap_or_default();
+    let capture_cfg = gw
+        .as_ref()
+        .map(|g| g.capture_body.clone())
+        .unwrap_or_default();
     let rewrite_allowed = gw.as_ref().is_none_or(|g| g.rewrite_stream_usage);
     let req_ct = req
         .headers()
@@ -379,7 +398,10 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     let length = body.size_hint().exact();
     let whole = length.is_some_and(|n| n <= WHOLE_REQUEST_MAX);
     let out_body: ProxyBody = if whole {
-        let bytes = match Limited::new(body, WHOLE_REQUEST_MAX as usize).collect().await {
+        let bytes = match Limited::new(body, WHOLE_REQUEST_MAX as usize)
+            .collect()
+            .await
+        {
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 tracing::debug!("reading request body: {e}");
@@ -490,7 +512,11 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
 impl L7 {
     /// Current L4 counters of a connection, for per-transaction deltas.
     pub fn l4_snapshot(&self, conn: &Conn) -> L4Snapshot {
-        let k = self.kernel.maps.peek_counters(conn.origin.cookie).unwrap_or_default();
+        let k = self
+            .kernel
+            .maps
+            .peek_counters(conn.origin.cookie)
+            .unwrap_or_default();
         let (dr, dw) = conn.downstream.snapshot();
         let (ur, uw) = conn.upstream.counts.snapshot();
         L4Snapshot {

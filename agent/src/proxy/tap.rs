@@ -141,14 +141,9 @@ impl Transaction {
         self.response
             .write(&mut self.rec, sc::RESPONSE_BODY, sc::RESP_TRUNCATED);
         let req_trunc = self.rec.get_bool(sc::REQ_TRUNCATED).unwrap_or(false);
-        self.rec.set(
-            sc::BODY_TRUNCATED,
-            req_trunc || self.response.truncated(),
-        );
-        let captured = self
-            .rec
-            .get_str(sc::REQUEST_BODY)
-            .map_or(0, str::len)
+        self.rec
+            .set(sc::BODY_TRUNCATED, req_trunc || self.response.truncated());
+        let captured = self.rec.get_str(sc::REQUEST_BODY).map_or(0, str::len)
             + self.rec.get_str(sc::RESPONSE_BODY).map_or(0, str::len);
         self.rec.set(sc::BODY_BYTES, captured as u64);
         if let Some(e) = self.error {
@@ -342,7 +337,10 @@ mod tests {
 
     #[test]
     fn content_types_match_without_parameters() {
-        let inc = vec!["application/json".to_owned(), "text/event-stream".to_owned()];
+        let inc = vec![
+            "application/json".to_owned(),
+            "text/event-stream".to_owned(),
+        ];
         assert!(capturable(Some("application/json; charset=utf-8"), &inc));
         assert!(capturable(Some("Text/Event-Stream"), &inc));
         assert!(!capturable(Some("image/png"), &inc));

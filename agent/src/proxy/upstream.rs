@@ -25,7 +25,10 @@ pub enum UpstreamError {
         source: std::io::Error,
     },
     #[error("TLS to {name}: {source}")]
-    Tls { name: String, source: std::io::Error },
+    Tls {
+        name: String,
+        source: std::io::Error,
+    },
     #[error("invalid upstream server name {0:?}")]
     Name(String),
     #[error("TLS client config: {0}")]
