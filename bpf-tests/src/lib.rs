@@ -82,7 +82,10 @@ pub fn egret_bin() -> PathBuf {
 pub struct AgentOptions {
     pub capture_ports: Vec<u16>,
     pub block_quic: bool,
+    /// Appended to the generated config (top-level keys such as `gateways`).
     pub extra_yaml: String,
+    /// Extra upstream roots (the mock provider's CA).
+    pub upstream_roots: Vec<PathBuf>,
 }
 
 impl Default for AgentOptions {
@@ -91,6 +94,7 @@ impl Default for AgentOptions {
             capture_ports: vec![],
             block_quic: true,
             extra_yaml: String::new(),
+            upstream_roots: Vec::new(),
         }
     }
 }
@@ -127,15 +131,21 @@ impl Agent {
         let api = dir.join("api.sock");
         let state_dir = dir.join("state");
         let ports: Vec<String> = opts.capture_ports.iter().map(u16::to_string).collect();
+        let roots: Vec<String> = opts
+            .upstream_roots
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         let config = dir.join("egret.yaml");
         let yaml = format!(
-            "node:\n  sandboxRoot: {sandbox_rel}\n  capturePorts: [{}]\n  blockQuic: {}\n  listenPort: {listen_port}\n  stateDir: {}\n  bpffsDir: {}\n  apiSocket: {}\n  adminListen: 127.0.0.1:{}\n{}",
+            "node:\n  sandboxRoot: {sandbox_rel}\n  capturePorts: [{}]\n  blockQuic: {}\n  listenPort: {listen_port}\n  stateDir: {}\n  bpffsDir: {}\n  apiSocket: {}\n  adminListen: 127.0.0.1:{}\n  upstreamExtraRoots: [{}]\n{}",
             ports.join(", "),
             opts.block_quic,
             state_dir.display(),
             bpffs.display(),
             api.display(),
             free_port(),
+            roots.join(", "),
             opts.extra_yaml,
         );
         fs::write(&config, yaml).expect("write config");
@@ -272,6 +282,17 @@ impl Agent {
 
     /// Registers a sandbox through the API (as a trusted caller).
     pub fn register(&self, id: &str, netns: Option<&Netns>, invocation: &str) {
+        self.register_with(id, netns, invocation, None)
+    }
+
+    /// Registers a sandbox, optionally with the invocation's traceparent.
+    pub fn register_with(
+        &self,
+        id: &str,
+        netns: Option<&Netns>,
+        invocation: &str,
+        traceparent: Option<&str>,
+    ) {
         let spec = SandboxSpec {
             cgroup: id.to_owned(),
             netns: netns.map(|n| n.path()),
@@ -280,6 +301,7 @@ impl Agent {
                 agent_name: format!("agent-{id}"),
                 agent_namespace: "tests".into(),
                 agent_kind: "test".into(),
+                traceparent: traceparent.map(str::to_owned),
                 ..Default::default()
             },
         };

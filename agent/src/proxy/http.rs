@@ -46,6 +46,8 @@ pub struct Conn {
     pub tls: bool,
     pub upstream: Upstream,
     pub downstream: Arc<ByteCounts>,
+    pending: Mutex<Vec<Pending>>,
+    next_txn: std::sync::atomic::AtomicU64,
 }
 
 fn full(body: impl Into<Bytes>) -> ProxyBody {
@@ -106,6 +108,8 @@ where
         sni,
         tls: true,
         downstream,
+        pending: Mutex::new(Vec::new()),
+        next_txn: Default::default(),
     });
     serve_http(TokioIo::new(accepted.stream), conn).await;
 }
@@ -131,6 +135,8 @@ where
         sni: None,
         tls: false,
         downstream,
+        pending: Mutex::new(Vec::new()),
+        next_txn: Default::default(),
     });
     serve_http(TokioIo::new(io), conn).await;
 }
@@ -139,8 +145,9 @@ async fn serve_http<I>(io: I, conn: Arc<Conn>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let conn2 = conn.clone();
     let svc = hyper::service::service_fn(move |req| {
-        let conn = conn.clone();
+        let conn = conn2.clone();
         async move { Ok::<_, Infallible>(handle(req, conn).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -153,9 +160,56 @@ where
     if let Err(e) = builder.serve_connection(io, svc).await {
         tracing::debug!("sandbox connection ended: {e}");
     }
+    conn.flush_pending(None);
 }
 
-/// Writes a finished transaction's record and counts its tokens.
+/// A finished transaction waiting for its L4 counters to settle: the last
+/// response bytes are still on their way to the sandbox when the body ends.
+/// It is written when the next request on the connection starts, when the
+/// connection ends, or after [`L4_SETTLE`], whichever comes first.
+struct Pending {
+    id: u64,
+    rec: Record,
+    l4_start: L4Snapshot,
+}
+
+/// Longest a finished transaction waits for its L4 counters.
+const L4_SETTLE: Duration = Duration::from_millis(500);
+
+impl Conn {
+    /// Writes pending records whose L4 window has closed (`only`: one of them).
+    fn flush_pending(&self, only: Option<u64>) {
+        let ready: Vec<Pending> = {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            match only {
+                Some(id) => match p.iter().position(|x| x.id == id) {
+                    Some(i) => vec![p.swap_remove(i)],
+                    None => return,
+                },
+                None => std::mem::take(&mut *p),
+            }
+        };
+        if ready.is_empty() {
+            return;
+        }
+        let now = self.l7.l4_snapshot(self);
+        for mut p in ready {
+            let s = p.l4_start;
+            let d = |a: u64, b: u64| a.saturating_sub(b);
+            p.rec
+                .set(sc::L4_BYTES_SANDBOX_TX, d(now.sandbox_tx, s.sandbox_tx));
+            p.rec
+                .set(sc::L4_BYTES_SANDBOX_RX, d(now.sandbox_rx, s.sandbox_rx));
+            p.rec
+                .set(sc::L4_BYTES_DOWNSTREAM, d(now.downstream, s.downstream));
+            p.rec
+                .set(sc::L4_BYTES_UPSTREAM, d(now.upstream, s.upstream));
+            self.l7.emit(p.rec);
+        }
+    }
+}
+
+/// Counts a finished transaction's tokens and queues its record.
 struct Finish {
     conn: Arc<Conn>,
     decision: Decision,
@@ -165,24 +219,6 @@ impl Finisher for Finish {
     fn finish(&self, mut txn: Transaction) {
         txn.seal();
         let c = &self.conn;
-        let now = c.l7.l4_snapshot(c);
-        let s = txn.l4_start;
-        txn.rec.set(
-            sc::L4_BYTES_SANDBOX_TX,
-            now.sandbox_tx.saturating_sub(s.sandbox_tx),
-        );
-        txn.rec.set(
-            sc::L4_BYTES_SANDBOX_RX,
-            now.sandbox_rx.saturating_sub(s.sandbox_rx),
-        );
-        txn.rec.set(
-            sc::L4_BYTES_DOWNSTREAM,
-            now.downstream.saturating_sub(s.downstream),
-        );
-        txn.rec.set(
-            sc::L4_BYTES_UPSTREAM,
-            now.upstream.saturating_sub(s.upstream),
-        );
         let tokens = txn.rec.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS).unwrap_or(0)
             + txn.rec.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS).unwrap_or(0);
         if let (Some(gw), Some(a)) = (&self.decision.gateway, &c.origin.attribution) {
@@ -193,7 +229,22 @@ impl Finisher for Finish {
                 txn.rec.set(sc::BUDGET_DAILY_USED, st.used);
             }
         }
-        c.l7.emit(txn.rec);
+        let id = c
+            .next_txn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Pending {
+                id,
+                rec: txn.rec,
+                l4_start: txn.l4_start,
+            });
+        let conn = c.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(L4_SETTLE).await;
+            conn.flush_pending(Some(id));
+        });
     }
 }
 
@@ -277,6 +328,8 @@ fn rand_u64() -> u64 {
 }
 
 async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> {
+    // The previous exchange's bytes have all arrived once the next starts.
+    conn.flush_pending(None);
     let started = Instant::now();
     let l4_start = conn.l7.l4_snapshot(&conn);
     let host_header = req

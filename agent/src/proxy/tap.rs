@@ -155,14 +155,14 @@ impl Transaction {
 }
 
 /// The response body on its way to the sandbox.
-pub struct ResponseTap<B> {
+pub struct ResponseTap<B: Body> {
     inner: B,
     txn: Option<Box<Transaction>>,
     filter: Option<UsageChunkFilter>,
     scratch: Vec<u8>,
 }
 
-impl<B> ResponseTap<B> {
+impl<B: Body> ResponseTap<B> {
     pub fn new(inner: B, mut txn: Box<Transaction>) -> ResponseTap<B> {
         let filter = txn.exchange.usage_filter();
         ResponseTap {
@@ -179,6 +179,11 @@ impl<B> ResponseTap<B> {
     }
 
     fn end(&mut self, error: Option<&'static str>) {
+        let error = if self.filter.is_none() && self.inner.is_end_stream() {
+            None
+        } else {
+            error
+        };
         if let Some(mut txn) = self.txn.take() {
             if txn.error.is_none() {
                 txn.error = error;
@@ -234,6 +239,10 @@ where
                         txn.response.push(&frame);
                     }
                     let Some(f) = this.filter.as_mut() else {
+                        if this.inner.is_end_stream() {
+                            // hyper stops polling once Content-Length is met.
+                            this.end(None);
+                        }
                         return Poll::Ready(Some(Ok(Frame::data(frame))));
                     };
                     this.scratch.clear();
@@ -262,9 +271,10 @@ where
     }
 }
 
-impl<B> Drop for ResponseTap<B> {
+impl<B: Body> Drop for ResponseTap<B> {
     fn drop(&mut self) {
-        // Dropped before the end: the sandbox went away mid-response.
+        // Dropped before the end (and not because the body was complete):
+        // the sandbox went away mid-response.
         self.end(Some("client_aborted"));
     }
 }

@@ -38,7 +38,7 @@
 //!   an SSE stream when the client's Accept allows `text/event-stream`,
 //!   otherwise JSON; `/mcp?format=json` forces JSON. `server/discover` is
 //!   answered with method-not-found, so newer SDKs fall back to `initialize`.
-//! * Utilities: `GET /bytes/{n}` (n bytes with content-length), `POST /echo`
+//! * Utilities: `GET /bytes/{n}` (n bytes with content-length), `POST /echo`, `GET /headers` (request headers as JSON)
 //!   (streams the request body back), `GET /sse/{n}?interval_ms=M` (n SSE
 //!   events), `GET /json/{n}` (an n-byte JSON document), `GET /healthz`.
 //!
@@ -703,6 +703,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody>
         (&Method::GET, ["json", n]) => json_endpoint(n),
         (&Method::GET, ["sse", n]) => sse_endpoint(n, query.as_deref()),
         (&Method::POST, ["echo"]) => echo_endpoint(req),
+        (&Method::GET, ["headers"]) => headers_endpoint(&req),
         (_, ["mcp"]) => mcp::handle(&state, req, query.as_deref()).await,
         (&Method::POST, ["v1", "messages"]) => {
             with_json(&state, req, query, Provider::Anthropic, anthropic::messages).await
@@ -2006,6 +2007,19 @@ fn sse_endpoint(n: &str, query: Option<&str>) -> Response<RespBody> {
     resp.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-cache"));
     resp
+}
+
+/// `GET /headers`: the request headers as received (name → value), so tests
+/// can check what a proxy added or removed.
+fn headers_endpoint(req: &Request<Incoming>) -> Response<RespBody> {
+    let mut map = serde_json::Map::new();
+    for (name, value) in req.headers() {
+        map.insert(
+            name.as_str().to_owned(),
+            Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        );
+    }
+    json_response(StatusCode::OK, &Value::Object(map))
 }
 
 fn echo_endpoint(req: Request<Incoming>) -> Response<RespBody> {

@@ -1,0 +1,502 @@
+//! L7 capture end to end: a sandbox (real cgroup, kernel redirect) talks to
+//! the providers' real hostnames with the official SDKs and curl; egret
+//! terminates TLS with the node CA, forwards to our mock provider over TLS
+//! and records each exchange. Provider names resolve (for the sandbox
+//! process only) to a loopback address of the test's own.
+use std::{
+    io::BufRead,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use bpf_tests::*;
+use egret::{record::Record, semconv as sc};
+use serde_json::Value;
+
+const NAMES: &str = "api.anthropic.com,api.openai.com,generativelanguage.googleapis.com,mcp.local,denied.example,localhost";
+
+struct World {
+    agent: Agent,
+    _mock: MockProvider,
+    hosts: PathBuf,
+    bundle: PathBuf,
+}
+
+struct MockProvider {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for MockProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn mock_bin() -> PathBuf {
+    workspace_root().join("target/debug/mock-provider")
+}
+
+fn venv_python() -> Option<PathBuf> {
+    let venv = std::env::var_os("EGRET_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv"));
+    let py = venv.join("bin/python");
+    py.exists().then_some(py)
+}
+
+/// A loopback address of this test's own (127.0.x.y), so tests that all
+/// bind port 443 never collide.
+fn own_loopback() -> String {
+    let n = unique("");
+    let h = n
+        .bytes()
+        .fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b)));
+    format!(
+        "127.{}.{}.{}",
+        100 + h % 100,
+        (h >> 8) % 250 + 1,
+        (h >> 16) % 250 + 1
+    )
+}
+
+impl World {
+    fn start(extra_yaml: &str) -> World {
+        let ip = own_loopback();
+        let dir = std::env::temp_dir().join(unique("egret-mock-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ready = dir.join("ready");
+        let child = Command::new(mock_bin())
+            .args(["--listen", &format!("{ip}:443"), "--names", NAMES])
+            .arg("--ca-dir")
+            .arg(dir.join("ca"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start mock-provider (cargo xtask test builds it)");
+        let mock = MockProvider {
+            child,
+            dir: dir.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "mock-provider not ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let hosts = dir.join("hosts");
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for n in NAMES.split(',').filter(|n| *n != "localhost") {
+            text.push_str(&format!("{ip} {n}\n"));
+        }
+        std::fs::write(&hosts, text).unwrap();
+        let agent = Agent::start(AgentOptions {
+            capture_ports: vec![443],
+            extra_yaml: extra_yaml.to_owned(),
+            upstream_roots: vec![dir.join("ca/ca.crt")],
+            ..AgentOptions::default()
+        });
+        let bundle = agent.state_dir.join("ca/trust-bundle.pem");
+        World {
+            agent,
+            _mock: mock,
+            hosts,
+            bundle,
+        }
+    }
+
+    /// A sandbox registered with `inv` (and optional traceparent).
+    fn sandbox(&self, inv: &str, traceparent: Option<&str>) -> SandboxCgroup {
+        let id = unique("sb");
+        let cg = self.agent.cgroup(&id);
+        self.agent.register_with(&id, None, inv, traceparent);
+        cg
+    }
+
+    /// Runs `program args` in the sandbox with the test hosts file and the
+    /// node CA trusted, returning stdout.
+    fn run(&self, cg: &SandboxCgroup, program: &Path, args: &[&str]) -> String {
+        let mut cmd = sandboxed(cg, None, "unshare");
+        cmd.args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+        ])
+        .arg(&self.hosts)
+        .arg(program)
+        .args(args)
+        .env("SSL_CERT_FILE", &self.bundle)
+        .env("REQUESTS_CA_BUNDLE", &self.bundle)
+        .env("CURL_CA_BUNDLE", &self.bundle);
+        let out = cmd.output().expect("run sandboxed client");
+        assert!(
+            out.status.success(),
+            "{} {:?} failed: {}\n{}\nagent log:\n{}",
+            program.display(),
+            args,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.agent.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn curl(&self, cg: &SandboxCgroup, args: &[&str]) -> String {
+        self.run(
+            cg,
+            Path::new("/usr/bin/curl"),
+            &[&["-sS", "--max-time", "30"], args].concat(),
+        )
+    }
+
+    fn sdk(&self, cg: &SandboxCgroup, script: &str) -> Vec<Value> {
+        let py = venv_python().expect("venv checked by require_venv");
+        let script = clients_dir().join(script);
+        self.run(cg, &py, &[script.to_str().unwrap()])
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("client json line"))
+            .collect()
+    }
+
+    fn transactions(&self, inv: &str, n: usize) -> Vec<Record> {
+        let recs = self
+            .agent
+            .wait_records("transactions", |r| txns(r, inv).len() >= n);
+        txns(&recs, inv).into_iter().cloned().collect()
+    }
+}
+
+fn txns<'a>(recs: &'a [Record], inv: &str) -> Vec<&'a Record> {
+    recs.iter()
+        .filter(|r| r.kind() == "transaction" && r.invocation_id() == Some(inv))
+        .collect()
+}
+
+fn require_venv(test: &str) -> bool {
+    if venv_python().is_some() {
+        return true;
+    }
+    let msg = format!("{test}: no Python venv with the provider SDKs (cargo xtask setup makes it)");
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED {msg}");
+    false
+}
+
+fn i(rec: &Record, key: &str) -> i64 {
+    rec.get_i64(key)
+        .unwrap_or_else(|| panic!("{key} missing in {}", rec.to_json_line()))
+}
+
+fn by_path<'a>(recs: &'a [Record], path: &str, stream: bool) -> &'a Record {
+    recs.iter()
+        .find(|r| {
+            r.get_str(sc::URL_PATH).is_some_and(|p| p.contains(path))
+                && r.get_bool(sc::GEN_AI_REQUEST_STREAM).unwrap_or(false) == stream
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no transaction for {path} stream={stream} in:\n{}",
+                recs.iter()
+                    .map(Record::to_json_line)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
+}
+
+fn usage(v: &Value) -> (i64, i64) {
+    (
+        v["usage"]["input_tokens"].as_i64().unwrap_or(-1),
+        v["usage"]["output_tokens"].as_i64().unwrap_or(-1),
+    )
+}
+
+fn tokens(r: &Record) -> (i64, i64) {
+    (
+        i(r, sc::GEN_AI_USAGE_INPUT_TOKENS),
+        i(r, sc::GEN_AI_USAGE_OUTPUT_TOKENS),
+    )
+}
+
+/// No credential ever reaches a record.
+fn assert_no_secrets(recs: &[Record], secret: &str) {
+    for r in recs {
+        let line = r.to_json_line();
+        assert!(!line.contains(secret), "credential leaked into {line}");
+    }
+}
+
+#[test]
+fn openai_sdk_through_egret_json_streams_rewrite_and_credentials() {
+    if !require_privileges("openai_sdk") || !require_venv("openai_sdk") {
+        return;
+    }
+    let w = World::start("");
+    let inv = unique("inv-openai-");
+    let cg = w.sandbox(&inv, None);
+    let calls = w.sdk(&cg, "openai_client.py");
+    assert!(calls.iter().all(|c| c["ok"] == true), "{calls:?}");
+    let recs = w.transactions(&inv, calls.len());
+    assert_no_secrets(&recs, "sk-test-not-a-real-key");
+    let call = |name: &str| calls.iter().find(|c| c["call"] == name).unwrap();
+
+    let chat = by_path(&recs, "/v1/chat/completions", false);
+    assert_eq!(chat.get_str(sc::GEN_AI_PROVIDER_NAME), Some("openai"));
+    assert_eq!(chat.get_str(sc::GEN_AI_OPERATION_NAME), Some("chat"));
+    assert_eq!(chat.get_str(sc::GEN_AI_REQUEST_MODEL), Some("gpt-4o-mini"));
+    assert_eq!(tokens(chat), usage(call("chat")));
+    assert_eq!(i(chat, sc::HTTP_RESPONSE_STATUS_CODE), 200);
+    assert!(chat.get_str(sc::API_KEY_ID).is_some_and(|k| k.len() == 16));
+    assert!(chat
+        .get_str(sc::RESPONSE_BODY)
+        .is_some_and(|b| b.contains("chatcmpl")));
+    assert_eq!(chat.get_str(sc::SERVER_ADDRESS), Some("api.openai.com"));
+
+    // The SDK did not ask for usage: egret asked for it, recorded it and hid
+    // the extra chunk, so the client saw exactly what it asked for.
+    let hidden: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.get_bool(sc::BODY_REQUEST_REWRITTEN) == Some(true))
+        .collect();
+    assert_eq!(hidden.len(), 1, "one rewritten stream");
+    let h = hidden[0];
+    assert_eq!(h.get_bool(sc::BODY_USAGE_VISIBLE), Some(false));
+    assert_eq!(h.get_bool(sc::GEN_AI_REQUEST_STREAM), Some(true));
+    assert!(i(h, sc::GEN_AI_USAGE_OUTPUT_TOKENS) > 0);
+    assert_eq!(
+        call("chat_stream")["usage"],
+        Value::Null,
+        "client saw a usage chunk it did not ask for"
+    );
+    let visible = recs
+        .iter()
+        .find(|r| {
+            r.get_bool(sc::GEN_AI_REQUEST_STREAM) == Some(true)
+                && r.get_bool(sc::BODY_USAGE_VISIBLE) == Some(true)
+                && r.get_str(sc::URL_PATH) == Some("/v1/chat/completions")
+        })
+        .expect("the stream that asked for usage");
+    assert_eq!(tokens(visible), usage(call("chat_stream_usage")));
+
+    let emb = by_path(&recs, "/v1/embeddings", false);
+    assert_eq!(emb.get_str(sc::GEN_AI_OPERATION_NAME), Some("embeddings"));
+    for r in &recs {
+        assert_eq!(
+            r.get_str(sc::AGENT_NAME).map(|n| n.starts_with("agent-")),
+            Some(true)
+        );
+        assert!(i(r, sc::L4_BYTES_SANDBOX_RX) > 0, "{}", r.to_json_line());
+        assert!(i(r, sc::L4_BYTES_UPSTREAM) > 0, "{}", r.to_json_line());
+    }
+}
+
+#[test]
+fn anthropic_google_and_mcp_sdks_through_egret() {
+    if !require_privileges("anthropic_google_mcp") || !require_venv("anthropic_google_mcp") {
+        return;
+    }
+    let w = World::start(
+        "gateways:\n- name: providers\n  routes:\n  - {name: anthropic, hosts: [api.anthropic.com], provider: anthropic}\n  - {name: google, hosts: [generativelanguage.googleapis.com], provider: google}\n  - {name: tools, hosts: [mcp.local], provider: mcp}\n",
+    );
+    let inv = unique("inv-multi-");
+    let cg = w.sandbox(&inv, None);
+
+    let a = w.sdk(&cg, "anthropic_client.py");
+    assert!(a.iter().all(|c| c["ok"] == true), "{a:?}");
+    let g = w.sdk(&cg, "google_client.py");
+    assert!(g.iter().all(|c| c["ok"] == true), "{g:?}");
+    let m = w.sdk(&cg, "mcp_client.py");
+    assert!(m.iter().all(|c| c["ok"] == true), "{m:?}");
+    let recs = w.transactions(&inv, a.len() + g.len() + 3);
+
+    let am = by_path(&recs, "/v1/messages", false);
+    assert_eq!(am.get_str(sc::GEN_AI_PROVIDER_NAME), Some("anthropic"));
+    assert_eq!(tokens(am).1, usage(&a[0]).1);
+    let ams = by_path(&recs, "/v1/messages", true);
+    assert_eq!(tokens(ams).1, usage(&a[1]).1);
+    assert!(ams.get(sc::GEN_AI_RESPONSE_FINISH_REASONS).is_some());
+
+    let gj = by_path(&recs, ":generateContent", false);
+    assert_eq!(gj.get_str(sc::GEN_AI_PROVIDER_NAME), Some("gcp.gemini"));
+    assert_eq!(tokens(gj), usage(&g[0]));
+    let gs = by_path(&recs, ":streamGenerateContent", true);
+    assert_eq!(tokens(gs), usage(&g[1]));
+
+    let tool = recs
+        .iter()
+        .find(|r| r.get_str(sc::MCP_METHOD_NAME) == Some("tools/call"))
+        .expect("an MCP tools/call transaction");
+    assert_eq!(tool.get_str(sc::GEN_AI_TOOL_NAME), Some("echo"));
+    assert!(tool.get_str(sc::MCP_SESSION_ID).is_some());
+    assert!(recs
+        .iter()
+        .any(|r| r.get_str(sc::MCP_METHOD_NAME) == Some("initialize")));
+}
+
+#[test]
+fn policy_budget_trace_context_streaming_and_h2() {
+    if !require_privileges("policy_budget_trace") {
+        return;
+    }
+    let w = World::start(
+        "gateways:\n- name: test-gw\n  defaultPolicy: deny-all\n  routes:\n  - {name: anthropic, hosts: [api.anthropic.com], provider: anthropic}\n  - {name: openai, hosts: ['*.openai.com'], provider: openai}\n  budgets:\n  - {namespace: tests, name: '', dailyTokens: 20}\n",
+    );
+    // Egress policy: a host no route allows gets a JSON 403, never upstream.
+    let inv = unique("inv-policy-");
+    let cg = w.sandbox(&inv, None);
+    let out = w.curl(
+        &cg,
+        &["-w", "\n%{http_code}", "https://denied.example/headers"],
+    );
+    assert!(out.ends_with("\n403"), "{out}");
+    assert!(out.contains("egress_denied"), "{out}");
+    let denied = w.transactions(&inv, 1);
+    assert_eq!(denied[0].get_bool(sc::POLICY_DENIED), Some(true));
+
+    // Trace context: the registered traceparent is the parent of the span
+    // whose id is sent upstream.
+    let inv = unique("inv-trace-");
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let cg = w.sandbox(&inv, Some(parent));
+    let seen: Value =
+        serde_json::from_str(&w.curl(&cg, &["https://api.openai.com/headers"])).unwrap();
+    let rec = &w.transactions(&inv, 1)[0];
+    let sent = seen["traceparent"]
+        .as_str()
+        .expect("traceparent sent upstream");
+    let span = rec.get_str(sc::SPAN_ID).unwrap();
+    assert_eq!(
+        sent,
+        format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{span}-01")
+    );
+    assert_eq!(rec.get_str(sc::PARENT_SPAN_ID), Some("00f067aa0ba902b7"));
+    assert_eq!(
+        rec.get_str(sc::TRACE_ID),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert!(seen.get("authorization").is_none());
+
+    // Streaming is forwarded as it arrives: the first event reaches the
+    // client long before the last (10 events, 150 ms apart).
+    let t0 = Instant::now();
+    let mut child = sandboxed(&cg, None, "unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+        ])
+        .arg(&w.hosts)
+        .args([
+            "curl",
+            "-sSN",
+            "--max-time",
+            "30",
+            "https://api.openai.com/sse/10?interval_ms=150",
+        ])
+        .env("CURL_CA_BUNDLE", &w.bundle)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines
+        .by_ref()
+        .find(|l| l.as_ref().is_ok_and(|l| l.starts_with("data:")))
+        .expect("an event");
+    let first_at = t0.elapsed();
+    assert!(first.is_ok());
+    let rest = lines
+        .filter(|l| l.as_ref().is_ok_and(|l| l.starts_with("data:")))
+        .count();
+    let last_at = t0.elapsed();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(rest, 9);
+    assert!(
+        last_at - first_at >= Duration::from_millis(1200),
+        "stream was buffered: first event at {first_at:?}, last at {last_at:?}"
+    );
+
+    // HTTP/2 multiplexing: three requests on one connection, three records.
+    let inv = unique("inv-h2-");
+    let cg = w.sandbox(&inv, None);
+    let out = w.curl(
+        &cg,
+        &[
+            "--http2",
+            "-Z",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}\n",
+            "https://api.openai.com/json/1000",
+            "https://api.openai.com/json/2000",
+            "https://api.openai.com/json/3000",
+        ],
+    );
+    assert_eq!(out.lines().filter(|l| *l == "2").count(), 3, "{out}");
+    let recs = w.transactions(&inv, 3);
+    let mut sizes: Vec<i64> = recs.iter().map(|r| i(r, sc::RESP_BYTES)).collect();
+    sizes.sort();
+    assert_eq!(sizes, vec![1000, 2000, 3000]);
+    assert!(recs
+        .iter()
+        .all(|r| r.get_str(sc::NETWORK_PROTOCOL_VERSION) == Some("2")));
+
+    // Budget: 20 tokens a day for namespace `tests`. Requests go through
+    // until the budget is used up, then a 429 in Anthropic's own format.
+    let inv = unique("inv-budget-");
+    let cg = w.sandbox(&inv, None);
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"one two three four five six seven eight nine ten eleven twelve"}]}"#;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let out = w.curl(
+            &cg,
+            &[
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "x-api-key: k",
+                "-H",
+                "anthropic-version: 2023-06-01",
+                "-d",
+                body,
+                "https://api.anthropic.com/v1/messages",
+            ],
+        );
+        let code = out.rsplit('\n').next().unwrap().to_owned();
+        if code == "429" {
+            assert!(out.contains("rate_limit_error"), "{out}");
+        }
+        statuses.push(code);
+    }
+    assert_eq!(statuses[0], "200");
+    assert_eq!(
+        statuses.last().map(String::as_str),
+        Some("429"),
+        "{statuses:?}"
+    );
+    let recs = w.transactions(&inv, 4);
+    let denied: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.get_bool(sc::BUDGET_DENIED) == Some(true))
+        .collect();
+    assert!(!denied.is_empty());
+    assert!(denied
+        .iter()
+        .all(|r| i(r, sc::HTTP_RESPONSE_STATUS_CODE) == 429));
+    assert!(recs
+        .iter()
+        .all(|r| r.get_i64(sc::BUDGET_DAILY_MAX) == Some(20)));
+}
