@@ -18,4 +18,5 @@ pub mod record;
 pub mod records;
 pub mod sandbox;
 pub mod semconv;
+pub mod sink;
 pub mod store;
