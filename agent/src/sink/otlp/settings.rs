@@ -988,6 +988,28 @@ mod tests {
     }
 
     #[test]
+    fn json_schema_names_camel_case_keys() {
+        let schema = serde_json::to_string(&schemars::schema_for!(OtlpConfig)).unwrap();
+        for key in [
+            "endpoint",
+            "headers",
+            "signals",
+            "sampling",
+            "conventions",
+            "timeout",
+            "queueCapacity",
+            "metricsInterval",
+            "openinference",
+            "mlflow",
+        ] {
+            assert!(
+                schema.contains(&format!("\"{key}\"")),
+                "{key} missing: {schema}"
+            );
+        }
+    }
+
+    #[test]
     fn dev_tee_settings() {
         let s = dev_tee("http://127.0.0.1:14318", &[], &env_of(&[])).unwrap();
         assert!(s.tee);
