@@ -142,6 +142,10 @@ impl OtlpExporter {
         client: HttpClient,
     ) -> Result<OtlpExporter, OtlpError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| OtlpError::NoRuntime)?;
+        let opts = ExportOptions {
+            max_batch: opts.max_batch.max(1),
+            ..opts
+        };
         let mut resource = settings.resource.clone();
         if !resource.contains_key(sc::HOST_NAME) {
             if let Some(h) = host_name() {
@@ -348,7 +352,8 @@ impl Worker {
     async fn run(self, mut rx: mpsc::Receiver<Item>, cancel: CancellationToken) {
         let mut batch: Vec<Item> = Vec::new();
         let mut bytes = 0usize;
-        let mut tick = tokio::time::interval(self.opts.flush_interval);
+        let mut tick =
+            tokio::time::interval(self.opts.flush_interval.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -447,8 +452,8 @@ struct MetricsTask {
 
 impl MetricsTask {
     async fn run(self, cancel: CancellationToken) {
-        let start = tokio::time::Instant::now() + self.interval;
-        let mut tick = tokio::time::interval_at(start, self.interval);
+        let interval = self.interval.max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
