@@ -121,6 +121,9 @@ pub struct GatewayConfig {
     /// `passthrough` (splice, flow record only) or `refuse`.
     #[serde(default)]
     pub non_http: NonHttpPolicy,
+    /// OTLP/HTTP export of this gateway's records (see `docs/otlp.md`).
+    #[serde(default)]
+    pub otlp: crate::sink::otlp::OtlpConfig,
 }
 
 fn yes() -> bool {
@@ -227,6 +230,7 @@ impl Config {
                 capture_body: CaptureBodyConfig::default(),
                 rewrite_stream_usage: true,
                 non_http: NonHttpPolicy::Passthrough,
+                otlp: crate::sink::otlp::OtlpConfig::default(),
             }],
         }
     }

@@ -117,3 +117,52 @@ pub const GEN_AI_PROMPT_NAME: &str = "gen_ai.prompt.name";
 pub const MCP_RESOURCE_URI: &str = "mcp.resource.uri";
 pub const MCP_PROTOCOL_VERSION: &str = "mcp.protocol.version";
 pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";
+// OTLP export (sink::otlp). Names a backend reads, beside the record's own.
+/// Log record event name (attribute beside the `event_name` field).
+pub const EVENT_NAME: &str = "event.name";
+/// Values of [`EVENT_NAME`].
+pub const EVENT_TRANSACTION: &str = "egret.transaction";
+pub const EVENT_FLOW: &str = "egret.flow";
+// Resource.
+pub const SERVICE_NAME: &str = "service.name";
+pub const SERVICE_VERSION: &str = "service.version";
+pub const HOST_NAME: &str = "host.name";
+pub const K8S_NODE_NAME: &str = "k8s.node.name";
+// Metrics and their attributes.
+pub const METRIC_GEN_AI_TOKEN_USAGE: &str = "gen_ai.client.token.usage";
+pub const METRIC_GEN_AI_OPERATION_DURATION: &str = "gen_ai.client.operation.duration";
+pub const METRIC_TRANSACTIONS: &str = "egret.transactions";
+pub const METRIC_FLOWS: &str = "egret.flows";
+pub const METRIC_L4_BYTES: &str = "egret.l4.bytes";
+pub const METRIC_OTLP_DROPPED: &str = "egret.otlp.dropped";
+pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";
+/// `1xx` … `5xx`, or `none` when no response status was seen.
+pub const HTTP_STATUS_CLASS: &str = "egret.http.status_class";
+/// `transmit` (sandbox → network) or `receive`.
+pub const NETWORK_IO_DIRECTION: &str = "network.io.direction";
+/// `traces`, `logs` or `metrics`.
+pub const OTLP_SIGNAL: &str = "egret.otlp.signal";
+/// Marks the series that absorbs points once an instrument's series cap is hit.
+pub const OTEL_METRIC_OVERFLOW: &str = "otel.metric.overflow";
+// OpenInference convention profile.
+pub const OPENINFERENCE_SPAN_KIND: &str = "openinference.span.kind";
+pub const OPENINFERENCE_PROJECT_NAME: &str = "openinference.project.name";
+pub const LLM_MODEL_NAME: &str = "llm.model_name";
+pub const LLM_PROVIDER: &str = "llm.provider";
+pub const LLM_SYSTEM: &str = "llm.system";
+pub const LLM_TOKEN_COUNT_PROMPT: &str = "llm.token_count.prompt";
+pub const LLM_TOKEN_COUNT_COMPLETION: &str = "llm.token_count.completion";
+pub const LLM_TOKEN_COUNT_TOTAL: &str = "llm.token_count.total";
+pub const LLM_TOKEN_COUNT_PROMPT_CACHE_READ: &str = "llm.token_count.prompt_details.cache_read";
+pub const LLM_TOKEN_COUNT_PROMPT_CACHE_WRITE: &str = "llm.token_count.prompt_details.cache_write";
+pub const INPUT_VALUE: &str = "input.value";
+pub const INPUT_MIME_TYPE: &str = "input.mime_type";
+pub const OUTPUT_VALUE: &str = "output.value";
+pub const OUTPUT_MIME_TYPE: &str = "output.mime_type";
+pub const TOOL_NAME: &str = "tool.name";
+/// Session grouping (OpenInference, MLflow): the invocation id.
+pub const SESSION_ID: &str = "session.id";
+// MLflow convention profile.
+pub const MLFLOW_SPAN_INPUTS: &str = "mlflow.spanInputs";
+pub const MLFLOW_SPAN_OUTPUTS: &str = "mlflow.spanOutputs";
+pub const MLFLOW_SPAN_TYPE: &str = "mlflow.spanType";

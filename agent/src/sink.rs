@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 pub mod clickhouse;
+pub mod otlp;
 
 pub use self::clickhouse::{query_records, ClickHouseConfig, ClickHouseSink, SinkError};
 

@@ -1,0 +1,1181 @@
+//! Records → OTLP protobuf messages (spans, log records), ids, sampling.
+//!
+//! Everything here is pure and synchronous; the exporter calls it on its
+//! own task, never on the capture path (except [`sampled`], which only
+//! hashes one string).
+use std::{collections::BTreeMap, sync::Arc};
+
+use opentelemetry_proto::tonic::{
+    collector::{logs::v1::ExportLogsServiceRequest, trace::v1::ExportTraceServiceRequest},
+    common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList},
+    logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber},
+    resource::v1::Resource,
+    trace::v1::{span::SpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Span, Status},
+};
+use sha2::{Digest, Sha256};
+
+use super::settings::Conventions;
+use crate::{
+    record::{AttrValue, Record},
+    semconv as sc,
+};
+
+/// Instrumentation scope of everything egret exports.
+pub const SCOPE_NAME: &str = "egret";
+/// GenAI semantic conventions release the attributes follow.
+pub const SEMCONV_SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.37.0";
+/// Longest `input.value` / `output.value` / `mlflow.span*` value, in bytes.
+pub const MAX_CONVENTION_VALUE_BYTES: usize = 32 * 1024;
+
+/// Span flags: sampled trace flag + "has is_remote" (+ "is remote").
+const FLAG_SAMPLED: u32 = 0x01;
+const FLAG_HAS_IS_REMOTE: u32 = 0x100;
+const FLAG_IS_REMOTE: u32 = 0x200;
+
+/// One queued record and, for the dev tee, the gateway it came through.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub gateway: Option<Arc<str>>,
+    pub rec: Arc<Record>,
+}
+
+/// What encoding needs besides the records.
+#[derive(Debug, Clone)]
+pub struct EncodeContext {
+    pub resource: BTreeMap<String, AttrValue>,
+    pub conventions: Conventions,
+}
+
+/// Attributes never copied onto spans (carried by span fields, or bodies:
+/// spans carry metadata only).
+const SPAN_SKIP: &[&str] = &[
+    sc::REQUEST_BODY,
+    sc::RESPONSE_BODY,
+    sc::BODY_B64,
+    sc::TRACE_ID,
+    sc::SPAN_ID,
+    sc::PARENT_SPAN_ID,
+    sc::START_TIME,
+    sc::END_TIME,
+];
+/// Attributes never copied onto log records (bodies go in the log body).
+const LOG_SKIP: &[&str] = &[
+    sc::REQUEST_BODY,
+    sc::RESPONSE_BODY,
+    sc::TRACE_ID,
+    sc::SPAN_ID,
+    sc::PARENT_SPAN_ID,
+    sc::START_TIME,
+    sc::END_TIME,
+];
+
+// ---- values ---------------------------------------------------------------
+
+pub fn any_value(v: &AttrValue) -> AnyValue {
+    let value = match v {
+        AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
+        AttrValue::Int(i) => any_value::Value::IntValue(*i),
+        AttrValue::Float(f) => any_value::Value::DoubleValue(*f),
+        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
+        AttrValue::StrArray(a) => any_value::Value::ArrayValue(ArrayValue {
+            values: a.iter().map(|s| str_value(s)).collect(),
+        }),
+    };
+    AnyValue { value: Some(value) }
+}
+
+pub fn str_value(s: &str) -> AnyValue {
+    AnyValue {
+        value: Some(any_value::Value::StringValue(s.to_owned())),
+    }
+}
+
+pub fn kv(key: &str, value: AnyValue) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(value),
+        ..Default::default()
+    }
+}
+
+fn kv_str(key: &str, value: &str) -> KeyValue {
+    kv(key, str_value(value))
+}
+
+fn kv_i64(key: &str, value: i64) -> KeyValue {
+    kv(
+        key,
+        AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        },
+    )
+}
+
+/// Resource message for a group of records.
+pub fn resource(base: &BTreeMap<String, AttrValue>, gateway: Option<&str>) -> Resource {
+    let mut attributes: Vec<KeyValue> = base.iter().map(|(k, v)| kv(k, any_value(v))).collect();
+    if let Some(g) = gateway {
+        if !base.contains_key(sc::GATEWAY_NAME) {
+            attributes.push(kv_str(sc::GATEWAY_NAME, g));
+        }
+    }
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: SCOPE_NAME.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..Default::default()
+    }
+}
+
+// ---- ids and sampling -----------------------------------------------------
+
+/// Parses a lowercase/uppercase hex id of exactly `N` bytes; all-zero is invalid.
+pub fn parse_hex_id<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.trim();
+    if s.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let hi = (chunk[0] as char).to_digit(16)?;
+        let lo = (chunk[1] as char).to_digit(16)?;
+        out[i] = u8::try_from(hi * 16 + lo).ok()?;
+    }
+    if out.iter().all(|b| *b == 0) {
+        return None;
+    }
+    Some(out)
+}
+
+fn digest(domain: &str, seed: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(domain.as_bytes());
+    h.update([0u8]);
+    h.update(seed.as_bytes());
+    h.finalize().into()
+}
+
+/// Deterministic trace id for `seed` (a record or transaction id), so a
+/// re-sent record gets the same ids.
+pub fn derive_trace_id(seed: &str) -> [u8; 16] {
+    let d = digest("egret.trace_id", seed);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    if out.iter().all(|b| *b == 0) {
+        out[15] = 1;
+    }
+    out
+}
+
+/// Deterministic span id for `seed`.
+pub fn derive_span_id(seed: &str) -> [u8; 8] {
+    let d = digest("egret.span_id", seed);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d[..8]);
+    if out.iter().all(|b| *b == 0) {
+        out[7] = 1;
+    }
+    out
+}
+
+/// Whether a record is kept for traces and logs at `ratio`. The decision
+/// hashes `invocation.id` (SHA-256, first 8 bytes big-endian, top 53 bits
+/// as a fraction of 1) so every record of one invocation goes the same way;
+/// records without an invocation hash their record id.
+pub fn sampled(rec: &Record, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    if ratio <= 0.0 {
+        return false;
+    }
+    let key = rec
+        .invocation_id()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(rec.id());
+    sample_key(key) < ratio
+}
+
+/// The sampling position of `key` in [0, 1).
+pub fn sample_key(key: &str) -> f64 {
+    let d = digest("egret.sampling", key);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Trace context of a record's span (or of a log record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanIds {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    /// The parent came from outside egret (a registered traceparent).
+    pub remote_parent: bool,
+}
+
+impl SpanIds {
+    pub fn flags(&self) -> u32 {
+        let remote = if self.parent_span_id.is_some() && self.remote_parent {
+            FLAG_IS_REMOTE
+        } else {
+            0
+        };
+        FLAG_SAMPLED | FLAG_HAS_IS_REMOTE | remote
+    }
+}
+
+fn hex_attr<const N: usize>(rec: &Record, key: &str) -> Option<[u8; N]> {
+    rec.get_str(key).and_then(parse_hex_id::<N>)
+}
+
+/// The transaction id a record belongs to: its `egret.transaction.id`,
+/// else (transactions) its record id.
+fn transaction_seed(rec: &Record) -> Option<&str> {
+    match rec.get_str(sc::TRANSACTION_ID).filter(|s| !s.is_empty()) {
+        Some(t) => Some(t),
+        None if rec.kind() == sc::KIND_TRANSACTION && !rec.id().is_empty() => Some(rec.id()),
+        None => None,
+    }
+}
+
+/// Ids of the span a record becomes, or `None` when it becomes no span
+/// (flows without a transaction, records without any id).
+///
+/// Transactions: `egret.trace_id` / `egret.span_id` / `egret.parent_span_id`
+/// when the proxy set them (the parent is then remote: the invocation's
+/// registered traceparent), else derived from the transaction id.
+/// Flows with `egret.transaction.id`: the trace of that transaction and,
+/// unless the proxy set ids, a child of the transaction's span.
+pub fn span_ids(rec: &Record) -> Option<SpanIds> {
+    let txn = transaction_seed(rec)?;
+    let explicit_trace = hex_attr::<16>(rec, sc::TRACE_ID);
+    let explicit_parent = hex_attr::<8>(rec, sc::PARENT_SPAN_ID);
+    if rec.kind() == sc::KIND_TRANSACTION {
+        return Some(SpanIds {
+            trace_id: explicit_trace.unwrap_or_else(|| derive_trace_id(txn)),
+            span_id: hex_attr::<8>(rec, sc::SPAN_ID).unwrap_or_else(|| derive_span_id(txn)),
+            parent_span_id: explicit_parent,
+            remote_parent: explicit_parent.is_some(),
+        });
+    }
+    if rec.kind() == sc::KIND_FLOW && rec.get_str(sc::TRANSACTION_ID).is_some() {
+        let own = if rec.id().is_empty() { txn } else { rec.id() };
+        let span_id = hex_attr::<8>(rec, sc::SPAN_ID)
+            .filter(|s| *s != derive_span_id(txn))
+            .unwrap_or_else(|| derive_span_id(&format!("flow:{own}")));
+        return Some(SpanIds {
+            trace_id: explicit_trace.unwrap_or_else(|| derive_trace_id(txn)),
+            span_id,
+            parent_span_id: explicit_parent.or_else(|| Some(derive_span_id(txn))),
+            remote_parent: false,
+        });
+    }
+    None
+}
+
+// ---- spans ----------------------------------------------------------------
+
+/// `{gen_ai.operation.name} {gen_ai.request.model}` when both exist; else
+/// `{operation} {tool}`; else `{mcp.method.name} [{tool}]`; else the HTTP
+/// method; else the record kind.
+pub fn span_name(rec: &Record) -> String {
+    let op = rec
+        .get_str(sc::GEN_AI_OPERATION_NAME)
+        .filter(|s| !s.is_empty());
+    let model = rec
+        .get_str(sc::GEN_AI_REQUEST_MODEL)
+        .filter(|s| !s.is_empty());
+    let tool = rec.get_str(sc::GEN_AI_TOOL_NAME).filter(|s| !s.is_empty());
+    let mcp = rec.get_str(sc::MCP_METHOD_NAME).filter(|s| !s.is_empty());
+    match (op, model, tool, mcp) {
+        (Some(op), Some(model), _, _) => format!("{op} {model}"),
+        (Some(op), None, Some(tool), _) => format!("{op} {tool}"),
+        (_, _, Some(tool), Some(m)) => format!("{m} {tool}"),
+        (_, _, None, Some(m)) => m.to_owned(),
+        _ => match rec
+            .get_str(sc::HTTP_REQUEST_METHOD)
+            .filter(|s| !s.is_empty())
+        {
+            Some(m) => m.to_owned(),
+            None if rec.kind() == sc::KIND_FLOW => sc::EVENT_FLOW.to_owned(),
+            None => sc::EVENT_TRANSACTION.to_owned(),
+        },
+    }
+}
+
+fn status_code(rec: &Record) -> Option<i64> {
+    rec.get_i64(sc::HTTP_RESPONSE_STATUS_CODE)
+        .filter(|c| *c > 0)
+}
+
+fn error_type(rec: &Record) -> Option<&str> {
+    rec.get_str(sc::ERROR_TYPE).filter(|s| !s.is_empty())
+}
+
+/// ERROR for a 5xx response or any `error.type`; UNSET otherwise.
+pub fn span_status(rec: &Record) -> Status {
+    let code = status_code(rec);
+    if let Some(e) = error_type(rec) {
+        return Status {
+            message: e.to_owned(),
+            code: StatusCode::Error as i32,
+        };
+    }
+    match code {
+        Some(c) if c >= 500 => Status {
+            message: format!("HTTP {c}"),
+            code: StatusCode::Error as i32,
+        },
+        _ => Status::default(),
+    }
+}
+
+fn clamp_ns(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Start and end of a record in Unix ns (end ≥ start).
+pub fn times(rec: &Record, now_ns: u64) -> (u64, u64) {
+    let start = rec.get_i64(sc::START_TIME).map(clamp_ns);
+    let end = rec.get_i64(sc::END_TIME).map(clamp_ns);
+    let dur_ns = rec
+        .get(sc::DURATION_MS)
+        .and_then(|v| match v {
+            AttrValue::Float(f) if f.is_finite() && *f >= 0.0 => Some((*f * 1e6) as u64),
+            AttrValue::Int(i) => u64::try_from(*i)
+                .ok()
+                .map(|ms| ms.saturating_mul(1_000_000)),
+            _ => None,
+        })
+        .unwrap_or(0);
+    match (start, end) {
+        (Some(s), Some(e)) => (s, e.max(s)),
+        (Some(s), None) => (s, s.saturating_add(dur_ns)),
+        (None, Some(e)) => (e.saturating_sub(dur_ns), e),
+        (None, None) => (now_ns.saturating_sub(dur_ns), now_ns),
+    }
+}
+
+fn record_attributes(rec: &Record, skip: &[&str]) -> Vec<KeyValue> {
+    rec.iter()
+        .filter(|(k, _)| !skip.contains(k))
+        .map(|(k, v)| kv(k, any_value(v)))
+        .collect()
+}
+
+/// One span for a transaction (or a flow carrying `egret.transaction.id`).
+pub fn span(rec: &Record, conventions: Conventions, now_ns: u64) -> Option<Span> {
+    let ids = span_ids(rec)?;
+    let (start, end) = times(rec, now_ns);
+    let mut attributes = record_attributes(rec, SPAN_SKIP);
+    if rec.kind() == sc::KIND_TRANSACTION {
+        add_convention_attributes(rec, conventions, &mut attributes);
+    } else if conventions.openinference || conventions.mlflow {
+        if let Some(inv) = rec.invocation_id() {
+            attributes.push(kv_str(sc::SESSION_ID, inv));
+        }
+    }
+    Some(Span {
+        trace_id: ids.trace_id.to_vec(),
+        span_id: ids.span_id.to_vec(),
+        parent_span_id: ids.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
+        flags: ids.flags(),
+        name: span_name(rec),
+        kind: SpanKind::Client as i32,
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        attributes,
+        status: Some(span_status(rec)),
+        ..Default::default()
+    })
+}
+
+// ---- conventions ----------------------------------------------------------
+
+/// What kind of GenAI step a transaction is (drives OpenInference and
+/// MLflow span kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    Llm,
+    Embedding,
+    Tool,
+    Other,
+}
+
+pub fn step_kind(rec: &Record) -> StepKind {
+    let op = rec.get_str(sc::GEN_AI_OPERATION_NAME).unwrap_or("");
+    let mcp = rec.get_str(sc::MCP_METHOD_NAME).unwrap_or("");
+    match op {
+        "chat" | "generate_content" | "text_completion" => StepKind::Llm,
+        "embeddings" => StepKind::Embedding,
+        "execute_tool" => StepKind::Tool,
+        _ if mcp == "tools/call" => StepKind::Tool,
+        _ => StepKind::Other,
+    }
+}
+
+/// OpenInference `llm.provider` for a GenAI `gen_ai.provider.name`.
+fn openinference_provider(provider: &str) -> &str {
+    match provider {
+        p if p.starts_with("gcp.") => "google",
+        p if p.starts_with("aws.") => "aws",
+        p if p.starts_with("azure.") => "azure",
+        p => p,
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a char boundary.
+pub fn truncate_utf8(s: &str, max: usize) -> (&str, bool) {
+    if s.len() <= max {
+        return (s, false);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&s[..end], true)
+}
+
+fn is_json(s: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+}
+
+/// A captured body usable as a convention value: UTF-8 text (not base64),
+/// cut to [`MAX_CONVENTION_VALUE_BYTES`], and whether it is whole JSON.
+fn convention_body<'a>(rec: &'a Record, key: &str) -> Option<(&'a str, bool)> {
+    if rec.get_bool(sc::BODY_B64) == Some(true) {
+        return None;
+    }
+    let body = rec.get_str(key).filter(|b| !b.is_empty())?;
+    let (text, cut) = truncate_utf8(body, MAX_CONVENTION_VALUE_BYTES);
+    Some((text, !cut && is_json(text)))
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+fn add_convention_attributes(rec: &Record, conv: Conventions, out: &mut Vec<KeyValue>) {
+    if !(conv.openinference || conv.mlflow) {
+        return;
+    }
+    let kind = step_kind(rec);
+    let request = convention_body(rec, sc::REQUEST_BODY);
+    let response = convention_body(rec, sc::RESPONSE_BODY);
+    if let Some(inv) = rec.invocation_id() {
+        out.push(kv_str(sc::SESSION_ID, inv));
+    }
+    if conv.openinference {
+        let oi_kind = match kind {
+            StepKind::Llm => "LLM",
+            StepKind::Embedding => "EMBEDDING",
+            StepKind::Tool => "TOOL",
+            StepKind::Other => "CHAIN",
+        };
+        out.push(kv_str(sc::OPENINFERENCE_SPAN_KIND, oi_kind));
+        let model = rec
+            .get_str(sc::GEN_AI_RESPONSE_MODEL)
+            .or_else(|| rec.get_str(sc::GEN_AI_REQUEST_MODEL));
+        if let Some(m) = model {
+            out.push(kv_str(sc::LLM_MODEL_NAME, m));
+        }
+        if let Some(p) = rec.get_str(sc::GEN_AI_PROVIDER_NAME) {
+            out.push(kv_str(sc::LLM_PROVIDER, openinference_provider(p)));
+            out.push(kv_str(sc::LLM_SYSTEM, p));
+        }
+        let input = rec.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS);
+        let output = rec.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS);
+        if let Some(i) = input {
+            out.push(kv_i64(sc::LLM_TOKEN_COUNT_PROMPT, i));
+        }
+        if let Some(o) = output {
+            out.push(kv_i64(sc::LLM_TOKEN_COUNT_COMPLETION, o));
+        }
+        if input.is_some() || output.is_some() {
+            out.push(kv_i64(
+                sc::LLM_TOKEN_COUNT_TOTAL,
+                input.unwrap_or(0).saturating_add(output.unwrap_or(0)),
+            ));
+        }
+        if let Some(c) = rec.get_i64(sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS) {
+            out.push(kv_i64(sc::LLM_TOKEN_COUNT_PROMPT_CACHE_READ, c));
+        }
+        if let Some(c) = rec.get_i64(sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS) {
+            out.push(kv_i64(sc::LLM_TOKEN_COUNT_PROMPT_CACHE_WRITE, c));
+        }
+        if kind == StepKind::Tool {
+            if let Some(t) = rec.get_str(sc::GEN_AI_TOOL_NAME) {
+                out.push(kv_str(sc::TOOL_NAME, t));
+            }
+        }
+        let mime = |json: bool| {
+            if json {
+                "application/json"
+            } else {
+                "text/plain"
+            }
+        };
+        if let Some((text, json)) = request {
+            out.push(kv_str(sc::INPUT_VALUE, text));
+            out.push(kv_str(sc::INPUT_MIME_TYPE, mime(json)));
+        }
+        if let Some((text, json)) = response {
+            out.push(kv_str(sc::OUTPUT_VALUE, text));
+            out.push(kv_str(sc::OUTPUT_MIME_TYPE, mime(json)));
+        }
+    }
+    if conv.mlflow {
+        // MLflow reads its own attributes with json.loads: every value is
+        // JSON text (a JSON body as is, anything else as a JSON string).
+        let as_json = |(text, json): (&str, bool)| {
+            if json {
+                text.to_owned()
+            } else {
+                json_string(text)
+            }
+        };
+        if let Some(b) = request {
+            out.push(kv_str(sc::MLFLOW_SPAN_INPUTS, &as_json(b)));
+        }
+        if let Some(b) = response {
+            out.push(kv_str(sc::MLFLOW_SPAN_OUTPUTS, &as_json(b)));
+        }
+        let t = match kind {
+            StepKind::Llm | StepKind::Embedding => "LLM",
+            StepKind::Tool => "TOOL",
+            StepKind::Other => "UNKNOWN",
+        };
+        out.push(kv_str(sc::MLFLOW_SPAN_TYPE, &json_string(t)));
+    }
+}
+
+// ---- logs -----------------------------------------------------------------
+
+/// Log severity for a record: 5xx or a transport error (`error.type`
+/// without a status, or with a 1xx–3xx one) ERROR, 4xx WARN, else INFO.
+pub fn severity(rec: &Record) -> (SeverityNumber, &'static str) {
+    let err = error_type(rec).is_some();
+    match status_code(rec) {
+        Some(c) if c >= 500 => (SeverityNumber::Error, "ERROR"),
+        Some(c) if c >= 400 => (SeverityNumber::Warn, "WARN"),
+        _ if err => (SeverityNumber::Error, "ERROR"),
+        _ => (SeverityNumber::Info, "INFO"),
+    }
+}
+
+/// One log record per transaction (bodies in a `{request, response}`
+/// KvList body) or flow (no body, INFO).
+pub fn log_record(rec: &Record, now_ns: u64) -> Option<LogRecord> {
+    let (event, (sev, sev_text)) = match rec.kind() {
+        sc::KIND_TRANSACTION => (sc::EVENT_TRANSACTION, severity(rec)),
+        sc::KIND_FLOW => (sc::EVENT_FLOW, (SeverityNumber::Info, "INFO")),
+        _ => return None,
+    };
+    let (_, end) = times(rec, now_ns);
+    let mut attributes = record_attributes(rec, LOG_SKIP);
+    attributes.push(kv_str(sc::EVENT_NAME, event));
+    let mut body_kv = Vec::new();
+    if rec.kind() == sc::KIND_TRANSACTION {
+        for (name, key) in [
+            ("request", sc::REQUEST_BODY),
+            ("response", sc::RESPONSE_BODY),
+        ] {
+            if let Some(b) = rec.get_str(key) {
+                body_kv.push(kv_str(name, b));
+            }
+        }
+    }
+    let body = (!body_kv.is_empty()).then_some(AnyValue {
+        value: Some(any_value::Value::KvlistValue(KeyValueList {
+            values: body_kv,
+        })),
+    });
+    let (trace_id, span_id, flags) = match span_ids(rec) {
+        Some(ids) => (ids.trace_id.to_vec(), ids.span_id.to_vec(), FLAG_SAMPLED),
+        None => match hex_attr::<16>(rec, sc::TRACE_ID) {
+            // A flow of a traced invocation without a transaction: the trace only.
+            Some(t) => (t.to_vec(), Vec::new(), FLAG_SAMPLED),
+            None => (Vec::new(), Vec::new(), 0),
+        },
+    };
+    Some(LogRecord {
+        time_unix_nano: end,
+        observed_time_unix_nano: now_ns,
+        severity_number: sev as i32,
+        severity_text: sev_text.to_owned(),
+        body,
+        attributes,
+        flags,
+        trace_id,
+        span_id,
+        event_name: event.to_owned(),
+        ..Default::default()
+    })
+}
+
+// ---- requests -------------------------------------------------------------
+
+/// Groups items by gateway (dev tee) keeping first-seen order.
+fn by_gateway(items: &[Item]) -> Vec<(Option<&str>, Vec<&Record>)> {
+    let mut groups: Vec<(Option<&str>, Vec<&Record>)> = Vec::new();
+    for it in items {
+        let g = it.gateway.as_deref();
+        match groups.iter_mut().find(|(k, _)| *k == g) {
+            Some((_, v)) => v.push(&it.rec),
+            None => groups.push((g, vec![&it.rec])),
+        }
+    }
+    groups
+}
+
+/// The traces request for a batch, and how many spans it holds.
+pub fn traces_request(
+    items: &[Item],
+    ctx: &EncodeContext,
+    now_ns: u64,
+) -> (ExportTraceServiceRequest, usize) {
+    let mut n = 0;
+    let mut resource_spans = Vec::new();
+    for (gateway, recs) in by_gateway(items) {
+        let spans: Vec<Span> = recs
+            .iter()
+            .filter_map(|r| span(r, ctx.conventions, now_ns))
+            .collect();
+        if spans.is_empty() {
+            continue;
+        }
+        n += spans.len();
+        resource_spans.push(ResourceSpans {
+            resource: Some(resource(&ctx.resource, gateway)),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(scope()),
+                spans,
+                schema_url: SEMCONV_SCHEMA_URL.to_owned(),
+            }],
+            schema_url: String::new(),
+        });
+    }
+    (ExportTraceServiceRequest { resource_spans }, n)
+}
+
+/// The logs request for a batch, and how many log records it holds.
+pub fn logs_request(
+    items: &[Item],
+    ctx: &EncodeContext,
+    now_ns: u64,
+) -> (ExportLogsServiceRequest, usize) {
+    let mut n = 0;
+    let mut resource_logs = Vec::new();
+    for (gateway, recs) in by_gateway(items) {
+        let log_records: Vec<LogRecord> =
+            recs.iter().filter_map(|r| log_record(r, now_ns)).collect();
+        if log_records.is_empty() {
+            continue;
+        }
+        n += log_records.len();
+        resource_logs.push(ResourceLogs {
+            resource: Some(resource(&ctx.resource, gateway)),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(scope()),
+                log_records,
+                schema_url: SEMCONV_SCHEMA_URL.to_owned(),
+            }],
+            schema_url: String::new(),
+        });
+    }
+    (ExportLogsServiceRequest { resource_logs }, n)
+}
+
+/// Whether a record becomes a span at all (transactions; flows with a
+/// transaction id).
+pub fn has_span(rec: &Record) -> bool {
+    match rec.kind() {
+        sc::KIND_TRANSACTION => true,
+        sc::KIND_FLOW => rec.get_str(sc::TRANSACTION_ID).is_some(),
+        _ => false,
+    }
+}
+
+/// Whether a record becomes a log record.
+pub fn has_log(rec: &Record) -> bool {
+    matches!(rec.kind(), sc::KIND_TRANSACTION | sc::KIND_FLOW)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use prost::Message;
+
+    pub(crate) fn txn(status: i64) -> Record {
+        let mut r = Record::new(sc::KIND_TRANSACTION);
+        r.set(sc::INVOCATION_ID, "inv-1");
+        r.set(sc::GEN_AI_OPERATION_NAME, "chat");
+        r.set(sc::GEN_AI_REQUEST_MODEL, "gpt-4o");
+        r.set(sc::GEN_AI_RESPONSE_MODEL, "gpt-4o-2024-08-06");
+        r.set(sc::GEN_AI_PROVIDER_NAME, "openai");
+        r.set(sc::GEN_AI_USAGE_INPUT_TOKENS, 12i64);
+        r.set(sc::GEN_AI_USAGE_OUTPUT_TOKENS, 30i64);
+        r.set(sc::GEN_AI_RESPONSE_FINISH_REASONS, vec!["stop".to_owned()]);
+        r.set(sc::HTTP_REQUEST_METHOD, "POST");
+        r.set(sc::HTTP_RESPONSE_STATUS_CODE, status);
+        r.set(sc::SERVER_ADDRESS, "api.openai.com");
+        r.set(sc::START_TIME, 1_700_000_000_000_000_000i64);
+        r.set(sc::END_TIME, 1_700_000_001_500_000_000i64);
+        r.set(sc::DURATION_MS, 1500.0);
+        r.set(sc::REQUEST_BODY, r#"{"model":"gpt-4o","messages":[]}"#);
+        r.set(sc::RESPONSE_BODY, r#"{"id":"x","choices":[]}"#);
+        r.set(sc::REQUEST_CONTENT_TYPE, "application/json");
+        r
+    }
+
+    fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+        attrs
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+    }
+
+    fn attr_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+        match attr(attrs, key) {
+            Some(any_value::Value::StringValue(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn ctx(conventions: Conventions) -> EncodeContext {
+        let mut resource = BTreeMap::new();
+        resource.insert(sc::SERVICE_NAME.to_owned(), AttrValue::from("egret"));
+        EncodeContext {
+            resource,
+            conventions,
+        }
+    }
+
+    fn item(r: Record) -> Item {
+        Item {
+            gateway: None,
+            rec: Arc::new(r),
+        }
+    }
+
+    #[test]
+    fn span_round_trips_through_protobuf() {
+        let mut r = txn(200);
+        r.set(sc::TRACE_ID, "4bf92f3577b34da6a3ce929d0e0e4736");
+        r.set(sc::SPAN_ID, "00f067aa0ba902b7");
+        r.set(sc::PARENT_SPAN_ID, "53995c3f42cd8ad8");
+        let (req, n) = traces_request(&[item(r)], &ctx(Conventions::default()), 5);
+        assert_eq!(n, 1);
+        let bytes = req.encode_to_vec();
+        let back = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+        let rs = &back.resource_spans[0];
+        let res = rs.resource.as_ref().unwrap();
+        assert_eq!(attr_str(&res.attributes, sc::SERVICE_NAME), Some("egret"));
+        let ss = &rs.scope_spans[0];
+        assert_eq!(ss.scope.as_ref().unwrap().name, SCOPE_NAME);
+        let s = &ss.spans[0];
+        assert_eq!(s.name, "chat gpt-4o");
+        assert_eq!(s.kind, SpanKind::Client as i32);
+        assert_eq!(hex(&s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&s.span_id), "00f067aa0ba902b7");
+        assert_eq!(hex(&s.parent_span_id), "53995c3f42cd8ad8");
+        assert_eq!(s.flags, 0x301);
+        assert_eq!(s.start_time_unix_nano, 1_700_000_000_000_000_000);
+        assert_eq!(s.end_time_unix_nano, 1_700_000_001_500_000_000);
+        assert_eq!(s.status.as_ref().unwrap().code, StatusCode::Unset as i32);
+        assert_eq!(
+            attr_str(&s.attributes, sc::GEN_AI_PROVIDER_NAME),
+            Some("openai")
+        );
+        assert_eq!(
+            attr(&s.attributes, sc::GEN_AI_USAGE_INPUT_TOKENS),
+            Some(&any_value::Value::IntValue(12))
+        );
+        assert_eq!(
+            attr(&s.attributes, sc::DURATION_MS),
+            Some(&any_value::Value::DoubleValue(1500.0))
+        );
+        match attr(&s.attributes, sc::GEN_AI_RESPONSE_FINISH_REASONS) {
+            Some(any_value::Value::ArrayValue(a)) => {
+                assert_eq!(a.values, vec![str_value("stop")]);
+            }
+            other => panic!("finish reasons: {other:?}"),
+        }
+        for hidden in [
+            sc::REQUEST_BODY,
+            sc::RESPONSE_BODY,
+            sc::TRACE_ID,
+            sc::SPAN_ID,
+            sc::START_TIME,
+        ] {
+            assert!(attr(&s.attributes, hidden).is_none(), "{hidden} leaked");
+        }
+        assert_eq!(
+            attr_str(&s.attributes, sc::RECORD_ID),
+            Some(txn_id(&s.attributes))
+        );
+        // No convention attributes without a profile.
+        assert!(attr(&s.attributes, sc::OPENINFERENCE_SPAN_KIND).is_none());
+    }
+
+    fn txn_id(attrs: &[KeyValue]) -> &str {
+        attr_str(attrs, sc::RECORD_ID).unwrap()
+    }
+
+    pub(crate) fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn ids_are_deterministic_without_trace_context() {
+        let r = txn(200);
+        let a = span(&r, Conventions::default(), 0).unwrap();
+        let b = span(&r.clone(), Conventions::default(), 99).unwrap();
+        assert_eq!(a.trace_id, b.trace_id);
+        assert_eq!(a.span_id, b.span_id);
+        assert_eq!(a.trace_id, derive_trace_id(r.id()).to_vec());
+        assert!(a.parent_span_id.is_empty());
+        assert_eq!(a.flags, 0x101);
+        let other = span(&txn(200), Conventions::default(), 0).unwrap();
+        assert_ne!(a.trace_id, other.trace_id);
+        // Malformed ids fall back to derived ones.
+        let mut bad = r.clone();
+        bad.set(sc::TRACE_ID, "zz");
+        bad.set(sc::SPAN_ID, "0000000000000000");
+        let c = span(&bad, Conventions::default(), 0).unwrap();
+        assert_eq!(c.trace_id, a.trace_id);
+        assert_eq!(c.span_id, a.span_id);
+    }
+
+    #[test]
+    fn flows_become_spans_only_with_a_transaction() {
+        let mut flow = Record::new(sc::KIND_FLOW);
+        flow.set(sc::SERVER_ADDRESS, "10.0.0.1");
+        assert!(span(&flow, Conventions::default(), 0).is_none());
+        assert!(!has_span(&flow));
+        let t = txn(200);
+        flow.set(sc::TRANSACTION_ID, t.id());
+        let fs = span(&flow, Conventions::default(), 0).unwrap();
+        let ts = span(&t, Conventions::default(), 0).unwrap();
+        assert_eq!(fs.trace_id, ts.trace_id);
+        assert_eq!(fs.parent_span_id, ts.span_id);
+        assert_ne!(fs.span_id, ts.span_id);
+        assert_eq!(fs.name, sc::EVENT_FLOW);
+        let (req, n) = traces_request(
+            &[item(Record::new(sc::KIND_FLOW)), item(flow)],
+            &ctx(Conventions::default()),
+            0,
+        );
+        assert_eq!(n, 1);
+        assert_eq!(req.resource_spans[0].scope_spans[0].spans.len(), 1);
+    }
+
+    #[test]
+    fn span_names_and_status() {
+        let mut r = Record::new(sc::KIND_TRANSACTION);
+        r.set(sc::HTTP_REQUEST_METHOD, "GET");
+        assert_eq!(span_name(&r), "GET");
+        r.set(sc::GEN_AI_OPERATION_NAME, "chat");
+        assert_eq!(span_name(&r), "GET");
+        r.set(sc::GEN_AI_TOOL_NAME, "search");
+        assert_eq!(span_name(&r), "chat search");
+        r.set(sc::GEN_AI_REQUEST_MODEL, "m");
+        assert_eq!(span_name(&r), "chat m");
+        let mut m = Record::new(sc::KIND_TRANSACTION);
+        m.set(sc::MCP_METHOD_NAME, "tools/call");
+        m.set(sc::GEN_AI_TOOL_NAME, "search");
+        assert_eq!(span_name(&m), "tools/call search");
+        assert_eq!(
+            span_name(&Record::new(sc::KIND_TRANSACTION)),
+            "egret.transaction"
+        );
+
+        assert_eq!(span_status(&txn(200)).code, StatusCode::Unset as i32);
+        assert_eq!(span_status(&txn(404)).code, StatusCode::Unset as i32);
+        let s = span_status(&txn(503));
+        assert_eq!(
+            (s.code, s.message.as_str()),
+            (StatusCode::Error as i32, "HTTP 503")
+        );
+        let mut e = txn(200);
+        e.remove(sc::HTTP_RESPONSE_STATUS_CODE);
+        e.set(sc::ERROR_TYPE, "connection_reset");
+        let s = span_status(&e);
+        assert_eq!(
+            (s.code, s.message.as_str()),
+            (StatusCode::Error as i32, "connection_reset")
+        );
+    }
+
+    #[test]
+    fn log_severity_per_status() {
+        for (status, sev, text) in [
+            (200, SeverityNumber::Info, "INFO"),
+            (204, SeverityNumber::Info, "INFO"),
+            (302, SeverityNumber::Info, "INFO"),
+            (400, SeverityNumber::Warn, "WARN"),
+            (429, SeverityNumber::Warn, "WARN"),
+            (500, SeverityNumber::Error, "ERROR"),
+            (503, SeverityNumber::Error, "ERROR"),
+        ] {
+            let l = log_record(&txn(status), 0).unwrap();
+            assert_eq!(l.severity_number, sev as i32, "{status}");
+            assert_eq!(l.severity_text, text);
+            assert_eq!(
+                sev as i32,
+                match text {
+                    "INFO" => 9,
+                    "WARN" => 13,
+                    _ => 17,
+                }
+            );
+        }
+        let mut e = txn(200);
+        e.remove(sc::HTTP_RESPONSE_STATUS_CODE);
+        e.set(sc::ERROR_TYPE, "timeout");
+        assert_eq!(log_record(&e, 0).unwrap().severity_number, 17);
+        let flow = Record::new(sc::KIND_FLOW);
+        let l = log_record(&flow, 0).unwrap();
+        assert_eq!(l.severity_number, 9);
+        assert_eq!(l.event_name, sc::EVENT_FLOW);
+        assert!(l.trace_id.is_empty() && l.body.is_none());
+    }
+
+    #[test]
+    fn log_carries_bodies_and_joins_the_span() {
+        let r = txn(200);
+        let (req, n) = logs_request(&[item(r.clone())], &ctx(Conventions::default()), 7);
+        assert_eq!(n, 1);
+        let back = ExportLogsServiceRequest::decode(req.encode_to_vec().as_slice()).unwrap();
+        let l = &back.resource_logs[0].scope_logs[0].log_records[0];
+        let s = span(&r, Conventions::default(), 0).unwrap();
+        assert_eq!(l.trace_id, s.trace_id);
+        assert_eq!(l.span_id, s.span_id);
+        assert_eq!(l.event_name, sc::EVENT_TRANSACTION);
+        assert_eq!(
+            attr_str(&l.attributes, sc::EVENT_NAME),
+            Some(sc::EVENT_TRANSACTION)
+        );
+        assert_eq!(l.time_unix_nano, 1_700_000_001_500_000_000);
+        assert_eq!(l.observed_time_unix_nano, 7);
+        assert!(attr(&l.attributes, sc::REQUEST_BODY).is_none());
+        match l.body.as_ref().and_then(|b| b.value.as_ref()) {
+            Some(any_value::Value::KvlistValue(kvl)) => {
+                assert_eq!(
+                    attr_str(&kvl.values, "request"),
+                    Some(r#"{"model":"gpt-4o","messages":[]}"#)
+                );
+                assert_eq!(
+                    attr_str(&kvl.values, "response"),
+                    Some(r#"{"id":"x","choices":[]}"#)
+                );
+            }
+            other => panic!("body {other:?}"),
+        }
+        // base64 bodies are passed through with the flag as an attribute.
+        let mut b = txn(200);
+        b.set(sc::BODY_B64, true);
+        b.set(sc::RESPONSE_BODY, "AAEC");
+        let l = log_record(&b, 0).unwrap();
+        assert_eq!(
+            attr(&l.attributes, sc::BODY_B64),
+            Some(&any_value::Value::BoolValue(true))
+        );
+    }
+
+    #[test]
+    fn openinference_profile() {
+        let mut r = txn(200);
+        r.set(sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, 4i64);
+        let conv = Conventions {
+            openinference: true,
+            mlflow: false,
+        };
+        let s = span(&r, conv, 0).unwrap();
+        let a = &s.attributes;
+        assert_eq!(attr_str(a, sc::OPENINFERENCE_SPAN_KIND), Some("LLM"));
+        assert_eq!(attr_str(a, sc::LLM_MODEL_NAME), Some("gpt-4o-2024-08-06"));
+        assert_eq!(attr_str(a, sc::LLM_PROVIDER), Some("openai"));
+        assert_eq!(
+            attr(a, sc::LLM_TOKEN_COUNT_PROMPT),
+            Some(&any_value::Value::IntValue(12))
+        );
+        assert_eq!(
+            attr(a, sc::LLM_TOKEN_COUNT_COMPLETION),
+            Some(&any_value::Value::IntValue(30))
+        );
+        assert_eq!(
+            attr(a, sc::LLM_TOKEN_COUNT_TOTAL),
+            Some(&any_value::Value::IntValue(42))
+        );
+        assert_eq!(
+            attr(a, sc::LLM_TOKEN_COUNT_PROMPT_CACHE_READ),
+            Some(&any_value::Value::IntValue(4))
+        );
+        assert_eq!(
+            attr_str(a, sc::INPUT_VALUE),
+            Some(r#"{"model":"gpt-4o","messages":[]}"#)
+        );
+        assert_eq!(attr_str(a, sc::INPUT_MIME_TYPE), Some("application/json"));
+        assert_eq!(attr_str(a, sc::OUTPUT_MIME_TYPE), Some("application/json"));
+        assert_eq!(attr_str(a, sc::SESSION_ID), Some("inv-1"));
+        assert!(attr(a, sc::MLFLOW_SPAN_TYPE).is_none());
+
+        let mut tool = Record::new(sc::KIND_TRANSACTION);
+        tool.set(sc::MCP_METHOD_NAME, "tools/call");
+        tool.set(sc::GEN_AI_TOOL_NAME, "search");
+        tool.set(sc::RESPONSE_BODY, "data: {\"x\":1}\n\n");
+        let s = span(&tool, conv, 0).unwrap();
+        assert_eq!(
+            attr_str(&s.attributes, sc::OPENINFERENCE_SPAN_KIND),
+            Some("TOOL")
+        );
+        assert_eq!(attr_str(&s.attributes, sc::TOOL_NAME), Some("search"));
+        assert_eq!(
+            attr_str(&s.attributes, sc::OUTPUT_MIME_TYPE),
+            Some("text/plain")
+        );
+        let plain = Record::new(sc::KIND_TRANSACTION);
+        let s = span(&plain, conv, 0).unwrap();
+        assert_eq!(
+            attr_str(&s.attributes, sc::OPENINFERENCE_SPAN_KIND),
+            Some("CHAIN")
+        );
+
+        // Long bodies are cut on a char boundary and lose the JSON mime type.
+        let mut big = txn(200);
+        big.set(
+            sc::REQUEST_BODY,
+            format!("{{\"a\":\"{}\"}}", "é".repeat(40_000)),
+        );
+        let s = span(&big, conv, 0).unwrap();
+        let v = attr_str(&s.attributes, sc::INPUT_VALUE).unwrap();
+        assert!(v.len() <= MAX_CONVENTION_VALUE_BYTES);
+        assert_eq!(
+            attr_str(&s.attributes, sc::INPUT_MIME_TYPE),
+            Some("text/plain")
+        );
+        // base64 bodies are not offered as input/output text.
+        let mut b = txn(200);
+        b.set(sc::BODY_B64, true);
+        let s = span(&b, conv, 0).unwrap();
+        assert!(attr(&s.attributes, sc::INPUT_VALUE).is_none());
+    }
+
+    #[test]
+    fn mlflow_profile() {
+        let conv = Conventions {
+            openinference: false,
+            mlflow: true,
+        };
+        let mut r = txn(200);
+        r.set(sc::RESPONSE_BODY, "event: message_start\ndata: {}\n\n");
+        let s = span(&r, conv, 0).unwrap();
+        let a = &s.attributes;
+        assert_eq!(
+            attr_str(a, sc::MLFLOW_SPAN_INPUTS),
+            Some(r#"{"model":"gpt-4o","messages":[]}"#)
+        );
+        let out = attr_str(a, sc::MLFLOW_SPAN_OUTPUTS).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(out).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!("event: message_start\ndata: {}\n\n")
+        );
+        assert_eq!(attr_str(a, sc::MLFLOW_SPAN_TYPE), Some("\"LLM\""));
+        assert_eq!(attr_str(a, sc::SESSION_ID), Some("inv-1"));
+        assert!(attr(a, sc::OPENINFERENCE_SPAN_KIND).is_none());
+        let mut t = Record::new(sc::KIND_TRANSACTION);
+        t.set(sc::MCP_METHOD_NAME, "tools/call");
+        let s = span(&t, conv, 0).unwrap();
+        assert_eq!(
+            attr_str(&s.attributes, sc::MLFLOW_SPAN_TYPE),
+            Some("\"TOOL\"")
+        );
+        let s = span(&Record::new(sc::KIND_TRANSACTION), conv, 0).unwrap();
+        assert_eq!(
+            attr_str(&s.attributes, sc::MLFLOW_SPAN_TYPE),
+            Some("\"UNKNOWN\"")
+        );
+    }
+
+    #[test]
+    fn sampling_is_consistent_per_invocation() {
+        let mut kept = 0;
+        for i in 0..2000 {
+            let inv = format!("inv-{i}");
+            let decisions: Vec<bool> = (0..5)
+                .map(|_| {
+                    let mut r = Record::new(sc::KIND_TRANSACTION);
+                    r.set(sc::INVOCATION_ID, inv.as_str());
+                    sampled(&r, 0.25)
+                })
+                .collect();
+            assert!(decisions.iter().all(|d| *d == decisions[0]), "{inv}");
+            if decisions[0] {
+                kept += 1;
+            }
+        }
+        assert!((350..650).contains(&kept), "kept {kept} of 2000 at 0.25");
+        let r = Record::new(sc::KIND_FLOW);
+        assert!(sampled(&r, 1.0));
+        assert!(!sampled(&r, 0.0));
+        // Without an invocation the record id decides, stably.
+        assert_eq!(sampled(&r, 0.5), sampled(&r.clone(), 0.5));
+        // A key kept at a lower ratio is kept at every higher one.
+        for i in 0..200 {
+            let k = format!("k{i}");
+            let p = sample_key(&k);
+            assert!((0.0..1.0).contains(&p));
+        }
+    }
+
+    #[test]
+    fn tee_groups_by_gateway() {
+        let a = Item {
+            gateway: Some(Arc::from("a")),
+            rec: Arc::new(txn(200)),
+        };
+        let b = Item {
+            gateway: Some(Arc::from("b")),
+            rec: Arc::new(txn(200)),
+        };
+        let (req, n) = traces_request(&[a.clone(), b, a], &ctx(Conventions::default()), 0);
+        assert_eq!(n, 3);
+        assert_eq!(req.resource_spans.len(), 2);
+        let res = req.resource_spans[1].resource.as_ref().unwrap();
+        assert_eq!(attr_str(&res.attributes, sc::GATEWAY_NAME), Some("b"));
+        assert_eq!(req.resource_spans[0].scope_spans[0].spans.len(), 2);
+    }
+
+    #[test]
+    fn hex_ids() {
+        assert_eq!(parse_hex_id::<2>("0aFF"), Some([0x0a, 0xff]));
+        assert_eq!(parse_hex_id::<2>("0a"), None);
+        assert_eq!(parse_hex_id::<2>("0000"), None);
+        assert_eq!(parse_hex_id::<2>("0g00"), None);
+        assert_eq!(truncate_utf8("héllo", 2), ("h", true));
+        assert_eq!(truncate_utf8("hé", 10), ("hé", false));
+    }
+
+    #[test]
+    fn times_fill_gaps() {
+        let mut r = Record::new(sc::KIND_FLOW);
+        r.set(sc::START_TIME, 1_000i64);
+        r.set(sc::DURATION_MS, 2.0);
+        assert_eq!(times(&r, 0), (1_000, 2_001_000));
+        r.set(sc::END_TIME, 500i64);
+        assert_eq!(times(&r, 0), (1_000, 1_000));
+        let mut e = Record::new(sc::KIND_FLOW);
+        e.set(sc::DURATION_MS, 1i64);
+        assert_eq!(times(&e, 5_000_000), (4_000_000, 5_000_000));
+    }
+}

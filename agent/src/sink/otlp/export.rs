@@ -1,0 +1,618 @@
+//! The exporter: per-signal bounded queues and tasks, and the set of
+//! exporters (one per gateway + the dev tee) the daemon offers records to.
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use prost::Message;
+use serde::Serialize;
+use tokio::{
+    sync::mpsc::{self, error::TrySendError},
+    task::JoinHandle,
+    time::MissedTickBehavior,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    encode::{self, EncodeContext, Item},
+    metrics::{Aggregator, DEFAULT_MAX_SERIES},
+    settings::{self, ExportSettings, Signal, SignalTarget},
+    transport::{gzip, HttpClient, LinkState, RetryPolicy, SignalStats},
+    OtlpError,
+};
+use crate::{
+    config::Config,
+    record::{now_unix_nanos, AttrValue, Record},
+    semconv as sc,
+};
+
+/// Batching, retry and cardinality knobs (not in the config file; the
+/// defaults suit production, tests shorten them).
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Records per request at most.
+    pub max_batch: usize,
+    /// Approximate encoded bytes per request at most (bodies dominate).
+    pub max_batch_bytes: usize,
+    /// A non-empty batch is sent at least this often.
+    pub flush_interval: Duration,
+    pub retry: RetryPolicy,
+    /// Series per metric instrument before the overflow series.
+    pub max_series: usize,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            max_batch: 512,
+            max_batch_bytes: 4 * 1024 * 1024,
+            flush_interval: Duration::from_secs(2),
+            retry: RetryPolicy::default(),
+            max_series: DEFAULT_MAX_SERIES,
+        }
+    }
+}
+
+/// One signal of an exporter, for the status endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SignalStatus {
+    pub signal: Signal,
+    /// Full URL the signal is posted to (headers are never shown).
+    pub endpoint: String,
+    pub state: LinkState,
+    pub last_error: Option<String>,
+    /// Spans / log records / data points the receiver accepted.
+    pub sent: u64,
+    /// Records (or points) dropped: queue full, gave up, rejected.
+    pub dropped: u64,
+    /// Retried attempts.
+    pub retries: u64,
+    /// Records waiting in the queue now (traces, logs).
+    pub queued: usize,
+}
+
+/// One exporter, for the status endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExporterStatus {
+    /// Gateway name, or `dev-tee`.
+    pub name: String,
+    pub signals: Vec<SignalStatus>,
+}
+
+struct Pipe {
+    tx: mpsc::Sender<Item>,
+    stats: Arc<SignalStats>,
+    capacity: usize,
+}
+
+struct Inner {
+    name: String,
+    sampling: f64,
+    tee: bool,
+    traces: Option<Pipe>,
+    logs: Option<Pipe>,
+    metrics: Option<(Arc<Mutex<Aggregator>>, Arc<SignalStats>)>,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Ships one gateway's records (or, as the dev tee, every gateway's) to an
+/// OTLP/HTTP receiver. Cloning shares the exporter.
+#[derive(Clone)]
+pub struct OtlpExporter {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for OtlpExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpExporter")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn endpoint_text(t: &SignalTarget) -> String {
+    t.url.to_string()
+}
+
+/// `host.name` of this machine, when it has one.
+pub fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: valid buffer of the given length; the result is NUL-terminated
+    // within it (we reserve the last byte).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    std::str::from_utf8(&buf[..end])
+        .ok()
+        .map(str::to_owned)
+        .filter(|h| !h.is_empty())
+}
+
+impl OtlpExporter {
+    /// Starts the exporter's tasks on the current tokio runtime.
+    pub fn start(
+        settings: ExportSettings,
+        opts: ExportOptions,
+        client: HttpClient,
+    ) -> Result<OtlpExporter, OtlpError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| OtlpError::NoRuntime)?;
+        let opts = ExportOptions {
+            max_batch: opts.max_batch.max(1),
+            ..opts
+        };
+        let mut resource = settings.resource.clone();
+        if !resource.contains_key(sc::HOST_NAME) {
+            if let Some(h) = host_name() {
+                resource.insert(sc::HOST_NAME.to_owned(), AttrValue::from(h));
+            }
+        }
+        let ctx = Arc::new(EncodeContext {
+            resource,
+            conventions: settings.conventions,
+        });
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let mut pipe = |signal: Signal| -> Option<Pipe> {
+            let target = settings.target(signal)?.clone();
+            let stats = Arc::new(SignalStats::new(signal, endpoint_text(&target)));
+            let (tx, rx) = mpsc::channel(settings.queue_capacity);
+            let worker = Worker {
+                signal,
+                target,
+                stats: stats.clone(),
+                ctx: ctx.clone(),
+                client: client.clone(),
+                opts: opts.clone(),
+                timeout: settings.timeout,
+            };
+            tasks.push(rt.spawn(worker.run(rx, cancel.clone())));
+            Some(Pipe {
+                tx,
+                stats,
+                capacity: settings.queue_capacity,
+            })
+        };
+        let traces = pipe(Signal::Traces);
+        let logs = pipe(Signal::Logs);
+        let metrics = settings.metrics.clone().map(|target| {
+            let stats = Arc::new(SignalStats::new(Signal::Metrics, endpoint_text(&target)));
+            let agg = Arc::new(Mutex::new(Aggregator::new(
+                u64::try_from(now_unix_nanos()).unwrap_or(0),
+                opts.max_series,
+            )));
+            (agg, stats, target)
+        });
+        let mut all_stats: Vec<Arc<SignalStats>> = Vec::new();
+        all_stats.extend(traces.as_ref().map(|p| p.stats.clone()));
+        all_stats.extend(logs.as_ref().map(|p| p.stats.clone()));
+        let metrics = metrics.map(|(agg, stats, target)| {
+            all_stats.push(stats.clone());
+            let task = MetricsTask {
+                agg: agg.clone(),
+                stats: stats.clone(),
+                all_stats,
+                target,
+                ctx: ctx.clone(),
+                client: client.clone(),
+                retry: opts.retry,
+                timeout: settings.timeout,
+                interval: settings.metrics_interval,
+            };
+            tasks.push(rt.spawn(task.run(cancel.clone())));
+            (agg, stats)
+        });
+        Ok(OtlpExporter {
+            inner: Arc::new(Inner {
+                name: settings.name.clone(),
+                sampling: settings.sampling,
+                tee: settings.tee,
+                traces,
+                logs,
+                metrics,
+                cancel,
+                tasks: Mutex::new(tasks),
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Offers one record: counts it in the metrics, and queues it for
+    /// traces and logs when sampled. Never blocks and never waits: a full
+    /// queue drops the record and counts it.
+    pub fn offer(&self, rec: &Record) {
+        let mut shared = None;
+        self.offer_shared(rec, None, &mut shared);
+    }
+
+    /// As [`offer`](Self::offer), for the dev tee: `gateway` names the
+    /// gateway the record came through; `shared` is the record already
+    /// cloned for another exporter (filled in when this one clones it).
+    pub fn offer_shared(
+        &self,
+        rec: &Record,
+        gateway: Option<&Arc<str>>,
+        shared: &mut Option<Arc<Record>>,
+    ) {
+        let inner = &*self.inner;
+        let gateway = if inner.tee { gateway } else { None };
+        if let Some((agg, _)) = &inner.metrics {
+            agg.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(rec, gateway.map(|g| &**g));
+        }
+        let want_span = inner.traces.is_some() && encode::has_span(rec);
+        let want_log = inner.logs.is_some() && encode::has_log(rec);
+        if !(want_span || want_log) || !encode::sampled(rec, inner.sampling) {
+            return;
+        }
+        for (pipe, want) in [(&inner.traces, want_span), (&inner.logs, want_log)] {
+            let Some(pipe) = pipe else { continue };
+            if !want {
+                continue;
+            }
+            // Reserve first so a full queue costs no clone.
+            match pipe.tx.try_reserve() {
+                Ok(permit) => {
+                    let rec = shared.get_or_insert_with(|| Arc::new(rec.clone())).clone();
+                    permit.send(Item {
+                        gateway: gateway.cloned(),
+                        rec,
+                    });
+                }
+                Err(TrySendError::Full(())) | Err(TrySendError::Closed(())) => {
+                    pipe.stats.add_dropped(1);
+                }
+            }
+        }
+    }
+
+    pub fn status(&self) -> ExporterStatus {
+        let inner = &*self.inner;
+        let mut signals = Vec::new();
+        for pipe in [&inner.traces, &inner.logs].into_iter().flatten() {
+            signals.push(signal_status(
+                &pipe.stats,
+                pipe.capacity.saturating_sub(pipe.tx.capacity()),
+            ));
+        }
+        if let Some((_, stats)) = &inner.metrics {
+            signals.push(signal_status(stats, 0));
+        }
+        ExporterStatus {
+            name: inner.name.clone(),
+            signals,
+        }
+    }
+
+    /// Stops the exporter: queued records are flushed and metrics exported
+    /// once more, for at most `deadline`; then the tasks are aborted.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.inner.cancel.cancel();
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        let all = futures_util::future::join_all(tasks);
+        if tokio::time::timeout(deadline, all).await.is_err() {
+            tracing::warn!(exporter = %self.inner.name, "otlp: shutdown deadline passed; aborting");
+            for a in aborts {
+                a.abort();
+            }
+        }
+    }
+}
+
+fn signal_status(stats: &SignalStats, queued: usize) -> SignalStatus {
+    SignalStatus {
+        signal: stats.signal,
+        endpoint: stats.endpoint.clone(),
+        state: stats.state(),
+        last_error: stats.last_error(),
+        sent: stats.sent(),
+        dropped: stats.dropped(),
+        retries: stats.retries(),
+        queued,
+    }
+}
+
+/// Rough encoded size of a record (for batch byte bounds).
+fn approx_size(rec: &Record) -> usize {
+    rec.iter()
+        .map(|(k, v)| {
+            k.len()
+                + 8
+                + match v {
+                    AttrValue::Str(s) => s.len(),
+                    AttrValue::StrArray(a) => a.iter().map(|s| s.len() + 4).sum(),
+                    _ => 8,
+                }
+        })
+        .sum()
+}
+
+struct Worker {
+    signal: Signal,
+    target: SignalTarget,
+    stats: Arc<SignalStats>,
+    ctx: Arc<EncodeContext>,
+    client: HttpClient,
+    opts: ExportOptions,
+    timeout: Duration,
+}
+
+impl Worker {
+    async fn run(self, mut rx: mpsc::Receiver<Item>, cancel: CancellationToken) {
+        let mut batch: Vec<Item> = Vec::new();
+        let mut bytes = 0usize;
+        let mut tick =
+            tokio::time::interval(self.opts.flush_interval.max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    rx.close();
+                    while let Ok(it) = rx.try_recv() {
+                        bytes += approx_size(&it.rec);
+                        batch.push(it);
+                        if batch.len() >= self.opts.max_batch || bytes >= self.opts.max_batch_bytes {
+                            self.flush(&mut batch).await;
+                            bytes = 0;
+                        }
+                    }
+                    self.flush(&mut batch).await;
+                    return;
+                }
+                it = rx.recv() => match it {
+                    Some(it) => {
+                        bytes += approx_size(&it.rec);
+                        batch.push(it);
+                        if batch.len() >= self.opts.max_batch || bytes >= self.opts.max_batch_bytes {
+                            self.flush(&mut batch).await;
+                            bytes = 0;
+                        }
+                    }
+                    None => {
+                        self.flush(&mut batch).await;
+                        return;
+                    }
+                },
+                _ = tick.tick() => {
+                    if !batch.is_empty() {
+                        self.flush(&mut batch).await;
+                        bytes = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn flush(&self, batch: &mut Vec<Item>) {
+        if batch.is_empty() {
+            return;
+        }
+        let now = u64::try_from(now_unix_nanos()).unwrap_or(0);
+        let (raw, n) = match self.signal {
+            Signal::Traces => {
+                let (req, n) = encode::traces_request(batch, &self.ctx, now);
+                (req.encode_to_vec(), n)
+            }
+            Signal::Logs => {
+                let (req, n) = encode::logs_request(batch, &self.ctx, now);
+                (req.encode_to_vec(), n)
+            }
+            Signal::Metrics => (Vec::new(), 0),
+        };
+        let records = batch.len() as u64;
+        batch.clear();
+        if n == 0 {
+            return;
+        }
+        let body = match gzip(&raw) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::warn!(signal = %self.signal, error = %e, "otlp: gzip failed; batch dropped");
+                self.stats.add_dropped(records);
+                return;
+            }
+        };
+        drop(raw);
+        self.client
+            .export(
+                &self.target,
+                body,
+                n as u64,
+                self.timeout,
+                &self.opts.retry,
+                &self.stats,
+            )
+            .await;
+    }
+}
+
+struct MetricsTask {
+    agg: Arc<Mutex<Aggregator>>,
+    stats: Arc<SignalStats>,
+    all_stats: Vec<Arc<SignalStats>>,
+    target: SignalTarget,
+    ctx: Arc<EncodeContext>,
+    client: HttpClient,
+    retry: RetryPolicy,
+    timeout: Duration,
+    interval: Duration,
+}
+
+impl MetricsTask {
+    async fn run(self, cancel: CancellationToken) {
+        let interval = self.interval.max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    self.export().await;
+                    return;
+                }
+                _ = tick.tick() => self.export().await,
+            }
+        }
+    }
+
+    async fn export(&self) {
+        let now = u64::try_from(now_unix_nanos()).unwrap_or(0);
+        let dropped: Vec<(Signal, u64)> = self
+            .all_stats
+            .iter()
+            .map(|s| (s.signal, s.dropped()))
+            .collect();
+        let (req, n) = {
+            let agg = self.agg.lock().unwrap_or_else(|e| e.into_inner());
+            agg.request(&self.ctx, now, &dropped)
+        };
+        let body = match gzip(&req.encode_to_vec()) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "otlp: gzip failed; metrics not sent");
+                self.stats.add_dropped(n as u64);
+                return;
+            }
+        };
+        self.client
+            .export(
+                &self.target,
+                body,
+                n as u64,
+                self.timeout,
+                &self.retry,
+                &self.stats,
+            )
+            .await;
+    }
+}
+
+/// Every exporter of the node: one per gateway with an effective OTLP
+/// endpoint, plus the optional dev tee that receives every record.
+#[derive(Debug, Default, Clone)]
+pub struct OtlpSinks {
+    gateways: BTreeMap<String, (Arc<str>, Option<OtlpExporter>)>,
+    tee: Option<OtlpExporter>,
+}
+
+impl OtlpSinks {
+    /// Resolves every gateway's `otlp` section against `env` and starts
+    /// the exporters that have somewhere to send (on the current runtime).
+    /// `dev_tee` is a base URL receiving every signal of every gateway.
+    /// Returns the sinks and warnings to log (ignored malformed env entries).
+    pub fn from_config(
+        cfg: &Config,
+        dev_tee: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+        opts: ExportOptions,
+    ) -> Result<(OtlpSinks, Vec<String>), OtlpError> {
+        let mut resolved = Vec::new();
+        let mut warnings = Vec::new();
+        for g in &cfg.gateways {
+            if let Some(s) = settings::resolve(&g.name, &g.otlp, env)? {
+                warnings.extend(
+                    s.warnings
+                        .iter()
+                        .map(|w| format!("gateway {}: {w}", g.name)),
+                );
+                resolved.push(s);
+            }
+        }
+        let tee = match dev_tee {
+            Some(url) => Some(settings::dev_tee(url, &[], env)?),
+            None => None,
+        };
+        if resolved.is_empty() && tee.is_none() {
+            return Ok((OtlpSinks::default(), warnings));
+        }
+        let client = HttpClient::new().map_err(|e| OtlpError::Tls(e.to_string()))?;
+        let mut sinks = OtlpSinks::default();
+        for g in &cfg.gateways {
+            sinks.add_gateway_name(&g.name);
+        }
+        for s in resolved {
+            sinks.add(OtlpExporter::start(s, opts.clone(), client.clone())?);
+        }
+        if let Some(t) = tee {
+            sinks.set_tee(OtlpExporter::start(t, opts, client)?);
+        }
+        Ok((sinks, warnings))
+    }
+
+    /// Adds (or replaces) the exporter of gateway `exporter.name()`.
+    pub fn add(&mut self, exporter: OtlpExporter) {
+        let name = exporter.name().to_owned();
+        let arc: Arc<str> = Arc::from(name.as_str());
+        self.gateways.insert(name, (arc, Some(exporter)));
+    }
+
+    /// Registers a gateway without an exporter, so the dev tee can name it
+    /// without allocating per record.
+    pub fn add_gateway_name(&mut self, name: &str) {
+        self.gateways
+            .entry(name.to_owned())
+            .or_insert_with(|| (Arc::from(name), None));
+    }
+
+    /// Sets the dev tee (an exporter started from [`settings::dev_tee`]).
+    pub fn set_tee(&mut self, exporter: OtlpExporter) {
+        self.tee = Some(exporter);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exporters().next().is_none()
+    }
+
+    fn exporters(&self) -> impl Iterator<Item = &OtlpExporter> {
+        self.gateways
+            .values()
+            .filter_map(|(_, e)| e.as_ref())
+            .chain(self.tee.iter())
+    }
+
+    /// The exporter of `gateway`, if it exports.
+    pub fn gateway(&self, gateway: &str) -> Option<&OtlpExporter> {
+        self.gateways.get(gateway).and_then(|(_, e)| e.as_ref())
+    }
+
+    /// Offers a record of `gateway` to that gateway's exporter and to the
+    /// dev tee. Non-blocking; the record is cloned at most once.
+    pub fn offer(&self, gateway: &str, rec: &Record) {
+        let mut shared = None;
+        let name = match self.gateways.get(gateway) {
+            Some((name, exp)) => {
+                if let Some(exp) = exp {
+                    exp.offer_shared(rec, None, &mut shared);
+                }
+                Some(name.clone())
+            }
+            None => None,
+        };
+        if let Some(tee) = &self.tee {
+            let name = name.unwrap_or_else(|| Arc::from(gateway));
+            tee.offer_shared(rec, Some(&name), &mut shared);
+        }
+    }
+
+    pub fn status(&self) -> Vec<ExporterStatus> {
+        self.exporters().map(OtlpExporter::status).collect()
+    }
+
+    /// Flushes and stops every exporter within `deadline`.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let all = self.exporters().map(|e| e.shutdown(deadline));
+        futures_util::future::join_all(all).await;
+    }
+}

@@ -1,0 +1,781 @@
+//! OTLP exporter end to end: retries against a local hyper server, queue
+//! overflow accounting, the dev tee, and an independent receiver built on
+//! PyPI's `opentelemetry-proto` (`bpf-tests/clients/otlp_receiver.py`).
+//!
+//! The Python test needs a venv (`$EGRET_VENV`, default `<repo>/.venv`)
+//! with `opentelemetry-proto`; without it the test prints why it skips, or
+//! fails when `CI` is set.
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    io::{BufRead, BufReader, Read},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use egret::{
+    record::Record,
+    semconv as sc,
+    sink::otlp::{
+        resolve, settings, Convention, ExportOptions, HttpClient, LinkState, OtlpConfig,
+        OtlpExporter, OtlpSinks, RetryPolicy, SignalStatus, SignalsConfig,
+    },
+};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use serde_json::Value;
+
+// ---- helpers ----------------------------------------------------------------
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+fn txn(status: i64) -> Record {
+    let mut r = Record::new(sc::KIND_TRANSACTION);
+    r.set(sc::INVOCATION_ID, "inv-42");
+    r.set(sc::AGENT_NAME, "coder");
+    r.set(sc::GEN_AI_PROVIDER_NAME, "openai");
+    r.set(sc::GEN_AI_OPERATION_NAME, "chat");
+    r.set(sc::GEN_AI_REQUEST_MODEL, "gpt-4o");
+    r.set(sc::GEN_AI_RESPONSE_MODEL, "gpt-4o-2024-08-06");
+    r.set(sc::GEN_AI_USAGE_INPUT_TOKENS, 20i64);
+    r.set(sc::GEN_AI_USAGE_OUTPUT_TOKENS, 300i64);
+    r.set(sc::GEN_AI_RESPONSE_FINISH_REASONS, vec!["stop".to_owned()]);
+    r.set(sc::HTTP_REQUEST_METHOD, "POST");
+    r.set(sc::HTTP_RESPONSE_STATUS_CODE, status);
+    r.set(sc::SERVER_ADDRESS, "api.openai.com");
+    r.set(sc::URL_PATH, "/v1/chat/completions");
+    r.set(sc::START_TIME, 1_700_000_000_000_000_000i64);
+    r.set(sc::END_TIME, 1_700_000_000_250_000_000i64);
+    r.set(sc::DURATION_MS, 250.0);
+    r.set(
+        sc::REQUEST_BODY,
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    r.set(
+        sc::RESPONSE_BODY,
+        r#"{"id":"c1","choices":[{"message":{"content":"hello"}}]}"#,
+    );
+    r.set(sc::REQUEST_CONTENT_TYPE, "application/json");
+    r.set(sc::RESPONSE_CONTENT_TYPE, "application/json");
+    r
+}
+
+fn fast_opts() -> ExportOptions {
+    ExportOptions {
+        flush_interval: Duration::from_millis(50),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+            max_retry_after: Duration::from_secs(5),
+        },
+        ..ExportOptions::default()
+    }
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn traces_only(endpoint: &str) -> OtlpConfig {
+    OtlpConfig {
+        endpoint: Some(endpoint.to_owned()),
+        signals: SignalsConfig {
+            traces: true,
+            logs: false,
+            metrics: false,
+        },
+        timeout: Some(Duration::from_secs(5)),
+        ..OtlpConfig::default()
+    }
+}
+
+fn client() -> HttpClient {
+    HttpClient::new().expect("TLS client")
+}
+
+fn signal<'a>(exp: &'a [SignalStatus], name: &str) -> &'a SignalStatus {
+    exp.iter()
+        .find(|s| s.signal.as_str() == name)
+        .unwrap_or_else(|| panic!("no {name} in {exp:?}"))
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Captured {
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A loopback HTTP/1.1 server answering request `i` with `reply(i)`.
+struct TestServer {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Captured>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestServer {
+    async fn start(
+        reply: impl Fn(usize) -> (StatusCode, Vec<(&'static str, &'static str)>) + Send + Sync + 'static,
+    ) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let reply = Arc::new(reply);
+        let seen2 = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen2.clone();
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let seen = seen.clone();
+                        let reply = reply.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let i = {
+                                let mut s = seen.lock().unwrap();
+                                s.push(Captured {
+                                    path: parts.uri.path().to_owned(),
+                                    headers: parts.headers,
+                                    body,
+                                });
+                                s.len() - 1
+                            };
+                            let (status, headers) = reply(i);
+                            let mut resp = Response::builder().status(status);
+                            for (k, v) in headers {
+                                resp = resp.header(k, v);
+                            }
+                            Ok::<_, Infallible>(resp.body(Full::new(Bytes::new())).unwrap())
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+        TestServer { addr, seen, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Captured> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn gunzip(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(b)
+        .read_to_end(&mut out)
+        .expect("gzip body");
+    out
+}
+
+// ---- retry and failure behaviour ------------------------------------------------
+
+#[tokio::test]
+async fn retries_503_honouring_retry_after_then_succeeds() {
+    let srv = TestServer::start(|i| {
+        if i == 0 {
+            (StatusCode::SERVICE_UNAVAILABLE, vec![("retry-after", "1")])
+        } else {
+            (StatusCode::OK, vec![])
+        }
+    })
+    .await;
+    let mut cfg = traces_only(&srv.url());
+    cfg.headers
+        .insert("x-team".into(), "${EGRET_TEST_TEAM}".into());
+    let env = |k: &str| (k == "EGRET_TEST_TEAM").then(|| "t-123".to_owned());
+    let settings = resolve("gw", &cfg, &env).unwrap().unwrap();
+    let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
+
+    let t0 = Instant::now();
+    let mut rec = txn(200);
+    rec.set(sc::TRACE_ID, TRACE);
+    exp.offer(&rec);
+    wait_for("the span to be accepted", || {
+        signal(&exp.status().signals, "traces").sent == 1
+    })
+    .await;
+    let elapsed = t0.elapsed();
+    // The 10 ms backoff would retry at once: waiting ~1 s is Retry-After.
+    assert!(elapsed >= Duration::from_millis(950), "{elapsed:?}");
+
+    let st = exp.status();
+    let t = signal(&st.signals, "traces");
+    assert_eq!(t.state, LinkState::Connected);
+    assert_eq!((t.retries, t.dropped), (1, 0));
+    assert!(
+        t.last_error.as_deref().unwrap_or("").contains("503"),
+        "{t:?}"
+    );
+    assert_eq!(t.endpoint, format!("{}/v1/traces", srv.url()));
+
+    let seen = srv.seen();
+    assert_eq!(seen.len(), 2);
+    let req = &seen[1];
+    assert_eq!(req.path, "/v1/traces");
+    assert_eq!(req.headers["content-type"], "application/x-protobuf");
+    assert_eq!(req.headers["content-encoding"], "gzip");
+    assert_eq!(req.headers["x-team"], "t-123");
+    let decoded = ExportTraceServiceRequest::decode(gunzip(&req.body).as_slice()).unwrap();
+    let span = &decoded.resource_spans[0].scope_spans[0].spans[0];
+    assert_eq!(span.name, "chat gpt-4o");
+    assert_eq!(hex(&span.trace_id), TRACE);
+    // Both attempts carried the same payload.
+    assert_eq!(seen[0].body, seen[1].body);
+    exp.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn gives_up_after_max_attempts_and_counts_the_drop() {
+    let srv = TestServer::start(|_| (StatusCode::BAD_GATEWAY, vec![])).await;
+    let settings = resolve("gw", &traces_only(&srv.url()), &no_env)
+        .unwrap()
+        .unwrap();
+    let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
+    exp.offer(&txn(200));
+    wait_for("the batch to be dropped", || {
+        signal(&exp.status().signals, "traces").dropped == 1
+    })
+    .await;
+    let st = exp.status();
+    let t = signal(&st.signals, "traces");
+    assert_eq!(t.state, LinkState::Error);
+    assert_eq!((t.sent, t.retries), (0, 2));
+    assert_eq!(srv.seen().len(), 3);
+    exp.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried() {
+    let srv = TestServer::start(|_| (StatusCode::UNAUTHORIZED, vec![])).await;
+    let settings = resolve("gw", &traces_only(&srv.url()), &no_env)
+        .unwrap()
+        .unwrap();
+    let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
+    exp.offer(&txn(200));
+    wait_for("the batch to be dropped", || {
+        signal(&exp.status().signals, "traces").dropped == 1
+    })
+    .await;
+    let st = exp.status();
+    let t = signal(&st.signals, "traces");
+    assert_eq!((t.state, t.retries), (LinkState::Error, 0));
+    assert!(
+        t.last_error.as_deref().unwrap_or("").contains("401"),
+        "{t:?}"
+    );
+    assert_eq!(srv.seen().len(), 1);
+    exp.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn transport_errors_are_retried_and_show_disconnected() {
+    // A port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let settings = resolve(
+        "gw",
+        &traces_only(&format!("http://127.0.0.1:{port}")),
+        &no_env,
+    )
+    .unwrap()
+    .unwrap();
+    let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
+    assert_eq!(
+        signal(&exp.status().signals, "traces").state,
+        LinkState::Disconnected
+    );
+    exp.offer(&txn(200));
+    wait_for("the batch to be dropped", || {
+        signal(&exp.status().signals, "traces").dropped == 1
+    })
+    .await;
+    let st = exp.status();
+    let t = signal(&st.signals, "traces");
+    assert_eq!((t.state, t.retries), (LinkState::Disconnected, 2));
+    assert!(t.last_error.is_some());
+    exp.shutdown(Duration::from_secs(1)).await;
+}
+
+// ---- queueing ---------------------------------------------------------------------
+
+/// On a current-thread runtime the workers cannot run while the test
+/// offers synchronously: exactly `queueCapacity` records are queued per
+/// signal, the rest dropped and counted, and `offer` never waits.
+#[tokio::test(flavor = "current_thread")]
+async fn full_queue_drops_and_counts() {
+    let srv = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let cfg = OtlpConfig {
+        endpoint: Some(srv.url()),
+        queue_capacity: 2,
+        signals: SignalsConfig {
+            traces: true,
+            logs: true,
+            metrics: false,
+        },
+        ..OtlpConfig::default()
+    };
+    let exp = OtlpExporter::start(
+        resolve("gw", &cfg, &no_env).unwrap().unwrap(),
+        fast_opts(),
+        client(),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    for _ in 0..10 {
+        exp.offer(&txn(200));
+    }
+    // A flow without a transaction: logs only.
+    exp.offer(&Record::new(sc::KIND_FLOW));
+    assert!(t0.elapsed() < Duration::from_millis(500));
+    let st = exp.status();
+    let (t, l) = (signal(&st.signals, "traces"), signal(&st.signals, "logs"));
+    assert_eq!((t.queued, t.dropped), (2, 8));
+    assert_eq!((l.queued, l.dropped), (2, 9));
+
+    exp.shutdown(Duration::from_secs(5)).await;
+    let st = exp.status();
+    assert_eq!(signal(&st.signals, "traces").sent, 2);
+    assert_eq!(signal(&st.signals, "logs").sent, 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sampling_keeps_or_drops_whole_invocations() {
+    let srv = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let cfg = OtlpConfig {
+        endpoint: Some(srv.url()),
+        sampling: 0.5,
+        signals: SignalsConfig {
+            traces: true,
+            logs: false,
+            metrics: false,
+        },
+        ..OtlpConfig::default()
+    };
+    let exp = OtlpExporter::start(
+        resolve("gw", &cfg, &no_env).unwrap().unwrap(),
+        fast_opts(),
+        client(),
+    )
+    .unwrap();
+    let mut expected = 0;
+    for i in 0..40 {
+        let inv = format!("inv-{i}");
+        let keep = settings_sample(&inv);
+        for _ in 0..3 {
+            let mut r = txn(200);
+            r.set(sc::INVOCATION_ID, inv.as_str());
+            exp.offer(&r);
+        }
+        if keep {
+            expected += 3;
+        }
+    }
+    assert!(expected > 0 && expected < 120, "{expected}");
+    exp.shutdown(Duration::from_secs(5)).await;
+    let st = exp.status();
+    assert_eq!(signal(&st.signals, "traces").sent, expected);
+    // Every span of a kept invocation arrived; none of a dropped one.
+    let mut per_inv: BTreeMap<String, usize> = BTreeMap::new();
+    for req in srv.seen() {
+        let d = ExportTraceServiceRequest::decode(gunzip(&req.body).as_slice()).unwrap();
+        for s in d
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+        {
+            let inv = s
+                .attributes
+                .iter()
+                .find(|a| a.key == sc::INVOCATION_ID)
+                .and_then(|a| a.value.as_ref())
+                .map(|v| format!("{v:?}"))
+                .unwrap();
+            *per_inv.entry(inv).or_default() += 1;
+        }
+    }
+    assert!(per_inv.values().all(|n| *n == 3), "{per_inv:?}");
+}
+
+fn settings_sample(inv: &str) -> bool {
+    egret::sink::otlp::encode::sample_key(inv) < 0.5
+}
+
+#[tokio::test]
+async fn dev_tee_receives_every_gateway() {
+    let gw_srv = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let tee_srv = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let yaml = format!(
+        "gateways:\n  - name: a\n    otlp:\n      endpoint: {}\n      signals: {{logs: false, metrics: false}}\n  - name: b\n",
+        gw_srv.url()
+    );
+    let cfg = egret::config::Config::parse(&yaml, Path::new("t.yaml")).unwrap();
+    let (sinks, warnings) =
+        OtlpSinks::from_config(&cfg, Some(&tee_srv.url()), &no_env, fast_opts()).unwrap();
+    assert!(warnings.is_empty());
+    assert!(sinks.gateway("a").is_some() && sinks.gateway("b").is_none());
+    sinks.offer("a", &txn(200));
+    sinks.offer("b", &txn(500));
+    sinks.shutdown(Duration::from_secs(5)).await;
+
+    let status = sinks.status();
+    assert_eq!(status.len(), 2);
+    assert_eq!(status[0].name, "a");
+    assert_eq!(signal(&status[0].signals, "traces").sent, 1);
+    assert_eq!(status[1].name, "dev-tee");
+    assert_eq!(signal(&status[1].signals, "traces").sent, 2);
+    assert_eq!(signal(&status[1].signals, "logs").sent, 2);
+
+    let tee_traces: Vec<ExportTraceServiceRequest> = tee_srv
+        .seen()
+        .iter()
+        .filter(|c| c.path == "/v1/traces")
+        .map(|c| ExportTraceServiceRequest::decode(gunzip(&c.body).as_slice()).unwrap())
+        .collect();
+    let gateways: Vec<String> = tee_traces
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .filter_map(|rs| {
+            rs.resource
+                .as_ref()?
+                .attributes
+                .iter()
+                .find_map(|a| (a.key == sc::GATEWAY_NAME).then(|| format!("{:?}", a.value)))
+        })
+        .collect();
+    assert_eq!(gateways.len(), 2, "{gateways:?}");
+    assert!(gateways[0].contains("\"a\"") && gateways[1].contains("\"b\""));
+    assert!(tee_srv.seen().iter().any(|c| c.path == "/v1/metrics"));
+    assert!(gw_srv.seen().iter().all(|c| c.path == "/v1/traces"));
+}
+
+// ---- independent receiver (PyPI opentelemetry-proto) -------------------------------
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// The venv's python when it can import `opentelemetry.proto`.
+fn receiver_python() -> Result<PathBuf, String> {
+    let venv = std::env::var_os("EGRET_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv"));
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        return Err(format!("no python at {}", py.display()));
+    }
+    let ok = Command::new(&py)
+        .args([
+            "-c",
+            "import opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        return Err(format!(
+            "{} cannot import opentelemetry.proto (pip install opentelemetry-proto)",
+            py.display()
+        ));
+    }
+    Ok(py)
+}
+
+struct Receiver {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Receiver {
+    fn start(py: &Path) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("otlp.jsonl");
+        let mut child = Command::new(py)
+            .arg(repo_root().join("bpf-tests/clients/otlp_receiver.py"))
+            .args(["--port", "0", "--out"])
+            .arg(&out)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start otlp_receiver.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("receiver did not start: {line:?}"));
+        Receiver {
+            child,
+            port,
+            out,
+            _dir: dir,
+        }
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test]
+async fn independent_receiver_decodes_traces_logs_and_metrics() {
+    let py = match receiver_python() {
+        Ok(py) => py,
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("CI: the OTLP receiver venv is required: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipping independent_receiver_decodes_traces_logs_and_metrics: {why}");
+            return;
+        }
+    };
+    let rx = Receiver::start(&py);
+    let cfg = OtlpConfig {
+        endpoint: Some(format!("http://127.0.0.1:{}", rx.port)),
+        headers: [("x-api-key".to_owned(), "${EGRET_TEST_KEY}".to_owned())].into(),
+        conventions: vec![Convention::OpenInference, Convention::Mlflow],
+        ..OtlpConfig::default()
+    };
+    let env = |k: &str| match k {
+        "EGRET_TEST_KEY" => Some("s3cret".to_owned()),
+        "OTEL_SERVICE_NAME" => Some("egret-test".to_owned()),
+        "K8S_NODE_NAME" => Some("node-7".to_owned()),
+        _ => None,
+    };
+    let settings = settings::resolve("gw", &cfg, &env).unwrap().unwrap();
+    let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
+
+    let mut ok = txn(200);
+    ok.set(sc::TRACE_ID, TRACE);
+    ok.set(sc::PARENT_SPAN_ID, PARENT);
+    let failed = txn(503);
+    let mut flow = Record::new(sc::KIND_FLOW);
+    flow.set(sc::INVOCATION_ID, "inv-42");
+    flow.set(sc::TRANSACTION_ID, failed.id());
+    flow.set(sc::L4_BYTES_SANDBOX_TX, 1000i64);
+    flow.set(sc::L4_BYTES_SANDBOX_RX, 5000i64);
+    let lone_flow = Record::new(sc::KIND_FLOW);
+    for r in [&ok, &failed, &flow, &lone_flow] {
+        exp.offer(r);
+    }
+    exp.shutdown(Duration::from_secs(10)).await;
+
+    let st = exp.status();
+    assert!(
+        st.signals
+            .iter()
+            .all(|s| s.state == LinkState::Connected && s.dropped == 0),
+        "{st:?}"
+    );
+    let lines = rx.lines();
+    let by = |sig: &str| -> Vec<&Value> { lines.iter().filter(|l| l["signal"] == sig).collect() };
+
+    // Requests: protobuf, gzip, configured headers, MLflow's experiment header.
+    let reqs = by("request");
+    assert!(reqs.len() >= 3, "{reqs:?}");
+    for r in &reqs {
+        assert_eq!(r["status"], 200);
+        assert_eq!(r["content_type"], "application/x-protobuf");
+        assert_eq!(r["content_encoding"], "gzip");
+        assert_eq!(r["headers"]["x-api-key"], "s3cret");
+        assert_eq!(r["headers"]["x-mlflow-experiment-id"], "0");
+    }
+
+    // Traces: two transactions + the flow with a transaction id.
+    let spans = by("traces");
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let s = spans.iter().find(|s| s["trace_id"] == TRACE).unwrap();
+    assert_eq!(s["name"], "chat gpt-4o");
+    assert_eq!(s["kind"], 3, "SPAN_KIND_CLIENT");
+    assert_eq!(s["parent_span_id"], PARENT);
+    assert_eq!(s["span_id"].as_str().unwrap().len(), 16);
+    assert_eq!(s["start_time_unix_nano"], 1_700_000_000_000_000_000u64);
+    assert_eq!(s["end_time_unix_nano"], 1_700_000_000_250_000_000u64);
+    assert_eq!(s["status"]["code"], 0);
+    let a = &s["attributes"];
+    assert_eq!(a[sc::GEN_AI_REQUEST_MODEL], "gpt-4o");
+    assert_eq!(a[sc::GEN_AI_USAGE_OUTPUT_TOKENS], 300);
+    assert_eq!(
+        a[sc::GEN_AI_RESPONSE_FINISH_REASONS],
+        serde_json::json!(["stop"])
+    );
+    assert_eq!(a[sc::INVOCATION_ID], "inv-42");
+    assert!(a.get(sc::REQUEST_BODY).is_none() && a.get(sc::TRACE_ID).is_none());
+    assert_eq!(a[sc::OPENINFERENCE_SPAN_KIND], "LLM");
+    assert_eq!(a[sc::LLM_TOKEN_COUNT_TOTAL], 320);
+    assert_eq!(a[sc::SESSION_ID], "inv-42");
+    assert_eq!(a[sc::INPUT_MIME_TYPE], "application/json");
+    assert_eq!(a[sc::MLFLOW_SPAN_TYPE], "\"LLM\"");
+    let inputs: Value = serde_json::from_str(a[sc::MLFLOW_SPAN_INPUTS].as_str().unwrap()).unwrap();
+    assert_eq!(inputs["model"], "gpt-4o");
+    assert_eq!(s["resource"][sc::SERVICE_NAME], "egret-test");
+    assert_eq!(s["resource"][sc::K8S_NODE_NAME], "node-7");
+    assert_eq!(s["resource"][sc::GATEWAY_NAME], "gw");
+    assert_eq!(s["resource"][sc::OPENINFERENCE_PROJECT_NAME], "gw");
+    assert!(s["resource"][sc::SERVICE_VERSION].is_string());
+    assert_eq!(s["scope"]["name"], "egret");
+
+    let err_span = spans
+        .iter()
+        .find(|s| s["attributes"][sc::RECORD_ID] == failed.id())
+        .unwrap();
+    assert_eq!(err_span["status"]["code"], 2, "STATUS_CODE_ERROR");
+    assert_eq!(err_span["parent_span_id"], "");
+    let flow_span = spans
+        .iter()
+        .find(|s| s["attributes"][sc::RECORD_ID] == flow.id())
+        .unwrap();
+    assert_eq!(flow_span["trace_id"], err_span["trace_id"]);
+    assert_eq!(flow_span["parent_span_id"], err_span["span_id"]);
+
+    // Logs: one per transaction and per flow, joined to the spans.
+    let logs = by("logs");
+    assert_eq!(logs.len(), 4, "{logs:#?}");
+    let ok_log = logs
+        .iter()
+        .find(|l| l["attributes"][sc::RECORD_ID] == ok.id())
+        .unwrap();
+    assert_eq!(ok_log["severity_number"], 9);
+    assert_eq!(ok_log["severity_text"], "INFO");
+    assert_eq!(ok_log["attributes"][sc::EVENT_NAME], "egret.transaction");
+    if let Some(ev) = ok_log.get("event_name") {
+        assert_eq!(ev, "egret.transaction");
+    }
+    assert_eq!(ok_log["trace_id"], TRACE);
+    assert_eq!(ok_log["span_id"], s["span_id"]);
+    assert_eq!(
+        ok_log["body"]["request"],
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#
+    );
+    assert!(ok_log["body"]["response"]
+        .as_str()
+        .unwrap()
+        .contains("hello"));
+    let err_log = logs
+        .iter()
+        .find(|l| l["attributes"][sc::RECORD_ID] == failed.id())
+        .unwrap();
+    assert_eq!(err_log["severity_number"], 17);
+    let lone = logs
+        .iter()
+        .find(|l| l["attributes"][sc::RECORD_ID] == lone_flow.id())
+        .unwrap();
+    assert_eq!(lone["attributes"][sc::EVENT_NAME], "egret.flow");
+    assert_eq!(lone["severity_number"], 9);
+    assert_eq!(lone["trace_id"], "");
+
+    // Metrics: cumulative histograms with the semconv buckets, counters.
+    let points = by("metrics");
+    let tokens: Vec<&&Value> = points
+        .iter()
+        .filter(|p| p["name"] == sc::METRIC_GEN_AI_TOKEN_USAGE)
+        .collect();
+    assert_eq!(tokens.len(), 2, "{points:#?}");
+    for p in &tokens {
+        assert_eq!(p["type"], "histogram");
+        assert_eq!(p["unit"], "{token}");
+        assert_eq!(p["temporality"], 2, "cumulative");
+        assert_eq!(
+            p["explicit_bounds"],
+            serde_json::json!([
+                1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+                4194304.0, 16777216.0, 67108864.0
+            ])
+        );
+        assert_eq!(p["count"], 2);
+        assert_eq!(p["attributes"][sc::GEN_AI_PROVIDER_NAME], "openai");
+    }
+    let dur: Vec<&&Value> = points
+        .iter()
+        .filter(|p| p["name"] == sc::METRIC_GEN_AI_OPERATION_DURATION)
+        .collect();
+    assert_eq!(dur.len(), 2, "ok and 503 series");
+    assert!(dur.iter().all(|p| p["unit"] == "s"));
+    let bytes: Vec<&&Value> = points
+        .iter()
+        .filter(|p| p["name"] == sc::METRIC_L4_BYTES)
+        .collect();
+    assert!(bytes
+        .iter()
+        .any(|p| p["attributes"][sc::NETWORK_IO_DIRECTION] == "receive" && p["value"] == 5000));
+    let flows = points
+        .iter()
+        .find(|p| p["name"] == sc::METRIC_FLOWS)
+        .unwrap();
+    assert_eq!(flows["value"], 2);
+    let dropped: Vec<&&Value> = points
+        .iter()
+        .filter(|p| p["name"] == sc::METRIC_OTLP_DROPPED)
+        .collect();
+    assert_eq!(dropped.len(), 3);
+    assert!(dropped
+        .iter()
+        .all(|p| p["value"] == 0 && p["monotonic"] == true));
+}
