@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -31,11 +31,20 @@ impl Default for UpstreamTlsOptions {
 }
 
 /// Root store for upstream connections, loaded once; hands out client
-/// configs per ALPN offer.
+/// configs per ALPN offer. Configs are memoized per offer, so calling
+/// [`UpstreamTls::client_config`] for every connection is cheap and all
+/// connections with the same offer share one TLS session-resumption cache.
 #[derive(Debug, Clone)]
 pub struct UpstreamTls {
     roots: Arc<RootCertStore>,
+    configs: Arc<RwLock<Vec<Memoized>>>,
 }
+
+/// (ALPN offer, config offering it)
+type Memoized = (Vec<Vec<u8>>, Arc<ClientConfig>);
+
+/// Distinct ALPN offers memoized at most (callers use two or three).
+const MAX_MEMOIZED_CONFIGS: usize = 16;
 
 impl UpstreamTls {
     /// Loads the roots. Unparseable system certificates are skipped (and
@@ -70,6 +79,7 @@ impl UpstreamTls {
         }
         Ok(UpstreamTls {
             roots: Arc::new(roots),
+            configs: Arc::new(RwLock::new(Vec::new())),
         })
     }
 
@@ -84,6 +94,27 @@ impl UpstreamTls {
 
     /// A client config offering `alpn` (in that order; empty = no ALPN).
     pub fn client_config(&self, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
+        let same = |offer: &[Vec<u8>]| {
+            offer.len() == alpn.len() && offer.iter().zip(alpn).all(|(a, b)| a == b)
+        };
+        {
+            let configs = self.configs.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, cfg)) = configs.iter().find(|(offer, _)| same(offer)) {
+                return Ok(cfg.clone());
+            }
+        }
+        let cfg = self.build_config(alpn)?;
+        let mut configs = self.configs.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, existing)) = configs.iter().find(|(offer, _)| same(offer)) {
+            return Ok(existing.clone());
+        }
+        if configs.len() < MAX_MEMOIZED_CONFIGS {
+            configs.push((alpn.iter().map(|p| p.to_vec()).collect(), cfg.clone()));
+        }
+        Ok(cfg)
+    }
+
+    fn build_config(&self, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
         let mut config = ClientConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(self.roots.clone())
@@ -138,6 +169,12 @@ mod tests {
             cfg.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
+        let again = up.client_config(&[ALPN_H2, ALPN_HTTP11]).unwrap();
+        assert!(Arc::ptr_eq(&cfg, &again), "memoized per ALPN offer");
+        let h1 = up.client_config(&[ALPN_HTTP11]).unwrap();
+        assert_eq!(h1.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert!(!Arc::ptr_eq(&cfg, &h1));
+        assert!(up.client_config(&[]).unwrap().alpn_protocols.is_empty());
     }
 
     #[test]
