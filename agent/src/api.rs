@@ -1,6 +1,8 @@
 //! The attribution API: HTTP/1.1 on a root-only unix socket.
 //!
-//! `PUT /v1/sandboxes/{id}`, `DELETE /v1/sandboxes/{id}`, `GET /v1/sandboxes`.
+//! `PUT /v1/sandboxes/{id}`, `DELETE /v1/sandboxes/{id}`, `GET /v1/sandboxes`,
+//! and `GET /v1/records/stream` (records as they are captured, NDJSON, for
+//! `egret tail`; filters `invocation_id`, `agent_name`, `kind`).
 //! The socket is mode 0600 and every caller's credentials are checked with
 //! `SO_PEERCRED`: a process inside the sandbox tree is refused even as root,
 //! so a sandbox can never (re)write its own attribution.
@@ -44,6 +46,8 @@ pub enum ApiError {
 }
 
 pub struct ApiState {
+    pub tail: tokio::sync::broadcast::Sender<Arc<crate::record::Record>>,
+    pub tail_lagged: Arc<crate::admin::RecordStats>,
     pub registry: Arc<Registry>,
     pub kernel: Arc<Kernel>,
     pub proxy: Arc<Proxy>,
@@ -113,15 +117,69 @@ fn caller_allowed(stream: &UnixStream, sandbox_root_rel: &str) -> Result<(), Str
     Ok(())
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+type ApiBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<ApiBody> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Full<Bytes>> {
+fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    })
+}
+
+/// Records as they are captured, one JSON object per line, until the client
+/// goes away. A client that falls behind skips records (counted).
+fn record_stream(state: &ApiState, query: Option<&str>) -> Response<ApiBody> {
+    let inv = query_param(query, "invocation_id").map(str::to_owned);
+    let agent = query_param(query, "agent_name").map(str::to_owned);
+    let kind = query_param(query, "kind").map(str::to_owned);
+    let rx = state.tail.subscribe();
+    let lagged = state.tail_lagged.clone();
+    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+        let (inv, agent, kind, lagged) = (inv.clone(), agent.clone(), kind.clone(), lagged.clone());
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(rec) => {
+                        let keep = inv
+                            .as_deref()
+                            .is_none_or(|i| rec.invocation_id() == Some(i))
+                            && agent
+                                .as_deref()
+                                .is_none_or(|a| rec.get_str(crate::semconv::AGENT_NAME) == Some(a))
+                            && kind.as_deref().is_none_or(|k| rec.kind() == k);
+                        if keep {
+                            let mut line = rec.to_json_line();
+                            line.push('\n');
+                            let frame = hyper::body::Frame::data(Bytes::from(line));
+                            return Some((Ok::<_, std::convert::Infallible>(frame), rx));
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        lagged
+                            .tail_lagged
+                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(http_body_util::StreamBody::new(stream).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<ApiBody> {
     json(status, serde_json::json!({ "error": message.to_string() }))
 }
 
@@ -129,13 +187,14 @@ async fn handle(
     req: Request<Incoming>,
     state: &ApiState,
     allowed: Result<(), String>,
-) -> Response<Full<Bytes>> {
+) -> Response<ApiBody> {
     if let Err(why) = allowed {
         return error(StatusCode::FORBIDDEN, why);
     }
     let path = req.uri().path().to_owned();
     let id = path.strip_prefix("/v1/sandboxes/").map(str::to_owned);
     match (req.method().clone(), path.as_str(), id) {
+        (Method::GET, "/v1/records/stream", _) => record_stream(state, req.uri().query()),
         (Method::GET, "/v1/sandboxes", _) => {
             json(StatusCode::OK, serde_json::json!(state.registry.list()))
         }
@@ -249,6 +308,55 @@ impl Client {
         self.call(Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
             .await
             .map(|_| ())
+    }
+
+    /// Follows `GET /v1/records/stream`, calling `on_line` for each record line.
+    pub async fn stream_records(
+        &self,
+        query: &str,
+        mut on_line: impl FnMut(&str) -> bool,
+    ) -> Result<(), ApiError> {
+        let stream =
+            UnixStream::connect(&self.path)
+                .await
+                .map_err(|source| ApiError::Unreachable {
+                    path: self.path.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ApiError::Http(e.to_string()))?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .uri(format!("/v1/records/stream?{query}"))
+            .header("host", "egret")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ApiError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ApiError::Http(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(ApiError::Refused {
+                status: resp.status().as_u16(),
+                message: "record stream refused".into(),
+            });
+        }
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ApiError::Http(e.to_string()))?;
+            if let Some(d) = frame.data_ref() {
+                buf.extend_from_slice(d);
+                while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=i).collect();
+                    if !on_line(String::from_utf8_lossy(&line[..i]).as_ref()) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub async fn list(&self) -> Result<Vec<Sandbox>, ApiError> {

@@ -13,13 +13,16 @@ use tokio::{
     sync::mpsc,
 };
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio_util::sync::CancellationToken;
 
+use tokio::sync::broadcast;
+
 use crate::{
+    admin::{self, AdminState, RecordStats},
     api,
-    attribution::Registry,
+    attribution::{Attribution, Registry},
     bpf::{self, Kernel, LoadOptions},
     budget::Budgets,
     cgroup,
@@ -29,7 +32,12 @@ use crate::{
     policy::Policy,
     proxy::{Proxy, L7},
     record::Record,
-    sink::{self, ClickHouseSink},
+    semconv as sc,
+    sink::{
+        self,
+        otlp::{ExportOptions, OtlpSinks},
+        ClickHouseSink,
+    },
     store::{Spool, SpoolConfig},
     tls::{self, Ca, LeafCache, LeafCacheOptions, Terminator, UpstreamTls, UpstreamTlsOptions},
 };
@@ -38,6 +46,8 @@ use crate::{
 const RECORD_QUEUE: usize = 65_536;
 /// Most records appended (and fsync'd) at once.
 const RECORD_BATCH: usize = 4_096;
+/// Records buffered for `egret tail` viewers; slower viewers skip ahead.
+const TAIL_BUFFER: usize = 4_096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -64,6 +74,10 @@ pub enum RunError {
     Tls(#[from] tls::TlsError),
     #[error("ClickHouse: {0}")]
     Sink(#[from] sink::SinkError),
+    #[error("OTLP: {0}")]
+    Otlp(#[from] sink::otlp::OtlpError),
+    #[error("admin listener: {0}")]
+    Admin(std::io::Error),
 }
 
 /// Resolved node paths shared by the subcommands.
@@ -103,7 +117,14 @@ pub fn spool_config(cfg: &Config) -> SpoolConfig {
     })
 }
 
-pub async fn run(cfg: Config) -> Result<(), RunError> {
+/// Options of `egret run` beyond the config file.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Every signal of every gateway is also sent here (dev tee).
+    pub dev_otlp_fallback_endpoint: Option<String>,
+}
+
+pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(RunError::NotRoot);
     }
@@ -137,11 +158,14 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     let shutdown = CancellationToken::new();
     let spool = Spool::open(&spool_config(&cfg))?;
+    let spool_handle = spool.handle();
     let mut sinks = Vec::new();
+    let mut clickhouse_status = None;
     match &cfg.store.clickhouse {
         Some(ch) => {
             let cursor = spool.cursor(sink::clickhouse::CURSOR_NAME)?;
             let sink = ClickHouseSink::new(ch)?;
+            clickhouse_status = Some(sink.status_handle());
             sinks.push(tokio::spawn(sink.run(cursor, shutdown.child_token())));
         }
         None => {
@@ -151,8 +175,20 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
                 .remove_cursor(sink::clickhouse::CURSOR_NAME)?;
         }
     }
+    let env = |k: &str| std::env::var(k).ok();
+    let (otlp, warnings) = OtlpSinks::from_config(
+        &cfg,
+        opts.dev_otlp_fallback_endpoint.as_deref(),
+        &env,
+        ExportOptions::default(),
+    )?;
+    for w in warnings {
+        tracing::warn!("otlp: {w}");
+    }
+    let otlp = Arc::new(otlp);
     let (tx, rx) = mpsc::channel::<Record>(RECORD_QUEUE);
-    let recorder = tokio::spawn(record_loop(spool, rx, shutdown.child_token()));
+    let (tail, _) = broadcast::channel::<Arc<Record>>(TAIL_BUFFER);
+    let record_stats = Arc::new(RecordStats::default());
 
     let tls = tls_setup(&cfg)?;
     let l7 = Arc::new(L7 {
@@ -172,7 +208,23 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         records: tx.clone(),
         dropped_records: AtomicU64::new(0),
     });
-    let proxy = Proxy::new(kernel.clone(), registry.clone(), l7, cfg.node.listen_port);
+    let recorder = tokio::spawn(record_loop(
+        spool,
+        rx,
+        Recorder {
+            l7: l7.clone(),
+            otlp: otlp.clone(),
+            tail: tail.clone(),
+            stats: record_stats.clone(),
+        },
+        shutdown.child_token(),
+    ));
+    let proxy = Proxy::new(
+        kernel.clone(),
+        registry.clone(),
+        l7.clone(),
+        cfg.node.listen_port,
+    );
     proxy.ensure_listeners(None).map_err(RunError::Listen)?;
     for sb in registry.list() {
         if let Some(ns) = sb.netns.as_deref().filter(|p| p.exists()) {
@@ -192,6 +244,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         kernel: kernel.clone(),
         proxy: proxy.clone(),
         sandbox_root_rel: root_rel.clone(),
+        tail: tail.clone(),
+        tail_lagged: record_stats.clone(),
     });
     let api_path = cfg.node.api_socket.clone();
     let api_task = tokio::spawn(async move { api::serve(&api_path, api_state).await });
@@ -204,8 +258,25 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         tokio::spawn(poll_kernel_log(logger));
     }
 
+    let admin_state = Arc::new(AdminState {
+        kernel: kernel.clone(),
+        registry: registry.clone(),
+        proxy: proxy.clone(),
+        l7: l7.clone(),
+        spool: spool_handle,
+        clickhouse: clickhouse_status,
+        otlp: otlp.clone(),
+        records: record_stats.clone(),
+        ready: AtomicBool::new(false),
+    });
+    let admin_task = admin::serve(cfg.node.admin_listen, admin_state.clone())
+        .await
+        .map_err(RunError::Admin)?;
+    admin_state.ready.store(true, Ordering::Relaxed);
+
     tracing::info!(
         sandbox_root = %paths.sandbox_root.display(),
+        admin = %cfg.node.admin_listen,
         programs = ?kernel.attachment,
         api = %cfg.node.api_socket.display(),
         listen_port = cfg.node.listen_port,
@@ -222,6 +293,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         }
     }
     tracing::info!("shutting down: flushing records");
+    admin_state.ready.store(false, Ordering::Relaxed);
     // Close events not read yet stay in the pinned ring buffer for the next start.
     closes.abort();
     drop(tx);
@@ -231,6 +303,8 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     for s in sinks {
         let _ = tokio::time::timeout(Duration::from_secs(10), s).await;
     }
+    otlp.shutdown(Duration::from_secs(5)).await;
+    admin_task.abort();
     let _ = std::fs::remove_file(&cfg.node.api_socket);
     Ok(())
 }
@@ -284,9 +358,60 @@ async fn poll_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     }
 }
 
-/// The only writer of the spool: batches what arrives and appends it.
-/// On shutdown the channel is closed and what is queued is still written.
-async fn record_loop(mut spool: Spool, mut rx: mpsc::Receiver<Record>, stop: CancellationToken) {
+/// What the recorder hands records on to after the spool.
+struct Recorder {
+    l7: Arc<L7>,
+    otlp: Arc<OtlpSinks>,
+    tail: broadcast::Sender<Arc<Record>>,
+    stats: Arc<RecordStats>,
+}
+
+impl Recorder {
+    /// The gateway a record belongs to: set by the proxy for transactions,
+    /// derived from the attribution for flows.
+    fn stamp_gateway(&self, rec: &mut Record) {
+        if rec.get(sc::GATEWAY_NAME).is_some() {
+            return;
+        }
+        let attr = rec.invocation_id().map(|_| Attribution {
+            invocation_id: String::new(),
+            agent_kind: rec.get_str(sc::AGENT_KIND).unwrap_or("").to_owned(),
+            agent_namespace: rec.get_str(sc::AGENT_NAMESPACE).unwrap_or("").to_owned(),
+            agent_name: rec.get_str(sc::AGENT_NAME).unwrap_or("").to_owned(),
+            ..Attribution::default()
+        });
+        if let Some(gw) = self.l7.policy.load().gateway_for(attr.as_ref()) {
+            rec.set(sc::GATEWAY_NAME, gw.name.as_str());
+        }
+    }
+
+    /// After the records are durable: exporters and live viewers.
+    fn fan_out(&self, batch: Vec<Record>) {
+        for rec in batch {
+            if rec.kind() == sc::KIND_FLOW {
+                self.stats.flows.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(gw) = rec.get_str(sc::GATEWAY_NAME) {
+                self.otlp.offer(gw, &rec);
+            }
+            if self.tail.receiver_count() > 0 {
+                let _ = self.tail.send(Arc::new(rec));
+            }
+        }
+    }
+}
+
+/// The only writer of the spool: batches what arrives, appends it (fsync'd),
+/// and only then hands it to exporters and `egret tail`. On shutdown the
+/// channel is closed and what is queued is still written.
+async fn record_loop(
+    mut spool: Spool,
+    mut rx: mpsc::Receiver<Record>,
+    out: Recorder,
+    stop: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     loop {
         batch.clear();
@@ -300,13 +425,25 @@ async fn record_loop(mut spool: Spool, mut rx: mpsc::Receiver<Record>, stop: Can
         if n == 0 {
             return;
         }
+        for rec in batch.iter_mut() {
+            out.stamp_gateway(rec);
+        }
         // fsync blocks: keep it off the runtime's other tasks.
         match tokio::task::block_in_place(|| spool.append(&batch)) {
-            Ok(out) if out.dropped > 0 => {
-                tracing::warn!(dropped = out.dropped, "spool full: records dropped")
+            Ok(o) if o.dropped > 0 => {
+                out.stats
+                    .spool_dropped
+                    .fetch_add(o.dropped as u64, Ordering::Relaxed);
+                tracing::warn!(dropped = o.dropped, "spool full: records dropped");
             }
             Ok(_) => {}
-            Err(e) => tracing::error!("spool append failed: {e}"),
+            Err(e) => {
+                out.stats
+                    .spool_dropped
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                tracing::error!("spool append failed: {e}");
+            }
         }
+        out.fan_out(std::mem::take(&mut batch));
     }
 }

@@ -1,6 +1,7 @@
 //! egret: eBPF + userspace capture agent for AI-agent sandboxes.
 //!
 //! One module per stage of the flow (see `docs/architecture.md`).
+pub mod admin;
 pub mod api;
 pub mod attribution;
 pub mod bpf;

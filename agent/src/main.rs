@@ -29,7 +29,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent in the foreground.
-    Run,
+    Run(RunArgs),
+    /// Follow transactions (and flows) live as the running agent captures them.
+    Tail(TailArgs),
     /// Run a command as a fresh sandbox registered with the running agent.
     Exec(ExecArgs),
     /// Show captured records.
@@ -105,6 +107,28 @@ struct ExecArgs {
 }
 
 #[derive(Args)]
+struct RunArgs {
+    /// Also send every signal of every gateway to this OTLP/HTTP base URL
+    /// (a local dev receiver), in addition to the per-gateway endpoints.
+    #[arg(long)]
+    dev_otlp_fallback_endpoint: Option<String>,
+}
+
+#[derive(Args)]
+struct TailArgs {
+    #[arg(long)]
+    invocation_id: Option<String>,
+    #[arg(long)]
+    agent_name: Option<String>,
+    /// Include flow records (default: transactions only).
+    #[arg(long)]
+    flows: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct RecordsArgs {
     #[arg(long)]
     invocation_id: Option<String>,
@@ -157,8 +181,46 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
 async fn real_main(cli: Cli) -> Result<i32> {
     let cfg = load_config(cli.config.as_ref())?;
     match cli.command {
-        Command::Run => {
-            daemon::run(cfg).await?;
+        Command::Run(args) => {
+            daemon::run(
+                cfg,
+                daemon::RunOptions {
+                    dev_otlp_fallback_endpoint: args.dev_otlp_fallback_endpoint,
+                },
+            )
+            .await?;
+            Ok(0)
+        }
+        Command::Tail(args) => {
+            let mut q = Vec::new();
+            if let Some(i) = &args.invocation_id {
+                q.push(format!("invocation_id={i}"));
+            }
+            if let Some(a) = &args.agent_name {
+                q.push(format!("agent_name={a}"));
+            }
+            if !args.flows {
+                q.push("kind=transaction".to_owned());
+            }
+            let client = api::Client::new(&cfg.node.api_socket);
+            let mut out = std::io::stdout();
+            if !args.json {
+                records::print_header(&mut out)?;
+            }
+            client
+                .stream_records(&q.join("&"), |line| {
+                    use std::io::Write;
+                    let ok = if args.json {
+                        writeln!(out, "{line}").is_ok()
+                    } else {
+                        match serde_json::from_str::<egret::record::Record>(line) {
+                            Ok(r) => records::print_row(&mut out, &r).is_ok(),
+                            Err(_) => true,
+                        }
+                    };
+                    ok && out.flush().is_ok()
+                })
+                .await?;
             Ok(0)
         }
         Command::Exec(args) => {

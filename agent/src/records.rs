@@ -64,12 +64,25 @@ fn fmt_time(ns: i64) -> String {
 }
 
 pub fn print_table(out: &mut impl Write, recs: &[Record]) -> Result<(), RecordsError> {
+    print_header(out)?;
+    for r in recs {
+        print_row(out, r)?;
+    }
+    Ok(())
+}
+
+pub fn print_header(out: &mut impl Write) -> Result<(), RecordsError> {
     writeln!(
         out,
         "{:<24} {:<11} {:<36} {:<28} {:>9} {:>9} {:<22} {:>7} {:>7}",
         "END", "KIND", "INVOCATION", "DESTINATION", "TX", "RX", "MODEL", "IN_TOK", "OUT_TOK"
     )?;
-    for r in recs {
+    Ok(())
+}
+
+/// One line per record: time, kind, invocation, destination, bytes, model, tokens.
+pub fn print_row(out: &mut impl Write, r: &Record) -> Result<(), RecordsError> {
+    {
         let dst = format!(
             "{}:{}",
             r.get_str(sc::DST_NAME)
