@@ -500,3 +500,109 @@ fn policy_budget_trace_context_streaming_and_h2() {
         .iter()
         .all(|r| r.get_i64(sc::BUDGET_DAILY_MAX) == Some(20)));
 }
+
+/// The OTLP receiver from bpf-tests/clients (PyPI opentelemetry-proto).
+struct Receiver {
+    child: Child,
+    out: PathBuf,
+    port: u16,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let out = std::env::temp_dir().join(format!("{}.jsonl", unique("egret-otlp-")));
+        let mut child = Command::new(venv_python().expect("venv"))
+            .arg(clients_dir().join("otlp_receiver.py"))
+            .arg("--out")
+            .arg(&out)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("otlp receiver");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("receiver said {line:?}"));
+        Receiver { child, out, port }
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn wait(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let l = self.lines();
+            if pred(&l) {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {l:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.out);
+    }
+}
+
+#[test]
+fn otlp_traces_logs_and_metrics_reach_an_independent_receiver() {
+    if !require_privileges("otlp_e2e") || !require_venv("otlp_e2e") {
+        return;
+    }
+    let rx = Receiver::start();
+    let w = World::start(&format!(
+        "gateways:\n- name: otlp-gw\n  routes:\n  - {{name: anthropic, hosts: [api.anthropic.com], provider: anthropic}}\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    metricsInterval: 1s\n",
+        rx.port
+    ));
+    let inv = unique("inv-otlp-");
+    let cg = w.sandbox(&inv, Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"tell me about herons"}]}"#;
+    w.curl(
+        &cg,
+        &[
+            "-o", "/dev/null", "-H", "content-type: application/json", "-H", "x-api-key: sk-ant-secret",
+            "-H", "anthropic-version: 2023-06-01", "-d", body, "https://api.anthropic.com/v1/messages",
+        ],
+    );
+    let rec = &w.transactions(&inv, 1)[0];
+    let inv_v = Value::String(inv.clone());
+    let lines = rx.wait("span, log and token metric", |l| {
+        l.iter().any(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
+            && l.iter().any(|x| x["signal"] == "logs" && x["attributes"]["invocation.id"] == inv_v)
+            && l.iter().any(|x| x["signal"] == "metrics" && x.to_string().contains("gen_ai.client.token.usage"))
+    });
+    let span = lines
+        .iter()
+        .find(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
+        .unwrap();
+    assert_eq!(span["name"], "chat claude-sonnet-4-5", "{span}");
+    assert_eq!(span["kind"], 3, "CLIENT");
+    assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(span["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(span["span_id"].as_str(), rec.get_str(sc::SPAN_ID));
+    assert_eq!(span["attributes"]["gen_ai.provider.name"], "anthropic");
+    assert_eq!(span["attributes"]["gen_ai.usage.output_tokens"], i(rec, sc::GEN_AI_USAGE_OUTPUT_TOKENS));
+    let log = lines
+        .iter()
+        .find(|x| x["signal"] == "logs" && x["attributes"]["invocation.id"] == inv_v)
+        .unwrap();
+    assert_eq!(log["severity_number"], 9, "2xx is INFO: {log}");
+    assert!(log.to_string().contains("msg_"), "log carries the response body: {log}");
+    let all = serde_json::to_string(&lines).unwrap();
+    assert!(!all.contains("sk-ant-secret"), "credential exported");
+}
