@@ -47,6 +47,9 @@ enum Command {
     /// The node CA that sandboxes trust.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Detach egret's kernel programs (remove their bpffs pins) and the empty
+    /// sandbox root. `egret run` leaves them attached across restarts.
+    Uninstall,
 }
 
 #[derive(Subcommand)]
@@ -285,6 +288,27 @@ async fn real_main(cli: Cli) -> Result<i32> {
         Command::Config(ConfigCmd::Check { file }) => {
             Config::load(&file)?;
             println!("{}: ok", file.display());
+            Ok(0)
+        }
+        Command::Uninstall => {
+            if api::Client::new(&cfg.node.api_socket).list().await.is_ok() {
+                anyhow::bail!("egret is running (its API answers); stop it first");
+            }
+            egret::bpf::clear_pins(&cfg.node.bpffs_dir);
+            let _ = std::fs::remove_dir(&cfg.node.bpffs_dir);
+            let paths = NodePaths::resolve(&cfg)?;
+            match std::fs::remove_dir(&paths.sandbox_root) {
+                Ok(()) => println!("removed {}", paths.sandbox_root.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!(
+                    "egret: kept {} ({e}); sandboxes may still live there",
+                    paths.sandbox_root.display()
+                ),
+            }
+            println!(
+                "detached egret's programs ({})",
+                cfg.node.bpffs_dir.display()
+            );
             Ok(0)
         }
         Command::Ca(CaCmd::Init) => {

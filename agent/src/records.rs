@@ -74,8 +74,17 @@ pub fn print_table(out: &mut impl Write, recs: &[Record]) -> Result<(), RecordsE
 pub fn print_header(out: &mut impl Write) -> Result<(), RecordsError> {
     writeln!(
         out,
-        "{:<24} {:<11} {:<36} {:<28} {:>9} {:>9} {:<22} {:>7} {:>7}",
-        "END", "KIND", "INVOCATION", "DESTINATION", "TX", "RX", "MODEL", "IN_TOK", "OUT_TOK"
+        "{:<24} {:<11} {:<36} {:<28} {:>9} {:>9} {:<22} {:<6} {:>7} {:>7}",
+        "END",
+        "KIND",
+        "INVOCATION",
+        "DESTINATION",
+        "TX",
+        "RX",
+        "MODEL",
+        "STREAM",
+        "IN_TOK",
+        "OUT_TOK"
     )?;
     Ok(())
 }
@@ -98,7 +107,7 @@ pub fn print_row(out: &mut impl Write, r: &Record) -> Result<(), RecordsError> {
         };
         writeln!(
             out,
-            "{:<24} {:<11} {:<36} {:<28} {:>9} {:>9} {:<22} {:>7} {:>7}",
+            "{:<24} {:<11} {:<36} {:<28} {:>9} {:>9} {:<22} {:<6} {:>7} {:>7}",
             fmt_time(r.end_ns()),
             r.kind(),
             r.invocation_id().unwrap_or("-"),
@@ -108,6 +117,11 @@ pub fn print_row(out: &mut impl Write, r: &Record) -> Result<(), RecordsError> {
             r.get_str(sc::GEN_AI_RESPONSE_MODEL)
                 .or_else(|| r.get_str(sc::GEN_AI_REQUEST_MODEL))
                 .unwrap_or("-"),
+            match r.get_bool(sc::GEN_AI_REQUEST_STREAM) {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            },
             num(sc::GEN_AI_USAGE_INPUT_TOKENS),
             num(sc::GEN_AI_USAGE_OUTPUT_TOKENS),
         )?;

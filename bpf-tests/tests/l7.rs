@@ -545,7 +545,10 @@ impl Receiver {
             if pred(&l) {
                 return l;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {l:?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {l:?}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -570,21 +573,37 @@ fn otlp_traces_logs_and_metrics_reach_an_independent_receiver() {
         rx.port
     ));
     let inv = unique("inv-otlp-");
-    let cg = w.sandbox(&inv, Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+    let cg = w.sandbox(
+        &inv,
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
     let body = r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"tell me about herons"}]}"#;
     w.curl(
         &cg,
         &[
-            "-o", "/dev/null", "-H", "content-type: application/json", "-H", "x-api-key: sk-ant-secret",
-            "-H", "anthropic-version: 2023-06-01", "-d", body, "https://api.anthropic.com/v1/messages",
+            "-o",
+            "/dev/null",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "x-api-key: sk-ant-secret",
+            "-H",
+            "anthropic-version: 2023-06-01",
+            "-d",
+            body,
+            "https://api.anthropic.com/v1/messages",
         ],
     );
     let rec = &w.transactions(&inv, 1)[0];
     let inv_v = Value::String(inv.clone());
     let lines = rx.wait("span, log and token metric", |l| {
-        l.iter().any(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
-            && l.iter().any(|x| x["signal"] == "logs" && x["attributes"]["invocation.id"] == inv_v)
-            && l.iter().any(|x| x["signal"] == "metrics" && x.to_string().contains("gen_ai.client.token.usage"))
+        l.iter()
+            .any(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
+            && l.iter()
+                .any(|x| x["signal"] == "logs" && x["attributes"]["invocation.id"] == inv_v)
+            && l.iter().any(|x| {
+                x["signal"] == "metrics" && x.to_string().contains("gen_ai.client.token.usage")
+            })
     });
     let span = lines
         .iter()
@@ -596,13 +615,19 @@ fn otlp_traces_logs_and_metrics_reach_an_independent_receiver() {
     assert_eq!(span["parent_span_id"], "00f067aa0ba902b7");
     assert_eq!(span["span_id"].as_str(), rec.get_str(sc::SPAN_ID));
     assert_eq!(span["attributes"]["gen_ai.provider.name"], "anthropic");
-    assert_eq!(span["attributes"]["gen_ai.usage.output_tokens"], i(rec, sc::GEN_AI_USAGE_OUTPUT_TOKENS));
+    assert_eq!(
+        span["attributes"]["gen_ai.usage.output_tokens"],
+        i(rec, sc::GEN_AI_USAGE_OUTPUT_TOKENS)
+    );
     let log = lines
         .iter()
         .find(|x| x["signal"] == "logs" && x["attributes"]["invocation.id"] == inv_v)
         .unwrap();
     assert_eq!(log["severity_number"], 9, "2xx is INFO: {log}");
-    assert!(log.to_string().contains("msg_"), "log carries the response body: {log}");
+    assert!(
+        log.to_string().contains("msg_"),
+        "log carries the response body: {log}"
+    );
     let all = serde_json::to_string(&lines).unwrap();
     assert!(!all.contains("sk-ant-secret"), "credential exported");
 }

@@ -279,8 +279,7 @@ fn demo() -> Result<()> {
         "bpf-tests",
         "--bins",
     ]))?;
-    run(Command::new("bash")
-        .arg(root.join("deploy/demo.sh"))
+    run(Command::new(root.join("target/release/egret-demo"))
         .env("EGRET_BIN", root.join("target/release/egret"))
         .env("MOCK_BIN", root.join("target/release/mock-provider"))
         .env("EGRET_VENV", venv_dir()))
