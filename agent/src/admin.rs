@@ -50,8 +50,9 @@ pub struct AdminState {
     pub l7: Arc<L7>,
     pub spool: SpoolHandle,
     pub clickhouse: Option<StatusHandle>,
-    pub otlp: Arc<OtlpSinks>,
+    pub otlp: Arc<arc_swap::ArcSwap<OtlpSinks>>,
     pub records: Arc<RecordStats>,
+    pub reload: Arc<crate::reload::ReloadStatus>,
     pub ready: AtomicBool,
 }
 
@@ -236,7 +237,7 @@ impl Collector for Metrics {
         let mut sent = Vec::new();
         let mut dropped = Vec::new();
         let mut up = Vec::new();
-        for e in s.otlp.status() {
+        for e in s.otlp.load().status() {
             for sig in e.signals {
                 let labels = vec![
                     ("exporter", e.name.clone()),
@@ -270,6 +271,21 @@ impl Collector for Metrics {
         )?;
         counter(
             &mut enc,
+            "egret_config_reloads",
+            "Config reloads, by result (rejected: the old config stayed in force)",
+            &[
+                (
+                    vec![("result", "applied".into())],
+                    s.reload.applied.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("result", "rejected".into())],
+                    s.reload.rejected.load(Ordering::Relaxed),
+                ),
+            ],
+        )?;
+        counter(
+            &mut enc,
             "egret_tail_lagged",
             "Records a slow `egret tail` client skipped",
             &[(vec![], r.tail_lagged.load(Ordering::Relaxed))],
@@ -298,7 +314,13 @@ fn status_json(s: &AdminState) -> serde_json::Value {
         },
         "spool": s.spool.stats(),
         "clickhouse": s.clickhouse.as_ref().map(StatusHandle::get),
-        "otlp": s.otlp.status(),
+        "otlp": s.otlp.load().status(),
+        "config": {
+            "generation": s.reload.generation.load(Ordering::Relaxed),
+            "reloads_applied": s.reload.applied.load(Ordering::Relaxed),
+            "reloads_rejected": s.reload.rejected.load(Ordering::Relaxed),
+            "last_reload_error": s.reload.last_error(),
+        },
     })
 }
 

@@ -83,6 +83,8 @@ pub enum Attachment {
 
 /// Handles on the pinned maps the agent uses.
 pub struct KernelMaps {
+    config: Mutex<Array<MapData, KConfig>>,
+    ports: Mutex<HashMap<MapData, u16, u8>>,
     attr: Mutex<HashMap<MapData, u64, AttrRef>>,
     tags: HashMap<MapData, u64, SockTag>,
     links: HashMap<MapData, LinkKey, u64>,
@@ -197,8 +199,10 @@ impl Kernel {
             Attachment::Fresh
         };
 
-        let mut kernel = Kernel {
+        let kernel = Kernel {
             maps: KernelMaps {
+                config: Mutex::new(take(&mut ebpf, "EGRET_CONFIG")?),
+                ports: Mutex::new(take(&mut ebpf, "EGRET_PORTS")?),
                 attr: Mutex::new(take(&mut ebpf, "EGRET_ATTR")?),
                 tags: take(&mut ebpf, "EGRET_TAGS")?,
                 links: take(&mut ebpf, "EGRET_LINKS")?,
@@ -210,31 +214,51 @@ impl Kernel {
             logger: Mutex::new(logger),
             _ebpf: ebpf,
         };
-        kernel.configure(opts)?;
+        kernel.maps.configure(&KernelSettings {
+            listen_port: opts.listen_port,
+            block_quic: opts.block_quic,
+            root_level: opts.root_level,
+            capture_ports: opts.capture_ports.to_vec(),
+        })?;
         Ok(kernel)
     }
+}
 
-    /// Writes node settings and capture ports into the kernel maps.
-    fn configure(&mut self, opts: &LoadOptions<'_>) -> Result<(), BpfError> {
-        let mut config: Array<MapData, KConfig> = take(&mut self._ebpf, "EGRET_CONFIG")?;
+/// What the programs read from userspace; can change while they run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelSettings {
+    pub listen_port: u16,
+    pub block_quic: bool,
+    pub root_level: u32,
+    pub capture_ports: Vec<u16>,
+}
+
+impl KernelMaps {
+    /// Writes node settings and capture ports into the kernel maps; takes
+    /// effect for the next `connect()`.
+    pub fn configure(&self, k: &KernelSettings) -> Result<(), BpfError> {
         let cfg = KConfig {
-            listen_port: opts.listen_port,
-            block_quic: u8::from(opts.block_quic),
+            listen_port: k.listen_port,
+            block_quic: u8::from(k.block_quic),
             _pad: 0,
-            root_level: opts.root_level,
+            root_level: k.root_level,
         };
-        config.set(0, cfg, 0).map_err(|source| BpfError::Map {
-            name: "EGRET_CONFIG",
-            source,
-        })?;
-        let mut ports: HashMap<MapData, u16, u8> = take(&mut self._ebpf, "EGRET_PORTS")?;
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(0, cfg, 0)
+            .map_err(|source| BpfError::Map {
+                name: "EGRET_CONFIG",
+                source,
+            })?;
+        let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
         let stale: Vec<u16> = ports.keys().filter_map(Result::ok).collect();
         for p in stale {
-            if !opts.capture_ports.contains(&p) {
+            if !k.capture_ports.contains(&p) {
                 let _ = ports.remove(&p);
             }
         }
-        for p in opts.capture_ports {
+        for p in &k.capture_ports {
             ports.insert(p, 1, 0).map_err(|source| BpfError::Map {
                 name: "EGRET_PORTS",
                 source,

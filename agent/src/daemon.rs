@@ -32,6 +32,7 @@ use crate::{
     policy::Policy,
     proxy::{Proxy, L7},
     record::Record,
+    reload::{self, ReloadStatus},
     semconv as sc,
     sink::{
         self,
@@ -122,6 +123,8 @@ pub fn spool_config(cfg: &Config) -> SpoolConfig {
 pub struct RunOptions {
     /// Every signal of every gateway is also sent here (dev tee).
     pub dev_otlp_fallback_endpoint: Option<String>,
+    /// The config file, watched for hot reload (None: embedded default).
+    pub config_path: Option<PathBuf>,
 }
 
 pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
@@ -141,10 +144,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         source,
     })?;
 
+    let root_level = cgroup::level(&paths.cgroup_mount, &paths.sandbox_root);
     let kernel = Arc::new(Kernel::load(&LoadOptions {
         bpffs_dir: &cfg.node.bpffs_dir,
         sandbox_root: &paths.sandbox_root,
-        root_level: cgroup::level(&paths.cgroup_mount, &paths.sandbox_root),
+        root_level,
         listen_port: cfg.node.listen_port,
         capture_ports: &cfg.node.capture_ports,
         block_quic: cfg.node.block_quic,
@@ -185,10 +189,12 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     for w in warnings {
         tracing::warn!("otlp: {w}");
     }
-    let otlp = Arc::new(otlp);
+    let otlp = Arc::new(arc_swap::ArcSwap::from_pointee(otlp));
     let (tx, rx) = mpsc::channel::<Record>(RECORD_QUEUE);
     let (tail, _) = broadcast::channel::<Arc<Record>>(TAIL_BUFFER);
     let record_stats = Arc::new(RecordStats::default());
+    let reload_status = Arc::new(ReloadStatus::default());
+    reload_status.generation.store(1, Ordering::Relaxed);
 
     let tls = tls_setup(&cfg)?;
     let l7 = Arc::new(L7 {
@@ -267,8 +273,24 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         clickhouse: clickhouse_status,
         otlp: otlp.clone(),
         records: record_stats.clone(),
+        reload: reload_status.clone(),
         ready: AtomicBool::new(false),
     });
+    if let Some(path) = opts.config_path.clone() {
+        tokio::spawn(
+            reload::Targets {
+                path,
+                running: cfg.clone(),
+                l7: l7.clone(),
+                kernel: kernel.clone(),
+                root_level,
+                otlp: otlp.clone(),
+                dev_tee: opts.dev_otlp_fallback_endpoint.clone(),
+                status: reload_status.clone(),
+            }
+            .run(),
+        );
+    }
     let admin_task = admin::serve(cfg.node.admin_listen, admin_state.clone())
         .await
         .map_err(RunError::Admin)?;
@@ -303,7 +325,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     for s in sinks {
         let _ = tokio::time::timeout(Duration::from_secs(10), s).await;
     }
-    otlp.shutdown(Duration::from_secs(5)).await;
+    otlp.load().shutdown(Duration::from_secs(5)).await;
     admin_task.abort();
     let _ = std::fs::remove_file(&cfg.node.api_socket);
     Ok(())
@@ -361,7 +383,7 @@ async fn poll_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
 /// What the recorder hands records on to after the spool.
 struct Recorder {
     l7: Arc<L7>,
-    otlp: Arc<OtlpSinks>,
+    otlp: Arc<arc_swap::ArcSwap<OtlpSinks>>,
     tail: broadcast::Sender<Arc<Record>>,
     stats: Arc<RecordStats>,
 }
@@ -387,6 +409,7 @@ impl Recorder {
 
     /// After the records are durable: exporters and live viewers.
     fn fan_out(&self, batch: Vec<Record>) {
+        let otlp = self.otlp.load();
         for rec in batch {
             if rec.kind() == sc::KIND_FLOW {
                 self.stats.flows.fetch_add(1, Ordering::Relaxed);
@@ -394,7 +417,7 @@ impl Recorder {
                 self.stats.transactions.fetch_add(1, Ordering::Relaxed);
             }
             if let Some(gw) = rec.get_str(sc::GATEWAY_NAME) {
-                self.otlp.offer(gw, &rec);
+                otlp.offer(gw, &rec);
             }
             if self.tail.receiver_count() > 0 {
                 let _ = self.tail.send(Arc::new(rec));

@@ -18,6 +18,7 @@ pub mod policy;
 pub mod proxy;
 pub mod record;
 pub mod records;
+pub mod reload;
 pub mod sandbox;
 pub mod semconv;
 pub mod sink;

@@ -189,6 +189,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 cfg,
                 daemon::RunOptions {
                     dev_otlp_fallback_endpoint: args.dev_otlp_fallback_endpoint,
+                    config_path: cli.config.clone(),
                 },
             )
             .await?;

@@ -108,6 +108,7 @@ pub struct Agent {
     pub bpffs: PathBuf,
     pub api: PathBuf,
     pub listen_port: u16,
+    pub admin_port: u16,
     pub state_dir: PathBuf,
     child: Option<Child>,
     log: PathBuf,
@@ -137,6 +138,7 @@ impl Agent {
             .map(|p| p.display().to_string())
             .collect();
         let config = dir.join("egret.yaml");
+        let admin_port = free_port();
         let yaml = format!(
             "node:\n  sandboxRoot: {sandbox_rel}\n  capturePorts: [{}]\n  blockQuic: {}\n  listenPort: {listen_port}\n  stateDir: {}\n  bpffsDir: {}\n  apiSocket: {}\n  adminListen: 127.0.0.1:{}\n  upstreamExtraRoots: [{}]\n{}",
             ports.join(", "),
@@ -144,7 +146,7 @@ impl Agent {
             state_dir.display(),
             bpffs.display(),
             api.display(),
-            free_port(),
+            admin_port,
             roots.join(", "),
             opts.extra_yaml,
         );
@@ -159,6 +161,7 @@ impl Agent {
             bpffs,
             api,
             listen_port,
+            admin_port,
             state_dir,
             child: None,
         };
@@ -207,6 +210,18 @@ impl Agent {
 
     fn api_ready(&self) -> bool {
         std::os::unix::net::UnixStream::connect(&self.api).is_ok()
+    }
+
+    /// `GET /status` from the admin listener, as JSON.
+    pub fn status(&self) -> Value {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin");
+        s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).expect("read");
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("status {body:?}: {e}"))
     }
 
     pub fn log_text(&self) -> String {

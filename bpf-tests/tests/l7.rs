@@ -631,3 +631,95 @@ fn otlp_traces_logs_and_metrics_reach_an_independent_receiver() {
     let all = serde_json::to_string(&lines).unwrap();
     assert!(!all.contains("sk-ant-secret"), "credential exported");
 }
+
+#[test]
+fn hot_reload_applies_to_the_next_request_and_keeps_connections_and_rejects_bad_files() {
+    if !require_privileges("hot_reload") {
+        return;
+    }
+    let allow = "gateways:\n- name: gw\n  routes:\n  - {name: openai, hosts: [api.openai.com], provider: openai}\n";
+    let w = World::start(allow);
+    let base = std::fs::read_to_string(&w.agent.config).unwrap();
+    let inv = unique("inv-reload-");
+    let cg = w.sandbox(&inv, None);
+    let mut cmd = sandboxed(&cg, None, "unshare");
+    cmd.args([
+        "-m",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+    ])
+    .arg(&w.hosts)
+    .arg("python3")
+    .arg(clients_dir().join("keepalive_client.py"))
+    .arg("api.openai.com")
+    .env("SSL_CERT_FILE", &w.bundle);
+    let mut client = HeldClient::spawn(cmd);
+    client.say("GET /json/10");
+    let first = client.next_report();
+    assert_eq!(first["status"], 200, "{first}");
+
+    // Same file without the route: openai is now denied.
+    let generation = |w: &World| w.agent.status()["config"]["generation"].as_u64().unwrap();
+    assert_eq!(generation(&w), 1);
+    std::fs::write(
+        &w.agent.config,
+        base.replace(allow, "gateways:\n- name: gw\n"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while generation(&w) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "reload not applied:\n{}",
+            w.agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    client.say("GET /json/10");
+    let second = client.next_report();
+    assert_eq!(second["status"], 403, "{second}");
+    assert_eq!(
+        second["local_port"], first["local_port"],
+        "the connection was kept"
+    );
+
+    // A broken file is rejected; the config in force stays.
+    std::fs::write(&w.agent.config, format!("{base}\nnode:\n  bogusKey: 1\n")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = w.agent.status();
+        if st["config"]["reloads_rejected"].as_u64() >= Some(1) {
+            let err = st["config"]["last_reload_error"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            assert!(err.contains("line"), "error names the line: {err}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bad reload not reported:\n{}",
+            w.agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    client.say("GET /json/10");
+    let third = client.next_report();
+    assert_eq!(third["status"], 403, "old config still in force: {third}");
+    assert_eq!(generation(&w), 2);
+    client.finish();
+    // `egret records` reads the same file: make it valid again.
+    std::fs::write(
+        &w.agent.config,
+        base.replace(allow, "gateways:\n- name: gw\n"),
+    )
+    .unwrap();
+    let recs = w.transactions(&inv, 3);
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r.get_bool(sc::POLICY_DENIED) == Some(true))
+            .count(),
+        2
+    );
+}
