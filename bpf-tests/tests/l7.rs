@@ -723,3 +723,77 @@ fn hot_reload_applies_to_the_next_request_and_keeps_connections_and_rejects_bad_
         2
     );
 }
+
+#[test]
+fn large_sse_stream_is_relayed_whole_with_bounded_capture_and_untrusting_clients_fail_cleanly() {
+    if !require_privileges("large_sse") {
+        return;
+    }
+    let w = World::start("");
+    let inv = unique("inv-sse5m-");
+    let cg = w.sandbox(&inv, None);
+    // ~5.4 MB of events: every byte reaches the client, the record keeps
+    // 64 KiB of it and says so, and counts the whole stream.
+    let out = w.curl(
+        &cg,
+        &[
+            "-N",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            "https://api.openai.com/sse/100000",
+        ],
+    );
+    let got: i64 = out.trim().parse().unwrap();
+    assert!(got > 5_000_000, "{got}");
+    let rec = &w.transactions(&inv, 1)[0];
+    assert_eq!(i(rec, sc::RESP_BYTES), got);
+    assert_eq!(rec.get_bool(sc::RESP_TRUNCATED), Some(true));
+    assert_eq!(
+        rec.get_str(sc::RESPONSE_BODY).map(str::len),
+        Some(64 * 1024)
+    );
+    assert!(rec.get(sc::ERROR_TYPE).is_none(), "{}", rec.to_json_line());
+
+    // A client that does not trust the node CA fails the handshake quickly
+    // and cleanly; the proxy keeps serving.
+    let t0 = Instant::now();
+    let out = sandboxed(&cg, None, "unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+        ])
+        .arg(&w.hosts)
+        .args([
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "--cacert",
+            "/etc/ssl/certs/ca-certificates.crt",
+            "https://api.openai.com/json/10",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(60),
+        "certificate rejected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let ok = w.curl(
+        &cg,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "https://api.openai.com/json/10",
+        ],
+    );
+    assert_eq!(ok, "200");
+}
