@@ -336,7 +336,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
 fn tls_setup(cfg: &Config) -> Result<(Arc<Terminator>, Arc<UpstreamTls>), RunError> {
     let dir = ca_dir(cfg);
     let ca = Arc::new(Ca::init(&dir)?);
-    tls::write_trust_bundle(&ca, &dir.join(TRUST_BUNDLE))?;
+    tls::write_trust_bundle(&ca, &trust_bundle_path(cfg))?;
     if ca.was_created() {
         tracing::info!(cert = %ca.cert_path().display(), "node CA created");
     }
@@ -354,8 +354,11 @@ pub fn ca_dir(cfg: &Config) -> PathBuf {
     cfg.node.state_dir.join("ca")
 }
 
-/// Trust bundle (system roots + node CA) for sandboxes, in [`ca_dir`].
-pub const TRUST_BUNDLE: &str = "trust-bundle.pem";
+/// Trust bundle (system roots + node CA) for sandboxes. It lives in the
+/// state dir, not in the 0700 CA dir, so non-root sandboxes can read it.
+pub fn trust_bundle_path(cfg: &Config) -> PathBuf {
+    cfg.node.state_dir.join("trust-bundle.pem")
+}
 
 /// Drains aya-log messages from the kernel half (they arrive on a ring
 /// buffer that must be polled) into the agent's log.

@@ -115,13 +115,15 @@ pub fn flow_record(
     rec.set(sc::L4_REDIRECTED, tag.flags & TAG_REDIRECTED != 0);
     // Delivered payload, from the kernel's TCP accounting at close: what the
     // peer acknowledged and what the socket received in order (retransmitted
-    // or duplicate segments are not counted twice).
+    // or duplicate segments are not counted twice). Wire payload and
+    // segments come from cgroup_skb (retransmissions included).
+    let counters = maps.take_counters(ev.cookie);
+    let fin_seen = counters.is_some_and(|c| c.rx_fin > 0);
     rec.set(sc::L4_BYTES_SANDBOX_TX, ev.payload_acked());
-    rec.set(sc::L4_BYTES_SANDBOX_RX, ev.bytes_received);
+    rec.set(sc::L4_BYTES_SANDBOX_RX, ev.payload_received(fin_seen));
     rec.set(sc::L4_TCP_BYTES_ACKED, ev.bytes_acked);
     rec.set(sc::L4_TCP_BYTES_RECEIVED, ev.bytes_received);
-    // Payload on the wire, from cgroup_skb (retransmissions included).
-    match maps.take_counters(ev.cookie) {
+    match counters {
         Some(c) => {
             rec.set(sc::L4_WIRE_BYTES_SANDBOX_TX, c.tx_bytes);
             rec.set(sc::L4_WIRE_BYTES_SANDBOX_RX, c.rx_bytes);

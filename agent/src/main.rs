@@ -229,7 +229,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
         }
         Command::Exec(args) => {
             let paths = NodePaths::resolve(&cfg)?;
-            let bundle = daemon::ca_dir(&cfg).join(daemon::TRUST_BUNDLE);
+            let bundle = daemon::trust_bundle_path(&cfg);
             let code = sandbox::exec(sandbox::ExecOptions {
                 sandbox_root: paths.sandbox_root,
                 api_socket: cfg.node.api_socket.clone(),
@@ -315,7 +315,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
         Command::Ca(CaCmd::Init) => {
             let dir = daemon::ca_dir(&cfg);
             let ca = egret::tls::Ca::init(&dir)?;
-            egret::tls::write_trust_bundle(&ca, &dir.join(daemon::TRUST_BUNDLE))?;
+            egret::tls::write_trust_bundle(&ca, &daemon::trust_bundle_path(&cfg))?;
             println!("{}", ca.cert_path().display());
             Ok(0)
         }

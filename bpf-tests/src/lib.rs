@@ -111,13 +111,23 @@ pub struct Agent {
     pub admin_port: u16,
     pub state_dir: PathBuf,
     child: Option<Child>,
+    port_retried: bool,
     log: PathBuf,
 }
 
-/// A free TCP port on loopback (bound then released).
+/// A free TCP port on loopback (bound then released), never the same one
+/// twice in this process, so parallel tests do not pick each other's ports.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
+        let port = l.local_addr().expect("local addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl Agent {
@@ -164,6 +174,7 @@ impl Agent {
             admin_port,
             state_dir,
             child: None,
+            port_retried: false,
         };
         agent.spawn();
         agent
@@ -197,7 +208,16 @@ impl Agent {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("egret run exited early ({st}):\n{}", self.log_text());
+                let log = self.log_text();
+                if log.contains("Address already in use") && !self.port_retried {
+                    // Another process took one of our ports between picking
+                    // and binding: pick new ones once.
+                    self.port_retried = true;
+                    self.child = None;
+                    self.repick_ports();
+                    return self.spawn();
+                }
+                panic!("egret run exited early ({st}):\n{log}");
             }
             assert!(
                 Instant::now() < deadline,
@@ -222,6 +242,23 @@ impl Agent {
         s.read_to_string(&mut buf).expect("read");
         let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
         serde_json::from_str(body).unwrap_or_else(|e| panic!("status {body:?}: {e}"))
+    }
+
+    fn repick_ports(&mut self) {
+        let text = fs::read_to_string(&self.config).expect("read config");
+        let (listen, admin) = (free_port(), free_port());
+        let text = text
+            .replace(
+                &format!("listenPort: {}\n", self.listen_port),
+                &format!("listenPort: {listen}\n"),
+            )
+            .replace(
+                &format!("adminListen: 127.0.0.1:{}\n", self.admin_port),
+                &format!("adminListen: 127.0.0.1:{admin}\n"),
+            );
+        fs::write(&self.config, text).expect("write config");
+        self.listen_port = listen;
+        self.admin_port = admin;
     }
 
     pub fn log_text(&self) -> String {
@@ -573,7 +610,8 @@ pub fn ss_counters(netns: Option<&Netns>, port: u16) -> (u64, u64) {
     )
 }
 
-/// A TCP server thread on `addr`: each request line carrying a number N is
+/// A TCP server thread on `addr`: each request line carrying a number N
+/// (a bare token, or a path `/N`) is
 /// answered with N bytes; a line starting with "GET " (curl) gets an HTTP/1.1
 /// response with an N-byte body, then the connection is closed.
 pub fn byte_server(addr: &str) -> std::net::SocketAddr {

@@ -531,3 +531,63 @@ fn sandbox_cannot_reach_the_attribution_api_or_change_its_attribution() {
     let recs = agent.wait_records("honest flow", |r| flows_of(r, "inv-honest").len() == 1);
     assert!(flows_of(&recs, "inv-forged").is_empty());
 }
+
+/// `egret exec` itself, in the host netns and with `--netns`: the flow
+/// record carries the invocation id exec printed and curl's own byte counts,
+/// and a captured port is redirected to the listener inside the new netns.
+#[test]
+fn egret_exec_runs_sandboxes_with_and_without_their_own_netns() {
+    if !require_privileges("egret_exec") {
+        return;
+    }
+    let captured = free_port();
+    let agent = Agent::start(AgentOptions {
+        capture_ports: vec![captured],
+        extra_yaml: "gateways:\n- name: all\n  defaultPolicy: allow-all\n".into(),
+        ..AgentOptions::default()
+    });
+    let server = byte_server("0.0.0.0:0");
+    // A second server on the captured port, reached through the agent.
+    let redirected = byte_server(&format!("0.0.0.0:{captured}"));
+    let curl = "curl -sS -o /dev/null -w '%{size_request} %{size_header} %{size_download}' http://$H:$P/123456";
+    for netns in [false, true] {
+        for port in [server.port(), redirected.port()] {
+            let host = if netns { "$(ip route show default | cut -d' ' -f3)" } else { "127.0.0.1" };
+            let mut cmd = Command::new(egret_bin());
+            cmd.arg("--config").arg(&agent.config).arg("exec").args(["--agent-name", "exec-test"]);
+            if netns {
+                cmd.arg("--netns");
+            }
+            let out = cmd
+                .args(["--", "sh", "-c", &format!("H={host}; P={port}; {curl}")])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "exec failed: {stderr}\n{}", agent.log_text());
+            let inv = stderr
+                .lines()
+                .find_map(|l| l.strip_prefix("egret: invocation "))
+                .unwrap_or_else(|| panic!("no invocation printed: {stderr}"))
+                .trim()
+                .to_owned();
+            let nums: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect();
+            let recs = agent.wait_records("exec flow", |r| flows_of(r, &inv).len() == 1);
+            let f = one_flow(&recs, &inv);
+            assert_eq!(i(f, sc::L4_BYTES_SANDBOX_TX), nums[0], "{}", f.to_json_line());
+            assert_eq!(i(f, sc::L4_BYTES_SANDBOX_RX), nums[1] + nums[2], "{}", f.to_json_line());
+            assert_eq!(nums[2], 123_456);
+            assert_eq!(f.get_bool(sc::L4_REDIRECTED), Some(port == captured), "{}", f.to_json_line());
+            assert_eq!(f.get_str(sc::AGENT_NAME), Some("exec-test"));
+        }
+    }
+    // exec cleaned up: no sandbox cgroups or egret netns left behind.
+    let left: Vec<_> = std::fs::read_dir(&agent.sandbox_root)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

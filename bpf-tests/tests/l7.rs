@@ -99,7 +99,7 @@ impl World {
             upstream_roots: vec![dir.join("ca/ca.crt")],
             ..AgentOptions::default()
         });
-        let bundle = agent.state_dir.join("ca/trust-bundle.pem");
+        let bundle = agent.state_dir.join("trust-bundle.pem");
         World {
             agent,
             _mock: mock,

@@ -59,6 +59,9 @@ pub struct SkbCounters {
     pub rx_bytes: u64,
     pub tx_segs: u64,
     pub rx_segs: u64,
+    /// Ingress segments carrying FIN (the peer's FIN arrived while the
+    /// socket was alive, so `bytes_received` at close counts it).
+    pub rx_fin: u64,
 }
 
 impl SkbCounters {
@@ -67,6 +70,7 @@ impl SkbCounters {
         self.rx_bytes += other.rx_bytes;
         self.tx_segs += other.tx_segs;
         self.rx_segs += other.rx_segs;
+        self.rx_fin += other.rx_fin;
     }
 }
 
@@ -97,6 +101,12 @@ pub const FIN_ACKED_STATES: [u32; 4] = [
 ];
 
 impl CloseEvent {
+    /// Payload bytes received in order: `bytes_received` counts the peer's
+    /// FIN in sequence space when it arrived before the socket closed.
+    pub fn payload_received(&self, fin_seen: bool) -> u64 {
+        self.bytes_received.saturating_sub(u64::from(fin_seen))
+    }
+
     /// Payload bytes the peer acknowledged: `bytes_acked` counts the SYN and
     /// the FIN in sequence space, this does not.
     pub fn payload_acked(&self) -> u64 {

@@ -335,9 +335,9 @@ pub fn egret_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-/// TCP payload length and segment count of an skb, from its own headers.
+/// TCP payload length, segment count and FIN flag of an skb, from its own headers.
 #[inline(always)]
-fn tcp_payload(ctx: &SkBuffContext) -> Option<(u64, u64)> {
+fn tcp_payload(ctx: &SkBuffContext) -> Option<(u64, u64, bool)> {
     let first: u8 = ctx.load(0).ok()?;
     let (l3_len, proto) = match first >> 4 {
         4 => (((first & 0x0f) as usize) * 4, ctx.load::<u8>(9).ok()?),
@@ -348,36 +348,38 @@ fn tcp_payload(ctx: &SkBuffContext) -> Option<(u64, u64)> {
         return None;
     }
     let doff: u8 = ctx.load(l3_len + 12).ok()?;
+    let flags: u8 = ctx.load(l3_len + 13).ok()?;
     let hdrs = l3_len as u64 + ((doff >> 4) as u64) * 4;
     let len = ctx.len() as u64;
     let payload = len.saturating_sub(hdrs);
     let segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
-    Some((payload, if segs == 0 { 1 } else { segs }))
+    Some((payload, if segs == 0 { 1 } else { segs }, flags & 0x01 != 0))
 }
 
 #[inline(always)]
 fn count(ctx: &SkBuffContext, egress: bool) -> i32 {
-    let Some((bytes, segs)) = tcp_payload(ctx) else {
+    let Some((bytes, segs, fin)) = tcp_payload(ctx) else {
         return 1;
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if cookie == 0 {
         return 1;
     }
-    if add(cookie, egress, bytes, segs) {
+    let fin = u64::from(fin && !egress);
+    if add(cookie, egress, bytes, segs, fin) {
         return 1;
     }
     // First packet of this socket on any CPU. BPF_NOEXIST so a racing insert
     // from another CPU is never overwritten; then add to whichever won.
     let _ = COUNTERS.insert(&cookie, &SkbCounters::default(), BPF_NOEXIST);
-    if !add(cookie, egress, bytes, segs) {
+    if !add(cookie, egress, bytes, segs, fin) {
         bump(stat::COUNTER_INSERT_FAILED);
     }
     1
 }
 
 #[inline(always)]
-fn add(cookie: u64, egress: bool, bytes: u64, segs: u64) -> bool {
+fn add(cookie: u64, egress: bool, bytes: u64, segs: u64, fin: u64) -> bool {
     let Some(c) = COUNTERS.get_ptr_mut(&cookie) else {
         return false;
     };
@@ -388,6 +390,7 @@ fn add(cookie: u64, egress: bool, bytes: u64, segs: u64) -> bool {
         } else {
             (*c).rx_bytes += bytes;
             (*c).rx_segs += segs;
+            (*c).rx_fin += fin;
         }
     }
     true
