@@ -633,11 +633,11 @@ fn serve_bytes(mut s: std::net::TcpStream) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        // The first numeric token is the size asked for; other lines (HTTP
-        // headers from curl) are ignored.
+        // The first numeric token (bare, or a path `/N`) is the size asked
+        // for; other lines (HTTP headers) are ignored.
         let Some(n) = line
             .split_whitespace()
-            .find_map(|t| t.parse::<usize>().ok())
+            .find_map(|t| t.trim_start_matches('/').parse::<usize>().ok())
         else {
             continue;
         };

@@ -549,12 +549,19 @@ fn egret_exec_runs_sandboxes_with_and_without_their_own_netns() {
     let server = byte_server("0.0.0.0:0");
     // A second server on the captured port, reached through the agent.
     let redirected = byte_server(&format!("0.0.0.0:{captured}"));
-    let curl = "curl -sS -o /dev/null -w '%{size_request} %{size_header} %{size_download}' http://$H:$P/123456";
+    let curl = "curl -sS -m 20 -o /dev/null -w '%{size_request} %{size_header} %{size_download}' http://$H:$P/123456";
     for netns in [false, true] {
         for port in [server.port(), redirected.port()] {
-            let host = if netns { "$(ip route show default | cut -d' ' -f3)" } else { "127.0.0.1" };
+            let host = if netns {
+                "$(ip route show default | cut -d' ' -f3)"
+            } else {
+                "127.0.0.1"
+            };
             let mut cmd = Command::new(egret_bin());
-            cmd.arg("--config").arg(&agent.config).arg("exec").args(["--agent-name", "exec-test"]);
+            cmd.arg("--config")
+                .arg(&agent.config)
+                .arg("exec")
+                .args(["--agent-name", "exec-test"]);
             if netns {
                 cmd.arg("--netns");
             }
@@ -563,7 +570,11 @@ fn egret_exec_runs_sandboxes_with_and_without_their_own_netns() {
                 .output()
                 .unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success(), "exec failed: {stderr}\n{}", agent.log_text());
+            assert!(
+                out.status.success(),
+                "exec failed: {stderr}\n{}",
+                agent.log_text()
+            );
             let inv = stderr
                 .lines()
                 .find_map(|l| l.strip_prefix("egret: invocation "))
@@ -576,10 +587,25 @@ fn egret_exec_runs_sandboxes_with_and_without_their_own_netns() {
                 .collect();
             let recs = agent.wait_records("exec flow", |r| flows_of(r, &inv).len() == 1);
             let f = one_flow(&recs, &inv);
-            assert_eq!(i(f, sc::L4_BYTES_SANDBOX_TX), nums[0], "{}", f.to_json_line());
-            assert_eq!(i(f, sc::L4_BYTES_SANDBOX_RX), nums[1] + nums[2], "{}", f.to_json_line());
+            assert_eq!(
+                i(f, sc::L4_BYTES_SANDBOX_TX),
+                nums[0],
+                "{}",
+                f.to_json_line()
+            );
+            assert_eq!(
+                i(f, sc::L4_BYTES_SANDBOX_RX),
+                nums[1] + nums[2],
+                "{}",
+                f.to_json_line()
+            );
             assert_eq!(nums[2], 123_456);
-            assert_eq!(f.get_bool(sc::L4_REDIRECTED), Some(port == captured), "{}", f.to_json_line());
+            assert_eq!(
+                f.get_bool(sc::L4_REDIRECTED),
+                Some(port == captured),
+                "{}",
+                f.to_json_line()
+            );
             assert_eq!(f.get_str(sc::AGENT_NAME), Some("exec-test"));
         }
     }
