@@ -69,6 +69,38 @@ pub struct NodeConfig {
     /// Extra PEM root certificates the agent trusts for upstream TLS (on top
     /// of the system roots).
     pub upstream_extra_roots: Vec<PathBuf>,
+    /// Listeners for trusted dialers that send a PROXY protocol v2 header
+    /// with attribution TLVs (see `docs/proxy-protocol.md`). Off by default.
+    pub proxy_protocol: ProxyProtocolConfig,
+}
+
+/// Trusted-dialer listeners (PROXY protocol v2). Both live in the agent's
+/// own netns; never expose them to sandboxes.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ProxyProtocolConfig {
+    /// TCP listener (e.g. `127.0.0.1:15008`); peers must be in `trustedCidrs`
+    /// and must not be sandbox sockets.
+    pub listen: Option<SocketAddr>,
+    /// Unix socket, mode 0600; peers must be root or the agent's user and
+    /// outside the sandbox cgroup tree.
+    pub unix_socket: Option<PathBuf>,
+    /// Source networks allowed on `listen` (`10.0.0.0/8`, `127.0.0.1/32`,
+    /// `::1`). Required with `listen`; must not cover sandbox addresses.
+    pub trusted_cidrs: Vec<String>,
+}
+
+impl ProxyProtocolConfig {
+    /// The parsed `trustedCidrs`.
+    pub fn cidrs(&self) -> Result<Vec<crate::proxy_protocol::Cidr>, String> {
+        self.trusted_cidrs
+            .iter()
+            .map(|c| {
+                c.parse()
+                    .map_err(|e| format!("node.proxyProtocol.trustedCidrs: {e}"))
+            })
+            .collect()
+    }
 }
 
 impl Default for NodeConfig {
@@ -84,6 +116,7 @@ impl Default for NodeConfig {
             api_socket: PathBuf::from("/run/egret/api.sock"),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             upstream_extra_roots: vec![],
+            proxy_protocol: ProxyProtocolConfig::default(),
         }
     }
 }
@@ -278,6 +311,35 @@ impl Config {
                 egret_common::limits::MAX_CAPTURE_PORTS
             ));
         }
+        let pp = &n.proxy_protocol;
+        let cidrs = pp.cidrs()?;
+        if let Some(addr) = pp.listen {
+            if cidrs.is_empty() {
+                return Err(
+                    "node.proxyProtocol.listen needs trustedCidrs (the dialers' source networks)"
+                        .into(),
+                );
+            }
+            if addr.port() == 0 || addr.port() == n.listen_port {
+                return Err(
+                    "node.proxyProtocol.listen needs a port of its own (not 0, not node.listenPort)"
+                        .into(),
+                );
+            }
+            if n.capture_ports.contains(&addr.port()) {
+                return Err(
+                    "node.proxyProtocol.listen must not use one of node.capturePorts".into(),
+                );
+            }
+        }
+        if let Some(p) = &pp.unix_socket {
+            if !p.is_absolute() {
+                return Err("node.proxyProtocol.unixSocket must be an absolute path".into());
+            }
+            if *p == n.api_socket {
+                return Err("node.proxyProtocol.unixSocket must not be node.apiSocket".into());
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for g in &self.gateways {
             if !names.insert(g.name.as_str()) {
@@ -310,6 +372,41 @@ mod tests {
         assert_eq!(cfg.node.listen_port, 16000);
         assert_eq!(cfg.node.capture_ports, vec![80, 443]);
         assert_eq!(cfg.node.sandbox_root, PathBuf::from("egret.slice"));
+    }
+
+    #[test]
+    fn proxy_protocol_is_off_by_default_and_validated() {
+        let cfg = Config::parse("node: {}\n", Path::new("x.yaml")).unwrap();
+        let pp = &cfg.node.proxy_protocol;
+        assert!(pp.listen.is_none() && pp.unix_socket.is_none());
+        let cfg = Config::parse(
+            "node:\n  proxyProtocol:\n    listen: 127.0.0.1:15008\n    unixSocket: /run/egret/pp.sock\n    trustedCidrs: [127.0.0.1/32, 'fd00::/8']\n",
+            Path::new("x.yaml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.node.proxy_protocol.cidrs().unwrap().len(), 2);
+        for (bad, why) in [
+            ("listen: 127.0.0.1:15008", "trustedCidrs"),
+            (
+                "listen: 127.0.0.1:15001\n    trustedCidrs: [127.0.0.1]",
+                "port",
+            ),
+            (
+                "listen: 127.0.0.1:443\n    trustedCidrs: [127.0.0.1]",
+                "capturePorts",
+            ),
+            ("trustedCidrs: [10.0.0.1/8]", "host bits"),
+            ("unixSocket: pp.sock", "absolute"),
+            ("bogus: 1", "bogus"),
+        ] {
+            let err = Config::parse(
+                &format!("node:\n  proxyProtocol:\n    {bad}\n"),
+                Path::new("x.yaml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

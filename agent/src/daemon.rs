@@ -31,6 +31,7 @@ use crate::{
     flow,
     policy::Policy,
     proxy::{Proxy, L7},
+    proxy_protocol::{self, Trusted, TrustedOptions},
     record::Record,
     reload::{self, ReloadStatus},
     semconv as sc,
@@ -67,6 +68,10 @@ pub enum RunError {
     Bpf(#[from] bpf::BpfError),
     #[error("redirect listener: {0}")]
     Listen(std::io::Error),
+    #[error(transparent)]
+    ProxyProtocol(#[from] proxy_protocol::TrustedError),
+    #[error("config: {0}")]
+    Config(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -157,7 +162,10 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         .sandbox_root
         .canonicalize()
         .map_err(RunError::Cgroup)?;
-    let registry = Arc::new(Registry::open(root_canon, state_dir.join("registry.json")));
+    let registry = Arc::new(Registry::open(
+        root_canon.clone(),
+        state_dir.join("registry.json"),
+    ));
     registry.restore(&kernel.maps);
 
     let shutdown = CancellationToken::new();
@@ -232,6 +240,22 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         cfg.node.listen_port,
     );
     proxy.ensure_listeners(None).map_err(RunError::Listen)?;
+    let pp = &cfg.node.proxy_protocol;
+    let trusted = Trusted::new(
+        proxy.clone(),
+        kernel.clone(),
+        TrustedOptions {
+            listen: pp.listen,
+            unix_socket: pp.unix_socket.clone(),
+            trusted_cidrs: pp.cidrs().map_err(RunError::Config)?,
+            cgroup_mount: paths
+                .cgroup_mount
+                .canonicalize()
+                .map_err(RunError::Cgroup)?,
+            sandbox_root: root_canon.clone(),
+        },
+    );
+    let trusted_tasks = trusted.start()?;
     for sb in registry.list() {
         if let Some(ns) = sb.netns.as_deref().filter(|p| p.exists()) {
             if let Err(e) = proxy.ensure_listeners(Some(ns)) {
@@ -318,6 +342,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     admin_state.ready.store(false, Ordering::Relaxed);
     // Close events not read yet stay in the pinned ring buffer for the next start.
     closes.abort();
+    for t in trusted_tasks {
+        t.abort();
+    }
+    trusted.cleanup();
+    drop(trusted);
     drop(tx);
     drop(proxy);
     shutdown.cancel();

@@ -16,6 +16,7 @@ pub mod genai;
 pub mod netns;
 pub mod policy;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod record;
 pub mod records;
 pub mod reload;

@@ -12,6 +12,10 @@
 //! ClientHello is terminated (`http::serve_tls`), an HTTP request line is
 //! served as plain HTTP (`http::serve_plain`), anything else is spliced to
 //! the original destination or refused, per the gateway's `nonHttp`.
+//!
+//! This listener never parses PROXY protocol headers: those are only read
+//! on the trusted-dialer listeners (`crate::proxy_protocol`), which hand
+//! their connections to [`Proxy::dispatch`] with the header's attribution.
 pub mod http;
 pub mod io;
 pub mod tap;
@@ -30,6 +34,7 @@ use std::{
 
 use egret_common::{LinkKey, SockTag, AF_INET, AF_INET6};
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpSocket, TcpStream},
     task::JoinHandle,
 };
@@ -49,7 +54,7 @@ use crate::{
 
 /// How long a connection may stay silent before its protocol is known;
 /// server-speaks-first protocols are then spliced.
-const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything the L7 path shares across connections.
 pub struct L7 {
@@ -80,7 +85,27 @@ impl L7 {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where an accepted connection really came from, per the kernel.
+/// Where a connection's attribution came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributionSource {
+    /// The kernel tag of the sandbox socket (redirect listener).
+    Kernel,
+    /// A trusted dialer's PROXY protocol v2 header (`crate::proxy_protocol`).
+    ProxyProtocol,
+}
+
+impl AttributionSource {
+    /// The value of `egret.attribution.source`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttributionSource::Kernel => crate::semconv::ATTRIBUTION_SOURCE_KERNEL,
+            AttributionSource::ProxyProtocol => crate::semconv::ATTRIBUTION_SOURCE_PROXY_PROTOCOL,
+        }
+    }
+}
+
+/// Where an accepted connection really came from: per the kernel, or per a
+/// trusted dialer's PROXY header (then `cookie` is 0 and `tag` empty).
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub cookie: u64,
@@ -88,6 +113,10 @@ pub struct Origin {
     pub dst: SocketAddr,
     pub attribution: Option<Attribution>,
     pub netns: Option<PathBuf>,
+    pub source: AttributionSource,
+    /// Host name of the original request when the dialer said (PROXY
+    /// AUTHORITY TLV): the fallback for a ClientHello without SNI.
+    pub authority: Option<String>,
 }
 
 #[derive(Default)]
@@ -240,6 +269,8 @@ impl Proxy {
             attribution: self.registry.resolve(tag.attr),
             tag,
             netns,
+            source: AttributionSource::Kernel,
+            authority: None,
         })
     }
 
@@ -256,7 +287,18 @@ impl Proxy {
             return;
         };
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        match sniff(&stream).await {
+        let sniffed = sniff(&stream).await;
+        self.dispatch(stream, origin, sniffed).await;
+    }
+
+    /// Serves a connection whose origin is known, by what its first bytes
+    /// are: TLS is terminated, HTTP served, anything else spliced or
+    /// refused per the gateway's `nonHttp`.
+    pub(crate) async fn dispatch<S>(&self, stream: S, origin: Origin, sniffed: Sniffed)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match sniffed {
             Sniffed::Tls => http::serve_tls(self.l7.clone(), stream, origin).await,
             Sniffed::Http => http::serve_plain(self.l7.clone(), stream, origin).await,
             Sniffed::Other => {
@@ -278,7 +320,10 @@ impl Proxy {
         }
     }
 
-    async fn splice(&self, mut client: TcpStream, origin: &Origin) {
+    async fn splice<S>(&self, mut client: S, origin: &Origin)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let mut upstream = match dial(origin.netns.as_deref(), origin.dst).await {
             Ok(s) => s,
             Err(e) => {
@@ -299,7 +344,7 @@ impl Proxy {
     }
 }
 
-enum Sniffed {
+pub(crate) enum Sniffed {
     Tls,
     Http,
     Other,
@@ -312,7 +357,12 @@ async fn sniff(stream: &TcpStream) -> Sniffed {
         Ok(Ok(n)) => n,
         _ => return Sniffed::Other,
     };
-    let b = &buf[..n];
+    classify(&buf[..n])
+}
+
+/// What the first bytes of a connection (up to 8) say it speaks.
+pub(crate) fn classify(b: &[u8]) -> Sniffed {
+    let n = b.len();
     if b.first() == Some(&0x16) {
         return Sniffed::Tls;
     }
@@ -328,7 +378,7 @@ async fn sniff(stream: &TcpStream) -> Sniffed {
     Sniffed::Other
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     s.set_reuse_address(true)?;

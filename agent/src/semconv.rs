@@ -166,3 +166,8 @@ pub const SESSION_ID: &str = "session.id";
 pub const MLFLOW_SPAN_INPUTS: &str = "mlflow.spanInputs";
 pub const MLFLOW_SPAN_OUTPUTS: &str = "mlflow.spanOutputs";
 pub const MLFLOW_SPAN_TYPE: &str = "mlflow.spanType";
+// Values of `egret.attribution.source`.
+/// Attribution from the kernel tag of the sandbox socket.
+pub const ATTRIBUTION_SOURCE_KERNEL: &str = "kernel";
+/// Attribution from a trusted dialer's PROXY protocol v2 TLVs.
+pub const ATTRIBUTION_SOURCE_PROXY_PROTOCOL: &str = "proxy-protocol";

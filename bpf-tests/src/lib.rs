@@ -84,6 +84,9 @@ pub struct AgentOptions {
     pub block_quic: bool,
     /// Appended to the generated config (top-level keys such as `gateways`).
     pub extra_yaml: String,
+    /// Appended inside the generated `node:` block: lines indented by two
+    /// spaces (e.g. `  proxyProtocol:\n    listen: 127.0.0.1:PORT\n`).
+    pub extra_node_yaml: String,
     /// Extra upstream roots (the mock provider's CA).
     pub upstream_roots: Vec<PathBuf>,
 }
@@ -94,6 +97,7 @@ impl Default for AgentOptions {
             capture_ports: vec![],
             block_quic: true,
             extra_yaml: String::new(),
+            extra_node_yaml: String::new(),
             upstream_roots: Vec::new(),
         }
     }
@@ -150,7 +154,7 @@ impl Agent {
         let config = dir.join("egret.yaml");
         let admin_port = free_port();
         let yaml = format!(
-            "node:\n  sandboxRoot: {sandbox_rel}\n  capturePorts: [{}]\n  blockQuic: {}\n  listenPort: {listen_port}\n  stateDir: {}\n  bpffsDir: {}\n  apiSocket: {}\n  adminListen: 127.0.0.1:{}\n  upstreamExtraRoots: [{}]\n{}",
+            "node:\n  sandboxRoot: {sandbox_rel}\n  capturePorts: [{}]\n  blockQuic: {}\n  listenPort: {listen_port}\n  stateDir: {}\n  bpffsDir: {}\n  apiSocket: {}\n  adminListen: 127.0.0.1:{}\n  upstreamExtraRoots: [{}]\n{}{}",
             ports.join(", "),
             opts.block_quic,
             state_dir.display(),
@@ -158,6 +162,7 @@ impl Agent {
             api.display(),
             admin_port,
             roots.join(", "),
+            opts.extra_node_yaml,
             opts.extra_yaml,
         );
         fs::write(&config, yaml).expect("write config");

@@ -21,7 +21,7 @@ use super::{
     io::{ByteCounts, Counted},
     tap::{capturable, Capture, Finisher, L4Snapshot, RequestTap, ResponseTap, Transaction},
     upstream::{ProxyBody, Target, Upstream},
-    Origin, L7,
+    AttributionSource, Origin, L7,
 };
 use crate::{
     budget, credentials,
@@ -77,7 +77,11 @@ where
 {
     let downstream = Arc::new(ByteCounts::default());
     let io = Counted::new(stream, downstream.clone());
-    let fallback = origin.dst.ip().to_string();
+    // No SNI: the dialer's AUTHORITY (PROXY protocol), else the address.
+    let fallback = origin
+        .authority
+        .clone()
+        .unwrap_or_else(|| origin.dst.ip().to_string());
     let accepted =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, l7.terminator.accept(io, Some(&fallback)))
             .await
@@ -255,9 +259,15 @@ fn base_record(conn: &Conn, req: &Request<Incoming>, host: &str, decision: &Deci
     rec.set(sc::START_TIME, now_unix_nanos());
     if let Some(a) = &conn.origin.attribution {
         a.apply(&mut rec);
-        rec.set(sc::ATTRIBUTION_SOURCE, "kernel");
     }
-    rec.set(sc::SOCKET_COOKIE, conn.origin.cookie.to_string());
+    // Kernel: only when the tag resolved. PROXY protocol: always, since the
+    // dialer's header decided (even when it carried no attribution).
+    if conn.origin.attribution.is_some() || conn.origin.source != AttributionSource::Kernel {
+        rec.set(sc::ATTRIBUTION_SOURCE, conn.origin.source.as_str());
+    }
+    if conn.origin.cookie != 0 {
+        rec.set(sc::SOCKET_COOKIE, conn.origin.cookie.to_string());
+    }
     rec.set(sc::HTTP_REQUEST_METHOD, req.method().as_str());
     rec.set(sc::URL_PATH, req.uri().path());
     rec.set(sc::SERVER_ADDRESS, host);
@@ -343,7 +353,11 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     let host = match (&conn.sni, &host_header) {
         (Some(sni), _) => sni.clone(),
         (None, Some(h)) => h.rsplit_once(':').map_or(h.as_str(), |(h, _)| h).to_owned(),
-        (None, None) => conn.origin.dst.ip().to_string(),
+        (None, None) => conn
+            .origin
+            .authority
+            .clone()
+            .unwrap_or_else(|| conn.origin.dst.ip().to_string()),
     };
     let attr = conn.origin.attribution.as_ref();
     let decision = conn.l7.policy.load().decide(attr, Some(&host));
