@@ -8,7 +8,8 @@
 //! ports and QUIC refusal for new connections. Established connections and
 //! queued records are untouched. Settings that need a restart
 //! (`node.listenPort`, `node.sandboxRoot`, state/bpffs/API/admin paths,
-//! `store`) are reported and keep their running values.
+//! `node.proxyProtocol` (trusted dialers), `store`) are reported and keep
+//! their running values.
 use std::{
     path::PathBuf,
     sync::{
@@ -80,6 +81,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.upstream_extra_roots != b.upstream_extra_roots {
         v.push("node.upstreamExtraRoots");
     }
+    if format!("{:?}", a.proxy_protocol) != format!("{:?}", b.proxy_protocol) {
+        v.push("node.proxyProtocol");
+    }
     if format!("{:?}", old.store) != format!("{:?}", new.store) {
         v.push("store");
     }
@@ -127,6 +131,7 @@ impl Targets {
         applied.node.api_socket = self.running.node.api_socket.clone();
         applied.node.admin_listen = self.running.node.admin_listen;
         applied.node.upstream_extra_roots = self.running.node.upstream_extra_roots.clone();
+        applied.node.proxy_protocol = self.running.node.proxy_protocol.clone();
         applied.store = self.running.store.clone();
         self.running = applied;
         Ok(())
