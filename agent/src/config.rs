@@ -280,7 +280,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let cfg: Config = serde_norway::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: match e.location() {
+            message: match e.location().or_else(|| second_document_start(text)) {
                 Some(l) => format!("line {}, column {}: {e}", l.line(), l.column()),
                 None => e.to_string(),
             },
@@ -350,6 +350,27 @@ impl Config {
     }
 }
 
+/// Where the second YAML document of `text` starts, when there is one and
+/// the first alone is a valid config: serde_norway reports "more than one
+/// document" without a position (and a document can start without `---`,
+/// after a line indented less than the first one).
+fn second_document_start(text: &str) -> Option<serde_norway::Location> {
+    /// Accepts nothing, so the error carries the position of the node.
+    struct Nothing;
+    impl<'de> serde::de::Visitor<'de> for Nothing {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a single YAML document")
+        }
+    }
+    let mut docs = serde_norway::Deserializer::from_str(text);
+    Config::deserialize(docs.next()?).ok()?;
+    let second = docs.next()?;
+    serde::Deserializer::deserialize_any(second, Nothing)
+        .err()?
+        .location()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,6 +428,21 @@ mod tests {
             .to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn more_than_one_document_is_rejected_with_position() {
+        // Found by the `config` fuzz target: a less indented line starts a
+        // second document, reported by serde_norway without a position.
+        let err = Config::parse(" node:\ne", Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2, column 1"), "{err}");
+        assert!(err.contains("more than one document"), "{err}");
+        let err = Config::parse("node: {}\n---\ngateways: []\n", Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3, column 1"), "{err}");
     }
 
     #[test]

@@ -70,15 +70,20 @@ impl KeyHasher {
     }
 }
 
-/// The API key a request carries, from headers or query, if any.
+/// The API key a request carries, from headers or query, if any. A
+/// `Bearer` scheme (any case, RFC 9110 §11.1) and the whitespace around the
+/// token are not part of the key, so one key always gets one id.
 pub fn api_key<'a>(headers: &'a http::HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
     for name in ["x-api-key", "api-key", "x-goog-api-key", "authorization"] {
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
-            let v = v.trim();
-            let v = v
-                .strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .unwrap_or(v);
+            let v = v.trim_matches(|c: char| c.is_ascii_whitespace());
+            let v = match v.split_once(|c: char| c.is_ascii_whitespace()) {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    token.trim_start_matches(|c: char| c.is_ascii_whitespace())
+                }
+                None if v.eq_ignore_ascii_case("bearer") => "",
+                _ => v,
+            };
             if !v.is_empty() {
                 return Some(v);
             }
@@ -113,5 +118,34 @@ mod tests {
             Some("AIza1")
         );
         assert!(is_secret_header("X-Goog-Api-Key"));
+    }
+
+    #[test]
+    fn bearer_scheme_and_whitespace_are_not_part_of_the_key() {
+        // Found by the `credentials` fuzz target: a bare scheme was taken
+        // as the key, and other spellings of the scheme or the spacing
+        // gave the same key another id.
+        let auth = |v: &str| {
+            let mut hm = http::HeaderMap::new();
+            hm.insert("authorization", v.parse().unwrap());
+            api_key(&hm, None).map(str::to_owned)
+        };
+        assert_eq!(auth("Bearer"), None);
+        assert_eq!(auth("bearer \t "), None);
+        for v in [
+            "Bearer sk-1",
+            "bearer sk-1",
+            "BEARER sk-1",
+            "Bearer  sk-1",
+            "Bearer\tsk-1 ",
+        ] {
+            assert_eq!(auth(v).as_deref(), Some("sk-1"), "{v:?}");
+        }
+        // Other schemes are kept whole (the credential is the pair).
+        assert_eq!(auth("Basic dXNlcg==").as_deref(), Some("Basic dXNlcg=="));
+        // An empty bearer falls through to the query.
+        let mut hm = http::HeaderMap::new();
+        hm.insert("authorization", "Bearer ".parse().unwrap());
+        assert_eq!(api_key(&hm, Some("key=AIza1")), Some("AIza1"));
     }
 }

@@ -378,6 +378,18 @@ pub(crate) fn classify(b: &[u8]) -> Sniffed {
     Sniffed::Other
 }
 
+/// Fuzzing hook: the classification of a connection's first bytes (only
+/// the first 8 count, as the proxy peeks no more): `"tls"`, `"http"` or
+/// `"other"`.
+#[doc(hidden)]
+pub fn sniff_bytes(b: &[u8]) -> &'static str {
+    match classify(&b[..b.len().min(8)]) {
+        Sniffed::Tls => "tls",
+        Sniffed::Http => "http",
+        Sniffed::Other => "other",
+    }
+}
+
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;

@@ -46,6 +46,8 @@ use rustls::crypto::CryptoProvider;
 pub use bundle::{write_trust_bundle, write_trust_bundle_from, SYSTEM_CA_BUNDLE};
 pub use ca::{Ca, CA_CERT_FILE, CA_KEY_FILE, CA_VALIDITY_DAYS};
 pub use client::{load_pem_certs, UpstreamTls, UpstreamTlsOptions};
+#[doc(hidden)]
+pub use server::read_client_hello;
 pub use server::{
     Accepted, LeafCache, LeafCacheOptions, LeafResolver, Terminator, DEFAULT_CACHE_CAPACITY,
     DEFAULT_LEAF_VALIDITY,

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | test | demo | bench`.
+//! Project tasks: `cargo xtask setup | build-ebpf | test | demo | fuzz`.
 use std::{
     env,
     path::{Path, PathBuf},
@@ -37,6 +37,16 @@ enum Cmd {
     /// Install what is missing (as `setup`), build the release agent and run
     /// the first-run demo.
     Demo,
+    /// Run the cargo-fuzz targets in `fuzz/` (nightly, libFuzzer), each for
+    /// a fixed time, from the checked-in seeds in `fuzz/corpus/<target>`
+    /// plus the local working corpus `fuzz/target/corpus/<target>`.
+    Fuzz {
+        /// Seconds per target (libFuzzer `-max_total_time`).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all of `cargo fuzz list`).
+        targets: Vec<String>,
+    },
 }
 
 const APT_PACKAGES: &[&str] = &[
@@ -182,6 +192,14 @@ fn install_bpf_linker() -> Result<()> {
         .arg(format!("llvm-{major}")))
 }
 
+fn install_cargo_fuzz() -> Result<()> {
+    if has("cargo-fuzz") {
+        println!("cargo-fuzz: present");
+        return Ok(());
+    }
+    run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+}
+
 fn venv_dir() -> PathBuf {
     env::var_os("EGRET_VENV")
         .map(PathBuf::from)
@@ -221,6 +239,7 @@ fn setup(no_apt: bool) -> Result<()> {
         run(nightly().args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
     install_bpf_linker()?;
+    install_cargo_fuzz()?;
     let venv = venv_dir();
     let py = venv.join("bin/python");
     if !py.exists() {
@@ -285,6 +304,141 @@ fn demo() -> Result<()> {
         .env("EGRET_VENV", venv_dir()))
 }
 
+/// libFuzzer options for every target: a per-input time limit (a slow
+/// input is a finding, not a hang of the run) and the final statistics.
+const FUZZ_ARGS: &[&str] = &["-timeout=30", "-rss_limit_mb=2048", "-print_final_stats=1"];
+
+/// `cargo +nightly fuzz …` in `fuzz/`, with the nightly that is installed.
+fn cargo_fuzz(root: &Path) -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(root.join("fuzz"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["+nightly", "fuzz"]);
+    c
+}
+
+/// What one target's run printed at the end.
+#[derive(Default)]
+struct FuzzStats {
+    runs: Option<u64>,
+    seconds: Option<u64>,
+    corpus: Option<u64>,
+}
+
+/// Runs `cmd`, echoing its stderr (libFuzzer's output) while scanning it
+/// for the final statistics.
+fn run_fuzz_target(cmd: &mut Command) -> Result<(bool, FuzzStats)> {
+    use std::io::{BufRead, BufReader, Write};
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {shown}"))?;
+    let mut stats = FuzzStats::default();
+    let stderr = child.stderr.take().context("fuzz stderr")?;
+    let mut out = std::io::stderr().lock();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap_or_default();
+        let _ = writeln!(out, "{line}");
+        let num = |l: &str| l.split(':').next_back()?.trim().parse::<u64>().ok();
+        if line.starts_with("stat::number_of_executed_units:") {
+            stats.runs = num(&line);
+        } else if line.starts_with("stat::new_units_added:") {
+            // Reported as the corpus growth; the size comes from "Done".
+        } else if let Some(rest) = line.strip_prefix("Done ") {
+            // "Done 123456 runs in 10 second(s)"
+            let mut w = rest.split_whitespace();
+            stats.runs = stats.runs.or(w.next().and_then(|n| n.parse().ok()));
+            stats.seconds = w.nth(2).and_then(|n| n.parse().ok());
+        } else if line.contains(" DONE ") || line.contains(" INITED ") {
+            // "#123 DONE cov: 456 ft: 789 corp: 12/3456b ..."
+            stats.corpus = line
+                .split_whitespace()
+                .skip_while(|w| *w != "corp:")
+                .nth(1)
+                .and_then(|c| c.split('/').next()?.parse().ok());
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {shown}"))?;
+    Ok((status.success(), stats))
+}
+
+fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
+    let root = root();
+    if output(nightly().args(["run", "nightly", "rustc", "--version"])).is_err() {
+        bail!("fuzzing needs the nightly toolchain: run `cargo xtask setup`");
+    }
+    install_cargo_fuzz()?;
+    let all: Vec<String> = output(cargo_fuzz(&root).arg("list"))?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let targets: Vec<String> = if targets.is_empty() {
+        all.clone()
+    } else {
+        for t in targets {
+            if !all.contains(t) {
+                bail!("no fuzz target {t:?}; targets: {}", all.join(", "));
+            }
+        }
+        targets.to_vec()
+    };
+    // One build for every target, then the timed runs.
+    let started = std::time::Instant::now();
+    run(cargo_fuzz(&root).arg("build"))?;
+    println!("fuzz: built in {:.0?}", started.elapsed());
+    let mut report = Vec::new();
+    let mut crashed = Vec::new();
+    for t in &targets {
+        let work = root.join("fuzz/target/corpus").join(t);
+        let seeds = root.join("fuzz/corpus").join(t);
+        std::fs::create_dir_all(&work)?;
+        std::fs::create_dir_all(&seeds)?;
+        println!("fuzz: {t} for {seconds}s");
+        let (ok, stats) = run_fuzz_target(
+            cargo_fuzz(&root)
+                .args(["run", t])
+                .arg(&work)
+                .arg(&seeds)
+                .arg("--")
+                .arg(format!("-max_total_time={seconds}"))
+                .args(FUZZ_ARGS),
+        )?;
+        if !ok {
+            crashed.push(t.clone());
+        }
+        report.push((t.clone(), ok, stats));
+    }
+    println!(
+        "\nfuzz summary ({seconds}s per target, built and run in {:.0?}):",
+        started.elapsed()
+    );
+    println!(
+        "{:<20} {:>8} {:>12} {:>8}",
+        "target", "result", "executions", "corpus"
+    );
+    for (t, ok, s) in &report {
+        let n = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
+        println!(
+            "{:<20} {:>8} {:>12} {:>8}",
+            t,
+            if *ok { "ok" } else { "CRASH" },
+            n(s.runs),
+            n(s.corpus)
+        );
+        let _ = s.seconds;
+    }
+    if !crashed.is_empty() {
+        bail!(
+            "fuzz targets failed: {} (inputs in fuzz/artifacts/<target>/; see docs/fuzzing.md)",
+            crashed.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -292,6 +446,7 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo(),
+        Cmd::Fuzz { seconds, targets } => fuzz(seconds, &targets),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -156,7 +156,13 @@ impl SseParser {
                     }
                     let line_part = &rest[..i];
                     if self.line.is_empty() && !self.discarding_line {
-                        self.process_line(line_part, next, &mut on_block);
+                        // The bound `take_partial` applies to a line that
+                        // spans chunks, so that chunking never matters.
+                        if line_part.len() + self.data.len() > self.max_event_bytes {
+                            self.overflow();
+                        } else {
+                            self.process_line(line_part, next, &mut on_block);
+                        }
                     } else {
                         self.take_partial(line_part);
                         let line = std::mem::take(&mut self.line);
@@ -394,6 +400,28 @@ mod tests {
                 vec![ev("message", "ok"), ev("message", "after")],
                 "split {split}"
             );
+        }
+    }
+
+    #[test]
+    fn oversized_lines_overflow_whatever_the_chunking() {
+        // Found by the `sse` fuzz target (minimized): a line over the bound
+        // overflowed only when it arrived in pieces.
+        let stream = b"\x00\xff\xff\xff\x07\r";
+        let whole = collect(&[stream], 4);
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(collect(&bytes, 4), whole);
+        assert!(whole.1);
+        // The same for a comment too long for the bound inside an event:
+        // the event is dropped, at every split.
+        let stream = format!(
+            "data: ok\n\ndata: {{}}\n: {}\n\ndata: after\n\n",
+            "x".repeat(40)
+        );
+        let want = (vec![ev("message", "ok"), ev("message", "after")], true);
+        for i in 0..=stream.len() {
+            let (a, b) = stream.as_bytes().split_at(i);
+            assert_eq!(collect(&[a, b], 32), want, "split at {i}");
         }
     }
 

@@ -312,12 +312,7 @@ impl Terminator {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
             .await
             .map_err(TlsError::ClientHello)?;
-        let hello = start.client_hello();
-        let sni = hello.server_name().map(str::to_owned);
-        let client_alpn: Vec<Vec<u8>> = hello
-            .alpn()
-            .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
-            .unwrap_or_default();
+        let (sni, client_alpn) = hello_info(&start.client_hello());
 
         let (config, cert_name) = match &sni {
             Some(name) => (self.config.clone(), name.clone()),
@@ -342,6 +337,37 @@ impl Terminator {
             client_alpn,
             cert_name,
         })
+    }
+}
+
+/// The SNI (lowercase) and the ALPN offer (in the client's order) of a
+/// ClientHello.
+fn hello_info(hello: &ClientHello<'_>) -> (Option<String>, Vec<Vec<u8>>) {
+    let sni = hello.server_name().map(str::to_owned);
+    let client_alpn: Vec<Vec<u8>> = hello
+        .alpn()
+        .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
+        .unwrap_or_default();
+    (sni, client_alpn)
+}
+
+/// Fuzzing hook: reads a ClientHello from `data` (a client's first bytes)
+/// with the rustls `Acceptor` [`Terminator::accept`] uses and returns what
+/// `accept` takes from it: the SNI and the ALPN offer. `None` when the
+/// bytes are not a complete, acceptable ClientHello.
+#[doc(hidden)]
+pub fn read_client_hello(mut data: &[u8]) -> Option<(Option<String>, Vec<Vec<u8>>)> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    loop {
+        match acceptor.read_tls(&mut data) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => return Some(hello_info(&accepted.client_hello())),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
     }
 }
 

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Writes the generated seed corpora under fuzz/corpus/ (idempotent).
+
+The structured targets read a few control bytes before their payload (see
+each harness's module docs in fuzz/src/); this script puts realistic
+payloads — the provider fixtures of agent/tests/fixtures/genai/, example
+configs, request heads — behind such headers. The ClientHello seeds in
+corpus/sniff_clienthello/ (curl-*, openssl-*, python-*) are captures, not
+generated here: see docs/fuzzing.md.
+
+Run from anywhere: python3 fuzz/seeds.py
+"""
+import gzip
+import os
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIX = os.path.join(HERE, "..", "agent", "tests", "fixtures", "genai")
+OUT = os.path.join(HERE, "corpus")
+SEP = b"\n--egret-fuzz--\n"
+
+
+def fx(name):
+    with open(os.path.join(FIX, name), "rb") as f:
+        return f.read()
+
+
+def write(target, name, data):
+    d = os.path.join(OUT, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "seed-" + name), "wb") as f:
+        f.write(data)
+
+
+def plan(*lens):
+    return bytes([len(lens)]) + bytes(lens)
+
+
+ONE = plan()  # one chunk
+
+# --- sse, usage_filter: [bound][plan][stream] -------------------------------
+STREAMS = [n for n in sorted(os.listdir(FIX)) if n.endswith(".sse")]
+for n in STREAMS:
+    s = fx(n)
+    base = n[:-4]
+    write("sse", base, b"\x00" + ONE + s)
+    write("sse", base + "-crlf-split7", b"\x00" + plan(7) + s.replace(b"\n", b"\r\n"))
+    write("sse", base + "-bound64-bytewise", b"\x10" + plan(1) + s)
+write("sse", "bom-cr-comments", b"\x00" + plan(3, 0) + b"\xef\xbb\xbf: hi\rdata: a\rdata\r\revent: x\ndata: {}\n\n")
+
+for n in ["openai_chat_stream_usage.sse", "openai_chat_stream.sse", "openai_completions_stream.sse"]:
+    s = fx(n)
+    base = n[:-4]
+    write("usage_filter", base, b"\x00" + ONE + s)
+    write("usage_filter", base + "-split5", b"\x00" + plan(5, 200, 1) + s)
+    write("usage_filter", base + "-crlf-bound256", b"\x20" + plan(64) + s.replace(b"\n", b"\r\n"))
+
+# --- genai_exchange: 12 control bytes, plan, request SEP response -----------
+# byte 0 provider, 1 path, 2 method|req type, 3 req encoding, 4 flags,
+# 5 status, 6 resp type, 7 resp encoding, 8-10 limits, 11 reserved.
+PATH = {
+    "chat": 0, "completions": 1, "responses": 2, "embeddings": 3, "messages": 4,
+    "generate": 5, "stream_generate": 6, "embed": 7, "mcp": 8,
+}
+PROV = {"anthropic": 2, "openai": 3, "google": 4, "mcp": 5}
+SSE_T, JSON_T = 0, 1
+ENC = {"identity": 0, "gzip": 1 | 0x10, "deflate": 2 | 0x10, "raw-deflate": 3 | 0x10, "br": 4 | 0x10}
+LIMITS = bytes([14, 13, 18])  # 1 MiB json, 128 KiB events, 64 MiB decoded
+
+
+def exchange(prov, path, req, resp, *, status=0, rtype=SSE_T, enc="identity", flags=0,
+             chunks=ONE, limits=LIMITS):
+    head = bytes([PROV[prov], PATH[path], 0, 0, flags, status, rtype, ENC[enc]]) + limits + b"\x00"
+    return head + chunks + req + SEP + resp
+
+
+oa_req = fx("openai_chat_request.json")
+an_req = fx("anthropic_request.json")
+go_req = fx("google_request.json")
+cases = {
+    "anthropic-stream": exchange("anthropic", "messages", an_req, fx("anthropic_stream.sse")),
+    "anthropic-json": exchange("anthropic", "messages", an_req, fx("anthropic_message.json"), rtype=JSON_T),
+    "anthropic-error": exchange("anthropic", "messages", an_req, fx("anthropic_error.json"), status=6, rtype=JSON_T),
+    "openai-chat-rewrite-filter": exchange("openai", "chat", oa_req, fx("openai_chat_stream_usage.sse"), flags=3),
+    "openai-chat-stream": exchange("openai", "chat", oa_req, fx("openai_chat_stream.sse"), chunks=plan(13)),
+    "openai-chat-json-gzip": exchange("openai", "chat", oa_req, fx("openai_chat.json"), rtype=JSON_T, enc="gzip"),
+    "openai-completions": exchange("openai", "completions", oa_req, fx("openai_completions_stream.sse")),
+    "openai-responses-br": exchange("openai", "responses", oa_req, fx("openai_responses_stream.sse"), enc="br"),
+    "openai-responses-json": exchange("openai", "responses", oa_req, fx("openai_responses.json"), rtype=JSON_T),
+    "openai-embeddings-deflate": exchange("openai", "embeddings", b'{"model":"text-embedding-3-small","input":"hi"}',
+                                          fx("openai_embeddings.json"), rtype=JSON_T, enc="deflate"),
+    "openai-error": exchange("openai", "chat", oa_req, fx("openai_error.json"), status=9, rtype=JSON_T),
+    "openai-small-limits": exchange("openai", "chat", oa_req, fx("openai_chat_stream_usage.sse"), flags=3,
+                                    limits=bytes([0, 3, 0])),
+    "google-generate": exchange("google", "generate", go_req, fx("google_generate.json"), rtype=JSON_T),
+    "google-stream": exchange("google", "stream_generate", go_req, fx("google_stream.sse"), enc="raw-deflate"),
+    "google-stream-array": exchange("google", "stream_generate", go_req, fx("google_stream_array.json"), rtype=JSON_T),
+    "google-embed": exchange("google", "embed", go_req, fx("google_embed.json"), rtype=JSON_T),
+    "google-error": exchange("google", "generate", go_req, fx("google_error.json"), status=6, rtype=JSON_T),
+    "mcp-tools-call": exchange("mcp", "mcp", fx("mcp_tools_call_request.json"), fx("mcp_tools_call_response.sse")),
+}
+for k, v in cases.items():
+    write("genai_exchange", k, v)
+
+
+# --- mcp: [provider][resp type][status][flags], plan, request SEP response --
+def mcp(req, resp, *, routed=False, rtype=JSON_T, status=0, flags=0, chunks=ONE):
+    return bytes([1 if routed else 0, rtype, status, flags]) + chunks + req + SEP + resp
+
+
+write("mcp", "initialize", mcp(fx("mcp_initialize_request.json"), fx("mcp_initialize_response.json"), flags=8))
+write("mcp", "tools-call-sse", mcp(fx("mcp_tools_call_request.json"), fx("mcp_tools_call_response.sse"),
+                                   rtype=SSE_T, flags=4, chunks=plan(9)))
+write("mcp", "rpc-error", mcp(b'{"jsonrpc":"2.0","id":"a-1","method":"resources/read","params":{"uri":"file:///x"}}',
+                              fx("mcp_rpc_error_response.json"), routed=True))
+write("mcp", "tool-error", mcp(fx("mcp_tools_call_request.json"), fx("mcp_tool_error_response.json")))
+write("mcp", "notification-202", mcp(b'{"jsonrpc":"2.0","method":"notifications/initialized"}', b"", status=4))
+write("mcp", "batch", mcp(b'[{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p"}},{"jsonrpc":"2.0","method":"x"}]',
+                          b'[{"jsonrpc":"2.0","id":1,"result":{}}]'))
+
+# --- body_tap: [max/3][flags][plan][body] ------------------------------------
+write("body_tap", "json-enabled", bytes([255, 1]) + ONE + fx("openai_chat.json"))
+write("body_tap", "sse-truncated-split", bytes([40, 1]) + plan(17, 255) + fx("anthropic_stream.sse"))
+write("body_tap", "utf8-cut", bytes([3, 1]) + plan(2) + "héron ✓ 鷺".encode())
+write("body_tap", "binary-abort", bytes([10, 1 | 2 | (2 << 2)]) + plan(4) + gzip.compress(b"x" * 100, mtime=0))
+write("body_tap", "disabled", bytes([10, 0]) + plan(0) + zlib.compress(b"y" * 50))
+
+# --- sniff_clienthello: request heads next to the captured ClientHellos -------
+write("sniff_clienthello", "http11-get", b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
+write("sniff_clienthello", "http2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+write("sniff_clienthello", "ssh-banner", b"SSH-2.0-OpenSSH_9.2p1\r\n")
+hello = open(os.path.join(OUT, "sniff_clienthello", "openssl-google-alpn"), "rb").read()
+body = hello[5:]
+# The same ClientHello fragmented over two TLS records.
+frag = b"".join(hello[:3] + len(part).to_bytes(2, "big") + part for part in (body[:40], body[40:]))
+write("sniff_clienthello", "openssl-google-fragmented", frag)
+
+# --- config: example configs from the docs and tests -------------------------
+CONFIGS = {
+    "empty": "",
+    "node": "node:\n  capturePorts: [443, 8443]\n  listenPort: 16000\n  blockQuic: false\n",
+    "policy": "gateways:\n- name: team-a\n  selector: {namespaces: [a]}\n  defaultPolicy: allow-all\n- name: rest\n",
+    "providers": "gateways:\n- name: providers\n  routes:\n  - {name: anthropic, hosts: [api.anthropic.com], provider: anthropic}\n"
+                 "  - {name: google, hosts: [generativelanguage.googleapis.com], provider: google}\n"
+                 "  - {name: tools, hosts: [mcp.local], provider: mcp}\n",
+    "budgets": "gateways:\n- name: test-gw\n  defaultPolicy: deny-all\n  routes:\n"
+               "  - {name: openai, hosts: ['*.openai.com'], provider: openai}\n"
+               "  budgets:\n  - {namespace: tests, name: '', dailyTokens: 20}\n"
+               "  captureBody: {maxBytes: 1024, includeContentTypes: [application/json]}\n"
+               "  rewriteStreamUsage: false\n  nonHttp: refuse\n",
+    "otlp": "gateways:\n  - name: prod-agents\n    otlp:\n      endpoint: https://api.honeycomb.io\n      headers:\n"
+            "        x-honeycomb-team: \"${HONEYCOMB_API_KEY}\"\n      signals: {traces: true, logs: true, metrics: true}\n"
+            "      sampling: 1.0\n      conventions: [openinference]\n      timeout: 10s\n      queueCapacity: 10000\n"
+            "      metricsInterval: 60s\n",
+    "store": "store:\n  spool: {dir: /var/lib/egret/spool, maxBytes: 1073741824, segmentBytes: 67108864}\n"
+             "  clickhouse: {url: 'http://127.0.0.1:8123', database: egret, user: '${CH_USER}', batchRows: 1000,"
+             " flushInterval: 500ms, insertTimeout: 30s}\n",
+    "unknown-key": "node:\n  capturePorts: [443]\n  bogus: 1\n",
+    "anchors": "gateways:\n- &g {name: a}\n- {name: b, selector: {agentNames: [x, y]}}\n",
+}
+for k, v in CONFIGS.items():
+    write("config", k, v.encode())
+
+# --- credentials: arbitrary-structured; text seeds give it material ----------
+write("credentials", "bearer", b"\x02\x03Bearer  sk-test-123\x00\x01key=AIza&alt=sse")
+write("credentials", "goog", b"\x02AIzaSyA-example\x01\x01alt=sse&key=AIzaSyB")

@@ -1,0 +1,34 @@
+//! Fuzz harnesses for the egret agent (see `docs/fuzzing.md`).
+//!
+//! Each `fuzz_targets/<name>.rs` is a one-line `fuzz_target!` calling the
+//! function of the same name here, so the harnesses (input layout, the
+//! invariants they assert) live in one library that can be read and
+//! reviewed like any other code. Every harness must never panic on its own:
+//! a panic is a finding (an agent bug, or an invariant stated wrongly).
+//!
+//! Structured targets read a few control bytes first (choices, limits, a
+//! chunking plan — [`input`]) and take the rest as payload, so realistic
+//! seeds (provider streams, JSON bodies) are the raw fixture bytes behind a
+//! short header: see `fuzz/seeds.py`.
+
+pub mod body_tap;
+pub mod config;
+pub mod credentials;
+pub mod exchange;
+pub mod input;
+pub mod oracle;
+pub mod sniff;
+pub mod sse;
+pub mod track;
+pub mod usage_filter;
+
+pub use body_tap::body_tap;
+pub use config::config;
+pub use credentials::credentials;
+pub use exchange::{genai_exchange, mcp};
+pub use sniff::sniff_clienthello;
+pub use sse::sse;
+pub use usage_filter::usage_filter;
+
+#[global_allocator]
+static ALLOC: track::Tracking = track::Tracking;
