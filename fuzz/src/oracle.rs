@@ -238,8 +238,11 @@ impl TopLevel {
 /// A Chat Completions usage-only chunk in the sense the filter may strip:
 /// a JSON object with `"choices": []` and an object `usage` (necessary
 /// conditions; the agent additionally requires the chunk to deserialize).
+/// Invalid UTF-8 inside strings is tolerated, as serde_json does in the
+/// fields the agent skips.
 pub fn may_be_usage_only_chunk(data: &[u8]) -> bool {
-    let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(data) else {
+    let text = String::from_utf8_lossy(data);
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(&text) else {
         return false;
     };
     let empty_choices = m

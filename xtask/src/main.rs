@@ -308,12 +308,18 @@ fn demo() -> Result<()> {
 /// input is a finding, not a hang of the run) and the final statistics.
 const FUZZ_ARGS: &[&str] = &["-timeout=30", "-rss_limit_mb=2048", "-print_final_stats=1"];
 
-/// `cargo +nightly fuzz …` in `fuzz/`, with the nightly that is installed.
-fn cargo_fuzz(root: &Path) -> Command {
+/// `cargo +nightly fuzz <sub>` in `fuzz/`, with the nightly that is
+/// installed. Builds always go to `fuzz/target` (sanitizer flags: never
+/// mixed with a `CARGO_TARGET_DIR` of normal builds).
+fn cargo_fuzz(root: &Path, sub: &str) -> Command {
     let mut c = Command::new("cargo");
     c.current_dir(root.join("fuzz"))
         .env_remove("RUSTUP_TOOLCHAIN")
-        .args(["+nightly", "fuzz"]);
+        .env_remove("CARGO_TARGET_DIR")
+        .args(["+nightly", "fuzz", sub]);
+    if sub != "list" {
+        c.arg("--target-dir").arg(root.join("fuzz/target"));
+    }
     c
 }
 
@@ -322,6 +328,7 @@ fn cargo_fuzz(root: &Path) -> Command {
 struct FuzzStats {
     runs: Option<u64>,
     seconds: Option<u64>,
+    /// Corpus entries at the end (seeds and working corpus).
     corpus: Option<u64>,
 }
 
@@ -343,14 +350,12 @@ fn run_fuzz_target(cmd: &mut Command) -> Result<(bool, FuzzStats)> {
         let num = |l: &str| l.split(':').next_back()?.trim().parse::<u64>().ok();
         if line.starts_with("stat::number_of_executed_units:") {
             stats.runs = num(&line);
-        } else if line.starts_with("stat::new_units_added:") {
-            // Reported as the corpus growth; the size comes from "Done".
         } else if let Some(rest) = line.strip_prefix("Done ") {
             // "Done 123456 runs in 10 second(s)"
             let mut w = rest.split_whitespace();
             stats.runs = stats.runs.or(w.next().and_then(|n| n.parse().ok()));
             stats.seconds = w.nth(2).and_then(|n| n.parse().ok());
-        } else if line.contains(" DONE ") || line.contains(" INITED ") {
+        } else if matches!(line.split_whitespace().nth(1), Some("DONE" | "INITED")) {
             // "#123 DONE cov: 456 ft: 789 corp: 12/3456b ..."
             stats.corpus = line
                 .split_whitespace()
@@ -371,7 +376,7 @@ fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
         bail!("fuzzing needs the nightly toolchain: run `cargo xtask setup`");
     }
     install_cargo_fuzz()?;
-    let all: Vec<String> = output(cargo_fuzz(&root).arg("list"))?
+    let all: Vec<String> = output(&mut cargo_fuzz(&root, "list"))?
         .lines()
         .map(str::to_owned)
         .collect();
@@ -387,7 +392,7 @@ fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
     };
     // One build for every target, then the timed runs.
     let started = std::time::Instant::now();
-    run(cargo_fuzz(&root).arg("build"))?;
+    run(&mut cargo_fuzz(&root, "build"))?;
     println!("fuzz: built in {:.0?}", started.elapsed());
     let mut report = Vec::new();
     let mut crashed = Vec::new();
@@ -398,8 +403,8 @@ fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
         std::fs::create_dir_all(&seeds)?;
         println!("fuzz: {t} for {seconds}s");
         let (ok, stats) = run_fuzz_target(
-            cargo_fuzz(&root)
-                .args(["run", t])
+            cargo_fuzz(&root, "run")
+                .arg(t)
                 .arg(&work)
                 .arg(&seeds)
                 .arg("--")
@@ -416,19 +421,19 @@ fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
         started.elapsed()
     );
     println!(
-        "{:<20} {:>8} {:>12} {:>8}",
-        "target", "result", "executions", "corpus"
+        "{:<20} {:>8} {:>8} {:>12} {:>8}",
+        "target", "result", "seconds", "executions", "corpus"
     );
     for (t, ok, s) in &report {
         let n = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
         println!(
-            "{:<20} {:>8} {:>12} {:>8}",
+            "{:<20} {:>8} {:>8} {:>12} {:>8}",
             t,
-            if *ok { "ok" } else { "CRASH" },
+            if *ok { "ok" } else { "FAILED" },
+            n(s.seconds),
             n(s.runs),
             n(s.corpus)
         );
-        let _ = s.seconds;
     }
     if !crashed.is_empty() {
         bail!(

@@ -129,9 +129,11 @@ impl SseParser {
                 return;
             }
         }
-        if self.skip_lf {
+        // Only a byte can tell whether the `\r` was half of a `\r\n`: an
+        // empty chunk leaves the question open.
+        if self.skip_lf && pos < chunk.len() {
             self.skip_lf = false;
-            if chunk.get(pos) == Some(&b'\n') {
+            if chunk[pos] == b'\n' {
                 pos += 1;
             }
         }
@@ -423,6 +425,21 @@ mod tests {
             let (a, b) = stream.as_bytes().split_at(i);
             assert_eq!(collect(&[a, b], 32), want, "split at {i}");
         }
+    }
+
+    #[test]
+    fn empty_chunk_inside_crlf_is_no_blank_line() {
+        // Found by the `sse` fuzz target (minimized: "\r", "", "\n" gave two
+        // blocks): an empty chunk between the halves of a `\r\n` made the
+        // `\n` a blank line of its own, which split events.
+        let mut p = SseParser::new(64);
+        let mut blocks = 0;
+        for c in [&b"\r"[..], b"", b"\n"] {
+            p.feed(c, |_| blocks += 1);
+        }
+        assert_eq!(blocks, 1);
+        let chunks: [&[u8]; 4] = [b"data: a\r", b"", b"\ndata: b\r\n", b"\r\n"];
+        assert_eq!(collect(&chunks, 64).0, vec![ev("message", "a\nb")]);
     }
 
     #[test]
