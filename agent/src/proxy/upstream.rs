@@ -17,6 +17,16 @@ use crate::tls::{UpstreamTls, ALPN_H2, ALPN_HTTP11};
 
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
+/// HTTP/2 flow-control windows towards providers. h2 closes a connection
+/// (GOAWAY `ENHANCE_YOUR_CALM`) once the framing overhead of buffered small
+/// DATA frames passes half the connection window; an SSE stream of tiny
+/// events that arrives faster than a busy agent forwards it would trip that
+/// with hyper's defaults (2 MiB per stream, 5 MiB per connection). A smaller
+/// stream window and a larger connection window keep a stream of ~50-byte
+/// events within the budget (1 MiB / 50 B × 206 B ≈ 4 MiB < 8 MiB).
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+const H2_CONN_WINDOW: u32 = 16 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("connecting to {dst}: {source}")]
@@ -120,7 +130,10 @@ impl Upstream {
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(ALPN_H2);
                 let io = TokioIo::new(tls);
                 if h2 {
-                    let (s, conn) = hyper::client::conn::http2::handshake(exec, io)
+                    let (s, conn) = hyper::client::conn::http2::Builder::new(exec)
+                        .initial_stream_window_size(H2_STREAM_WINDOW)
+                        .initial_connection_window_size(H2_CONN_WINDOW)
+                        .handshake(io)
                         .await
                         .map_err(|source| UpstreamError::Handshake { dst, source })?;
                     tokio::spawn(conn);
