@@ -7,6 +7,7 @@
 //! or machine lacks prints why and returns — except when `CI` is set, where
 //! it fails instead: CI never silently skips.
 pub mod clickhouse_rig;
+pub mod world;
 
 use std::{
     fs,
@@ -86,6 +87,8 @@ pub struct AgentOptions {
     pub extra_yaml: String,
     /// Extra upstream roots (the mock provider's CA).
     pub upstream_roots: Vec<PathBuf>,
+    /// Soft RLIMIT_NOFILE the agent process starts with (None: inherited).
+    pub nofile_soft: Option<u64>,
 }
 
 impl Default for AgentOptions {
@@ -95,6 +98,7 @@ impl Default for AgentOptions {
             block_quic: true,
             extra_yaml: String::new(),
             upstream_roots: Vec::new(),
+            nofile_soft: None,
         }
     }
 }
@@ -112,6 +116,7 @@ pub struct Agent {
     pub state_dir: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    nofile_soft: Option<u64>,
 }
 
 /// A free TCP port on loopback (bound then released).
@@ -164,6 +169,7 @@ impl Agent {
             admin_port,
             state_dir,
             child: None,
+            nofile_soft: opts.nofile_soft,
         };
         agent.spawn();
         agent
@@ -177,15 +183,33 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("agent log");
-        let child = Command::new(egret_bin())
-            .arg("--config")
+        let mut cmd = Command::new(egret_bin());
+        cmd.arg("--config")
             .arg(&self.config)
             .arg("run")
             .env("EGRET_LOG", "info")
             .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn egret run");
+            .stderr(log);
+        if let Some(soft) = self.nofile_soft {
+            // SAFETY: only setrlimit(2) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("spawn egret run");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -214,14 +238,79 @@ impl Agent {
 
     /// `GET /status` from the admin listener, as JSON.
     pub fn status(&self) -> Value {
+        let body = self.admin_get("/status");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("status {body:?}: {e}"))
+    }
+
+    /// `GET /metrics` from the admin listener (Prometheus text).
+    pub fn metrics(&self) -> String {
+        self.admin_get("/metrics")
+    }
+
+    /// The value of one metric series (`name{labels}` exactly as exposed).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == series).then(|| v.parse().ok()).flatten()
+        })
+    }
+
+    fn admin_get(&self, path: &str) -> String {
         use std::io::Read;
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin");
-        s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n")
-            .expect("write");
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
         let mut buf = String::new();
         s.read_to_string(&mut buf).expect("read");
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("status {body:?}: {e}"))
+        buf.split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// The agent's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Open file descriptors of the agent process.
+    pub fn fd_count(&self) -> usize {
+        let pid = self.pid().expect("agent running");
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("/proc/PID/fd")
+            .count()
+    }
+
+    /// (VmRSS, VmHWM) of the agent process, in KiB.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let pid = self.pid().expect("agent running");
+        proc_rss_kib(pid)
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`) for the agent to exit;
+    /// returns its status and how long it took. Panics on timeout (after
+    /// killing it).
+    pub fn terminate(&mut self, timeout: Duration) -> (std::process::ExitStatus, Duration) {
+        let mut c = self.child.take().expect("agent running");
+        let t0 = Instant::now();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        loop {
+            if let Some(st) = c.try_wait().expect("wait agent") {
+                let _ = fs::remove_file(&self.api);
+                return (st, t0.elapsed());
+            }
+            if t0.elapsed() > timeout {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "agent did not exit within {timeout:?} of SIGTERM:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -356,6 +445,38 @@ impl Drop for Agent {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// (VmRSS, VmHWM) of a process, in KiB.
+pub fn proc_rss_kib(pid: u32) -> (u64, u64) {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to at least `n` (the hard
+/// limit too when needed: we are root). Children inherit it.
+pub fn raise_nofile(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    if lim.rlim_cur >= n {
+        return;
+    }
+    lim.rlim_cur = n;
+    lim.rlim_max = lim.rlim_max.max(n);
+    // SAFETY: valid pointer to an initialised rlimit.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
 }
 
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
