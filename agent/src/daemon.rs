@@ -131,6 +131,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(RunError::NotRoot);
     }
+    let fd_limit = raise_fd_limit();
     let paths = NodePaths::resolve(&cfg)?;
     std::fs::create_dir_all(&paths.sandbox_root).map_err(RunError::Cgroup)?;
     let root_rel = paths.sandbox_root_rel();
@@ -291,6 +292,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             .run(),
         );
     }
+    tokio::spawn(trim_heap(shutdown.child_token()));
     let admin_task = admin::serve(cfg.node.admin_listen, admin_state.clone())
         .await
         .map_err(RunError::Admin)?;
@@ -302,6 +304,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         programs = ?kernel.attachment,
         api = %cfg.node.api_socket.display(),
         listen_port = cfg.node.listen_port,
+        fd_limit,
         "egret running"
     );
 
@@ -329,6 +332,62 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     admin_task.abort();
     let _ = std::fs::remove_file(&cfg.node.api_socket);
     Ok(())
+}
+
+/// How often freed heap memory is handed back to the kernel.
+const HEAP_TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
+/// glibc keeps memory freed by the proxy's tasks in per-thread arenas: after
+/// a burst of thousands of connections RSS would stay at the burst's peak
+/// (and count against the pod's memory limit) although the live heap is a
+/// few MiB. `malloc_trim` returns the free pages; cheap when there is
+/// nothing to return.
+async fn trim_heap(stop: CancellationToken) {
+    let mut tick = tokio::time::interval(HEAP_TRIM_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the limit
+/// in force. Every proxied connection holds two descriptors (sandbox and
+/// provider legs); the usual default soft limit of 1024 would cap the agent
+/// at a few hundred concurrent sandbox connections.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: valid pointer to an initialised rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+        tracing::warn!(
+            soft = lim.rlim_cur,
+            hard = lim.rlim_max,
+            "cannot raise the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    lim.rlim_cur
 }
 
 /// The node CA (created on first run), the trust bundle sandboxes use, the

@@ -299,33 +299,60 @@ impl Proxy {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sniffed {
     Tls,
     Http,
     Other,
 }
 
-/// Looks at the first bytes without consuming them.
+/// Bytes of the first segment(s) looked at.
+const SNIFF_BYTES: usize = 8;
+
+/// Looks at the first bytes without consuming them, waiting (up to
+/// [`SNIFF_TIMEOUT`]) while they could still be the start of an HTTP request
+/// line: a client that sends "G", then "ET / HTTP/1.1…" is served as HTTP,
+/// never spliced past the policy. Silence is `Other` (server-speaks-first).
 async fn sniff(stream: &TcpStream) -> Sniffed {
-    let mut buf = [0u8; 8];
-    let n = match tokio::time::timeout(SNIFF_TIMEOUT, stream.peek(&mut buf)).await {
-        Ok(Ok(n)) => n,
-        _ => return Sniffed::Other,
-    };
-    let b = &buf[..n];
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    let mut buf = [0u8; SNIFF_BYTES];
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return Sniffed::Other,
+        };
+        if n == 0 {
+            return Sniffed::Other;
+        }
+        if let Some(kind) = classify(&buf[..n]) {
+            return kind;
+        }
+        // An HTTP-looking prefix: wait for more (peek returns at once while
+        // the same bytes are queued, so pause between looks).
+        if tokio::time::Instant::now() + pause >= deadline {
+            return Sniffed::Http;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Decides on the first bytes; None while they may still be an HTTP method.
+fn classify(b: &[u8]) -> Option<Sniffed> {
     if b.first() == Some(&0x16) {
-        return Sniffed::Tls;
+        return Some(Sniffed::Tls);
     }
-    // An HTTP/1 request line starts with an upper-case method token.
+    // An HTTP/1 request line starts with an upper-case method token (h2
+    // prior knowledge: "PRI * HTTP/2.0").
     let method_len = b.iter().take_while(|c| c.is_ascii_uppercase()).count();
-    if method_len >= 3 && (method_len == n || b[method_len] == b' ') {
-        return Sniffed::Http;
+    if method_len == b.len() {
+        return (method_len >= SNIFF_BYTES).then_some(Sniffed::Http);
     }
-    // h2 prior knowledge: "PRI * HTTP/2.0"
-    if b.starts_with(b"PRI ") {
-        return Sniffed::Http;
+    if method_len >= 3 && b[method_len] == b' ' {
+        return Some(Sniffed::Http);
     }
-    Sniffed::Other
+    Some(Sniffed::Other)
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -357,4 +384,25 @@ pub async fn dial(netns: Option<&Path>, dst: SocketAddr) -> std::io::Result<TcpS
     tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(dst))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_bytes_decide_only_when_they_can() {
+        assert_eq!(classify(&[0x16, 3, 1]), Some(Sniffed::Tls));
+        assert_eq!(classify(b"GET / HT"), Some(Sniffed::Http));
+        assert_eq!(classify(b"PRI * HT"), Some(Sniffed::Http));
+        assert_eq!(classify(b"PROPFIND"), Some(Sniffed::Http));
+        assert_eq!(classify(b"SSH-2.0-"), Some(Sniffed::Other));
+        assert_eq!(classify(b"\0GET / "), Some(Sniffed::Other));
+        assert_eq!(classify(b"get / ht"), Some(Sniffed::Other));
+        // Split request lines are not decided yet (not spliced past policy).
+        assert_eq!(classify(b"G"), None);
+        assert_eq!(classify(b"GE"), None);
+        assert_eq!(classify(b"GET"), None);
+        assert_eq!(classify(b"GET "), Some(Sniffed::Http));
+    }
 }

@@ -460,9 +460,10 @@ pub fn proc_rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Raises this process's soft RLIMIT_NOFILE to at least `n` (the hard
-/// limit too when needed: we are root). Children inherit it.
-pub fn raise_nofile(n: u64) {
+/// Raises this process's soft RLIMIT_NOFILE towards `n` (children inherit
+/// it): to the hard limit at most, above it when allowed (CAP_SYS_RESOURCE).
+/// Returns the soft limit now in force.
+pub fn raise_nofile(n: u64) -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -470,13 +471,24 @@ pub fn raise_nofile(n: u64) {
     // SAFETY: valid out-pointer.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
     if lim.rlim_cur >= n {
-        return;
+        return lim.rlim_cur;
     }
-    lim.rlim_cur = n;
-    lim.rlim_max = lim.rlim_max.max(n);
-    // SAFETY: valid pointer to an initialised rlimit.
-    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    for want in [
+        libc::rlimit {
+            rlim_cur: n,
+            rlim_max: lim.rlim_max.max(n),
+        },
+        libc::rlimit {
+            rlim_cur: n.min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        },
+    ] {
+        // SAFETY: valid pointer to an initialised rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            return want.rlim_cur;
+        }
+    }
+    lim.rlim_cur
 }
 
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -647,6 +659,12 @@ impl HeldClient {
         let stdin = self.child.stdin.as_mut().expect("stdin");
         writeln!(stdin, "{cmd}").expect("write client");
         stdin.flush().expect("flush");
+    }
+
+    /// Waits for the client to exit on its own (after its last report).
+    pub fn finish_quietly(mut self) {
+        let st = self.child.wait().expect("wait client");
+        assert!(st.success(), "client failed: {st}");
     }
 
     pub fn finish(mut self) {
