@@ -69,6 +69,16 @@ pub struct NodeConfig {
     /// Extra PEM root certificates the agent trusts for upstream TLS (on top
     /// of the system roots).
     pub upstream_extra_roots: Vec<PathBuf>,
+    /// On SIGTERM, how long connections in flight may take to finish (e.g.
+    /// `20s`) before they are closed.
+    #[serde(deserialize_with = "de_duration")]
+    #[schemars(with = "String")]
+    pub drain_timeout: std::time::Duration,
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom)
 }
 
 impl Default for NodeConfig {
@@ -84,6 +94,7 @@ impl Default for NodeConfig {
             api_socket: PathBuf::from("/run/egret/api.sock"),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             upstream_extra_roots: vec![],
+            drain_timeout: std::time::Duration::from_secs(20),
         }
     }
 }

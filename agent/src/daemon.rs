@@ -49,6 +49,9 @@ const RECORD_QUEUE: usize = 65_536;
 const RECORD_BATCH: usize = 4_096;
 /// Records buffered for `egret tail` viewers; slower viewers skip ahead.
 const TAIL_BUFFER: usize = 4_096;
+/// After spool appends failed, how long they must keep succeeding before
+/// the spool is reported writable again (one log line per episode).
+const SPOOL_RECOVERY_QUIET: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -214,6 +217,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         ),
         records: tx.clone(),
         dropped_records: AtomicU64::new(0),
+        drain: Default::default(),
     });
     let recorder = tokio::spawn(record_loop(
         spool,
@@ -241,10 +245,12 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         }
     }
 
+    let closes_stop = CancellationToken::new();
     let closes = tokio::spawn(flow::run_close_loop(
         kernel.clone(),
         registry.clone(),
         tx.clone(),
+        closes_stop.clone(),
     ));
     let api_state = Arc::new(api::ApiState {
         registry: registry.clone(),
@@ -317,10 +323,24 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             if let Ok(Err(e)) = r { return Err(e.into()); }
         }
     }
-    tracing::info!("shutting down: flushing records");
     admin_state.ready.store(false, Ordering::Relaxed);
-    // Close events not read yet stay in the pinned ring buffer for the next start.
-    closes.abort();
+    let grace = cfg.node.drain_timeout;
+    tracing::info!(?grace, "shutting down: draining connections");
+    let drained = l7.drain.run(grace).await;
+    if drained.forced > 0 {
+        tracing::warn!(
+            in_flight = drained.in_flight,
+            closed = drained.forced,
+            "drain bound reached: connections closed (their transactions are recorded with error.type=agent_shutdown)"
+        );
+    } else {
+        tracing::info!(in_flight = drained.in_flight, "connections drained");
+    }
+    tracing::info!("shutting down: flushing records");
+    // The close events the kernel has queued so far become flow records
+    // now; later ones stay in the pinned ring buffer for the next start.
+    closes_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), closes).await;
     drop(tx);
     drop(proxy);
     shutdown.cancel();
@@ -495,6 +515,9 @@ async fn record_loop(
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
+    // Since appends started failing: records lost, and when the last
+    // append failed (None: appends succeed).
+    let mut failing: Option<(u64, std::time::Instant)> = None;
     loop {
         batch.clear();
         let n = tokio::select! {
@@ -512,18 +535,52 @@ async fn record_loop(
         }
         // fsync blocks: keep it off the runtime's other tasks.
         match tokio::task::block_in_place(|| spool.append(&batch)) {
-            Ok(o) if o.dropped > 0 => {
-                out.stats
-                    .spool_dropped
-                    .fetch_add(o.dropped as u64, Ordering::Relaxed);
-                tracing::warn!(dropped = o.dropped, "spool full: records dropped");
+            Ok(o) => {
+                if o.dropped > 0 {
+                    out.stats
+                        .spool_dropped
+                        .fetch_add(o.dropped as u64, Ordering::Relaxed);
+                    tracing::warn!(dropped = o.dropped, "spool full: records dropped");
+                }
+                // On a nearly full disk small batches may still fit between
+                // failing big ones: recovered only after a quiet spell.
+                if let Some((lost, last)) = failing {
+                    if last.elapsed() >= SPOOL_RECOVERY_QUIET {
+                        failing = None;
+                        tracing::warn!(
+                            dropped = lost,
+                            "spool writable again; records are being kept again"
+                        );
+                    }
+                }
             }
-            Ok(_) => {}
             Err(e) => {
                 out.stats
                     .spool_dropped
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                tracing::error!("spool append failed: {e}");
+                // One line when it starts failing, one when it recovers: a
+                // full disk under load must not flood the log.
+                match failing.as_mut() {
+                    Some((lost, last)) => {
+                        *lost += batch.len() as u64;
+                        *last = std::time::Instant::now();
+                    }
+                    None => {
+                        failing = Some((batch.len() as u64, std::time::Instant::now()));
+                        if e.is_disk_full() {
+                            tracing::error!(
+                                "spool disk full ({e}): records are dropped (counted in \
+                                 egret_records_dropped_total{{stage=\"spool\"}}) until space \
+                                 is freed; capture goes on"
+                            );
+                        } else {
+                            tracing::error!(
+                                "spool append failed ({e}): records are dropped until it \
+                                 succeeds again; capture goes on"
+                            );
+                        }
+                    }
+                }
             }
         }
         out.fan_out(std::mem::take(&mut batch));

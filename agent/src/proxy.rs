@@ -33,6 +33,7 @@ use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
     task::JoinHandle,
 };
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     attribution::{Attribution, Registry},
@@ -61,6 +62,52 @@ pub struct L7 {
     pub keys: Arc<KeyHasher>,
     pub records: tokio::sync::mpsc::Sender<Record>,
     pub dropped_records: AtomicU64,
+    /// Shutdown state shared by every connection.
+    pub drain: Drain,
+}
+
+/// Graceful shutdown, after ztunnel's drain: stop accepting, let every
+/// connection finish what it is doing (HTTP/1 completes the exchange in
+/// flight and closes, HTTP/2 sends GOAWAY and completes its open streams),
+/// and after a bound close what is left. Transactions cut that way are
+/// recorded with `error.type = agent_shutdown`.
+#[derive(Debug, Default)]
+pub struct Drain {
+    /// Fired when draining starts.
+    pub started: CancellationToken,
+    /// Fired when the bound is reached: remaining connections are closed.
+    pub forced: CancellationToken,
+    /// Every accepted connection's task.
+    tasks: TaskTracker,
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainOutcome {
+    /// Connections open when draining started.
+    pub in_flight: usize,
+    /// Of those, still open at the bound and closed.
+    pub forced: usize,
+}
+
+impl Drain {
+    /// Stops accepting and waits up to `grace` for connections to finish;
+    /// closes the rest.
+    pub async fn run(&self, grace: Duration) -> DrainOutcome {
+        self.started.cancel();
+        self.tasks.close();
+        let in_flight = self.tasks.len();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_ok() {
+            return DrainOutcome {
+                in_flight,
+                forced: 0,
+            };
+        }
+        let forced = self.tasks.len();
+        self.forced.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+        DrainOutcome { in_flight, forced }
+    }
 }
 
 impl L7 {
@@ -208,12 +255,27 @@ impl Proxy {
         netns_cookie: u64,
         netns: Option<PathBuf>,
     ) {
+        let drain = &self.l7.drain;
         loop {
-            match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                // Draining: the listener closes, new connects are refused.
+                _ = drain.started.cancelled() => return,
+            };
+            match accepted {
                 Ok((stream, peer)) => {
                     let me = self.clone();
                     let ns = netns.clone();
-                    tokio::spawn(async move { me.serve(stream, peer, netns_cookie, ns).await });
+                    drain.tasks.spawn(async move {
+                        let forced = me.l7.drain.forced.clone();
+                        tokio::select! {
+                            biased;
+                            () = me.serve(stream, peer, netns_cookie, ns) => {}
+                            // Backstop for connections not served by hyper
+                            // (sniffing, TLS handshake, splice).
+                            () = forced.cancelled() => {}
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!("accept: {e}");
@@ -389,6 +451,46 @@ pub async fn dial(netns: Option<&Path>, dst: SocketAddr) -> std::io::Result<TcpS
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn drain_waits_for_connections_then_closes_what_is_left() {
+        let drain = Arc::new(Drain::default());
+        // Finishes soon after draining starts (an exchange completing).
+        let d = drain.clone();
+        drain.tasks.spawn(async move {
+            d.started.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        });
+        // Never finishes on its own (a long stream).
+        let d = drain.clone();
+        drain.tasks.spawn(async move {
+            tokio::select! {
+                () = std::future::pending::<()>() => {}
+                () = d.forced.cancelled() => {}
+            }
+        });
+        let t0 = std::time::Instant::now();
+        let out = drain.run(Duration::from_millis(300)).await;
+        assert_eq!(
+            out,
+            DrainOutcome {
+                in_flight: 2,
+                forced: 1
+            }
+        );
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        assert!(drain.tasks.is_empty());
+        // Nothing in flight: returns at once.
+        let idle = Drain::default();
+        let out = idle.run(Duration::from_secs(30)).await;
+        assert_eq!(
+            out,
+            DrainOutcome {
+                in_flight: 0,
+                forced: 0
+            }
+        );
+    }
 
     #[test]
     fn first_bytes_decide_only_when_they_can() {

@@ -80,6 +80,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.upstream_extra_roots != b.upstream_extra_roots {
         v.push("node.upstreamExtraRoots");
     }
+    if a.drain_timeout != b.drain_timeout {
+        v.push("node.drainTimeout");
+    }
     if format!("{:?}", old.store) != format!("{:?}", new.store) {
         v.push("store");
     }
@@ -127,6 +130,7 @@ impl Targets {
         applied.node.api_socket = self.running.node.api_socket.clone();
         applied.node.admin_listen = self.running.node.admin_listen;
         applied.node.upstream_extra_roots = self.running.node.upstream_extra_roots.clone();
+        applied.node.drain_timeout = self.running.node.drain_timeout;
         applied.store = self.running.store.clone();
         self.running = applied;
         Ok(())

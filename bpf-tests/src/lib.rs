@@ -89,6 +89,8 @@ pub struct AgentOptions {
     pub upstream_roots: Vec<PathBuf>,
     /// Soft RLIMIT_NOFILE the agent process starts with (None: inherited).
     pub nofile_soft: Option<u64>,
+    /// More `node:` settings, one `key: value` per line.
+    pub node_yaml: String,
 }
 
 impl Default for AgentOptions {
@@ -99,6 +101,7 @@ impl Default for AgentOptions {
             extra_yaml: String::new(),
             upstream_roots: Vec::new(),
             nofile_soft: None,
+            node_yaml: String::new(),
         }
     }
 }
@@ -144,8 +147,9 @@ impl Agent {
             .collect();
         let config = dir.join("egret.yaml");
         let admin_port = free_port();
+        let node_extra: String = opts.node_yaml.lines().map(|l| format!("  {l}\n")).collect();
         let yaml = format!(
-            "node:\n  sandboxRoot: {sandbox_rel}\n  capturePorts: [{}]\n  blockQuic: {}\n  listenPort: {listen_port}\n  stateDir: {}\n  bpffsDir: {}\n  apiSocket: {}\n  adminListen: 127.0.0.1:{}\n  upstreamExtraRoots: [{}]\n{}",
+            "node:\n  sandboxRoot: {sandbox_rel}\n  capturePorts: [{}]\n  blockQuic: {}\n  listenPort: {listen_port}\n  stateDir: {}\n  bpffsDir: {}\n  apiSocket: {}\n  adminListen: 127.0.0.1:{}\n  upstreamExtraRoots: [{}]\n{node_extra}{}",
             ports.join(", "),
             opts.block_quic,
             state_dir.display(),
@@ -290,12 +294,24 @@ impl Agent {
     /// returns its status and how long it took. Panics on timeout (after
     /// killing it).
     pub fn terminate(&mut self, timeout: Duration) -> (std::process::ExitStatus, Duration) {
-        let mut c = self.child.take().expect("agent running");
-        let t0 = Instant::now();
+        self.send_sigterm();
+        self.wait_exit(timeout)
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn send_sigterm(&self) {
+        let pid = self.pid().expect("agent running");
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
+    }
+
+    /// Waits (at most `timeout`) for the agent to exit; its status and how
+    /// long that took. Panics on timeout (after killing it).
+    pub fn wait_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, Duration) {
+        let mut c = self.child.take().expect("agent running");
+        let t0 = Instant::now();
         loop {
             if let Some(st) = c.try_wait().expect("wait agent") {
                 let _ = fs::remove_file(&self.api);
