@@ -156,6 +156,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         listen_port: cfg.node.listen_port,
         capture_ports: &cfg.node.capture_ports,
         block_quic: cfg.node.block_quic,
+        admin_listen: cfg.node.admin_listen,
     })?);
     let root_canon = paths
         .sandbox_root

@@ -112,6 +112,8 @@ impl Targets {
                 block_quic: n.block_quic,
                 root_level: self.root_level,
                 capture_ports: n.capture_ports.clone(),
+                admin_listen: self.running.node.admin_listen,
+                agent_netns: self.kernel.agent_netns,
             })
             .map_err(|e| format!("updating kernel settings: {e}"))?;
         self.l7.policy.store(Arc::new(Policy::new(&new)));

@@ -174,8 +174,12 @@ def bigheader(a):
 
 def raw(a):
     s = socket.create_connection((a.host, a.port), timeout=30)
-    s.sendall(bytes.fromhex(a.hex))
-    s.sendall(f"GET {a.path} HTTP/1.1\r\nHost: {a.host_header}\r\nConnection: close\r\n\r\n".encode())
+    try:
+        s.sendall(bytes.fromhex(a.hex))
+        s.sendall(f"GET {a.path} HTTP/1.1\r\nHost: {a.host_header}\r\nConnection: close\r\n\r\n".encode())
+    except OSError as e:
+        print(json.dumps({"error": type(e).__name__, "got": ""}), flush=True)
+        return
     data = b""
     try:
         while True:

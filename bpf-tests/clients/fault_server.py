@@ -7,12 +7,14 @@ Prints "LISTENING <port>" once bound. Paths:
 
   /reset        200 with Content-Length 10 MiB, 64 KiB of body, then a TCP
                 reset (SO_LINGER 0) mid-response.
-  /gzip-bomb    200, Content-Encoding: gzip, a small body that inflates to
+  /gzip-bomb, /v1/chat/completions
+                200, Content-Encoding: gzip, a small body that inflates to
                 256 MiB of zeros (query ct=sse for text/event-stream, else
                 application/json).
+
+The LISTENING line also carries the bomb's (compressed) size.
   anything else 200 with a 2-byte JSON body.
 """
-import json
 import socket
 import socketserver
 import struct
@@ -51,7 +53,7 @@ class Handler(socketserver.BaseRequestHandler):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             s.close()
             return
-        if path.startswith("/gzip-bomb"):
+        if path.startswith("/gzip-bomb") or path.startswith("/v1/chat/completions"):
             ct = b"text/event-stream" if "ct=sse" in path else b"application/json"
             s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + ct +
                       b"\r\nContent-Encoding: gzip\r\nContent-Length: " +
@@ -81,8 +83,7 @@ class Server(socketserver.ThreadingTCPServer):
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
     srv = Server((host, port), Handler)
-    print(f"LISTENING {srv.server_address[1]}", flush=True)
-    print(json.dumps({"bomb_bytes": len(BOMB)}), file=sys.stderr, flush=True)
+    print(f"LISTENING {srv.server_address[1]} {len(BOMB)}", flush=True)
     srv.serve_forever()
 
 

@@ -91,6 +91,8 @@ pub struct AgentOptions {
     pub nofile_soft: Option<u64>,
     /// More `node:` settings, one `key: value` per line.
     pub node_yaml: String,
+    /// Address of the admin listener (default 127.0.0.1).
+    pub admin_ip: Option<String>,
 }
 
 impl Default for AgentOptions {
@@ -102,6 +104,7 @@ impl Default for AgentOptions {
             upstream_roots: Vec::new(),
             nofile_soft: None,
             node_yaml: String::new(),
+            admin_ip: None,
         }
     }
 }
@@ -116,6 +119,8 @@ pub struct Agent {
     pub api: PathBuf,
     pub listen_port: u16,
     pub admin_port: u16,
+    /// Address of the admin listener.
+    pub admin_ip: String,
     pub state_dir: PathBuf,
     child: Option<Child>,
     log: PathBuf,
@@ -146,10 +151,11 @@ impl Agent {
             .map(|p| p.display().to_string())
             .collect();
         let config = dir.join("egret.yaml");
+        let admin_ip = opts.admin_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
         let admin_port = free_port();
         let node_extra: String = opts.node_yaml.lines().map(|l| format!("  {l}\n")).collect();
         let yaml = format!(
-            "node:\n  sandboxRoot: {sandbox_rel}\n  capturePorts: [{}]\n  blockQuic: {}\n  listenPort: {listen_port}\n  stateDir: {}\n  bpffsDir: {}\n  apiSocket: {}\n  adminListen: 127.0.0.1:{}\n  upstreamExtraRoots: [{}]\n{node_extra}{}",
+            "node:\n  sandboxRoot: {sandbox_rel}\n  capturePorts: [{}]\n  blockQuic: {}\n  listenPort: {listen_port}\n  stateDir: {}\n  bpffsDir: {}\n  apiSocket: {}\n  adminListen: {admin_ip}:{}\n  upstreamExtraRoots: [{}]\n{node_extra}{}",
             ports.join(", "),
             opts.block_quic,
             state_dir.display(),
@@ -171,6 +177,7 @@ impl Agent {
             api,
             listen_port,
             admin_port,
+            admin_ip,
             state_dir,
             child: None,
             nofile_soft: opts.nofile_soft,
@@ -261,7 +268,8 @@ impl Agent {
 
     fn admin_get(&self, path: &str) -> String {
         use std::io::Read;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin");
+        let mut s =
+            std::net::TcpStream::connect((self.admin_ip.as_str(), self.admin_port)).expect("admin");
         write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
         let mut buf = String::new();
         s.read_to_string(&mut buf).expect("read");
@@ -601,6 +609,33 @@ impl Veth {
         ]);
         ip(&["-n", &ns.name, "link", "set", &ns_if, "up"]);
         v
+    }
+}
+
+impl Veth {
+    /// Adds IPv6 addresses (`/64`, no DAD) to both ends.
+    pub fn add_v6(&self, ns: &Netns, host_ip: &str, ns_ip: &str) {
+        let ns_if = format!("{}p", self.host_if);
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{host_ip}/64"),
+            "dev",
+            &self.host_if,
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "-6",
+            "addr",
+            "add",
+            &format!("{ns_ip}/64"),
+            "dev",
+            &ns_if,
+            "nodad",
+        ]);
     }
 }
 

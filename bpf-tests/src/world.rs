@@ -91,6 +91,8 @@ pub struct WorldOptions {
     pub plain_ports: Vec<u16>,
     /// More agent settings (capture ports are added to).
     pub agent: AgentOptions,
+    /// More mock-provider arguments (e.g. another `--listen`).
+    pub mock_args: Vec<String>,
 }
 
 impl Default for WorldOptions {
@@ -100,6 +102,7 @@ impl Default for WorldOptions {
             tls_ports: vec![443],
             plain_ports: vec![],
             agent: AgentOptions::default(),
+            mock_args: Vec::new(),
         }
     }
 }
@@ -137,6 +140,7 @@ impl World {
             cmd.args(["--listen-plain", &format!("{ip}:{p}")]);
         }
         let child = cmd
+            .args(&opts.mock_args)
             .args(["--names", NAMES])
             .arg("--ca-dir")
             .arg(dir.join("ca"))
@@ -190,6 +194,11 @@ impl World {
     /// `program` in the sandbox with the test hosts file and the node CA
     /// trusted (not started).
     pub fn command(&self, cg: &SandboxCgroup, program: &Path) -> Command {
+        self.command_with_hosts(cg, program, &self.hosts)
+    }
+
+    /// [`Self::command`] with another hosts file.
+    pub fn command_with_hosts(&self, cg: &SandboxCgroup, program: &Path, hosts: &Path) -> Command {
         let mut cmd = sandboxed(cg, None, "unshare");
         cmd.args([
             "-m",
@@ -197,7 +206,7 @@ impl World {
             "-c",
             "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
         ])
-        .arg(&self.hosts)
+        .arg(hosts)
         .arg(program)
         .env("SSL_CERT_FILE", &self.bundle)
         .env("REQUESTS_CA_BUNDLE", &self.bundle)
@@ -257,4 +266,55 @@ pub fn txns<'a>(recs: &'a [Record], inv: &str) -> Vec<&'a Record> {
     recs.iter()
         .filter(|r| r.kind() == "transaction" && r.invocation_id() == Some(inv))
         .collect()
+}
+
+/// `fault_server.py` (bpf-tests/clients): an upstream that resets
+/// mid-response or answers with a compression bomb.
+pub struct FaultServer {
+    child: Child,
+    /// Compressed size of its gzip bomb.
+    pub bomb_bytes: u64,
+}
+
+impl FaultServer {
+    pub fn start(ip: &str, port: u16) -> FaultServer {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .arg(crate::clients_dir().join("fault_server.py"))
+            .args([ip, &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fault server");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let bomb_bytes = line
+            .strip_prefix("LISTENING ")
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("fault server said {line:?}"));
+        FaultServer { child, bomb_bytes }
+    }
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `conn_client.py MODE ARGS` in the sandbox, to completion; its last JSON
+/// line.
+pub fn conn_client(w: &World, cg: &SandboxCgroup, args: &[&str]) -> serde_json::Value {
+    let script = crate::clients_dir().join("conn_client.py");
+    let out = w.run(
+        cg,
+        Path::new("/usr/bin/python3"),
+        &[&[script.to_str().unwrap()], args].concat(),
+    );
+    serde_json::from_str(out.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("conn_client said {out:?}: {e}"))
 }

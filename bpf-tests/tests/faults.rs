@@ -12,7 +12,6 @@ use std::{
 
 use bpf_tests::{world::*, *};
 use egret::{record::Record, semconv as sc};
-use serde_json::Value;
 
 /// The tests here measure latency, fds and RSS of one agent at a time on a
 /// small box: they run one after the other.
@@ -32,48 +31,6 @@ fn lines(recs: &[&Record]) -> String {
         .map(|r| r.to_json_line())
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// `fault_server.py` (bpf-tests/clients): resets and compression bombs.
-struct FaultServer {
-    child: Child,
-}
-
-impl FaultServer {
-    fn start(ip: &str, port: u16) -> FaultServer {
-        let mut child = Command::new("python3")
-            .arg(clients_dir().join("fault_server.py"))
-            .args([ip, &port.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("fault server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("LISTENING"), "fault server said {line:?}");
-        FaultServer { child }
-    }
-}
-
-impl Drop for FaultServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `conn_client.py MODE ARGS` in the sandbox, to completion; its JSON line.
-fn conn_client(w: &World, cg: &SandboxCgroup, args: &[&str]) -> Value {
-    let script = clients_dir().join("conn_client.py");
-    let out = w.run(
-        cg,
-        Path::new("/usr/bin/python3"),
-        &[&[script.to_str().unwrap()], args].concat(),
-    );
-    serde_json::from_str(out.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("conn_client said {out:?}: {e}"))
 }
 
 /// Waits until the agent's open fds fall back to at most `limit`.
