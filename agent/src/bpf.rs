@@ -12,6 +12,7 @@
 //! `CgroupAttachMode::Single` is what requests that).
 use std::{
     fs,
+    net::{IpAddr, SocketAddr},
     os::fd::AsFd,
     path::{Path, PathBuf},
     sync::Mutex,
@@ -96,6 +97,8 @@ pub struct Kernel {
     pub maps: KernelMaps,
     /// Taken by the close loop, which owns it from then on.
     pub closes: Mutex<Option<RingBuf<MapData>>>,
+    /// Network namespace cookie of the agent itself.
+    pub agent_netns: u64,
     pub attachment: Attachment,
     /// Kept so aya-log can be polled; `None` when nothing logs.
     pub logger: Mutex<Option<aya_log::EbpfLogger<&'static dyn log::Log>>>,
@@ -110,6 +113,8 @@ pub struct LoadOptions<'a> {
     pub listen_port: u16,
     pub capture_ports: &'a [u16],
     pub block_quic: bool,
+    /// The admin listener, refused to sandboxes.
+    pub admin_listen: SocketAddr,
 }
 
 /// Identifies the program build and attach point. Kept as the name of an
@@ -210,6 +215,8 @@ impl Kernel {
                 stats: take(&mut ebpf, "EGRET_STATS")?,
             },
             closes: Mutex::new(Some(take(&mut ebpf, "EGRET_CLOSES")?)),
+            agent_netns: crate::netns::own_netns_cookie()
+                .map_err(|e| BpfError::Bpffs(format!("reading the agent's netns cookie: {e}")))?,
             attachment,
             logger: Mutex::new(logger),
             _ebpf: ebpf,
@@ -219,6 +226,8 @@ impl Kernel {
             block_quic: opts.block_quic,
             root_level: opts.root_level,
             capture_ports: opts.capture_ports.to_vec(),
+            admin_listen: opts.admin_listen,
+            agent_netns: kernel.agent_netns,
         })?;
         Ok(kernel)
     }
@@ -231,18 +240,58 @@ pub struct KernelSettings {
     pub block_quic: bool,
     pub root_level: u32,
     pub capture_ports: Vec<u16>,
+    /// The admin listener sandboxes may not connect to.
+    pub admin_listen: SocketAddr,
+    /// [`Kernel::agent_netns`].
+    pub agent_netns: u64,
+}
+
+/// The admin-listener fields of [`KConfig`].
+fn admin_guard(cfg: &mut KConfig, admin: SocketAddr, agent_netns: u64) {
+    cfg.admin_port = admin.port();
+    cfg.agent_netns = agent_netns;
+    let ip = admin.ip();
+    if ip.is_unspecified() {
+        return;
+    }
+    cfg.admin_scope = if ip.is_loopback() {
+        egret_common::ADMIN_LOOPBACK
+    } else {
+        0
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            cfg.admin_family = egret_common::AF_INET;
+            cfg.admin_addr = [u32::from_ne_bytes(v4.octets()), 0, 0, 0];
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => admin_guard(
+                cfg,
+                SocketAddr::new(IpAddr::V4(v4), admin.port()),
+                agent_netns,
+            ),
+            None => {
+                cfg.admin_family = egret_common::AF_INET6;
+                let o = v6.octets();
+                for (i, c) in o.chunks_exact(4).enumerate() {
+                    cfg.admin_addr[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+        },
+    }
 }
 
 impl KernelMaps {
     /// Writes node settings and capture ports into the kernel maps; takes
     /// effect for the next `connect()`.
     pub fn configure(&self, k: &KernelSettings) -> Result<(), BpfError> {
-        let cfg = KConfig {
+        let mut cfg = KConfig {
             listen_port: k.listen_port,
             block_quic: u8::from(k.block_quic),
-            _pad: 0,
             root_level: k.root_level,
+            ..KConfig::default()
         };
+        admin_guard(&mut cfg, k.admin_listen, k.agent_netns);
         self.config
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -434,5 +483,63 @@ impl KernelMaps {
                 (stat::NAMES[i as usize], total)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egret_common::{AF_INET, AF_INET6};
+
+    fn v4(ip: [u8; 4]) -> [u32; 4] {
+        [u32::from_ne_bytes(ip), 0, 0, 0]
+    }
+
+    fn mapped(ip: [u8; 4]) -> [u32; 4] {
+        [0, 0, 0xffff_u32.to_be(), u32::from_ne_bytes(ip)]
+    }
+
+    fn v6(ip: std::net::Ipv6Addr) -> [u32; 4] {
+        let o = ip.octets();
+        let mut w = [0u32; 4];
+        for (i, c) in o.chunks_exact(4).enumerate() {
+            w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        w
+    }
+
+    fn guard(admin: &str) -> KConfig {
+        let mut c = KConfig::default();
+        admin_guard(&mut c, admin.parse().unwrap(), 7);
+        c
+    }
+
+    #[test]
+    fn sandboxes_cannot_connect_to_the_admin_listener() {
+        const AGENT: u64 = 7;
+        const OTHER: u64 = 9;
+        // Loopback: only from the agent's own netns.
+        let c = guard("127.0.0.1:9464");
+        assert!(c.admin_refused(9464, AF_INET, &v4([127, 0, 0, 1]), AGENT));
+        assert!(c.admin_refused(9464, AF_INET6, &mapped([127, 0, 0, 1]), AGENT));
+        assert!(!c.admin_refused(9464, AF_INET, &v4([127, 0, 0, 1]), OTHER));
+        assert!(!c.admin_refused(9465, AF_INET, &v4([127, 0, 0, 1]), AGENT));
+        assert!(!c.admin_refused(9464, AF_INET, &v4([10, 0, 0, 1]), AGENT));
+        // A node address: from any netns.
+        let c = guard("10.1.2.3:9464");
+        assert!(c.admin_refused(9464, AF_INET, &v4([10, 1, 2, 3]), OTHER));
+        assert!(c.admin_refused(9464, AF_INET, &v4([10, 1, 2, 3]), AGENT));
+        assert!(!c.admin_refused(9464, AF_INET, &v4([10, 1, 2, 4]), OTHER));
+        // IPv6 loopback.
+        let c = guard("[::1]:9464");
+        let lo = v6(std::net::Ipv6Addr::LOCALHOST);
+        assert!(c.admin_refused(9464, AF_INET6, &lo, AGENT));
+        assert!(!c.admin_refused(9464, AF_INET6, &lo, OTHER));
+        assert!(!c.admin_refused(9464, AF_INET, &v4([127, 0, 0, 1]), AGENT));
+        // Wildcard: the port on any address, from the agent's netns.
+        let c = guard("0.0.0.0:9464");
+        assert!(c.admin_refused(9464, AF_INET, &v4([192, 168, 1, 1]), AGENT));
+        assert!(!c.admin_refused(9464, AF_INET, &v4([192, 168, 1, 1]), OTHER));
+        assert!(!c.admin_refused(80, AF_INET, &v4([192, 168, 1, 1]), AGENT));
     }
 }

@@ -72,6 +72,11 @@ pub struct NodeConfig {
     /// Listeners for trusted dialers that send a PROXY protocol v2 header
     /// with attribution TLVs (see `docs/proxy-protocol.md`). Off by default.
     pub proxy_protocol: ProxyProtocolConfig,
+    /// On SIGTERM, how long connections in flight may take to finish (e.g.
+    /// `20s`) before they are closed.
+    #[serde(deserialize_with = "de_duration")]
+    #[schemars(with = "String")]
+    pub drain_timeout: std::time::Duration,
 }
 
 /// Trusted-dialer listeners (PROXY protocol v2). Both live in the agent's
@@ -103,6 +108,11 @@ impl ProxyProtocolConfig {
     }
 }
 
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom)
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
@@ -117,6 +127,7 @@ impl Default for NodeConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             upstream_extra_roots: vec![],
             proxy_protocol: ProxyProtocolConfig::default(),
+            drain_timeout: std::time::Duration::from_secs(20),
         }
     }
 }

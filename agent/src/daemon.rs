@@ -50,6 +50,9 @@ const RECORD_QUEUE: usize = 65_536;
 const RECORD_BATCH: usize = 4_096;
 /// Records buffered for `egret tail` viewers; slower viewers skip ahead.
 const TAIL_BUFFER: usize = 4_096;
+/// After spool appends failed, how long they must keep succeeding before
+/// the spool is reported writable again (one log line per episode).
+const SPOOL_RECOVERY_QUIET: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -136,6 +139,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(RunError::NotRoot);
     }
+    let fd_limit = raise_fd_limit();
     let paths = NodePaths::resolve(&cfg)?;
     std::fs::create_dir_all(&paths.sandbox_root).map_err(RunError::Cgroup)?;
     let root_rel = paths.sandbox_root_rel();
@@ -157,6 +161,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         listen_port: cfg.node.listen_port,
         capture_ports: &cfg.node.capture_ports,
         block_quic: cfg.node.block_quic,
+        admin_listen: cfg.node.admin_listen,
     })?);
     let root_canon = paths
         .sandbox_root
@@ -221,6 +226,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         ),
         records: tx.clone(),
         dropped_records: AtomicU64::new(0),
+        drain: Default::default(),
     });
     let recorder = tokio::spawn(record_loop(
         spool,
@@ -264,10 +270,12 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         }
     }
 
+    let closes_stop = CancellationToken::new();
     let closes = tokio::spawn(flow::run_close_loop(
         kernel.clone(),
         registry.clone(),
         tx.clone(),
+        closes_stop.clone(),
     ));
     let api_state = Arc::new(api::ApiState {
         registry: registry.clone(),
@@ -315,6 +323,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             .run(),
         );
     }
+    tokio::spawn(trim_heap(shutdown.child_token()));
     let admin_task = admin::serve(cfg.node.admin_listen, admin_state.clone())
         .await
         .map_err(RunError::Admin)?;
@@ -326,6 +335,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         programs = ?kernel.attachment,
         api = %cfg.node.api_socket.display(),
         listen_port = cfg.node.listen_port,
+        fd_limit,
         "egret running"
     );
 
@@ -338,15 +348,30 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             if let Ok(Err(e)) = r { return Err(e.into()); }
         }
     }
-    tracing::info!("shutting down: flushing records");
     admin_state.ready.store(false, Ordering::Relaxed);
-    // Close events not read yet stay in the pinned ring buffer for the next start.
-    closes.abort();
+    // Trusted dialers stop being accepted along with everything else.
     for t in trusted_tasks {
         t.abort();
     }
     trusted.cleanup();
     drop(trusted);
+    let grace = cfg.node.drain_timeout;
+    tracing::info!(?grace, "shutting down: draining connections");
+    let drained = l7.drain.run(grace).await;
+    if drained.forced > 0 {
+        tracing::warn!(
+            in_flight = drained.in_flight,
+            closed = drained.forced,
+            "drain bound reached: connections closed (their transactions are recorded with error.type=agent_shutdown)"
+        );
+    } else {
+        tracing::info!(in_flight = drained.in_flight, "connections drained");
+    }
+    tracing::info!("shutting down: flushing records");
+    // The close events the kernel has queued so far become flow records
+    // now; later ones stay in the pinned ring buffer for the next start.
+    closes_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), closes).await;
     drop(tx);
     drop(proxy);
     shutdown.cancel();
@@ -358,6 +383,62 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     admin_task.abort();
     let _ = std::fs::remove_file(&cfg.node.api_socket);
     Ok(())
+}
+
+/// How often freed heap memory is handed back to the kernel.
+const HEAP_TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
+/// glibc keeps memory freed by the proxy's tasks in per-thread arenas: after
+/// a burst of thousands of connections RSS would stay at the burst's peak
+/// (and count against the pod's memory limit) although the live heap is a
+/// few MiB. `malloc_trim` returns the free pages; cheap when there is
+/// nothing to return.
+async fn trim_heap(stop: CancellationToken) {
+    let mut tick = tokio::time::interval(HEAP_TRIM_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the limit
+/// in force. Every proxied connection holds two descriptors (sandbox and
+/// provider legs); the usual default soft limit of 1024 would cap the agent
+/// at a few hundred concurrent sandbox connections.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: valid pointer to an initialised rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+        tracing::warn!(
+            soft = lim.rlim_cur,
+            hard = lim.rlim_max,
+            "cannot raise the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    lim.rlim_cur
 }
 
 /// The node CA (created on first run), the trust bundle sandboxes use, the
@@ -468,6 +549,9 @@ async fn record_loop(
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
+    // Since appends started failing: records lost, and when the last
+    // append failed (None: appends succeed).
+    let mut failing: Option<(u64, std::time::Instant)> = None;
     loop {
         batch.clear();
         let n = tokio::select! {
@@ -485,18 +569,52 @@ async fn record_loop(
         }
         // fsync blocks: keep it off the runtime's other tasks.
         match tokio::task::block_in_place(|| spool.append(&batch)) {
-            Ok(o) if o.dropped > 0 => {
-                out.stats
-                    .spool_dropped
-                    .fetch_add(o.dropped as u64, Ordering::Relaxed);
-                tracing::warn!(dropped = o.dropped, "spool full: records dropped");
+            Ok(o) => {
+                if o.dropped > 0 {
+                    out.stats
+                        .spool_dropped
+                        .fetch_add(o.dropped as u64, Ordering::Relaxed);
+                    tracing::warn!(dropped = o.dropped, "spool full: records dropped");
+                }
+                // On a nearly full disk small batches may still fit between
+                // failing big ones: recovered only after a quiet spell.
+                if let Some((lost, last)) = failing {
+                    if last.elapsed() >= SPOOL_RECOVERY_QUIET {
+                        failing = None;
+                        tracing::warn!(
+                            dropped = lost,
+                            "spool writable again; records are being kept again"
+                        );
+                    }
+                }
             }
-            Ok(_) => {}
             Err(e) => {
                 out.stats
                     .spool_dropped
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                tracing::error!("spool append failed: {e}");
+                // One line when it starts failing, one when it recovers: a
+                // full disk under load must not flood the log.
+                match failing.as_mut() {
+                    Some((lost, last)) => {
+                        *lost += batch.len() as u64;
+                        *last = std::time::Instant::now();
+                    }
+                    None => {
+                        failing = Some((batch.len() as u64, std::time::Instant::now()));
+                        if e.is_disk_full() {
+                            tracing::error!(
+                                "spool disk full ({e}): records are dropped (counted in \
+                                 egret_records_dropped_total{{stage=\"spool\"}}) until space \
+                                 is freed; capture goes on"
+                            );
+                        } else {
+                            tracing::error!(
+                                "spool append failed ({e}): records are dropped until it \
+                                 succeeds again; capture goes on"
+                            );
+                        }
+                    }
+                }
             }
         }
         out.fan_out(std::mem::take(&mut batch));

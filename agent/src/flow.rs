@@ -140,11 +140,13 @@ pub fn flow_record(
     rec
 }
 
-/// Polls the close ring buffer until the channel closes.
+/// Polls the close ring buffer until the channel closes, or until `stop`
+/// fires: then what the ring holds is read one last time and sent on.
 pub async fn run_close_loop(
     kernel: Arc<Kernel>,
     registry: Arc<Registry>,
     out: mpsc::Sender<Record>,
+    stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     let clock = Clock::new();
     let ring = kernel
@@ -159,21 +161,36 @@ pub async fn run_close_loop(
         .map_err(std::io::Error::from)?;
     let mut batch = Vec::new();
     loop {
-        let mut guard = afd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<CloseEvent>() {
-                continue;
+        let last = tokio::select! {
+            guard = afd.readable_mut() => {
+                let mut guard = guard?;
+                read_events(guard.get_inner_mut(), &mut batch);
+                guard.clear_ready();
+                false
             }
-            // SAFETY: the kernel wrote a CloseEvent; read it unaligned.
-            batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<CloseEvent>()) });
-        }
-        guard.clear_ready();
+            _ = stop.cancelled() => {
+                read_events(afd.get_mut(), &mut batch);
+                true
+            }
+        };
         for ev in batch.drain(..) {
             let rec = flow_record(&ev, &kernel.maps, &registry, clock);
             if out.send(rec).await.is_err() {
                 return Ok(());
             }
         }
+        if last {
+            return Ok(());
+        }
+    }
+}
+
+fn read_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, batch: &mut Vec<CloseEvent>) {
+    while let Some(item) = ring.next() {
+        if item.len() < std::mem::size_of::<CloseEvent>() {
+            continue;
+        }
+        // SAFETY: the kernel wrote a CloseEvent; read it unaligned.
+        batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<CloseEvent>()) });
     }
 }

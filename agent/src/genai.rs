@@ -623,6 +623,14 @@ impl Sink {
     }
 }
 
+impl Sink {
+    /// Decoding stopped because the decoded total passed its cap (not
+    /// because the data was corrupt).
+    fn over_decoded_cap(&self) -> bool {
+        self.max_decoded.is_some_and(|cap| self.decoded > cap)
+    }
+}
+
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(cap) = self.max_decoded {
@@ -987,9 +995,7 @@ impl Exchange {
         };
         if dec.write_chunk(chunk).is_err() {
             self.response_dead = true;
-            let capped = dec
-                .sink_mut()
-                .is_some_and(|s| s.findings.error == Some(ParseError::DecodedTooLarge));
+            let capped = dec.sink_mut().is_some_and(|s| s.over_decoded_cap());
             if !capped {
                 self.response_error.get_or_insert(ParseError::DecodeFailed);
             }
@@ -1028,9 +1034,7 @@ impl Exchange {
         let mut f = Findings::default();
         if let Some(mut dec) = self.response.take() {
             if !self.response_dead && dec.finish().is_err() {
-                let capped = dec
-                    .sink_mut()
-                    .is_some_and(|s| s.findings.error == Some(ParseError::DecodedTooLarge));
+                let capped = dec.sink_mut().is_some_and(|s| s.over_decoded_cap());
                 if !capped {
                     self.response_error.get_or_insert(ParseError::DecodeFailed);
                 }

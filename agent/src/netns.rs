@@ -55,6 +55,12 @@ pub fn socket_netns_cookie(fd: impl AsFd) -> io::Result<u64> {
     Ok(v)
 }
 
+/// The cookie of the calling thread's own network namespace.
+pub fn own_netns_cookie() -> io::Result<u64> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    socket_netns_cookie(&s)
+}
+
 /// Path of a named netns created by `ip netns add`.
 pub fn named(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)

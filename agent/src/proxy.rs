@@ -38,6 +38,7 @@ use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
     task::JoinHandle,
 };
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     attribution::{Attribution, Registry},
@@ -66,6 +67,52 @@ pub struct L7 {
     pub keys: Arc<KeyHasher>,
     pub records: tokio::sync::mpsc::Sender<Record>,
     pub dropped_records: AtomicU64,
+    /// Shutdown state shared by every connection.
+    pub drain: Drain,
+}
+
+/// Graceful shutdown, after ztunnel's drain: stop accepting, let every
+/// connection finish what it is doing (HTTP/1 completes the exchange in
+/// flight and closes, HTTP/2 sends GOAWAY and completes its open streams),
+/// and after a bound close what is left. Transactions cut that way are
+/// recorded with `error.type = agent_shutdown`.
+#[derive(Debug, Default)]
+pub struct Drain {
+    /// Fired when draining starts.
+    pub started: CancellationToken,
+    /// Fired when the bound is reached: remaining connections are closed.
+    pub forced: CancellationToken,
+    /// Every accepted connection's task.
+    tasks: TaskTracker,
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainOutcome {
+    /// Connections open when draining started.
+    pub in_flight: usize,
+    /// Of those, still open at the bound and closed.
+    pub forced: usize,
+}
+
+impl Drain {
+    /// Stops accepting and waits up to `grace` for connections to finish;
+    /// closes the rest.
+    pub async fn run(&self, grace: Duration) -> DrainOutcome {
+        self.started.cancel();
+        self.tasks.close();
+        let in_flight = self.tasks.len();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_ok() {
+            return DrainOutcome {
+                in_flight,
+                forced: 0,
+            };
+        }
+        let forced = self.tasks.len();
+        self.forced.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+        DrainOutcome { in_flight, forced }
+    }
 }
 
 impl L7 {
@@ -237,12 +284,27 @@ impl Proxy {
         netns_cookie: u64,
         netns: Option<PathBuf>,
     ) {
+        let drain = &self.l7.drain;
         loop {
-            match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                // Draining: the listener closes, new connects are refused.
+                _ = drain.started.cancelled() => return,
+            };
+            match accepted {
                 Ok((stream, peer)) => {
                     let me = self.clone();
                     let ns = netns.clone();
-                    tokio::spawn(async move { me.serve(stream, peer, netns_cookie, ns).await });
+                    drain.tasks.spawn(async move {
+                        let forced = me.l7.drain.forced.clone();
+                        tokio::select! {
+                            biased;
+                            () = me.serve(stream, peer, netns_cookie, ns) => {}
+                            // Backstop for connections not served by hyper
+                            // (sniffing, TLS handshake, splice).
+                            () = forced.cancelled() => {}
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!("accept: {e}");
@@ -344,38 +406,60 @@ impl Proxy {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Sniffed {
     Tls,
     Http,
     Other,
 }
 
-/// Looks at the first bytes without consuming them.
+/// Bytes of the first segment(s) looked at.
+const SNIFF_BYTES: usize = 8;
+
+/// Looks at the first bytes without consuming them, waiting (up to
+/// [`SNIFF_TIMEOUT`]) while they could still be the start of an HTTP request
+/// line: a client that sends "G", then "ET / HTTP/1.1…" is served as HTTP,
+/// never spliced past the policy. Silence is `Other` (server-speaks-first).
 async fn sniff(stream: &TcpStream) -> Sniffed {
-    let mut buf = [0u8; 8];
-    let n = match tokio::time::timeout(SNIFF_TIMEOUT, stream.peek(&mut buf)).await {
-        Ok(Ok(n)) => n,
-        _ => return Sniffed::Other,
-    };
-    classify(&buf[..n])
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    let mut buf = [0u8; SNIFF_BYTES];
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return Sniffed::Other,
+        };
+        if n == 0 {
+            return Sniffed::Other;
+        }
+        if let Some(kind) = classify(&buf[..n]) {
+            return kind;
+        }
+        // An HTTP-looking prefix: wait for more (peek returns at once while
+        // the same bytes are queued, so pause between looks).
+        if tokio::time::Instant::now() + pause >= deadline {
+            return Sniffed::Http;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
 }
 
-/// What the first bytes of a connection (up to 8) say it speaks.
-pub(crate) fn classify(b: &[u8]) -> Sniffed {
-    let n = b.len();
+/// Decides on the first bytes; None while they may still be an HTTP method.
+pub(crate) fn classify(b: &[u8]) -> Option<Sniffed> {
     if b.first() == Some(&0x16) {
-        return Sniffed::Tls;
+        return Some(Sniffed::Tls);
     }
-    // An HTTP/1 request line starts with an upper-case method token.
+    // An HTTP/1 request line starts with an upper-case method token (h2
+    // prior knowledge: "PRI * HTTP/2.0").
     let method_len = b.iter().take_while(|c| c.is_ascii_uppercase()).count();
-    if method_len >= 3 && (method_len == n || b[method_len] == b' ') {
-        return Sniffed::Http;
+    if method_len == b.len() {
+        return (method_len >= SNIFF_BYTES).then_some(Sniffed::Http);
     }
-    // h2 prior knowledge: "PRI * HTTP/2.0"
-    if b.starts_with(b"PRI ") {
-        return Sniffed::Http;
+    if method_len >= 3 && b[method_len] == b' ' {
+        return Some(Sniffed::Http);
     }
-    Sniffed::Other
+    Some(Sniffed::Other)
 }
 
 /// Fuzzing hook: the classification of a connection's first bytes (only
@@ -383,10 +467,11 @@ pub(crate) fn classify(b: &[u8]) -> Sniffed {
 /// `"other"`.
 #[doc(hidden)]
 pub fn sniff_bytes(b: &[u8]) -> &'static str {
-    match classify(&b[..b.len().min(8)]) {
-        Sniffed::Tls => "tls",
-        Sniffed::Http => "http",
-        Sniffed::Other => "other",
+    match classify(&b[..b.len().min(SNIFF_BYTES)]) {
+        Some(Sniffed::Tls) => "tls",
+        Some(Sniffed::Http) => "http",
+        Some(Sniffed::Other) => "other",
+        None => "undecided",
     }
 }
 
@@ -419,4 +504,65 @@ pub async fn dial(netns: Option<&Path>, dst: SocketAddr) -> std::io::Result<TcpS
     tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(dst))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn drain_waits_for_connections_then_closes_what_is_left() {
+        let drain = Arc::new(Drain::default());
+        // Finishes soon after draining starts (an exchange completing).
+        let d = drain.clone();
+        drain.tasks.spawn(async move {
+            d.started.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        });
+        // Never finishes on its own (a long stream).
+        let d = drain.clone();
+        drain.tasks.spawn(async move {
+            tokio::select! {
+                () = std::future::pending::<()>() => {}
+                () = d.forced.cancelled() => {}
+            }
+        });
+        let t0 = std::time::Instant::now();
+        let out = drain.run(Duration::from_millis(300)).await;
+        assert_eq!(
+            out,
+            DrainOutcome {
+                in_flight: 2,
+                forced: 1
+            }
+        );
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        assert!(drain.tasks.is_empty());
+        // Nothing in flight: returns at once.
+        let idle = Drain::default();
+        let out = idle.run(Duration::from_secs(30)).await;
+        assert_eq!(
+            out,
+            DrainOutcome {
+                in_flight: 0,
+                forced: 0
+            }
+        );
+    }
+
+    #[test]
+    fn first_bytes_decide_only_when_they_can() {
+        assert_eq!(classify(&[0x16, 3, 1]), Some(Sniffed::Tls));
+        assert_eq!(classify(b"GET / HT"), Some(Sniffed::Http));
+        assert_eq!(classify(b"PRI * HT"), Some(Sniffed::Http));
+        assert_eq!(classify(b"PROPFIND"), Some(Sniffed::Http));
+        assert_eq!(classify(b"SSH-2.0-"), Some(Sniffed::Other));
+        assert_eq!(classify(b"\0GET / "), Some(Sniffed::Other));
+        assert_eq!(classify(b"get / ht"), Some(Sniffed::Other));
+        // Split request lines are not decided yet (not spliced past policy).
+        assert_eq!(classify(b"G"), None);
+        assert_eq!(classify(b"GE"), None);
+        assert_eq!(classify(b"GET"), None);
+        assert_eq!(classify(b"GET "), Some(Sniffed::Http));
+    }
 }

@@ -1228,7 +1228,10 @@ impl Trusted {
         let (prefix, sniffed) =
             match tokio::time::timeout(proxy::SNIFF_TIMEOUT, stream.read(&mut first)).await {
                 Ok(Ok(0)) => return,
-                Ok(Ok(n)) => (first[..n].to_vec(), proxy::classify(&first[..n])),
+                Ok(Ok(n)) => (
+                    first[..n].to_vec(),
+                    proxy::classify(&first[..n]).unwrap_or(proxy::Sniffed::Http),
+                ),
                 Ok(Err(e)) => {
                     tracing::debug!(peer, "PROXY protocol connection: {e}");
                     return;

@@ -84,6 +84,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     if format!("{:?}", a.proxy_protocol) != format!("{:?}", b.proxy_protocol) {
         v.push("node.proxyProtocol");
     }
+    if a.drain_timeout != b.drain_timeout {
+        v.push("node.drainTimeout");
+    }
     if format!("{:?}", old.store) != format!("{:?}", new.store) {
         v.push("store");
     }
@@ -113,6 +116,8 @@ impl Targets {
                 block_quic: n.block_quic,
                 root_level: self.root_level,
                 capture_ports: n.capture_ports.clone(),
+                admin_listen: self.running.node.admin_listen,
+                agent_netns: self.kernel.agent_netns,
             })
             .map_err(|e| format!("updating kernel settings: {e}"))?;
         self.l7.policy.store(Arc::new(Policy::new(&new)));
@@ -132,6 +137,7 @@ impl Targets {
         applied.node.admin_listen = self.running.node.admin_listen;
         applied.node.upstream_extra_roots = self.running.node.upstream_extra_roots.clone();
         applied.node.proxy_protocol = self.running.node.proxy_protocol.clone();
+        applied.node.drain_timeout = self.running.node.drain_timeout;
         applied.store = self.running.store.clone();
         self.running = applied;
         Ok(())

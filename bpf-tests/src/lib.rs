@@ -7,6 +7,7 @@
 //! or machine lacks prints why and returns — except when `CI` is set, where
 //! it fails instead: CI never silently skips.
 pub mod clickhouse_rig;
+pub mod world;
 
 use std::{
     fs,
@@ -89,6 +90,12 @@ pub struct AgentOptions {
     pub extra_node_yaml: String,
     /// Extra upstream roots (the mock provider's CA).
     pub upstream_roots: Vec<PathBuf>,
+    /// Soft RLIMIT_NOFILE the agent process starts with (None: inherited).
+    pub nofile_soft: Option<u64>,
+    /// More `node:` settings, one `key: value` per line.
+    pub node_yaml: String,
+    /// Address of the admin listener (default 127.0.0.1).
+    pub admin_ip: Option<String>,
 }
 
 impl Default for AgentOptions {
@@ -99,6 +106,9 @@ impl Default for AgentOptions {
             extra_yaml: String::new(),
             extra_node_yaml: String::new(),
             upstream_roots: Vec::new(),
+            nofile_soft: None,
+            node_yaml: String::new(),
+            admin_ip: None,
         }
     }
 }
@@ -113,10 +123,13 @@ pub struct Agent {
     pub api: PathBuf,
     pub listen_port: u16,
     pub admin_port: u16,
+    /// Address of the admin listener.
+    pub admin_ip: String,
     pub state_dir: PathBuf,
     child: Option<Child>,
     port_retried: bool,
     log: PathBuf,
+    nofile_soft: Option<u64>,
 }
 
 /// A free TCP port on loopback (bound then released), never the same one
@@ -152,9 +165,11 @@ impl Agent {
             .map(|p| p.display().to_string())
             .collect();
         let config = dir.join("egret.yaml");
+        let admin_ip = opts.admin_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
         let admin_port = free_port();
+        let node_extra: String = opts.node_yaml.lines().map(|l| format!("  {l}\n")).collect();
         let yaml = format!(
-            "node:\n  sandboxRoot: {sandbox_rel}\n  capturePorts: [{}]\n  blockQuic: {}\n  listenPort: {listen_port}\n  stateDir: {}\n  bpffsDir: {}\n  apiSocket: {}\n  adminListen: 127.0.0.1:{}\n  upstreamExtraRoots: [{}]\n{}{}",
+            "node:\n  sandboxRoot: {sandbox_rel}\n  capturePorts: [{}]\n  blockQuic: {}\n  listenPort: {listen_port}\n  stateDir: {}\n  bpffsDir: {}\n  apiSocket: {}\n  adminListen: {admin_ip}:{}\n  upstreamExtraRoots: [{}]\n{node_extra}{}{}",
             ports.join(", "),
             opts.block_quic,
             state_dir.display(),
@@ -177,9 +192,11 @@ impl Agent {
             api,
             listen_port,
             admin_port,
+            admin_ip,
             state_dir,
             child: None,
             port_retried: false,
+            nofile_soft: opts.nofile_soft,
         };
         agent.spawn();
         agent
@@ -193,15 +210,33 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("agent log");
-        let child = Command::new(egret_bin())
-            .arg("--config")
+        let mut cmd = Command::new(egret_bin());
+        cmd.arg("--config")
             .arg(&self.config)
             .arg("run")
             .env("EGRET_LOG", "info")
             .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn egret run");
+            .stderr(log);
+        if let Some(soft) = self.nofile_soft {
+            // SAFETY: only setrlimit(2) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("spawn egret run");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -239,14 +274,92 @@ impl Agent {
 
     /// `GET /status` from the admin listener, as JSON.
     pub fn status(&self) -> Value {
+        let body = self.admin_get("/status");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("status {body:?}: {e}"))
+    }
+
+    /// `GET /metrics` from the admin listener (Prometheus text).
+    pub fn metrics(&self) -> String {
+        self.admin_get("/metrics")
+    }
+
+    /// The value of one metric series (`name{labels}` exactly as exposed).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == series).then(|| v.parse().ok()).flatten()
+        })
+    }
+
+    fn admin_get(&self, path: &str) -> String {
         use std::io::Read;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin");
-        s.write_all(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n")
-            .expect("write");
+        let mut s =
+            std::net::TcpStream::connect((self.admin_ip.as_str(), self.admin_port)).expect("admin");
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
         let mut buf = String::new();
         s.read_to_string(&mut buf).expect("read");
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("status {body:?}: {e}"))
+        buf.split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// The agent's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Open file descriptors of the agent process.
+    pub fn fd_count(&self) -> usize {
+        let pid = self.pid().expect("agent running");
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("/proc/PID/fd")
+            .count()
+    }
+
+    /// (VmRSS, VmHWM) of the agent process, in KiB.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let pid = self.pid().expect("agent running");
+        proc_rss_kib(pid)
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`) for the agent to exit;
+    /// returns its status and how long it took. Panics on timeout (after
+    /// killing it).
+    pub fn terminate(&mut self, timeout: Duration) -> (std::process::ExitStatus, Duration) {
+        self.send_sigterm();
+        self.wait_exit(timeout)
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn send_sigterm(&self) {
+        let pid = self.pid().expect("agent running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+
+    /// Waits (at most `timeout`) for the agent to exit; its status and how
+    /// long that took. Panics on timeout (after killing it).
+    pub fn wait_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, Duration) {
+        let mut c = self.child.take().expect("agent running");
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().expect("wait agent") {
+                let _ = fs::remove_file(&self.api);
+                return (st, t0.elapsed());
+            }
+            if t0.elapsed() > timeout {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "agent did not exit within {timeout:?} of SIGTERM:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn repick_ports(&mut self) {
@@ -258,8 +371,8 @@ impl Agent {
                 &format!("listenPort: {listen}\n"),
             )
             .replace(
-                &format!("adminListen: 127.0.0.1:{}\n", self.admin_port),
-                &format!("adminListen: 127.0.0.1:{admin}\n"),
+                &format!("adminListen: {}:{}\n", self.admin_ip, self.admin_port),
+                &format!("adminListen: {}:{admin}\n", self.admin_ip),
             );
         fs::write(&self.config, text).expect("write config");
         self.listen_port = listen;
@@ -400,6 +513,50 @@ impl Drop for Agent {
     }
 }
 
+/// (VmRSS, VmHWM) of a process, in KiB.
+pub fn proc_rss_kib(pid: u32) -> (u64, u64) {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Raises this process's soft RLIMIT_NOFILE towards `n` (children inherit
+/// it): to the hard limit at most, above it when allowed (CAP_SYS_RESOURCE).
+/// Returns the soft limit now in force.
+pub fn raise_nofile(n: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    if lim.rlim_cur >= n {
+        return lim.rlim_cur;
+    }
+    for want in [
+        libc::rlimit {
+            rlim_cur: n,
+            rlim_max: lim.rlim_max.max(n),
+        },
+        libc::rlimit {
+            rlim_cur: n.min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        },
+    ] {
+        // SAFETY: valid pointer to an initialised rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            return want.rlim_cur;
+        }
+    }
+    lim.rlim_cur
+}
+
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -497,6 +654,33 @@ impl Veth {
     }
 }
 
+impl Veth {
+    /// Adds IPv6 addresses (`/64`, no DAD) to both ends.
+    pub fn add_v6(&self, ns: &Netns, host_ip: &str, ns_ip: &str) {
+        let ns_if = format!("{}p", self.host_if);
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{host_ip}/64"),
+            "dev",
+            &self.host_if,
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "-6",
+            "addr",
+            "add",
+            &format!("{ns_ip}/64"),
+            "dev",
+            &ns_if,
+            "nodad",
+        ]);
+    }
+}
+
 impl Drop for Veth {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -568,6 +752,12 @@ impl HeldClient {
         let stdin = self.child.stdin.as_mut().expect("stdin");
         writeln!(stdin, "{cmd}").expect("write client");
         stdin.flush().expect("flush");
+    }
+
+    /// Waits for the client to exit on its own (after its last report).
+    pub fn finish_quietly(mut self) {
+        let st = self.child.wait().expect("wait client");
+        assert!(st.success(), "client failed: {st}");
     }
 
     pub fn finish(mut self) {

@@ -141,6 +141,63 @@ pub struct KConfig {
     pub _pad: u8,
     /// cgroup v2 level of the sandbox root; sandboxes are its children.
     pub root_level: u32,
+    /// The agent's admin listener port (host order); sandbox connects to it
+    /// are refused (see [`KConfig::admin_refused`]). 0 = none.
+    pub admin_port: u16,
+    /// Family of `admin_addr`; 0 = the listener is on a wildcard address.
+    pub admin_family: u16,
+    /// [`ADMIN_LOOPBACK`] when `admin_addr` is a loopback address.
+    pub admin_scope: u32,
+    /// Admin listener address, network byte order words (v4 in `[0]`).
+    pub admin_addr: [u32; 4],
+    /// Network namespace cookie of the agent (where the admin listener is).
+    pub agent_netns: u64,
+}
+
+/// `KConfig::admin_scope`: the admin address is loopback, so only sockets
+/// in the agent's own netns can reach it.
+pub const ADMIN_LOOPBACK: u32 = 1;
+
+impl KConfig {
+    /// Whether a sandbox TCP connect to `dst` (`family`, network-order words
+    /// as in [`SockTag::orig_addr`]) port `port` from netns `netns` would
+    /// reach the agent's admin listener, and must be refused:
+    /// * a specific address: that address and port — from any netns when it
+    ///   is routable (a node address), from the agent's netns when loopback;
+    /// * a wildcard address: that port on any address, from the agent's
+    ///   netns (sandbox netns reach the node only through its addresses,
+    ///   which the kernel half does not know: bind the admin listener to
+    ///   loopback or a specific address).
+    #[inline(always)]
+    pub fn admin_refused(&self, port: u16, family: u16, dst: &[u32; 4], netns: u64) -> bool {
+        if self.admin_port == 0 || port != self.admin_port {
+            return false;
+        }
+        let in_agent_netns = netns == self.agent_netns;
+        if self.admin_family == 0 {
+            return in_agent_netns;
+        }
+        // An AF_INET6 socket reaching an IPv4 address does so v4-mapped.
+        let mapped =
+            family == AF_INET6 && dst[0] == 0 && dst[1] == 0 && dst[2] == 0xffff_u32.to_be();
+        let (family, a0) = if mapped {
+            (AF_INET, dst[3])
+        } else {
+            (family, dst[0])
+        };
+        if family != self.admin_family {
+            return false;
+        }
+        let same = if family == AF_INET {
+            a0 == self.admin_addr[0]
+        } else {
+            dst[0] == self.admin_addr[0]
+                && dst[1] == self.admin_addr[1]
+                && dst[2] == self.admin_addr[2]
+                && dst[3] == self.admin_addr[3]
+        };
+        same && (in_agent_netns || self.admin_scope != ADMIN_LOOPBACK)
+    }
 }
 
 /// Indices into the per-CPU `STATS` array.
@@ -161,7 +218,9 @@ pub mod stat {
     pub const LINK_INSERT_FAILED: u32 = 6;
     /// Counter map insert failures.
     pub const COUNTER_INSERT_FAILED: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Sandbox connects to the agent's admin listener, refused.
+    pub const ADMIN_REFUSED: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_drops",
         "close_without_tag",
@@ -171,6 +230,7 @@ pub mod stat {
         "quic_refused",
         "link_insert_failed",
         "counter_insert_failed",
+        "admin_refused",
     ];
 }
 

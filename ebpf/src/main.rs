@@ -2,7 +2,8 @@
 //!
 //! * `connect4`/`connect6` tag every TCP socket a sandbox opens (cookie →
 //!   [`SockTag`]) and rewrite captured ports to the agent's listener; UDP/443
-//!   is refused when `KConfig::block_quic` is set (also in `sendmsg4/6`).
+//!   is refused when `KConfig::block_quic` is set (also in `sendmsg4/6`),
+//!   and so are TCP connects to the agent's admin listener.
 //! * `getpeername4/6` keep the sandbox seeing its original peer.
 //! * `sock_ops` links a redirected socket to the agent's accepted socket
 //!   (`LINKS`, keyed by the client address inside its netns) and reports the
@@ -158,6 +159,12 @@ fn on_connect(ctx: &SockAddrContext, family: u16, redirect: fn(*mut bpf_sock_add
         } else {
             tag.orig_addr = read_ip6(core::ptr::addr_of!((*sa).user_ip6));
         }
+    }
+    // The agent's admin endpoint is not for sandboxes (metrics and status
+    // of every sandbox on the node).
+    if cfg.admin_refused(port, family, &tag.orig_addr, tag.netns_cookie) {
+        bump(stat::ADMIN_REFUSED);
+        return REFUSE;
     }
     match unsafe { ATTR.get(&cgroup_id) } {
         Some(a) => {

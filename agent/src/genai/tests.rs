@@ -1102,6 +1102,16 @@ fn compression_bomb_is_bounded() {
             Some("body_too_large"),
             "{name}"
         );
+        // Both caps passed (the defaults' order: JSON cap, then decoded
+        // cap): the first problem is reported, not a decoding failure.
+        c.limits.max_decoded_bytes = 4 << 20;
+        c.limits.max_json_bytes = 1 << 20;
+        let r = c.run_chunks(c.resp_body.chunks(16 * 1024));
+        assert_eq!(
+            s(&r, sc::PARSE_ERROR).as_deref(),
+            Some("body_too_large"),
+            "{name}"
+        );
     }
     // A JSON-looking bomb: `[` followed by whitespace.
     let mut doc = b"[".to_vec();

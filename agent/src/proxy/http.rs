@@ -36,6 +36,11 @@ use crate::{
 /// usage rewrite can apply. Larger or unsized bodies are streamed.
 const WHOLE_REQUEST_MAX: u64 = 4 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/1 request head must arrive whole within this (slowloris bound;
+/// also closes keep-alive connections idle this long).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head (h1 read buffer, h2 header list): larger gets 431.
+const MAX_HEAD_BYTES: usize = 256 * 1024;
 
 /// One sandbox connection being served.
 pub struct Conn {
@@ -158,12 +163,34 @@ where
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(256 * 1024);
-    builder.http2().max_header_list_size(256 * 1024);
-    if let Err(e) = builder.serve_connection(io, svc).await {
-        tracing::debug!("sandbox connection ended: {e}");
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        // A client that shuts down its write side after the request still
+        // gets the response (hyper would otherwise drop it at EOF).
+        .half_close(true);
+    builder.http2().max_header_list_size(MAX_HEAD_BYTES as u32);
+    let drain = &conn.l7.drain;
+    let mut served = Box::pin(builder.serve_connection(io, svc));
+    let ended = tokio::select! {
+        r = served.as_mut() => Some(r),
+        _ = drain.started.cancelled() => {
+            // Finish the exchange in flight (h2: GOAWAY, open streams
+            // complete), then close; cut at the drain bound.
+            served.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = served.as_mut() => Some(r),
+                _ = drain.forced.cancelled() => None,
+            }
+        }
+    };
+    match ended {
+        Some(Err(e)) => tracing::debug!("sandbox connection ended: {e}"),
+        Some(Ok(())) => {}
+        None => tracing::debug!("sandbox connection closed at the drain bound"),
     }
+    // Dropping the connection finishes the transactions still in flight
+    // (their taps write the records) before the pending ones are flushed.
+    drop(served);
     conn.flush_pending(None);
 }
 
@@ -221,8 +248,12 @@ struct Finish {
 
 impl Finisher for Finish {
     fn finish(&self, mut txn: Transaction) {
-        txn.seal();
         let c = &self.conn;
+        if txn.error == Some("client_aborted") && c.l7.drain.forced.is_cancelled() {
+            // Cut by the agent at the drain bound, not by the sandbox.
+            txn.error = Some("agent_shutdown");
+        }
+        txn.seal();
         let tokens = txn.rec.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS).unwrap_or(0)
             + txn.rec.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS).unwrap_or(0);
         if let (Some(gw), Some(a)) = (&self.decision.gateway, &c.origin.attribution) {
