@@ -71,6 +71,18 @@ fn json_response(status: StatusCode, body: String) -> Response<ProxyBody> {
     r
 }
 
+/// Most of a refused request's body read (and discarded) before answering.
+const REFUSED_BODY_DRAIN: usize = 1024 * 1024;
+
+/// Answers a request egret refuses. The request body is read first (bounded
+/// in size and time), so an HTTP/2 stream ends cleanly instead of being
+/// reset while the client is still sending.
+async fn refuse(req: Request<Incoming>, status: StatusCode, body: String) -> Response<ProxyBody> {
+    let drain = Limited::new(req.into_body(), REFUSED_BODY_DRAIN).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    json_response(status, body)
+}
+
 fn refusal(kind: &str, message: &str) -> String {
     serde_json::json!({"error": {"type": kind, "message": message}}).to_string()
 }
@@ -412,13 +424,13 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     if req.method() == http::Method::CONNECT || req.headers().contains_key(http::header::UPGRADE) {
         let body = refusal("upgrade_refused", "egret does not proxy protocol upgrades");
         finish_now(rec, 501, Some("upgrade_refused"));
-        return json_response(StatusCode::NOT_IMPLEMENTED, body);
+        return refuse(req, StatusCode::NOT_IMPLEMENTED, body).await;
     }
     if !decision.allowed {
         rec.set(sc::POLICY_DENIED, true);
         let body = refusal("egress_denied", &format!("{host}: {}", decision.reason));
         finish_now(rec, 403, Some("policy_denied"));
-        return json_response(StatusCode::FORBIDDEN, body);
+        return refuse(req, StatusCode::FORBIDDEN, body).await;
     }
     rec.set(sc::POLICY_DENIED, false);
 
@@ -439,7 +451,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
             if st.exhausted() {
                 let (body, _) = budget::exhausted_body(provider.map(Provider::name), &st);
                 finish_now(rec, 429, Some("budget_exhausted"));
-                return json_response(StatusCode::TOO_MANY_REQUESTS, body);
+                return refuse(req, StatusCode::TOO_MANY_REQUESTS, body).await;
             }
         }
     }
