@@ -467,11 +467,15 @@ pub(crate) fn classify(b: &[u8]) -> Option<Sniffed> {
 /// `"other"`.
 #[doc(hidden)]
 pub fn sniff_bytes(b: &[u8]) -> &'static str {
+    if b.is_empty() {
+        return "other";
+    }
     match classify(&b[..b.len().min(SNIFF_BYTES)]) {
         Some(Sniffed::Tls) => "tls",
-        Some(Sniffed::Http) => "http",
+        // Undecided (a short upper-case prefix): `sniff` waits for more and
+        // serves it as HTTP when nothing decides it before the deadline.
+        Some(Sniffed::Http) | None => "http",
         Some(Sniffed::Other) => "other",
-        None => "undecided",
     }
 }
 
