@@ -26,6 +26,21 @@ fn i(rec: &Record, key: &str) -> i64 {
         .unwrap_or_else(|| panic!("{key} missing in {}", rec.to_json_line()))
 }
 
+/// A log line without its colour codes.
+fn strip_ansi(l: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in l.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
 fn lines(recs: &[&Record]) -> String {
     recs.iter()
         .map(|r| r.to_json_line())
@@ -678,9 +693,11 @@ fn slow_or_down_otlp_endpoint_does_not_slow_capture_and_drops_are_counted() {
     );
     assert_eq!(metric as u64, dropped, "and in /metrics");
     // Capture latency: unaffected within noise on a loaded box.
+    // Were the data path waiting on the exporter, requests would take the
+    // export timeout (2 s) or the receiver's 10 s.
     for (name, p) in [("slow", slow), ("down", down)] {
         assert!(
-            p <= healthy * 2.0 + 0.05,
+            p <= healthy * 3.0 + 0.25,
             "p50 with the OTLP endpoint {name}: {:.1} ms vs {:.1} ms healthy",
             p * 1e3,
             healthy * 1e3
@@ -828,7 +845,7 @@ fn spool_disk_full_keeps_capture_going_counts_drops_and_recovers() {
          dropped (metric {metric}); log: {:?}",
         log.lines()
             .filter(|l| l.contains("spool"))
-            .map(|l| l.split_once("egret::daemon").map_or(l, |x| x.1))
+            .map(strip_ansi)
             .collect::<Vec<_>>()
     );
 }
