@@ -38,12 +38,7 @@ impl Drop for MockProvider {
     }
 }
 
-/// `MOCK_BIN`, else target/debug/mock-provider.
-fn mock_bin() -> PathBuf {
-    std::env::var_os("MOCK_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/debug/mock-provider"))
-}
+use bpf_tests::world::mock_bin;
 
 impl MockProvider {
     /// HTTPS on 127.0.0.1, a free port; its certificate names the providers.
