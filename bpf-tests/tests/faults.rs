@@ -691,7 +691,12 @@ fn slow_or_down_otlp_endpoint_does_not_slow_capture_and_drops_are_counted() {
         "drops counted in /status: {}",
         w.agent.status()["otlp"]
     );
-    assert_eq!(metric as u64, dropped, "and in /metrics");
+    // Read after /status, while late exports may still be dropping.
+    let (_, dropped_after) = otlp_totals(&w);
+    assert!(
+        (dropped..=dropped_after).contains(&(metric as u64)),
+        "and in /metrics: {metric} vs {dropped}..{dropped_after}"
+    );
     // Capture latency: unaffected within noise on a loaded box.
     // Were the data path waiting on the exporter, requests would take the
     // export timeout (2 s) or the receiver's 10 s.
