@@ -164,3 +164,45 @@ for k, v in CONFIGS.items():
 # --- credentials: arbitrary-structured; text seeds give it material ----------
 write("credentials", "bearer", b"\x02\x03Bearer  sk-test-123\x00\x01key=AIza&alt=sse")
 write("credentials", "goog", b"\x02AIzaSyA-example\x01\x01alt=sse&key=AIzaSyB")
+
+# --- proxy_protocol: PROXY v2 headers as a trusted dialer sends them ---------
+SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def tlv(kind, value):
+    return bytes([kind]) + len(value).to_bytes(2, "big") + value
+
+
+def v2(cmd, fam, addrs, tlvs=b"", crc=False):
+    if crc:
+        tlvs += tlv(0x03, b"\x00\x00\x00\x00")
+    body = addrs + tlvs
+    head = SIG + bytes([0x20 | cmd, fam]) + len(body).to_bytes(2, "big") + body
+    if crc:
+        head = head[:-4] + crc32c(head).to_bytes(4, "big")
+    return head
+
+
+ATTR = b"".join(tlv(k, v) for k, v in [
+    (0xE0, b"inv-7f3a"), (0xE1, b"coding-agent"), (0xE2, b"team-a"), (0xE3, b"heron"),
+    (0xE4, b"uid-1"), (0xE5, b"r2"),
+    (0xE6, b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), (0xE7, b"vendor=x"),
+])
+TCP4 = bytes([10, 0, 0, 7, 10, 0, 0, 1]) + (40000).to_bytes(2, "big") + (443).to_bytes(2, "big")
+TCP6 = bytes(15) + b"\x01" + bytes(15) + b"\x02" + (40000).to_bytes(2, "big") + (443).to_bytes(2, "big")
+UNIX = b"/run/dialer.sock".ljust(108, b"\x00") + b"/run/egret.sock".ljust(108, b"\x00")
+write("proxy_protocol", "tcp4-attribution", v2(1, 0x11, TCP4, tlv(0x02, b"api.openai.com") + ATTR))
+write("proxy_protocol", "tcp4-crc-hello", v2(1, 0x11, TCP4, ATTR + tlv(0x01, b"h2"), crc=True) + hello)
+write("proxy_protocol", "tcp6-noop-unknown", v2(1, 0x21, TCP6, tlv(0x04, b"\x00" * 3) + tlv(0x30, b"ns") + ATTR)
+      + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+write("proxy_protocol", "unix-unique-id", v2(1, 0x31, UNIX, tlv(0x05, b"u-123") + ATTR))
+write("proxy_protocol", "local", v2(0, 0x00, b""))
