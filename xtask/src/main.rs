@@ -44,6 +44,11 @@ enum Cmd {
         /// Seconds per target (libFuzzer `-max_total_time`).
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Unoptimized build (`cargo fuzz --dev`, still with debug
+        /// assertions and AddressSanitizer): builds in about half the CPU
+        /// time, runs slower. The CI smoke uses it.
+        #[arg(long)]
+        dev: bool,
         /// Targets to run (default: all of `cargo fuzz list`).
         targets: Vec<String>,
     },
@@ -370,7 +375,7 @@ fn run_fuzz_target(cmd: &mut Command) -> Result<(bool, FuzzStats)> {
     Ok((status.success(), stats))
 }
 
-fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
+fn fuzz(seconds: u64, dev: bool, targets: &[String]) -> Result<()> {
     let root = root();
     if output(nightly().args(["run", "nightly", "rustc", "--version"])).is_err() {
         bail!("fuzzing needs the nightly toolchain: run `cargo xtask setup`");
@@ -392,7 +397,8 @@ fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
     };
     // One build for every target, then the timed runs.
     let started = std::time::Instant::now();
-    run(&mut cargo_fuzz(&root, "build"))?;
+    let profile: &[&str] = if dev { &["--dev"] } else { &[] };
+    run(cargo_fuzz(&root, "build").args(profile))?;
     println!("fuzz: built in {:.0?}", started.elapsed());
     let mut report = Vec::new();
     let mut crashed = Vec::new();
@@ -404,6 +410,7 @@ fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
         println!("fuzz: {t} for {seconds}s");
         let (ok, stats) = run_fuzz_target(
             cargo_fuzz(&root, "run")
+                .args(profile)
                 .arg(t)
                 .arg(&work)
                 .arg(&seeds)
@@ -451,7 +458,11 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo(),
-        Cmd::Fuzz { seconds, targets } => fuzz(seconds, &targets),
+        Cmd::Fuzz {
+            seconds,
+            dev,
+            targets,
+        } => fuzz(seconds, dev, &targets),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
