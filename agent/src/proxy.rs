@@ -293,6 +293,10 @@ impl Proxy {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    // Responses go out as several writes (h2 HEADERS then
+                    // DATA, TLS records): with Nagle on, a small second
+                    // write waits for the sandbox's delayed ACK (~40 ms).
+                    let _ = stream.set_nodelay(true);
                     let me = self.clone();
                     let ns = netns.clone();
                     drain.tasks.spawn(async move {

@@ -5,7 +5,7 @@
 //! entry into a `KeyValue`, ClickHouse maps names to columns (dots →
 //! underscores). Two kinds exist: `flow` (one per TCP connection, from the
 //! kernel's close event) and `transaction` (one per HTTP exchange).
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -91,10 +91,14 @@ impl AttrValue {
 }
 
 /// One flow or transaction record.
+///
+/// Keys are the `&'static` names from [`crate::semconv`] (borrowed, not
+/// allocated: a transaction sets ~50 of them on the proxy's hot path);
+/// records read back from storage own theirs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Record {
-    attrs: BTreeMap<String, AttrValue>,
+    attrs: BTreeMap<Cow<'static, str>, AttrValue>,
 }
 
 impl Record {
@@ -106,12 +110,16 @@ impl Record {
         r
     }
 
-    pub fn set(&mut self, key: &str, value: impl Into<AttrValue>) {
-        self.attrs.insert(key.to_owned(), value.into());
+    pub fn set(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<AttrValue>) {
+        self.attrs.insert(key.into(), value.into());
     }
 
     /// Sets `key` only when `value` is present.
-    pub fn set_opt<V: Into<AttrValue>>(&mut self, key: &str, value: Option<V>) {
+    pub fn set_opt<V: Into<AttrValue>>(
+        &mut self,
+        key: impl Into<Cow<'static, str>>,
+        value: Option<V>,
+    ) {
         if let Some(v) = value {
             self.set(key, v);
         }
@@ -151,7 +159,7 @@ impl Record {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &AttrValue)> {
-        self.attrs.iter().map(|(k, v)| (k.as_str(), v))
+        self.attrs.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
     pub fn to_json_line(&self) -> String {

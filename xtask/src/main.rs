@@ -52,6 +52,22 @@ enum Cmd {
         /// Targets to run (default: all of `cargo fuzz list`).
         targets: Vec<String>,
     },
+    /// Install what is missing (as `setup`, plus mitmproxy in its own venv),
+    /// build release binaries and run the benchmarks against same-run
+    /// baselines (egret-bench): a markdown table on stdout, merged into
+    /// docs/benchmarks.md (`--quick`: next to the binaries instead).
+    Bench {
+        /// Which benches (default: all).
+        #[arg(value_parser = ["proxy", "stream", "ebpf", "pipeline", "all"])]
+        which: Vec<String>,
+        /// Short runs (3 s, one round), no wait for a quiet machine, no
+        /// mitmproxy install (its row is omitted if it is missing).
+        #[arg(long)]
+        quick: bool,
+        /// Don't wait for the 1-minute load average to drop below 1.0.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 const APT_PACKAGES: &[&str] = &[
@@ -63,6 +79,7 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "nghttp2-client",
     "nginx",
+    "bpftool",
     "curl",
     "python3-venv",
     "procps",
@@ -451,6 +468,81 @@ fn fuzz(seconds: u64, dev: bool, targets: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// mitmproxy's own venv (its pins clash with the provider SDKs').
+fn mitm_venv() -> PathBuf {
+    env::var_os("EGRET_MITM_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv-mitm"))
+}
+
+fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(p) if p.is_absolute() => p,
+        Some(p) => root().join(p),
+        None => root().join("target"),
+    }
+}
+
+fn bench(which: &[String], quick: bool, no_wait: bool) -> Result<()> {
+    setup(false)?;
+    let venv = mitm_venv();
+    if !quick && !venv.join("bin/mitmdump").exists() {
+        if !venv.join("bin/python").exists() {
+            run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        }
+        run(Command::new(venv.join("bin/python")).args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "mitmproxy",
+        ]))?;
+    }
+    let root = root();
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "egret",
+        "-p",
+        "bpf-tests",
+        "--bins",
+    ]))?;
+    let rel = target_dir().join("release");
+    let mut rev =
+        output(
+            Command::new("git")
+                .current_dir(&root)
+                .args(["rev-parse", "--short", "HEAD"]),
+        )
+        .unwrap_or_else(|_| "unknown".into());
+    if output(Command::new("git").current_dir(&root).args([
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+    ]))
+    .is_ok_and(|s| !s.is_empty())
+    {
+        rev.push_str("+dirty");
+    }
+    let mut cmd = Command::new(rel.join("egret-bench"));
+    cmd.arg("run")
+        .args(which)
+        .env("EGRET_BIN", rel.join("egret"))
+        .env("MOCK_BIN", rel.join("mock-provider"))
+        .env("EGRET_VENV", venv_dir())
+        .env("EGRET_MITM_VENV", &venv)
+        .env("EGRET_GIT_REV", rev);
+    if quick {
+        cmd.arg("--quick");
+    }
+    if no_wait {
+        cmd.arg("--no-wait");
+    }
+    run(&mut cmd)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -463,6 +555,11 @@ fn main() -> ExitCode {
             dev,
             targets,
         } => fuzz(seconds, dev, &targets),
+        Cmd::Bench {
+            which,
+            quick,
+            no_wait,
+        } => bench(&which, quick, no_wait),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

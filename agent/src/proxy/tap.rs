@@ -55,7 +55,7 @@ impl Capture {
     }
 
     /// Writes the captured body: UTF-8 as is, anything else base64.
-    pub fn write(&self, rec: &mut Record, body_key: &str, truncated_key: &str) {
+    pub fn write(&self, rec: &mut Record, body_key: &'static str, truncated_key: &'static str) {
         rec.set(truncated_key, self.truncated());
         if !self.enabled || self.buf.is_empty() {
             return;

@@ -170,7 +170,10 @@ impl Upstream {
             None => false,
         };
         if !alive {
-            *guard = Some(self.connect().await?);
+            // Boxed: the dial + TLS + HTTP handshake future is ~8 KB and
+            // runs once per connection; inline it would make every
+            // request's future (moved on each spawn/poll) that much bigger.
+            *guard = Some(Box::pin(self.connect()).await?);
         }
         let scheme = if self.target.tls_name.is_some() {
             "https"

@@ -214,7 +214,7 @@ trait ColValue<'a>: Sized {
     /// (the attribute then goes to the generic arrays).
     fn store(v: &'a AttrValue, slot: &mut Self) -> bool;
     /// Sets the attribute on `r` if the column holds a value.
-    fn load(self, attr: &str, r: &mut Record);
+    fn load(self, attr: &'static str, r: &mut Record);
 }
 
 impl<'a> ColValue<'a> for Cow<'a, str> {
@@ -227,7 +227,7 @@ impl<'a> ColValue<'a> for Cow<'a, str> {
             _ => false,
         }
     }
-    fn load(self, attr: &str, r: &mut Record) {
+    fn load(self, attr: &'static str, r: &mut Record) {
         if !self.is_empty() {
             r.set(attr, self.into_owned());
         }
@@ -244,7 +244,7 @@ impl<'a> ColValue<'a> for i64 {
             _ => false,
         }
     }
-    fn load(self, attr: &str, r: &mut Record) {
+    fn load(self, attr: &'static str, r: &mut Record) {
         if self != 0 {
             r.set(attr, self);
         }
@@ -261,7 +261,7 @@ impl<'a> ColValue<'a> for Option<Cow<'a, str>> {
             _ => false,
         }
     }
-    fn load(self, attr: &str, r: &mut Record) {
+    fn load(self, attr: &'static str, r: &mut Record) {
         if let Some(v) = self {
             r.set(attr, v.into_owned());
         }
@@ -280,7 +280,7 @@ macro_rules! scalar_col {
                     _ => false,
                 }
             }
-            fn load(self, attr: &str, r: &mut Record) {
+            fn load(self, attr: &'static str, r: &mut Record) {
                 if let Some(v) = self {
                     r.set(attr, v);
                 }
@@ -302,7 +302,7 @@ impl<'a> ColValue<'a> for Vec<Cow<'a, str>> {
             _ => false,
         }
     }
-    fn load(self, attr: &str, r: &mut Record) {
+    fn load(self, attr: &'static str, r: &mut Record) {
         if !self.is_empty() {
             r.set(
                 attr,
@@ -529,7 +529,7 @@ fn load_generic(keys: Vec<Cow<str>>, values: Vec<Cow<str>>, types: Vec<i8>, r: &
             _ => None,
         };
         let value = parsed.unwrap_or_else(|| AttrValue::Str(v.into_owned()));
-        r.set(&k, value);
+        r.set(k.into_owned(), value);
     }
 }
 
