@@ -48,6 +48,11 @@ use crate::{
 const RECORD_QUEUE: usize = 65_536;
 /// Most records appended (and fsync'd) at once.
 const RECORD_BATCH: usize = 4_096;
+/// Least time between two spool appends: records arriving meanwhile join
+/// the next batch, so a busy proxy pays one write + fdatasync per batch,
+/// not per record (group commit). Records reach exporters at most this
+/// much later.
+const RECORD_LINGER: Duration = Duration::from_millis(5);
 /// Records buffered for `egret tail` viewers; slower viewers skip ahead.
 const TAIL_BUFFER: usize = 4_096;
 /// After spool appends failed, how long they must keep succeeding before
@@ -85,6 +90,8 @@ pub enum RunError {
     Sink(#[from] sink::SinkError),
     #[error("OTLP: {0}")]
     Otlp(#[from] sink::otlp::OtlpError),
+    #[error("recorder thread: {0}")]
+    Recorder(std::io::Error),
     #[error("admin listener: {0}")]
     Admin(std::io::Error),
 }
@@ -228,7 +235,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         dropped_records: AtomicU64::new(0),
         drain: Default::default(),
     });
-    let recorder = tokio::spawn(record_loop(
+    let recorder = spawn_recorder(
         spool,
         rx,
         Recorder {
@@ -238,7 +245,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             stats: record_stats.clone(),
         },
         shutdown.child_token(),
-    ));
+    )
+    .map_err(RunError::Recorder)?;
     let proxy = Proxy::new(
         kernel.clone(),
         registry.clone(),
@@ -539,9 +547,34 @@ impl Recorder {
     }
 }
 
+/// Runs [`record_loop`] on its own thread (a current-thread runtime of its
+/// own): appends block on write + fdatasync, and doing that on the proxy's
+/// runtime (even with `block_in_place`) handed the worker to another thread
+/// in the middle of a response — two thread wake-ups on every request's
+/// path. The receiver resolves when the loop has written what was queued.
+fn spawn_recorder(
+    spool: Spool,
+    rx: mpsc::Receiver<Record>,
+    out: Recorder,
+    stop: CancellationToken,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("egret-recorder".into())
+        .spawn(move || {
+            rt.block_on(record_loop(spool, rx, out, stop));
+            let _ = done_tx.send(());
+        })?;
+    Ok(done_rx)
+}
+
 /// The only writer of the spool: batches what arrives, appends it (fsync'd),
 /// and only then hands it to exporters and `egret tail`. On shutdown the
-/// channel is closed and what is queued is still written.
+/// channel is closed and what is queued is still written. Runs on its own
+/// thread ([`spawn_recorder`]), so the blocking append is fine here.
 async fn record_loop(
     mut spool: Spool,
     mut rx: mpsc::Receiver<Record>,
@@ -552,6 +585,9 @@ async fn record_loop(
     // Since appends started failing: records lost, and when the last
     // append failed (None: appends succeed).
     let mut failing: Option<(u64, std::time::Instant)> = None;
+    let mut last_append = std::time::Instant::now()
+        .checked_sub(RECORD_LINGER)
+        .unwrap_or_else(std::time::Instant::now);
     loop {
         batch.clear();
         let n = tokio::select! {
@@ -564,11 +600,26 @@ async fn record_loop(
         if n == 0 {
             return;
         }
+        // Group commit: wait out the rest of the linger for more records
+        // (unless the batch is full or shutdown began).
+        let wait = RECORD_LINGER.saturating_sub(last_append.elapsed());
+        if batch.len() < RECORD_BATCH && !wait.is_zero() && !stop.is_cancelled() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => {}
+            }
+            while batch.len() < RECORD_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+        }
+        last_append = std::time::Instant::now();
         for rec in batch.iter_mut() {
             out.stamp_gateway(rec);
         }
-        // fsync blocks: keep it off the runtime's other tasks.
-        match tokio::task::block_in_place(|| spool.append(&batch)) {
+        match spool.append(&batch) {
             Ok(o) => {
                 if o.dropped > 0 {
                     out.stats

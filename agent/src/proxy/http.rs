@@ -51,6 +51,8 @@ pub struct Conn {
     pub tls: bool,
     pub upstream: Upstream,
     pub downstream: Arc<ByteCounts>,
+    /// Ended transactions not sealed yet (see [`Finish`]).
+    finished: Mutex<Vec<Finished>>,
     pending: Mutex<Vec<Pending>>,
     next_txn: std::sync::atomic::AtomicU64,
 }
@@ -121,6 +123,7 @@ where
                 dst: origin.dst,
                 netns: origin.netns.clone(),
                 tls_name: Some(tls_name),
+                h2: accepted.is_h2(),
             },
             l7.upstream_tls.clone(),
         ),
@@ -129,6 +132,7 @@ where
         sni,
         tls: true,
         downstream,
+        finished: Mutex::new(Vec::new()),
         pending: Mutex::new(Vec::new()),
         next_txn: Default::default(),
     });
@@ -148,6 +152,7 @@ where
                 dst: origin.dst,
                 netns: origin.netns.clone(),
                 tls_name: None,
+                h2: false,
             },
             l7.upstream_tls.clone(),
         ),
@@ -156,6 +161,7 @@ where
         sni: None,
         tls: false,
         downstream,
+        finished: Mutex::new(Vec::new()),
         pending: Mutex::new(Vec::new()),
         next_txn: Default::default(),
     });
@@ -220,8 +226,48 @@ struct Pending {
 const L4_SETTLE: Duration = Duration::from_millis(500);
 
 impl Conn {
-    /// Writes pending records whose L4 window has closed (`only`: one of them).
+    /// Seals the transactions whose responses ended since the last call:
+    /// provider parsing, the record, token budgets. They then wait in
+    /// `pending` for their L4 window.
+    fn seal_finished(&self) {
+        let done = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|p| p.into_inner()));
+        for Finished {
+            id,
+            mut txn,
+            gateway,
+        } in done
+        {
+            if txn.error == Some("client_aborted") && self.l7.drain.forced.is_cancelled() {
+                // Cut by the agent at the drain bound, not by the sandbox.
+                txn.error = Some("agent_shutdown");
+            }
+            txn.seal();
+            let tokens = txn.rec.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS).unwrap_or(0)
+                + txn.rec.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS).unwrap_or(0);
+            if let (Some(gw), Some(a)) = (&gateway, &self.origin.attribution) {
+                if let Some(st) =
+                    self.l7
+                        .budgets
+                        .add(gw, &a.agent_namespace, &a.agent_name, tokens.max(0) as u64)
+                {
+                    txn.rec.set(sc::BUDGET_DAILY_USED, st.used);
+                }
+            }
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Pending {
+                    id,
+                    rec: txn.rec,
+                    l4_start: txn.l4_start,
+                });
+        }
+    }
+
+    /// Writes pending records whose L4 window has closed (`only`: one of
+    /// them); seals what ended first.
     fn flush_pending(&self, only: Option<u64>) {
+        self.seal_finished();
         let ready: Vec<Pending> = {
             let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             match only {
@@ -252,46 +298,53 @@ impl Conn {
     }
 }
 
+/// An ended transaction waiting to be sealed.
+struct Finished {
+    id: u64,
+    txn: Transaction,
+    gateway: Option<Arc<crate::config::GatewayConfig>>,
+}
+
 /// Counts a finished transaction's tokens and queues its record.
+///
+/// The response tap ends a transaction while hyper is still writing the
+/// last bytes to the sandbox (h1 drops the body before flushing), so the
+/// work of sealing it is not done there: the transaction is queued and a
+/// task spawned now seals it once the connection's task has yielded (the
+/// response is out by then). Anything that reads the queue — the next
+/// request on the connection, its end — seals first, so no ordering is
+/// lost.
 struct Finish {
     conn: Arc<Conn>,
     decision: Decision,
 }
 
 impl Finisher for Finish {
-    fn finish(&self, mut txn: Transaction) {
+    fn finish(&self, txn: Transaction) {
         let c = &self.conn;
-        if txn.error == Some("client_aborted") && c.l7.drain.forced.is_cancelled() {
-            // Cut by the agent at the drain bound, not by the sandbox.
-            txn.error = Some("agent_shutdown");
-        }
-        txn.seal();
-        let tokens = txn.rec.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS).unwrap_or(0)
-            + txn.rec.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS).unwrap_or(0);
-        if let (Some(gw), Some(a)) = (&self.decision.gateway, &c.origin.attribution) {
-            if let Some(st) =
-                c.l7.budgets
-                    .add(gw, &a.agent_namespace, &a.agent_name, tokens.max(0) as u64)
-            {
-                txn.rec.set(sc::BUDGET_DAILY_USED, st.used);
-            }
-        }
         let id = c
             .next_txn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        c.pending
+        c.finished
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(Pending {
+            .push(Finished {
                 id,
-                rec: txn.rec,
-                l4_start: txn.l4_start,
+                txn,
+                gateway: self.decision.gateway.clone(),
             });
         let conn = c.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(L4_SETTLE).await;
-            conn.flush_pending(Some(id));
-        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    conn.seal_finished();
+                    tokio::time::sleep(L4_SETTLE).await;
+                    conn.flush_pending(Some(id));
+                });
+            }
+            // Dropped outside the runtime (shutdown): write it now.
+            Err(_) => conn.flush_pending(None),
+        }
     }
 }
 
@@ -623,7 +676,8 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         }),
         l4_start,
     });
-    let tap = ResponseTap::new(rbody, txn);
+    let mut tap = ResponseTap::new(rbody, txn);
+    tap.prefetch().await;
     if tap.rewrites_body() {
         // The usage filter removes bytes: the length is no longer known.
         rparts.headers.remove(http::header::CONTENT_LENGTH);

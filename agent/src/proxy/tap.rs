@@ -157,6 +157,8 @@ impl Transaction {
 /// The response body on its way to the sandbox.
 pub struct ResponseTap<B: Body> {
     inner: B,
+    /// A frame read by [`ResponseTap::prefetch`], handed out first.
+    prefetched: Option<Option<Result<Frame<Bytes>, B::Error>>>,
     txn: Option<Box<Transaction>>,
     filter: Option<UsageChunkFilter>,
     scratch: Vec<u8>,
@@ -167,9 +169,49 @@ impl<B: Body> ResponseTap<B> {
         let filter = txn.exchange.usage_filter();
         ResponseTap {
             inner,
+            prefetched: None,
             txn: Some(txn),
             filter,
             scratch: Vec::new(),
+        }
+    }
+
+    /// Reads the first frame if it is already on its way, so the response
+    /// head and a small body leave in one write (one TLS record, one
+    /// segment) instead of the head alone followed by the body. hyper's
+    /// client only decodes body bytes once the body is polled, so one poll,
+    /// one yield (the connection task runs) and a second poll; a body that
+    /// is not there yet (a stream still thinking) is not waited for.
+    pub async fn prefetch(&mut self)
+    where
+        B: Body<Data = Bytes> + Unpin,
+    {
+        for attempt in 0..2 {
+            let polled = std::future::poll_fn(|cx| {
+                Poll::Ready(match Pin::new(&mut self.inner).poll_frame(cx) {
+                    Poll::Ready(f) => Some(f),
+                    Poll::Pending => None,
+                })
+            })
+            .await;
+            if let Some(f) = polled {
+                self.prefetched = Some(f);
+                return;
+            }
+            if attempt == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    /// The prefetched frame if any, else the inner body's next.
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+    {
+        match self.prefetched.take() {
+            Some(f) => Poll::Ready(f),
+            None => Pin::new(&mut self.inner).poll_frame(cx),
         }
     }
 
@@ -179,11 +221,12 @@ impl<B: Body> ResponseTap<B> {
     }
 
     fn end(&mut self, error: Option<&'static str>) {
-        let error = if self.filter.is_none() && self.inner.is_end_stream() {
-            None
-        } else {
-            error
-        };
+        let error =
+            if self.prefetched.is_none() && self.filter.is_none() && self.inner.is_end_stream() {
+                None
+            } else {
+                error
+            };
         if let Some(mut txn) = self.txn.take() {
             if txn.error.is_none() {
                 txn.error = error;
@@ -207,7 +250,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         loop {
             let this = &mut *self;
-            match Pin::new(&mut this.inner).poll_frame(cx) {
+            match this.poll_inner(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     if let Some(f) = this.filter.as_mut() {
@@ -259,17 +302,33 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.txn.is_none() && self.filter.is_none() && self.inner.is_end_stream()
+        self.prefetched.is_none()
+            && self.txn.is_none()
+            && self.filter.is_none()
+            && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
         if self.filter.is_some() {
-            SizeHint::default()
-        } else {
-            self.inner.size_hint()
+            return SizeHint::default();
         }
+        let ahead = match &self.prefetched {
+            Some(Some(Ok(f))) => f.data_ref().map_or(0, |d| d.len() as u64),
+            _ => 0,
+        };
+        let inner = self.inner.size_hint();
+        let mut h = SizeHint::new();
+        h.set_lower(inner.lower() + ahead);
+        if let Some(u) = inner.upper() {
+            h.set_upper(u + ahead);
+        }
+        h
     }
 }
+
+// No field is structurally pinned: the inner body is polled through
+// `Pin::new(&mut inner)`, which needs `B: Unpin` anyway.
+impl<B: Body> Unpin for ResponseTap<B> {}
 
 impl<B: Body> Drop for ResponseTap<B> {
     fn drop(&mut self) {

@@ -77,6 +77,12 @@ pub struct Target {
     pub netns: Option<PathBuf>,
     /// SNI for TLS; None = plain HTTP.
     pub tls_name: Option<String>,
+    /// Offer HTTP/2 upstream: only when the sandbox speaks HTTP/2 to us.
+    /// An HTTP/1.1 sandbox connection carries one exchange at a time, so one
+    /// HTTP/1.1 upstream connection matches it exactly — and avoids h2's
+    /// extra frames and writes (HEADERS and DATA leave separately) on every
+    /// request.
+    pub h2: bool,
 }
 
 pub struct Upstream {
@@ -116,7 +122,11 @@ impl Upstream {
             Some(name) => {
                 let cfg = self
                     .tls
-                    .client_config(&[ALPN_H2, ALPN_HTTP11])
+                    .client_config(if self.target.h2 {
+                        &[ALPN_H2, ALPN_HTTP11]
+                    } else {
+                        &[ALPN_HTTP11]
+                    })
                     .map_err(|e| UpstreamError::Config(e.to_string()))?;
                 let server_name = ServerName::try_from(name.clone())
                     .map_err(|_| UpstreamError::Name(name.clone()))?;

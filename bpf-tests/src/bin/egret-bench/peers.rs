@@ -106,7 +106,10 @@ impl Egret {
         let cpus = std::env::var("EGRET_BENCH_AGENT_CPUS").unwrap_or_else(|_| SUBJECT_CPU.into());
         fs::write(
             &wrapper,
-            format!("#!/bin/sh\nexec taskset -c {cpus} {} \"$@\"\n", real.display()),
+            format!(
+                "#!/bin/sh\nexec taskset -c {cpus} {} \"$@\"\n",
+                real.display()
+            ),
         )
         .ctx(|| "write wrapper".into())?;
         Command::new("chmod")

@@ -115,7 +115,7 @@ pub fn profile(a: ProfileArgs) -> BenchResult<()> {
             let egret = Egret::start(&mock, "", None)?;
             let data = out.join("perf.data");
             let mut rec = Command::new("perf")
-                .args(["record", "-e", "cpu-clock", "-F", "1999", "-o"])
+                .args(["record", "-e", "cpu-clock", "-F", "1999", "-g", "-o"])
                 .arg(&data)
                 .args(["-p", &egret.pid.to_string(), "--", "sleep"])
                 .arg((a.secs + 1).to_string())
@@ -129,7 +129,7 @@ pub fn profile(a: ProfileArgs) -> BenchResult<()> {
             drop(egret);
             for (name, sort) in [("dso", "dso"), ("symbols", "dso,sym")] {
                 let o = Command::new("perf")
-                    .args(["report", "--stdio", "--no-children", "-i"])
+                    .args(["report", "--stdio", "--no-children", "-g", "none", "-i"])
                     .arg(&data)
                     .args(["--sort", sort, "--percent-limit", "0.5"])
                     .output()
