@@ -90,7 +90,43 @@ pub struct KernelMaps {
     tags: HashMap<MapData, u64, SockTag>,
     links: HashMap<MapData, LinkKey, u64>,
     counters: Mutex<PerCpuHashMap<MapData, u64, SkbCounters>>,
+    /// Final counters of the sockets closed most recently: the close loop
+    /// removes a socket's entry as soon as its close event arrives, which
+    /// can be before the proxy has read them for the connection's last
+    /// transaction (the sandbox closes right after the response).
+    closed: Mutex<RecentlyClosed>,
     stats: PerCpuArray<MapData, u64>,
+}
+
+/// Bounded cache of closed sockets' counters, oldest evicted first.
+#[derive(Default)]
+struct RecentlyClosed {
+    by_cookie: std::collections::HashMap<u64, SkbCounters>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl RecentlyClosed {
+    /// Closes kept: a few seconds of closes at a busy node's rate.
+    const CAP: usize = 16_384;
+
+    fn insert(&mut self, cookie: u64, c: SkbCounters) {
+        if self.by_cookie.insert(cookie, c).is_none() {
+            self.order.push_back(cookie);
+        }
+        while self.order.len() > Self::CAP {
+            if let Some(old) = self.order.pop_front() {
+                self.by_cookie.remove(&old);
+            }
+        }
+    }
+}
+
+fn sum_counters(values: &aya::maps::PerCpuValues<SkbCounters>) -> SkbCounters {
+    let mut sum = SkbCounters::default();
+    for v in values.iter() {
+        sum.add(v);
+    }
+    sum
 }
 
 pub struct Kernel {
@@ -212,6 +248,7 @@ impl Kernel {
                 tags: take(&mut ebpf, "EGRET_TAGS")?,
                 links: take(&mut ebpf, "EGRET_LINKS")?,
                 counters: Mutex::new(take(&mut ebpf, "EGRET_COUNTERS")?),
+                closed: Mutex::default(),
                 stats: take(&mut ebpf, "EGRET_STATS")?,
             },
             closes: Mutex::new(Some(take(&mut ebpf, "EGRET_CLOSES")?)),
@@ -449,26 +486,36 @@ impl KernelMaps {
     }
 
     /// Sums and removes a closed socket's per-CPU payload counters.
+    /// The final counters are kept a while for [`Self::peek_counters`].
     pub fn take_counters(&self, cookie: u64) -> Option<SkbCounters> {
-        let mut m = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let values = m.get(&cookie, 0).ok()?;
-        let mut sum = SkbCounters::default();
-        for v in values.iter() {
-            sum.add(v);
-        }
-        let _ = m.remove(&cookie);
+        let sum = {
+            let mut m = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+            let sum = sum_counters(&m.get(&cookie, 0).ok()?);
+            let _ = m.remove(&cookie);
+            sum
+        };
+        self.closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cookie, sum);
         Some(sum)
     }
 
-    /// A live socket's payload counters so far (summed over CPUs), untouched.
+    /// A socket's payload counters so far (summed over CPUs), untouched;
+    /// for a socket closed recently, its final counters.
     pub fn peek_counters(&self, cookie: u64) -> Option<SkbCounters> {
-        let m = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let values = m.get(&cookie, 0).ok()?;
-        let mut sum = SkbCounters::default();
-        for v in values.iter() {
-            sum.add(v);
-        }
-        Some(sum)
+        let live = {
+            let m = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+            m.get(&cookie, 0).ok().map(|v| sum_counters(&v))
+        };
+        live.or_else(|| {
+            self.closed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .by_cookie
+                .get(&cookie)
+                .copied()
+        })
     }
 
     /// Kernel-side counters (drops, misses, redirects) summed over CPUs.
@@ -490,6 +537,26 @@ impl KernelMaps {
 mod tests {
     use super::*;
     use egret_common::{AF_INET, AF_INET6};
+
+    #[test]
+    fn recently_closed_keeps_the_newest_and_evicts_the_oldest() {
+        let mut rc = RecentlyClosed::default();
+        let c = |n| SkbCounters {
+            tx_bytes: n,
+            ..SkbCounters::default()
+        };
+        for cookie in 0..(RecentlyClosed::CAP as u64 + 10) {
+            rc.insert(cookie, c(cookie));
+        }
+        assert_eq!(rc.by_cookie.len(), RecentlyClosed::CAP);
+        assert_eq!(rc.order.len(), RecentlyClosed::CAP);
+        assert!(!rc.by_cookie.contains_key(&9));
+        assert_eq!(rc.by_cookie.get(&10).map(|v| v.tx_bytes), Some(10));
+        // A cookie seen again is updated in place, not queued twice.
+        rc.insert(10, c(99));
+        assert_eq!(rc.order.len(), RecentlyClosed::CAP);
+        assert_eq!(rc.by_cookie.get(&10).map(|v| v.tx_bytes), Some(99));
+    }
 
     fn v4(ip: [u8; 4]) -> [u32; 4] {
         [u32::from_ne_bytes(ip), 0, 0, 0]

@@ -272,6 +272,9 @@ fn setup(no_apt: bool) -> Result<()> {
             "-c",
             "import openai, anthropic, google.genai, mcp, opentelemetry.proto",
         ])
+        // A fresh venv lacks them: that is what this probe finds out, not
+        // an error to print.
+        .stderr(std::process::Stdio::null())
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
@@ -300,7 +303,8 @@ fn test(args: &[String]) -> Result<()> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
         .args(["test", "--workspace", "--no-fail-fast"])
-        .env("EGRET_BIN", root.join("target/debug/egret"))
+        .env("EGRET_BIN", target_dir().join("debug/egret"))
+        .env("MOCK_BIN", target_dir().join("debug/mock-provider"))
         .env("EGRET_VENV", venv_dir());
     if !args.is_empty() {
         cmd.arg("--").args(args);
@@ -320,9 +324,10 @@ fn demo() -> Result<()> {
         "bpf-tests",
         "--bins",
     ]))?;
-    run(Command::new(root.join("target/release/egret-demo"))
-        .env("EGRET_BIN", root.join("target/release/egret"))
-        .env("MOCK_BIN", root.join("target/release/mock-provider"))
+    let rel = target_dir().join("release");
+    run(Command::new(rel.join("egret-demo"))
+        .env("EGRET_BIN", rel.join("egret"))
+        .env("MOCK_BIN", rel.join("mock-provider"))
         .env("EGRET_VENV", venv_dir()))
 }
 
