@@ -332,16 +332,27 @@ async fn accept_loop(
                 Some(acceptor) => match acceptor.accept(tcp).await {
                     Ok(tls) => builder.serve_connection(TokioIo::new(tls), service).await,
                     Err(e) => {
-                        eprintln!("mock-provider: TLS handshake with {peer}: {e}");
+                        // A client that connects and leaves (a probe, a
+                        // load generator stopping) is routine.
+                        if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                            eprintln!("mock-provider: TLS handshake with {peer}: {e}");
+                        }
                         return;
                     }
                 },
                 None => builder.serve_connection(TokioIo::new(tcp), service).await,
             };
             if let Err(e) = result {
-                // Clients closing mid-stream are routine; report the rest.
+                // Clients closing mid-stream or before our close_notify (load
+                // generators at the end of a timed run) are routine; report
+                // the rest.
                 let text = e.to_string();
-                if !text.contains("connection reset") && !text.contains("broken pipe") {
+                let routine = [
+                    "connection reset",
+                    "broken pipe",
+                    "shutting down connection",
+                ];
+                if !routine.iter().any(|r| text.contains(r)) {
                     eprintln!("mock-provider: connection from {peer}: {text}");
                 }
             }

@@ -251,7 +251,8 @@ fn machine(wait_note: &str, which: &[Which], quick: bool) -> String {
         version_of("h2load", &["--version"]),
         version_of("iperf3", &["--version"]),
         version_of("bpftool", &["version"]),
-        version_of("clickhouse-server", &["--version"]),
+        // Debian's 18.16 server has no --version: ask dpkg.
+        version_of("dpkg-query", &["-W", "-f=${Version}", "clickhouse-server"]),
         l.0,
         l.1,
         l.2,
