@@ -409,6 +409,12 @@ fn clickhouse_down_under_load_every_record_lands_exactly_once() {
     let inv = unique("inv-chdown-");
     let cg = w.sandbox(&inv, None);
     let urls = ["https://api.openai.com/json/200"; 4];
+    // 10 s in CI; `EGRET_FAULT_CH_DOWN_SECS=180` for the minutes-long
+    // outage (the load then runs at most the outage + 80 s).
+    let outage_secs: u64 = std::env::var("EGRET_FAULT_CH_DOWN_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (requests, outage_status) = std::thread::scope(|s| {
         let load = s.spawn(|| {
@@ -417,8 +423,8 @@ fn clickhouse_down_under_load_every_record_lands_exactly_once() {
             // Steady load, bounded in count and time.
             let t0 = Instant::now();
             while !stop.load(std::sync::atomic::Ordering::Relaxed)
-                && sent < 1000
-                && t0.elapsed() < Duration::from_secs(90)
+                && sent < 1000 + 100 * outage_secs as usize
+                && t0.elapsed() < Duration::from_secs(80 + outage_secs)
             {
                 let (n, _) = curl_batch(&w, &cg, &urls);
                 ok += n;
@@ -429,7 +435,7 @@ fn clickhouse_down_under_load_every_record_lands_exactly_once() {
         std::thread::sleep(Duration::from_secs(3));
         ch.stop();
         let down_at = Instant::now();
-        std::thread::sleep(Duration::from_secs(10));
+        std::thread::sleep(Duration::from_secs(outage_secs));
         let status = w.agent.status();
         ch.start_again().expect("ClickHouse restarts");
         eprintln!("ClickHouse was down for {:?}", down_at.elapsed());

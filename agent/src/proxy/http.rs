@@ -53,6 +53,8 @@ pub struct Conn {
     pub downstream: Arc<ByteCounts>,
     /// Ended transactions not sealed yet (see [`Finish`]).
     finished: Mutex<Vec<Finished>>,
+    /// Held while ended transactions are sealed into `pending`.
+    sealing: Mutex<()>,
     pending: Mutex<Vec<Pending>>,
     next_txn: std::sync::atomic::AtomicU64,
 }
@@ -133,6 +135,7 @@ where
         tls: true,
         downstream,
         finished: Mutex::new(Vec::new()),
+        sealing: Mutex::new(()),
         pending: Mutex::new(Vec::new()),
         next_txn: Default::default(),
     });
@@ -162,6 +165,7 @@ where
         tls: false,
         downstream,
         finished: Mutex::new(Vec::new()),
+        sealing: Mutex::new(()),
         pending: Mutex::new(Vec::new()),
         next_txn: Default::default(),
     });
@@ -229,7 +233,13 @@ impl Conn {
     /// Seals the transactions whose responses ended since the last call:
     /// provider parsing, the record, token budgets. They then wait in
     /// `pending` for their L4 window.
+    ///
+    /// Sealing holds `sealing` throughout, so a flush that runs while the
+    /// spawned task seals (another worker thread) waits for those records
+    /// to reach `pending` instead of missing them — at shutdown it is the
+    /// last flush.
     fn seal_finished(&self) {
+        let _sealing = self.sealing.lock().unwrap_or_else(|p| p.into_inner());
         let done = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|p| p.into_inner()));
         for Finished {
             id,
