@@ -689,6 +689,19 @@ impl Drop for Veth {
     }
 }
 
+/// Makes `unshare` (the program of `cmd`) run what is appended next with
+/// `hosts` bind-mounted over /etc/hosts in a private mount namespace: how
+/// sandbox workloads reach the mock provider under the real provider names.
+pub fn bind_hosts(cmd: &mut Command, hosts: &Path) {
+    cmd.args([
+        "-m",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+    ])
+    .arg(hosts);
+}
+
 /// Builds a command that starts inside `cgroup` (and `netns` if given),
 /// moved there between fork and exec like `egret exec` does.
 pub fn sandboxed(cgroup: &SandboxCgroup, netns: Option<&Netns>, program: &str) -> Command {

@@ -200,17 +200,11 @@ impl World {
     /// [`Self::command`] with another hosts file.
     pub fn command_with_hosts(&self, cg: &SandboxCgroup, program: &Path, hosts: &Path) -> Command {
         let mut cmd = sandboxed(cg, None, "unshare");
-        cmd.args([
-            "-m",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
-        ])
-        .arg(hosts)
-        .arg(program)
-        .env("SSL_CERT_FILE", &self.bundle)
-        .env("REQUESTS_CA_BUNDLE", &self.bundle)
-        .env("CURL_CA_BUNDLE", &self.bundle);
+        crate::bind_hosts(&mut cmd, hosts);
+        cmd.arg(program)
+            .env("SSL_CERT_FILE", &self.bundle)
+            .env("REQUESTS_CA_BUNDLE", &self.bundle)
+            .env("CURL_CA_BUNDLE", &self.bundle);
         cmd
     }
 

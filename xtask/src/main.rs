@@ -288,18 +288,21 @@ fn setup(no_apt: bool) -> Result<()> {
     Ok(())
 }
 
+/// The binaries the tests, the demo and the benches drive: the agent, the
+/// mock provider, the demo and bench drivers.
+fn build_bins(root: &Path, release: bool) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root).arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    run(cmd.args(["-p", "egret", "-p", "bpf-tests", "--bins"]))
+}
+
 fn test(args: &[String]) -> Result<()> {
     setup(false)?;
     let root = root();
-    // The binaries the privileged tests drive.
-    run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "-p",
-        "egret",
-        "-p",
-        "bpf-tests",
-        "--bins",
-    ]))?;
+    build_bins(&root, false)?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
         .args(["test", "--workspace", "--no-fail-fast"])
@@ -315,15 +318,7 @@ fn test(args: &[String]) -> Result<()> {
 fn demo() -> Result<()> {
     setup(false)?;
     let root = root();
-    run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "egret",
-        "-p",
-        "bpf-tests",
-        "--bins",
-    ]))?;
+    build_bins(&root, true)?;
     let rel = target_dir().join("release");
     run(Command::new(rel.join("egret-demo"))
         .env("EGRET_BIN", rel.join("egret"))
@@ -505,15 +500,7 @@ fn bench(which: &[String], quick: bool, no_wait: bool) -> Result<()> {
         ]))?;
     }
     let root = root();
-    run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "egret",
-        "-p",
-        "bpf-tests",
-        "--bins",
-    ]))?;
+    build_bins(&root, true)?;
     let rel = target_dir().join("release");
     let mut rev =
         output(

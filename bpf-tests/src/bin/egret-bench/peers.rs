@@ -317,14 +317,8 @@ pub fn client(sandbox: Option<&SandboxCgroup>, hosts: &Path, program: &str) -> C
         Some(cg) => sandboxed(cg, None, "unshare"),
         None => Command::new("unshare"),
     };
-    cmd.args([
-        "-m",
-        "sh",
-        "-c",
-        "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
-    ])
-    .arg(hosts)
-    .args(["taskset", "-c", LOAD_CPU, program]);
+    bpf_tests::bind_hosts(&mut cmd, hosts);
+    cmd.args(["taskset", "-c", LOAD_CPU, program]);
     cmd
 }
 
