@@ -53,6 +53,8 @@ pub struct AdminState {
     pub otlp: Arc<arc_swap::ArcSwap<OtlpSinks>>,
     pub records: Arc<RecordStats>,
     pub reload: Arc<crate::reload::ReloadStatus>,
+    /// The trusted-dialer (PROXY protocol) listeners.
+    pub trusted: Arc<crate::proxy_protocol::Trusted>,
     pub ready: AtomicBool,
 }
 
@@ -206,6 +208,19 @@ impl Collector for Metrics {
                 ),
             ],
         )?;
+        let pp: Vec<(Vec<(&str, String)>, u64)> = s
+            .trusted
+            .stats
+            .outcomes()
+            .into_iter()
+            .map(|(outcome, v)| (vec![("result", outcome.to_owned())], v))
+            .collect();
+        counter(
+            &mut enc,
+            "egret_proxy_protocol_connections",
+            "Connections the trusted-dialer (PROXY protocol) listeners handled, by result",
+            &pp,
+        )?;
         gauge(
             &mut enc,
             "egret_sandboxes",
@@ -306,6 +321,12 @@ fn status_json(s: &AdminState) -> serde_json::Value {
             "refused_unlinked": p.refused_unlinked.load(Ordering::Relaxed),
             "upstream_errors": p.upstream_errors.load(Ordering::Relaxed),
         },
+        "proxy_protocol": s
+            .trusted
+            .stats
+            .outcomes()
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>(),
         "records": {
             "flows": s.records.flows.load(Ordering::Relaxed),
             "transactions": s.records.transactions.load(Ordering::Relaxed),

@@ -314,6 +314,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         otlp: otlp.clone(),
         records: record_stats.clone(),
         reload: reload_status.clone(),
+        trusted: trusted.clone(),
         ready: AtomicBool::new(false),
     });
     if let Some(path) = opts.config_path.clone() {

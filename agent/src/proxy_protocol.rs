@@ -986,6 +986,22 @@ pub struct TrustedStats {
     pub refused_no_destination: AtomicU64,
 }
 
+impl TrustedStats {
+    /// (outcome, count) for every counter, in a fixed order: what /metrics
+    /// and /status export.
+    pub fn outcomes(&self) -> [(&'static str, u64); 6] {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("accepted", l(&self.accepted)),
+            ("local", l(&self.local)),
+            ("refused_untrusted_peer", l(&self.refused_untrusted_peer)),
+            ("refused_sandbox_peer", l(&self.refused_sandbox_peer)),
+            ("refused_bad_header", l(&self.refused_bad_header)),
+            ("refused_no_destination", l(&self.refused_no_destination)),
+        ]
+    }
+}
+
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy)]
 enum Refusal {

@@ -457,5 +457,25 @@ fn trusted_dialers_attribute_and_sandboxes_never_can() {
             "no refusal for {why:?} in the agent log:\n{log}"
         );
     }
+    // …and counted by result, the same on /status and /metrics.
+    let st = agent.status();
+    let pp = &st["proxy_protocol"];
+    for (result, at_least) in [
+        ("accepted", 1),
+        ("local", 1),
+        ("refused_untrusted_peer", 2),
+        ("refused_bad_header", 2),
+        ("refused_sandbox_peer", 2),
+    ] {
+        let n = pp[result].as_u64().unwrap_or(0);
+        assert!(n >= at_least, "{result}: {n} < {at_least} in {pp}");
+        assert_eq!(
+            agent.metric(&format!(
+                "egret_proxy_protocol_connections_total{{result=\"{result}\"}}"
+            )),
+            Some(n as f64),
+            "/metrics disagrees with /status for {result}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&pp_dir);
 }
