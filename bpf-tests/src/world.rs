@@ -21,6 +21,41 @@ pub struct MockProvider {
     dir: PathBuf,
 }
 
+impl MockProvider {
+    /// Starts mock-provider with `args` (listeners, names) in a fresh
+    /// directory and waits for its ready file; returns it with what the
+    /// ready file says (its listening addresses).
+    pub fn spawn(args: &[String]) -> (MockProvider, serde_json::Value) {
+        let dir = std::env::temp_dir().join(unique("egret-mock-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ready = dir.join("ready");
+        let child = Command::new(mock_bin())
+            .args(args)
+            .arg("--ca-dir")
+            .arg(dir.join("ca"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start mock-provider (cargo xtask test builds it)");
+        let mock = MockProvider { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "mock-provider not ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let text = std::fs::read_to_string(&ready).unwrap();
+        let info = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("mock-provider ready file {text:?}: {e}"));
+        (mock, info)
+    }
+
+    /// The mock's directory (its CA is `ca/ca.crt`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
 impl Drop for MockProvider {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -129,35 +164,17 @@ impl World {
 
     pub fn with(opts: WorldOptions) -> World {
         let ip = own_loopback();
-        let dir = std::env::temp_dir().join(unique("egret-mock-"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ready = dir.join("ready");
-        let mut cmd = Command::new(mock_bin());
+        let mut args = Vec::new();
         for p in &opts.tls_ports {
-            cmd.args(["--listen", &format!("{ip}:{p}")]);
+            args.extend(["--listen".to_owned(), format!("{ip}:{p}")]);
         }
         for p in &opts.plain_ports {
-            cmd.args(["--listen-plain", &format!("{ip}:{p}")]);
+            args.extend(["--listen-plain".to_owned(), format!("{ip}:{p}")]);
         }
-        let child = cmd
-            .args(&opts.mock_args)
-            .args(["--names", NAMES])
-            .arg("--ca-dir")
-            .arg(dir.join("ca"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start mock-provider (cargo xtask test builds it)");
-        let mock = MockProvider {
-            child,
-            dir: dir.clone(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ready.exists() {
-            assert!(Instant::now() < deadline, "mock-provider not ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        args.extend(opts.mock_args.iter().cloned());
+        args.extend(["--names".to_owned(), NAMES.to_owned()]);
+        let (mock, _) = MockProvider::spawn(&args);
+        let dir = mock.dir().to_path_buf();
         let hosts = dir.join("hosts");
         let mut text = String::from("127.0.0.1 localhost\n");
         for n in NAMES.split(',').filter(|n| *n != "localhost") {

@@ -11,10 +11,9 @@
 //! attribution.
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bpf_tests::*;
@@ -24,45 +23,19 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// The mock provider on 127.0.0.1 (a free port) and its TLS address.
 struct MockProvider {
-    child: Child,
-    dir: PathBuf,
+    proc: bpf_tests::world::MockProvider,
     addr: SocketAddr,
 }
-
-impl Drop for MockProvider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-use bpf_tests::world::mock_bin;
 
 impl MockProvider {
     /// HTTPS on 127.0.0.1, a free port; its certificate names the providers.
     fn start() -> MockProvider {
-        let dir = std::env::temp_dir().join(unique("egret-ppmock-"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ready = dir.join("ready");
-        let child = Command::new(mock_bin())
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--ca-dir")
-            .arg(dir.join("ca"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start mock-provider (cargo xtask test builds it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ready.exists() {
-            assert!(Instant::now() < deadline, "mock-provider not ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let info: Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
+        let (proc, info) =
+            bpf_tests::world::MockProvider::spawn(&["--listen".into(), "127.0.0.1:0".into()]);
         let addr = info["tls"][0].as_str().unwrap().parse().unwrap();
-        MockProvider { child, dir, addr }
+        MockProvider { proc, addr }
     }
 }
 
@@ -252,7 +225,7 @@ fn trusted_dialers_attribute_and_sandboxes_never_can() {
     let agent = Agent::start(AgentOptions {
         // The sandbox's connections to the mock are redirected to the agent.
         capture_ports: vec![mock.addr.port()],
-        upstream_roots: vec![mock.dir.join("ca/ca.crt")],
+        upstream_roots: vec![mock.proc.dir().join("ca/ca.crt")],
         extra_node_yaml: format!(
             "  proxyProtocol:\n    listen: 127.0.0.1:{pp_port}\n    unixSocket: {}\n    trustedCidrs: [127.0.0.1/32]\n",
             pp_sock.display()

@@ -104,19 +104,10 @@ impl Egret {
         // EGRET_BENCH_AGENT_CPUS: give the agent other CPUs (e.g. "0,1" for
         // a runtime with two workers) — for experiments, not the report.
         let cpus = std::env::var("EGRET_BENCH_AGENT_CPUS").unwrap_or_else(|_| SUBJECT_CPU.into());
-        fs::write(
+        crate::util::write_exec_wrapper(
             &wrapper,
-            format!(
-                "#!/bin/sh\nexec taskset -c {cpus} {} \"$@\"\n",
-                real.display()
-            ),
-        )
-        .ctx(|| "write wrapper".into())?;
-        Command::new("chmod")
-            .arg("+x")
-            .arg(&wrapper)
-            .status()
-            .ctx(|| "chmod".into())?;
+            &format!("taskset -c {cpus} {}", real.display()),
+        )?;
         let saved = std::env::var_os("EGRET_BIN");
         std::env::set_var("EGRET_BIN", &wrapper);
         let agent = Agent::start(AgentOptions {

@@ -55,20 +55,14 @@ pub fn profile(a: ProfileArgs) -> BenchResult<()> {
             let data = out.join("callgrind.out");
             let _ = fs::remove_file(&data);
             let wrapper = dir.join("egret-callgrind.sh");
-            fs::write(
+            crate::util::write_exec_wrapper(
                 &wrapper,
-                format!(
-                    "#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file={} {} \"$@\"\n",
+                &format!(
+                    "valgrind --tool=callgrind --callgrind-out-file={} {}",
                     data.display(),
                     egret_bin.display()
                 ),
-            )
-            .ctx(|| "write wrapper".into())?;
-            Command::new("chmod")
-                .arg("+x")
-                .arg(&wrapper)
-                .status()
-                .ctx(|| "chmod".into())?;
+            )?;
             std::env::set_var("EGRET_BIN", &wrapper);
             let egret = Egret::start(&mock, "", None)?;
             std::env::set_var("EGRET_BIN", &egret_bin);

@@ -352,3 +352,14 @@ impl Drop for Acceptor {
         }
     }
 }
+
+/// Writes a `#!/bin/sh` wrapper that `exec`s `command` with the caller's
+/// arguments (how the benches start the agent under taskset or valgrind
+/// through `EGRET_BIN`), mode 0755.
+pub fn write_exec_wrapper(path: &std::path::Path, command: &str) -> BenchResult<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\nexec {command} \"$@\"\n"))
+        .ctx(|| format!("write {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .ctx(|| format!("chmod {}", path.display()))
+}
