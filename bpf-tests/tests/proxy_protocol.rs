@@ -9,12 +9,7 @@
 //! forged header, and a sandbox sending a forged header through the normal
 //! redirect path — none of them ever produces a record with the forged
 //! attribution.
-use std::{
-    net::SocketAddr,
-    path::Path,
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use bpf_tests::*;
 use egret::{attribution::Attribution, proxy_protocol::ProxyHeader, record::Record, semconv as sc};
