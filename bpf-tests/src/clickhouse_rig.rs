@@ -88,7 +88,21 @@ impl ClickHouseRig {
     }
 
     /// Starts a server on free loopback ports with a fresh data directory.
+    /// The ports are free when chosen but another process (a parallel test)
+    /// can take one before the server binds it: then it tries new ports.
     pub fn start() -> Result<ClickHouseRig, RigError> {
+        let mut attempts = 1;
+        loop {
+            match Self::start_once() {
+                Err(e) if attempts < 4 && e.to_string().contains("Address already in use") => {
+                    attempts += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn start_once() -> Result<ClickHouseRig, RigError> {
         let binary = Self::find_binary().ok_or_else(|| err("clickhouse-server not found"))?;
         let dir = unique_temp_dir()?;
         let mut rig = ClickHouseRig {
