@@ -133,6 +133,26 @@ impl Collector for Metrics {
             "Kernel-side events: redirects, refusals, drops and misses (EGRET_STATS)",
             &kernel,
         )?;
+        counter(
+            &mut enc,
+            "egret_flow_counters_missing",
+            "Flow records written without the kernel's wire counters (egret.l4.counters_missing)",
+            &[(
+                vec![],
+                crate::flow::COUNTERS_MISSING.load(Ordering::Relaxed),
+            )],
+        )?;
+        let (tags, links, counters) = s.kernel.maps.occupancy();
+        gauge(
+            &mut enc,
+            "egret_kernel_map_entries",
+            "Entries in the per-socket kernel maps (back to baseline when sockets are gone)",
+            &[
+                (vec![("map", "tags".into())], tags as i64),
+                (vec![("map", "links".into())], links as i64),
+                (vec![("map", "counters".into())], counters as i64),
+            ],
+        )?;
         let r = &s.records;
         counter(
             &mut enc,

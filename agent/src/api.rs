@@ -216,6 +216,11 @@ async fn handle(
                     );
                 }
             }
+            // A new sandbox netns comes with a veth whose host end is a new
+            // node address: guard it before the sandbox runs anything.
+            if let Err(e) = state.kernel.maps.refresh_node_addrs() {
+                tracing::warn!("refreshing node addresses: {e}");
+            }
             match state.registry.register(&id, spec, &state.kernel.maps) {
                 Ok(sb) => {
                     tracing::info!(sandbox = %sb.id, invocation = %sb.attribution.invocation_id, generation = sb.generation, "sandbox registered");

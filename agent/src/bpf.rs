@@ -22,29 +22,42 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
     },
     Ebpf, EbpfLoader,
 };
-use egret_common::{stat, AttrRef, KConfig, LinkKey, SkbCounters, SockTag};
+use egret_common::{stat, AttrRef, Guarded, KConfig, LinkKey, NodeAddr, SkbCounters, SockTag};
 
 /// The compiled kernel half (built by `agent/build.rs`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret.bpf.o"));
 
-/// Program names in the object and how each attaches.
-const SOCK_ADDR_PROGS: [&str; 6] = [
-    "egret_connect4",
-    "egret_connect6",
-    "egret_sendmsg4",
-    "egret_sendmsg6",
-    "egret_getpeername4",
-    "egret_getpeername6",
+/// How a program attaches at the sandbox root cgroup.
+#[derive(Clone, Copy)]
+enum Attach {
+    SockAddr,
+    Skb(CgroupSkbAttachType),
+    SockOps,
+    /// `cgroup/sock_create`, `cgroup/sock_release` (type from the section).
+    Sock,
+}
+
+/// Every program in the object and how it attaches.
+const PROGRAMS: [(&str, Attach); 11] = [
+    ("egret_connect4", Attach::SockAddr),
+    ("egret_connect6", Attach::SockAddr),
+    ("egret_sendmsg4", Attach::SockAddr),
+    ("egret_sendmsg6", Attach::SockAddr),
+    ("egret_getpeername4", Attach::SockAddr),
+    ("egret_getpeername6", Attach::SockAddr),
+    ("egret_skb_egress", Attach::Skb(CgroupSkbAttachType::Egress)),
+    (
+        "egret_skb_ingress",
+        Attach::Skb(CgroupSkbAttachType::Ingress),
+    ),
+    ("egret_sockops", Attach::SockOps),
+    ("egret_sock_create", Attach::Sock),
+    ("egret_sock_release", Attach::Sock),
 ];
-const SKB_PROGS: [(&str, CgroupSkbAttachType); 2] = [
-    ("egret_skb_egress", CgroupSkbAttachType::Egress),
-    ("egret_skb_ingress", CgroupSkbAttachType::Ingress),
-];
-const SOCK_OPS_PROG: &str = "egret_sockops";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -64,6 +77,10 @@ pub enum BpfError {
     },
     #[error("map {0} missing from the object")]
     MissingMap(&'static str),
+    #[error("{0} agent endpoints to guard; the kernel config holds at most 4")]
+    TooManyGuarded(usize),
+    #[error("program {0} missing from the object")]
+    MissingProgram(&'static str),
     #[error("pinning {path}: {message}")]
     Pin { path: PathBuf, message: String },
     #[error("cgroup {path}: {source}")]
@@ -90,35 +107,8 @@ pub struct KernelMaps {
     tags: HashMap<MapData, u64, SockTag>,
     links: HashMap<MapData, LinkKey, u64>,
     counters: Mutex<PerCpuHashMap<MapData, u64, SkbCounters>>,
-    /// Final counters of the sockets closed most recently: the close loop
-    /// removes a socket's entry as soon as its close event arrives, which
-    /// can be before the proxy has read them for the connection's last
-    /// transaction (the sandbox closes right after the response).
-    closed: Mutex<RecentlyClosed>,
+    node_addrs: Mutex<HashMap<MapData, NodeAddr, u8>>,
     stats: PerCpuArray<MapData, u64>,
-}
-
-/// Bounded cache of closed sockets' counters, oldest evicted first.
-#[derive(Default)]
-struct RecentlyClosed {
-    by_cookie: std::collections::HashMap<u64, SkbCounters>,
-    order: std::collections::VecDeque<u64>,
-}
-
-impl RecentlyClosed {
-    /// Closes kept: a few seconds of closes at a busy node's rate.
-    const CAP: usize = 16_384;
-
-    fn insert(&mut self, cookie: u64, c: SkbCounters) {
-        if self.by_cookie.insert(cookie, c).is_none() {
-            self.order.push_back(cookie);
-        }
-        while self.order.len() > Self::CAP {
-            if let Some(old) = self.order.pop_front() {
-                self.by_cookie.remove(&old);
-            }
-        }
-    }
 }
 
 fn sum_counters(values: &aya::maps::PerCpuValues<SkbCounters>) -> SkbCounters {
@@ -149,8 +139,10 @@ pub struct LoadOptions<'a> {
     pub listen_port: u16,
     pub capture_ports: &'a [u16],
     pub block_quic: bool,
-    /// The admin listener, refused to sandboxes.
-    pub admin_listen: SocketAddr,
+    pub block_raw: bool,
+    /// The agent's TCP endpoints refused to sandboxes (admin listener,
+    /// PROXY-protocol listener).
+    pub guarded: &'a [SocketAddr],
 }
 
 /// Identifies the program build and attach point. Kept as the name of an
@@ -218,9 +210,7 @@ impl Kernel {
             path: opts.sandbox_root.to_owned(),
             source,
         })?;
-        let all_pinned = all_program_names()
-            .iter()
-            .all(|n| links_dir.join(n).exists());
+        let all_pinned = all_program_names().all(|n| links_dir.join(n).exists());
         let attachment = if all_pinned {
             // Verify the pins still open as links.
             for n in all_program_names() {
@@ -248,7 +238,7 @@ impl Kernel {
                 tags: take(&mut ebpf, "EGRET_TAGS")?,
                 links: take(&mut ebpf, "EGRET_LINKS")?,
                 counters: Mutex::new(take(&mut ebpf, "EGRET_COUNTERS")?),
-                closed: Mutex::default(),
+                node_addrs: Mutex::new(take(&mut ebpf, "EGRET_NODE_ADDRS")?),
                 stats: take(&mut ebpf, "EGRET_STATS")?,
             },
             closes: Mutex::new(Some(take(&mut ebpf, "EGRET_CLOSES")?)),
@@ -261,9 +251,10 @@ impl Kernel {
         kernel.maps.configure(&KernelSettings {
             listen_port: opts.listen_port,
             block_quic: opts.block_quic,
+            block_raw: opts.block_raw,
             root_level: opts.root_level,
             capture_ports: opts.capture_ports.to_vec(),
-            admin_listen: opts.admin_listen,
+            guarded: opts.guarded.to_vec(),
             agent_netns: kernel.agent_netns,
         })?;
         Ok(kernel)
@@ -275,60 +266,79 @@ impl Kernel {
 pub struct KernelSettings {
     pub listen_port: u16,
     pub block_quic: bool,
+    pub block_raw: bool,
     pub root_level: u32,
     pub capture_ports: Vec<u16>,
-    /// The admin listener sandboxes may not connect to.
-    pub admin_listen: SocketAddr,
+    /// The agent's TCP endpoints sandboxes may not connect to.
+    pub guarded: Vec<SocketAddr>,
     /// [`Kernel::agent_netns`].
     pub agent_netns: u64,
 }
 
-/// The admin-listener fields of [`KConfig`].
-fn admin_guard(cfg: &mut KConfig, admin: SocketAddr, agent_netns: u64) {
-    cfg.admin_port = admin.port();
-    cfg.agent_netns = agent_netns;
-    let ip = admin.ip();
-    if ip.is_unspecified() {
-        return;
-    }
-    cfg.admin_scope = if ip.is_loopback() {
-        egret_common::ADMIN_LOOPBACK
-    } else {
-        0
-    };
+/// Network-order words of an address as the programs see it (v4 in `[0]`).
+fn words(ip: IpAddr) -> (u16, [u32; 4]) {
     match ip {
-        IpAddr::V4(v4) => {
-            cfg.admin_family = egret_common::AF_INET;
-            cfg.admin_addr = [u32::from_ne_bytes(v4.octets()), 0, 0, 0];
-        }
+        IpAddr::V4(v4) => (
+            egret_common::AF_INET,
+            [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+        ),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => admin_guard(
-                cfg,
-                SocketAddr::new(IpAddr::V4(v4), admin.port()),
-                agent_netns,
-            ),
+            Some(v4) => words(IpAddr::V4(v4)),
             None => {
-                cfg.admin_family = egret_common::AF_INET6;
                 let o = v6.octets();
+                let mut w = [0u32; 4];
                 for (i, c) in o.chunks_exact(4).enumerate() {
-                    cfg.admin_addr[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+                    w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
                 }
+                (egret_common::AF_INET6, w)
             }
         },
     }
+}
+
+/// One guarded endpoint as [`KConfig::guarded`] holds it.
+fn guarded(ep: SocketAddr) -> Guarded {
+    let mut g = Guarded {
+        port: ep.port(),
+        ..Guarded::default()
+    };
+    if !ep.ip().is_unspecified() {
+        (g.family, g.addr) = words(ep.ip());
+    }
+    g
+}
+
+/// A node address as the `EGRET_NODE_ADDRS` map keys it.
+pub fn node_addr(ip: IpAddr) -> NodeAddr {
+    let (family, addr) = words(ip);
+    egret_common::normalize(family, &addr)
+}
+
+/// The kernel config for `k`: guarded endpoints beyond
+/// [`egret_common::MAX_GUARDED`] are an error, not silently unguarded.
+fn kconfig(k: &KernelSettings) -> Result<KConfig, BpfError> {
+    if k.guarded.len() > egret_common::MAX_GUARDED {
+        return Err(BpfError::TooManyGuarded(k.guarded.len()));
+    }
+    let mut cfg = KConfig {
+        listen_port: k.listen_port,
+        block_quic: u8::from(k.block_quic),
+        block_raw: u8::from(k.block_raw),
+        root_level: k.root_level,
+        agent_netns: k.agent_netns,
+        ..KConfig::default()
+    };
+    for (slot, ep) in cfg.guarded.iter_mut().zip(&k.guarded) {
+        *slot = guarded(*ep);
+    }
+    Ok(cfg)
 }
 
 impl KernelMaps {
     /// Writes node settings and capture ports into the kernel maps; takes
     /// effect for the next `connect()`.
     pub fn configure(&self, k: &KernelSettings) -> Result<(), BpfError> {
-        let mut cfg = KConfig {
-            listen_port: k.listen_port,
-            block_quic: u8::from(k.block_quic),
-            root_level: k.root_level,
-            ..KConfig::default()
-        };
-        admin_guard(&mut cfg, k.admin_listen, k.agent_netns);
+        let cfg = kconfig(k)?;
         self.config
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -370,11 +380,8 @@ pub fn clear_pins(dir: &Path) {
     }
 }
 
-fn all_program_names() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = SOCK_ADDR_PROGS.to_vec();
-    v.extend(SKB_PROGS.iter().map(|(n, _)| *n));
-    v.push(SOCK_OPS_PROG);
-    v
+fn all_program_names() -> impl Iterator<Item = &'static str> {
+    PROGRAMS.iter().map(|(n, _)| *n)
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, BpfError>
@@ -399,59 +406,55 @@ fn attach_all(
     cgroup: std::os::fd::BorrowedFd<'_>,
     links_dir: &Path,
 ) -> Result<(), BpfError> {
-    let perr = |name: &'static str| move |source| BpfError::Program { name, source };
-    for name in SOCK_ADDR_PROGS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(BpfError::MissingMap(name))?
-            .try_into()
-            .map_err(perr(name))?;
-        prog.load().map_err(perr(name))?;
-        let id = prog
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(perr(name))?;
-        let link: FdLink = prog.take_link(id).map_err(perr(name))?.try_into().map_err(
-            |e: aya::programs::links::LinkError| BpfError::Pin {
-                path: links_dir.join(name),
-                message: e.to_string(),
-            },
-        )?;
-        pin(link, links_dir, name)?;
+    for (name, how) in PROGRAMS {
+        attach_one(ebpf, name, how, cgroup, links_dir)?;
     }
-    for (name, kind) in SKB_PROGS {
-        let prog: &mut CgroupSkb = ebpf
-            .program_mut(name)
-            .ok_or(BpfError::MissingMap(name))?
-            .try_into()
-            .map_err(perr(name))?;
-        prog.load().map_err(perr(name))?;
-        let id = prog
-            .attach(cgroup, kind, CgroupAttachMode::Single)
-            .map_err(perr(name))?;
-        let link: FdLink = prog.take_link(id).map_err(perr(name))?.try_into().map_err(
-            |e: aya::programs::links::LinkError| BpfError::Pin {
-                path: links_dir.join(name),
-                message: e.to_string(),
-            },
-        )?;
-        pin(link, links_dir, name)?;
-    }
-    let name = SOCK_OPS_PROG;
-    let prog: &mut SockOps = ebpf
+    Ok(())
+}
+
+/// Load → attach (as a BPF link) → pin, for one program.
+fn attach_one(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    how: Attach,
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    links_dir: &Path,
+) -> Result<(), BpfError> {
+    let perr = |source| BpfError::Program { name, source };
+    let lerr = |e: aya::programs::links::LinkError| BpfError::Pin {
+        path: links_dir.join(name),
+        message: e.to_string(),
+    };
+    let prog = ebpf
         .program_mut(name)
-        .ok_or(BpfError::MissingMap(name))?
-        .try_into()
-        .map_err(perr(name))?;
-    prog.load().map_err(perr(name))?;
-    let id = prog
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(perr(name))?;
-    let link: FdLink = prog.take_link(id).map_err(perr(name))?.try_into().map_err(
-        |e: aya::programs::links::LinkError| BpfError::Pin {
-            path: links_dir.join(name),
-            message: e.to_string(),
-        },
-    )?;
+        .ok_or(BpfError::MissingProgram(name))?;
+    let single = CgroupAttachMode::Single;
+    let link: FdLink = match how {
+        Attach::SockAddr => {
+            let p: &mut CgroupSockAddr = prog.try_into().map_err(perr)?;
+            p.load().map_err(perr)?;
+            let id = p.attach(cgroup, single).map_err(perr)?;
+            p.take_link(id).map_err(perr)?.try_into().map_err(lerr)?
+        }
+        Attach::Skb(kind) => {
+            let p: &mut CgroupSkb = prog.try_into().map_err(perr)?;
+            p.load().map_err(perr)?;
+            let id = p.attach(cgroup, kind, single).map_err(perr)?;
+            p.take_link(id).map_err(perr)?.try_into().map_err(lerr)?
+        }
+        Attach::SockOps => {
+            let p: &mut SockOps = prog.try_into().map_err(perr)?;
+            p.load().map_err(perr)?;
+            let id = p.attach(cgroup, single).map_err(perr)?;
+            p.take_link(id).map_err(perr)?.try_into().map_err(lerr)?
+        }
+        Attach::Sock => {
+            let p: &mut CgroupSock = prog.try_into().map_err(perr)?;
+            p.load().map_err(perr)?;
+            let id = p.attach(cgroup, single).map_err(perr)?;
+            p.take_link(id).map_err(perr)?.try_into().map_err(lerr)?
+        }
+    };
     pin(link, links_dir, name)
 }
 
@@ -485,37 +488,59 @@ impl KernelMaps {
         self.tags.get(&cookie, 0).ok()
     }
 
-    /// Sums and removes a closed socket's per-CPU payload counters.
-    /// The final counters are kept a while for [`Self::peek_counters`].
+    /// Sums and removes a closed socket's per-CPU payload counters. The
+    /// close loop is their one reader: the proxy measures a transaction's
+    /// bytes on its own end of the stream (see `proxy::http`), so nothing
+    /// races the removal.
     pub fn take_counters(&self, cookie: u64) -> Option<SkbCounters> {
-        let sum = {
-            let mut m = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-            let sum = sum_counters(&m.get(&cookie, 0).ok()?);
-            let _ = m.remove(&cookie);
-            sum
-        };
-        self.closed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(cookie, sum);
+        let mut m = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let sum = sum_counters(&m.get(&cookie, 0).ok()?);
+        let _ = m.remove(&cookie);
         Some(sum)
     }
 
-    /// A socket's payload counters so far (summed over CPUs), untouched;
-    /// for a socket closed recently, its final counters.
-    pub fn peek_counters(&self, cookie: u64) -> Option<SkbCounters> {
-        let live = {
-            let m = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-            m.get(&cookie, 0).ok().map(|v| sum_counters(&v))
-        };
-        live.or_else(|| {
-            self.closed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .by_cookie
-                .get(&cookie)
-                .copied()
-        })
+    /// Replaces the node addresses the programs refuse guarded ports on
+    /// (wildcard listeners are reachable through every one of them).
+    pub fn set_node_addrs(&self, addrs: &[IpAddr]) -> Result<(), BpfError> {
+        let want: std::collections::HashSet<NodeAddr> =
+            addrs.iter().map(|ip| node_addr(*ip)).collect();
+        let mut m = self.node_addrs.lock().unwrap_or_else(|p| p.into_inner());
+        let have: Vec<NodeAddr> = m.keys().filter_map(Result::ok).collect();
+        for k in &have {
+            if !want.contains(k) {
+                let _ = m.remove(k);
+            }
+        }
+        for k in &want {
+            if !have.contains(k) {
+                m.insert(k, 1, 0).map_err(|source| BpfError::Map {
+                    name: "EGRET_NODE_ADDRS",
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::set_node_addrs`] with the agent netns's current addresses.
+    pub fn refresh_node_addrs(&self) -> Result<(), BpfError> {
+        let addrs = crate::netns::own_addresses()
+            .map_err(|e| BpfError::Bpffs(format!("listing the node's addresses: {e}")))?;
+        self.set_node_addrs(&addrs)
+    }
+
+    /// Entries in the socket maps (tags, links, counters): for tests and
+    /// `/status`, to see occupancy return to its baseline.
+    pub fn occupancy(&self) -> (usize, usize, usize) {
+        let tags = self.tags.keys().count();
+        let links = self.links.keys().count();
+        let counters = self
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .count();
+        (tags, links, counters)
     }
 
     /// Kernel-side counters (drops, misses, redirects) summed over CPUs.
@@ -538,26 +563,6 @@ mod tests {
     use super::*;
     use egret_common::{AF_INET, AF_INET6};
 
-    #[test]
-    fn recently_closed_keeps_the_newest_and_evicts_the_oldest() {
-        let mut rc = RecentlyClosed::default();
-        let c = |n| SkbCounters {
-            tx_bytes: n,
-            ..SkbCounters::default()
-        };
-        for cookie in 0..(RecentlyClosed::CAP as u64 + 10) {
-            rc.insert(cookie, c(cookie));
-        }
-        assert_eq!(rc.by_cookie.len(), RecentlyClosed::CAP);
-        assert_eq!(rc.order.len(), RecentlyClosed::CAP);
-        assert!(!rc.by_cookie.contains_key(&9));
-        assert_eq!(rc.by_cookie.get(&10).map(|v| v.tx_bytes), Some(10));
-        // A cookie seen again is updated in place, not queued twice.
-        rc.insert(10, c(99));
-        assert_eq!(rc.order.len(), RecentlyClosed::CAP);
-        assert_eq!(rc.by_cookie.get(&10).map(|v| v.tx_bytes), Some(99));
-    }
-
     fn v4(ip: [u8; 4]) -> [u32; 4] {
         [u32::from_ne_bytes(ip), 0, 0, 0]
     }
@@ -566,7 +571,7 @@ mod tests {
         [0, 0, 0xffff_u32.to_be(), u32::from_ne_bytes(ip)]
     }
 
-    fn v6(ip: std::net::Ipv6Addr) -> [u32; 4] {
+    fn v6_words(ip: std::net::Ipv6Addr) -> [u32; 4] {
         let o = ip.octets();
         let mut w = [0u32; 4];
         for (i, c) in o.chunks_exact(4).enumerate() {
@@ -575,38 +580,135 @@ mod tests {
         w
     }
 
-    fn guard(admin: &str) -> KConfig {
-        let mut c = KConfig::default();
-        admin_guard(&mut c, admin.parse().unwrap(), 7);
-        c
+    const AGENT: u64 = 7;
+    const OTHER: u64 = 9;
+
+    fn guard(eps: &[&str]) -> KConfig {
+        kconfig(&KernelSettings {
+            listen_port: 15001,
+            block_quic: true,
+            block_raw: true,
+            root_level: 1,
+            capture_ports: vec![443],
+            guarded: eps.iter().map(|e| e.parse().unwrap()).collect(),
+            agent_netns: AGENT,
+        })
+        .unwrap()
+    }
+
+    /// (destination, from the agent's netns?, a node address?, refused?)
+    type Case = (&'static str, u64, bool, bool);
+
+    fn check(c: &KConfig, port: u16, cases: &[Case]) {
+        for &(dst, netns, node, want) in cases {
+            let ip: IpAddr = dst.parse().unwrap();
+            let w = match ip {
+                IpAddr::V4(a) => v4(a.octets()),
+                IpAddr::V6(a) => v6_words(a),
+            };
+            let family = if ip.is_ipv4() { AF_INET } else { AF_INET6 };
+            assert_eq!(
+                c.agent_endpoint_refused(port, family, &w, netns, node),
+                want,
+                "{dst} port {port} from netns {netns} (node address: {node})"
+            );
+            // Every v4 destination also as an AF_INET6 socket reaches it.
+            if let IpAddr::V4(a) = ip {
+                assert_eq!(
+                    c.agent_endpoint_refused(port, AF_INET6, &mapped(a.octets()), netns, node),
+                    want,
+                    "::ffff:{dst} port {port} from netns {netns}"
+                );
+            }
+        }
+    }
+
+    /// The one rule for every address form, as a table.
+    #[test]
+    fn sandboxes_cannot_reach_agent_endpoints_by_any_address_form() {
+        let local_forms: &[Case] = &[
+            ("127.0.0.1", AGENT, false, true),
+            ("127.0.0.9", AGENT, false, true),
+            ("127.255.255.254", AGENT, false, true),
+            ("0.0.0.0", AGENT, false, true),
+            ("::", AGENT, false, true),
+            ("::1", AGENT, false, true),
+            // Another netns's loopback is its own: no agent endpoint there.
+            ("127.0.0.1", OTHER, false, false),
+            ("0.0.0.0", OTHER, false, false),
+            ("::", OTHER, false, false),
+        ];
+        // Loopback listener.
+        let c = guard(&["127.0.0.1:9464"]);
+        check(&c, 9464, local_forms);
+        check(
+            &c,
+            9464,
+            &[
+                ("10.0.0.1", AGENT, false, false),
+                ("10.0.0.1", OTHER, true, false),
+            ],
+        );
+        check(
+            &c,
+            9465,
+            &[
+                ("127.0.0.1", AGENT, false, false),
+                ("0.0.0.0", AGENT, false, false),
+            ],
+        );
+        // IPv6 loopback listener: the same local forms.
+        let c = guard(&["[::1]:9464"]);
+        check(&c, 9464, local_forms);
+        // A node address: that address from any netns, local forms from ours.
+        let c = guard(&["10.1.2.3:9464"]);
+        check(&c, 9464, local_forms);
+        check(
+            &c,
+            9464,
+            &[
+                ("10.1.2.3", OTHER, true, true),
+                ("10.1.2.3", AGENT, true, true),
+                ("10.1.2.4", OTHER, false, false),
+            ],
+        );
+        // Wildcard: any address from our netns, node addresses from any.
+        for wild in ["0.0.0.0:9464", "[::]:9464"] {
+            let c = guard(&[wild]);
+            check(&c, 9464, local_forms);
+            check(
+                &c,
+                9464,
+                &[
+                    ("192.168.1.1", AGENT, false, true),
+                    ("10.200.0.1", OTHER, true, true),
+                    ("192.168.1.1", OTHER, false, false),
+                    ("fd00::1", OTHER, true, true),
+                ],
+            );
+            check(&c, 80, &[("192.168.1.1", AGENT, false, false)]);
+        }
+        // Several endpoints: each guarded, the rest of the ports not.
+        let c = guard(&["127.0.0.1:9464", "0.0.0.0:15008"]);
+        check(&c, 9464, &[("0.0.0.0", AGENT, false, true)]);
+        check(&c, 15008, &[("10.200.0.1", OTHER, true, true)]);
+        check(&c, 15009, &[("10.200.0.1", OTHER, true, false)]);
+        assert!(c.guards_port(9464) && c.guards_port(15008) && !c.guards_port(0));
     }
 
     #[test]
-    fn sandboxes_cannot_connect_to_the_admin_listener() {
-        const AGENT: u64 = 7;
-        const OTHER: u64 = 9;
-        // Loopback: only from the agent's own netns.
-        let c = guard("127.0.0.1:9464");
-        assert!(c.admin_refused(9464, AF_INET, &v4([127, 0, 0, 1]), AGENT));
-        assert!(c.admin_refused(9464, AF_INET6, &mapped([127, 0, 0, 1]), AGENT));
-        assert!(!c.admin_refused(9464, AF_INET, &v4([127, 0, 0, 1]), OTHER));
-        assert!(!c.admin_refused(9465, AF_INET, &v4([127, 0, 0, 1]), AGENT));
-        assert!(!c.admin_refused(9464, AF_INET, &v4([10, 0, 0, 1]), AGENT));
-        // A node address: from any netns.
-        let c = guard("10.1.2.3:9464");
-        assert!(c.admin_refused(9464, AF_INET, &v4([10, 1, 2, 3]), OTHER));
-        assert!(c.admin_refused(9464, AF_INET, &v4([10, 1, 2, 3]), AGENT));
-        assert!(!c.admin_refused(9464, AF_INET, &v4([10, 1, 2, 4]), OTHER));
-        // IPv6 loopback.
-        let c = guard("[::1]:9464");
-        let lo = v6(std::net::Ipv6Addr::LOCALHOST);
-        assert!(c.admin_refused(9464, AF_INET6, &lo, AGENT));
-        assert!(!c.admin_refused(9464, AF_INET6, &lo, OTHER));
-        assert!(!c.admin_refused(9464, AF_INET, &v4([127, 0, 0, 1]), AGENT));
-        // Wildcard: the port on any address, from the agent's netns.
-        let c = guard("0.0.0.0:9464");
-        assert!(c.admin_refused(9464, AF_INET, &v4([192, 168, 1, 1]), AGENT));
-        assert!(!c.admin_refused(9464, AF_INET, &v4([192, 168, 1, 1]), OTHER));
-        assert!(!c.admin_refused(80, AF_INET, &v4([192, 168, 1, 1]), AGENT));
+    fn more_guarded_endpoints_than_the_kernel_holds_is_an_error() {
+        let r = kconfig(&KernelSettings {
+            listen_port: 1,
+            block_quic: false,
+            block_raw: false,
+            root_level: 1,
+            capture_ports: vec![],
+            guarded: (1..=5)
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+                .collect(),
+            agent_netns: AGENT,
+        });
+        assert!(matches!(r, Err(BpfError::TooManyGuarded(5))));
     }
 }

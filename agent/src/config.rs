@@ -56,6 +56,9 @@ pub struct NodeConfig {
     pub capture_ports: Vec<u16>,
     /// Refuse UDP to port 443 from sandboxes so QUIC cannot bypass capture.
     pub block_quic: bool,
+    /// Refuse raw (`SOCK_RAW`) and packet (`AF_PACKET`) sockets in sandboxes:
+    /// they send and see traffic past the connect hooks. On by default.
+    pub block_raw_sockets: bool,
     /// Port of the agent's redirect listener (127.0.0.1 and ::1, in every sandbox netns).
     pub listen_port: u16,
     /// Agent state: CA, registry, local record store.
@@ -95,6 +98,16 @@ pub struct ProxyProtocolConfig {
     pub trusted_cidrs: Vec<String>,
 }
 
+impl NodeConfig {
+    /// The agent's TCP endpoints no sandbox may connect to: the admin
+    /// listener and the PROXY-protocol listener.
+    pub fn guarded_endpoints(&self) -> Vec<SocketAddr> {
+        let mut v = vec![self.admin_listen];
+        v.extend(self.proxy_protocol.listen);
+        v
+    }
+}
+
 impl ProxyProtocolConfig {
     /// The parsed `trustedCidrs`.
     pub fn cidrs(&self) -> Result<Vec<crate::proxy_protocol::Cidr>, String> {
@@ -120,6 +133,7 @@ impl Default for NodeConfig {
             sandbox_root: PathBuf::from("egret.slice"),
             capture_ports: vec![80, 443],
             block_quic: true,
+            block_raw_sockets: true,
             listen_port: 15001,
             state_dir: PathBuf::from("/var/lib/egret"),
             bpffs_dir: PathBuf::from("/sys/fs/bpf/egret"),

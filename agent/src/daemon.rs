@@ -161,6 +161,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     })?;
 
     let root_level = cgroup::level(&paths.cgroup_mount, &paths.sandbox_root);
+    let guarded = cfg.node.guarded_endpoints();
     let kernel = Arc::new(Kernel::load(&LoadOptions {
         bpffs_dir: &cfg.node.bpffs_dir,
         sandbox_root: &paths.sandbox_root,
@@ -168,7 +169,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         listen_port: cfg.node.listen_port,
         capture_ports: &cfg.node.capture_ports,
         block_quic: cfg.node.block_quic,
-        admin_listen: cfg.node.admin_listen,
+        block_raw: cfg.node.block_raw_sockets,
+        guarded: &guarded,
     })?);
     let root_canon = paths
         .sandbox_root
@@ -333,6 +335,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         );
     }
     tokio::spawn(trim_heap(shutdown.child_token()));
+    tokio::spawn(watch_node_addrs(kernel.clone(), shutdown.child_token()));
     let admin_task = admin::serve(cfg.node.admin_listen, admin_state.clone())
         .await
         .map_err(RunError::Admin)?;
@@ -402,6 +405,26 @@ const HEAP_TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// (and count against the pod's memory limit) although the live heap is a
 /// few MiB. `malloc_trim` returns the free pages; cheap when there is
 /// nothing to return.
+/// Keeps `EGRET_NODE_ADDRS` equal to the agent netns's addresses (veths of
+/// sandbox runtimes come and go), so guarded wildcard listeners stay
+/// refused through every node address. Registration refreshes it too.
+async fn watch_node_addrs(kernel: Arc<Kernel>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let k = kernel.clone();
+        match tokio::task::spawn_blocking(move || k.maps.refresh_node_addrs()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("refreshing node addresses: {e}"),
+            Err(e) => tracing::warn!("refreshing node addresses: {e}"),
+        }
+    }
+}
+
 async fn trim_heap(stop: CancellationToken) {
     let mut tick = tokio::time::interval(HEAP_TRIM_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -71,6 +71,10 @@ impl Default for Clock {
 }
 
 /// Builds the flow record for one close event.
+/// Flow records written without the kernel's wire counters
+/// (`egret.l4.counters_missing`), for `/metrics`.
+pub static COUNTERS_MISSING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub fn flow_record(
     ev: &CloseEvent,
     maps: &KernelMaps,

@@ -65,3 +65,22 @@ pub fn own_netns_cookie() -> io::Result<u64> {
 pub fn named(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
 }
+
+/// Every address configured in the agent's own netns (the node's
+/// addresses, veth host ends included): a sandbox in another netns reaches
+/// a wildcard listener of the agent through any of them.
+pub fn own_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    let mut out = Vec::new();
+    for a in addrs {
+        let Some(sa) = a.address else { continue };
+        if let Some(v4) = sa.as_sockaddr_in() {
+            out.push(std::net::IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = sa.as_sockaddr_in6() {
+            out.push(std::net::IpAddr::V6(v6.ip()));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}

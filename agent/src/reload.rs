@@ -114,9 +114,10 @@ impl Targets {
             .configure(&KernelSettings {
                 listen_port: self.running.node.listen_port,
                 block_quic: n.block_quic,
+                block_raw: n.block_raw_sockets,
                 root_level: self.root_level,
                 capture_ports: n.capture_ports.clone(),
-                admin_listen: self.running.node.admin_listen,
+                guarded: self.running.node.guarded_endpoints(),
                 agent_netns: self.kernel.agent_netns,
             })
             .map_err(|e| format!("updating kernel settings: {e}"))?;

@@ -83,6 +83,9 @@ pub const L4_TCP_BYTES_ACKED: &str = "egret.l4.tcp_bytes_acked";
 pub const L4_TCP_BYTES_RECEIVED: &str = "egret.l4.tcp_bytes_received";
 pub const L4_REDIRECTED: &str = "egret.l4.redirected";
 pub const L4_COUNTERS_MISSING: &str = "egret.l4.counters_missing";
+/// Sandbox bytes of the TLS handshake, on a connection's first transaction.
+pub const L4_HANDSHAKE_BYTES_SANDBOX_TX: &str = "egret.l4.handshake_bytes_sandbox_tx";
+pub const L4_HANDSHAKE_BYTES_SANDBOX_RX: &str = "egret.l4.handshake_bytes_sandbox_rx";
 pub const SOCKET_COOKIE: &str = "egret.socket.cookie";
 pub const NETNS_COOKIE: &str = "egret.netns.cookie";
 pub const CGROUP_ID: &str = "egret.cgroup.id";

@@ -138,65 +138,157 @@ pub struct KConfig {
     pub listen_port: u16,
     /// 1 = refuse UDP to port 443 from sandboxes (QUIC cannot bypass capture).
     pub block_quic: u8,
-    pub _pad: u8,
+    /// 1 = refuse raw (`SOCK_RAW`) and packet (`AF_PACKET`) sockets in
+    /// sandboxes: they would bypass the redirect (`cgroup/sock_create`).
+    pub block_raw: u8,
     /// cgroup v2 level of the sandbox root; sandboxes are its children.
     pub root_level: u32,
-    /// The agent's admin listener port (host order); sandbox connects to it
-    /// are refused (see [`KConfig::admin_refused`]). 0 = none.
-    pub admin_port: u16,
-    /// Family of `admin_addr`; 0 = the listener is on a wildcard address.
-    pub admin_family: u16,
-    /// [`ADMIN_LOOPBACK`] when `admin_addr` is a loopback address.
-    pub admin_scope: u32,
-    /// Admin listener address, network byte order words (v4 in `[0]`).
-    pub admin_addr: [u32; 4],
-    /// Network namespace cookie of the agent (where the admin listener is).
+    /// Network namespace cookie of the agent (where its listeners are).
     pub agent_netns: u64,
+    /// The agent's own TCP endpoints (admin, PROXY-protocol listener), which
+    /// sandboxes may not connect to by any address form (see
+    /// [`KConfig::agent_endpoint_refused`]). Unused entries have port 0.
+    pub guarded: [Guarded; MAX_GUARDED],
 }
 
-/// `KConfig::admin_scope`: the admin address is loopback, so only sockets
-/// in the agent's own netns can reach it.
-pub const ADMIN_LOOPBACK: u32 = 1;
+/// How many agent endpoints [`KConfig::guarded`] holds.
+pub const MAX_GUARDED: usize = 4;
+
+/// One agent TCP endpoint refused to sandboxes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Guarded {
+    /// Port, host order; 0 = unused entry.
+    pub port: u16,
+    /// Family of `addr`; 0 = the listener is on a wildcard address.
+    pub family: u16,
+    pub _pad: u32,
+    /// Listener address, network byte order words (v4 in `[0]`).
+    pub addr: [u32; 4],
+}
+
+/// Key of the `NODE_ADDRS` map: an address of the agent's netns (the node's
+/// addresses, veth host ends included), normalized as [`normalize`] does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeAddr {
+    pub family: u32,
+    pub addr: [u32; 4],
+}
+
+/// A destination as (family, words) with an IPv4-mapped IPv6 address turned
+/// into plain IPv4 (an `AF_INET6` socket reaches IPv4 peers v4-mapped).
+#[inline(always)]
+pub fn normalize(family: u16, dst: &[u32; 4]) -> NodeAddr {
+    if family == AF_INET6 && dst[0] == 0 && dst[1] == 0 && dst[2] == 0xffff_u32.to_be() {
+        NodeAddr {
+            family: AF_INET as u32,
+            addr: [dst[3], 0, 0, 0],
+        }
+    } else if family == AF_INET {
+        NodeAddr {
+            family: AF_INET as u32,
+            addr: [dst[0], 0, 0, 0],
+        }
+    } else {
+        NodeAddr {
+            family: family as u32,
+            addr: *dst,
+        }
+    }
+}
+
+/// Whether a (normalized) destination is one the kernel turns into a
+/// loopback connect: the unspecified address (`0.0.0.0`, `::`, and
+/// `::ffff:0.0.0.0` once normalized) or any loopback address (127/8, ::1).
+#[inline(always)]
+pub fn is_local(a: &NodeAddr) -> bool {
+    if a.family == AF_INET as u32 {
+        let first = a.addr[0].to_ne_bytes()[0];
+        a.addr[0] == 0 || first == 127
+    } else {
+        a.addr[0] == 0
+            && a.addr[1] == 0
+            && a.addr[2] == 0
+            && (a.addr[3] == 0 || a.addr[3] == 1u32.to_be())
+    }
+}
 
 impl KConfig {
     /// Whether a sandbox TCP connect to `dst` (`family`, network-order words
-    /// as in [`SockTag::orig_addr`]) port `port` from netns `netns` would
-    /// reach the agent's admin listener, and must be refused:
-    /// * a specific address: that address and port — from any netns when it
-    ///   is routable (a node address), from the agent's netns when loopback;
-    /// * a wildcard address: that port on any address, from the agent's
-    ///   netns (sandbox netns reach the node only through its addresses,
-    ///   which the kernel half does not know: bind the admin listener to
-    ///   loopback or a specific address).
+    /// as in [`SockTag::orig_addr`]) port `port` from netns `netns` could
+    /// reach one of the agent's own endpoints, and must be refused. For a
+    /// guarded port, refused are:
+    /// * from the agent's netns: every local form (unspecified, 127/8, ::1,
+    ///   v4-mapped), and any address at all when the listener is on a
+    ///   wildcard address;
+    /// * from any netns: the listener's own address, and — when the listener
+    ///   is on a wildcard address — every node address (`node_addr`: the
+    ///   destination is in `NODE_ADDRS`, e.g. the host end of a sandbox's
+    ///   veth).
+    ///
+    /// Sockets in a sandbox's own netns reaching "local" forms reach that
+    /// netns's own loopback, where no agent endpoint listens.
     #[inline(always)]
-    pub fn admin_refused(&self, port: u16, family: u16, dst: &[u32; 4], netns: u64) -> bool {
-        if self.admin_port == 0 || port != self.admin_port {
-            return false;
-        }
+    pub fn agent_endpoint_refused(
+        &self,
+        port: u16,
+        family: u16,
+        dst: &[u32; 4],
+        netns: u64,
+        node_addr: bool,
+    ) -> bool {
+        let d = normalize(family, dst);
         let in_agent_netns = netns == self.agent_netns;
-        if self.admin_family == 0 {
-            return in_agent_netns;
+        let local = is_local(&d);
+        let mut i = 0;
+        while i < MAX_GUARDED {
+            let g = &self.guarded[i];
+            i += 1;
+            if g.port == 0 || g.port != port {
+                continue;
+            }
+            if in_agent_netns && local {
+                return true;
+            }
+            if g.family == 0 {
+                if in_agent_netns || node_addr {
+                    return true;
+                }
+                continue;
+            }
+            // A loopback listener is only reachable from the agent's netns
+            // (the local forms above); elsewhere 127.0.0.1 is another host.
+            let g_local = is_local(&NodeAddr {
+                family: g.family as u32,
+                addr: g.addr,
+            });
+            let same = !g_local
+                && g.family as u32 == d.family
+                && if d.family == AF_INET as u32 {
+                    g.addr[0] == d.addr[0]
+                } else {
+                    g.addr == d.addr
+                };
+            if same {
+                return true;
+            }
         }
-        // An AF_INET6 socket reaching an IPv4 address does so v4-mapped.
-        let mapped =
-            family == AF_INET6 && dst[0] == 0 && dst[1] == 0 && dst[2] == 0xffff_u32.to_be();
-        let (family, a0) = if mapped {
-            (AF_INET, dst[3])
-        } else {
-            (family, dst[0])
-        };
-        if family != self.admin_family {
-            return false;
+        false
+    }
+
+    /// Whether `port` is one of the guarded endpoints' ports (so the program
+    /// only looks the destination up in `NODE_ADDRS` when it matters).
+    #[inline(always)]
+    pub fn guards_port(&self, port: u16) -> bool {
+        let mut i = 0;
+        while i < MAX_GUARDED {
+            if self.guarded[i].port != 0 && self.guarded[i].port == port {
+                return true;
+            }
+            i += 1;
         }
-        let same = if family == AF_INET {
-            a0 == self.admin_addr[0]
-        } else {
-            dst[0] == self.admin_addr[0]
-                && dst[1] == self.admin_addr[1]
-                && dst[2] == self.admin_addr[2]
-                && dst[3] == self.admin_addr[3]
-        };
-        same && (in_agent_netns || self.admin_scope != ADMIN_LOOPBACK)
+        false
     }
 }
 
@@ -220,7 +312,12 @@ pub mod stat {
     pub const COUNTER_INSERT_FAILED: u32 = 7;
     /// Sandbox connects to the agent's admin listener, refused.
     pub const ADMIN_REFUSED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Raw or packet sockets a sandbox tried to create, refused.
+    pub const RAW_SOCKET_REFUSED: u32 = 9;
+    /// Tags of sockets released without ever reaching a state callback
+    /// (connect failed before the handshake), removed at release.
+    pub const TAGS_RELEASED: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_drops",
         "close_without_tag",
@@ -231,6 +328,8 @@ pub mod stat {
         "link_insert_failed",
         "counter_insert_failed",
         "admin_refused",
+        "raw_socket_refused",
+        "tags_released",
     ];
 }
 
@@ -239,6 +338,7 @@ pub mod limits {
     pub const MAX_SANDBOXES: u32 = 16_384;
     pub const MAX_SOCKETS: u32 = 262_144;
     pub const MAX_CAPTURE_PORTS: u32 = 64;
+    pub const MAX_NODE_ADDRS: u32 = 1024;
     pub const RINGBUF_BYTES: u32 = 1 << 22;
 }
 
@@ -251,4 +351,5 @@ mod pod {
     unsafe impl aya::Pod for CloseEvent {}
     unsafe impl aya::Pod for LinkKey {}
     unsafe impl aya::Pod for KConfig {}
+    unsafe impl aya::Pod for NodeAddr {}
 }

@@ -17,20 +17,20 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, bpf_sock_ops},
+    bindings::{bpf_sock, bpf_sock_addr, bpf_sock_ops},
     helpers::generated::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_get_netns_cookie,
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sock_ops_cb_flags_set,
     },
-    macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
-    programs::{SkBuffContext, SockAddrContext, SockOpsContext},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
     EbpfContext,
 };
 use aya_log_ebpf::warn;
 use egret_common::{
-    limits, stat, AttrRef, CloseEvent, KConfig, LinkKey, SkbCounters, SockTag, AF_INET, AF_INET6,
-    PROTO_TCP, TAG_ATTRIBUTED, TAG_REDIRECTED,
+    limits, normalize, stat, AttrRef, CloseEvent, KConfig, LinkKey, NodeAddr, SkbCounters,
+    SockTag, AF_INET, AF_INET6, PROTO_TCP, TAG_ATTRIBUTED, TAG_REDIRECTED,
 };
 
 /// Sandbox cgroup id → current attribution.
@@ -53,6 +53,11 @@ static COUNTERS: LruPerCpuHashMap<u64, SkbCounters> =
 /// Destination ports (host order) redirected to the agent.
 #[map(name = "EGRET_PORTS")]
 static PORTS: HashMap<u16, u8> = HashMap::pinned(limits::MAX_CAPTURE_PORTS, 0);
+
+/// Addresses of the agent's netns (node addresses, veth host ends): a
+/// sandbox in its own netns reaches a wildcard agent listener through them.
+#[map(name = "EGRET_NODE_ADDRS")]
+static NODE_ADDRS: HashMap<NodeAddr, u8> = HashMap::pinned(limits::MAX_NODE_ADDRS, 0);
 
 #[map(name = "EGRET_CONFIG")]
 static CONFIG: Array<KConfig> = Array::pinned(1, 0);
@@ -100,8 +105,11 @@ const BPF_NOEXIST: u64 = 1;
 const OP_TCP_CONNECT_CB: u32 = 3;
 const OP_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const OP_STATE_CB: u32 = 10;
-const CB_FLAG_STATE: i32 = 1 << 2;
+const CB_FLAG_STATE: u32 = 1 << 2;
 const TCP_CLOSE: u32 = 7;
+// Socket families and types (include/linux/socket.h, net.h).
+const AF_PACKET: u32 = 17;
+const SOCK_RAW: u32 = 3;
 
 #[inline(always)]
 fn bump(idx: u32) {
@@ -160,11 +168,15 @@ fn on_connect(ctx: &SockAddrContext, family: u16, redirect: fn(*mut bpf_sock_add
             tag.orig_addr = read_ip6(core::ptr::addr_of!((*sa).user_ip6));
         }
     }
-    // The agent's admin endpoint is not for sandboxes (metrics and status
-    // of every sandbox on the node).
-    if cfg.admin_refused(port, family, &tag.orig_addr, tag.netns_cookie) {
-        bump(stat::ADMIN_REFUSED);
-        return REFUSE;
+    // The agent's own endpoints (admin: metrics and status of every sandbox
+    // on the node; the PROXY-protocol listener: forged attribution) are not
+    // for sandboxes, by any address form.
+    if cfg.guards_port(port) {
+        let node_addr = unsafe { NODE_ADDRS.get(&normalize(family, &tag.orig_addr)) }.is_some();
+        if cfg.agent_endpoint_refused(port, family, &tag.orig_addr, tag.netns_cookie, node_addr) {
+            bump(stat::ADMIN_REFUSED);
+            return REFUSE;
+        }
     }
     match unsafe { ATTR.get(&cgroup_id) } {
         Some(a) => {
@@ -300,8 +312,10 @@ pub fn egret_sockops(ctx: SockOpsContext) -> u32 {
         return 1;
     };
     if op == OP_TCP_CONNECT_CB {
-        // Ask for state callbacks so failed connects report their end too.
-        unsafe { bpf_sock_ops_cb_flags_set(ops, CB_FLAG_STATE) };
+        // Ask for state callbacks so failed connects report their end too;
+        // added to the flags other programs may have set, never replacing.
+        let flags = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ops).bpf_sock_ops_cb_flags)) };
+        unsafe { bpf_sock_ops_cb_flags_set(ops, (flags | CB_FLAG_STATE) as i32) };
         return 1;
     }
     if op == OP_ACTIVE_ESTABLISHED_CB {
@@ -376,8 +390,13 @@ fn count(ctx: &SkBuffContext, egress: bool) -> i32 {
     if add(cookie, egress, bytes, segs, fin) {
         return 1;
     }
-    // First packet of this socket on any CPU. BPF_NOEXIST so a racing insert
-    // from another CPU is never overwritten; then add to whichever won.
+    // First packet of this socket on any CPU. Only tagged sockets get an
+    // entry (the close path hands it to the agent, which removes it), so
+    // no socket leaves one behind. BPF_NOEXIST so a racing insert from
+    // another CPU is never overwritten; then add to whichever won.
+    if unsafe { TAGS.get(&cookie) }.is_none() {
+        return 1;
+    }
     let _ = COUNTERS.insert(&cookie, &SkbCounters::default(), BPF_NOEXIST);
     if !add(cookie, egress, bytes, segs, fin) {
         bump(stat::COUNTER_INSERT_FAILED);
@@ -411,6 +430,53 @@ pub fn egret_skb_egress(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb(ingress)]
 pub fn egret_skb_ingress(ctx: SkBuffContext) -> i32 {
     count(&ctx, false)
+}
+
+/// Raw and packet sockets see and send traffic past the connect hooks (no
+/// tag, no redirect): refused in sandboxes unless `block_raw` is off.
+#[cgroup_sock(sock_create)]
+pub fn egret_sock_create(ctx: SockContext) -> i32 {
+    let cfg = config();
+    if cfg.block_raw == 0 {
+        return ALLOW;
+    }
+    let sk: *mut bpf_sock = ctx.sock;
+    let (family, ty) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*sk).family)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*sk).type_)),
+        )
+    };
+    if family == AF_PACKET || ty == SOCK_RAW {
+        bump(stat::RAW_SOCKET_REFUSED);
+        return REFUSE;
+    }
+    ALLOW
+}
+
+/// A socket whose tag is still present when its file is released never
+/// had a state callback coming (its connect failed before the handshake:
+/// unreachable, refused by routing): nothing else would remove the tag.
+/// Sockets that reached `TCP_CLOSE` through the state callback were removed
+/// there; live ones are left for their callback.
+#[cgroup_sock(sock_release)]
+pub fn egret_sock_release(ctx: SockContext) -> i32 {
+    let sk: *mut bpf_sock = ctx.sock;
+    let (proto, state) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*sk).protocol)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*sk).state)),
+        )
+    };
+    if proto != PROTO_TCP as u32 || state != TCP_CLOSE {
+        return ALLOW;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if TAGS.remove(&cookie).is_ok() {
+        let _ = COUNTERS.remove(&cookie);
+        bump(stat::TAGS_RELEASED);
+    }
+    ALLOW
 }
 
 #[cfg(not(test))]

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
     io::{ByteCounts, Counted},
-    tap::{capturable, Capture, Finisher, L4Snapshot, RequestTap, ResponseTap, Transaction},
+    tap::{capturable, Capture, Finisher, RequestTap, ResponseTap, Transaction},
     upstream::{ProxyBody, Target, Upstream},
     AttributionSource, Origin, L7,
 };
@@ -57,6 +57,29 @@ pub struct Conn {
     sealing: Mutex<()>,
     pending: Mutex<Vec<Pending>>,
     next_txn: std::sync::atomic::AtomicU64,
+    /// Where the last L4 window ended (see [`Ledger`]).
+    ledger: Mutex<Ledger>,
+}
+
+/// The connection's byte streams cut into per-transaction windows.
+///
+/// Windows are contiguous and in transaction order, so the TLS handshake
+/// (first transaction's `egret.l4.handshake_*`), the windows and what
+/// follows the last one (the TLS close) add up to the connection's bytes.
+/// On HTTP/1.1 each window ends where the wire says the exchange ended:
+/// at the first byte the sandbox sent after the response (the next request
+/// or its close), with the whole response written — so a window holds its
+/// whole request and whole response. HTTP/2 streams share the connection:
+/// a transaction's window is the bytes since the previous transaction's
+/// record was cut, when it is cut (see `docs/attributes.md`).
+#[derive(Debug, Default)]
+struct Ledger {
+    /// (downstream read, downstream written, upstream total) at the end of
+    /// the last window.
+    cut: (u64, u64, u64),
+    /// The TLS handshake's bytes (read, written) until written on the
+    /// first record.
+    handshake: Option<(u64, u64)>,
 }
 
 fn full(body: impl Into<Bytes>) -> ProxyBody {
@@ -97,7 +120,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let downstream = Arc::new(ByteCounts::default());
-    let io = Counted::new(stream, downstream.clone());
+    let io = Counted::tls(stream, downstream.clone());
     // No SNI: the dialer's AUTHORITY (PROXY protocol), else the address.
     let fallback = origin
         .authority
@@ -117,6 +140,7 @@ where
                 return;
             }
         };
+    let handshake = downstream.handshake_end();
     let sni = accepted.sni.clone();
     let tls_name = sni.clone().unwrap_or_else(|| fallback.clone());
     let conn = Arc::new(Conn {
@@ -138,6 +162,10 @@ where
         sealing: Mutex::new(()),
         pending: Mutex::new(Vec::new()),
         next_txn: Default::default(),
+        ledger: Mutex::new(Ledger {
+            cut: (handshake.0, handshake.1, 0),
+            handshake: Some(handshake),
+        }),
     });
     serve_http(TokioIo::new(accepted.stream), conn).await;
 }
@@ -168,6 +196,7 @@ where
         sealing: Mutex::new(()),
         pending: Mutex::new(Vec::new()),
         next_txn: Default::default(),
+        ledger: Mutex::default(),
     });
     serve_http(TokioIo::new(io), conn).await;
 }
@@ -223,13 +252,36 @@ where
 struct Pending {
     id: u64,
     rec: Record,
-    l4_start: L4Snapshot,
+    /// HTTP/1.x: the window ends at the wire mark (see [`Ledger`]).
+    h1: bool,
 }
 
 /// Longest a finished transaction waits for its L4 counters.
 const L4_SETTLE: Duration = Duration::from_millis(500);
 
 impl Conn {
+    /// Queues a record that needs no sealing (a refusal) for its L4 window,
+    /// as the next transaction in order.
+    fn pend(self: &Arc<Self>, rec: Record, h1: bool) {
+        let id = self
+            .next_txn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.downstream.arm(id);
+        // Behind whatever ended before it, so windows stay in order.
+        self.seal_finished();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Pending { id, rec, h1 });
+        let conn = self.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tokio::time::sleep(L4_SETTLE).await;
+                conn.flush_pending(Some(id));
+            });
+        }
+    }
+
     /// Seals the transactions whose responses ended since the last call:
     /// provider parsing, the record, token budgets. They then wait in
     /// `pending` for their L4 window.
@@ -245,6 +297,7 @@ impl Conn {
             id,
             mut txn,
             gateway,
+            h1,
         } in done
         {
             if txn.error == Some("client_aborted") && self.l7.drain.forced.is_cancelled() {
@@ -269,40 +322,60 @@ impl Conn {
                 .push(Pending {
                     id,
                     rec: txn.rec,
-                    l4_start: txn.l4_start,
+                    h1,
                 });
         }
     }
 
-    /// Writes pending records whose L4 window has closed (`only`: one of
-    /// them); seals what ended first.
-    fn flush_pending(&self, only: Option<u64>) {
+    /// Writes pending records whose L4 window has closed (`upto`: those
+    /// up to that transaction); seals what ended first. Windows are cut in
+    /// transaction order, so they stay contiguous.
+    fn flush_pending(&self, upto: Option<u64>) {
         self.seal_finished();
-        let ready: Vec<Pending> = {
+        let mut ready: Vec<Pending> = {
             let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            match only {
-                Some(id) => match p.iter().position(|x| x.id == id) {
-                    Some(i) => vec![p.swap_remove(i)],
-                    None => return,
-                },
+            match upto {
+                Some(id) => {
+                    let (r, keep) = std::mem::take(&mut *p)
+                        .into_iter()
+                        .partition(|x| x.id <= id);
+                    *p = keep;
+                    r
+                }
                 None => std::mem::take(&mut *p),
             }
         };
         if ready.is_empty() {
             return;
         }
-        let now = self.l7.l4_snapshot(self);
+        ready.sort_by_key(|p| p.id);
+        let kernel_peer = self.origin.source == AttributionSource::Kernel;
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         for mut p in ready {
-            let s = p.l4_start;
-            let d = |a: u64, b: u64| a.saturating_sub(b);
-            p.rec
-                .set(sc::L4_BYTES_SANDBOX_TX, d(now.sandbox_tx, s.sandbox_tx));
-            p.rec
-                .set(sc::L4_BYTES_SANDBOX_RX, d(now.sandbox_rx, s.sandbox_rx));
-            p.rec
-                .set(sc::L4_BYTES_DOWNSTREAM, d(now.downstream, s.downstream));
-            p.rec
-                .set(sc::L4_BYTES_UPSTREAM, d(now.upstream, s.upstream));
+            let (dr, dw) = self.downstream.snapshot();
+            let up = self.upstream.counts.snapshot();
+            let (end_r, end_w) = match (p.h1, self.downstream.mark(p.id)) {
+                (true, Some(m)) => m,
+                _ => (dr, dw),
+            };
+            let (cr, cw, cu) = ledger.cut;
+            let end = (end_r.max(cr), end_w.max(cw), (up.0 + up.1).max(cu));
+            ledger.cut = end;
+            let (tx, rx) = (end.0 - cr, end.1 - cw);
+            if kernel_peer {
+                // The agent's accepted socket is the sandbox socket's TCP
+                // peer: what it read the sandbox sent, what it wrote the
+                // sandbox received (the flow record has the kernel's
+                // totals for the same socket).
+                p.rec.set(sc::L4_BYTES_SANDBOX_TX, tx);
+                p.rec.set(sc::L4_BYTES_SANDBOX_RX, rx);
+                if let Some((hr, hw)) = ledger.handshake.take() {
+                    p.rec.set(sc::L4_HANDSHAKE_BYTES_SANDBOX_TX, hr);
+                    p.rec.set(sc::L4_HANDSHAKE_BYTES_SANDBOX_RX, hw);
+                }
+            }
+            p.rec.set(sc::L4_BYTES_DOWNSTREAM, tx + rx);
+            p.rec.set(sc::L4_BYTES_UPSTREAM, end.2 - cu);
             self.l7.emit(p.rec);
         }
     }
@@ -313,6 +386,7 @@ struct Finished {
     id: u64,
     txn: Transaction,
     gateway: Option<Arc<crate::config::GatewayConfig>>,
+    h1: bool,
 }
 
 /// Counts a finished transaction's tokens and queues its record.
@@ -327,6 +401,7 @@ struct Finished {
 struct Finish {
     conn: Arc<Conn>,
     decision: Decision,
+    h1: bool,
 }
 
 impl Finisher for Finish {
@@ -335,6 +410,7 @@ impl Finisher for Finish {
         let id = c
             .next_txn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.downstream.arm(id);
         c.finished
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -342,6 +418,7 @@ impl Finisher for Finish {
                 id,
                 txn,
                 gateway: self.decision.gateway.clone(),
+                h1: self.h1,
             });
         let conn = c.clone();
         match tokio::runtime::Handle::try_current() {
@@ -459,7 +536,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     // The previous exchange's bytes have all arrived once the next starts.
     conn.flush_pending(None);
     let started = Instant::now();
-    let l4_start = conn.l7.l4_snapshot(&conn);
+    let h1 = req.version() != http::Version::HTTP_2;
     let host_header = req
         .headers()
         .get(http::header::HOST)
@@ -485,6 +562,8 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         rec.set(sc::API_KEY_ID, conn.l7.keys.id(key));
     }
 
+    // A refused request ends here: its record waits for its L4 window
+    // like any other (the refusal's body is read first, see `refuse`).
     let finish_now = |mut rec: Record, status: u16, err: Option<&str>| {
         rec.set(sc::HTTP_RESPONSE_STATUS_CODE, status);
         if let Some(e) = err {
@@ -492,20 +571,22 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         }
         rec.set(sc::END_TIME, now_unix_nanos());
         rec.set(sc::DURATION_MS, started.elapsed().as_secs_f64() * 1e3);
-        conn.l7.emit(rec);
+        conn.pend(rec, h1);
     };
 
     // Upgrades (WebSocket, h2c) and CONNECT are not proxied.
     if req.method() == http::Method::CONNECT || req.headers().contains_key(http::header::UPGRADE) {
         let body = refusal("upgrade_refused", "egret does not proxy protocol upgrades");
+        let resp = refuse(req, StatusCode::NOT_IMPLEMENTED, body).await;
         finish_now(rec, 501, Some("upgrade_refused"));
-        return refuse(req, StatusCode::NOT_IMPLEMENTED, body).await;
+        return resp;
     }
     if !decision.allowed {
         rec.set(sc::POLICY_DENIED, true);
         let body = refusal("egress_denied", &format!("{host}: {}", decision.reason));
+        let resp = refuse(req, StatusCode::FORBIDDEN, body).await;
         finish_now(rec, 403, Some("policy_denied"));
-        return refuse(req, StatusCode::FORBIDDEN, body).await;
+        return resp;
     }
     rec.set(sc::POLICY_DENIED, false);
 
@@ -525,8 +606,9 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
             rec.set(sc::BUDGET_DENIED, st.exhausted());
             if st.exhausted() {
                 let (body, _) = budget::exhausted_body(provider.map(Provider::name), &st);
+                let resp = refuse(req, StatusCode::TOO_MANY_REQUESTS, body).await;
                 finish_now(rec, 429, Some("budget_exhausted"));
-                return refuse(req, StatusCode::TOO_MANY_REQUESTS, body).await;
+                return resp;
             }
         }
     }
@@ -644,8 +726,8 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
                 finisher: Arc::new(Finish {
                     conn: conn.clone(),
                     decision: decision.clone(),
+                    h1,
                 }),
-                l4_start,
             };
             txn.rec.set(sc::HTTP_RESPONSE_STATUS_CODE, 502u16);
             let fin = txn.finisher.clone();
@@ -683,8 +765,8 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         finisher: Arc::new(Finish {
             conn: conn.clone(),
             decision,
+            h1,
         }),
-        l4_start,
     });
     let mut tap = ResponseTap::new(rbody, txn);
     tap.prefetch().await;
@@ -693,25 +775,6 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         rparts.headers.remove(http::header::CONTENT_LENGTH);
     }
     Response::from_parts(rparts, tap.boxed_unsync())
-}
-
-impl L7 {
-    /// Current L4 counters of a connection, for per-transaction deltas.
-    pub fn l4_snapshot(&self, conn: &Conn) -> L4Snapshot {
-        let k = self
-            .kernel
-            .maps
-            .peek_counters(conn.origin.cookie)
-            .unwrap_or_default();
-        let (dr, dw) = conn.downstream.snapshot();
-        let (ur, uw) = conn.upstream.counts.snapshot();
-        L4Snapshot {
-            sandbox_tx: k.tx_bytes,
-            sandbox_rx: k.rx_bytes,
-            downstream: dr + dw,
-            upstream: ur + uw,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -103,17 +103,6 @@ pub struct Transaction {
     /// Set when the response did not end cleanly.
     pub error: Option<&'static str>,
     pub finisher: Arc<dyn Finisher>,
-    /// Opaque values the finisher needs (L4 snapshots, budget key).
-    pub l4_start: L4Snapshot,
-}
-
-/// Counters at the start of a transaction, for per-transaction deltas.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct L4Snapshot {
-    pub sandbox_tx: u64,
-    pub sandbox_rx: u64,
-    pub downstream: u64,
-    pub upstream: u64,
 }
 
 impl Transaction {

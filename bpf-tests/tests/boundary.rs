@@ -1,0 +1,292 @@
+//! The sandbox boundary, enforced in the kernel: a sandbox (root inside
+//! its cgroup, any syscall) reaches none of the agent's own endpoints by
+//! any address form, opens no raw or packet socket, and cannot leave kernel
+//! state behind that would cost other sandboxes their attribution.
+use std::{process::Command, time::Duration};
+
+use bpf_tests::*;
+use egret::{record::Record, semconv as sc};
+
+fn i(rec: &Record, key: &str) -> i64 {
+    rec.get_i64(key)
+        .unwrap_or_else(|| panic!("{key} missing in {}", rec.to_json_line()))
+}
+
+/// Connects (TCP) to each `host port` pair and prints one word per attempt:
+/// `connected`, `eperm` (refused by the kernel programs), `refused` (nothing
+/// listening) or `unreachable`.
+const CONNECT_PY: &str = r#"
+import errno, socket, sys
+args = sys.argv[1:]
+for k in range(0, len(args), 2):
+    host, port = args[k], int(args[k + 1])
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(10)
+    try:
+        s.connect((host, port)); print("connected")
+    except PermissionError:
+        print("eperm")
+    except ConnectionRefusedError:
+        print("refused")
+    except OSError as e:
+        print("unreachable" if e.errno == errno.ENETUNREACH else "error:%d" % e.errno)
+    s.close()
+"#;
+
+fn connect_words(mut cmd: Command, pairs: &[(&str, u16)]) -> Vec<String> {
+    cmd.args(["-c", CONNECT_PY]);
+    for (h, p) in pairs {
+        cmd.arg(h).arg(p.to_string());
+    }
+    let out = cmd.output().expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn kernel_stat(agent: &Agent, name: &str) -> u64 {
+    agent.status()["kernel"][name].as_u64().unwrap_or(0)
+}
+
+/// Every form that lands on the agent netns's loopback.
+const LOCAL_FORMS: [&str; 7] = [
+    "127.0.0.1",
+    "127.0.0.9",
+    "0.0.0.0",
+    "::ffff:0.0.0.0",
+    "::ffff:127.0.0.1",
+    "::",
+    "::1",
+];
+
+#[test]
+fn agent_endpoints_are_refused_by_every_address_form() {
+    if !require_privileges("agent_endpoints") {
+        return;
+    }
+    // Admin on loopback (the default) and the PROXY-protocol listener on
+    // loopback: a sandbox in the agent's netns tries every local form.
+    let pp_port = free_port();
+    let agent = Agent::start(AgentOptions {
+        extra_node_yaml: format!(
+            "  proxyProtocol:\n    listen: 127.0.0.1:{pp_port}\n    trustedCidrs: [127.0.0.1/32]\n"
+        ),
+        ..AgentOptions::default()
+    });
+    let id = unique("sb");
+    let cg = agent.cgroup(&id);
+    agent.register(&id, None, "inv-forms");
+    for port in [agent.admin_port, pp_port] {
+        let pairs: Vec<(&str, u16)> = LOCAL_FORMS.iter().map(|h| (*h, port)).collect();
+        let words = connect_words(sandboxed(&cg, None, "python3"), &pairs);
+        assert_eq!(
+            words,
+            vec!["eperm"; LOCAL_FORMS.len()],
+            "sandbox reached agent port {port} via {LOCAL_FORMS:?}"
+        );
+        // The host itself still reaches both.
+        let words = connect_words(Command::new("python3"), &[("127.0.0.1", port)]);
+        assert_eq!(words, ["connected"]);
+    }
+    assert!(kernel_stat(&agent, "admin_refused") >= 2 * LOCAL_FORMS.len() as u64);
+    drop(agent);
+
+    // Admin on a wildcard address: a sandbox in its own netns reaches it
+    // through the host end of its veth (a node address) — refused, while a
+    // process in that netns outside any sandbox connects.
+    let ns = Netns::new();
+    let _veth = Veth::new(&ns, "10.232.1.1", "10.232.1.2");
+    let agent = Agent::start(AgentOptions {
+        admin_ip: Some("0.0.0.0".into()),
+        ..AgentOptions::default()
+    });
+    let port = agent.admin_port;
+    let nid = unique("sb");
+    let ncg = agent.cgroup(&nid);
+    agent.register(&nid, Some(&ns), "inv-wild");
+    let words = connect_words(
+        sandboxed(&ncg, Some(&ns), "python3"),
+        &[("10.232.1.1", port)],
+    );
+    assert_eq!(
+        words,
+        ["eperm"],
+        "sandbox netns reached a wildcard admin via the node"
+    );
+    let words = connect_words(ns.command("python3"), &[("10.232.1.1", port)]);
+    assert_eq!(words, ["connected"], "the route itself works");
+    // Its own loopback is its own: nothing of the agent's there.
+    let words = connect_words(sandboxed(&ncg, Some(&ns), "python3"), &[("0.0.0.0", port)]);
+    assert_eq!(words, ["refused"]);
+}
+
+/// Tries each socket kind; prints `created` or `eperm` per kind.
+const SOCKETS_PY: &str = r#"
+import socket
+kinds = [
+    (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
+    (socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6),
+    (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP),
+    (socket.AF_PACKET, socket.SOCK_RAW, 0x0300),
+    (socket.AF_PACKET, socket.SOCK_DGRAM, 0x0300),
+    (socket.AF_INET, socket.SOCK_STREAM, 0),
+    (socket.AF_INET, socket.SOCK_DGRAM, 0),
+]
+for f, t, p in kinds:
+    try:
+        socket.socket(f, t, p).close(); print("created")
+    except PermissionError:
+        print("eperm")
+"#;
+
+fn socket_words(mut cmd: Command) -> Vec<String> {
+    let out = cmd.args(["-c", SOCKETS_PY]).output().expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn raw_and_packet_sockets_are_refused_in_sandboxes() {
+    if !require_privileges("raw_sockets") {
+        return;
+    }
+    let agent = Agent::start(AgentOptions::default());
+    let id = unique("sb");
+    let cg = agent.cgroup(&id);
+    agent.register(&id, None, "inv-raw");
+    let refused = [
+        "eperm", "eperm", "eperm", "eperm", "eperm", "created", "created",
+    ];
+    assert_eq!(socket_words(sandboxed(&cg, None, "python3")), refused);
+    assert_eq!(kernel_stat(&agent, "raw_socket_refused"), 5);
+    // Outside the sandbox tree (root), nothing changes.
+    assert_eq!(socket_words(Command::new("python3")), ["created"; 7]);
+    drop(agent);
+
+    // Switched off: a sandbox runtime that needs them says so.
+    let agent = Agent::start(AgentOptions {
+        extra_node_yaml: "  blockRawSockets: false\n".into(),
+        ..AgentOptions::default()
+    });
+    let id = unique("sb");
+    let cg = agent.cgroup(&id);
+    agent.register(&id, None, "inv-raw-off");
+    assert_eq!(
+        socket_words(sandboxed(&cg, None, "python3")),
+        ["created"; 7]
+    );
+}
+
+/// Connects `n` times to an unroutable address, closing each socket;
+/// prints how many failed with ENETUNREACH. Bounded by `limit` seconds.
+const FLOOD_PY: &str = r#"
+import errno, socket, sys, time
+n, limit = int(sys.argv[1]), float(sys.argv[2])
+end = time.monotonic() + limit
+unreachable = 0
+for k in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.connect(("192.0.2.1", 9))
+    except OSError as e:
+        if e.errno == errno.ENETUNREACH:
+            unreachable += 1
+    s.close()
+    if k % 1000 == 0 and time.monotonic() > end:
+        break
+print(unreachable)
+"#;
+
+fn map_entries(agent: &Agent, map: &str) -> u64 {
+    agent
+        .metric(&format!("egret_kernel_map_entries{{map=\"{map}\"}}"))
+        .unwrap_or_else(|| panic!("no egret_kernel_map_entries for {map}")) as u64
+}
+
+#[test]
+fn failed_connect_floods_leave_no_kernel_state_and_spare_other_sandboxes() {
+    if !require_privileges("connect_flood") {
+        return;
+    }
+    let agent = Agent::start(AgentOptions::default());
+    let server = byte_server("127.0.0.1:0");
+    // The victim holds an idle connection through the flood.
+    let vid = unique("sb");
+    let vcg = agent.cgroup(&vid);
+    let vinv = unique("inv-victim-");
+    agent.register(&vid, None, &vinv);
+    let mut victim = HeldClient::spawn({
+        let mut c = sandboxed(&vcg, None, "python3");
+        c.arg(clients_dir().join("tcp_client.py"))
+            .arg("127.0.0.1")
+            .arg(server.port().to_string())
+            .args(["--request-bytes=100", "--response-bytes=1000", "--hold"]);
+        c
+    });
+    victim.next_report();
+    let baseline = (map_entries(&agent, "tags"), map_entries(&agent, "counters"));
+    assert!(baseline.0 >= 1, "the victim's socket is tagged");
+
+    // The attacker: its own netns with no route at all, so every connect
+    // fails in routing, after connect4 ran. More connects than the tag map
+    // holds (262,144): before sockets' state died with them, this filled it.
+    let ns = Netns::new();
+    let aid = unique("sb");
+    let acg = agent.cgroup(&aid);
+    agent.register(&aid, Some(&ns), "inv-flood");
+    let n = 262_144 + 40_000;
+    let out = sandboxed(&acg, Some(&ns), "python3")
+        .args(["-c", FLOOD_PY, &n.to_string(), "240"])
+        .output()
+        .expect("flood");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(
+        failed >= 100_000,
+        "only {failed} connects failed as unreachable"
+    );
+
+    // Occupancy is back to its baseline (the release hook already ran for
+    // every closed socket; waiting only covers the metric read).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = (map_entries(&agent, "tags"), map_entries(&agent, "counters"));
+        if now == baseline {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "map occupancy {now:?} never returned to {baseline:?} after {failed} failed connects"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(kernel_stat(&agent, "tags_released") >= failed as u64);
+
+    // The victim's connection kept its attribution and exact bytes.
+    victim.say("more 50 500");
+    victim.next_report();
+    victim.finish();
+    let recs = agent.wait_records("the victim's flow", |r| flows_of(r, &vinv).len() == 1);
+    let f = flows_of(&recs, &vinv)[0];
+    assert_eq!(i(f, sc::L4_BYTES_SANDBOX_TX), 150, "{}", f.to_json_line());
+    assert_eq!(i(f, sc::L4_BYTES_SANDBOX_RX), 1500, "{}", f.to_json_line());
+    assert!(f.get_bool(sc::L4_COUNTERS_MISSING).is_none());
+}
