@@ -5,8 +5,8 @@
 //! It also marks where exchanges meet on the wire: when an exchange ends
 //! the connection *arms* its counts, and the next read that returns bytes
 //! records the position just before them — the first byte of the next
-//! request (or of the sandbox's TLS close), with every byte of the previous
-//! response already written. Those marks are the exact boundaries of the
+//! request (or of the sandbox's TLS close, or its end of stream), with every
+//! byte of the previous response already written. Those marks are the exact boundaries of the
 //! per-transaction L4 windows (see `proxy::http`).
 use std::{
     pin::Pin,
@@ -187,8 +187,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
+        if n == 0 && room && matches!(r, Poll::Ready(Ok(()))) {
+            // EOF: the sandbox is done sending; the exchange ended before
+            // whatever the agent writes now (its TLS close).
+            let at = self.counts.read.load(Ordering::Relaxed);
+            self.counts.on_read(at);
+        }
         if n > 0 {
             let this = &mut *self;
             if let Some(t) = &mut this.tls {
