@@ -313,12 +313,12 @@ mod tests {
         assert_eq!(counts.mark(0), None, "no read yet");
         c.read_exact(&mut buf[..13]).await.unwrap();
         c.write_all(b"req-2").await.unwrap();
-        s.read(&mut buf).await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 5);
         assert_eq!(counts.mark(0), Some((11, 13)));
         assert_eq!(counts.mark(1), None, "another exchange's mark");
         // Disarmed: later reads do not move it.
         c.write_all(b"more").await.unwrap();
-        s.read(&mut buf).await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 4);
         assert_eq!(counts.mark(0), Some((11, 13)));
         assert_eq!(counts.snapshot(), (20, 13));
     }
