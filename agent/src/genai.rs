@@ -51,7 +51,7 @@
 //! ```
 //!
 //! Bounded state: request bodies are scanned in place; streamed responses go
-//! through a streaming decoder (gzip / deflate / br, total decoded size
+//! through a streaming decoder (gzip / deflate / br / zstd, total decoded size
 //! capped by [`Limits::max_decoded_bytes`]) into an incremental SSE parser
 //! (one event at a time, at most [`Limits::max_event_bytes`]); non-streaming
 //! JSON bodies are kept up to [`Limits::max_json_bytes`] and parsed once at
@@ -307,7 +307,7 @@ pub enum ParseError {
     /// Decoding passed [`Limits::max_decoded_bytes`].
     #[error("decoded_too_large")]
     DecodedTooLarge,
-    /// A `Content-Encoding` egret does not decode (zstd, stacked, …).
+    /// A `Content-Encoding` egret does not decode (stacked, `compress`, …).
     #[error("unsupported_content_encoding")]
     UnsupportedEncoding,
     /// A successful response with a content type that is neither JSON nor

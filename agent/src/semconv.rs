@@ -98,7 +98,17 @@ pub const PARSE_ERROR: &str = "egret.parse.error";
 pub const TRACE_ID: &str = "egret.trace_id";
 pub const SPAN_ID: &str = "egret.span_id";
 pub const PARENT_SPAN_ID: &str = "egret.parent_span_id";
-pub const BODY_B64: &str = "egret.body.b64";
+/// The kept request / response body is base64 (its bytes were not UTF-8).
+pub const REQUEST_BODY_B64: &str = "egret.request.body_b64";
+pub const RESPONSE_BODY_B64: &str = "egret.response.body_b64";
+/// The body's `Content-Encoding` on the wire (`gzip`, `br`, …), when not
+/// identity. The kept body is decoded unless `*_body_decode_error` says why not.
+pub const REQUEST_CONTENT_ENCODING: &str = "egret.request.content_encoding";
+pub const RESPONSE_CONTENT_ENCODING: &str = "egret.response.content_encoding";
+/// Why a content-encoded body could not be kept decoded
+/// (`unsupported_content_encoding`, `decode_failed`, `incomplete`).
+pub const REQUEST_BODY_DECODE_ERROR: &str = "egret.request.body_decode_error";
+pub const RESPONSE_BODY_DECODE_ERROR: &str = "egret.response.body_decode_error";
 pub const GATEWAY_NAME: &str = "egret.gateway.name";
 
 /// Values of [`RECORD_KIND`].

@@ -688,6 +688,12 @@ fn oversized_heads_and_bodies_and_compression_bombs_are_bounded() {
             .unwrap_or_else(|| panic!("no parse error on {}", r.to_json_line()));
         errors.push(e.to_owned());
         assert_eq!(i(r, sc::RESP_BYTES), faults.bomb_bytes as i64);
+        // The capture decoded up to its 64 KiB cap and stopped there.
+        assert_eq!(r.get_str(sc::RESPONSE_CONTENT_ENCODING), Some("gzip"));
+        assert_eq!(r.get_str(sc::RESPONSE_BODY).map(str::len), Some(64 * 1024));
+        assert_eq!(r.get_bool(sc::RESP_TRUNCATED), Some(true));
+        assert_eq!(r.get_bool(sc::RESPONSE_BODY_B64), Some(false));
+        assert!(r.get(sc::RESPONSE_BODY_DECODE_ERROR).is_none());
     }
     errors.sort();
     // The stream decodes until the 64 MiB decode cap; the JSON body is cut

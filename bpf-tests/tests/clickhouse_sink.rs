@@ -170,6 +170,20 @@ async fn schema_create_and_migrate_is_idempotent() {
         .unwrap();
     rig.query("ALTER TABLE egret_schema.flows DROP COLUMN egret_l4_bytes_downstream")
         .unwrap();
+    // A layout from before the per-direction body flags.
+    for c in [
+        "egret_request_body_b64",
+        "egret_response_body_b64",
+        "egret_request_content_encoding",
+        "egret_response_content_encoding",
+        "egret_request_body_decode_error",
+        "egret_response_body_decode_error",
+    ] {
+        rig.query(&format!(
+            "ALTER TABLE egret_schema.transactions DROP COLUMN {c}"
+        ))
+        .unwrap();
+    }
     rig.query(
         "INSERT INTO egret_schema.transactions (egret_record_id, invocation_id, egret_start_time_unix_nano) \
          VALUES ('old-1', 'inv-old', 1763000000000000000)",
@@ -210,6 +224,12 @@ async fn round_trip_both_tables_every_column() {
     let mut t2 = full(sc::KIND_TRANSACTION, "inv-rt", 3);
     t2.set(sc::DURATION_MS, 12i64);
     t2.set(sc::JSONRPC_REQUEST_ID, 7i64);
+    t2.set(sc::REQUEST_BODY_B64, false);
+    t2.set(sc::RESPONSE_BODY_B64, true);
+    t2.set(sc::REQUEST_CONTENT_ENCODING, "gzip");
+    t2.set(sc::RESPONSE_CONTENT_ENCODING, "br");
+    t2.remove(sc::REQUEST_BODY_DECODE_ERROR);
+    t2.set(sc::RESPONSE_BODY_DECODE_ERROR, "decode_failed");
     t.set(
         sc::RESPONSE_BODY,
         "data: {\"type\":\"message_stop\"}\n\n".repeat(100),
@@ -245,6 +265,15 @@ async fn round_trip_both_tables_every_column() {
         flow_row.trim(),
         "2025\t2011\t['bool','string_array','float','string','int']"
     );
+    // The per-direction body flags have typed columns of their own.
+    let flags = rig
+        .query(
+            "SELECT egret_request_body_b64, egret_response_body_b64, egret_request_content_encoding, \
+             egret_response_content_encoding, egret_request_body_decode_error, egret_response_body_decode_error \
+             FROM egret_rt.transactions WHERE egret_record_id = 'transaction-00000003'",
+        )
+        .unwrap();
+    assert_eq!(flags.trim(), "0\t1\tgzip\tbr\t\\N\tdecode_failed");
     let mistyped = rig
         .query("SELECT egret_duration_ms, jsonrpc_request_id FROM egret_rt.transactions WHERE egret_record_id = 'transaction-00000003'")
         .unwrap();

@@ -165,6 +165,143 @@ fn anthropic_google_and_mcp_sdks_through_egret() {
         .any(|r| r.get_str(sc::MCP_METHOD_NAME) == Some("initialize")));
 }
 
+/// The decoded, parsed JSON of a record's captured body.
+fn body_json(r: &Record, key: &str) -> Value {
+    let body = r
+        .get_str(key)
+        .unwrap_or_else(|| panic!("{key} missing in {}", r.to_json_line()));
+    serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("{key} is not JSON ({e}): {}", r.to_json_line()))
+}
+
+/// A non-streamed answer that went over the wire compressed is recorded as
+/// its decoded JSON, with its direction's encoding and text flag.
+fn assert_decoded_response(r: &Record, encoding: &str) -> Value {
+    assert_eq!(
+        r.get_str(sc::RESPONSE_CONTENT_ENCODING),
+        Some(encoding),
+        "{}",
+        r.to_json_line()
+    );
+    assert_eq!(r.get_bool(sc::RESPONSE_BODY_B64), Some(false));
+    assert_eq!(r.get_bool(sc::RESP_TRUNCATED), Some(false));
+    assert!(r.get(sc::RESPONSE_BODY_DECODE_ERROR).is_none());
+    body_json(r, sc::RESPONSE_BODY)
+}
+
+#[test]
+fn sdk_compressed_answers_are_recorded_decoded() {
+    if !require_privileges("compressed_answers") || !require_venv("compressed_answers") {
+        return;
+    }
+    let w = World::start(
+        "gateways:\n- name: providers\n  routes:\n  - {name: anthropic, hosts: [api.anthropic.com], provider: anthropic}\n  - {name: openai, hosts: [api.openai.com], provider: openai}\n  - {name: google, hosts: [generativelanguage.googleapis.com], provider: google}\n",
+    );
+    let inv = unique("inv-gz-");
+    let cg = w.sandbox(&inv, None);
+    // The official SDKs send `Accept-Encoding: gzip, deflate`: the mock
+    // answers gzip, as the providers do.
+    let a = w.sdk(&cg, "anthropic_client.py");
+    assert!(a.iter().all(|c| c["ok"] == true), "{a:?}");
+    let o = w.sdk(&cg, "openai_client.py");
+    assert!(o.iter().all(|c| c["ok"] == true), "{o:?}");
+    let g = w.sdk(&cg, "google_client.py");
+    assert!(g.iter().all(|c| c["ok"] == true), "{g:?}");
+    let recs = w.transactions(&inv, a.len() + o.len() + g.len());
+
+    let am = by_path(&recs, "/v1/messages", false);
+    let v = assert_decoded_response(am, "gzip");
+    assert_eq!(v["id"], a[0]["id"]);
+    assert_eq!(v["type"], "message");
+    // (egret's input tokens add the cached ones: compare the output.)
+    assert_eq!(Some(tokens(am).1), v["usage"]["output_tokens"].as_i64());
+    assert_eq!(body_json(am, sc::REQUEST_BODY)["model"], "claude-haiku-4-5");
+    assert_eq!(am.get_bool(sc::REQUEST_BODY_B64), Some(false));
+    assert!(am.get(sc::REQUEST_CONTENT_ENCODING).is_none());
+
+    let oc = by_path(&recs, "/v1/chat/completions", false);
+    let v = assert_decoded_response(oc, "gzip");
+    assert_eq!(v["id"], o[0]["id"]);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(
+        v["usage"]["completion_tokens"],
+        o[0]["usage"]["output_tokens"]
+    );
+
+    let gj = by_path(&recs, ":generateContent", false);
+    let v = assert_decoded_response(gj, "gzip");
+    assert_eq!(v["responseId"], g[0]["id"]);
+    assert_eq!(tokens(gj), usage(&g[0]));
+
+    // Streams stay uncompressed (and as they were).
+    for s in [
+        by_path(&recs, "/v1/messages", true),
+        by_path(&recs, ":streamGenerateContent", true),
+    ] {
+        assert!(
+            s.get(sc::RESPONSE_CONTENT_ENCODING).is_none(),
+            "{}",
+            s.to_json_line()
+        );
+        assert!(s
+            .get_str(sc::RESPONSE_BODY)
+            .is_some_and(|b| b.starts_with("event: ") || b.starts_with("data: ")));
+    }
+
+    // br (Anthropic's and OpenAI's front ends prefer it when offered), and
+    // a gzip-encoded request body: both recorded decoded. curl shows the
+    // client still gets the provider's compressed bytes.
+    let inv2 = unique("inv-br-");
+    let cg2 = w.sandbox(&inv2, None);
+    let req = serde_json::json!({
+        "model": "claude-haiku-4-5",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "three wading birds"}],
+    })
+    .to_string();
+    let gz_path = w.agent.state_dir.join("request.json.gz");
+    {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(req.as_bytes()).unwrap();
+        std::fs::write(&gz_path, e.finish().unwrap()).unwrap();
+    }
+    let out = w.curl(
+        &cg2,
+        &[
+            "-H",
+            "accept-encoding: br",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "content-encoding: gzip",
+            "-H",
+            "x-api-key: sk-ant-test-not-a-real-key",
+            "-H",
+            "anthropic-version: 2023-06-01",
+            "--data-binary",
+            &format!("@{}", gz_path.display()),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{content_type} %{size_download}",
+            "https://api.anthropic.com/v1/messages",
+        ],
+    );
+    let rec = &w.transactions(&inv2, 1)[0];
+    let v = assert_decoded_response(rec, "br");
+    assert_eq!(v["type"], "message", "{out}");
+    let wire: i64 = out.split_whitespace().last().unwrap().parse().unwrap();
+    assert_eq!(i(rec, sc::RESP_BYTES), wire, "the client got the br bytes");
+    assert_eq!(rec.get_str(sc::REQUEST_CONTENT_ENCODING), Some("gzip"));
+    assert_eq!(rec.get_bool(sc::REQUEST_BODY_B64), Some(false));
+    assert_eq!(
+        body_json(rec, sc::REQUEST_BODY)["model"],
+        "claude-haiku-4-5"
+    );
+    assert_eq!(tokens(rec), (3, 16));
+}
+
 #[test]
 fn policy_budget_trace_context_streaming_and_h2() {
     if !require_privileges("policy_budget_trace") {

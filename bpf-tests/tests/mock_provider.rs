@@ -634,6 +634,158 @@ async fn mcp_streamable_http() {
     assert_eq!(r.status, StatusCode::NOT_FOUND, "session ended");
 }
 
+/// Non-streamed answers are compressed as the real front ends do, when the
+/// client accepts it; streams never are; compressed requests are read.
+#[tokio::test]
+async fn json_answers_are_compressed_when_accepted() {
+    use std::io::{Read, Write};
+    let mock = Mock::start();
+    let chat =
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi there"}]});
+    let body = chat.to_string();
+    let gunzip = |b: &[u8]| {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(b)
+            .read_to_end(&mut out)
+            .unwrap();
+        serde_json::from_slice::<Value>(&out).unwrap()
+    };
+    let unbr = |b: &[u8]| {
+        let mut out = Vec::new();
+        brotli::Decompressor::new(b, 4096)
+            .read_to_end(&mut out)
+            .unwrap();
+        serde_json::from_slice::<Value>(&out).unwrap()
+    };
+    for (sni, path, accept, want) in [
+        (
+            "api.openai.com",
+            "/v1/chat/completions",
+            Some("gzip, deflate"),
+            Some("gzip"),
+        ),
+        (
+            "api.openai.com",
+            "/v1/chat/completions",
+            Some("gzip, deflate, br"),
+            Some("br"),
+        ),
+        (
+            "api.openai.com",
+            "/v1/chat/completions",
+            Some("br;q=0, gzip"),
+            Some("gzip"),
+        ),
+        (
+            "api.openai.com",
+            "/v1/chat/completions",
+            Some("*"),
+            Some("br"),
+        ),
+        (
+            "api.openai.com",
+            "/v1/chat/completions",
+            Some("identity"),
+            None,
+        ),
+        ("api.openai.com", "/v1/chat/completions", None, None),
+        (
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            Some("gzip, br"),
+            Some("gzip"),
+        ),
+    ] {
+        let google = sni.starts_with("generativelanguage");
+        let req_body = if google {
+            json!({"contents": [{"parts": [{"text": "hi there"}]}]}).to_string()
+        } else {
+            body.clone()
+        };
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = accept {
+            headers.push(("accept-encoding", a));
+        }
+        for h2 in [false, true] {
+            let r = fetch(
+                &mock,
+                sni,
+                h2,
+                Method::POST,
+                path,
+                &headers,
+                req_body.as_bytes(),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{accept:?}");
+            let ce = r
+                .headers
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap());
+            assert_eq!(ce, want, "{sni} {accept:?}");
+            let v = match ce {
+                Some("gzip") => gunzip(&r.body),
+                Some("br") => unbr(&r.body),
+                _ => r.json(),
+            };
+            let key = if google { "usageMetadata" } else { "usage" };
+            assert!(v[key].is_object(), "{v}");
+        }
+    }
+    // Streams stay uncompressed whatever the client accepts.
+    let mut stream = chat.clone();
+    stream["stream"] = json!(true);
+    let r = fetch(
+        &mock,
+        "api.openai.com",
+        false,
+        Method::POST,
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("accept-encoding", "gzip, br"),
+        ],
+        stream.to_string().as_bytes(),
+    )
+    .await;
+    assert!(r.headers.get("content-encoding").is_none());
+    assert!(std::str::from_utf8(&r.body).unwrap().starts_with("data: "));
+    // Errors are JSON answers too.
+    let r = fetch(
+        &mock,
+        "api.anthropic.com",
+        false,
+        Method::POST,
+        "/v1/messages",
+        &[
+            ("content-type", "application/json"),
+            ("accept-encoding", "gzip"),
+        ],
+        b"{not json",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(gunzip(&r.body)["type"], "error");
+    // A gzip request body is decoded before it is read.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(body.as_bytes()).unwrap();
+    let r = fetch(
+        &mock,
+        "api.openai.com",
+        false,
+        Method::POST,
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        &gz.finish().unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["usage"]["prompt_tokens"], 2);
+}
+
 #[tokio::test]
 async fn utility_endpoints() {
     let mock = Mock::start();

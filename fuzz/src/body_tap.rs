@@ -24,7 +24,9 @@ use std::time::Instant;
 use base64::Engine;
 use bytes::Bytes;
 use egret::genai::{Exchange, Limits};
-use egret::proxy::tap::{Capture, Finisher, L4Snapshot, ResponseTap, Transaction};
+use egret::proxy::tap::{
+    Capture, Finisher, L4Snapshot, ResponseTap, Transaction, RESPONSE_KEYS,
+};
 use egret::record::Record;
 use egret::semconv as sc;
 use http_body::{Body, Frame};
@@ -41,12 +43,12 @@ fn check_capture(chunks: &[&[u8]], body: &[u8], max: usize, enabled: bool) {
     assert_eq!(c.truncated(), enabled && body.len() > max, "truncated flag");
 
     let mut rec = Record::new("transaction");
-    c.write(&mut rec, sc::RESPONSE_BODY, sc::RESP_TRUNCATED);
+    c.write(&mut rec, &RESPONSE_KEYS);
     assert_eq!(rec.get_bool(sc::RESP_TRUNCATED), Some(c.truncated()));
     let prefix = &body[..kept];
     match rec.get_str(sc::RESPONSE_BODY) {
         None => assert!(kept == 0, "captured bytes not written"),
-        Some(s) if rec.get_bool(sc::BODY_B64) == Some(true) => {
+        Some(s) if rec.get_bool(sc::RESPONSE_BODY_B64) == Some(true) => {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(s)
                 .expect("valid base64");

@@ -77,7 +77,7 @@ pub const ENCODINGS: &[(Option<&str>, Codec)] = &[
     (Some("br"), Codec::Brotli),
     (Some("identity"), Codec::Identity),
     (Some("x-gzip"), Codec::Gzip),
-    (Some("zstd"), Codec::Identity),
+    (Some("compress"), Codec::Identity),
     (Some("gzip, br"), Codec::Gzip),
     (Some(" GZIP "), Codec::Gzip),
 ];

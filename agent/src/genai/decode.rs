@@ -3,8 +3,9 @@
 //!
 //! The decoder writes decoded bytes into a [`Write`] sink as compressed
 //! chunks arrive, through a fixed internal buffer (flate2: 32 KiB; brotli:
-//! [`BROTLI_BUFFER`] plus the stream's window, at most 16 MiB), so memory
-//! stays bounded whatever the compression ratio. The sink bounds the total:
+//! [`BROTLI_BUFFER`] plus the stream's window, at most 16 MiB; zstd: the
+//! frame's window, at most [`ZSTD_WINDOW_LOG_MAX`]), so memory stays
+//! bounded whatever the compression ratio. The sink bounds the total:
 //! it returns an error once its own cap is passed, which stops decoding
 //! (compression bombs cost at most the cap in CPU, never in memory).
 
@@ -15,6 +16,10 @@ use flate2::write::{DeflateDecoder, GzDecoder, ZlibDecoder};
 /// Output buffer of the brotli decoder.
 pub const BROTLI_BUFFER: usize = 8 * 1024;
 
+/// Largest zstd window accepted (log2): 8 MiB, the limit RFC 9659 sets for
+/// the `zstd` content coding. A frame asking for more fails to decode.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
 /// The encodings we decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -24,11 +29,12 @@ pub enum Encoding {
     /// from some servers; told apart by the zlib header.
     Deflate,
     Brotli,
+    Zstd,
 }
 
 impl Encoding {
     /// From a `Content-Encoding` value. `None` for anything we cannot
-    /// decode (zstd, stacked encodings, unknown tokens).
+    /// decode (stacked encodings, unknown tokens).
     pub fn from_header(value: Option<&str>) -> Option<Encoding> {
         let v = match value {
             None => return Some(Encoding::Identity),
@@ -42,6 +48,8 @@ impl Encoding {
             Some(Encoding::Deflate)
         } else if v.eq_ignore_ascii_case("br") {
             Some(Encoding::Brotli)
+        } else if v.eq_ignore_ascii_case("zstd") {
+            Some(Encoding::Zstd)
         } else {
             None
         }
@@ -60,6 +68,10 @@ pub enum Decoder<W: Write> {
         head: Vec<u8>,
     },
     Brotli(Box<brotli_decompressor::DecompressorWriter<W>>),
+    Zstd(Box<zstd::stream::write::Decoder<'static, W>>),
+    /// The decoder could not be set up (zstd context allocation): every
+    /// write fails.
+    Unavailable(W),
 }
 
 impl<W: Write> std::fmt::Debug for Decoder<W> {
@@ -71,6 +83,8 @@ impl<W: Write> std::fmt::Debug for Decoder<W> {
             Decoder::RawDeflate(_) => "raw-deflate",
             Decoder::DeflateUndecided { .. } => "deflate?",
             Decoder::Brotli(_) => "br",
+            Decoder::Zstd(_) => "zstd",
+            Decoder::Unavailable(_) => "unavailable",
         };
         f.write_str(name)
     }
@@ -94,6 +108,20 @@ impl<W: Write> Decoder<W> {
             Encoding::Brotli => Decoder::Brotli(Box::new(
                 brotli_decompressor::DecompressorWriter::new(sink, BROTLI_BUFFER),
             )),
+            Encoding::Zstd => {
+                let raw = zstd::stream::raw::Decoder::new().and_then(|mut d| {
+                    d.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(
+                        ZSTD_WINDOW_LOG_MAX,
+                    ))?;
+                    Ok(d)
+                });
+                match raw {
+                    Ok(d) => Decoder::Zstd(Box::new(zstd::stream::write::Decoder::with_decoder(
+                        sink, d,
+                    ))),
+                    Err(_) => Decoder::Unavailable(sink),
+                }
+            }
         }
     }
 
@@ -106,6 +134,22 @@ impl<W: Write> Decoder<W> {
             Decoder::RawDeflate(d) => Some(d.get_mut()),
             Decoder::DeflateUndecided { sink, .. } => sink.as_mut(),
             Decoder::Brotli(d) => Some(d.get_mut()),
+            Decoder::Zstd(d) => Some(d.get_mut()),
+            Decoder::Unavailable(w) => Some(w),
+        }
+    }
+
+    /// The sink, when the decoder still holds it.
+    pub fn sink(&self) -> Option<&W> {
+        match self {
+            Decoder::Identity(w) => Some(w),
+            Decoder::Gzip(d) => Some(d.get_ref()),
+            Decoder::Zlib(d) => Some(d.get_ref()),
+            Decoder::RawDeflate(d) => Some(d.get_ref()),
+            Decoder::DeflateUndecided { sink, .. } => sink.as_ref(),
+            Decoder::Brotli(d) => Some(d.get_ref()),
+            Decoder::Zstd(d) => Some(d.get_ref()),
+            Decoder::Unavailable(w) => Some(w),
         }
     }
 
@@ -142,6 +186,8 @@ impl<W: Write> Decoder<W> {
                 Decoder::Zlib(d) => d.write(buf)?,
                 Decoder::RawDeflate(d) => d.write(buf)?,
                 Decoder::Brotli(d) => d.write(buf)?,
+                Decoder::Zstd(d) => d.write(buf)?,
+                Decoder::Unavailable(_) => return Err(io::Error::other("decoder unavailable")),
                 Decoder::DeflateUndecided { .. } => return Ok(()),
             };
             if n == 0 {
@@ -162,6 +208,8 @@ impl<W: Write> Decoder<W> {
             Decoder::Zlib(d) => d.try_finish(),
             Decoder::RawDeflate(d) => d.try_finish(),
             Decoder::Brotli(d) => d.close(),
+            Decoder::Zstd(d) => d.do_finish(),
+            Decoder::Unavailable(_) => Err(io::Error::other("decoder unavailable")),
             Decoder::DeflateUndecided { head, .. } => {
                 if head.is_empty() {
                     Ok(())
@@ -206,6 +254,10 @@ pub(crate) mod tests {
         out
     }
 
+    pub(crate) fn zstd(data: &[u8]) -> Vec<u8> {
+        zstd::stream::encode_all(data, 3).unwrap()
+    }
+
     fn decode_in_chunks(enc: Encoding, body: &[u8], chunk: usize) -> (Vec<u8>, io::Result<()>) {
         let mut d = Decoder::new(enc, Vec::new());
         for c in body.chunks(chunk.max(1)) {
@@ -226,6 +278,7 @@ pub(crate) mod tests {
             (Encoding::Deflate, zlib(&plain)),
             (Encoding::Deflate, raw_deflate(&plain)),
             (Encoding::Brotli, brotli(&plain)),
+            (Encoding::Zstd, zstd(&plain)),
         ] {
             for chunk in [1, 2, 3, 1000, usize::MAX] {
                 let (out, r) = decode_in_chunks(enc, &body, chunk.min(body.len()));
@@ -242,11 +295,30 @@ pub(crate) mod tests {
             (Encoding::Gzip, gzip(&plain)),
             (Encoding::Deflate, zlib(&plain)),
             (Encoding::Brotli, brotli(&plain)),
+            (Encoding::Zstd, zstd(&plain)),
         ] {
             let cut = &body[..body.len() / 2];
             let (_, r) = decode_in_chunks(enc, cut, 7);
             assert!(r.is_err(), "{enc:?}");
         }
+    }
+
+    #[test]
+    fn zstd_frames_asking_for_a_window_past_the_limit_fail() {
+        let plain = vec![b'a'; 1 << 20];
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        e.set_parameter(zstd::stream::raw::CParameter::WindowLog(
+            ZSTD_WINDOW_LOG_MAX + 1,
+        ))
+        .unwrap();
+        e.write_all(&plain).unwrap();
+        let big_window = e.finish().unwrap();
+        let mut d = Decoder::new(Encoding::Zstd, Vec::new());
+        let r = d.write_chunk(&big_window).and_then(|()| d.finish());
+        assert!(r.is_err(), "a 16 MiB window was accepted");
+        // The same data with an ordinary window decodes.
+        let (out, r) = decode_in_chunks(Encoding::Zstd, &zstd(&plain), 4096);
+        assert!(r.is_ok() && out == plain);
     }
 
     #[test]
@@ -258,7 +330,8 @@ pub(crate) mod tests {
             Encoding::from_header(Some("deflate")),
             Some(Encoding::Deflate)
         );
-        assert_eq!(Encoding::from_header(Some("zstd")), None);
+        assert_eq!(Encoding::from_header(Some("zstd")), Some(Encoding::Zstd));
+        assert_eq!(Encoding::from_header(Some("compress")), None);
         assert_eq!(Encoding::from_header(Some("gzip, br")), None);
     }
 }

@@ -3,7 +3,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-use super::decode::tests::{brotli, gzip, raw_deflate, zlib};
+use super::decode::tests::{brotli, gzip, raw_deflate, zlib, zstd};
 use super::*;
 use crate::record::AttrValue;
 
@@ -1009,6 +1009,7 @@ fn encoded_responses_are_decoded() {
         ("deflate", zlib(&base.resp_body)),
         ("deflate", raw_deflate(&base.resp_body)),
         ("br", brotli(&base.resp_body)),
+        ("zstd", zstd(&base.resp_body)),
     ] {
         let mut c = base.clone();
         c.resp_headers.push(("content-encoding", name.into()));
@@ -1054,7 +1055,7 @@ fn corrupt_truncated_and_unsupported_encodings() {
     );
 
     let mut c = base.clone();
-    c.resp_headers.push(("content-encoding", "zstd".into()));
+    c.resp_headers.push(("content-encoding", "compress".into()));
     let r = c.run();
     assert_eq!(
         s(&r, sc::PARSE_ERROR).as_deref(),

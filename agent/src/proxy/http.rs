@@ -624,10 +624,13 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     rec.set_opt(sc::REQUEST_CONTENT_TYPE, req_ct.clone());
-    let req_capture = Arc::new(Mutex::new(Capture::new(
-        capture_cfg.max_bytes,
-        capturable(req_ct.as_deref(), &capture_cfg.include_content_types),
-    )));
+    let req_capture = Arc::new(Mutex::new(
+        Capture::new(
+            capture_cfg.max_bytes,
+            capturable(req_ct.as_deref(), &capture_cfg.include_content_types),
+        )
+        .with_content_encoding(content_encoding(req.headers()).as_deref()),
+    ));
     let mut exchange = Exchange::new(provider, Limits::default());
 
     // Trace context, set on the outbound request.
@@ -760,7 +763,8 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         response: Capture::new(
             capture_cfg.max_bytes,
             capturable(resp_ct.as_deref(), &capture_cfg.include_content_types),
-        ),
+        )
+        .with_content_encoding(content_encoding(&rparts.headers).as_deref()),
         error: None,
         finisher: Arc::new(Finish {
             conn: conn.clone(),
@@ -775,6 +779,17 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         rparts.headers.remove(http::header::CONTENT_LENGTH);
     }
     Response::from_parts(rparts, tap.boxed_unsync())
+}
+
+/// A message's `Content-Encoding` (the capture keeps the decoded body);
+/// several header lines are one stacked list.
+fn content_encoding(headers: &http::HeaderMap) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("?"))
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
 }
 
 #[cfg(test)]

@@ -17,64 +17,302 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::{
-    genai::{Exchange, UsageChunkFilter},
+    genai::{decode::Decoder, Encoding, Exchange, UsageChunkFilter},
     record::{now_unix_nanos, Record},
     semconv as sc,
 };
 
-/// Bounded copy of one direction's body.
+/// Where one direction's body attributes go.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyKeys {
+    pub body: &'static str,
+    pub truncated: &'static str,
+    pub b64: &'static str,
+    pub content_encoding: &'static str,
+    pub decode_error: &'static str,
+}
+
+/// The request body's attributes.
+pub const REQUEST_KEYS: BodyKeys = BodyKeys {
+    body: sc::REQUEST_BODY,
+    truncated: sc::REQ_TRUNCATED,
+    b64: sc::REQUEST_BODY_B64,
+    content_encoding: sc::REQUEST_CONTENT_ENCODING,
+    decode_error: sc::REQUEST_BODY_DECODE_ERROR,
+};
+
+/// The response body's attributes.
+pub const RESPONSE_KEYS: BodyKeys = BodyKeys {
+    body: sc::RESPONSE_BODY,
+    truncated: sc::RESP_TRUNCATED,
+    b64: sc::RESPONSE_BODY_B64,
+    content_encoding: sc::RESPONSE_CONTENT_ENCODING,
+    decode_error: sc::RESPONSE_BODY_DECODE_ERROR,
+};
+
+/// Why a content-encoded body is not kept decoded (whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A `Content-Encoding` egret does not decode (stacked, unknown): the
+    /// wire bytes are kept.
+    #[error("unsupported_content_encoding")]
+    Unsupported,
+    /// The encoded data is corrupt: the wire bytes are kept.
+    #[error("decode_failed")]
+    Failed,
+    /// The encoded stream ended before its end (cut short, or a bad
+    /// checksum): the decoded prefix is kept and marked truncated.
+    #[error("incomplete")]
+    Incomplete,
+}
+
+impl DecodeError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeError::Unsupported => "unsupported_content_encoding",
+            DecodeError::Failed => "decode_failed",
+            DecodeError::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// Bytes kept up to `max`; never allocates past `max`. As a decoder's
+/// sink it refuses (an error, which stops the decoder) past `max`.
 #[derive(Debug, Default)]
-pub struct Capture {
+struct Kept {
     buf: Vec<u8>,
     max: usize,
+    /// Bytes were offered past `max`.
+    full: bool,
+}
+
+impl Kept {
+    fn new(max: usize) -> Kept {
+        Kept {
+            buf: Vec::new(),
+            max,
+            full: false,
+        }
+    }
+
+    /// Keeps what fits; false when some of `data` did not.
+    fn keep(&mut self, data: &[u8]) -> bool {
+        let take = data.len().min(self.max - self.buf.len());
+        if take > 0 {
+            let want = self.buf.len() + take;
+            if want > self.buf.capacity() {
+                // Grow geometrically, but never past the cap.
+                let target = (self.buf.capacity() * 2).max(want).max(256).min(self.max);
+                self.buf.reserve_exact(target - self.buf.len());
+            }
+            self.buf.extend_from_slice(&data[..take]);
+        }
+        if take < data.len() {
+            self.full = true;
+        }
+        !self.full
+    }
+}
+
+impl std::io::Write for Kept {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.keep(data) {
+            Ok(data.len())
+        } else {
+            Err(std::io::Error::other("capture cap reached"))
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a capture holds.
+#[derive(Debug)]
+enum Kind {
+    /// Identity body: the wire bytes.
+    Plain(Kept),
+    /// Decoding as frames pass: decoded bytes in the decoder's sink; the
+    /// wire bytes (up to the cap too) in `raw`, for a failure.
+    Decoding { dec: Box<Decoder<Kept>>, raw: Kept },
+    /// Decoded, stopped at the cap, or ended early (`error`).
+    Decoded {
+        kept: Kept,
+        error: Option<DecodeError>,
+    },
+    /// Not decodable: the wire bytes.
+    Raw { raw: Kept, error: DecodeError },
+}
+
+impl Default for Kind {
+    fn default() -> Self {
+        Kind::Plain(Kept::default())
+    }
+}
+
+/// Bounded copy of one direction's body: decoded when it is
+/// content-encoded, with the cap applied to the decoded size. Decoding
+/// happens as frames pass and stops at the cap (the decoder is dropped
+/// then), so a compression bomb costs at most the cap in output, plus the
+/// codec's own window (gzip/deflate 32 KiB, zstd at most 8 MiB, br at most
+/// 16 MiB, as the stream declares).
+#[derive(Debug, Default)]
+pub struct Capture {
+    kind: Kind,
     enabled: bool,
-    /// All body bytes seen, captured or not.
+    /// The `Content-Encoding` value, when not identity.
+    encoding: Option<String>,
+    /// All body bytes seen on the wire, captured or not.
     pub total: u64,
 }
 
 impl Capture {
     pub fn new(max: usize, enabled: bool) -> Capture {
         Capture {
-            buf: Vec::new(),
-            max,
+            kind: Kind::Plain(Kept::new(max)),
             enabled,
+            encoding: None,
             total: 0,
         }
     }
 
+    /// The body's `Content-Encoding` header (before any byte is pushed):
+    /// the capture then keeps the decoded body.
+    pub fn with_content_encoding(mut self, value: Option<&str>) -> Capture {
+        let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+            return self;
+        };
+        if v.eq_ignore_ascii_case("identity") {
+            return self;
+        }
+        self.encoding = Some(v.to_ascii_lowercase());
+        let Kind::Plain(k) = &self.kind else {
+            return self;
+        };
+        let max = k.max;
+        if !self.enabled || self.total > 0 {
+            return self;
+        }
+        self.kind = match Encoding::from_header(Some(v)) {
+            Some(Encoding::Identity) => return self,
+            Some(enc) => Kind::Decoding {
+                dec: Box::new(Decoder::new(enc, Kept::new(max))),
+                raw: Kept::new(max),
+            },
+            None => Kind::Raw {
+                raw: Kept::new(max),
+                error: DecodeError::Unsupported,
+            },
+        };
+        self
+    }
+
     pub fn push(&mut self, data: &[u8]) {
         self.total += data.len() as u64;
-        if self.enabled && self.buf.len() < self.max {
-            let take = data.len().min(self.max - self.buf.len());
-            self.buf.extend_from_slice(&data[..take]);
-        }
-    }
-
-    pub fn truncated(&self) -> bool {
-        self.enabled && self.total > self.buf.len() as u64
-    }
-
-    /// Writes the captured body: UTF-8 as is, anything else base64.
-    pub fn write(&self, rec: &mut Record, body_key: &'static str, truncated_key: &'static str) {
-        rec.set(truncated_key, self.truncated());
-        if !self.enabled || self.buf.is_empty() {
+        if !self.enabled {
             return;
         }
-        match std::str::from_utf8(&self.buf) {
-            Ok(s) => rec.set(body_key, s),
+        match &mut self.kind {
+            Kind::Plain(k) | Kind::Raw { raw: k, .. } => {
+                k.keep(data);
+            }
+            Kind::Decoding { dec, raw } => {
+                raw.keep(data);
+                if dec.write_chunk(data).is_ok() {
+                    return;
+                }
+                let full = dec.sink().is_some_and(|s| s.full);
+                let kept = dec.sink_mut().map(std::mem::take).unwrap_or_default();
+                // At the cap: done (the decoder and the wire copy are
+                // dropped). Otherwise the data is corrupt: keep the wire bytes.
+                self.kind = if full {
+                    Kind::Decoded { kept, error: None }
+                } else {
+                    Kind::Raw {
+                        raw: std::mem::take(raw),
+                        error: DecodeError::Failed,
+                    }
+                };
+            }
+            Kind::Decoded { .. } => {}
+        }
+    }
+
+    /// Ends decoding (the body is complete, or as complete as it will be).
+    fn finish_decoding(&mut self) {
+        let Kind::Decoding { dec, raw } = &mut self.kind else {
+            return;
+        };
+        let r = dec.finish();
+        let full = dec.sink().is_some_and(|s| s.full);
+        let kept = dec.sink_mut().map(std::mem::take).unwrap_or_default();
+        self.kind = match r {
+            Ok(()) => Kind::Decoded { kept, error: None },
+            Err(_) if full => Kind::Decoded { kept, error: None },
+            Err(_) if kept.buf.is_empty() => Kind::Raw {
+                raw: std::mem::take(raw),
+                error: DecodeError::Failed,
+            },
+            Err(_) => Kind::Decoded {
+                kept,
+                error: Some(DecodeError::Incomplete),
+            },
+        };
+    }
+
+    /// The body did not fit the cap (decoded size, for an encoded body),
+    /// or its encoded stream ended early.
+    pub fn truncated(&self) -> bool {
+        self.enabled
+            && match &self.kind {
+                Kind::Plain(k) | Kind::Raw { raw: k, .. } => self.total > k.buf.len() as u64,
+                Kind::Decoding { dec, .. } => dec.sink().is_some_and(|s| s.full),
+                Kind::Decoded { kept, error } => kept.full || error.is_some(),
+            }
+    }
+
+    /// Writes the captured body: UTF-8 as is, anything else base64, with
+    /// its direction's flags (truncated, base64, content encoding, decode
+    /// error).
+    pub fn write(&mut self, rec: &mut Record, keys: &BodyKeys) {
+        self.finish_decoding();
+        if let Some(e) = &self.encoding {
+            rec.set(keys.content_encoding, e.as_str());
+        }
+        rec.set(keys.truncated, self.truncated());
+        if !self.enabled {
+            return;
+        }
+        let (buf, error) = match &self.kind {
+            Kind::Plain(k) => (&k.buf, None),
+            Kind::Decoded { kept, error } => (&kept.buf, *error),
+            Kind::Raw { raw, error } => (&raw.buf, Some(*error)),
+            Kind::Decoding { .. } => return,
+        };
+        if let Some(e) = error {
+            rec.set(keys.decode_error, e.as_str());
+        }
+        if buf.is_empty() {
+            return;
+        }
+        match std::str::from_utf8(buf) {
+            Ok(s) => rec.set(keys.body, s),
             Err(e) if self.truncated() && e.error_len().is_none() => {
                 // Cut inside a multi-byte character: keep the valid prefix.
-                let valid = &self.buf[..e.valid_up_to()];
-                rec.set(body_key, String::from_utf8_lossy(valid).into_owned());
+                let valid = &buf[..e.valid_up_to()];
+                rec.set(keys.body, String::from_utf8_lossy(valid).into_owned());
             }
             Err(_) => {
                 rec.set(
-                    body_key,
-                    base64::engine::general_purpose::STANDARD.encode(&self.buf),
+                    keys.body,
+                    base64::engine::general_purpose::STANDARD.encode(buf),
                 );
-                rec.set(sc::BODY_B64, true);
+                rec.set(keys.b64, true);
+                return;
             }
         }
+        rec.set(keys.b64, false);
     }
 }
 
@@ -122,13 +360,12 @@ impl Transaction {
         }
         self.exchange.finish(&mut self.rec);
         {
-            let req = self.request.lock().unwrap_or_else(|p| p.into_inner());
+            let mut req = self.request.lock().unwrap_or_else(|p| p.into_inner());
             self.rec.set(sc::REQ_BYTES, req.total);
-            req.write(&mut self.rec, sc::REQUEST_BODY, sc::REQ_TRUNCATED);
+            req.write(&mut self.rec, &REQUEST_KEYS);
         }
         self.rec.set(sc::RESP_BYTES, self.response.total);
-        self.response
-            .write(&mut self.rec, sc::RESPONSE_BODY, sc::RESP_TRUNCATED);
+        self.response.write(&mut self.rec, &RESPONSE_KEYS);
         let req_trunc = self.rec.get_bool(sc::REQ_TRUNCATED).unwrap_or(false);
         self.rec
             .set(sc::BODY_TRUNCATED, req_trunc || self.response.truncated());
@@ -375,22 +612,300 @@ where
 mod tests {
     use super::*;
 
+    use crate::genai::decode::tests::{brotli, gzip, raw_deflate, zlib, zstd};
+
+    fn written(c: &mut Capture, keys: &BodyKeys) -> Record {
+        let mut r = Record::new("transaction");
+        c.write(&mut r, keys);
+        r
+    }
+
+    fn capture(max: usize, encoding: Option<&str>, chunks: &[&[u8]]) -> Capture {
+        let mut c = Capture::new(max, true).with_content_encoding(encoding);
+        for ch in chunks {
+            c.push(ch);
+        }
+        c
+    }
+
+    const JSON: &str = r#"{"id":"msg_01","type":"message","content":[{"type":"text","text":"héron, aigrette, échasse"}],"usage":{"input_tokens":9,"output_tokens":16}}"#;
+
     #[test]
     fn capture_is_bounded_and_flags_truncation() {
-        let mut c = Capture::new(4, true);
-        c.push(b"ab");
-        c.push(b"cdef");
+        let mut c = capture(4, None, &[b"ab", b"cdef"]);
         assert_eq!(c.total, 6);
         assert!(c.truncated());
-        let mut r = Record::new("transaction");
-        c.write(&mut r, sc::RESPONSE_BODY, sc::RESP_TRUNCATED);
+        let r = written(&mut c, &RESPONSE_KEYS);
         assert_eq!(r.get_str(sc::RESPONSE_BODY), Some("abcd"));
         assert_eq!(r.get_bool(sc::RESP_TRUNCATED), Some(true));
-        let mut bin = Capture::new(8, true);
-        bin.push(&[0xff, 0xfe, 0x00]);
+        assert_eq!(r.get_bool(sc::RESPONSE_BODY_B64), Some(false));
+        assert!(r.get(sc::RESPONSE_CONTENT_ENCODING).is_none());
+        let mut bin = capture(8, None, &[&[0xff, 0xfe, 0x00]]);
+        let r = written(&mut bin, &RESPONSE_KEYS);
+        assert_eq!(r.get_bool(sc::RESPONSE_BODY_B64), Some(true));
+        assert_eq!(r.get_str(sc::RESPONSE_BODY), Some("//4A"));
+    }
+
+    #[test]
+    fn every_content_encoding_is_captured_decoded_at_any_chunking() {
+        let plain = JSON.as_bytes();
+        for (name, body) in [
+            ("gzip", gzip(plain)),
+            ("x-gzip", gzip(plain)),
+            ("deflate", zlib(plain)),
+            ("deflate", raw_deflate(plain)),
+            ("br", brotli(plain)),
+            ("zstd", zstd(plain)),
+            ("GZIP", gzip(plain)),
+            ("identity", plain.to_vec()),
+        ] {
+            for size in [1, 7, body.len()] {
+                let chunks: Vec<&[u8]> = body.chunks(size).collect();
+                let mut c = capture(64 << 10, Some(name), &chunks);
+                assert_eq!(c.total, body.len() as u64, "{name}: wire bytes");
+                let r = written(&mut c, &RESPONSE_KEYS);
+                assert_eq!(r.get_str(sc::RESPONSE_BODY), Some(JSON), "{name}/{size}");
+                assert_eq!(r.get_bool(sc::RESPONSE_BODY_B64), Some(false), "{name}");
+                assert_eq!(r.get_bool(sc::RESP_TRUNCATED), Some(false), "{name}");
+                assert!(r.get(sc::RESPONSE_BODY_DECODE_ERROR).is_none(), "{name}");
+                let enc = (name != "identity").then(|| name.to_ascii_lowercase());
+                assert_eq!(
+                    r.get_str(sc::RESPONSE_CONTENT_ENCODING),
+                    enc.as_deref(),
+                    "{name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_cap_applies_to_the_decoded_size() {
+        // 10 KiB of JSON-ish text compresses to far less than the cap: the
+        // decoded size decides, exactly at the cap and one byte past it.
+        let plain = format!("[{}]", "\"wading bird\",".repeat(700));
+        let plain = plain.as_bytes();
+        let wire = gzip(plain);
+        assert!(wire.len() < 1024);
+        let mut c = capture(1024, Some("gzip"), &[&wire]);
+        let r = written(&mut c, &RESPONSE_KEYS);
+        assert_eq!(
+            r.get_str(sc::RESPONSE_BODY).map(str::as_bytes),
+            Some(&plain[..1024])
+        );
+        assert_eq!(r.get_bool(sc::RESP_TRUNCATED), Some(true));
+        assert!(r.get(sc::RESPONSE_BODY_DECODE_ERROR).is_none());
+        let mut exact = capture(plain.len(), Some("gzip"), &[&wire]);
+        let r = written(&mut exact, &RESPONSE_KEYS);
+        assert_eq!(r.get_str(sc::RESPONSE_BODY).map(str::as_bytes), Some(plain));
+        assert_eq!(r.get_bool(sc::RESP_TRUNCATED), Some(false));
+        // Disabled: only metadata.
+        let mut off = Capture::new(1024, false).with_content_encoding(Some("gzip"));
+        off.push(&wire);
+        let r = written(&mut off, &RESPONSE_KEYS);
+        assert!(r.get(sc::RESPONSE_BODY).is_none());
+        assert_eq!(r.get_str(sc::RESPONSE_CONTENT_ENCODING), Some("gzip"));
+        assert_eq!(r.get_bool(sc::RESP_TRUNCATED), Some(false));
+    }
+
+    #[test]
+    fn compression_bombs_stop_decoding_at_the_cap() {
+        // 64 MiB of zeros: ~64 KiB gzip, ~50 bytes br, a few KiB zstd.
+        let zeros = vec![0u8; 64 << 20];
+        let max = 4096;
+        for (name, bomb) in [
+            ("gzip", gzip(&zeros)),
+            ("br", brotli(&zeros)),
+            ("zstd", zstd(&zeros)),
+        ] {
+            let mut c = Capture::new(max, true).with_content_encoding(Some(name));
+            let mut chunks = bomb.chunks(16 << 10);
+            c.push(chunks.next().unwrap());
+            // The first frame filled the cap: the decoder is gone, nothing
+            // more is decoded, and no buffer grew past the cap.
+            match &c.kind {
+                Kind::Decoded { kept, error: None } => {
+                    assert!(kept.full, "{name}");
+                    assert_eq!(kept.buf.len(), max, "{name}");
+                    assert!(
+                        kept.buf.capacity() <= max,
+                        "{name}: {}",
+                        kept.buf.capacity()
+                    );
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+            for ch in chunks {
+                c.push(ch);
+            }
+            assert_eq!(c.total, bomb.len() as u64);
+            let r = written(&mut c, &RESPONSE_KEYS);
+            assert_eq!(
+                r.get_str(sc::RESPONSE_BODY).map(str::len),
+                Some(max),
+                "{name}"
+            );
+            assert_eq!(r.get_bool(sc::RESP_TRUNCATED), Some(true), "{name}");
+            assert!(r.get(sc::RESPONSE_BODY_DECODE_ERROR).is_none(), "{name}");
+        }
+    }
+
+    #[test]
+    fn wire_and_decoded_copies_never_grow_past_the_cap() {
+        let mut k = Kept::new(1000);
+        for _ in 0..100 {
+            k.keep(&[b'x'; 37]);
+        }
+        assert_eq!(k.buf.len(), 1000);
+        assert!(k.full && k.buf.capacity() <= 1000, "{}", k.buf.capacity());
+    }
+
+    #[test]
+    fn decode_failures_keep_the_wire_bytes_and_say_so() {
+        // Corrupt data: the wire bytes, base64 when binary.
+        let mut corrupt = gzip(JSON.as_bytes());
+        corrupt[12] ^= 0xff;
+        corrupt[20] ^= 0xff;
+        let mut c = capture(64 << 10, Some("gzip"), &[&corrupt]);
+        let r = written(&mut c, &RESPONSE_KEYS);
+        assert_eq!(
+            r.get_str(sc::RESPONSE_BODY_DECODE_ERROR),
+            Some("decode_failed")
+        );
+        assert_eq!(r.get_bool(sc::RESPONSE_BODY_B64), Some(true));
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(r.get_str(sc::RESPONSE_BODY).unwrap())
+            .unwrap();
+        assert_eq!(raw, corrupt);
+        assert_eq!(r.get_str(sc::RESPONSE_CONTENT_ENCODING), Some("gzip"));
+
+        // Not compressed at all although the header says so.
+        let mut c = capture(64 << 10, Some("br"), &[b"plain text, not br"]);
+        let r = written(&mut c, &RESPONSE_KEYS);
+        assert_eq!(
+            r.get_str(sc::RESPONSE_BODY_DECODE_ERROR),
+            Some("decode_failed")
+        );
+        assert_eq!(r.get_str(sc::RESPONSE_BODY), Some("plain text, not br"));
+        assert_eq!(r.get_bool(sc::RESPONSE_BODY_B64), Some(false));
+
+        // An encoding egret does not decode: the wire bytes, marked.
+        let wire = brotli(JSON.as_bytes());
+        let mut c = capture(64 << 10, Some("gzip, br"), &[&wire]);
+        let r = written(&mut c, &RESPONSE_KEYS);
+        assert_eq!(
+            r.get_str(sc::RESPONSE_BODY_DECODE_ERROR),
+            Some("unsupported_content_encoding")
+        );
+        assert_eq!(r.get_str(sc::RESPONSE_CONTENT_ENCODING), Some("gzip, br"));
+        assert_eq!(r.get_bool(sc::RESPONSE_BODY_B64), Some(true));
+
+        // Cut short: the decoded prefix, truncated and marked incomplete.
+        // (Several zstd blocks of 128 KiB, so a prefix decodes.)
+        let big: String = (0..4000).map(|i| format!("{i}:{JSON}\n")).collect();
+        for (name, wire) in [
+            ("gzip", gzip(big.as_bytes())),
+            ("zstd", zstd(big.as_bytes())),
+        ] {
+            let cut = &wire[..wire.len() * 3 / 4];
+            let mut c = capture(1 << 20, Some(name), &[cut]);
+            let r = written(&mut c, &RESPONSE_KEYS);
+            assert_eq!(
+                r.get_str(sc::RESPONSE_BODY_DECODE_ERROR),
+                Some("incomplete"),
+                "{name}"
+            );
+            assert_eq!(r.get_bool(sc::RESP_TRUNCATED), Some(true), "{name}");
+            let body = r.get_str(sc::RESPONSE_BODY).unwrap();
+            assert!(!body.is_empty() && big.starts_with(body), "{name}");
+        }
+        // Cut before anything decoded: nothing to show but the wire bytes.
+        let wire = gzip(JSON.as_bytes());
+        let mut c = capture(64 << 10, Some("gzip"), &[&wire[..5]]);
+        let r = written(&mut c, &RESPONSE_KEYS);
+        assert_eq!(
+            r.get_str(sc::RESPONSE_BODY_DECODE_ERROR),
+            Some("decode_failed")
+        );
+        assert_eq!(r.get_bool(sc::RESPONSE_BODY_B64), Some(true));
+    }
+
+    #[test]
+    fn flags_are_per_direction() {
+        // A text request beside a binary (undecodable) response: only the
+        // response is base64, and each side says how it was encoded.
+        let mut req = capture(1024, None, &[br#"{"model":"m"}"#]);
+        let mut resp = capture(1024, Some("zstd"), &[&[0x28, 0xb5, 0x2f, 0xfd, 0xff, 0xff]]);
         let mut r = Record::new("transaction");
-        bin.write(&mut r, sc::RESPONSE_BODY, sc::RESP_TRUNCATED);
-        assert_eq!(r.get_bool(sc::BODY_B64), Some(true));
+        req.write(&mut r, &REQUEST_KEYS);
+        resp.write(&mut r, &RESPONSE_KEYS);
+        assert_eq!(r.get_str(sc::REQUEST_BODY), Some(r#"{"model":"m"}"#));
+        assert_eq!(r.get_bool(sc::REQUEST_BODY_B64), Some(false));
+        assert_eq!(r.get_bool(sc::RESPONSE_BODY_B64), Some(true));
+        assert!(r.get(sc::REQUEST_CONTENT_ENCODING).is_none());
+        assert_eq!(r.get_str(sc::RESPONSE_CONTENT_ENCODING), Some("zstd"));
+        assert!(r.get(sc::REQUEST_BODY_DECODE_ERROR).is_none());
+        assert_eq!(
+            r.get_str(sc::RESPONSE_BODY_DECODE_ERROR),
+            Some("decode_failed")
+        );
+
+        // A gzip request body is captured decoded too.
+        let wire = gzip(JSON.as_bytes());
+        let mut req = capture(1024, Some("gzip"), &[&wire]);
+        let mut r = Record::new("transaction");
+        req.write(&mut r, &REQUEST_KEYS);
+        assert_eq!(r.get_str(sc::REQUEST_BODY), Some(JSON));
+        assert_eq!(r.get_str(sc::REQUEST_CONTENT_ENCODING), Some("gzip"));
+        assert_eq!(r.get_bool(sc::REQ_TRUNCATED), Some(false));
+        assert!(r.get(sc::RESPONSE_BODY).is_none());
+    }
+
+    /// Keeps the sealed records.
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<Record>>);
+
+    impl Finisher for Collect {
+        fn finish(&self, mut txn: Transaction) {
+            txn.seal();
+            self.0.lock().unwrap().push(txn.rec);
+        }
+    }
+
+    #[test]
+    fn the_tap_forwards_the_encoded_bytes_and_records_the_decoded_body() {
+        let wire = gzip(JSON.repeat(20).as_bytes());
+        let frames: Vec<Bytes> = wire.chunks(100).map(Bytes::copy_from_slice).collect();
+        let collect = Arc::new(Collect::default());
+        let txn = Box::new(Transaction {
+            rec: Record::new("transaction"),
+            exchange: Exchange::new(None, crate::genai::Limits::default()),
+            started: Instant::now(),
+            first_byte: None,
+            request: Arc::new(Mutex::new(Capture::new(1024, true))),
+            response: Capture::new(1 << 20, true).with_content_encoding(Some("gzip")),
+            error: None,
+            finisher: collect.clone(),
+            l4_start: L4Snapshot::default(),
+        });
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames
+                .into_iter()
+                .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))),
+        ));
+        let mut tap = ResponseTap::new(body, txn);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut seen = Vec::new();
+        while let Poll::Ready(Some(f)) = Pin::new(&mut tap).poll_frame(&mut cx) {
+            seen.extend_from_slice(f.unwrap().data_ref().unwrap());
+        }
+        drop(tap);
+        assert_eq!(seen, wire, "the client got other bytes than upstream sent");
+        let recs = collect.0.lock().unwrap();
+        let r = &recs[0];
+        assert_eq!(r.get_str(sc::RESPONSE_BODY), Some(JSON.repeat(20).as_str()));
+        assert_eq!(r.get_i64(sc::RESP_BYTES), Some(wire.len() as i64));
+        assert_eq!(r.get_str(sc::RESPONSE_CONTENT_ENCODING), Some("gzip"));
+        assert_eq!(r.get_bool(sc::RESPONSE_BODY_B64), Some(false));
     }
 
     #[test]

@@ -17,7 +17,10 @@
 //!   (it is in the sorting key), `gen_ai_response_finish_reasons` is
 //!   `Array(String)`, booleans are `UInt8`;
 //! * bodies in plain `String` columns (`egret_request_body`,
-//!   `egret_response_body`, transactions only);
+//!   `egret_response_body`, transactions only), decoded when they were
+//!   content-encoded, with their per-direction flags beside them
+//!   (`egret_{request,response}_body_b64`, `..._content_encoding`,
+//!   `..._body_decode_error`);
 //! * every other attribute in parallel arrays `attr_keys Array(String)`,
 //!   `attr_values Array(String)`, `attr_types Array(Enum8(...))` — values as
 //!   text (strings raw, numbers decimal, booleans `true`/`false`, string
@@ -450,6 +453,12 @@ table_row! {
         egret_api_key_id: Str = sc::API_KEY_ID,
         egret_request_body: Text = sc::REQUEST_BODY,
         egret_response_body: Text = sc::RESPONSE_BODY,
+        egret_request_body_b64: Bool = sc::REQUEST_BODY_B64,
+        egret_response_body_b64: Bool = sc::RESPONSE_BODY_B64,
+        egret_request_content_encoding: Str = sc::REQUEST_CONTENT_ENCODING,
+        egret_response_content_encoding: Str = sc::RESPONSE_CONTENT_ENCODING,
+        egret_request_body_decode_error: Str = sc::REQUEST_BODY_DECODE_ERROR,
+        egret_response_body_decode_error: Str = sc::RESPONSE_BODY_DECODE_ERROR,
     ]
 }
 
@@ -1224,6 +1233,39 @@ mod tests {
         assert_eq!(row.egret_l4_bytes_sandbox_tx, Some(10));
         assert_eq!(row.attr_keys, vec![Cow::Borrowed(sc::SOCKET_COOKIE)]);
         assert_eq!(row.into_record(), f);
+    }
+
+    #[test]
+    fn body_flags_have_typed_columns_per_direction() {
+        let mut r = Record::new(sc::KIND_TRANSACTION);
+        r.set(sc::REQUEST_BODY, "{\"model\":\"m\"}");
+        r.set(sc::REQUEST_BODY_B64, false);
+        r.set(sc::RESPONSE_BODY, "H4sI");
+        r.set(sc::RESPONSE_BODY_B64, true);
+        r.set(sc::RESPONSE_CONTENT_ENCODING, "gzip");
+        r.set(sc::RESPONSE_BODY_DECODE_ERROR, "decode_failed");
+        r.set(sc::REQUEST_CONTENT_ENCODING, "br");
+        r.set(sc::REQUEST_BODY_DECODE_ERROR, "incomplete");
+        let row = TransactionRow::from_record(&r);
+        assert_eq!(row.egret_request_body_b64, Some(false));
+        assert_eq!(row.egret_response_body_b64, Some(true));
+        assert_eq!(row.egret_response_content_encoding.as_deref(), Some("gzip"));
+        assert_eq!(row.egret_request_content_encoding.as_deref(), Some("br"));
+        assert_eq!(
+            row.egret_response_body_decode_error.as_deref(),
+            Some("decode_failed")
+        );
+        assert_eq!(
+            row.egret_request_body_decode_error.as_deref(),
+            Some("incomplete")
+        );
+        assert!(row.attr_keys.is_empty(), "{:?}", row.attr_keys);
+        assert_eq!(row.into_record(), r);
+        assert_eq!(column_type(sc::RESPONSE_BODY_B64), Some("Nullable(UInt8)"));
+        assert_eq!(
+            column_type(sc::REQUEST_CONTENT_ENCODING),
+            Some("Nullable(String)")
+        );
     }
 
     #[test]

@@ -65,6 +65,17 @@
 //! * Streams emit one word per delta (Google: four words per chunk).
 //! * Embeddings: `dimensions` (default 8) deterministic floats per input.
 //! * Models are echoed back as sent.
+//!
+//! # Compression (as the real APIs' front ends do)
+//! * Non-streamed provider answers (JSON, errors included) are compressed
+//!   when the request's `Accept-Encoding` allows it, with
+//!   `Content-Encoding` set: Anthropic and OpenAI prefer `br`, then `gzip`;
+//!   Google uses `gzip`. No `Accept-Encoding` (curl without
+//!   `--compressed`, hyper) or `identity` only: plain JSON. Streams (SSE,
+//!   Google's JSON array stream) and the utility endpoints are never
+//!   compressed.
+//! * Request bodies with `Content-Encoding: gzip`, `deflate` or `br` are
+//!   decoded before they are read.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -801,7 +812,24 @@ fn bad_request(msg: impl Into<String>) -> Reject {
     (StatusCode::BAD_REQUEST, msg.into())
 }
 
+/// A provider endpoint: [`read_json`], then the answer compressed as the
+/// provider's front end would (errors included).
 async fn with_json<F>(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    query: Option<String>,
+    provider: Provider,
+    f: F,
+) -> Response<RespBody>
+where
+    F: FnOnce(&State, &Call) -> Result<Response<RespBody>, Reject>,
+{
+    let req_headers = req.headers().clone();
+    let resp = read_json(state, req, query, provider, f).await;
+    compress(resp, &req_headers, provider).await
+}
+
+async fn read_json<F>(
     state: &Arc<State>,
     req: Request<Incoming>,
     query: Option<String>,
@@ -813,7 +841,10 @@ where
 {
     let (parts, body) = req.into_parts();
     let bytes = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-        Ok(c) => c.to_bytes(),
+        Ok(c) => match decode_request(&parts.headers, c.to_bytes()) {
+            Ok(b) => b,
+            Err(msg) => return provider_error(provider, StatusCode::BAD_REQUEST, &msg),
+        },
         Err(e) => {
             let status = if e.is::<http_body_util::LengthLimitError>() {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -862,6 +893,148 @@ where
         resp.headers_mut().insert(name, v);
     }
     resp
+}
+
+// ---------------------------------------------------------------------------
+// Content-Encoding.
+
+/// The q-value `accept_encoding` gives `coding` (an explicit entry, else
+/// `*`, else 0). RFC 9110 §12.5.3.
+fn accept_q(accept_encoding: &str, coding: &str) -> f32 {
+    let mut wildcard = None;
+    for item in accept_encoding.split(',') {
+        let mut parts = item.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|v| v.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if name.eq_ignore_ascii_case(coding) {
+            return q;
+        }
+        if name == "*" {
+            wildcard = Some(q);
+        }
+    }
+    wildcard.unwrap_or(0.0)
+}
+
+/// The coding a provider's front end would answer with, if any.
+fn pick_coding(req_headers: &http::HeaderMap, provider: Provider) -> Option<&'static str> {
+    let accept = req_headers
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let preferred: &[&'static str] = match provider {
+        Provider::Anthropic | Provider::OpenAi => &["br", "gzip"],
+        Provider::Google => &["gzip"],
+    };
+    preferred
+        .iter()
+        .copied()
+        .find(|c| accept_q(&accept, c) > 0.0)
+}
+
+/// Compresses a whole (non-streamed) JSON answer when the client accepts
+/// it; anything else is returned as it is.
+async fn compress(
+    resp: Response<RespBody>,
+    req_headers: &http::HeaderMap,
+    provider: Provider,
+) -> Response<RespBody> {
+    let whole = resp.body().size_hint().exact().is_some();
+    let json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    let coding = pick_coding(req_headers, provider);
+    let (Some(coding), true, true) = (coding, whole, json) else {
+        return resp;
+    };
+    let (mut parts, body) = resp.into_parts();
+    let plain = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                e.to_string(),
+            )
+        }
+    };
+    let encoded = match encode(coding, &plain) {
+        Ok(b) => b,
+        Err(e) => {
+            return respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                e.to_string(),
+            )
+        }
+    };
+    parts.headers.insert(
+        http::header::CONTENT_ENCODING,
+        HeaderValue::from_static(coding),
+    );
+    parts.headers.insert(
+        http::header::VARY,
+        HeaderValue::from_static("Accept-Encoding"),
+    );
+    parts.headers.remove(CONTENT_LENGTH);
+    Response::from_parts(parts, full(encoded))
+}
+
+fn encode(coding: &str, plain: &[u8]) -> std::io::Result<Vec<u8>> {
+    match coding {
+        "br" => {
+            let mut out = Vec::new();
+            {
+                let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                w.write_all(plain)?;
+            }
+            Ok(out)
+        }
+        _ => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(plain)?;
+            e.finish()
+        }
+    }
+}
+
+/// A request body as sent, decoded per its `Content-Encoding`.
+fn decode_request(headers: &http::HeaderMap, body: Bytes) -> Result<Bytes, String> {
+    use std::io::Read;
+    let Some(coding) = headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty() && v != "identity")
+    else {
+        return Ok(body);
+    };
+    let limit = MAX_REQUEST_BODY as u64 + 1;
+    let mut out = Vec::new();
+    let read = match coding.as_str() {
+        "gzip" | "x-gzip" => flate2::read::GzDecoder::new(&body[..])
+            .take(limit)
+            .read_to_end(&mut out),
+        "deflate" => flate2::read::ZlibDecoder::new(&body[..])
+            .take(limit)
+            .read_to_end(&mut out),
+        "br" => brotli::Decompressor::new(&body[..], 4096)
+            .take(limit)
+            .read_to_end(&mut out),
+        other => return Err(format!("unsupported Content-Encoding {other:?}")),
+    };
+    match read {
+        Ok(n) if n as u64 >= limit => Err("decoded request body too large".to_owned()),
+        Ok(_) => Ok(Bytes::from(out)),
+        Err(e) => Err(format!("request body is not valid {coding}: {e}")),
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -51,7 +51,8 @@ pub struct EncodeContext {
 const SPAN_SKIP: &[&str] = &[
     sc::REQUEST_BODY,
     sc::RESPONSE_BODY,
-    sc::BODY_B64,
+    sc::REQUEST_BODY_B64,
+    sc::RESPONSE_BODY_B64,
     sc::TRACE_ID,
     sc::SPAN_ID,
     sc::PARENT_SPAN_ID,
@@ -447,10 +448,11 @@ fn is_json(s: &str) -> bool {
     serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
 }
 
-/// A captured body usable as a convention value: UTF-8 text (not base64),
-/// cut to [`MAX_CONVENTION_VALUE_BYTES`], and whether it is whole JSON.
-fn convention_body<'a>(rec: &'a Record, key: &str) -> Option<(&'a str, bool)> {
-    if rec.get_bool(sc::BODY_B64) == Some(true) {
+/// A captured body usable as a convention value: UTF-8 text (not base64:
+/// `b64_key` is that body's flag), cut to [`MAX_CONVENTION_VALUE_BYTES`],
+/// and whether it is whole JSON.
+fn convention_body<'a>(rec: &'a Record, key: &str, b64_key: &str) -> Option<(&'a str, bool)> {
+    if rec.get_bool(b64_key) == Some(true) {
         return None;
     }
     let body = rec.get_str(key).filter(|b| !b.is_empty())?;
@@ -467,8 +469,8 @@ fn add_convention_attributes(rec: &Record, conv: Conventions, out: &mut Vec<KeyV
         return;
     }
     let kind = step_kind(rec);
-    let request = convention_body(rec, sc::REQUEST_BODY);
-    let response = convention_body(rec, sc::RESPONSE_BODY);
+    let request = convention_body(rec, sc::REQUEST_BODY, sc::REQUEST_BODY_B64);
+    let response = convention_body(rec, sc::RESPONSE_BODY, sc::RESPONSE_BODY_B64);
     if let Some(inv) = rec.invocation_id() {
         out.push(kv_str(sc::SESSION_ID, inv));
     }
@@ -980,14 +982,36 @@ pub(crate) mod tests {
             }
             other => panic!("body {other:?}"),
         }
-        // base64 bodies are passed through with the flag as an attribute.
+        // base64 bodies are passed through with their direction's flag and
+        // content encoding as attributes; spans carry the encoding only.
         let mut b = txn(200);
-        b.set(sc::BODY_B64, true);
+        b.set(sc::RESPONSE_BODY_B64, true);
+        b.set(sc::REQUEST_BODY_B64, false);
         b.set(sc::RESPONSE_BODY, "AAEC");
+        b.set(sc::RESPONSE_CONTENT_ENCODING, "gzip");
+        b.set(sc::RESPONSE_BODY_DECODE_ERROR, "decode_failed");
         let l = log_record(&b, 0).unwrap();
         assert_eq!(
-            attr(&l.attributes, sc::BODY_B64),
+            attr(&l.attributes, sc::RESPONSE_BODY_B64),
             Some(&any_value::Value::BoolValue(true))
+        );
+        assert_eq!(
+            attr(&l.attributes, sc::REQUEST_BODY_B64),
+            Some(&any_value::Value::BoolValue(false))
+        );
+        assert_eq!(
+            attr_str(&l.attributes, sc::RESPONSE_CONTENT_ENCODING),
+            Some("gzip")
+        );
+        assert_eq!(
+            attr_str(&l.attributes, sc::RESPONSE_BODY_DECODE_ERROR),
+            Some("decode_failed")
+        );
+        let s = span(&b, Conventions::default(), 0).unwrap();
+        assert!(attr(&s.attributes, sc::RESPONSE_BODY_B64).is_none());
+        assert_eq!(
+            attr_str(&s.attributes, sc::RESPONSE_CONTENT_ENCODING),
+            Some("gzip")
         );
     }
 
@@ -1063,11 +1087,18 @@ pub(crate) mod tests {
             attr_str(&s.attributes, sc::INPUT_MIME_TYPE),
             Some("text/plain")
         );
-        // base64 bodies are not offered as input/output text.
+        // base64 bodies are not offered as input/output text; the flag is
+        // per direction (a text request beside a base64 response).
         let mut b = txn(200);
-        b.set(sc::BODY_B64, true);
+        b.set(sc::REQUEST_BODY_B64, true);
         let s = span(&b, conv, 0).unwrap();
         assert!(attr(&s.attributes, sc::INPUT_VALUE).is_none());
+        assert!(attr(&s.attributes, sc::OUTPUT_VALUE).is_some());
+        let mut b = txn(200);
+        b.set(sc::RESPONSE_BODY_B64, true);
+        let s = span(&b, conv, 0).unwrap();
+        assert!(attr(&s.attributes, sc::INPUT_VALUE).is_some());
+        assert!(attr(&s.attributes, sc::OUTPUT_VALUE).is_none());
     }
 
     #[test]
