@@ -885,7 +885,6 @@ mod tests {
             response: Capture::new(1 << 20, true).with_content_encoding(Some("gzip")),
             error: None,
             finisher: collect.clone(),
-            l4_start: L4Snapshot::default(),
         });
         let body = http_body_util::StreamBody::new(futures_util::stream::iter(
             frames
