@@ -25,7 +25,7 @@ use base64::Engine;
 use bytes::Bytes;
 use egret::genai::{Exchange, Limits};
 use egret::proxy::tap::{
-    Capture, Finisher, L4Snapshot, ResponseTap, Transaction, RESPONSE_KEYS,
+    Capture, Finisher, ResponseTap, Transaction, RESPONSE_KEYS,
 };
 use egret::record::Record;
 use egret::semconv as sc;
@@ -113,7 +113,6 @@ fn check_tap(chunks: &[&[u8]], body: &[u8], max: usize, enabled: bool, abort_aft
         response: Capture::new(max, enabled),
         error: None,
         finisher,
-        l4_start: L4Snapshot::default(),
     });
     let inner = Frames {
         chunks: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect(),
