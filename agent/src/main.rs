@@ -104,6 +104,13 @@ struct ExecArgs {
     /// Give the sandbox its own network namespace (veth to the host).
     #[arg(long)]
     netns: bool,
+    /// Run the workload as this user (`NAME`, `UID` or `UID:GID`).
+    #[arg(long)]
+    user: Option<String>,
+    /// Keep every capability (raw sockets, firewall, mounts, cgroup moves):
+    /// the workload can then bypass capture. For trusted tools only.
+    #[arg(long)]
+    privileged: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -236,6 +243,12 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 attribution: args.attribution.into_attribution(),
                 netns: args.netns,
                 trust_bundle: bundle.exists().then_some(bundle),
+                user: args
+                    .user
+                    .as_deref()
+                    .map(sandbox::RunAs::parse)
+                    .transpose()?,
+                privileged: args.privileged,
                 command: args.command,
             })
             .await?;

@@ -31,6 +31,8 @@ pub enum SandboxError {
     Api(#[from] api::ApiError),
     #[error("running {cmd}: {source}")]
     Spawn { cmd: String, source: std::io::Error },
+    #[error("--user {0}")]
+    User(String),
 }
 
 pub struct ExecOptions {
@@ -39,7 +41,144 @@ pub struct ExecOptions {
     pub attribution: Attribution,
     pub netns: bool,
     pub trust_bundle: Option<PathBuf>,
+    /// Run the workload as this user (uid and gid); None = stay uid 0.
+    pub user: Option<RunAs>,
+    /// Keep every capability (`--privileged`): the sandbox can then bypass
+    /// capture (raw sockets, nftables) and leave its cgroup.
+    pub privileged: bool,
     pub command: Vec<String>,
+}
+
+/// A user the workload runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl RunAs {
+    /// `NAME`, `UID` or `UID:GID` (a name's gid is its primary group).
+    pub fn parse(spec: &str) -> Result<RunAs, SandboxError> {
+        let bad = |why: &str| SandboxError::User(format!("{spec:?}: {why}"));
+        let (u, g) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let (uid, primary) = match u.parse::<u32>() {
+            Ok(uid) => (uid, None),
+            Err(_) => {
+                let user = nix::unistd::User::from_name(u)
+                    .map_err(|e| bad(&e.to_string()))?
+                    .ok_or_else(|| bad("no such user"))?;
+                (user.uid.as_raw(), Some(user.gid.as_raw()))
+            }
+        };
+        let gid = match g {
+            Some(g) => match g.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => nix::unistd::Group::from_name(g)
+                    .map_err(|e| bad(&e.to_string()))?
+                    .ok_or_else(|| bad("no such group"))?
+                    .gid
+                    .as_raw(),
+            },
+            None => primary.unwrap_or(uid),
+        };
+        Ok(RunAs { uid, gid })
+    }
+}
+
+/// Capabilities a sandbox workload never gets (unless `--privileged`):
+/// with them it could bypass capture or the boundary — raw/packet sockets
+/// and firewall rules (NET_RAW, NET_ADMIN), mounts, namespaces and cgroup
+/// moves (SYS_ADMIN), kernel programs and pins (BPF, PERFMON, SYS_ADMIN),
+/// modules and raw I/O (SYS_MODULE, SYS_RAWIO), other processes
+/// (SYS_PTRACE), LSM policy (MAC_ADMIN).
+pub const DROPPED_CAPS: [u32; 9] = [
+    12, /* NET_ADMIN */
+    13, /* NET_RAW */
+    16, /* SYS_MODULE */
+    17, /* SYS_RAWIO */
+    19, /* SYS_PTRACE */
+    21, /* SYS_ADMIN */
+    33, /* MAC_ADMIN */
+    38, /* PERFMON */
+    39, /* BPF */
+];
+
+/// Drops [`DROPPED_CAPS`] from the bounding, ambient, inheritable,
+/// permitted and effective sets, and sets no_new_privs (no setuid binary
+/// gets them back). Async-signal-safe: called between fork and exec.
+fn drop_caps() -> std::io::Result<()> {
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let last = |r: libc::c_long| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    unsafe {
+        for cap in DROPPED_CAPS {
+            // EINVAL: a capability this kernel does not know; nothing to drop.
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+                && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        last(libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        ) as _)?;
+        let mut hdr = Header {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let mut data = [Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        last(libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()))?;
+        for cap in DROPPED_CAPS {
+            let (i, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+            data[i].effective &= !bit;
+            data[i].permitted &= !bit;
+            data[i].inheritable &= !bit;
+        }
+        last(libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()))?;
+        last(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as _)?;
+    }
+    Ok(())
+}
+
+/// Switches to `user` (no supplementary groups). Async-signal-safe.
+fn switch_user(user: RunAs) -> std::io::Result<()> {
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(user.gid) != 0
+            || libc::setuid(user.uid) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Owns what exec created; removes it on drop, even on error paths.
@@ -198,7 +337,19 @@ async fn run_child(
     }
     let procs_fd = procs.as_raw_fd();
     let ns_fd = ns.as_ref().map(|f| f.as_raw_fd());
-    // SAFETY: only async-signal-safe syscalls (write, setns) run between fork and exec.
+    let (privileged, user) = (opts.privileged, opts.user);
+    if privileged {
+        eprintln!(
+            "egret: WARNING: --privileged: the workload keeps every capability; it can open raw sockets, change firewall rules, leave its cgroup and bypass capture"
+        );
+    } else if user.is_none() && nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "egret: the workload runs as uid 0 without {} capabilities; uid 0 still owns root's files (cgroup.procs, bpffs pins, the CA key): use --user for untrusted code",
+            DROPPED_CAPS.len()
+        );
+    }
+    // SAFETY: only async-signal-safe syscalls (write, setns, prctl,
+    // capget/capset, setgroups/setgid/setuid) run between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             // Writing "0" moves the writer: the child joins the sandbox
@@ -210,6 +361,12 @@ async fn run_child(
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            if !privileged {
+                drop_caps()?;
+            }
+            if let Some(u) = user {
+                switch_user(u)?;
             }
             Ok(())
         });
@@ -247,5 +404,32 @@ async fn run_child(
 fn forward(pid: Option<u32>, sig: nix::sys::signal::Signal) {
     if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_as_parses_names_ids_and_groups() {
+        assert_eq!(
+            RunAs::parse("1234").unwrap(),
+            RunAs {
+                uid: 1234,
+                gid: 1234
+            }
+        );
+        assert_eq!(
+            RunAs::parse("1234:99").unwrap(),
+            RunAs { uid: 1234, gid: 99 }
+        );
+        let root = RunAs::parse("root").unwrap();
+        assert_eq!(root, RunAs { uid: 0, gid: 0 });
+        assert_eq!(RunAs::parse("root:root").unwrap(), root);
+        assert!(matches!(
+            RunAs::parse("no-such-user-egret"),
+            Err(SandboxError::User(_))
+        ));
     }
 }

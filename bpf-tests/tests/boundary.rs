@@ -288,3 +288,67 @@ fn failed_connect_floods_leave_no_kernel_state_and_spare_other_sandboxes() {
     assert_eq!(i(f, sc::L4_BYTES_SANDBOX_RX), 1500, "{}", f.to_json_line());
     assert!(f.get_bool(sc::L4_COUNTERS_MISSING).is_none());
 }
+
+/// Prints the workload's uid, its effective and bounding capability sets
+/// (hex, from /proc) and whether a packet socket can be created.
+const WHOAMI_PY: &str = r#"
+import os, socket
+st = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+try:
+    socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0x0300).close(); packet = "created"
+except PermissionError:
+    packet = "eperm"
+print(os.getuid(), st["CapEff"].strip(), st["CapBnd"].strip(), packet)
+"#;
+
+fn exec_whoami(agent: &Agent, flags: &[&str]) -> (Vec<String>, String) {
+    let out = Command::new(egret_bin())
+        .arg("--config")
+        .arg(&agent.config)
+        .arg("exec")
+        .args(flags)
+        .args(["--", "python3", "-c", WHOAMI_PY])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "exec {flags:?}: {stderr}");
+    let words = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    (words, stderr)
+}
+
+fn has_cap(hex: &str, cap: u32) -> bool {
+    u64::from_str_radix(hex, 16).unwrap() & (1 << cap) != 0
+}
+
+#[test]
+fn egret_exec_drops_capabilities_and_runs_as_the_given_user() {
+    if !require_privileges("exec_caps") {
+        return;
+    }
+    let agent = Agent::start(AgentOptions::default());
+    // NET_ADMIN, NET_RAW, SYS_ADMIN, BPF: gone from every set; packet
+    // sockets (which no inet hook sees) refused for want of NET_RAW.
+    let (w, stderr) = exec_whoami(&agent, &[]);
+    assert_eq!(w[0], "0");
+    for cap in [12, 13, 21, 39] {
+        assert!(!has_cap(&w[1], cap), "effective has cap {cap}: {w:?}");
+        assert!(!has_cap(&w[2], cap), "bounding has cap {cap}: {w:?}");
+    }
+    assert_eq!(w[3], "eperm", "packet socket in a sandbox");
+    assert!(stderr.contains("use --user"), "{stderr}");
+    // --user: another uid, no capabilities at all.
+    let (w, _) = exec_whoami(&agent, &["--user", "65534:65534"]);
+    assert_eq!(
+        (w[0].as_str(), w[1].as_str()),
+        ("65534", "0000000000000000")
+    );
+    assert_eq!(w[3], "eperm");
+    // --privileged keeps them, loudly.
+    let (w, stderr) = exec_whoami(&agent, &["--privileged"]);
+    assert!(has_cap(&w[1], 13) && has_cap(&w[1], 21), "{w:?}");
+    assert_eq!(w[3], "created");
+    assert!(stderr.contains("WARNING: --privileged"), "{stderr}");
+}
