@@ -220,7 +220,6 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
 
     let tls = tls_setup(&cfg)?;
     let l7 = Arc::new(L7 {
-        kernel: kernel.clone(),
         policy: arc_swap::ArcSwap::from_pointee(Policy::new(&cfg)),
         budgets: Arc::new(Budgets::open(Some(state_dir.join("budgets.json")))),
         terminator: tls.0,
@@ -235,6 +234,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         ),
         records: tx.clone(),
         dropped_records: AtomicU64::new(0),
+        resolver: Default::default(),
         drain: Default::default(),
     });
     let recorder = spawn_recorder(

@@ -16,6 +16,7 @@
 //! This listener never parses PROXY protocol headers: those are only read
 //! on the trusted-dialer listeners (`crate::proxy_protocol`), which hand
 //! their connections to [`Proxy::dispatch`] with the header's attribution.
+pub mod destination;
 pub mod http;
 pub mod io;
 pub mod tap;
@@ -59,7 +60,6 @@ pub(crate) const SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything the L7 path shares across connections.
 pub struct L7 {
-    pub kernel: Arc<Kernel>,
     pub policy: arc_swap::ArcSwap<Policy>,
     pub budgets: Arc<Budgets>,
     pub terminator: Arc<Terminator>,
@@ -67,6 +67,8 @@ pub struct L7 {
     pub keys: Arc<KeyHasher>,
     pub records: tokio::sync::mpsc::Sender<Record>,
     pub dropped_records: AtomicU64,
+    /// The node's resolver, for plain-HTTP destination checks.
+    pub resolver: destination::Resolver,
     /// Shutdown state shared by every connection.
     pub drain: Drain,
 }

@@ -82,6 +82,9 @@ pub const L4_SEGS_SANDBOX_RX: &str = "egret.l4.segs_sandbox_rx";
 pub const L4_TCP_BYTES_ACKED: &str = "egret.l4.tcp_bytes_acked";
 pub const L4_TCP_BYTES_RECEIVED: &str = "egret.l4.tcp_bytes_received";
 pub const L4_REDIRECTED: &str = "egret.l4.redirected";
+/// Plain HTTP: the Host the sandbox claimed when it does not resolve to the
+/// dialled address (the record names the address instead).
+pub const DST_CLAIMED_NAME: &str = "egret.dst.claimed_name";
 pub const L4_COUNTERS_MISSING: &str = "egret.l4.counters_missing";
 /// Sandbox bytes of the TLS handshake, on a connection's first transaction.
 pub const L4_HANDSHAKE_BYTES_SANDBOX_TX: &str = "egret.l4.handshake_bytes_sandbox_tx";

@@ -96,6 +96,10 @@ pub struct AgentOptions {
     pub node_yaml: String,
     /// Address of the admin listener (default 127.0.0.1).
     pub admin_ip: Option<String>,
+    /// The agent's own /etc/hosts (its resolver checks plain-HTTP Host
+    /// claims), bind-mounted in a mount namespace that still receives the
+    /// host's mounts (new netns files).
+    pub hosts: Option<PathBuf>,
 }
 
 impl Default for AgentOptions {
@@ -109,6 +113,7 @@ impl Default for AgentOptions {
             nofile_soft: None,
             node_yaml: String::new(),
             admin_ip: None,
+            hosts: None,
         }
     }
 }
@@ -130,6 +135,7 @@ pub struct Agent {
     port_retried: bool,
     log: PathBuf,
     nofile_soft: Option<u64>,
+    hosts: Option<PathBuf>,
 }
 
 /// A free TCP port on loopback (bound then released), never the same one
@@ -197,6 +203,7 @@ impl Agent {
             child: None,
             port_retried: false,
             nofile_soft: opts.nofile_soft,
+            hosts: opts.hosts.clone(),
         };
         agent.spawn();
         agent
@@ -210,7 +217,16 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("agent log");
-        let mut cmd = Command::new(egret_bin());
+        let mut cmd = match &self.hosts {
+            Some(hosts) => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "--propagation", "slave"]);
+                bind_hosts(&mut c, hosts);
+                c.arg(egret_bin());
+                c
+            }
+            None => Command::new(egret_bin()),
+        };
         cmd.arg("--config")
             .arg(&self.config)
             .arg("run")

@@ -189,6 +189,9 @@ impl World {
         }
         agent_opts.extra_yaml.push_str(&opts.extra_yaml);
         agent_opts.upstream_roots.push(dir.join("ca/ca.crt"));
+        // The node's resolver knows the mock under the providers' names,
+        // as the sandboxes do (plain-HTTP Host claims are checked by it).
+        agent_opts.hosts.get_or_insert_with(|| hosts.clone());
         let agent = Agent::start(agent_opts);
         let bundle = agent.state_dir.join("trust-bundle.pem");
         World {

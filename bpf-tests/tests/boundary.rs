@@ -352,3 +352,85 @@ fn egret_exec_drops_capabilities_and_runs_as_the_given_user() {
     assert_eq!(w[3], "created");
     assert!(stderr.contains("WARNING: --privileged"), "{stderr}");
 }
+
+/// Runs curl in a world sandbox: (http code, what the body said).
+fn curl_code(w: &bpf_tests::world::World, cg: &SandboxCgroup, args: &[&str]) -> (String, String) {
+    let out = w.curl(cg, &[&["-w", "\n%{http_code}"], args].concat());
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+    (code.to_owned(), body.to_owned())
+}
+
+#[test]
+fn destinations_are_the_truth_for_plain_http_and_tls() {
+    if !require_privileges("destinations") {
+        return;
+    }
+    let w = bpf_tests::world::World::with(bpf_tests::world::WorldOptions {
+        plain_ports: vec![80],
+        ..Default::default()
+    });
+    // A local server the sandbox can reach on port 80 under another address.
+    let other = {
+        let ip = bpf_tests::world::own_loopback();
+        byte_server(&format!("{ip}:80"))
+    };
+    let inv = unique("inv-dst-");
+    let cg = w.sandbox(&inv, None);
+
+    // Plain HTTP with a routed Host the address does not resolve to: refused.
+    let url = format!("http://{}/123", other.ip());
+    let (code, body) = curl_code(&w, &cg, &["-H", "Host: api.anthropic.com", &url]);
+    assert_eq!(code, "421", "{body}");
+    assert!(body.contains("destination_unverified"), "{body}");
+    // The same name where it resolves: served, recorded under the name.
+    let (code, _) = curl_code(&w, &cg, &["http://api.openai.com/json/10"]);
+    assert_eq!(code, "200");
+
+    // TLS: a Host that is not the SNI never reaches a provider, on h1 or h2.
+    for version in ["--http1.1", "--http2"] {
+        let (code, body) = curl_code(
+            &w,
+            &cg,
+            &[
+                version,
+                "-H",
+                "Host: api.anthropic.com",
+                "https://api.openai.com/json/10",
+            ],
+        );
+        assert_eq!(code, "421", "{version}: {body}");
+        assert!(body.contains("host_sni_mismatch"), "{body}");
+    }
+    let (code, _) = curl_code(&w, &cg, &["https://api.openai.com/json/10"]);
+    assert_eq!(code, "200");
+
+    let recs = w.transactions(&inv, 5);
+    let by = |err: &str| -> Vec<&Record> {
+        recs.iter()
+            .filter(|r| r.get_str(sc::ERROR_TYPE) == Some(err))
+            .collect()
+    };
+    let plain = by("destination_unverified");
+    assert_eq!(plain.len(), 1);
+    let p = plain[0];
+    assert_eq!(
+        p.get_str(sc::DST_NAME),
+        Some(other.ip().to_string().as_str())
+    );
+    assert_eq!(p.get_str(sc::DST_CLAIMED_NAME), Some("api.anthropic.com"));
+    assert_eq!(i(p, sc::HTTP_RESPONSE_STATUS_CODE), 421);
+    let tls = by("host_sni_mismatch");
+    assert_eq!(tls.len(), 2);
+    assert!(tls
+        .iter()
+        .all(|r| r.get_str(sc::DST_NAME) == Some("api.openai.com")));
+    let ok: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.get_i64(sc::HTTP_RESPONSE_STATUS_CODE) == Some(200))
+        .collect();
+    assert_eq!(ok.len(), 2);
+    assert!(ok
+        .iter()
+        .all(|r| r.get_str(sc::DST_NAME) == Some("api.openai.com")
+            && r.get_str(sc::DST_CLAIMED_NAME).is_none()));
+}

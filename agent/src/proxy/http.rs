@@ -18,6 +18,7 @@ use hyper_util::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
+    destination,
     io::{ByteCounts, Counted},
     tap::{capturable, Capture, Finisher, RequestTap, ResponseTap, Transaction},
     upstream::{ProxyBody, Target, Upstream},
@@ -543,20 +544,69 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
-    // TLS: the SNI decides (it is what upstream TLS verifies). Plain HTTP:
-    // the Host header, without port.
-    let host = match (&conn.sni, &host_header) {
-        (Some(sni), _) => sni.clone(),
-        (None, Some(h)) => h.rsplit_once(':').map_or(h.as_str(), |(h, _)| h).to_owned(),
-        (None, None) => conn
-            .origin
-            .authority
-            .clone()
-            .unwrap_or_else(|| conn.origin.dst.ip().to_string()),
+    // The destination's name (see `destination`): TLS — the name the
+    // upstream TLS verifies (SNI, else the dialer's authority or the
+    // address), and every Host/:authority the request carries must name
+    // it; plain HTTP — the Host claim when the node's resolver maps it to
+    // the dialled address, else the address itself.
+    let dst_ip = conn.origin.dst.ip();
+    let verified_name = match (&conn.sni, conn.tls) {
+        (Some(sni), _) => Some(sni.clone()),
+        (None, true) => Some(
+            conn.origin
+                .authority
+                .clone()
+                .unwrap_or_else(|| dst_ip.to_string()),
+        ),
+        (None, false) => None,
+    };
+    let claims: Vec<&str> = req
+        .headers()
+        .get_all(http::header::HOST)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .chain(req.uri().authority().map(|a| a.as_str()))
+        .collect();
+    let mut mismatch = None;
+    let mut claimed = None;
+    let host = match verified_name {
+        Some(name) => {
+            if let Some(c) = claims
+                .iter()
+                .find(|c| !destination::host_matches_sni(c, &name))
+            {
+                mismatch = Some(("host_sni_mismatch", destination::host_of(c)));
+            }
+            name
+        }
+        None => match claims.first().map(|c| destination::host_of(c)) {
+            Some(h) if conn.l7.resolver.resolves_to(&h, dst_ip).await => h,
+            Some(h) => {
+                claimed = Some(h);
+                conn.origin
+                    .authority
+                    .clone()
+                    .unwrap_or_else(|| dst_ip.to_string())
+            }
+            None => conn
+                .origin
+                .authority
+                .clone()
+                .unwrap_or_else(|| dst_ip.to_string()),
+        },
     };
     let attr = conn.origin.attribution.as_ref();
-    let decision = conn.l7.policy.load().decide(attr, Some(&host));
+    let policy = conn.l7.policy.load();
+    let decision = policy.decide(attr, Some(&host));
     let mut rec = base_record(&conn, &req, &host, &decision);
+    if let Some(c) = &claimed {
+        rec.set(sc::DST_CLAIMED_NAME, c.as_str());
+        // A routed name the connection does not go to: refused below.
+        if policy.decide(attr, Some(c)).route.is_some() {
+            mismatch = Some(("destination_unverified", c.clone()));
+        }
+    }
+    drop(policy);
     let query = req.uri().query().map(str::to_owned);
     if let Some(key) = credentials::api_key(req.headers(), query.as_deref()) {
         rec.set(sc::API_KEY_ID, conn.l7.keys.id(key));
@@ -574,6 +624,16 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         conn.pend(rec, h1);
     };
 
+    if let Some((kind, named)) = mismatch {
+        rec.set(sc::POLICY_DENIED, true);
+        let body = refusal(
+            kind,
+            &format!("{named}: not where this connection goes ({host})"),
+        );
+        let resp = refuse(req, StatusCode::MISDIRECTED_REQUEST, body).await;
+        finish_now(rec, 421, Some(kind));
+        return resp;
+    }
     // Upgrades (WebSocket, h2c) and CONNECT are not proxied.
     if req.method() == http::Method::CONNECT || req.headers().contains_key(http::header::UPGRADE) {
         let body = refusal("upgrade_refused", "egret does not proxy protocol upgrades");
