@@ -56,6 +56,10 @@ pub struct NodeConfig {
     pub capture_ports: Vec<u16>,
     /// Refuse UDP to port 443 from sandboxes so QUIC cannot bypass capture.
     pub block_quic: bool,
+    /// Address ranges sandbox network namespaces use (veth ends, pod
+    /// networks); the PROXY-protocol `trustedCidrs` must not overlap them.
+    /// Default: `egret exec --netns`'s range.
+    pub sandbox_cidrs: Vec<String>,
     /// Refuse raw (`SOCK_RAW`) and packet (`AF_PACKET`) sockets in sandboxes:
     /// they send and see traffic past the connect hooks. On by default.
     pub block_raw_sockets: bool,
@@ -134,6 +138,7 @@ impl Default for NodeConfig {
             capture_ports: vec![80, 443],
             block_quic: true,
             block_raw_sockets: true,
+            sandbox_cidrs: vec!["10.231.0.0/16".into()],
             listen_port: 15001,
             state_dir: PathBuf::from("/var/lib/egret"),
             bpffs_dir: PathBuf::from("/sys/fs/bpf/egret"),
@@ -338,6 +343,21 @@ impl Config {
         }
         let pp = &n.proxy_protocol;
         let cidrs = pp.cidrs()?;
+        for sc in &n.sandbox_cidrs {
+            let sandbox: crate::proxy_protocol::Cidr = sc
+                .parse()
+                .map_err(|e| format!("node.sandboxCidrs: {e}"))?;
+            if let Some((t, _)) = pp
+                .trusted_cidrs
+                .iter()
+                .zip(&cidrs)
+                .find(|(_, c)| c.overlaps(&sandbox))
+            {
+                return Err(format!(
+                    "node.proxyProtocol.trustedCidrs {t} overlaps node.sandboxCidrs {sc}: a sandbox with an address there could send PROXY headers with any attribution; trust only the dialers' own networks"
+                ));
+            }
+        }
         if let Some(addr) = pp.listen {
             if cidrs.is_empty() {
                 return Err(
@@ -431,6 +451,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.node.proxy_protocol.cidrs().unwrap().len(), 2);
+        // The sandbox ranges are the operator's to name.
+        let cfg = Config::parse(
+            "node:
+  sandboxCidrs: [10.88.0.0/16]
+  proxyProtocol:
+    listen: 127.0.0.1:15008
+    trustedCidrs: [10.0.0.0/16]
+",
+            Path::new("x.yaml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.node.sandbox_cidrs, ["10.88.0.0/16"]);
+        let err = Config::parse(
+            "node:
+  sandboxCidrs: [10.0.5.0/24]
+  proxyProtocol:
+    listen: 127.0.0.1:15008
+    trustedCidrs: [10.0.0.0/16]
+",
+            Path::new("x.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("10.0.0.0/16 overlaps node.sandboxCidrs 10.0.5.0/24"), "{err}");
         for (bad, why) in [
             ("listen: 127.0.0.1:15008", "trustedCidrs"),
             (
@@ -442,6 +486,10 @@ mod tests {
                 "capturePorts",
             ),
             ("trustedCidrs: [10.0.0.1/8]", "host bits"),
+            // A trusted network that covers sandbox veths (egret exec's
+            // 10.231.0.0/16 by default): sandboxes could forge attribution.
+            ("trustedCidrs: [10.0.0.0/8]", "overlaps node.sandboxCidrs"),
+            ("trustedCidrs: [10.231.7.0/24]", "overlaps node.sandboxCidrs"),
             ("unixSocket: pp.sock", "absolute"),
             ("bogus: 1", "bogus"),
         ] {

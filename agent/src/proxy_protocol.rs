@@ -930,6 +930,11 @@ impl Cidr {
         }
     }
 
+    /// Whether the two networks share any address.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         if ip.is_ipv4() != self.addr.is_ipv4() {
