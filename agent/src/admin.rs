@@ -142,6 +142,41 @@ impl Collector for Metrics {
                 crate::flow::COUNTERS_MISSING.load(Ordering::Relaxed),
             )],
         )?;
+        let a = &s.l7.admission.refusals;
+        counter(
+            &mut enc,
+            "egret_sandbox_limit_refusals",
+            "Connections closed and requests refused (429) because a sandbox was at its limit",
+            &[
+                (
+                    vec![("limit", "connections".into())],
+                    a.connections.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("limit", "requests".into())],
+                    a.requests.load(Ordering::Relaxed),
+                ),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            "egret_request_bodies_streamed_over_budget",
+            "Request bodies streamed instead of buffered whole: the sandbox's or the node's buffer budget was used up",
+            &[(vec![], a.buffer_spills.load(Ordering::Relaxed))],
+        )?;
+        let (sandboxes, buffered) = s.l7.admission.usage();
+        gauge(
+            &mut enc,
+            "egret_request_bytes_buffered",
+            "Request body bytes held whole by the proxy right now",
+            &[(vec![], buffered as i64)],
+        )?;
+        gauge(
+            &mut enc,
+            "egret_sandboxes_with_connections",
+            "Sandboxes with at least one connection through the proxy",
+            &[(vec![], sandboxes as i64)],
+        )?;
         let (tags, links, counters) = s.kernel.maps.occupancy();
         gauge(
             &mut enc,

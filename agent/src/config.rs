@@ -79,6 +79,8 @@ pub struct NodeConfig {
     /// Listeners for trusted dialers that send a PROXY protocol v2 header
     /// with attribution TLVs (see `docs/proxy-protocol.md`). Off by default.
     pub proxy_protocol: ProxyProtocolConfig,
+    /// Resource bounds per sandbox and node-wide on the proxy.
+    pub limits: LimitsConfig,
     /// On SIGTERM, how long connections in flight may take to finish (e.g.
     /// `20s`) before they are closed.
     #[serde(deserialize_with = "de_duration")]
@@ -147,6 +149,43 @@ impl Default for NodeConfig {
             upstream_extra_roots: vec![],
             proxy_protocol: ProxyProtocolConfig::default(),
             drain_timeout: std::time::Duration::from_secs(20),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// What one sandbox may hold in the proxy at once (see
+/// `docs/operations.md`, "Limits and timeouts on the data path").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct LimitsConfig {
+    /// Connections through the proxy per sandbox; more are closed at once.
+    pub max_connections_per_sandbox: usize,
+    /// Requests in flight per sandbox (HTTP/1 exchanges + HTTP/2 streams
+    /// over all its connections); more get 429 `sandbox_request_limit`.
+    pub max_requests_per_sandbox: usize,
+    /// HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub h2_max_concurrent_streams: u32,
+    /// Request bytes buffered whole, node-wide; over it requests stream.
+    pub buffer_bytes: usize,
+    /// Request bytes buffered whole per sandbox; over it requests stream.
+    pub buffer_bytes_per_sandbox: usize,
+    /// A connection with no bytes either way for this long is closed
+    /// (HTTP/2: GOAWAY, open streams finish), e.g. `120s`.
+    #[serde(deserialize_with = "de_duration")]
+    #[schemars(with = "String")]
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections_per_sandbox: 1024,
+            max_requests_per_sandbox: 512,
+            h2_max_concurrent_streams: 100,
+            buffer_bytes: 256 << 20,
+            buffer_bytes_per_sandbox: 32 << 20,
+            idle_timeout: std::time::Duration::from_secs(120),
         }
     }
 }

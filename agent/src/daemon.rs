@@ -235,6 +235,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         records: tx.clone(),
         dropped_records: AtomicU64::new(0),
         resolver: Default::default(),
+        admission: crate::proxy::admission::Admission::new(cfg.node.limits.clone()),
         drain: Default::default(),
     });
     let recorder = spawn_recorder(

@@ -16,6 +16,7 @@
 //! This listener never parses PROXY protocol headers: those are only read
 //! on the trusted-dialer listeners (`crate::proxy_protocol`), which hand
 //! their connections to [`Proxy::dispatch`] with the header's attribution.
+pub mod admission;
 pub mod destination;
 pub mod http;
 pub mod io;
@@ -69,6 +70,8 @@ pub struct L7 {
     pub dropped_records: AtomicU64,
     /// The node's resolver, for plain-HTTP destination checks.
     pub resolver: destination::Resolver,
+    /// Per-sandbox connection, request and buffer budgets.
+    pub admission: Arc<admission::Admission>,
     /// Shutdown state shared by every connection.
     pub drain: Drain,
 }
@@ -366,6 +369,10 @@ impl Proxy {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let Some(_conn) = self.l7.admission.connection(admission::key_of(&origin)) else {
+            tracing::debug!(dst = %origin.dst, "sandbox at its connection limit: closed");
+            return;
+        };
         match sniffed {
             Sniffed::Tls => http::serve_tls(self.l7.clone(), stream, origin).await,
             Sniffed::Http => http::serve_plain(self.l7.clone(), stream, origin).await,

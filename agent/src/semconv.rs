@@ -85,6 +85,9 @@ pub const L4_REDIRECTED: &str = "egret.l4.redirected";
 /// Plain HTTP: the Host the sandbox claimed when it does not resolve to the
 /// dialled address (the record names the address instead).
 pub const DST_CLAIMED_NAME: &str = "egret.dst.claimed_name";
+/// The request body was streamed, not buffered whole, because the
+/// sandbox's or the node's buffer budget was used up.
+pub const BODY_STREAMED_OVER_BUDGET: &str = "egret.body.streamed_over_budget";
 pub const L4_COUNTERS_MISSING: &str = "egret.l4.counters_missing";
 /// Sandbox bytes of the TLS handshake, on a connection's first transaction.
 pub const L4_HANDSHAKE_BYTES_SANDBOX_TX: &str = "egret.l4.handshake_bytes_sandbox_tx";

@@ -434,3 +434,31 @@ fn destinations_are_the_truth_for_plain_http_and_tls() {
         .all(|r| r.get_str(sc::DST_NAME) == Some("api.openai.com")
             && r.get_str(sc::DST_CLAIMED_NAME).is_none()));
 }
+
+#[test]
+fn a_sandbox_netns_inside_trusted_cidrs_cannot_reach_the_proxy_protocol_listener() {
+    if !require_privileges("pp_from_sandbox_netns") {
+        return;
+    }
+    // A misconfigured node: the PROXY listener on a wildcard and its
+    // trusted network covering a sandbox's veth (sandboxCidrs names another
+    // range, so the config check cannot see it). The kernel still refuses
+    // the sandbox, through every node address.
+    let ns = Netns::new();
+    let _veth = Veth::new(&ns, "10.232.2.1", "10.232.2.2");
+    let pp_port = free_port();
+    let agent = Agent::start(AgentOptions {
+        extra_node_yaml: format!(
+            "  sandboxCidrs: [10.99.0.0/16]\n  proxyProtocol:\n    listen: 0.0.0.0:{pp_port}\n    trustedCidrs: [10.232.2.0/24]\n"
+        ),
+        ..AgentOptions::default()
+    });
+    let id = unique("sb");
+    let cg = agent.cgroup(&id);
+    agent.register(&id, Some(&ns), "inv-pp-ns");
+    let words = connect_words(sandboxed(&cg, Some(&ns), "python3"), &[("10.232.2.1", pp_port)]);
+    assert_eq!(words, ["eperm"], "sandbox reached the PROXY-protocol listener");
+    // A trusted dialer in that network, outside any sandbox, still connects.
+    let words = connect_words(ns.command("python3"), &[("10.232.2.1", pp_port)]);
+    assert_eq!(words, ["connected"]);
+}

@@ -220,11 +220,31 @@ where
         // A client that shuts down its write side after the request still
         // gets the response (hyper would otherwise drop it at EOF).
         .half_close(true);
-    builder.http2().max_header_list_size(MAX_HEAD_BYTES as u32);
+    let limits = conn.l7.admission.limits().clone();
+    builder
+        .http2()
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        // Dead peers are found (PING) and closed; a peer that never acks
+        // is gone.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(H2_KEEPALIVE))
+        .keep_alive_timeout(H2_KEEPALIVE);
     let drain = &conn.l7.drain;
     let mut served = Box::pin(builder.serve_connection(io, svc));
+    let idle = idle_watch(&conn.downstream, limits.idle_timeout);
+    tokio::pin!(idle);
     let ended = tokio::select! {
         r = served.as_mut() => Some(r),
+        () = &mut idle => {
+            // Nothing moved for the idle bound: HTTP/2 sends GOAWAY and
+            // lets open streams finish; HTTP/1 closes after the exchange.
+            served.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = served.as_mut() => Some(r),
+                _ = drain.forced.cancelled() => None,
+            }
+        }
         _ = drain.started.cancelled() => {
             // Finish the exchange in flight (h2: GOAWAY, open streams
             // complete), then close; cut at the drain bound.
@@ -244,6 +264,28 @@ where
     // (their taps write the records) before the pending ones are flushed.
     drop(served);
     conn.flush_pending(None);
+}
+
+/// HTTP/2 PING interval and the wait for its answer.
+const H2_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Resolves once no byte has crossed `counts` for `bound`.
+async fn idle_watch(counts: &ByteCounts, bound: Duration) {
+    let step = (bound / 4).max(Duration::from_millis(100));
+    let mut last = counts.snapshot();
+    let mut quiet = Duration::ZERO;
+    loop {
+        tokio::time::sleep(step).await;
+        let now = counts.snapshot();
+        if now == last {
+            quiet += step;
+            if quiet >= bound {
+                return;
+            }
+        } else {
+            (last, quiet) = (now, Duration::ZERO);
+        }
+    }
 }
 
 /// A finished transaction waiting for its L4 counters to settle: the last
@@ -403,6 +445,8 @@ struct Finish {
     conn: Arc<Conn>,
     decision: Decision,
     h1: bool,
+    /// The request's share of its sandbox's in-flight budget.
+    _inflight: Option<super::admission::Guard>,
 }
 
 impl Finisher for Finish {
@@ -624,6 +668,21 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         conn.pend(rec, h1);
     };
 
+    // The sandbox's requests in flight, over all its connections; held by
+    // the transaction until its response ends.
+    let inflight = conn
+        .l7
+        .admission
+        .request(super::admission::key_of(&conn.origin));
+    if inflight.is_none() {
+        let body = refusal(
+            "sandbox_request_limit",
+            "too many requests in flight from this sandbox",
+        );
+        let resp = refuse(req, StatusCode::TOO_MANY_REQUESTS, body).await;
+        finish_now(rec, 429, Some("sandbox_request_limit"));
+        return resp;
+    }
     if let Some((kind, named)) = mismatch {
         rec.set(sc::POLICY_DENIED, true);
         let body = refusal(
@@ -726,7 +785,17 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         .unwrap_or_else(|| "/".into());
 
     let length = body.size_hint().exact();
-    let whole = length.is_some_and(|n| n <= WHOLE_REQUEST_MAX);
+    // Buffered whole only within the sandbox's and the node's buffer
+    // budgets; otherwise streamed (the request still goes through).
+    let buffered = length.filter(|n| *n <= WHOLE_REQUEST_MAX).and_then(|n| {
+        conn.l7
+            .admission
+            .buffer(super::admission::key_of(&conn.origin), n as usize)
+    });
+    if length.is_some_and(|n| n <= WHOLE_REQUEST_MAX) && buffered.is_none() {
+        rec.set(sc::BODY_STREAMED_OVER_BUDGET, true);
+    }
+    let whole = buffered.is_some();
     let out_body: ProxyBody = if whole {
         let bytes = match Limited::new(body, WHOLE_REQUEST_MAX as usize)
             .collect()
@@ -790,6 +859,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
                     conn: conn.clone(),
                     decision: decision.clone(),
                     h1,
+                    _inflight: inflight,
                 }),
             };
             txn.rec.set(sc::HTTP_RESPONSE_STATUS_CODE, 502u16);
@@ -830,6 +900,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
             conn: conn.clone(),
             decision,
             h1,
+            _inflight: inflight,
         }),
     });
     let mut tap = ResponseTap::new(rbody, txn);
