@@ -23,5 +23,6 @@ pub mod reload;
 pub mod sandbox;
 pub mod semconv;
 pub mod sink;
+pub mod statefile;
 pub mod store;
 pub mod tls;
