@@ -184,8 +184,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     let registry = Arc::new(Registry::open(
         root_canon.clone(),
         state_dir.join("registry.json"),
-    ));
-    registry.restore(&kernel.maps);
+    )?);
+    registry.restore(&kernel.maps)?;
 
     let shutdown = CancellationToken::new();
     let spool = Spool::open(&spool_config(&cfg))?;
