@@ -392,6 +392,13 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     drop(proxy);
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), recorder).await;
+    // Budget usage of the last transactions reaches the disk.
+    let budgets = l7.budgets.clone();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || budgets.flush()),
+    )
+    .await;
     for s in sinks {
         let _ = tokio::time::timeout(Duration::from_secs(10), s).await;
     }
