@@ -17,6 +17,7 @@ pub mod netns;
 pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod ratelimit;
 pub mod record;
 pub mod records;
 pub mod reload;
