@@ -5,6 +5,13 @@
 //! opened earlier keep resolving to the attribution they were opened under.
 //! Past generations are kept (bounded) and the registry is persisted in the
 //! state dir, so a restarted agent still resolves sockets from before.
+//!
+//! A (slot, generation) is never handed out twice: every change is on disk
+//! (fsync'd, atomic rename) before the kernel sees the pair, slots are never
+//! reused, and at start [`Registry::restore`] learns the pairs the pinned
+//! kernel maps still hold and allocates above them, so a file that lost its
+//! last writes cannot give an open socket's pair to another sandbox. A
+//! corrupt or unreadable file stops the agent instead of starting empty.
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     os::unix::fs::MetadataExt,
@@ -100,13 +107,38 @@ pub enum RegistryError {
     #[error("sandbox {0} is not registered")]
     NotFound(String),
     #[error("persisting registry: {0}")]
-    Persist(std::io::Error),
+    Persist(#[from] crate::statefile::StateFileError),
     #[error("kernel map: {0}")]
     Kernel(String),
+    #[error("reading the kernel's attributions: {0}")]
+    KernelHeld(String),
+    #[error(
+        "attribution registry {path} cannot be read ({source}); the agent does not start \
+         without it. Make it a regular file readable by root, or move it aside \
+         (`mv {path} {path}.unreadable`) and start the agent again: it then starts with an \
+         empty registry, never reuses a (slot, generation) the kernel still holds, and \
+         running sandboxes must be registered again"
+    )]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "attribution registry {path} is corrupt ({source}); the agent does not start with it, \
+         since sockets still open may carry (slot, generation) pairs it recorded. Move it aside \
+         (`mv {path} {path}.corrupt`) and start the agent again: it then starts with an empty \
+         registry, never reuses a (slot, generation) the kernel still holds, and running \
+         sandboxes must be registered again"
+    )]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 #[derive(Default, Serialize, Deserialize)]
 struct State {
+    /// The highest slot ever handed out: slots are never reused.
     next_slot: u32,
     sandboxes: BTreeMap<String, Sandbox>,
     /// (slot, generation) → attribution, oldest first.
@@ -118,6 +150,12 @@ struct State {
 pub trait AttrMap: Send + Sync {
     fn set(&self, cgroup_id: u64, attr: AttrRef) -> Result<(), String>;
     fn clear(&self, cgroup_id: u64);
+    /// The pair a sandbox cgroup currently has, if any.
+    fn get(&self, cgroup_id: u64) -> Option<AttrRef>;
+    /// Every pair the kernel may still hold: the sandbox cgroups' current
+    /// pairs and the tags of attributed sockets still open (the maps are
+    /// pinned, so they outlive the agent).
+    fn held(&self) -> Result<Vec<AttrRef>, RegistryError>;
 }
 
 impl AttrMap for crate::bpf::KernelMaps {
@@ -128,15 +166,33 @@ impl AttrMap for crate::bpf::KernelMaps {
     fn clear(&self, cgroup_id: u64) {
         self.clear_attribution(cgroup_id)
     }
+    fn get(&self, cgroup_id: u64) -> Option<AttrRef> {
+        self.attribution_of(cgroup_id)
+    }
+    fn held(&self) -> Result<Vec<AttrRef>, RegistryError> {
+        self.held_attributions()
+            .map_err(|e| RegistryError::KernelHeld(e.to_string()))
+    }
 }
 
 type HistoryIndex = HashMap<(u32, u32), Attribution>;
 
+struct Inner {
+    /// What is persisted.
+    state: State,
+    /// `state.history` by (slot, generation).
+    index: HistoryIndex,
+    /// slot → the highest generation the kernel held at start. A registry
+    /// that lost its last writes (power loss before they reached the disk,
+    /// a restored backup) may be behind the pinned kernel maps; the next
+    /// generation of a slot is above both.
+    kernel_high: HashMap<u32, u32>,
+}
+
 pub struct Registry {
     root: PathBuf,
     file: PathBuf,
-    /// Persisted state plus an index of `history` by (slot, generation).
-    state: Mutex<(State, HistoryIndex)>,
+    state: Mutex<Inner>,
 }
 
 pub fn valid_id(id: &str) -> bool {
@@ -148,37 +204,103 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 impl Registry {
-    /// Opens the registry persisted at `file`; `root` is the absolute sandbox
-    /// root cgroup directory.
-    pub fn open(root: PathBuf, file: PathBuf) -> Registry {
-        let state: State = std::fs::read(&file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+    /// Opens the registry persisted at `file` (missing: empty); `root` is
+    /// the absolute sandbox root cgroup directory. An unreadable or corrupt
+    /// file is an error: starting empty would hand out (slot, generation)
+    /// pairs that sockets still open carry. Call [`Registry::restore`]
+    /// before registering anything.
+    pub fn open(root: PathBuf, file: PathBuf) -> Result<Registry, RegistryError> {
+        let mut state: State = match std::fs::read(&file) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt {
+                    path: file.clone(),
+                    source,
+                })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(source) => {
+                return Err(RegistryError::Unreadable {
+                    path: file.clone(),
+                    source,
+                })
+            }
+        };
+        crate::statefile::restrict_file(&file)?;
+        // Files from older versions: the high-water mark is at least every
+        // slot they name.
+        let highest = state
+            .history
+            .iter()
+            .map(|(s, _, _)| *s)
+            .chain(state.sandboxes.values().map(|sb| sb.slot))
+            .max()
+            .unwrap_or(0);
+        state.next_slot = state.next_slot.max(highest);
         let index = state
             .history
             .iter()
             .map(|(s, g, a)| ((*s, *g), a.clone()))
             .collect();
-        Registry {
+        Ok(Registry {
             root,
             file,
-            state: Mutex::new((state, index)),
-        }
+            state: Mutex::new(Inner {
+                state,
+                index,
+                kernel_high: HashMap::new(),
+            }),
+        })
     }
 
-    /// Re-writes the kernel's map from the persisted sandboxes (after restart).
-    pub fn restore(&self, kernel: &dyn AttrMap) {
-        let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        for sb in guard.0.sandboxes.values() {
+    /// After (re)start: learns every (slot, generation) the pinned kernel
+    /// maps still hold, so none is handed out again, and re-writes the
+    /// kernel's map from the persisted sandboxes.
+    pub fn restore(&self, kernel: &dyn AttrMap) -> Result<(), RegistryError> {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *guard;
+        let held = kernel.held()?;
+        let before = inner.state.next_slot;
+        for a in &held {
+            inner.state.next_slot = inner.state.next_slot.max(a.slot);
+            let high = inner.kernel_high.entry(a.slot).or_insert(0);
+            *high = (*high).max(a.generation);
+        }
+        if inner.state.next_slot != before {
+            tracing::warn!(
+                file = %self.file.display(),
+                persisted = before,
+                kernel = inner.state.next_slot,
+                "the attribution registry is behind the kernel (it lost writes): \
+                 slots up to the kernel's are not handed out again"
+            );
+            self.persist(&inner.state)?;
+        }
+        for sb in inner.state.sandboxes.values() {
             let attr = AttrRef {
                 slot: sb.slot,
                 generation: sb.generation,
             };
-            if let Err(e) = kernel.set(sb.cgroup_id, attr) {
-                tracing::warn!(sandbox = %sb.id, "restoring attribution: {e}");
+            match kernel.get(sb.cgroup_id) {
+                Some(k) if k != attr && k.slot == sb.slot && k.generation > sb.generation => {
+                    // The registration behind the kernel's pair was lost:
+                    // keep the kernel's pair (unknown, so unattributed)
+                    // rather than attribute new sockets to an older
+                    // invocation.
+                    tracing::warn!(
+                        sandbox = %sb.id,
+                        generation = sb.generation,
+                        kernel_generation = k.generation,
+                        "registration lost by the registry; register the sandbox again"
+                    );
+                }
+                _ => {
+                    if let Err(e) = kernel.set(sb.cgroup_id, attr) {
+                        tracing::warn!(sandbox = %sb.id, "restoring attribution: {e}");
+                    }
+                }
             }
         }
+        Ok(())
     }
 
     fn resolve_cgroup(&self, cgroup: &str) -> Result<PathBuf, RegistryError> {
@@ -222,15 +344,23 @@ impl Registry {
             })?
             .ino();
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (state, index) = &mut *guard;
+        let Inner {
+            state,
+            index,
+            kernel_high,
+        } = &mut *guard;
         let (slot, generation) = match state.sandboxes.get(id) {
-            Some(old) if old.cgroup_id == cgroup_id => (old.slot, old.generation.wrapping_add(1)),
             Some(old) => {
-                kernel.clear(old.cgroup_id);
-                (old.slot, old.generation.wrapping_add(1))
+                if old.cgroup_id != cgroup_id {
+                    kernel.clear(old.cgroup_id);
+                }
+                let last = old
+                    .generation
+                    .max(kernel_high.get(&old.slot).copied().unwrap_or(0));
+                (old.slot, last.wrapping_add(1).max(1))
             }
             None => {
-                state.next_slot = state.next_slot.wrapping_add(1);
+                state.next_slot = state.next_slot.wrapping_add(1).max(1);
                 (state.next_slot, 1)
             }
         };
@@ -263,7 +393,7 @@ impl Registry {
 
     pub fn unregister(&self, id: &str, kernel: &dyn AttrMap) -> Result<Sandbox, RegistryError> {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let state = &mut guard.0;
+        let state = &mut guard.state;
         let sb = state
             .sandboxes
             .remove(id)
@@ -275,26 +405,38 @@ impl Registry {
 
     pub fn list(&self) -> Vec<Sandbox> {
         let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0.sandboxes.values().cloned().collect()
+        guard.state.sandboxes.values().cloned().collect()
     }
 
     /// The attribution a socket tagged with `attr` was opened under.
     pub fn resolve(&self, attr: AttrRef) -> Option<Attribution> {
         let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        guard.1.get(&(attr.slot, attr.generation)).cloned()
+        guard.index.get(&(attr.slot, attr.generation)).cloned()
     }
 
     /// The sandbox currently holding `slot`, if any.
     pub fn sandbox_by_slot(&self, slot: u32) -> Option<Sandbox> {
         let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0.sandboxes.values().find(|s| s.slot == slot).cloned()
+        guard
+            .state
+            .sandboxes
+            .values()
+            .find(|s| s.slot == slot)
+            .cloned()
     }
 
+    /// Durably replaces the file (fsync'd, atomic rename, fsync'd
+    /// directory, 0600) before the kernel sees a new pair.
     fn persist(&self, state: &State) -> Result<(), RegistryError> {
-        let tmp = self.file.with_extension("tmp");
-        let bytes = serde_json::to_vec(state).map_err(|e| RegistryError::Persist(e.into()))?;
-        std::fs::write(&tmp, bytes).map_err(RegistryError::Persist)?;
-        std::fs::rename(&tmp, &self.file).map_err(RegistryError::Persist)
+        let bytes = serde_json::to_vec(state).map_err(|e| {
+            RegistryError::Persist(crate::statefile::StateFileError {
+                op: "encode",
+                path: self.file.clone(),
+                source: e.into(),
+            })
+        })?;
+        crate::statefile::write_durable(&self.file, &bytes)?;
+        Ok(())
     }
 }
 
@@ -302,15 +444,36 @@ impl Registry {
 mod tests {
     use super::*;
 
+    /// The kernel half: cgroup → current pair, plus the pairs of sockets
+    /// still open (tags).
     #[derive(Default)]
-    struct FakeMap(Mutex<HashMap<u64, AttrRef>>);
+    struct FakeMap {
+        attr: Mutex<HashMap<u64, AttrRef>>,
+        tags: Mutex<Vec<AttrRef>>,
+    }
+    impl FakeMap {
+        /// A socket opened now in `cgroup_id` keeps its pair.
+        fn connect(&self, cgroup_id: u64) -> AttrRef {
+            let a = self.attr.lock().unwrap()[&cgroup_id];
+            self.tags.lock().unwrap().push(a);
+            a
+        }
+    }
     impl AttrMap for FakeMap {
         fn set(&self, cgroup_id: u64, attr: AttrRef) -> Result<(), String> {
-            self.0.lock().unwrap().insert(cgroup_id, attr);
+            self.attr.lock().unwrap().insert(cgroup_id, attr);
             Ok(())
         }
         fn clear(&self, cgroup_id: u64) {
-            self.0.lock().unwrap().remove(&cgroup_id);
+            self.attr.lock().unwrap().remove(&cgroup_id);
+        }
+        fn get(&self, cgroup_id: u64) -> Option<AttrRef> {
+            self.attr.lock().unwrap().get(&cgroup_id).copied()
+        }
+        fn held(&self) -> Result<Vec<AttrRef>, RegistryError> {
+            let mut v: Vec<AttrRef> = self.attr.lock().unwrap().values().copied().collect();
+            v.extend(self.tags.lock().unwrap().iter().copied());
+            Ok(v)
         }
     }
 
@@ -325,15 +488,38 @@ mod tests {
         }
     }
 
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        root: PathBuf,
+        file: PathBuf,
+    }
+
+    fn fixture(sandboxes: &[&str]) -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        for sb in sandboxes {
+            std::fs::create_dir_all(root.join(sb)).unwrap();
+        }
+        std::fs::create_dir_all(&root).unwrap();
+        let root = root.canonicalize().unwrap();
+        let file = tmp.path().join("registry.json");
+        Fixture {
+            _tmp: tmp,
+            root,
+            file,
+        }
+    }
+
+    fn cgroup_id(f: &Fixture, sb: &str) -> u64 {
+        std::fs::metadata(f.root.join(sb)).unwrap().ino()
+    }
+
     #[test]
     fn reregistration_keeps_old_generation_resolvable_and_survives_reopen() {
-        let dir = std::env::temp_dir().join(format!("egret-reg-{}", std::process::id()));
-        let root = dir.join("root");
-        std::fs::create_dir_all(root.join("sb1")).unwrap();
-        let root = root.canonicalize().unwrap();
-        let file = dir.join("registry.json");
+        let f = fixture(&["sb1"]);
         let map = FakeMap::default();
-        let reg = Registry::open(root.clone(), file.clone());
+        let reg = Registry::open(f.root.clone(), f.file.clone()).unwrap();
+        reg.restore(&map).unwrap();
         let a = reg.register("sb1", spec("sb1", "inv-a"), &map).unwrap();
         let b = reg.register("sb1", spec("sb1", "inv-b"), &map).unwrap();
         assert_eq!(a.slot, b.slot);
@@ -343,12 +529,117 @@ mod tests {
             generation: a.generation,
         };
         assert_eq!(reg.resolve(old).unwrap().invocation_id, "inv-a");
-        let reopened = Registry::open(root, file);
+        let reopened = Registry::open(f.root.clone(), f.file.clone()).unwrap();
         assert_eq!(reopened.resolve(old).unwrap().invocation_id, "inv-a");
         assert!(matches!(
             reg.register("x", spec("../../etc", "i"), &map),
             Err(RegistryError::OutsideRoot(_)) | Err(RegistryError::Cgroup { .. })
         ));
-        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn durable_write_round_trips_0600_without_a_tmp_file() {
+        let f = fixture(&["sb1", "sb2"]);
+        let map = FakeMap::default();
+        let reg = Registry::open(f.root.clone(), f.file.clone()).unwrap();
+        reg.restore(&map).unwrap();
+        let a = reg.register("sb1", spec("sb1", "inv-a"), &map).unwrap();
+        let b = reg.register("sb2", spec("sb2", "inv-b"), &map).unwrap();
+        reg.unregister("sb2", &map).unwrap();
+        assert_eq!(crate::statefile::tests::mode_of(&f.file), 0o600);
+        assert!(!crate::statefile::tmp_path(&f.file).exists());
+        let back = Registry::open(f.root.clone(), f.file.clone()).unwrap();
+        let ids: Vec<String> = back.list().into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, ["sb1"]);
+        for (sb, inv) in [(&a, "inv-a"), (&b, "inv-b")] {
+            let pair = AttrRef {
+                slot: sb.slot,
+                generation: sb.generation,
+            };
+            assert_eq!(back.resolve(pair).unwrap().invocation_id, inv);
+        }
+        // Left world-readable by an older version: tightened at open.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f.file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Registry::open(f.root.clone(), f.file.clone()).unwrap();
+        assert_eq!(crate::statefile::tests::mode_of(&f.file), 0o600);
+    }
+
+    #[test]
+    fn a_missing_file_is_an_empty_registry_a_corrupt_one_an_error_naming_it() {
+        let f = fixture(&[]);
+        assert!(Registry::open(f.root.clone(), f.file.clone())
+            .unwrap()
+            .list()
+            .is_empty());
+        for bad in [&b""[..], b"{\"next_slot\": 3, \"sandb", b"\0\0\0\0"] {
+            std::fs::write(&f.file, bad).unwrap();
+            let Err(e) = Registry::open(f.root.clone(), f.file.clone()) else {
+                panic!("a corrupt registry was accepted");
+            };
+            assert!(matches!(&e, RegistryError::Corrupt { path, .. } if *path == f.file));
+            let msg = e.to_string();
+            let shown = f.file.display().to_string();
+            assert!(
+                msg.contains(&format!("mv {shown} {shown}.corrupt")),
+                "{msg}"
+            );
+        }
+        // Unreadable (here: a directory where the file should be).
+        std::fs::remove_file(&f.file).unwrap();
+        std::fs::create_dir(&f.file).unwrap();
+        let Err(e) = Registry::open(f.root.clone(), f.file.clone()) else {
+            panic!("an unreadable registry was accepted");
+        };
+        assert!(matches!(&e, RegistryError::Unreadable { path, .. } if *path == f.file));
+        assert!(e.to_string().contains(&f.file.display().to_string()));
+    }
+
+    #[test]
+    fn pairs_the_kernel_holds_are_never_handed_out_again_after_a_lost_write() {
+        let f = fixture(&["sb1", "sb2", "sb3"]);
+        let map = FakeMap::default();
+        let reg = Registry::open(f.root.clone(), f.file.clone()).unwrap();
+        reg.restore(&map).unwrap();
+        reg.register("sb1", spec("sb1", "inv-1a"), &map).unwrap();
+        // What the disk holds after a power loss ate the writes below.
+        let snapshot = std::fs::read(&f.file).unwrap();
+        reg.register("sb2", spec("sb2", "inv-2"), &map).unwrap();
+        let sock2 = map.connect(cgroup_id(&f, "sb2"));
+        reg.register("sb1", spec("sb1", "inv-1b"), &map).unwrap();
+        let sock1 = map.connect(cgroup_id(&f, "sb1"));
+        drop(reg);
+        // Crash; the sandbox of sb2 is gone, its socket still open.
+        map.clear(cgroup_id(&f, "sb2"));
+        std::fs::write(&f.file, &snapshot).unwrap();
+
+        let reg = Registry::open(f.root.clone(), f.file.clone()).unwrap();
+        reg.restore(&map).unwrap();
+        let held = [sock1, sock2];
+        let fresh = reg.register("sb3", spec("sb3", "inv-3"), &map).unwrap();
+        let again = reg.register("sb1", spec("sb1", "inv-1c"), &map).unwrap();
+        for sb in [&fresh, &again] {
+            let pair = AttrRef {
+                slot: sb.slot,
+                generation: sb.generation,
+            };
+            assert!(!held.contains(&pair), "{pair:?} handed out again");
+        }
+        // Old sockets never resolve to a new invocation.
+        for sock in held {
+            let inv = reg.resolve(sock).map(|a| a.invocation_id);
+            assert!(
+                !matches!(inv.as_deref(), Some("inv-3" | "inv-1c")),
+                "{sock:?} resolved to {inv:?}"
+            );
+        }
+        // The kernel's newer pair of sb1 was not overwritten by the stale
+        // one from the file (that would attribute new sockets to inv-1a).
+        drop(reg);
+        map.set(cgroup_id(&f, "sb1"), sock1).unwrap();
+        std::fs::write(&f.file, &snapshot).unwrap();
+        let reg = Registry::open(f.root.clone(), f.file.clone()).unwrap();
+        reg.restore(&map).unwrap();
+        assert_eq!(map.get(cgroup_id(&f, "sb1")), Some(sock1));
     }
 }

@@ -479,6 +479,35 @@ impl KernelMaps {
         m.get(&cgroup_id, 0).ok()
     }
 
+    /// Every (slot, generation) the kernel holds: the sandbox cgroups'
+    /// current pairs and those of attributed sockets still tagged. Read-only.
+    pub fn held_attributions(&self) -> Result<Vec<AttrRef>, BpfError> {
+        let mut out = Vec::new();
+        {
+            let m = self.attr.lock().unwrap_or_else(|p| p.into_inner());
+            for kv in m.iter() {
+                let (_, attr) = kv.map_err(|source| BpfError::Map {
+                    name: "EGRET_ATTR",
+                    source,
+                })?;
+                out.push(attr);
+            }
+        }
+        // A key deleted under the iteration restarts it (the kernel returns
+        // the first key): bounded, so socket churn cannot keep it going.
+        let bound = 4 * egret_common::limits::MAX_SOCKETS as usize;
+        for kv in self.tags.iter().take(bound) {
+            let (_, tag) = kv.map_err(|source| BpfError::Map {
+                name: "EGRET_TAGS",
+                source,
+            })?;
+            if tag.flags & egret_common::TAG_ATTRIBUTED != 0 {
+                out.push(tag.attr);
+            }
+        }
+        Ok(out)
+    }
+
     /// The sandbox socket a connection accepted by the agent came from.
     pub fn link(&self, key: &LinkKey) -> Option<u64> {
         self.links.get(key, 0).ok()

@@ -4,7 +4,17 @@
 //! budget, requests are answered with HTTP 429 in the provider's own error
 //! format and never forwarded. State is persisted so a restart keeps the
 //! day's usage.
-use std::{collections::HashMap, path::PathBuf, sync::Mutex};
+//!
+//! Sums saturate (a provider reporting absurd counts exhausts the budget,
+//! it never wraps it back to zero). The file is written by a writer thread
+//! of its own, never on the proxy's runtime: [`Budgets::add`] only marks
+//! the state dirty; the writer coalesces marks into one durable write
+//! (fsync'd, atomic rename, fsync'd directory, mode 0600).
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Condvar, Mutex},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,15 +33,39 @@ impl BudgetStatus {
     }
 }
 
+/// The tokens a transaction counts against a budget: input + output,
+/// negative counts as 0, saturating at `u64::MAX` (never wraps).
+pub fn transaction_tokens(input: Option<i64>, output: Option<i64>) -> u64 {
+    let n = |v: Option<i64>| u64::try_from(v.unwrap_or(0)).unwrap_or(0);
+    n(input).saturating_add(n(output))
+}
+
 #[derive(Default, Serialize, Deserialize)]
 struct State {
     /// "gateway/namespace/name" → (UTC day number, tokens used).
     used: HashMap<String, (i64, u64)>,
 }
 
-pub struct Budgets {
+#[derive(Default)]
+struct Writes {
+    /// Changes made to the state so far.
+    requested: u64,
+    /// Changes known to be on disk.
+    written: u64,
+    /// The writer failed its last attempt (logged once per episode).
+    failing: bool,
+    stop: bool,
+}
+
+struct Shared {
     file: Option<PathBuf>,
     state: Mutex<State>,
+    writes: Mutex<Writes>,
+    cond: Condvar,
+}
+
+pub struct Budgets {
+    shared: Arc<Shared>,
 }
 
 fn today() -> i64 {
@@ -48,23 +82,91 @@ fn key(gw: &GatewayConfig, ns: &str, name: &str) -> String {
     format!("{}/{ns}/{name}", gw.name)
 }
 
+impl Shared {
+    fn writes(&self) -> std::sync::MutexGuard<'_, Writes> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The writer thread: one durable write per burst of changes.
+    fn write_loop(&self, file: PathBuf) {
+        loop {
+            let target = {
+                let mut w = self.writes();
+                while w.requested == w.written && !w.stop {
+                    w = self.cond.wait(w).unwrap_or_else(|p| p.into_inner());
+                }
+                if w.requested == w.written {
+                    return;
+                }
+                w.requested
+            };
+            // Taken after `target`: the bytes hold at least those changes.
+            let bytes = {
+                let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                serde_json::to_vec(&*st)
+            };
+            let res = bytes.map_err(|e| e.to_string()).and_then(|b| {
+                crate::statefile::write_durable(&file, &b).map_err(|e| e.to_string())
+            });
+            let mut w = self.writes();
+            match res {
+                Ok(()) => {
+                    if w.failing {
+                        tracing::info!(file = %file.display(), "persisting budget usage works again");
+                    }
+                    w.failing = false;
+                    w.written = w.written.max(target);
+                }
+                Err(e) => {
+                    if !w.failing {
+                        tracing::warn!(file = %file.display(), "persisting budget usage failed: {e}");
+                    }
+                    w.failing = true;
+                    // Retried with the next change; at shutdown, given up.
+                    w.written = w.written.max(target);
+                }
+            }
+            self.cond.notify_all();
+        }
+    }
+}
+
 impl Budgets {
     pub fn open(file: Option<PathBuf>) -> Budgets {
-        let state = file
-            .as_ref()
-            .and_then(|f| std::fs::read(f).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        Budgets {
-            file,
-            state: Mutex::new(state),
+        let state = match file.as_ref().map(std::fs::read) {
+            Some(Ok(b)) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(file = ?file, "budget usage unreadable, starting from zero: {e}");
+                State::default()
+            }),
+            _ => State::default(),
+        };
+        if let Some(f) = &file {
+            if let Err(e) = crate::statefile::restrict_file(f) {
+                tracing::warn!("budget usage file: {e}");
+            }
         }
+        let shared = Arc::new(Shared {
+            file: file.clone(),
+            state: Mutex::new(state),
+            writes: Mutex::new(Writes::default()),
+            cond: Condvar::new(),
+        });
+        if let Some(f) = file {
+            let me = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("egret-budgets".into())
+                .spawn(move || me.write_loop(f));
+            if let Err(e) = spawned {
+                tracing::warn!("budget writer thread: {e}; usage is not persisted");
+            }
+        }
+        Budgets { shared }
     }
 
     /// The agent's status, or None when no budget applies to it.
     pub fn status(&self, gw: &GatewayConfig, ns: &str, name: &str) -> Option<BudgetStatus> {
         let b = find(gw, ns, name)?;
-        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         let used = match st.used.get(&key(gw, ns, name)) {
             Some((day, used)) if *day == today() => *used,
             _ => 0,
@@ -75,7 +177,8 @@ impl Budgets {
         })
     }
 
-    /// Adds tokens to the agent's day; returns the new status.
+    /// Adds tokens to the agent's day; returns the new status. Never
+    /// blocks on the disk: the writer thread persists the change.
     pub fn add(
         &self,
         gw: &GatewayConfig,
@@ -85,28 +188,44 @@ impl Budgets {
     ) -> Option<BudgetStatus> {
         let b = find(gw, ns, name)?;
         let day = today();
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let e = st.used.entry(key(gw, ns, name)).or_insert((day, 0));
-        if e.0 != day {
-            *e = (day, 0);
-        }
-        e.1 = e.1.saturating_add(tokens);
-        let status = BudgetStatus {
-            used: e.1,
-            max: b.daily_tokens,
-        };
-        if let Some(f) = &self.file {
-            if let Ok(bytes) = serde_json::to_vec(&*st) {
-                let tmp = f.with_extension("tmp");
-                if std::fs::write(&tmp, bytes)
-                    .and_then(|_| std::fs::rename(&tmp, f))
-                    .is_err()
-                {
-                    tracing::warn!(file = %f.display(), "persisting budget usage failed");
-                }
+        let status = {
+            let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let e = st.used.entry(key(gw, ns, name)).or_insert((day, 0));
+            if e.0 != day {
+                *e = (day, 0);
             }
+            e.1 = e.1.saturating_add(tokens);
+            BudgetStatus {
+                used: e.1,
+                max: b.daily_tokens,
+            }
+        };
+        if self.shared.file.is_some() {
+            self.shared.writes().requested += 1;
+            self.shared.cond.notify_all();
         }
         Some(status)
+    }
+
+    /// Blocks until every change made so far was written (or the attempt
+    /// failed). Blocking: call off the async runtime.
+    pub fn flush(&self) {
+        if self.shared.file.is_none() {
+            return;
+        }
+        let mut w = self.shared.writes();
+        let target = w.requested;
+        while w.written < target {
+            w = self.shared.cond.wait(w).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for Budgets {
+    /// The writer finishes a pending write, then exits.
+    fn drop(&mut self) {
+        self.shared.writes().stop = true;
+        self.shared.cond.notify_all();
     }
 }
 
@@ -137,25 +256,106 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    #[test]
-    fn budget_counts_and_persists() {
-        let cfg = Config::parse(
+    fn gateway() -> Config {
+        Config::parse(
             "gateways:\n- name: g\n  budgets: [{namespace: ns, name: bot, dailyTokens: 100}]\n",
             std::path::Path::new("t.yaml"),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn budget_counts_and_persists() {
+        let cfg = gateway();
         let gw = &cfg.gateways[0];
-        let f = std::env::temp_dir().join(format!("egret-budget-{}.json", std::process::id()));
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("budgets.json");
         let b = Budgets::open(Some(f.clone()));
         assert_eq!(b.status(gw, "ns", "other"), None);
         assert!(!b.status(gw, "ns", "bot").unwrap().exhausted());
         b.add(gw, "ns", "bot", 60);
         let s = b.add(gw, "ns", "bot", 40).unwrap();
         assert!(s.exhausted());
+        b.flush();
         let again = Budgets::open(Some(f.clone()));
         assert_eq!(again.status(gw, "ns", "bot").unwrap().used, 100);
         let (body, _) = exhausted_body(Some("anthropic"), &s);
         assert!(body.contains("rate_limit_error"));
-        std::fs::remove_file(f).unwrap();
+    }
+
+    #[test]
+    fn the_written_file_is_durable_json_0600_with_the_latest_usage() {
+        let cfg = gateway();
+        let gw = &cfg.gateways[0];
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("budgets.json");
+        let b = Budgets::open(Some(f.clone()));
+        for _ in 0..50 {
+            b.add(gw, "ns", "bot", 3);
+        }
+        b.flush();
+        let on_disk: State = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        assert_eq!(on_disk.used["g/ns/bot"].1, 150);
+        assert_eq!(crate::statefile::tests::mode_of(&f), 0o600);
+        assert!(!crate::statefile::tmp_path(&f).exists());
+    }
+
+    #[test]
+    fn add_returns_while_the_write_is_stuck() {
+        // The writer's temporary file is a FIFO: opening it for writing
+        // blocks until a reader comes, like a disk that does not answer.
+        let cfg = gateway();
+        let gw = &cfg.gateways[0];
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("budgets.json");
+        let fifo = crate::statefile::tmp_path(&f);
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let b = Budgets::open(Some(f.clone()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::scope(|s| {
+            s.spawn(|| {
+                b.add(gw, "ns", "bot", 1);
+                b.add(gw, "ns", "bot", 2);
+                tx.send(()).unwrap();
+            });
+            let returned = rx.recv_timeout(std::time::Duration::from_secs(20));
+            // Unstick the writer either way: a reader on the FIFO.
+            let reader = std::fs::File::open(&fifo).unwrap();
+            assert!(returned.is_ok(), "add() waited for the disk");
+            reader
+        });
+        // The stuck attempt failed (fsync on a FIFO); the next one lands.
+        b.flush();
+        drop(reader);
+        let _ = std::fs::remove_file(&fifo);
+        b.add(gw, "ns", "bot", 4);
+        b.flush();
+        let on_disk: State = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        assert_eq!(on_disk.used["g/ns/bot"].1, 7);
+    }
+
+    #[test]
+    fn sums_saturate_at_the_edge() {
+        assert_eq!(
+            transaction_tokens(Some(i64::MAX), Some(i64::MAX)),
+            2 * i64::MAX as u64
+        );
+        assert_eq!(
+            transaction_tokens(Some(i64::MAX), Some(1)),
+            i64::MAX as u64 + 1
+        );
+        assert_eq!(transaction_tokens(Some(-5), Some(7)), 7);
+        assert_eq!(transaction_tokens(None, None), 0);
+        let cfg = gateway();
+        let gw = &cfg.gateways[0];
+        let b = Budgets::open(None);
+        b.add(gw, "ns", "bot", u64::MAX - 1);
+        let s = b.add(gw, "ns", "bot", 10).unwrap();
+        assert_eq!(s.used, u64::MAX);
+        assert!(s.exhausted());
+        let s = b.add(gw, "ns", "bot", u64::MAX).unwrap();
+        assert_eq!(s.used, u64::MAX);
     }
 }

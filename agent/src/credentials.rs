@@ -34,13 +34,17 @@ impl std::fmt::Debug for KeyHasher {
 }
 
 impl KeyHasher {
-    /// Loads the node secret from `path`, creating it (0600) when absent.
+    /// Loads the node secret from `path`, creating it (0600) when absent;
+    /// an existing file is set to 0600 too.
     pub fn open(path: &Path) -> std::io::Result<KeyHasher> {
         use std::io::{Read, Write};
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let mut secret = [0u8; 32];
         match std::fs::File::open(path) {
-            Ok(mut f) => f.read_exact(&mut secret)?,
+            Ok(mut f) => {
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                f.read_exact(&mut secret)?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::File::open("/dev/urandom")?.read_exact(&mut secret)?;
                 let mut f = std::fs::OpenOptions::new()
@@ -50,6 +54,9 @@ impl KeyHasher {
                     .open(path)?;
                 f.write_all(&secret)?;
                 f.sync_all()?;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    crate::statefile::sync_dir(dir)?;
+                }
             }
             Err(e) => return Err(e),
         }
@@ -101,6 +108,19 @@ pub fn api_key<'a>(headers: &'a http::HeaderMap, query: Option<&'a str>) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_node_secret_is_0600_new_and_old() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("apikey-id.secret");
+        let a = KeyHasher::open(&f).unwrap();
+        assert_eq!(crate::statefile::tests::mode_of(&f), 0o600);
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let b = KeyHasher::open(&f).unwrap();
+        assert_eq!(crate::statefile::tests::mode_of(&f), 0o600);
+        assert_eq!(a.id("k"), b.id("k"));
+    }
 
     #[test]
     fn keys_are_found_and_hashed_stably() {

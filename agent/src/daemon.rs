@@ -44,6 +44,12 @@ use crate::{
     tls::{self, Ca, LeafCache, LeafCacheOptions, Terminator, UpstreamTls, UpstreamTlsOptions},
 };
 
+/// Mode of `node.stateDir`: only root lists it or opens what it holds,
+/// except `trust-bundle.pem` (0644), which non-root sandboxes open by name
+/// (`SSL_CERT_FILE`), hence the search bit for others. Everything private
+/// in it is 0600 or in a 0700 directory (`ca/`, `spool/`).
+pub const STATE_DIR_MODE: u32 = 0o711;
+
 /// Capacity of the channel from capture to the recorder.
 const RECORD_QUEUE: usize = 65_536;
 /// Most records appended (and fsync'd) at once.
@@ -72,6 +78,10 @@ pub enum RunError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("state dir: {0}")]
+    StateFile(#[from] crate::statefile::StateFileError),
+    #[error(transparent)]
+    Registry(#[from] crate::attribution::RegistryError),
     #[error(transparent)]
     Bpf(#[from] bpf::BpfError),
     #[error("redirect listener: {0}")]
@@ -155,10 +165,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         return Err(RunError::AgentInSandbox(root_rel));
     }
     let state_dir = &cfg.node.state_dir;
-    std::fs::create_dir_all(state_dir).map_err(|source| RunError::StateDir {
-        path: state_dir.clone(),
-        source,
-    })?;
+    crate::statefile::ensure_dir(state_dir, STATE_DIR_MODE)?;
 
     let root_level = cgroup::level(&paths.cgroup_mount, &paths.sandbox_root);
     let guarded = cfg.node.guarded_endpoints();
@@ -179,8 +186,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     let registry = Arc::new(Registry::open(
         root_canon.clone(),
         state_dir.join("registry.json"),
-    ));
-    registry.restore(&kernel.maps);
+    )?);
+    registry.restore(&kernel.maps)?;
 
     let shutdown = CancellationToken::new();
     let spool = Spool::open(&spool_config(&cfg))?;
@@ -389,6 +396,13 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     drop(proxy);
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), recorder).await;
+    // Budget usage of the last transactions reaches the disk.
+    let budgets = l7.budgets.clone();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || budgets.flush()),
+    )
+    .await;
     for s in sinks {
         let _ = tokio::time::timeout(Duration::from_secs(10), s).await;
     }

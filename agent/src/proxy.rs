@@ -42,6 +42,7 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use crate::ratelimit::{Reason, LOG};
 use crate::{
     attribution::{Attribution, Registry},
     bpf::Kernel,
@@ -316,7 +317,9 @@ impl Proxy {
                     });
                 }
                 Err(e) => {
-                    tracing::warn!("accept: {e}");
+                    if let Some(suppressed) = LOG.check(Reason::Accept) {
+                        tracing::warn!(suppressed, "accept: {e}");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -354,7 +357,9 @@ impl Proxy {
     ) {
         let Some(origin) = self.origin(netns_cookie, peer, netns) else {
             self.stats.refused_unlinked.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, "refused a connection the kernel did not redirect");
+            if let Some(suppressed) = LOG.check(Reason::RefusedUnlinked) {
+                tracing::warn!(%peer, suppressed, "refused a connection the kernel did not redirect");
+            }
             return;
         };
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -387,7 +392,9 @@ impl Proxy {
                     .as_ref()
                     .is_none_or(|g| g.non_http == NonHttpPolicy::Refuse);
                 if refuse {
-                    tracing::info!(dst = %origin.dst, "refused a non-HTTP connection on a captured port");
+                    if let Some(suppressed) = LOG.check(Reason::RefusedNonHttp) {
+                        tracing::info!(dst = %origin.dst, suppressed, "refused a non-HTTP connection on a captured port");
+                    }
                     return;
                 }
                 self.splice(stream, &origin).await;
@@ -403,7 +410,9 @@ impl Proxy {
             Ok(s) => s,
             Err(e) => {
                 self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(dst = %origin.dst, "upstream connect failed: {e}");
+                if let Some(suppressed) = LOG.check(Reason::UpstreamConnect) {
+                    tracing::info!(dst = %origin.dst, suppressed, "upstream connect failed: {e}");
+                }
                 return;
             }
         };

@@ -59,6 +59,7 @@ use tokio::{
     task::JoinHandle,
 };
 
+use crate::ratelimit::{Reason, LOG};
 use crate::{
     attribution::Attribution,
     bpf::Kernel,
@@ -1077,7 +1078,9 @@ impl Trusted {
                     tokio::spawn(async move { me.serve_tcp(stream, peer).await });
                 }
                 Err(e) => {
-                    tracing::warn!("PROXY protocol accept: {e}");
+                    if let Some(suppressed) = LOG.check(Reason::Accept) {
+                        tracing::warn!(suppressed, "PROXY protocol accept: {e}");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -1092,7 +1095,9 @@ impl Trusted {
                     tokio::spawn(async move { me.serve_unix(stream).await });
                 }
                 Err(e) => {
-                    tracing::warn!("PROXY protocol accept (unix): {e}");
+                    if let Some(suppressed) = LOG.check(Reason::Accept) {
+                        tracing::warn!(suppressed, "PROXY protocol accept (unix): {e}");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -1100,17 +1105,23 @@ impl Trusted {
     }
 
     fn refuse(&self, why: Refusal, peer: &str, detail: &dyn std::fmt::Display) {
-        let counter = match why {
-            Refusal::UntrustedPeer => &self.stats.refused_untrusted_peer,
-            Refusal::SandboxPeer => &self.stats.refused_sandbox_peer,
-            Refusal::BadHeader => &self.stats.refused_bad_header,
-            Refusal::NoDestination => &self.stats.refused_no_destination,
+        let (counter, reason) = match why {
+            Refusal::UntrustedPeer => (
+                &self.stats.refused_untrusted_peer,
+                Reason::ProxyUntrustedPeer,
+            ),
+            Refusal::SandboxPeer => (&self.stats.refused_sandbox_peer, Reason::ProxySandboxPeer),
+            Refusal::BadHeader => (&self.stats.refused_bad_header, Reason::ProxyBadHeader),
+            Refusal::NoDestination => (
+                &self.stats.refused_no_destination,
+                Reason::ProxyNoDestination,
+            ),
         };
         let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-        // Every refusal is counted; the log keeps the first ones of each
-        // reason and then powers of two, so a scan cannot flood it.
-        if n <= 16 || n.is_power_of_two() {
-            tracing::warn!(peer, reason = ?why, refused = n, "PROXY protocol: refused a connection: {detail}");
+        // Every refusal is counted; the log gets a few lines per reason per
+        // interval (`crate::ratelimit`), so a scan cannot flood it.
+        if let Some(suppressed) = LOG.check(reason) {
+            tracing::warn!(peer, reason = ?why, refused = n, suppressed, "PROXY protocol: refused a connection: {detail}");
         }
     }
 

@@ -38,7 +38,7 @@
 //! each cursor can live in different tasks.
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::record::Record;
+use crate::statefile;
 
 /// First bytes of every segment file (format version 1).
 pub const SEGMENT_MAGIC: &[u8; 8] = b"EGRSPL01";
@@ -115,6 +116,14 @@ impl StoreError {
             op,
             path: path.to_owned(),
             source,
+        }
+    }
+
+    fn from_state(e: statefile::StateFileError) -> Self {
+        StoreError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
         }
     }
 
@@ -322,10 +331,14 @@ impl Spool {
             return Err(StoreError::Config("segmentBytes must be > 0".into()));
         }
         let dir = cfg.dir.clone();
-        fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
+        // Segments hold prompts and responses: root only (0700 dirs, 0600
+        // files), also for a spool left wider by an older version.
+        statefile::ensure_private_dir(&dir).map_err(StoreError::from_state)?;
         let cursor_dir = dir.join(CURSOR_DIR);
-        fs::create_dir_all(&cursor_dir).map_err(|e| StoreError::io("create", &cursor_dir, e))?;
+        statefile::ensure_private_dir(&cursor_dir).map_err(StoreError::from_state)?;
         let lock = lock_dir(&dir)?;
+        restrict_files(&dir)?;
+        restrict_files(&cursor_dir)?;
 
         let ids = list_segments(&dir)?;
         let mut segments = BTreeMap::new();
@@ -1060,9 +1073,21 @@ fn recover_tail(file: &File, path: &Path) -> Result<u64, StoreError> {
     Ok(good)
 }
 
+/// Sets every regular file directly in `dir` to 0600.
+fn restrict_files(dir: &Path) -> Result<(), StoreError> {
+    let rd = fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            statefile::restrict_file(&entry.path()).map_err(StoreError::from_state)?;
+        }
+    }
+    Ok(())
+}
+
 fn create_segment(dir: &Path, id: u64) -> Result<(File, u64), StoreError> {
     let path = segment_path(dir, id);
-    let file = OpenOptions::new()
+    let file = statefile::private_options()
         .read(true)
         .write(true)
         .create_new(true)
@@ -1109,7 +1134,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     use std::os::fd::AsRawFd;
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
+    let file = statefile::private_options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -1166,21 +1191,11 @@ fn read_cursor_file(path: &Path) -> Result<Option<Position>, StoreError> {
 }
 
 fn write_cursor_file(path: &Path, pos: Position) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(path.file_name().unwrap_or_default());
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let res = (|| -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        writeln!(f, "{CURSOR_FORMAT} {} {}", pos.segment, pos.offset)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    res.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        StoreError::io("write cursor", path, e)
+    let text = format!("{CURSOR_FORMAT} {} {}\n", pos.segment, pos.offset);
+    statefile::write_durable(path, text.as_bytes()).map_err(|e| StoreError::Io {
+        op: "write cursor",
+        path: e.path,
+        source: e.source,
     })
 }
 
@@ -1188,6 +1203,7 @@ fn write_cursor_file(path: &Path, pos: Position) -> Result<(), StoreError> {
 mod tests {
     use super::*;
     use crate::semconv as sc;
+    use std::io::Write;
 
     fn cfg(dir: &Path) -> SpoolConfig {
         SpoolConfig {
@@ -1245,6 +1261,39 @@ mod tests {
             st.bytes_on_disk,
             fs::metadata(last_segment(tmp.path())).unwrap().len()
         );
+    }
+
+    #[test]
+    fn spool_files_are_0600_in_0700_dirs_also_when_left_wider() {
+        use crate::statefile::tests::mode_of;
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("spool");
+        {
+            let mut spool = Spool::open(&cfg(&dir)).unwrap();
+            spool.append(&recs(0..10)).unwrap();
+            let mut cur = spool.cursor("sink").unwrap();
+            let b = cur.next_batch(10).unwrap();
+            cur.commit(b.last().unwrap().0).unwrap();
+            let cursor_file = dir.join(CURSOR_DIR).join("sink");
+            assert_eq!(mode_of(&dir), 0o700);
+            assert_eq!(mode_of(&dir.join(CURSOR_DIR)), 0o700);
+            assert_eq!(mode_of(&last_segment(&dir)), 0o600);
+            assert_eq!(mode_of(&dir.join(LOCK_FILE)), 0o600);
+            assert_eq!(mode_of(&cursor_file), 0o600);
+        }
+        // As an older version left them: world-readable.
+        let wide =
+            |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+        wide(&dir, 0o755);
+        wide(&dir.join(CURSOR_DIR), 0o755);
+        wide(&last_segment(&dir), 0o644);
+        wide(&dir.join(CURSOR_DIR).join("sink"), 0o644);
+        let _spool = Spool::open(&cfg(&dir)).unwrap();
+        assert_eq!(mode_of(&dir), 0o700);
+        assert_eq!(mode_of(&dir.join(CURSOR_DIR)), 0o700);
+        assert_eq!(mode_of(&last_segment(&dir)), 0o600);
+        assert_eq!(mode_of(&dir.join(CURSOR_DIR).join("sink")), 0o600);
     }
 
     #[test]

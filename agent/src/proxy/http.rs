@@ -133,11 +133,13 @@ where
         {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
-                tracing::info!(dst = %origin.dst, "TLS handshake with sandbox failed: {e}");
+                let dst = origin.dst;
+                crate::limited!(SandboxTls, info, %dst, "TLS handshake with sandbox failed: {e}");
                 return;
             }
             Err(_) => {
-                tracing::info!(dst = %origin.dst, "TLS handshake with sandbox timed out");
+                let dst = origin.dst;
+                crate::limited!(SandboxTls, info, %dst, "TLS handshake with sandbox timed out");
                 return;
             }
         };

@@ -202,7 +202,11 @@ impl ResolvesServerCert for LeafResolver {
         match self.cache.get(name) {
             Ok(key) => Some(key),
             Err(e) => {
-                tracing::warn!(error = %e, "no certificate for TLS client");
+                if let Some(suppressed) =
+                    crate::ratelimit::LOG.check(crate::ratelimit::Reason::LeafCert)
+                {
+                    tracing::warn!(error = %e, suppressed, "no certificate for TLS client");
+                }
                 None
             }
         }
