@@ -383,9 +383,8 @@ impl Config {
         let pp = &n.proxy_protocol;
         let cidrs = pp.cidrs()?;
         for sc in &n.sandbox_cidrs {
-            let sandbox: crate::proxy_protocol::Cidr = sc
-                .parse()
-                .map_err(|e| format!("node.sandboxCidrs: {e}"))?;
+            let sandbox: crate::proxy_protocol::Cidr =
+                sc.parse().map_err(|e| format!("node.sandboxCidrs: {e}"))?;
             if let Some((t, _)) = pp
                 .trusted_cidrs
                 .iter()
@@ -513,7 +512,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("10.0.0.0/16 overlaps node.sandboxCidrs 10.0.5.0/24"), "{err}");
+        assert!(
+            err.contains("10.0.0.0/16 overlaps node.sandboxCidrs 10.0.5.0/24"),
+            "{err}"
+        );
         for (bad, why) in [
             ("listen: 127.0.0.1:15008", "trustedCidrs"),
             (
@@ -528,7 +530,10 @@ mod tests {
             // A trusted network that covers sandbox veths (egret exec's
             // 10.231.0.0/16 by default): sandboxes could forge attribution.
             ("trustedCidrs: [10.0.0.0/8]", "overlaps node.sandboxCidrs"),
-            ("trustedCidrs: [10.231.7.0/24]", "overlaps node.sandboxCidrs"),
+            (
+                "trustedCidrs: [10.231.7.0/24]",
+                "overlaps node.sandboxCidrs",
+            ),
             ("unixSocket: pp.sock", "absolute"),
             ("bogus: 1", "bogus"),
         ] {

@@ -93,7 +93,9 @@ pub fn flow_record(
     if tag.flags & TAG_ATTRIBUTED != 0 {
         match registry.resolve(tag.attr) {
             Some(a) => a.apply(&mut rec),
-            None => tracing::warn!(
+            None => crate::limited!(
+                UnknownAttribution,
+                warn,
                 slot = tag.attr.slot,
                 generation = tag.attr.generation,
                 "flow from an attribution the registry no longer knows"

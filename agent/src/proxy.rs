@@ -375,7 +375,7 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Some(_conn) = self.l7.admission.connection(admission::key_of(&origin)) else {
-            tracing::debug!(dst = %origin.dst, "sandbox at its connection limit: closed");
+            crate::limited!(SandboxLimit, warn, dst = %origin.dst, "a sandbox at its connection limit: connection closed");
             return;
         };
         match sniffed {

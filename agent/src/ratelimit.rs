@@ -45,10 +45,16 @@ pub enum Reason {
     ProxyBadHeader,
     /// PROXY protocol listener: the header names no usable destination.
     ProxyNoDestination,
+    /// An exchange's upstream failed (connect, TLS, request).
+    UpstreamRequest,
+    /// A flow whose (slot, generation) the registry no longer knows.
+    UnknownAttribution,
+    /// A sandbox at its connection limit.
+    SandboxLimit,
 }
 
 impl Reason {
-    const ALL: [Reason; 10] = [
+    const ALL: [Reason; 13] = [
         Reason::RefusedUnlinked,
         Reason::RefusedNonHttp,
         Reason::UpstreamConnect,
@@ -59,6 +65,9 @@ impl Reason {
         Reason::ProxySandboxPeer,
         Reason::ProxyBadHeader,
         Reason::ProxyNoDestination,
+        Reason::UpstreamRequest,
+        Reason::UnknownAttribution,
+        Reason::SandboxLimit,
     ];
     const COUNT: usize = Self::ALL.len();
 

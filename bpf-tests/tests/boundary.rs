@@ -456,8 +456,15 @@ fn a_sandbox_netns_inside_trusted_cidrs_cannot_reach_the_proxy_protocol_listener
     let id = unique("sb");
     let cg = agent.cgroup(&id);
     agent.register(&id, Some(&ns), "inv-pp-ns");
-    let words = connect_words(sandboxed(&cg, Some(&ns), "python3"), &[("10.232.2.1", pp_port)]);
-    assert_eq!(words, ["eperm"], "sandbox reached the PROXY-protocol listener");
+    let words = connect_words(
+        sandboxed(&cg, Some(&ns), "python3"),
+        &[("10.232.2.1", pp_port)],
+    );
+    assert_eq!(
+        words,
+        ["eperm"],
+        "sandbox reached the PROXY-protocol listener"
+    );
     // A trusted dialer in that network, outside any sandbox, still connects.
     let words = connect_words(ns.command("python3"), &[("10.232.2.1", pp_port)]);
     assert_eq!(words, ["connected"]);

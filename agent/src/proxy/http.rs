@@ -350,13 +350,16 @@ impl Conn {
                 txn.error = Some("agent_shutdown");
             }
             txn.seal();
-            let tokens = txn.rec.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS).unwrap_or(0)
-                + txn.rec.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS).unwrap_or(0);
+            // Saturating: provider-supplied counts cannot wrap the budget.
+            let tokens = budget::transaction_tokens(
+                txn.rec.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS),
+                txn.rec.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS),
+            );
             if let (Some(gw), Some(a)) = (&gateway, &self.origin.attribution) {
-                if let Some(st) =
-                    self.l7
-                        .budgets
-                        .add(gw, &a.agent_namespace, &a.agent_name, tokens.max(0) as u64)
+                if let Some(st) = self
+                    .l7
+                    .budgets
+                    .add(gw, &a.agent_namespace, &a.agent_name, tokens)
                 {
                     txn.rec.set(sc::BUDGET_DAILY_USED, st.used);
                 }
@@ -848,7 +851,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     let resp = match conn.upstream.send(upstream_req, &authority).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::info!(dst = %conn.origin.dst, %host, "upstream failed: {e}");
+            crate::limited!(UpstreamRequest, info, dst = %conn.origin.dst, %host, "upstream failed: {e}");
             let mut txn = Transaction {
                 rec,
                 exchange,
