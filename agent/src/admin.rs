@@ -39,6 +39,10 @@ pub struct RecordStats {
     pub flows: AtomicU64,
     pub transactions: AtomicU64,
     pub spool_dropped: AtomicU64,
+    /// Flow records (close events already read off the ring buffer) that
+    /// could not be handed to the recorder: queue full past the wait, or
+    /// closed.
+    pub flow_dropped: AtomicU64,
     pub tail_lagged: AtomicU64,
 }
 
@@ -172,11 +176,15 @@ impl Collector for Metrics {
         counter(
             &mut enc,
             "egret_records_dropped",
-            "Records lost before the spool, by stage (queue full, spool full or failing)",
+            "Records lost before the spool, by stage (queue full, flow record not queued, spool full or failing)",
             &[
                 (
                     vec![("stage", "queue".into())],
                     s.l7.dropped_records.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("stage", "flow".into())],
+                    r.flow_dropped.load(Ordering::Relaxed),
                 ),
                 (
                     vec![("stage", "spool".into())],
@@ -351,6 +359,7 @@ fn status_json(s: &AdminState) -> serde_json::Value {
             "flows": s.records.flows.load(Ordering::Relaxed),
             "transactions": s.records.transactions.load(Ordering::Relaxed),
             "dropped_queue": s.l7.dropped_records.load(Ordering::Relaxed),
+            "dropped_flow": s.records.flow_dropped.load(Ordering::Relaxed),
             "dropped_spool": s.records.spool_dropped.load(Ordering::Relaxed),
         },
         "spool": s.spool.stats(),

@@ -288,6 +288,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         kernel.clone(),
         registry.clone(),
         tx.clone(),
+        record_stats.clone(),
         closes_stop.clone(),
     ));
     let api_state = Arc::new(api::ApiState {
