@@ -269,6 +269,18 @@ impl Collector for Metrics {
                 "Failed ClickHouse inserts retried",
                 &[(vec![], st.retries)],
             )?;
+            counter(
+                &mut enc,
+                "egret_clickhouse_dead_letter",
+                "Records ClickHouse rejected on their own, set aside in the dead-letter file and skipped",
+                &[(vec![], st.dead_lettered)],
+            )?;
+            counter(
+                &mut enc,
+                "egret_clickhouse_dead_letter_overflow",
+                "Rejected records not written to the dead-letter file (full or failing): lost",
+                &[(vec![], st.dead_letter_overflow)],
+            )?;
             let up = matches!(st.state, crate::sink::clickhouse::SinkState::Connected);
             gauge(
                 &mut enc,

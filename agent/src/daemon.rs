@@ -190,7 +190,10 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     match &cfg.store.clickhouse {
         Some(ch) => {
             let cursor = spool.cursor(sink::clickhouse::CURSOR_NAME)?;
-            let sink = ClickHouseSink::new(ch)?;
+            let sink = ClickHouseSink::new(ch)?.with_dead_letter(sink::clickhouse::DeadLetter {
+                path: state_dir.join(sink::clickhouse::DEAD_LETTER_FILE),
+                max_bytes: sink::clickhouse::DEAD_LETTER_MAX_BYTES,
+            });
             clickhouse_status = Some(sink.status_handle());
             sinks.push(tokio::spawn(sink.run(cursor, shutdown.child_token())));
         }
