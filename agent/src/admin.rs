@@ -39,6 +39,10 @@ pub struct RecordStats {
     pub flows: AtomicU64,
     pub transactions: AtomicU64,
     pub spool_dropped: AtomicU64,
+    /// Flow records (close events already read off the ring buffer) that
+    /// could not be handed to the recorder: queue full past the wait, or
+    /// closed.
+    pub flow_dropped: AtomicU64,
     pub tail_lagged: AtomicU64,
 }
 
@@ -207,11 +211,15 @@ impl Collector for Metrics {
         counter(
             &mut enc,
             "egret_records_dropped",
-            "Records lost before the spool, by stage (queue full, spool full or failing)",
+            "Records lost before the spool, by stage (queue full, flow record not queued, spool full or failing)",
             &[
                 (
                     vec![("stage", "queue".into())],
                     s.l7.dropped_records.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("stage", "flow".into())],
+                    r.flow_dropped.load(Ordering::Relaxed),
                 ),
                 (
                     vec![("stage", "spool".into())],
@@ -295,6 +303,18 @@ impl Collector for Metrics {
                 "egret_clickhouse_retries",
                 "Failed ClickHouse inserts retried",
                 &[(vec![], st.retries)],
+            )?;
+            counter(
+                &mut enc,
+                "egret_clickhouse_dead_letter",
+                "Records ClickHouse rejected on their own, set aside in the dead-letter file and skipped",
+                &[(vec![], st.dead_lettered)],
+            )?;
+            counter(
+                &mut enc,
+                "egret_clickhouse_dead_letter_overflow",
+                "Rejected records not written to the dead-letter file (full or failing): lost",
+                &[(vec![], st.dead_letter_overflow)],
             )?;
             let up = matches!(st.state, crate::sink::clickhouse::SinkState::Connected);
             gauge(
@@ -386,6 +406,7 @@ fn status_json(s: &AdminState) -> serde_json::Value {
             "flows": s.records.flows.load(Ordering::Relaxed),
             "transactions": s.records.transactions.load(Ordering::Relaxed),
             "dropped_queue": s.l7.dropped_records.load(Ordering::Relaxed),
+            "dropped_flow": s.records.flow_dropped.load(Ordering::Relaxed),
             "dropped_spool": s.records.spool_dropped.load(Ordering::Relaxed),
         },
         "spool": s.spool.stats(),

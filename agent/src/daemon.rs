@@ -197,7 +197,10 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     match &cfg.store.clickhouse {
         Some(ch) => {
             let cursor = spool.cursor(sink::clickhouse::CURSOR_NAME)?;
-            let sink = ClickHouseSink::new(ch)?;
+            let sink = ClickHouseSink::new(ch)?.with_dead_letter(sink::clickhouse::DeadLetter {
+                path: state_dir.join(sink::clickhouse::DEAD_LETTER_FILE),
+                max_bytes: sink::clickhouse::DEAD_LETTER_MAX_BYTES,
+            });
             clickhouse_status = Some(sink.status_handle());
             sinks.push(tokio::spawn(sink.run(cursor, shutdown.child_token())));
         }
@@ -249,7 +252,10 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         spool,
         rx,
         Recorder {
-            l7: l7.clone(),
+            stamp: {
+                let l7 = l7.clone();
+                Box::new(move |rec: &mut Record| stamp_gateway(&l7, rec))
+            },
             otlp: otlp.clone(),
             tail: tail.clone(),
             stats: record_stats.clone(),
@@ -293,6 +299,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         kernel.clone(),
         registry.clone(),
         tx.clone(),
+        record_stats.clone(),
         closes_stop.clone(),
     ));
     let api_state = Arc::new(api::ApiState {
@@ -540,34 +547,57 @@ async fn poll_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     }
 }
 
+/// The gateway a record belongs to: set by the proxy for transactions,
+/// derived from the attribution for flows.
+fn stamp_gateway(l7: &L7, rec: &mut Record) {
+    if rec.get(sc::GATEWAY_NAME).is_some() {
+        return;
+    }
+    let attr = rec.invocation_id().map(|_| Attribution {
+        invocation_id: String::new(),
+        agent_kind: rec.get_str(sc::AGENT_KIND).unwrap_or("").to_owned(),
+        agent_namespace: rec.get_str(sc::AGENT_NAMESPACE).unwrap_or("").to_owned(),
+        agent_name: rec.get_str(sc::AGENT_NAME).unwrap_or("").to_owned(),
+        ..Attribution::default()
+    });
+    if let Some(gw) = l7.policy.load().gateway_for(attr.as_ref()) {
+        rec.set(sc::GATEWAY_NAME, gw.name.as_str());
+    }
+}
+
 /// What the recorder hands records on to after the spool.
 struct Recorder {
-    l7: Arc<L7>,
+    /// Sets the record's gateway before it is spooled ([`stamp_gateway`]).
+    stamp: Box<dyn Fn(&mut Record) + Send>,
     otlp: Arc<arc_swap::ArcSwap<OtlpSinks>>,
     tail: broadcast::Sender<Arc<Record>>,
     stats: Arc<RecordStats>,
 }
 
-impl Recorder {
-    /// The gateway a record belongs to: set by the proxy for transactions,
-    /// derived from the attribution for flows.
-    fn stamp_gateway(&self, rec: &mut Record) {
-        if rec.get(sc::GATEWAY_NAME).is_some() {
-            return;
-        }
-        let attr = rec.invocation_id().map(|_| Attribution {
-            invocation_id: String::new(),
-            agent_kind: rec.get_str(sc::AGENT_KIND).unwrap_or("").to_owned(),
-            agent_namespace: rec.get_str(sc::AGENT_NAMESPACE).unwrap_or("").to_owned(),
-            agent_name: rec.get_str(sc::AGENT_NAME).unwrap_or("").to_owned(),
-            ..Attribution::default()
-        });
-        if let Some(gw) = self.l7.policy.load().gateway_for(attr.as_ref()) {
-            rec.set(sc::GATEWAY_NAME, gw.name.as_str());
-        }
+/// The records of `batch` the spool kept (`kept`: ascending indices into
+/// `batch`, from [`Spool::written_indices`]); the others are left out.
+fn durable_only(batch: &mut Vec<Record>, kept: &[usize]) -> Vec<Record> {
+    if kept.len() == batch.len() {
+        return std::mem::take(batch);
     }
+    let mut keep = kept.iter().copied().peekable();
+    batch
+        .drain(..)
+        .enumerate()
+        .filter_map(|(i, r)| {
+            if keep.peek() == Some(&i) {
+                keep.next();
+                Some(r)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
 
-    /// After the records are durable: exporters and live viewers.
+impl Recorder {
+    /// After the records are durable: exporters and live viewers. Only
+    /// records the spool kept may come here.
     fn fan_out(&self, batch: Vec<Record>) {
         let otlp = self.otlp.load();
         for rec in batch {
@@ -656,9 +686,12 @@ async fn record_loop(
         }
         last_append = std::time::Instant::now();
         for rec in batch.iter_mut() {
-            out.stamp_gateway(rec);
+            (out.stamp)(rec);
         }
-        match spool.append(&batch) {
+        // Only what the spool kept goes on: a record the spool refused or
+        // failed to write is counted as dropped and reaches no exporter and
+        // no viewer (nothing downstream may know a record the store lacks).
+        let durable = match spool.append(&batch) {
             Ok(o) => {
                 if o.dropped > 0 {
                     out.stats
@@ -677,6 +710,7 @@ async fn record_loop(
                         );
                     }
                 }
+                durable_only(&mut batch, spool.written_indices(&o))
             }
             Err(e) => {
                 out.stats
@@ -705,8 +739,172 @@ async fn record_loop(
                         }
                     }
                 }
+                Vec::new()
             }
+        };
+        out.fan_out(durable);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::otlp::{
+        settings::{resolve, OtlpConfig, SignalsConfig},
+        HttpClient, OtlpExporter, RetryPolicy,
+    };
+
+    /// A loopback OTLP/HTTP receiver answering 200 to everything.
+    async fn receiver() -> (String, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        |req: http::Request<hyper::body::Incoming>| async move {
+                            use http_body_util::BodyExt;
+                            let _ = req.into_body().collect().await;
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::new()),
+                            ))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+        (url, task)
+    }
+
+    fn txn(i: usize) -> Record {
+        let mut r = Record::new(sc::KIND_TRANSACTION);
+        r.set(sc::GATEWAY_NAME, "gw");
+        r.set(sc::INVOCATION_ID, format!("inv-{i}"));
+        r.set(sc::REQUEST_BODY, "x".repeat(200));
+        r
+    }
+
+    /// Runs the recorder over `n` records into `spool`; returns what the
+    /// tail saw, the spans the OTLP receiver accepted and the counters.
+    async fn record(spool: Spool, n: usize) -> (Vec<String>, u64, Arc<RecordStats>) {
+        let (url, rx_task) = receiver().await;
+        let cfg = OtlpConfig {
+            endpoint: Some(url),
+            signals: SignalsConfig {
+                traces: true,
+                logs: false,
+                metrics: false,
+            },
+            ..OtlpConfig::default()
+        };
+        let opts = ExportOptions {
+            flush_interval: Duration::from_millis(20),
+            retry: RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            },
+            ..ExportOptions::default()
+        };
+        let exp = OtlpExporter::start(
+            resolve("gw", &cfg, &|_| None).unwrap().unwrap(),
+            opts,
+            HttpClient::new().unwrap(),
+        )
+        .unwrap();
+        let mut sinks = OtlpSinks::default();
+        sinks.add(exp.clone());
+        let (tail, mut viewer) = broadcast::channel(TAIL_BUFFER);
+        let stats = Arc::new(RecordStats::default());
+        let (tx, rx) = mpsc::channel(RECORD_QUEUE);
+        let stop = CancellationToken::new();
+        let out = Recorder {
+            stamp: Box::new(|_| {}),
+            otlp: Arc::new(arc_swap::ArcSwap::from_pointee(sinks.clone())),
+            tail,
+            stats: stats.clone(),
+        };
+        let recorder = tokio::spawn(record_loop(spool, rx, out, stop.clone()));
+        for i in 0..n {
+            tx.send(txn(i)).await.unwrap();
         }
-        out.fan_out(std::mem::take(&mut batch));
+        drop(tx);
+        recorder.await.unwrap();
+        sinks.shutdown(Duration::from_secs(10)).await;
+        rx_task.abort();
+        let mut seen = Vec::new();
+        while let Ok(r) = viewer.try_recv() {
+            seen.push(r.invocation_id().unwrap().to_owned());
+        }
+        let st = exp.status();
+        assert_eq!(st.signals[0].dropped, 0, "{st:?}");
+        (seen, st.signals[0].sent, stats)
+    }
+
+    fn spooled(dir: &std::path::Path) -> Vec<String> {
+        crate::store::read_records(dir)
+            .unwrap()
+            .map(|r| r.unwrap().invocation_id().unwrap().to_owned())
+            .collect()
+    }
+
+    /// A spool full of unacknowledged data keeps part of a batch: only that
+    /// part reaches OTLP and the tail; the rest is counted as dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_the_spool_refused_reach_neither_otlp_nor_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&SpoolConfig {
+            dir: tmp.path().to_owned(),
+            max_bytes: 8 << 10,
+            segment_bytes: 4 << 10,
+        })
+        .unwrap();
+        // A sink that never acknowledges: nothing may be deleted.
+        let _cursor = spool.cursor("held").unwrap();
+        let n = 100;
+        let (seen, sent, stats) = record(spool, n).await;
+        let kept = spooled(tmp.path());
+        assert!(!kept.is_empty() && kept.len() < n, "{}", kept.len());
+        assert_eq!(seen, kept, "the tail saw exactly the spooled records");
+        assert_eq!(
+            sent,
+            kept.len() as u64,
+            "OTLP got exactly the spooled records"
+        );
+        assert_eq!(
+            stats.spool_dropped.load(Ordering::Relaxed),
+            (n - kept.len()) as u64
+        );
+        assert_eq!(
+            stats.transactions.load(Ordering::Relaxed),
+            kept.len() as u64,
+            "records written counts only what was written"
+        );
+    }
+
+    /// An append that fails (here: the next segment cannot be created)
+    /// keeps nothing of its batch, and nothing of it goes downstream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_of_a_failed_append_reach_neither_otlp_nor_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("spool");
+        let mut spool = Spool::open(&SpoolConfig {
+            dir: dir.clone(),
+            max_bytes: 1 << 20,
+            segment_bytes: 1,
+        })
+        .unwrap();
+        // Fill the first segment; then every append must start a new
+        // segment, in a directory that is gone.
+        spool.append(&[txn(999)]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let n = 20;
+        let (seen, sent, stats) = record(spool, n).await;
+        assert!(seen.is_empty(), "tail saw {seen:?}");
+        assert_eq!(sent, 0, "OTLP got records the spool does not have");
+        assert_eq!(stats.spool_dropped.load(Ordering::Relaxed), n as u64);
+        assert_eq!(stats.transactions.load(Ordering::Relaxed), 0);
     }
 }

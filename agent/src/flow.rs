@@ -6,16 +6,21 @@
 //! one flow record is sent on to the recorder.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use egret_common::{CloseEvent, SockTag, AF_INET, TAG_ATTRIBUTED, TAG_REDIRECTED};
 use tokio::{
     io::{unix::AsyncFd, Interest},
-    sync::mpsc,
+    sync::mpsc::{self, error::SendTimeoutError},
 };
 
 use crate::{
+    admin::RecordStats,
     attribution::Registry,
     bpf::{Kernel, KernelMaps},
     record::{now_unix_nanos, Record},
@@ -146,12 +151,57 @@ pub fn flow_record(
     rec
 }
 
+/// Longest a flow record waits for room in the records channel (the
+/// recorder is behind) before it is dropped and counted. Meanwhile the
+/// kernel's ring buffer keeps what it can (its overflow is counted there).
+pub const CLOSE_SEND_WAIT: Duration = Duration::from_secs(1);
+
+/// Hands flow records to the recorder, waiting up to `wait` for room for
+/// each. A record that finds no room in time is dropped and counted in
+/// `dropped`; once the channel is closed the record and every one still
+/// in `records` are counted and false is returned. Close events are gone
+/// from the ring buffer once read: none may be lost without a count.
+pub async fn deliver(
+    mut records: impl ExactSizeIterator<Item = Record>,
+    out: &mpsc::Sender<Record>,
+    wait: Duration,
+    dropped: &AtomicU64,
+) -> bool {
+    while let Some(rec) = records.next() {
+        match out.send_timeout(rec, wait).await {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => {
+                let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    dropped = n,
+                    "records queue full for {wait:?}: flow record dropped (counted in \
+                     egret_records_dropped_total{{stage=\"flow\"}})"
+                );
+            }
+            Err(SendTimeoutError::Closed(_)) => {
+                let lost = 1 + records.len() as u64;
+                dropped.fetch_add(lost, Ordering::Relaxed);
+                tracing::warn!(
+                    dropped = lost,
+                    "records queue closed: flow records dropped (counted in \
+                     egret_records_dropped_total{{stage=\"flow\"}})"
+                );
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Polls the close ring buffer until the channel closes, or until `stop`
 /// fires: then what the ring holds is read one last time and sent on.
+/// Flow records that cannot be handed on are counted in
+/// `stats.flow_dropped` ([`deliver`]).
 pub async fn run_close_loop(
     kernel: Arc<Kernel>,
     registry: Arc<Registry>,
     out: mpsc::Sender<Record>,
+    stats: Arc<RecordStats>,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     let clock = Clock::new();
@@ -179,11 +229,11 @@ pub async fn run_close_loop(
                 true
             }
         };
-        for ev in batch.drain(..) {
-            let rec = flow_record(&ev, &kernel.maps, &registry, clock);
-            if out.send(rec).await.is_err() {
-                return Ok(());
-            }
+        let records = batch
+            .drain(..)
+            .map(|ev| flow_record(&ev, &kernel.maps, &registry, clock));
+        if !deliver(records, &out, CLOSE_SEND_WAIT, &stats.flow_dropped).await {
+            return Ok(());
         }
         if last {
             return Ok(());
@@ -198,5 +248,50 @@ fn read_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, batch: &mut Ve
         }
         // SAFETY: the kernel wrote a CloseEvent; read it unaligned.
         batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<CloseEvent>()) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recs(n: usize) -> Vec<Record> {
+        (0..n).map(|_| Record::new(sc::KIND_FLOW)).collect()
+    }
+
+    #[tokio::test]
+    async fn flow_records_that_find_no_room_are_counted() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let dropped = AtomicU64::new(0);
+        let wait = Duration::from_millis(20);
+        // Room for two: the other three wait, then are dropped and counted.
+        assert!(deliver(recs(5).into_iter(), &tx, wait, &dropped).await);
+        assert_eq!(dropped.load(Ordering::Relaxed), 3);
+        assert!(rx.recv().await.is_some() && rx.recv().await.is_some());
+        // A recorder that catches up within the wait loses nothing.
+        let reader = tokio::spawn(async move {
+            let mut n = 0;
+            while rx.recv().await.is_some() {
+                n += 1;
+            }
+            n
+        });
+        assert!(deliver(recs(50).into_iter(), &tx, Duration::from_secs(10), &dropped).await);
+        drop(tx);
+        assert_eq!(reader.await.unwrap(), 50);
+        assert_eq!(dropped.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn flow_records_for_a_closed_channel_are_counted() {
+        let (tx, rx) = mpsc::channel(8);
+        drop(rx);
+        let dropped = AtomicU64::new(0);
+        assert!(!deliver(recs(7).into_iter(), &tx, CLOSE_SEND_WAIT, &dropped).await);
+        assert_eq!(
+            dropped.load(Ordering::Relaxed),
+            7,
+            "every record read is counted"
+        );
     }
 }

@@ -306,6 +306,8 @@ pub struct Spool {
     active_len: u64,
     buf: Vec<u8>,
     frame_ends: Vec<usize>,
+    /// `frame_records[i]`: index in the appended batch of frame `i`.
+    frame_records: Vec<usize>,
     _lock: File,
 }
 
@@ -389,6 +391,7 @@ impl Spool {
             active_len,
             buf: Vec::with_capacity(READ_BUF),
             frame_ends: Vec::new(),
+            frame_records: Vec::new(),
             _lock: lock,
         })
     }
@@ -503,6 +506,14 @@ impl Spool {
         })
     }
 
+    /// Which records of the batch last given to [`append`](Self::append)
+    /// are durable, as indices into that batch, in order: the first
+    /// `outcome.written` framed records. `outcome` must be what that append
+    /// returned (on `Err` nothing was kept: pass nothing).
+    pub fn written_indices(&self, outcome: &AppendOutcome) -> &[usize] {
+        &self.frame_records[..outcome.written.min(self.frame_records.len())]
+    }
+
     fn fail(&self, dropped: usize) {
         let c = &self.shared.counters;
         c.io_errors.fetch_add(1, Ordering::Relaxed);
@@ -515,8 +526,9 @@ impl Spool {
     fn encode(&mut self, records: &[Record]) -> usize {
         self.buf.clear();
         self.frame_ends.clear();
+        self.frame_records.clear();
         let mut oversize = 0;
-        for r in records {
+        for (i, r) in records.iter().enumerate() {
             let start = self.buf.len();
             self.buf.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
             let ok = serde_json::to_writer(&mut self.buf, r).is_ok();
@@ -531,6 +543,7 @@ impl Spool {
             self.buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
             self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
             self.frame_ends.push(self.buf.len());
+            self.frame_records.push(i);
         }
         if oversize > 0 {
             tracing::warn!(
@@ -1445,6 +1458,11 @@ mod tests {
             let out = spool.append(&recs(i * 10..i * 10 + 10)).unwrap();
             written += out.written;
             dropped += out.dropped;
+            // A partly kept batch keeps its head.
+            assert_eq!(
+                spool.written_indices(&out),
+                (0..out.written).collect::<Vec<_>>()
+            );
         }
         assert!(dropped > 0 && written > 0);
         assert_eq!(written + dropped, 2000);
@@ -1493,6 +1511,8 @@ mod tests {
             }
         );
         assert_eq!(starts(tmp.path()), vec![0, 2]);
+        // The caller learns which of its records are the durable ones.
+        assert_eq!(spool.written_indices(&out), &[0, 2]);
     }
 
     #[test]

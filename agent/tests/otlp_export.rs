@@ -338,6 +338,53 @@ async fn transport_errors_are_retried_and_show_disconnected() {
     exp.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A receiver that accepts connections and never answers: at the shutdown
+/// deadline the batch in flight and the records still queued are given up,
+/// and every one of them is counted as dropped.
+#[tokio::test]
+async fn items_abandoned_at_the_shutdown_deadline_are_counted() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (conn_tx, mut conn_rx) = tokio::sync::mpsc::unbounded_channel();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = l.accept().await {
+            let _ = conn_tx.send(());
+            held.push(sock); // read nothing, answer nothing
+        }
+    });
+    let cfg = OtlpConfig {
+        timeout: Some(Duration::from_secs(60)),
+        ..traces_only(&format!("http://{addr}"))
+    };
+    let opts = ExportOptions {
+        max_batch: 2,
+        ..fast_opts()
+    };
+    let exp = OtlpExporter::start(
+        resolve("gw", &cfg, &no_env).unwrap().unwrap(),
+        opts,
+        client(),
+    )
+    .unwrap();
+    for _ in 0..5 {
+        exp.offer(&txn(200));
+    }
+    // The first batch is on the wire and waits for an answer.
+    tokio::time::timeout(Duration::from_secs(15), conn_rx.recv())
+        .await
+        .expect("the exporter connects")
+        .unwrap();
+    let t0 = Instant::now();
+    exp.shutdown(Duration::from_millis(300)).await;
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let st = exp.status();
+    let t = signal(&st.signals, "traces");
+    assert_eq!(t.sent, 0, "{t:?}");
+    assert_eq!(t.dropped, 5, "every abandoned record is counted: {t:?}");
+    silent.abort();
+}
+
 // ---- queueing ---------------------------------------------------------------------
 
 /// On a current-thread runtime the workers cannot run while the test

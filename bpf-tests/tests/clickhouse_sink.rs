@@ -8,8 +8,8 @@ use bpf_tests::clickhouse_rig::ClickHouseRig;
 use egret::record::{AttrValue, Record};
 use egret::semconv as sc;
 use egret::sink::clickhouse::{
-    query_records, ClickHouseConfig, ClickHouseSink, ColKind, FlowRow, SinkState, StatusHandle,
-    TransactionRow, CURSOR_NAME,
+    query_records, ClickHouseConfig, ClickHouseSink, ColKind, DeadLetter, FlowRow, SinkState,
+    StatusHandle, TransactionRow, CURSOR_NAME,
 };
 use egret::store::{Spool, SpoolConfig, SpoolHandle};
 use tokio_util::sync::CancellationToken;
@@ -428,6 +428,138 @@ async fn clickhouse_outage_loses_and_duplicates_nothing() {
     eprintln!("outage: {raw} physical rows for 3000 records (duplicates collapse under FINAL)");
     let recs = query_records(&cfg, Some("inv-o"), None).await.unwrap();
     assert_eq!(recs.len(), 3000, "zero duplicated through query_records");
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// A record the server rejects on its own (here: an operator's guard
+/// column, `throwIf` — 18.16 has no CHECK constraints, and nothing egret
+/// itself writes fails there) must not stall the sink: the batch is split,
+/// the good records land, the poison one goes to the dead-letter file and
+/// the cursor moves past it. A poison record alone is not set aside (a
+/// server refusing everything looks the same) until good ones join it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_record_is_set_aside_and_the_rest_delivered() {
+    let Some(rig) = ClickHouseRig::start_or_skip("clickhouse_poison") else {
+        return;
+    };
+    let db = "egret_poison";
+    let cfg = ClickHouseConfig {
+        batch_rows: 100,
+        ..cfg(&rig, db)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dl_path = dir.path().join("dead-letter.jsonl");
+    let mut spool = Spool::open(&spool_cfg(&dir.path().join("spool"))).unwrap();
+    let handle = spool.handle();
+    let sink = ClickHouseSink::new(&cfg)
+        .unwrap()
+        .with_dead_letter(DeadLetter {
+            path: dl_path.clone(),
+            max_bytes: 1 << 20,
+        });
+    let (status, stop, task) = spawn_sink(sink, &handle);
+    wait_for("schema migration", Duration::from_secs(30), || {
+        status.get().state == SinkState::Connected
+    })
+    .await;
+    rig.query(&format!(
+        "ALTER TABLE {db}.transactions ADD COLUMN guard UInt8 \
+         MATERIALIZED throwIf(ifNull(agent_name, '') = 'poison')"
+    ))
+    .unwrap();
+    let poison = |i: i64| {
+        let mut r = tx("inv-p", i);
+        r.set(sc::AGENT_NAME, "poison");
+        r
+    };
+
+    // One batch: good transactions and flows around one poison record.
+    let mut batch: Vec<Record> = (0..40)
+        .map(|i| {
+            if i % 4 == 0 {
+                flow("inv-p", i)
+            } else {
+                tx("inv-p", i)
+            }
+        })
+        .collect();
+    batch.insert(23, poison(1000));
+    let poison_id = batch[23].id().to_owned();
+    assert_eq!(spool.append(&batch).unwrap().written, 41);
+    wait_for("the good records", Duration::from_secs(30), || {
+        status.get().rows_inserted == 40 && lag(&handle) == 0
+    })
+    .await;
+    let st = status.get();
+    assert_eq!(
+        (st.dead_lettered, st.dead_letter_overflow),
+        (1, 0),
+        "{st:?}"
+    );
+    assert_eq!(st.state, SinkState::Connected);
+    assert_eq!(count(&rig, db, "count()", true), 40);
+    let in_ch = rig
+        .query_u64(&format!(
+            "SELECT count() FROM {db}.transactions WHERE egret_record_id = '{poison_id}'"
+        ))
+        .unwrap();
+    assert_eq!(in_ch, 0);
+    let text = std::fs::read_to_string(&dl_path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["record"][sc::RECORD_ID], poison_id.as_str());
+    assert!(
+        lines[0]["error"].as_str().unwrap().contains("throwIf"),
+        "{}",
+        lines[0]
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dl_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Not stalled: later records flow.
+    let later: Vec<Record> = (100..110).map(|i| tx("inv-p", i)).collect();
+    spool.append(&later).unwrap();
+    wait_for("later records", Duration::from_secs(30), || {
+        status.get().rows_inserted == 50 && lag(&handle) == 0
+    })
+    .await;
+
+    // A poison record alone: the server refuses the whole batch, which is
+    // kept and retried, not set aside ...
+    spool.append(&[poison(2000)]).unwrap();
+    let retries = status.get().retries;
+    wait_for(
+        "the lone record to be retried",
+        Duration::from_secs(30),
+        || status.get().retries >= retries + 2,
+    )
+    .await;
+    let st = status.get();
+    assert_eq!((st.dead_lettered, st.rows_inserted), (1, 50), "{st:?}");
+    assert_eq!(st.state, SinkState::Error);
+    assert!(lag(&handle) > 0);
+    // ... until good records join it in the retried batch.
+    spool.append(&[tx("inv-p", 3000)]).unwrap();
+    wait_for("the retried batch", Duration::from_secs(60), || {
+        status.get().rows_inserted == 51 && lag(&handle) == 0
+    })
+    .await;
+    let st = status.get();
+    assert_eq!(
+        (st.dead_lettered, st.dead_letter_overflow),
+        (2, 0),
+        "{st:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&dl_path).unwrap().lines().count(),
+        2
+    );
+    assert_eq!(count(&rig, db, "count()", true), 51);
     stop.cancel();
     task.await.unwrap().unwrap();
 }

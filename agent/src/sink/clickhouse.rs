@@ -45,6 +45,16 @@
 //! queries should use `FINAL` too, or `uniqExact(egret_record_id)` /
 //! `argMax(...)` grouped by `egret_record_id` for large aggregations.
 //!
+//! # Rejected records
+//!
+//! A batch the server refuses for its data ([`SinkError::rejects_data`]) is
+//! split in halves, recursively: accepted parts are inserted, each record
+//! rejected on its own is written to the dead-letter file ([`DeadLetter`],
+//! fsync'd) and counted, and the cursor is committed past the batch. If
+//! nothing of the batch is accepted, nothing is set aside: the batch is
+//! retried with backoff, joined by newer records (a lone bad record and a
+//! schema that refuses every row look the same until then).
+//!
 //! # Migrations
 //!
 //! [`ClickHouseSink::migrate`] is idempotent: `CREATE DATABASE/TABLE IF NOT
@@ -151,7 +161,52 @@ pub enum SinkError {
     Internal(String),
 }
 
+/// ClickHouse error codes that are about the data sent, not the server or
+/// the schema: the same rows fail again, other rows go through. Checked
+/// against 18.16 (which answers HTTP 500 for all of them, so the status
+/// cannot tell) and current servers.
+const DATA_ERROR_CODES: &[u32] = &[
+    6,   // CANNOT_PARSE_TEXT
+    26,  // CANNOT_PARSE_QUOTED_STRING
+    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    38,  // CANNOT_PARSE_DATE
+    41,  // CANNOT_PARSE_DATETIME
+    53,  // TYPE_MISMATCH
+    69,  // ARGUMENT_OUT_OF_BOUND
+    70,  // CANNOT_CONVERT_TYPE
+    72,  // CANNOT_PARSE_NUMBER
+    117, // INCORRECT_DATA
+    128, // TOO_LARGE_ARRAY_SIZE
+    131, // TOO_LARGE_STRING_SIZE
+    190, // SIZES_OF_ARRAYS_DOESNT_MATCH
+    321, // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    395, // FUNCTION_THROW_IF_VALUE_IS_NON_ZERO (a throwIf() column guard)
+    469, // VIOLATED_CONSTRAINT (a CHECK constraint, current servers)
+];
+
+/// The `Code: N` of a ClickHouse exception text (`Code: 395, e.displayText()
+/// = ...` on 18.16, `Code: 395. DB::Exception: ...` on current servers).
+fn exception_code(text: &str) -> Option<u32> {
+    let rest = &text[text.find("Code: ")? + "Code: ".len()..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 impl SinkError {
+    /// The server refused the rows themselves (a type, parse or check
+    /// error; too many partitions in one block): retrying the same batch
+    /// cannot succeed, a smaller one may. Connection failures, timeouts and
+    /// server-side trouble (overload, read-only, unknown table) are not.
+    pub fn rejects_data(&self) -> bool {
+        let SinkError::ClickHouse(::clickhouse::error::Error::BadResponse(text)) = self else {
+            return false;
+        };
+        text.contains("Too many partitions for single INSERT block")
+            || exception_code(text).is_some_and(|c| DATA_ERROR_CODES.contains(&c))
+    }
+
     /// Connection-level failure (server unreachable) rather than a server-side error.
     pub fn is_disconnect(&self) -> bool {
         matches!(
@@ -693,6 +748,12 @@ pub struct SinkStatus {
     pub retries: u64,
     /// Rows read from the spool and waiting for an acknowledged INSERT.
     pub pending_rows: u64,
+    /// Records the server rejected on their own (isolated by splitting the
+    /// batch), set aside in the dead-letter file and skipped.
+    pub dead_lettered: u64,
+    /// Of those, records not written to the dead-letter file (file full
+    /// or not writable): lost, and counted here.
+    pub dead_letter_overflow: u64,
 }
 
 impl Default for SinkStatus {
@@ -706,6 +767,8 @@ impl Default for SinkStatus {
             batches_inserted: 0,
             retries: 0,
             pending_rows: 0,
+            dead_lettered: 0,
+            dead_letter_overflow: 0,
         }
     }
 }
@@ -739,6 +802,33 @@ impl StatusHandle {
     }
 }
 
+/// The dead-letter file's name in the state directory.
+pub const DEAD_LETTER_FILE: &str = "clickhouse-dead-letter.jsonl";
+/// Largest dead-letter file; records beyond are counted, not written.
+pub const DEAD_LETTER_MAX_BYTES: u64 = 64 << 20;
+
+/// Data rejections of single records, with nothing of the batch accepted,
+/// after which the batch counts as refused as a whole (schema or server
+/// trouble, not bad records): retried, nothing set aside.
+const MAX_REJECTED_BEFORE_ANY_ACCEPTED: usize = 8;
+
+/// Where records the server keeps rejecting are set aside: JSON lines
+/// (`{"time_unix_nano", "error", "record"}`), mode 0600, at most
+/// `max_bytes`.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub path: std::path::PathBuf,
+    pub max_bytes: u64,
+}
+
+/// Outcome of inserting a batch record by record where needed.
+#[derive(Debug, Default)]
+struct Isolated {
+    inserted: usize,
+    /// (index into the batch, the server's error).
+    rejected: Vec<(usize, String)>,
+}
+
 /// Delivers spooled records to ClickHouse. See the module docs.
 #[derive(Clone)]
 pub struct ClickHouseSink {
@@ -748,6 +838,7 @@ pub struct ClickHouseSink {
     tx_table: String,
     flow_table: String,
     status: StatusHandle,
+    dead_letter: Option<DeadLetter>,
 }
 
 impl std::fmt::Debug for ClickHouseSink {
@@ -789,7 +880,15 @@ impl ClickHouseSink {
             cfg: cfg.clone(),
             client,
             status: StatusHandle::default(),
+            dead_letter: None,
         })
+    }
+
+    /// Sets the dead-letter file for records the server keeps rejecting.
+    /// Without one such records are still skipped, and counted as overflow.
+    pub fn with_dead_letter(mut self, dead_letter: DeadLetter) -> Self {
+        self.dead_letter = Some(dead_letter);
+        self
     }
 
     pub fn config(&self) -> &ClickHouseConfig {
@@ -1026,20 +1125,19 @@ impl ClickHouseSink {
                 continue;
             }
 
-            // Flush, retrying the same batch until it is acknowledged.
-            loop {
-                match self.deliver(&mut cursor, &mut pending).await {
-                    Ok(()) => {
-                        oldest_pending = None;
-                        backoff.reset();
-                        break;
-                    }
-                    Err(e) => {
-                        self.note_failure(&e, "ClickHouse insert failed; will retry");
-                        self.status.update(|s| s.retries += 1);
-                        if self.sleep_or_shutdown(&mut backoff, &shutdown).await {
-                            return Ok(());
-                        }
+            // Flush; on failure keep the batch and retry it after a backoff,
+            // topped up with what arrived meanwhile (so a record the server
+            // rejects can be told apart from a server rejecting everything).
+            match self.deliver(&mut cursor, &mut pending).await {
+                Ok(()) => {
+                    oldest_pending = None;
+                    backoff.reset();
+                }
+                Err(e) => {
+                    self.note_failure(&e, "ClickHouse insert failed; will retry");
+                    self.status.update(|s| s.retries += 1);
+                    if self.sleep_or_shutdown(&mut backoff, &shutdown).await {
+                        return Ok(());
                     }
                 }
             }
@@ -1056,9 +1154,19 @@ impl ClickHouseSink {
             return Ok(());
         };
         let refs: Vec<&Record> = pending.iter().map(|(_, r)| r).collect();
-        let counts = self.insert_refs(&refs).await?;
+        let isolated = match self.insert_refs(&refs).await {
+            Ok(_) => Isolated {
+                inserted: refs.len(),
+                rejected: Vec::new(),
+            },
+            Err(e) if e.rejects_data() => self.isolate(&refs, e).await?,
+            Err(e) => return Err(e),
+        };
+        // Set aside (durably) before the cursor moves past them.
+        let overflow = self.set_aside(&refs, &isolated.rejected);
         drop(refs);
-        let rows = pending.len() as u64;
+        let rows = isolated.inserted as u64;
+        let rejected = isolated.rejected.len() as u64;
         pending.clear();
         // The commit is small (one tiny file + fsyncs). If it fails the rows
         // are in ClickHouse anyway: a later commit or a re-delivery after
@@ -1066,19 +1174,85 @@ impl ClickHouseSink {
         if let Err(e) = cursor.commit(last) {
             tracing::warn!(error = %e, "cannot persist the ClickHouse spool cursor");
         }
-        tracing::debug!(
-            transactions = counts.transactions,
-            flows = counts.flows,
-            "inserted into ClickHouse"
-        );
+        tracing::debug!(rows, rejected, "inserted into ClickHouse");
         self.status.update(|s| {
             s.state = SinkState::Connected;
             s.rows_inserted += rows;
             s.batches_inserted += 1;
             s.pending_rows = 0;
             s.last_insert_unix_nano = Some(now_unix_nanos());
+            s.dead_lettered += rejected;
+            s.dead_letter_overflow += overflow;
         });
         Ok(())
+    }
+
+    /// After the server rejected `records` for their data (`first`): splits
+    /// the batch in halves, recursively, inserting the parts it accepts,
+    /// down to the single records it rejects on their own. A retryable
+    /// error stops it (`Err`: the batch is retried; what was inserted is
+    /// deduplicated on re-delivery). If nothing at all is accepted the
+    /// batch is not a few bad records but the server or the schema
+    /// refusing everything: `Err(first)`, nothing is set aside.
+    async fn isolate(&self, records: &[&Record], first: SinkError) -> Result<Isolated, SinkError> {
+        let n = records.len();
+        if n < 2 {
+            return Err(first);
+        }
+        let mut out = Isolated::default();
+        let mut todo = vec![(n / 2, n), (0, n / 2)];
+        while let Some((lo, hi)) = todo.pop() {
+            match self.insert_refs(&records[lo..hi]).await {
+                Ok(_) => out.inserted += hi - lo,
+                Err(e) if e.rejects_data() => {
+                    if hi - lo == 1 {
+                        out.rejected.push((lo, e.to_string()));
+                        if out.inserted == 0
+                            && out.rejected.len() >= MAX_REJECTED_BEFORE_ANY_ACCEPTED
+                        {
+                            return Err(first);
+                        }
+                    } else {
+                        let mid = lo + (hi - lo) / 2;
+                        todo.push((mid, hi));
+                        todo.push((lo, mid));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if out.inserted == 0 {
+            return Err(first);
+        }
+        out.rejected.sort_unstable_by_key(|(i, _)| *i);
+        Ok(out)
+    }
+
+    /// Writes the rejected records to the dead-letter file (fsync'd) and
+    /// logs each; returns how many could not be written (counted as
+    /// overflow: file full, no file configured, or an I/O error).
+    fn set_aside(&self, records: &[&Record], rejected: &[(usize, String)]) -> u64 {
+        if rejected.is_empty() {
+            return 0;
+        }
+        for (i, err) in rejected {
+            tracing::warn!(
+                record_id = records[*i].id(),
+                error = %err,
+                "ClickHouse rejects this record; set aside in the dead-letter file and skipped"
+            );
+        }
+        let Some(dl) = &self.dead_letter else {
+            return rejected.len() as u64;
+        };
+        match write_dead_letters(dl, records, rejected) {
+            Ok(written) => (rejected.len() - written) as u64,
+            Err(e) => {
+                tracing::error!(path = %dl.path.display(), error = %e,
+                    "cannot write the ClickHouse dead-letter file; rejected records are lost (counted)");
+                rejected.len() as u64
+            }
+        }
     }
 
     fn note_failure(&self, e: &SinkError, msg: &'static str) {
@@ -1163,6 +1337,42 @@ impl ClickHouseSink {
         };
         self.timed("query", fut).await
     }
+}
+
+/// Appends one JSON line per rejected record to the dead-letter file while
+/// it stays under `max_bytes`; returns how many were written.
+fn write_dead_letters(
+    dl: &DeadLetter,
+    records: &[&Record],
+    rejected: &[(usize, String)],
+) -> std::io::Result<usize> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&dl.path)?;
+    let mut len = f.metadata()?.len();
+    let mut written = 0;
+    let now = now_unix_nanos();
+    for (i, err) in rejected {
+        let mut line = serde_json::to_vec(&serde_json::json!({
+            "time_unix_nano": now,
+            "error": err,
+            "record": records[*i],
+        }))
+        .map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        if len + line.len() as u64 > dl.max_bytes {
+            continue;
+        }
+        f.write_all(&line)?;
+        len += line.len() as u64;
+        written += 1;
+    }
+    f.sync_data()?;
+    Ok(written)
 }
 
 /// Rows written by one [`ClickHouseSink::insert`].
@@ -1332,6 +1542,35 @@ mod tests {
             ..ClickHouseConfig::default()
         };
         assert!(matches!(schema_ddl(&bad), Err(SinkError::Config(_))));
+    }
+
+    #[test]
+    fn data_rejections_are_told_from_server_trouble() {
+        let bad =
+            |t: &str| SinkError::ClickHouse(::clickhouse::error::Error::BadResponse(t.into()));
+        // 18.16 and current servers word it differently.
+        for t in [
+            "Code: 395, e.displayText() = DB::Exception: Value passed to 'throwIf' function is non zero, e.what() = DB::Exception",
+            "Code: 469. DB::Exception: Constraint `c` for table t is violated. (VIOLATED_CONSTRAINT)",
+            "Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100). (TOO_MANY_PARTS)",
+            "Code: 53, e.displayText() = DB::Exception: Type mismatch",
+        ] {
+            assert!(bad(t).rejects_data(), "{t}");
+        }
+        for t in [
+            "Code: 252, e.displayText() = DB::Exception: Too many parts (300). Merges are processing significantly slower than inserts",
+            "Code: 60, e.displayText() = DB::Exception: Table egret.transactions doesn't exist",
+            "Code: 16, e.displayText() = DB::Exception: No such column foo in table",
+            "Code: 241, e.displayText() = DB::Exception: Memory limit (total) exceeded",
+            "500 Internal Server Error",
+            "Code: 3950",
+        ] {
+            assert!(!bad(t).rejects_data(), "{t}");
+        }
+        assert!(!SinkError::Timeout("INSERT", Duration::from_secs(1)).rejects_data());
+        assert_eq!(exception_code("Code: 395, e"), Some(395));
+        assert_eq!(exception_code("Code: 395. DB"), Some(395));
+        assert_eq!(exception_code("nothing"), None);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! exporters (one per gateway + the dev tee) the daemon offers records to.
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -86,6 +89,9 @@ struct Pipe {
     tx: mpsc::Sender<Item>,
     stats: Arc<SignalStats>,
     capacity: usize,
+    /// Records accepted into the queue and not yet sent or dropped (queued,
+    /// batched, or in a request): what shutdown gives up at its deadline.
+    in_hand: Arc<AtomicU64>,
 }
 
 struct Inner {
@@ -162,7 +168,9 @@ impl OtlpExporter {
             let target = settings.target(signal)?.clone();
             let stats = Arc::new(SignalStats::new(signal, endpoint_text(&target)));
             let (tx, rx) = mpsc::channel(settings.queue_capacity);
+            let in_hand = Arc::new(AtomicU64::new(0));
             let worker = Worker {
+                in_hand: in_hand.clone(),
                 signal,
                 target,
                 stats: stats.clone(),
@@ -176,6 +184,7 @@ impl OtlpExporter {
                 tx,
                 stats,
                 capacity: settings.queue_capacity,
+                in_hand,
             })
         };
         let traces = pipe(Signal::Traces);
@@ -262,6 +271,8 @@ impl OtlpExporter {
             // Reserve first so a full queue costs no clone.
             match pipe.tx.try_reserve() {
                 Ok(permit) => {
+                    // Before the send, so the worker never settles it first.
+                    pipe.in_hand.fetch_add(1, Ordering::Relaxed);
                     let rec = shared.get_or_insert_with(|| Arc::new(rec.clone())).clone();
                     permit.send(Item {
                         gateway: gateway.cloned(),
@@ -294,18 +305,35 @@ impl OtlpExporter {
     }
 
     /// Stops the exporter: queued records are flushed and metrics exported
-    /// once more, for at most `deadline`; then the tasks are aborted.
+    /// once more, for at most `deadline`; then the tasks are aborted and
+    /// every record given up (queued, batched or in an unanswered request)
+    /// is counted as dropped.
     pub async fn shutdown(&self, deadline: Duration) {
         self.inner.cancel.cancel();
         let tasks: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
         let all = futures_util::future::join_all(tasks);
-        if tokio::time::timeout(deadline, all).await.is_err() {
-            tracing::warn!(exporter = %self.inner.name, "otlp: shutdown deadline passed; aborting");
+        tokio::pin!(all);
+        if tokio::time::timeout(deadline, all.as_mut()).await.is_err() {
             for a in aborts {
                 a.abort();
             }
+            // Aborted tasks end at their next await: after this nothing
+            // settles records any more, so what is in hand is final.
+            all.await;
+            let inner = &*self.inner;
+            let mut abandoned = 0;
+            for pipe in [&inner.traces, &inner.logs].into_iter().flatten() {
+                let n = pipe.in_hand.swap(0, Ordering::Relaxed);
+                pipe.stats.add_dropped(n);
+                abandoned += n;
+            }
+            tracing::warn!(
+                exporter = %inner.name,
+                abandoned,
+                "otlp: shutdown deadline passed; aborted, records not sent counted as dropped"
+            );
         }
     }
 }
@@ -339,6 +367,8 @@ fn approx_size(rec: &Record) -> usize {
 }
 
 struct Worker {
+    /// Shared with [`Pipe::in_hand`]: settled here once sent or dropped.
+    in_hand: Arc<AtomicU64>,
     signal: Signal,
     target: SignalTarget,
     stats: Arc<SignalStats>,
@@ -413,7 +443,12 @@ impl Worker {
         };
         let records = batch.len() as u64;
         batch.clear();
+        // Settled (sent, dropped, or nothing to send) only when done: an
+        // abort at the shutdown deadline drops this future mid-export and
+        // leaves them in hand, to be counted as dropped.
+        let settle = |n: u64| self.in_hand.fetch_sub(n, Ordering::Relaxed);
         if n == 0 {
+            settle(records);
             return;
         }
         let body = match gzip(&raw) {
@@ -421,6 +456,7 @@ impl Worker {
             Err(e) => {
                 tracing::warn!(signal = %self.signal, error = %e, "otlp: gzip failed; batch dropped");
                 self.stats.add_dropped(records);
+                settle(records);
                 return;
             }
         };
@@ -435,6 +471,7 @@ impl Worker {
                 &self.stats,
             )
             .await;
+        settle(records);
     }
 }
 
