@@ -469,3 +469,166 @@ fn a_sandbox_netns_inside_trusted_cidrs_cannot_reach_the_proxy_protocol_listener
     let words = connect_words(ns.command("python3"), &[("10.232.2.1", pp_port)]);
     assert_eq!(words, ["connected"]);
 }
+
+/// The agent's resident memory (KiB).
+fn rss_kib(agent: &Agent) -> u64 {
+    proc_rss_kib(agent.pid().expect("agent pid")).0
+}
+
+#[test]
+fn a_hostile_sandbox_cannot_exhaust_the_agent_or_starve_another() {
+    if !require_privileges("hostile_sandbox") {
+        return;
+    }
+    use bpf_tests::world::*;
+    let w = World::with(WorldOptions {
+        plain_ports: vec![80],
+        agent: AgentOptions {
+            extra_node_yaml: "  limits:\n    maxConnectionsPerSandbox: 200\n".into(),
+            ..AgentOptions::default()
+        },
+        ..WorldOptions::default()
+    });
+    let hostile = w.sandbox(&unique("inv-hostile-"), None);
+    let victim_inv = unique("inv-victim-");
+    let victim = w.sandbox(&victim_inv, None);
+    let base = rss_kib(&w.agent);
+
+    // 1. Many HTTP/2 streams on one connection, each a 4 MiB request body
+    //    with a known length: before, every one was buffered whole at once.
+    const STREAMS: usize = 48;
+    let body = w.mock.dir().join("big.json");
+    let pad = "x".repeat(4 * 1024 * 1024 - 100);
+    std::fs::write(
+        &body,
+        format!("{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"{pad}\"}}]}}"),
+    )
+    .unwrap();
+    let mut args: Vec<String> = ["--http2", "--parallel", "--parallel-max", "100", "-sS"]
+        .map(String::from)
+        .to_vec();
+    args.extend(["--max-time".into(), "240".into()]);
+    for k in 0..STREAMS {
+        if k > 0 {
+            args.push("--next".into());
+            args.extend([
+                "--http2".into(),
+                "-sS".into(),
+                "--max-time".into(),
+                "240".into(),
+            ]);
+        }
+        args.extend(
+            [
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}\n",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+            ]
+            .map(String::from),
+        );
+        args.push(format!("@{}", body.display()));
+        args.push("https://api.openai.com/v1/chat/completions".into());
+    }
+    let sampler_stop = std::sync::atomic::AtomicBool::new(false);
+    let (codes, peak) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !sampler_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(&w.agent));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = w.curl(&hostile, &argv);
+        sampler_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (out, sampler.join().unwrap())
+    });
+    let ok = codes.lines().filter(|c| c.trim() == "200").count();
+    assert_eq!(
+        ok, STREAMS,
+        "every large request still went through: {codes}"
+    );
+    // Buffering is bounded by the sandbox's budget (32 MiB by default):
+    // 48 × 4 MiB = 192 MiB were in flight.
+    let grown_mib = peak.saturating_sub(base) / 1024;
+    assert!(
+        grown_mib < 96,
+        "agent RSS grew {grown_mib} MiB under {STREAMS} × 4 MiB h2 streams (base {base} KiB)"
+    );
+    assert!(
+        w.agent
+            .metric("egret_request_bodies_streamed_over_budget_total")
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{}",
+        w.agent.metrics()
+    );
+
+    // 2. More idle connections than the sandbox may hold, kept open while
+    //    another sandbox works.
+    let script = clients_dir().join("conn_client.py");
+    let mut held = std::process::Command::from({
+        let mut c = w.command(&hostile, std::path::Path::new("/usr/bin/python3"));
+        c.args([
+            script.to_str().unwrap(),
+            "many",
+            "api.openai.com",
+            "80",
+            "--conns",
+            "400",
+            "--parallel",
+            "100",
+            "--path",
+            "/json/10",
+            "--host-header",
+            "api.openai.com",
+        ]);
+        c
+    })
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut out = std::io::BufReader::new(held.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let rep: serde_json::Value = serde_json::from_str(&line).expect("many report");
+    assert!(
+        rep["ok"].as_u64().unwrap() <= 200,
+        "the sandbox held more than its 200 connections: {rep}"
+    );
+    assert!(
+        w.agent
+            .metric("egret_sandbox_limit_refusals_total{limit=\"connections\"}")
+            .unwrap_or(0.0)
+            >= 200.0
+    );
+    // The victim is served, promptly, while all that is held.
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let out = w.curl(
+            &victim,
+            &["-w", "\n%{http_code}", "https://api.openai.com/json/10"],
+        );
+        assert!(out.ends_with("\n200"), "{out}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "victim call took {:?}",
+            t.elapsed()
+        );
+    }
+    {
+        use std::io::Write;
+        writeln!(held.stdin.as_mut().unwrap()).unwrap();
+    }
+    let _ = held.wait();
+    let recs = w.transactions(&victim_inv, 5);
+    assert!(recs
+        .iter()
+        .all(|r| r.get_i64(sc::HTTP_RESPONSE_STATUS_CODE) == Some(200)));
+}
