@@ -84,6 +84,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     if format!("{:?}", a.proxy_protocol) != format!("{:?}", b.proxy_protocol) {
         v.push("node.proxyProtocol");
     }
+    if a.limits != b.limits {
+        v.push("node.limits");
+    }
     if a.drain_timeout != b.drain_timeout {
         v.push("node.drainTimeout");
     }
