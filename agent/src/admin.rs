@@ -395,6 +395,8 @@ fn status_json(s: &AdminState) -> serde_json::Value {
             "accepted": p.accepted.load(Ordering::Relaxed),
             "refused_unlinked": p.refused_unlinked.load(Ordering::Relaxed),
             "upstream_errors": p.upstream_errors.load(Ordering::Relaxed),
+            // Sandboxes using each open listener pair (the agent's own: 1).
+            "listener_holders": s.proxy.listener_holders(),
         },
         "proxy_protocol": s
             .trusted

@@ -209,10 +209,10 @@ async fn handle(
             };
             let netns = spec.netns.clone();
             if let Some(ns) = &netns {
-                if let Err(e) = state.proxy.ensure_listeners(Some(ns)) {
+                if !ns.exists() {
                     return error(
                         StatusCode::BAD_REQUEST,
-                        format!("opening listeners in netns {}: {e}", ns.display()),
+                        format!("netns {} does not exist", ns.display()),
                     );
                 }
             }
@@ -221,18 +221,38 @@ async fn handle(
             if let Err(e) = state.kernel.maps.refresh_node_addrs() {
                 tracing::warn!("refreshing node addresses: {e}");
             }
-            match state.registry.register(&id, spec, &state.kernel.maps) {
-                Ok(sb) => {
-                    tracing::info!(sandbox = %sb.id, invocation = %sb.attribution.invocation_id, generation = sb.generation, "sandbox registered");
-                    json(StatusCode::OK, serde_json::json!(sb))
+            let previous = state
+                .registry
+                .list()
+                .into_iter()
+                .find(|s| s.id == id)
+                .and_then(|s| s.netns);
+            // Validated (and persisted) first; listeners only for a
+            // registration that stands.
+            let sb = match state.registry.register(&id, spec, &state.kernel.maps) {
+                Ok(sb) => sb,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            if let Some(ns) = &netns {
+                if let Err(e) = state.proxy.ensure_listeners(Some(ns), &id) {
+                    let _ = state.registry.unregister(&id, &state.kernel.maps);
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("opening listeners in netns {}: {e}", ns.display()),
+                    );
                 }
-                Err(e) => error(StatusCode::BAD_REQUEST, e),
             }
+            // Re-registered into another netns: let go of the old one.
+            if let Some(old) = previous.filter(|p| Some(p) != netns.as_ref()) {
+                state.proxy.release_listeners(&old, &id);
+            }
+            tracing::info!(sandbox = %sb.id, invocation = %sb.attribution.invocation_id, generation = sb.generation, "sandbox registered");
+            json(StatusCode::OK, serde_json::json!(sb))
         }
         (Method::DELETE, _, Some(id)) => match state.registry.unregister(&id, &state.kernel.maps) {
             Ok(sb) => {
                 if let Some(ns) = &sb.netns {
-                    state.proxy.close_listeners(ns);
+                    state.proxy.release_listeners(ns, &sb.id);
                 }
                 tracing::info!(sandbox = %sb.id, "sandbox unregistered");
                 json(StatusCode::OK, serde_json::json!(sb))

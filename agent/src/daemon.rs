@@ -269,7 +269,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         l7.clone(),
         cfg.node.listen_port,
     );
-    proxy.ensure_listeners(None).map_err(RunError::Listen)?;
+    proxy
+        .ensure_listeners(None, "agent")
+        .map_err(RunError::Listen)?;
     let pp = &cfg.node.proxy_protocol;
     let trusted = Trusted::new(
         proxy.clone(),
@@ -288,7 +290,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     let trusted_tasks = trusted.start()?;
     for sb in registry.list() {
         if let Some(ns) = sb.netns.as_deref().filter(|p| p.exists()) {
-            if let Err(e) = proxy.ensure_listeners(Some(ns)) {
+            if let Err(e) = proxy.ensure_listeners(Some(ns), &sb.id) {
                 tracing::warn!(sandbox = %sb.id, "reopening netns listeners: {e}");
             }
         }

@@ -172,6 +172,22 @@ pub struct Origin {
     pub authority: Option<String>,
 }
 
+/// One netns's redirect listeners and the sandboxes that use them.
+struct NetnsListeners {
+    tasks: Vec<JoinHandle<()>>,
+    holders: std::collections::HashSet<String>,
+}
+
+/// A netns's identity: the inode of its nsfs file (the same for every path
+/// naming it); 0 for the agent's own.
+fn netns_key(netns: Option<&Path>) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    match netns {
+        None => Ok(0),
+        Some(p) => Ok(std::fs::metadata(p)?.ino()),
+    }
+}
+
 #[derive(Default)]
 pub struct ProxyStats {
     pub accepted: AtomicU64,
@@ -186,7 +202,10 @@ pub struct Proxy {
     registry: Arc<Registry>,
     l7: Arc<L7>,
     port: u16,
-    listeners: Mutex<HashMap<Option<PathBuf>, Vec<JoinHandle<()>>>>,
+    /// Open listener pairs by network namespace identity (the nsfs inode
+    /// of the netns; the agent's own is key 0), with the sandboxes using
+    /// each: a pair closes when its last sandbox goes.
+    listeners: Mutex<HashMap<u64, NetnsListeners>>,
     pub stats: ProxyStats,
 }
 
@@ -246,14 +265,23 @@ impl Proxy {
         })
     }
 
-    /// Opens the listener pair in `netns` (None = the agent's own) if not open.
-    pub fn ensure_listeners(self: &Arc<Self>, netns: Option<&Path>) -> std::io::Result<()> {
-        let key = netns.map(Path::to_owned);
+    /// Opens the listener pair in `netns` (None = the agent's own, held
+    /// for the agent's life) for `holder` (a sandbox id), or adds `holder`
+    /// to the pair already open there — under whatever path the netns is
+    /// named.
+    pub fn ensure_listeners(
+        self: &Arc<Self>,
+        netns: Option<&Path>,
+        holder: &str,
+    ) -> std::io::Result<()> {
+        let key = netns_key(netns)?;
         let mut map = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        if map.contains_key(&key) {
+        if let Some(open) = map.get_mut(&key) {
+            open.holders.insert(holder.to_owned());
             return Ok(());
         }
         let port = self.port;
+        let path = netns.map(Path::to_owned);
         let bound = netns::run_in(netns, move || {
             let v4 = bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
             let v6 = bind(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))).ok();
@@ -264,24 +292,54 @@ impl Proxy {
             let cookie = netns::socket_netns_cookie(&l)?;
             let listener = TcpListener::from_std(l)?;
             let me = self.clone();
-            let ns = key.clone();
+            let ns = path.clone();
             tasks.push(tokio::spawn(async move {
                 me.accept_loop(listener, cookie, ns).await
             }));
         }
-        tracing::info!(netns = ?key, port, "redirect listeners open");
-        map.insert(key, tasks);
+        tracing::info!(netns = ?path, port, "redirect listeners open");
+        map.insert(
+            key,
+            NetnsListeners {
+                tasks,
+                holders: std::iter::once(holder.to_owned()).collect(),
+            },
+        );
         Ok(())
     }
 
-    /// Closes the listeners of a sandbox netns (connections already accepted go on).
-    pub fn close_listeners(&self, netns: &Path) {
+    /// `holder` no longer uses the listeners of `netns`; the last one out
+    /// closes them (connections already accepted go on). A netns that is
+    /// gone already closed its listeners' sockets with it.
+    pub fn release_listeners(&self, netns: &Path, holder: &str) {
         let mut map = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tasks) = map.remove(&Some(netns.to_owned())) {
-            for t in tasks {
-                t.abort();
+        let key = match netns_key(Some(netns)) {
+            Ok(k) => Some(k),
+            // The netns file is gone: find the holder wherever it is.
+            Err(_) => map
+                .iter()
+                .find(|(k, l)| **k != 0 && l.holders.contains(holder))
+                .map(|(k, _)| *k),
+        };
+        let Some(key) = key.filter(|k| *k != 0) else {
+            return;
+        };
+        if let Some(open) = map.get_mut(&key) {
+            open.holders.remove(holder);
+            if open.holders.is_empty() {
+                for t in &open.tasks {
+                    t.abort();
+                }
+                map.remove(&key);
             }
         }
+    }
+
+    /// Network namespaces with listeners open, and how many sandboxes use
+    /// each (for `/status` and tests).
+    pub fn listener_holders(&self) -> Vec<usize> {
+        let map = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().map(|l| l.holders.len()).collect()
     }
 
     async fn accept_loop(

@@ -632,3 +632,82 @@ fn a_hostile_sandbox_cannot_exhaust_the_agent_or_starve_another() {
         .iter()
         .all(|r| r.get_i64(sc::HTTP_RESPONSE_STATUS_CODE) == Some(200)));
 }
+
+#[test]
+fn sandboxes_sharing_a_netns_keep_its_listeners_until_the_last_one_goes() {
+    if !require_privileges("shared_netns_listeners") {
+        return;
+    }
+    let port = free_port();
+    let agent = Agent::start(AgentOptions {
+        capture_ports: vec![port],
+        extra_yaml: "gateways:\n- name: all\n  defaultPolicy: allow-all\n".into(),
+        ..AgentOptions::default()
+    });
+    let ns = Netns::new();
+    let _veth = Veth::new(&ns, "10.232.3.1", "10.232.3.2");
+    let server = byte_server(&format!("10.232.3.1:{port}"));
+    let url = format!("http://10.232.3.1:{}/4321", server.port());
+    let fetch = |cg: &SandboxCgroup| -> String {
+        let out = sandboxed(cg, Some(&ns), "curl")
+            .args([
+                "-sS",
+                "-m",
+                "20",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{size_download}",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let holders = || -> Vec<u64> {
+        let mut v: Vec<u64> = agent.status()["proxy"]["listener_holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_u64().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (unique("sb"), unique("sb"));
+    let (cga, cgb) = (agent.cgroup(&a), agent.cgroup(&b));
+    agent.register(&a, Some(&ns), "inv-share-a");
+    agent.register(&b, Some(&ns), "inv-share-b");
+    assert_eq!(
+        holders(),
+        [1, 2],
+        "the agent's own pair, and one shared by both"
+    );
+    assert_eq!(fetch(&cga), "200 4321");
+    assert_eq!(fetch(&cgb), "200 4321");
+    // One of them goes: the other keeps its listeners.
+    agent.unregister(&a);
+    assert_eq!(holders(), [1, 2 - 1]);
+    assert_eq!(
+        fetch(&cgb),
+        "200 4321",
+        "the remaining sandbox lost its listeners"
+    );
+    // The last one goes: they close.
+    agent.unregister(&b);
+    assert_eq!(holders(), [1]);
+    // Registering into a netns that does not exist opens nothing.
+    let out = agent.cli(&[
+        "sandbox",
+        "register",
+        "--cgroup",
+        &a,
+        "--netns",
+        "/run/netns/no-such-netns",
+        "--invocation-id",
+        "inv-x",
+        &a,
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(holders(), [1]);
+}
