@@ -103,6 +103,7 @@ pub enum Attachment {
 pub struct KernelMaps {
     config: Mutex<Array<MapData, KConfig>>,
     ports: Mutex<HashMap<MapData, u16, u8>>,
+    udp_ports: Mutex<HashMap<MapData, u16, u8>>,
     attr: Mutex<HashMap<MapData, u64, AttrRef>>,
     tags: HashMap<MapData, u64, SockTag>,
     links: HashMap<MapData, LinkKey, u64>,
@@ -138,7 +139,10 @@ pub struct LoadOptions<'a> {
     pub root_level: u32,
     pub listen_port: u16,
     pub capture_ports: &'a [u16],
-    pub block_quic: bool,
+    /// UDP ports refused to sandboxes (443 when `blockQuic`).
+    pub udp_ports: &'a [u16],
+    /// Refuse every UDP port but DNS.
+    pub udp_all_but_dns: bool,
     pub block_raw: bool,
     /// The agent's TCP endpoints refused to sandboxes (admin listener,
     /// PROXY-protocol listener).
@@ -234,6 +238,7 @@ impl Kernel {
             maps: KernelMaps {
                 config: Mutex::new(take(&mut ebpf, "EGRET_CONFIG")?),
                 ports: Mutex::new(take(&mut ebpf, "EGRET_PORTS")?),
+                udp_ports: Mutex::new(take(&mut ebpf, "EGRET_UDP_PORTS")?),
                 attr: Mutex::new(take(&mut ebpf, "EGRET_ATTR")?),
                 tags: take(&mut ebpf, "EGRET_TAGS")?,
                 links: take(&mut ebpf, "EGRET_LINKS")?,
@@ -250,7 +255,8 @@ impl Kernel {
         };
         kernel.maps.configure(&KernelSettings {
             listen_port: opts.listen_port,
-            block_quic: opts.block_quic,
+            udp_ports: opts.udp_ports.to_vec(),
+            udp_all_but_dns: opts.udp_all_but_dns,
             block_raw: opts.block_raw,
             root_level: opts.root_level,
             capture_ports: opts.capture_ports.to_vec(),
@@ -265,7 +271,8 @@ impl Kernel {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelSettings {
     pub listen_port: u16,
-    pub block_quic: bool,
+    pub udp_ports: Vec<u16>,
+    pub udp_all_but_dns: bool,
     pub block_raw: bool,
     pub root_level: u32,
     pub capture_ports: Vec<u16>,
@@ -322,7 +329,7 @@ fn kconfig(k: &KernelSettings) -> Result<KConfig, BpfError> {
     }
     let mut cfg = KConfig {
         listen_port: k.listen_port,
-        block_quic: u8::from(k.block_quic),
+        udp_all_but_dns: u8::from(k.udp_all_but_dns),
         block_raw: u8::from(k.block_raw),
         root_level: k.root_level,
         agent_netns: k.agent_netns,
@@ -357,6 +364,20 @@ impl KernelMaps {
         for p in &k.capture_ports {
             ports.insert(p, 1, 0).map_err(|source| BpfError::Map {
                 name: "EGRET_PORTS",
+                source,
+            })?;
+        }
+        drop(ports);
+        let mut udp = self.udp_ports.lock().unwrap_or_else(|p| p.into_inner());
+        let stale: Vec<u16> = udp.keys().filter_map(Result::ok).collect();
+        for p in stale {
+            if !k.udp_ports.contains(&p) {
+                let _ = udp.remove(&p);
+            }
+        }
+        for p in &k.udp_ports {
+            udp.insert(p, 1, 0).map_err(|source| BpfError::Map {
+                name: "EGRET_UDP_PORTS",
                 source,
             })?;
         }
@@ -615,7 +636,8 @@ mod tests {
     fn guard(eps: &[&str]) -> KConfig {
         kconfig(&KernelSettings {
             listen_port: 15001,
-            block_quic: true,
+            udp_ports: vec![443],
+            udp_all_but_dns: false,
             block_raw: true,
             root_level: 1,
             capture_ports: vec![443],
@@ -726,10 +748,25 @@ mod tests {
     }
 
     #[test]
+    fn udp_refusal_by_list_or_all_but_dns() {
+        let listed = KConfig::default();
+        assert!(listed.udp_refused(443, true));
+        assert!(!listed.udp_refused(443, false));
+        assert!(!listed.udp_refused(53, false));
+        let all = KConfig {
+            udp_all_but_dns: 1,
+            ..KConfig::default()
+        };
+        assert!(all.udp_refused(443, false) && all.udp_refused(51820, false));
+        assert!(!all.udp_refused(53, true), "DNS stays reachable");
+    }
+
+    #[test]
     fn more_guarded_endpoints_than_the_kernel_holds_is_an_error() {
         let r = kconfig(&KernelSettings {
             listen_port: 1,
-            block_quic: false,
+            udp_ports: vec![],
+            udp_all_but_dns: false,
             block_raw: false,
             root_level: 1,
             capture_ports: vec![],

@@ -56,6 +56,11 @@ pub struct NodeConfig {
     pub capture_ports: Vec<u16>,
     /// Refuse UDP to port 443 from sandboxes so QUIC cannot bypass capture.
     pub block_quic: bool,
+    /// More UDP destination ports refused to sandboxes (e.g. a VPN's).
+    pub block_udp_ports: Vec<u16>,
+    /// Refuse UDP to every port but DNS (53): nothing but TCP, which is
+    /// captured, leaves a sandbox.
+    pub block_all_udp_except_dns: bool,
     /// Address ranges sandbox network namespaces use (veth ends, pod
     /// networks); the PROXY-protocol `trustedCidrs` must not overlap them.
     /// Default: `egret exec --netns`'s range.
@@ -105,6 +110,16 @@ pub struct ProxyProtocolConfig {
 }
 
 impl NodeConfig {
+    /// The UDP ports refused to sandboxes: `blockUdpPorts`, and 443 when
+    /// `blockQuic`.
+    pub fn udp_ports(&self) -> Vec<u16> {
+        let mut v = self.block_udp_ports.clone();
+        if self.block_quic && !v.contains(&443) {
+            v.push(443);
+        }
+        v
+    }
+
     /// The agent's TCP endpoints no sandbox may connect to: the admin
     /// listener and the PROXY-protocol listener.
     pub fn guarded_endpoints(&self) -> Vec<SocketAddr> {
@@ -139,6 +154,8 @@ impl Default for NodeConfig {
             sandbox_root: PathBuf::from("egret.slice"),
             capture_ports: vec![80, 443],
             block_quic: true,
+            block_udp_ports: vec![],
+            block_all_udp_except_dns: false,
             block_raw_sockets: true,
             sandbox_cidrs: vec!["10.231.0.0/16".into()],
             listen_port: 15001,
@@ -378,6 +395,12 @@ impl Config {
             return Err(format!(
                 "node.capturePorts: at most {} ports",
                 egret_common::limits::MAX_CAPTURE_PORTS
+            ));
+        }
+        if n.udp_ports().len() > egret_common::limits::MAX_CAPTURE_PORTS as usize {
+            return Err(format!(
+                "node.blockUdpPorts: at most {} ports",
+                egret_common::limits::MAX_CAPTURE_PORTS - 1
             ));
         }
         let pp = &n.proxy_protocol;

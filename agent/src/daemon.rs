@@ -169,13 +169,15 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
 
     let root_level = cgroup::level(&paths.cgroup_mount, &paths.sandbox_root);
     let guarded = cfg.node.guarded_endpoints();
+    let udp_ports = cfg.node.udp_ports();
     let kernel = Arc::new(Kernel::load(&LoadOptions {
         bpffs_dir: &cfg.node.bpffs_dir,
         sandbox_root: &paths.sandbox_root,
         root_level,
         listen_port: cfg.node.listen_port,
         capture_ports: &cfg.node.capture_ports,
-        block_quic: cfg.node.block_quic,
+        udp_ports: &udp_ports,
+        udp_all_but_dns: cfg.node.block_all_udp_except_dns,
         block_raw: cfg.node.block_raw_sockets,
         guarded: &guarded,
     })?);

@@ -116,7 +116,8 @@ impl Targets {
             .maps
             .configure(&KernelSettings {
                 listen_port: self.running.node.listen_port,
-                block_quic: n.block_quic,
+                udp_ports: n.udp_ports(),
+                udp_all_but_dns: n.block_all_udp_except_dns,
                 block_raw: n.block_raw_sockets,
                 root_level: self.root_level,
                 capture_ports: n.capture_ports.clone(),

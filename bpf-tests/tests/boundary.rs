@@ -572,7 +572,7 @@ fn a_hostile_sandbox_cannot_exhaust_the_agent_or_starve_another() {
     // 2. More idle connections than the sandbox may hold, kept open while
     //    another sandbox works.
     let script = clients_dir().join("conn_client.py");
-    let mut held = std::process::Command::from({
+    let mut held = {
         let mut c = w.command(&hostile, std::path::Path::new("/usr/bin/python3"));
         c.args([
             script.to_str().unwrap(),
@@ -589,7 +589,7 @@ fn a_hostile_sandbox_cannot_exhaust_the_agent_or_starve_another() {
             "api.openai.com",
         ]);
         c
-    })
+    }
     .stdin(std::process::Stdio::piped())
     .stdout(std::process::Stdio::piped())
     .spawn()
@@ -710,4 +710,68 @@ fn sandboxes_sharing_a_netns_keep_its_listeners_until_the_last_one_goes() {
     ]);
     assert!(!out.status.success());
     assert_eq!(holders(), [1]);
+}
+
+/// One word per port: `ok` or `refused` (sendto, then connect, both must
+/// agree).
+const UDP_PORTS_PY: &str = r#"
+import socket, sys
+for port in map(int, sys.argv[1:]):
+    r = []
+    for how in ("sendto", "connect"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            if how == "sendto": s.sendto(b"x", ("127.0.0.1", port))
+            else: s.connect(("127.0.0.1", port))
+            r.append("ok")
+        except PermissionError:
+            r.append("refused")
+        s.close()
+    print(r[0] if r[0] == r[1] else "mixed")
+"#;
+
+#[test]
+fn udp_is_refused_by_port_list_or_all_but_dns() {
+    if !require_privileges("udp_ports") {
+        return;
+    }
+    let ports = ["53", "443", "500", "4500", "51820"];
+    for (yaml, expect) in [
+        // blockQuic (default) only.
+        ("", ["ok", "refused", "ok", "ok", "ok"]),
+        // A VPN's ports too.
+        (
+            "  blockUdpPorts: [500, 4500, 51820]\n",
+            ["ok", "refused", "refused", "refused", "refused"],
+        ),
+        // Nothing but DNS.
+        (
+            "  blockAllUdpExceptDns: true\n",
+            ["ok", "refused", "refused", "refused", "refused"],
+        ),
+    ] {
+        let agent = Agent::start(AgentOptions {
+            extra_node_yaml: yaml.into(),
+            ..AgentOptions::default()
+        });
+        let id = unique("sb");
+        let cg = agent.cgroup(&id);
+        agent.register(&id, None, "inv-udp-ports");
+        let out = sandboxed(&cg, None, "python3")
+            .args(["-c", UDP_PORTS_PY])
+            .args(ports)
+            .output()
+            .unwrap();
+        let words: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(words, expect, "{yaml:?}");
+        let refused_other = expect[2..].iter().filter(|w| **w == "refused").count() as u64;
+        assert_eq!(
+            kernel_stat(&agent, "udp_refused"),
+            2 * refused_other,
+            "{yaml:?}"
+        );
+    }
 }

@@ -136,8 +136,10 @@ pub struct LinkKey {
 pub struct KConfig {
     /// Agent listener port, host byte order; 0 disables redirection.
     pub listen_port: u16,
-    /// 1 = refuse UDP to port 443 from sandboxes (QUIC cannot bypass capture).
-    pub block_quic: u8,
+    /// 1 = refuse UDP to every port but DNS (53) from sandboxes; 0 = only
+    /// the ports in `EGRET_UDP_PORTS` (443 when `blockQuic`: QUIC cannot
+    /// bypass capture). See [`KConfig::udp_refused`].
+    pub udp_all_but_dns: u8,
     /// 1 = refuse raw (`SOCK_RAW`) and packet (`AF_PACKET`) sockets in
     /// sandboxes: they would bypass the redirect (`cgroup/sock_create`).
     pub block_raw: u8,
@@ -150,6 +152,9 @@ pub struct KConfig {
     /// [`KConfig::agent_endpoint_refused`]). Unused entries have port 0.
     pub guarded: [Guarded; MAX_GUARDED],
 }
+
+/// DNS stays reachable when all other UDP is refused.
+pub const DNS_PORT: u16 = 53;
 
 /// How many agent endpoints [`KConfig::guarded`] holds.
 pub const MAX_GUARDED: usize = 4;
@@ -277,6 +282,17 @@ impl KConfig {
         false
     }
 
+    /// Whether a sandbox UDP connect/sendmsg to `port` is refused; `listed`:
+    /// the port is in `EGRET_UDP_PORTS`.
+    #[inline(always)]
+    pub fn udp_refused(&self, port: u16, listed: bool) -> bool {
+        if self.udp_all_but_dns != 0 {
+            port != DNS_PORT
+        } else {
+            listed
+        }
+    }
+
     /// Whether `port` is one of the guarded endpoints' ports (so the program
     /// only looks the destination up in `NODE_ADDRS` when it matters).
     #[inline(always)]
@@ -317,7 +333,10 @@ pub mod stat {
     /// Tags of sockets released without ever reaching a state callback
     /// (connect failed before the handshake), removed at release.
     pub const TAGS_RELEASED: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// UDP datagrams or connects to ports other than 443 refused
+    /// (`blockUdpPorts`, `blockAllUdpExceptDns`).
+    pub const UDP_REFUSED: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_drops",
         "close_without_tag",
@@ -330,6 +349,7 @@ pub mod stat {
         "admin_refused",
         "raw_socket_refused",
         "tags_released",
+        "udp_refused",
     ];
 }
 

@@ -2,7 +2,7 @@
 //!
 //! * `connect4`/`connect6` tag every TCP socket a sandbox opens (cookie →
 //!   [`SockTag`]) and rewrite captured ports to the agent's listener; UDP/443
-//!   is refused when `KConfig::block_quic` is set (also in `sendmsg4/6`),
+//!   and other UDP ports are refused per `KConfig::udp_refused` (also in `sendmsg4/6`),
 //!   and so are TCP connects to the agent's admin listener.
 //! * `getpeername4/6` keep the sandbox seeing its original peer.
 //! * `sock_ops` links a redirected socket to the agent's accepted socket
@@ -58,6 +58,10 @@ static PORTS: HashMap<u16, u8> = HashMap::pinned(limits::MAX_CAPTURE_PORTS, 0);
 /// sandbox in its own netns reaches a wildcard agent listener through them.
 #[map(name = "EGRET_NODE_ADDRS")]
 static NODE_ADDRS: HashMap<NodeAddr, u8> = HashMap::pinned(limits::MAX_NODE_ADDRS, 0);
+
+/// UDP destination ports (host order) refused to sandboxes.
+#[map(name = "EGRET_UDP_PORTS")]
+static UDP_PORTS: HashMap<u16, u8> = HashMap::pinned(limits::MAX_CAPTURE_PORTS, 0);
 
 #[map(name = "EGRET_CONFIG")]
 static CONFIG: Array<KConfig> = Array::pinned(1, 0);
@@ -141,11 +145,7 @@ fn on_connect(ctx: &SockAddrContext, family: u16, redirect: fn(*mut bpf_sock_add
     let (ty, port_be) = unsafe { ((*sa).type_, (*sa).user_port) };
     let port = u16::from_be(port_be as u16);
     if ty == SOCK_DGRAM {
-        if cfg.block_quic != 0 && port == QUIC_PORT {
-            bump(stat::QUIC_REFUSED);
-            return REFUSE;
-        }
-        return ALLOW;
+        return udp_verdict(&cfg, port);
     }
     if ty != SOCK_STREAM {
         return ALLOW;
@@ -228,15 +228,27 @@ pub fn egret_connect6(ctx: SockAddrContext) -> i32 {
     on_connect(&ctx, AF_INET6, redirect6)
 }
 
+/// UDP from a sandbox: refused per `KConfig::udp_refused` (QUIC on 443
+/// counted apart).
+#[inline(always)]
+fn udp_verdict(cfg: &KConfig, port: u16) -> i32 {
+    let listed = unsafe { UDP_PORTS.get(&port) }.is_some();
+    if cfg.udp_refused(port, listed) {
+        bump(if port == QUIC_PORT {
+            stat::QUIC_REFUSED
+        } else {
+            stat::UDP_REFUSED
+        });
+        return REFUSE;
+    }
+    ALLOW
+}
+
 #[inline(always)]
 fn on_sendmsg(ctx: &SockAddrContext) -> i32 {
     let cfg = config();
     let port = u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16);
-    if cfg.block_quic != 0 && port == QUIC_PORT {
-        bump(stat::QUIC_REFUSED);
-        return REFUSE;
-    }
-    ALLOW
+    udp_verdict(&cfg, port)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
