@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use egret_common::{CloseEvent, SockTag, AF_INET, TAG_ATTRIBUTED, TAG_REDIRECTED};
+use egret_common::{CloseEvent, SkbCounters, SockTag, AF_INET, TAG_ATTRIBUTED, TAG_REDIRECTED};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     sync::mpsc::{self, error::SendTimeoutError},
@@ -22,7 +22,7 @@ use tokio::{
 use crate::{
     admin::RecordStats,
     attribution::Registry,
-    bpf::{Kernel, KernelMaps},
+    bpf::Kernel,
     record::{now_unix_nanos, Record},
     semconv as sc,
 };
@@ -78,11 +78,13 @@ impl Default for Clock {
 /// Builds the flow record for one close event.
 /// Flow records written without the kernel's wire counters
 /// (`egret.l4.counters_missing`), for `/metrics`.
-pub static COUNTERS_MISSING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static COUNTERS_MISSING: AtomicU64 = AtomicU64::new(0);
 
+/// The flow record of a closed socket; `counters`: its packet counters,
+/// handed over by the kernel maps (None when the kernel had none).
 pub fn flow_record(
     ev: &CloseEvent,
-    maps: &KernelMaps,
+    counters: Option<SkbCounters>,
     registry: &Registry,
     clock: Clock,
 ) -> Record {
@@ -128,7 +130,6 @@ pub fn flow_record(
     // peer acknowledged and what the socket received in order (retransmitted
     // or duplicate segments are not counted twice). Wire payload and
     // segments come from cgroup_skb (retransmissions included).
-    let counters = maps.take_counters(ev.cookie);
     let fin_seen = counters.is_some_and(|c| c.rx_fin > 0);
     rec.set(sc::L4_BYTES_SANDBOX_TX, ev.payload_acked());
     rec.set(sc::L4_BYTES_SANDBOX_RX, ev.payload_received(fin_seen));
@@ -142,10 +143,11 @@ pub fn flow_record(
             rec.set(sc::L4_SEGS_SANDBOX_RX, c.rx_segs);
         }
         None => {
-            // No packet seen (e.g. refused connect) or evicted.
-            rec.set(sc::L4_WIRE_BYTES_SANDBOX_TX, 0u64);
-            rec.set(sc::L4_WIRE_BYTES_SANDBOX_RX, 0u64);
+            // No counters (opened before the programs were attached, or
+            // evicted): unknown is not 0 — the wire counters are left out,
+            // and said so.
             rec.set(sc::L4_COUNTERS_MISSING, true);
+            COUNTERS_MISSING.fetch_add(1, Ordering::Relaxed);
         }
     }
     rec
@@ -231,7 +233,7 @@ pub async fn run_close_loop(
         };
         let records = batch
             .drain(..)
-            .map(|ev| flow_record(&ev, &kernel.maps, &registry, clock));
+            .map(|ev| flow_record(&ev, kernel.maps.take_counters(ev.cookie), &registry, clock));
         if !deliver(records, &out, CLOSE_SEND_WAIT, &stats.flow_dropped).await {
             return Ok(());
         }
@@ -254,6 +256,56 @@ fn read_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, batch: &mut Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn close_event() -> CloseEvent {
+        CloseEvent {
+            cookie: 42,
+            end_ns: 2_000,
+            bytes_acked: 1 + 150,
+            bytes_received: 1500,
+            old_state: 1,
+            tag: SockTag {
+                start_ns: 1_000,
+                family: AF_INET,
+                orig_port: 443,
+                ..SockTag::default()
+            },
+            ..CloseEvent::default()
+        }
+    }
+
+    #[test]
+    fn missing_counters_are_left_out_and_flagged_never_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path().to_owned(), dir.path().join("registry.json"))
+            .unwrap();
+        let before = COUNTERS_MISSING.load(Ordering::Relaxed);
+        let r = flow_record(&close_event(), None, &reg, Clock::new());
+        assert_eq!(r.get_bool(sc::L4_COUNTERS_MISSING), Some(true));
+        for k in [
+            sc::L4_WIRE_BYTES_SANDBOX_TX,
+            sc::L4_WIRE_BYTES_SANDBOX_RX,
+            sc::L4_SEGS_SANDBOX_TX,
+            sc::L4_SEGS_SANDBOX_RX,
+        ] {
+            assert_eq!(r.get_i64(k), None, "{k} written without a counter");
+        }
+        // The kernel's TCP counters are still there (they come with the
+        // close event, not from the counters map).
+        assert_eq!(r.get_i64(sc::L4_BYTES_SANDBOX_TX), Some(150));
+        assert_eq!(r.get_i64(sc::L4_BYTES_SANDBOX_RX), Some(1500));
+        assert!(COUNTERS_MISSING.load(Ordering::Relaxed) > before);
+        let c = SkbCounters {
+            tx_bytes: 150,
+            rx_bytes: 1500,
+            tx_segs: 1,
+            rx_segs: 2,
+            rx_fin: 0,
+        };
+        let r = flow_record(&close_event(), Some(c), &reg, Clock::new());
+        assert_eq!(r.get_bool(sc::L4_COUNTERS_MISSING), None);
+        assert_eq!(r.get_i64(sc::L4_WIRE_BYTES_SANDBOX_RX), Some(1500));
+    }
 
     fn recs(n: usize) -> Vec<Record> {
         (0..n).map(|_| Record::new(sc::KIND_FLOW)).collect()
