@@ -390,6 +390,13 @@ fn status_json(s: &AdminState) -> serde_json::Value {
         "ready": s.ready.load(Ordering::Relaxed),
         "programs": format!("{:?}", s.kernel.attachment),
         "kernel": s.kernel.maps.stats().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        // Per-sandbox shares of the socket maps (cgroup id → sockets held,
+        // connects refused over the quota), most refused first.
+        "sandbox_sockets": s.kernel.maps.sandbox_shares(100).into_iter().map(|(cg, sh)| json!({
+            "cgroup_id": cg.to_string(),
+            "sockets": sh.sockets,
+            "refused": sh.refused,
+        })).collect::<Vec<_>>(),
         "sandboxes": s.registry.list().len(),
         "proxy": {
             "accepted": p.accepted.load(Ordering::Relaxed),

@@ -26,7 +26,9 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use egret_common::{stat, AttrRef, Guarded, KConfig, LinkKey, NodeAddr, SkbCounters, SockTag};
+use egret_common::{
+    stat, AttrRef, Guarded, KConfig, LinkKey, NodeAddr, SandboxShare, SkbCounters, SockTag,
+};
 
 /// The compiled kernel half (built by `agent/build.rs`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret.bpf.o"));
@@ -104,6 +106,7 @@ pub struct KernelMaps {
     config: Mutex<Array<MapData, KConfig>>,
     ports: Mutex<HashMap<MapData, u16, u8>>,
     udp_ports: Mutex<HashMap<MapData, u16, u8>>,
+    sandbox_sockets: HashMap<MapData, u64, SandboxShare>,
     attr: Mutex<HashMap<MapData, u64, AttrRef>>,
     tags: HashMap<MapData, u64, SockTag>,
     links: HashMap<MapData, LinkKey, u64>,
@@ -144,6 +147,8 @@ pub struct LoadOptions<'a> {
     /// Refuse every UDP port but DNS.
     pub udp_all_but_dns: bool,
     pub block_raw: bool,
+    /// Tagged sockets one sandbox may hold (0 = no quota).
+    pub max_sockets_per_sandbox: u32,
     /// The agent's TCP endpoints refused to sandboxes (admin listener,
     /// PROXY-protocol listener).
     pub guarded: &'a [SocketAddr],
@@ -239,6 +244,7 @@ impl Kernel {
                 config: Mutex::new(take(&mut ebpf, "EGRET_CONFIG")?),
                 ports: Mutex::new(take(&mut ebpf, "EGRET_PORTS")?),
                 udp_ports: Mutex::new(take(&mut ebpf, "EGRET_UDP_PORTS")?),
+                sandbox_sockets: take(&mut ebpf, "EGRET_SANDBOX_SOCKETS")?,
                 attr: Mutex::new(take(&mut ebpf, "EGRET_ATTR")?),
                 tags: take(&mut ebpf, "EGRET_TAGS")?,
                 links: take(&mut ebpf, "EGRET_LINKS")?,
@@ -258,6 +264,7 @@ impl Kernel {
             udp_ports: opts.udp_ports.to_vec(),
             udp_all_but_dns: opts.udp_all_but_dns,
             block_raw: opts.block_raw,
+            max_sockets_per_sandbox: opts.max_sockets_per_sandbox,
             root_level: opts.root_level,
             capture_ports: opts.capture_ports.to_vec(),
             guarded: opts.guarded.to_vec(),
@@ -274,6 +281,7 @@ pub struct KernelSettings {
     pub udp_ports: Vec<u16>,
     pub udp_all_but_dns: bool,
     pub block_raw: bool,
+    pub max_sockets_per_sandbox: u32,
     pub root_level: u32,
     pub capture_ports: Vec<u16>,
     /// The agent's TCP endpoints sandboxes may not connect to.
@@ -331,6 +339,7 @@ fn kconfig(k: &KernelSettings) -> Result<KConfig, BpfError> {
         listen_port: k.listen_port,
         udp_all_but_dns: u8::from(k.udp_all_but_dns),
         block_raw: u8::from(k.block_raw),
+        max_sockets_per_sandbox: k.max_sockets_per_sandbox,
         root_level: k.root_level,
         agent_netns: k.agent_netns,
         ..KConfig::default()
@@ -579,6 +588,24 @@ impl KernelMaps {
         self.set_node_addrs(&addrs)
     }
 
+    /// Sandboxes' shares of the socket maps (cgroup id, share): those
+    /// holding sockets or refused some, most refused first, at most `n`.
+    pub fn sandbox_shares(&self, n: usize) -> Vec<(u64, SandboxShare)> {
+        let mut v: Vec<(u64, SandboxShare)> = self
+            .sandbox_sockets
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, s)| s.refused > 0 || (s.sockets > 0 && (s.sockets as i32) > 0))
+            .collect();
+        v.sort_by(|a, b| {
+            b.1.refused
+                .cmp(&a.1.refused)
+                .then(b.1.sockets.cmp(&a.1.sockets))
+        });
+        v.truncate(n);
+        v
+    }
+
     /// Entries in the socket maps (tags, links, counters): for tests and
     /// `/status`, to see occupancy return to its baseline.
     pub fn occupancy(&self) -> (usize, usize, usize) {
@@ -639,6 +666,7 @@ mod tests {
             udp_ports: vec![443],
             udp_all_but_dns: false,
             block_raw: true,
+            max_sockets_per_sandbox: 0,
             root_level: 1,
             capture_ports: vec![443],
             guarded: eps.iter().map(|e| e.parse().unwrap()).collect(),
@@ -768,6 +796,7 @@ mod tests {
             udp_ports: vec![],
             udp_all_but_dns: false,
             block_raw: false,
+            max_sockets_per_sandbox: 0,
             root_level: 1,
             capture_ports: vec![],
             guarded: (1..=5)

@@ -65,6 +65,10 @@ pub struct NodeConfig {
     /// networks); the PROXY-protocol `trustedCidrs` must not overlap them.
     /// Default: `egret exec --netns`'s range.
     pub sandbox_cidrs: Vec<String>,
+    /// TCP sockets one sandbox may hold at once (its share of the kernel's
+    /// per-socket maps, which hold 262,144 for the node); a connect beyond
+    /// it fails with EPERM. 0 = no quota.
+    pub max_sockets_per_sandbox: u32,
     /// Refuse raw (`SOCK_RAW`) and packet (`AF_PACKET`) sockets in sandboxes:
     /// they send and see traffic past the connect hooks. On by default.
     pub block_raw_sockets: bool,
@@ -157,6 +161,7 @@ impl Default for NodeConfig {
             block_udp_ports: vec![],
             block_all_udp_except_dns: false,
             block_raw_sockets: true,
+            max_sockets_per_sandbox: egret_common::limits::MAX_SOCKETS / 8,
             sandbox_cidrs: vec!["10.231.0.0/16".into()],
             listen_port: 15001,
             state_dir: PathBuf::from("/var/lib/egret"),

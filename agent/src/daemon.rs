@@ -179,6 +179,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         udp_ports: &udp_ports,
         udp_all_but_dns: cfg.node.block_all_udp_except_dns,
         block_raw: cfg.node.block_raw_sockets,
+        max_sockets_per_sandbox: cfg.node.max_sockets_per_sandbox,
         guarded: &guarded,
     })?);
     let root_canon = paths

@@ -277,8 +277,7 @@ mod tests {
     #[test]
     fn missing_counters_are_left_out_and_flagged_never_zero() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open(dir.path().to_owned(), dir.path().join("registry.json"))
-            .unwrap();
+        let reg = Registry::open(dir.path().to_owned(), dir.path().join("registry.json")).unwrap();
         let before = COUNTERS_MISSING.load(Ordering::Relaxed);
         let r = flow_record(&close_event(), None, &reg, Clock::new());
         assert_eq!(r.get_bool(sc::L4_COUNTERS_MISSING), Some(true));

@@ -775,3 +775,100 @@ fn udp_is_refused_by_port_list_or_all_but_dns() {
         );
     }
 }
+
+/// Opens `n` TCP connections to `host port` and holds them; prints how many
+/// connected and how many were refused by the kernel (EPERM), then waits
+/// for a line on stdin and closes them.
+const HOLD_PY: &str = r#"
+import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held, eperm = [], 0
+for _ in range(n):
+    s = socket.socket()
+    s.settimeout(10)
+    try:
+        s.connect((host, port)); held.append(s)
+    except PermissionError:
+        eperm += 1; s.close()
+print(len(held), eperm, flush=True)
+sys.stdin.readline()
+for s in held: s.close()
+"#;
+
+#[test]
+fn one_sandbox_cannot_take_more_than_its_share_of_the_socket_maps() {
+    if !require_privileges("socket_quota") {
+        return;
+    }
+    let agent = Agent::start(AgentOptions {
+        extra_node_yaml: "  maxSocketsPerSandbox: 50\n".into(),
+        ..AgentOptions::default()
+    });
+    let server = byte_server("127.0.0.1:0");
+    let (greedy, other) = (unique("sb"), unique("sb"));
+    let (cgg, cgo) = (agent.cgroup(&greedy), agent.cgroup(&other));
+    agent.register(&greedy, None, "inv-greedy");
+    agent.register(&other, None, "inv-other");
+    let hold = |cg: &SandboxCgroup, n: usize| {
+        let mut c = sandboxed(cg, None, "python3");
+        c.args([
+            "-c",
+            HOLD_PY,
+            "127.0.0.1",
+            &server.port().to_string(),
+            &n.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect();
+        (child, v)
+    };
+    let (mut g, got) = hold(&cgg, 60);
+    assert_eq!(got, [50, 10], "the greedy sandbox gets exactly its 50");
+    // Another sandbox is not affected.
+    let (mut o, got) = hold(&cgo, 20);
+    assert_eq!(got, [20, 0]);
+    assert_eq!(kernel_stat(&agent, "socket_quota_refused"), 10);
+    let shares = agent.status()["sandbox_sockets"].clone();
+    let refused: Vec<u64> = shares
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["refused"].as_u64().unwrap())
+        .collect();
+    assert_eq!(refused.first(), Some(&10), "{shares}");
+    // Closing gives the share back.
+    for c in [&mut g, &mut o] {
+        use std::io::Write;
+        writeln!(c.stdin.as_mut().unwrap()).unwrap();
+        c.wait().unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (mut c, got) = hold(&cgg, 50);
+        {
+            use std::io::Write;
+            writeln!(c.stdin.as_mut().unwrap()).unwrap();
+            c.wait().unwrap();
+        }
+        if got == [50, 0] {
+            break;
+        }
+        // Sockets of the first round may still be closing (FIN exchange).
+        assert!(
+            std::time::Instant::now() < deadline,
+            "share not given back: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -294,6 +294,8 @@ fn thousands_of_concurrent_sandbox_connections_leak_no_fds_and_memory_stays_boun
         plain_ports: vec![80],
         agent: AgentOptions {
             nofile_soft: Some(1024),
+            // One sandbox holds them all: above its default share.
+            extra_node_yaml: format!("  limits:\n    maxConnectionsPerSandbox: {}\n", conns + 100),
             ..AgentOptions::default()
         },
         ..WorldOptions::default()

@@ -137,3 +137,113 @@ fn transaction_windows_are_exact_and_add_up_to_the_flow() {
     }
     assert_eq!(checked, SANDBOXES * per_inv_flows);
 }
+
+/// HTTP/2 multiplexes streams on one connection: each transaction's window
+/// is what the connection carried since the previous cut, and the parts
+/// still add up to the kernel's count for the socket. After the last cut
+/// only the connection's close remains (GOAWAY frames, close_notify).
+#[test]
+fn http2_windows_add_up_to_the_flow() {
+    if !require_privileges("l4_windows_h2") {
+        return;
+    }
+    let w = World::start("");
+    let inv = unique("inv-win-h2-");
+    let cg = w.sandbox(&inv, None);
+    // One connection: four sequential streams, then three in parallel.
+    let urls: Vec<String> = [100, 2000, 30000, 7, 5000, 60000, 1]
+        .iter()
+        .map(|n| format!("https://api.openai.com/json/{n}"))
+        .collect();
+    let mut args = vec![
+        "--http2",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+    ];
+    args.extend(urls[..4].iter().map(String::as_str));
+    w.curl(&cg, &args);
+    let mut args = vec![
+        "--http2",
+        "--parallel",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+    ];
+    args.extend(urls[4..].iter().map(String::as_str));
+    w.curl(&cg, &args);
+    let recs = w.agent.wait_records("h2 transactions and flows", |r| {
+        txns(r, &inv).len() >= 7
+            && flows_of(r, &inv)
+                .iter()
+                .filter(|f| f.get_i64(sc::SERVER_PORT) == Some(443))
+                .count()
+                >= 2
+    });
+    let ts = txns(&recs, &inv);
+    assert!(ts
+        .iter()
+        .all(|t| t.get_str(sc::NETWORK_PROTOCOL_VERSION) == Some("2")));
+    let mut flows = 0;
+    for f in flows_of(&recs, &inv)
+        .into_iter()
+        .filter(|f| f.get_i64(sc::SERVER_PORT) == Some(443))
+    {
+        let cookie = f.get_str(sc::SOCKET_COOKIE).unwrap();
+        let mine: Vec<&&Record> = ts
+            .iter()
+            .filter(|t| t.get_str(sc::SOCKET_COOKIE) == Some(cookie))
+            .collect();
+        assert!(!mine.is_empty());
+        let hs = mine
+            .iter()
+            .find(|t| t.get_i64(sc::L4_HANDSHAKE_BYTES_SANDBOX_TX).is_some())
+            .expect("the handshake on one transaction");
+        let sum = |k: &str| mine.iter().map(|t| i(t, k)).sum::<i64>();
+        for (flow_key, hs_key, win_key) in [
+            (
+                sc::L4_BYTES_SANDBOX_TX,
+                sc::L4_HANDSHAKE_BYTES_SANDBOX_TX,
+                sc::L4_BYTES_SANDBOX_TX,
+            ),
+            (
+                sc::L4_BYTES_SANDBOX_RX,
+                sc::L4_HANDSHAKE_BYTES_SANDBOX_RX,
+                sc::L4_BYTES_SANDBOX_RX,
+            ),
+        ] {
+            let tail = i(f, flow_key) - i(hs, hs_key) - sum(win_key);
+            // The close: GOAWAY (17 bytes) and close_notify (24), each a
+            // TLS record, in either order or not at all.
+            assert!(
+                (0..=2 * (17 + RECORD) + CLOSE_NOTIFY).contains(&tail),
+                "{flow_key}: handshake + windows + close != flow (close {tail})\nflow {}\n{}",
+                f.to_json_line(),
+                mine.iter()
+                    .map(|t| t.to_json_line())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        // Sequential streams: every window holds at least its own response.
+        if mine.len() == 4 {
+            for t in &mine {
+                assert!(
+                    i(t, sc::L4_BYTES_SANDBOX_RX) >= i(t, sc::RESP_BYTES),
+                    "{}",
+                    t.to_json_line()
+                );
+            }
+        }
+        flows += 1;
+    }
+    assert_eq!(flows, 2);
+}

@@ -13,6 +13,9 @@ pub const AF_INET6: u16 = 10;
 pub const TAG_REDIRECTED: u8 = 1;
 /// `SockTag::flags`: the socket's cgroup was registered (slot/generation valid).
 pub const TAG_ATTRIBUTED: u8 = 2;
+/// The socket counts against its sandbox's socket quota
+/// (`EGRET_SANDBOX_SOCKETS`); given back when the tag goes.
+pub const TAG_COUNTED: u8 = 4;
 
 /// Transport protocol numbers stored in `SockTag::proto`.
 pub const PROTO_TCP: u8 = 6;
@@ -130,6 +133,18 @@ pub struct LinkKey {
     pub family: u32,
 }
 
+/// One sandbox's share of the per-socket maps (`EGRET_SANDBOX_SOCKETS`,
+/// by sandbox cgroup id): so one sandbox cannot fill the maps every
+/// sandbox's attribution lives in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SandboxShare {
+    /// Tagged sockets the sandbox holds now.
+    pub sockets: u32,
+    /// Connects refused because it was at `KConfig::max_sockets_per_sandbox`.
+    pub refused: u32,
+}
+
 /// Node-wide settings the programs read (single-entry array `CONFIG`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -145,6 +160,10 @@ pub struct KConfig {
     pub block_raw: u8,
     /// cgroup v2 level of the sandbox root; sandboxes are its children.
     pub root_level: u32,
+    /// Tagged TCP sockets one sandbox may hold at once (0 = no quota); a
+    /// connect beyond it is refused (EPERM).
+    pub max_sockets_per_sandbox: u32,
+    pub _pad2: u32,
     /// Network namespace cookie of the agent (where its listeners are).
     pub agent_netns: u64,
     /// The agent's own TCP endpoints (admin, PROXY-protocol listener), which
@@ -336,7 +355,9 @@ pub mod stat {
     /// UDP datagrams or connects to ports other than 443 refused
     /// (`blockUdpPorts`, `blockAllUdpExceptDns`).
     pub const UDP_REFUSED: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// TCP connects refused: the sandbox held its socket quota.
+    pub const SOCKET_QUOTA_REFUSED: u32 = 12;
+    pub const COUNT: u32 = 13;
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_drops",
         "close_without_tag",
@@ -350,6 +371,7 @@ pub mod stat {
         "raw_socket_refused",
         "tags_released",
         "udp_refused",
+        "socket_quota_refused",
     ];
 }
 
@@ -372,4 +394,5 @@ mod pod {
     unsafe impl aya::Pod for LinkKey {}
     unsafe impl aya::Pod for KConfig {}
     unsafe impl aya::Pod for NodeAddr {}
+    unsafe impl aya::Pod for SandboxShare {}
 }

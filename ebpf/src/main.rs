@@ -15,6 +15,10 @@
 //! `STATS` so the agent can report it.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target has no `core::sync::atomic` types; this is
+// the `__sync_fetch_and_add` the kernel's own BPF programs use.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr, bpf_sock_ops},
@@ -29,8 +33,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use egret_common::{
-    limits, normalize, stat, AttrRef, CloseEvent, KConfig, LinkKey, NodeAddr, SkbCounters,
-    SockTag, AF_INET, AF_INET6, PROTO_TCP, TAG_ATTRIBUTED, TAG_REDIRECTED,
+    limits, normalize, stat, AttrRef, CloseEvent, KConfig, LinkKey, NodeAddr, SandboxShare,
+    SkbCounters, SockTag, AF_INET, AF_INET6, PROTO_TCP, TAG_ATTRIBUTED, TAG_COUNTED,
+    TAG_REDIRECTED,
 };
 
 /// Sandbox cgroup id → current attribution.
@@ -58,6 +63,60 @@ static PORTS: HashMap<u16, u8> = HashMap::pinned(limits::MAX_CAPTURE_PORTS, 0);
 /// sandbox in its own netns reaches a wildcard agent listener through them.
 #[map(name = "EGRET_NODE_ADDRS")]
 static NODE_ADDRS: HashMap<NodeAddr, u8> = HashMap::pinned(limits::MAX_NODE_ADDRS, 0);
+
+/// Sandbox cgroup id → its share of the per-socket maps.
+#[map(name = "EGRET_SANDBOX_SOCKETS")]
+static SANDBOX_SOCKETS: LruHashMap<u64, SandboxShare> =
+    LruHashMap::pinned(limits::MAX_SANDBOXES * 2, 0);
+
+/// Atomically adds `v` (wrapping: `u32::MAX` takes one away) to a counter
+/// in a map value shared by every CPU.
+#[inline(always)]
+fn atomic_add(p: *mut u32, v: u32) {
+    unsafe {
+        core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, v,
+        );
+    }
+}
+
+/// Takes one socket from the sandbox's quota; false when it has none left
+/// (counted as refused, for the sandbox and node-wide).
+#[inline(always)]
+fn take_socket(cgroup_id: u64, max: u32) -> bool {
+    let mut share = SANDBOX_SOCKETS.get_ptr_mut(&cgroup_id);
+    if share.is_none() {
+        let _ = SANDBOX_SOCKETS.insert(&cgroup_id, &SandboxShare::default(), BPF_NOEXIST);
+        share = SANDBOX_SOCKETS.get_ptr_mut(&cgroup_id);
+    }
+    let Some(share) = share else {
+        // No room to account for it: the map is sized for twice the
+        // sandboxes, so this is a node-level fault, not this sandbox's.
+        return true;
+    };
+    unsafe {
+        // A count that went below zero (its entry was evicted and made
+        // again while sockets were open) reads as huge: it never refuses.
+        let n = core::ptr::read_volatile(core::ptr::addr_of!((*share).sockets));
+        if (n as i32) >= 0 && n >= max {
+            atomic_add(core::ptr::addr_of_mut!((*share).refused), 1);
+            return false;
+        }
+        atomic_add(core::ptr::addr_of_mut!((*share).sockets), 1);
+    }
+    true
+}
+
+/// Gives a counted socket back to its sandbox's quota.
+#[inline(always)]
+fn give_socket(tag: &SockTag) {
+    if tag.flags & TAG_COUNTED == 0 {
+        return;
+    }
+    if let Some(share) = SANDBOX_SOCKETS.get_ptr_mut(&tag.cgroup_id) {
+        unsafe { atomic_add(core::ptr::addr_of_mut!((*share).sockets), u32::MAX) };
+    }
+}
 
 /// UDP destination ports (host order) refused to sandboxes.
 #[map(name = "EGRET_UDP_PORTS")]
@@ -191,7 +250,21 @@ fn on_connect(ctx: &SockAddrContext, family: u16, redirect: fn(*mut bpf_sock_add
         bump(stat::REDIRECTS);
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // The sandbox's share of the socket maps: a socket connecting again
+    // (after a failed attempt) is already counted.
+    if cfg.max_sockets_per_sandbox != 0 {
+        let counted = unsafe { TAGS.get(&cookie) }.is_some_and(|t| t.flags & TAG_COUNTED != 0);
+        if counted {
+            tag.flags |= TAG_COUNTED;
+        } else if take_socket(cgroup_id, cfg.max_sockets_per_sandbox) {
+            tag.flags |= TAG_COUNTED;
+        } else {
+            bump(stat::SOCKET_QUOTA_REFUSED);
+            return REFUSE;
+        }
+    }
     if TAGS.insert(&cookie, &tag, 0).is_err() {
+        give_socket(&tag);
         bump(stat::TAG_INSERT_FAILED);
     }
     ALLOW
@@ -364,7 +437,9 @@ pub fn egret_sockops(ctx: SockOpsContext) -> u32 {
         let key = link_key(ops, tag.netns_cookie);
         let _ = LINKS.remove(&key);
     }
-    let _ = TAGS.remove(&cookie);
+    if TAGS.remove(&cookie).is_ok() {
+        give_socket(&tag);
+    }
     1
 }
 
@@ -484,9 +559,12 @@ pub fn egret_sock_release(ctx: SockContext) -> i32 {
         return ALLOW;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if TAGS.remove(&cookie).is_ok() {
-        let _ = COUNTERS.remove(&cookie);
-        bump(stat::TAGS_RELEASED);
+    if let Some(tag) = unsafe { TAGS.get(&cookie) }.copied() {
+        if TAGS.remove(&cookie).is_ok() {
+            give_socket(&tag);
+            let _ = COUNTERS.remove(&cookie);
+            bump(stat::TAGS_RELEASED);
+        }
     }
     ALLOW
 }
