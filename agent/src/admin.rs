@@ -34,7 +34,7 @@ use crate::{
 };
 
 /// Counters kept by the recorder.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RecordStats {
     pub flows: AtomicU64,
     pub transactions: AtomicU64,
@@ -44,6 +44,25 @@ pub struct RecordStats {
     /// closed.
     pub flow_dropped: AtomicU64,
     pub tail_lagged: AtomicU64,
+    /// Each sandbox's share of the record queue (also held by the proxy).
+    pub queue: Arc<crate::record::QueueShares>,
+}
+
+/// Records one sandbox may have queued for the recorder at once (a quarter
+/// of the queue).
+pub const QUEUED_PER_SANDBOX: usize = 16_384;
+
+impl Default for RecordStats {
+    fn default() -> Self {
+        RecordStats {
+            flows: AtomicU64::new(0),
+            transactions: AtomicU64::new(0),
+            spool_dropped: AtomicU64::new(0),
+            flow_dropped: AtomicU64::new(0),
+            tail_lagged: AtomicU64::new(0),
+            queue: Arc::new(crate::record::QueueShares::new(QUEUED_PER_SANDBOX)),
+        }
+    }
 }
 
 /// Everything the admin endpoints report on.
@@ -145,6 +164,12 @@ impl Collector for Metrics {
                 vec![],
                 crate::flow::COUNTERS_MISSING.load(Ordering::Relaxed),
             )],
+        )?;
+        counter(
+            &mut enc,
+            "egret_records_over_sandbox_share",
+            "Records dropped because their sandbox had its share of the record queue queued",
+            &[(vec![], s.records.queue.dropped.load(Ordering::Relaxed))],
         )?;
         let a = &s.l7.admission.refusals;
         counter(
@@ -392,10 +417,13 @@ fn status_json(s: &AdminState) -> serde_json::Value {
         "kernel": s.kernel.maps.stats().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         // Per-sandbox shares of the socket maps (cgroup id → sockets held,
         // connects refused over the quota), most refused first.
+        // Invocations that lost records to their share of the record queue.
+        "records_over_share": s.records.queue.dropped_by.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "sandbox_sockets": s.kernel.maps.sandbox_shares(100).into_iter().map(|(cg, sh)| json!({
             "cgroup_id": cg.to_string(),
             "sockets": sh.sockets,
             "refused": sh.refused,
+            "closes_dropped": sh.closes_dropped,
         })).collect::<Vec<_>>(),
         "sandboxes": s.registry.list().len(),
         "proxy": {

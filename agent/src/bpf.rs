@@ -107,6 +107,7 @@ pub struct KernelMaps {
     ports: Mutex<HashMap<MapData, u16, u8>>,
     udp_ports: Mutex<HashMap<MapData, u16, u8>>,
     sandbox_sockets: HashMap<MapData, u64, SandboxShare>,
+    closes_read: Mutex<HashMap<MapData, u64, u32>>,
     attr: Mutex<HashMap<MapData, u64, AttrRef>>,
     tags: HashMap<MapData, u64, SockTag>,
     links: HashMap<MapData, LinkKey, u64>,
@@ -149,6 +150,8 @@ pub struct LoadOptions<'a> {
     pub block_raw: bool,
     /// Tagged sockets one sandbox may hold (0 = no quota).
     pub max_sockets_per_sandbox: u32,
+    /// Unread close events one sandbox may have on the ring buffer.
+    pub max_pending_closes_per_sandbox: u32,
     /// The agent's TCP endpoints refused to sandboxes (admin listener,
     /// PROXY-protocol listener).
     pub guarded: &'a [SocketAddr],
@@ -245,6 +248,7 @@ impl Kernel {
                 ports: Mutex::new(take(&mut ebpf, "EGRET_PORTS")?),
                 udp_ports: Mutex::new(take(&mut ebpf, "EGRET_UDP_PORTS")?),
                 sandbox_sockets: take(&mut ebpf, "EGRET_SANDBOX_SOCKETS")?,
+                closes_read: Mutex::new(take(&mut ebpf, "EGRET_SANDBOX_CLOSES_READ")?),
                 attr: Mutex::new(take(&mut ebpf, "EGRET_ATTR")?),
                 tags: take(&mut ebpf, "EGRET_TAGS")?,
                 links: take(&mut ebpf, "EGRET_LINKS")?,
@@ -265,6 +269,7 @@ impl Kernel {
             udp_all_but_dns: opts.udp_all_but_dns,
             block_raw: opts.block_raw,
             max_sockets_per_sandbox: opts.max_sockets_per_sandbox,
+            max_pending_closes_per_sandbox: opts.max_pending_closes_per_sandbox,
             root_level: opts.root_level,
             capture_ports: opts.capture_ports.to_vec(),
             guarded: opts.guarded.to_vec(),
@@ -282,6 +287,7 @@ pub struct KernelSettings {
     pub udp_all_but_dns: bool,
     pub block_raw: bool,
     pub max_sockets_per_sandbox: u32,
+    pub max_pending_closes_per_sandbox: u32,
     pub root_level: u32,
     pub capture_ports: Vec<u16>,
     /// The agent's TCP endpoints sandboxes may not connect to.
@@ -340,6 +346,7 @@ fn kconfig(k: &KernelSettings) -> Result<KConfig, BpfError> {
         udp_all_but_dns: u8::from(k.udp_all_but_dns),
         block_raw: u8::from(k.block_raw),
         max_sockets_per_sandbox: k.max_sockets_per_sandbox,
+        max_pending_closes_per_sandbox: k.max_pending_closes_per_sandbox,
         root_level: k.root_level,
         agent_netns: k.agent_netns,
         ..KConfig::default()
@@ -588,6 +595,22 @@ impl KernelMaps {
         self.set_node_addrs(&addrs)
     }
 
+    /// Close events read per sandbox so far, as last told to the kernel
+    /// (survives an agent restart with the pinned maps).
+    pub fn closes_read(&self) -> std::collections::HashMap<u64, u32> {
+        let m = self.closes_read.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Tells the kernel how many close events of each sandbox were read,
+    /// so their share of the ring buffer is free again.
+    pub fn set_closes_read(&self, read: &[(u64, u32)]) {
+        let mut m = self.closes_read.lock().unwrap_or_else(|p| p.into_inner());
+        for (cg, n) in read {
+            let _ = m.insert(cg, n, 0);
+        }
+    }
+
     /// Sandboxes' shares of the socket maps (cgroup id, share): those
     /// holding sockets or refused some, most refused first, at most `n`.
     pub fn sandbox_shares(&self, n: usize) -> Vec<(u64, SandboxShare)> {
@@ -595,7 +618,7 @@ impl KernelMaps {
             .sandbox_sockets
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, s)| s.refused > 0 || (s.sockets > 0 && (s.sockets as i32) > 0))
+            .filter(|(_, s)| s.refused > 0 || s.closes_dropped > 0 || (s.sockets as i32) > 0)
             .collect();
         v.sort_by(|a, b| {
             b.1.refused
@@ -667,6 +690,7 @@ mod tests {
             udp_all_but_dns: false,
             block_raw: true,
             max_sockets_per_sandbox: 0,
+            max_pending_closes_per_sandbox: 0,
             root_level: 1,
             capture_ports: vec![443],
             guarded: eps.iter().map(|e| e.parse().unwrap()).collect(),
@@ -797,6 +821,7 @@ mod tests {
             udp_all_but_dns: false,
             block_raw: false,
             max_sockets_per_sandbox: 0,
+            max_pending_closes_per_sandbox: 0,
             root_level: 1,
             capture_ports: vec![],
             guarded: (1..=5)

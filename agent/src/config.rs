@@ -69,6 +69,10 @@ pub struct NodeConfig {
     /// per-socket maps, which hold 262,144 for the node); a connect beyond
     /// it fails with EPERM. 0 = no quota.
     pub max_sockets_per_sandbox: u32,
+    /// Close events of one sandbox that may wait unread on the kernel's
+    /// ring buffer (its share of ~35,000); beyond it its flows are dropped
+    /// and counted for it, never another sandbox's. 0 = no quota.
+    pub max_pending_closes_per_sandbox: u32,
     /// Refuse raw (`SOCK_RAW`) and packet (`AF_PACKET`) sockets in sandboxes:
     /// they send and see traffic past the connect hooks. On by default.
     pub block_raw_sockets: bool,
@@ -162,6 +166,7 @@ impl Default for NodeConfig {
             block_all_udp_except_dns: false,
             block_raw_sockets: true,
             max_sockets_per_sandbox: egret_common::limits::MAX_SOCKETS / 8,
+            max_pending_closes_per_sandbox: 8192,
             sandbox_cidrs: vec!["10.231.0.0/16".into()],
             listen_port: 15001,
             state_dir: PathBuf::from("/var/lib/egret"),

@@ -180,6 +180,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         udp_all_but_dns: cfg.node.block_all_udp_except_dns,
         block_raw: cfg.node.block_raw_sockets,
         max_sockets_per_sandbox: cfg.node.max_sockets_per_sandbox,
+        max_pending_closes_per_sandbox: cfg.node.max_pending_closes_per_sandbox,
         guarded: &guarded,
     })?);
     let root_canon = paths
@@ -249,6 +250,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         dropped_records: AtomicU64::new(0),
         resolver: Default::default(),
         admission: crate::proxy::admission::Admission::new(cfg.node.limits.clone()),
+        queue_shares: record_stats.queue.clone(),
         drain: Default::default(),
     });
     let recorder = spawn_recorder(
@@ -691,6 +693,8 @@ async fn record_loop(
         }
         last_append = std::time::Instant::now();
         for rec in batch.iter_mut() {
+            // Off the queue: its place is free for its sandbox again.
+            out.stats.queue.release(rec);
             (out.stamp)(rec);
         }
         // Only what the spool kept goes on: a record the spool refused or

@@ -168,11 +168,17 @@ pub async fn deliver(
     out: &mpsc::Sender<Record>,
     wait: Duration,
     dropped: &AtomicU64,
+    shares: &crate::record::QueueShares,
 ) -> bool {
     while let Some(rec) = records.next() {
+        // The sandbox's share of the queue (counted there when refused).
+        if !shares.admit(&rec) {
+            continue;
+        }
         match out.send_timeout(rec, wait).await {
             Ok(()) => {}
-            Err(SendTimeoutError::Timeout(_)) => {
+            Err(SendTimeoutError::Timeout(rec)) => {
+                shares.release(&rec);
                 let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(
                     dropped = n,
@@ -180,7 +186,8 @@ pub async fn deliver(
                      egret_records_dropped_total{{stage=\"flow\"}})"
                 );
             }
-            Err(SendTimeoutError::Closed(_)) => {
+            Err(SendTimeoutError::Closed(rec)) => {
+                shares.release(&rec);
                 let lost = 1 + records.len() as u64;
                 dropped.fetch_add(lost, Ordering::Relaxed);
                 tracing::warn!(
@@ -218,6 +225,8 @@ pub async fn run_close_loop(
     let mut afd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(std::io::Error::from)?;
     let mut batch = Vec::new();
+    // Close events read per sandbox (wrapping), continued across restarts.
+    let mut read = kernel.maps.closes_read();
     loop {
         let last = tokio::select! {
             guard = afd.readable_mut() => {
@@ -231,16 +240,56 @@ pub async fn run_close_loop(
                 true
             }
         };
+        account_read(&batch, &mut read, &kernel.maps);
         let records = batch
             .drain(..)
             .map(|ev| flow_record(&ev, kernel.maps.take_counters(ev.cookie), &registry, clock));
-        if !deliver(records, &out, CLOSE_SEND_WAIT, &stats.flow_dropped).await {
+        if !deliver(
+            records,
+            &out,
+            CLOSE_SEND_WAIT,
+            &stats.flow_dropped,
+            &stats.queue,
+        )
+        .await
+        {
             return Ok(());
         }
         if last {
             return Ok(());
         }
     }
+}
+
+/// Tells the kernel the sandboxes' events in `batch` were read (one map
+/// update per sandbox in the batch), freeing their ring-buffer shares.
+fn account_read(
+    batch: &[CloseEvent],
+    read: &mut std::collections::HashMap<u64, u32>,
+    maps: &crate::bpf::KernelMaps,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let touched = count_read(batch, read);
+    maps.set_closes_read(&touched);
+}
+
+/// Adds `batch`'s events to the per-sandbox read counts; returns the new
+/// counts of the sandboxes it touched.
+fn count_read(
+    batch: &[CloseEvent],
+    read: &mut std::collections::HashMap<u64, u32>,
+) -> Vec<(u64, u32)> {
+    let mut touched: Vec<u64> = Vec::new();
+    for ev in batch {
+        let n = read.entry(ev.tag.cgroup_id).or_default();
+        *n = n.wrapping_add(1);
+        if !touched.contains(&ev.tag.cgroup_id) {
+            touched.push(ev.tag.cgroup_id);
+        }
+    }
+    touched.into_iter().map(|cg| (cg, read[&cg])).collect()
 }
 
 fn read_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, batch: &mut Vec<CloseEvent>) {
@@ -275,6 +324,36 @@ mod tests {
     }
 
     #[test]
+    fn read_counts_per_sandbox_wrap_and_report_each_sandbox_once() {
+        let ev = |cg| CloseEvent {
+            tag: SockTag {
+                cgroup_id: cg,
+                ..SockTag::default()
+            },
+            ..CloseEvent::default()
+        };
+        let mut read = std::collections::HashMap::from([(7u64, u32::MAX)]);
+        let mut t = count_read(&[ev(7), ev(9), ev(7)], &mut read);
+        t.sort();
+        assert_eq!(t, [(7, 1), (9, 1)], "wrapping, one entry per sandbox");
+        // The kernel's check with those counts.
+        let share = egret_common::SandboxShare {
+            closes_out: 1,
+            ..Default::default()
+        };
+        assert!(share.may_queue_close(1, 5));
+        let full = egret_common::SandboxShare {
+            closes_out: 6,
+            ..Default::default()
+        };
+        assert!(!full.may_queue_close(1, 5));
+        assert!(full.may_queue_close(1, 0), "no quota");
+        // Out behind read (an evicted, remade entry): never refuses.
+        let behind = egret_common::SandboxShare::default();
+        assert!(behind.may_queue_close(100, 5));
+    }
+
+    #[test]
     fn missing_counters_are_left_out_and_flagged_never_zero() {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::open(dir.path().to_owned(), dir.path().join("registry.json")).unwrap();
@@ -306,6 +385,10 @@ mod tests {
         assert_eq!(r.get_i64(sc::L4_WIRE_BYTES_SANDBOX_RX), Some(1500));
     }
 
+    fn shares() -> crate::record::QueueShares {
+        crate::record::QueueShares::new(usize::MAX)
+    }
+
     fn recs(n: usize) -> Vec<Record> {
         (0..n).map(|_| Record::new(sc::KIND_FLOW)).collect()
     }
@@ -316,7 +399,7 @@ mod tests {
         let dropped = AtomicU64::new(0);
         let wait = Duration::from_millis(20);
         // Room for two: the other three wait, then are dropped and counted.
-        assert!(deliver(recs(5).into_iter(), &tx, wait, &dropped).await);
+        assert!(deliver(recs(5).into_iter(), &tx, wait, &dropped, &shares()).await);
         assert_eq!(dropped.load(Ordering::Relaxed), 3);
         assert!(rx.recv().await.is_some() && rx.recv().await.is_some());
         // A recorder that catches up within the wait loses nothing.
@@ -327,7 +410,16 @@ mod tests {
             }
             n
         });
-        assert!(deliver(recs(50).into_iter(), &tx, Duration::from_secs(10), &dropped).await);
+        assert!(
+            deliver(
+                recs(50).into_iter(),
+                &tx,
+                Duration::from_secs(10),
+                &dropped,
+                &shares()
+            )
+            .await
+        );
         drop(tx);
         assert_eq!(reader.await.unwrap(), 50);
         assert_eq!(dropped.load(Ordering::Relaxed), 3);
@@ -338,7 +430,16 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         drop(rx);
         let dropped = AtomicU64::new(0);
-        assert!(!deliver(recs(7).into_iter(), &tx, CLOSE_SEND_WAIT, &dropped).await);
+        assert!(
+            !deliver(
+                recs(7).into_iter(),
+                &tx,
+                CLOSE_SEND_WAIT,
+                &dropped,
+                &shares()
+            )
+            .await
+        );
         assert_eq!(
             dropped.load(Ordering::Relaxed),
             7,

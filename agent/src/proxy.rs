@@ -71,6 +71,8 @@ pub struct L7 {
     pub dropped_records: AtomicU64,
     /// The node's resolver, for plain-HTTP destination checks.
     pub resolver: destination::Resolver,
+    /// Each sandbox's share of the record queue (the recorder releases).
+    pub queue_shares: Arc<crate::record::QueueShares>,
     /// Per-sandbox connection, request and buffer budgets.
     pub admission: Arc<admission::Admission>,
     /// Shutdown state shared by every connection.
@@ -124,7 +126,18 @@ impl Drain {
 impl L7 {
     /// Hands a record to the recorder without ever blocking the data path.
     pub fn emit(&self, rec: Record) {
-        if self.records.try_send(rec).is_err() {
+        // The sandbox's share of the queue first: one sandbox's volume
+        // never decides what another loses.
+        if !self.queue_shares.admit(&rec) {
+            crate::limited!(QueueShare, warn, "a sandbox had its share of the record queue queued: transaction record dropped (egret_records_over_sandbox_share_total)");
+            return;
+        }
+        if let Err(e) = self.records.try_send(rec) {
+            let rec = match e {
+                tokio::sync::mpsc::error::TrySendError::Full(r)
+                | tokio::sync::mpsc::error::TrySendError::Closed(r) => r,
+            };
+            self.queue_shares.release(&rec);
             let n = self.dropped_records.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(

@@ -51,10 +51,12 @@ pub enum Reason {
     UnknownAttribution,
     /// A sandbox at its connection limit.
     SandboxLimit,
+    /// A sandbox at its share of the record queue.
+    QueueShare,
 }
 
 impl Reason {
-    const ALL: [Reason; 13] = [
+    const ALL: [Reason; 14] = [
         Reason::RefusedUnlinked,
         Reason::RefusedNonHttp,
         Reason::UpstreamConnect,
@@ -68,6 +70,7 @@ impl Reason {
         Reason::UpstreamRequest,
         Reason::UnknownAttribution,
         Reason::SandboxLimit,
+        Reason::QueueShare,
     ];
     const COUNT: usize = Self::ALL.len();
 

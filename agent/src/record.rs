@@ -195,3 +195,99 @@ mod tests {
         assert_eq!(back.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(12));
     }
 }
+
+/// Each sandbox's share of the record queue between the proxy/close loop
+/// and the recorder, so one sandbox's volume cannot decide what the others
+/// lose when the recorder falls behind: a record is admitted only while its
+/// invocation has fewer than `max` queued; the recorder releases it.
+#[derive(Debug)]
+pub struct QueueShares {
+    max: usize,
+    queued: std::sync::Mutex<std::collections::HashMap<u64, usize>>,
+    /// Records refused because their sandbox had its share queued.
+    pub dropped: std::sync::atomic::AtomicU64,
+    /// The invocations that lost records that way, with how many (at most
+    /// [`QueueShares::REPORTED`] kept).
+    pub dropped_by: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl QueueShares {
+    /// Invocations kept in `dropped_by`.
+    pub const REPORTED: usize = 256;
+
+    pub fn new(max: usize) -> QueueShares {
+        QueueShares {
+            max,
+            queued: Default::default(),
+            dropped: Default::default(),
+            dropped_by: Default::default(),
+        }
+    }
+
+    fn key(rec: &Record) -> u64 {
+        rec.invocation_id()
+            .unwrap_or("")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
+
+    /// Takes a place in the queue for `rec`; false (counted for its
+    /// invocation) when its sandbox has its share queued.
+    pub fn admit(&self, rec: &Record) -> bool {
+        let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        let n = q.entry(Self::key(rec)).or_default();
+        if *n < self.max {
+            *n += 1;
+            return true;
+        }
+        drop(q);
+        self.dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut by = self.dropped_by.lock().unwrap_or_else(|p| p.into_inner());
+        let inv = rec.invocation_id().unwrap_or("").to_owned();
+        if by.len() < Self::REPORTED || by.contains_key(&inv) {
+            *by.entry(inv).or_default() += 1;
+        }
+        false
+    }
+
+    /// Gives `rec`'s place back (taken off the queue, or never queued).
+    pub fn release(&self, rec: &Record) {
+        let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        let k = Self::key(rec);
+        if let Some(n) = q.get_mut(&k) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                q.remove(&k);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod queue_share_tests {
+    use super::*;
+
+    fn rec(inv: &str) -> Record {
+        let mut r = Record::new(crate::semconv::KIND_TRANSACTION);
+        r.set(crate::semconv::INVOCATION_ID, inv);
+        r
+    }
+
+    #[test]
+    fn one_invocation_cannot_take_the_queue() {
+        let s = QueueShares::new(3);
+        let loud: Vec<Record> = (0..5).map(|_| rec("loud")).collect();
+        let admitted = loud.iter().filter(|r| s.admit(r)).count();
+        assert_eq!(admitted, 3);
+        assert!(s.admit(&rec("quiet")), "another sandbox still gets in");
+        assert_eq!(s.dropped.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(s.dropped_by.lock().unwrap().get("loud"), Some(&2));
+        // The recorder takes one: one more place for it.
+        s.release(&loud[0]);
+        assert!(s.admit(&loud[1]));
+        assert!(!s.admit(&loud[2]));
+    }
+}

@@ -120,6 +120,7 @@ impl Targets {
                 udp_all_but_dns: n.block_all_udp_except_dns,
                 block_raw: n.block_raw_sockets,
                 max_sockets_per_sandbox: n.max_sockets_per_sandbox,
+                max_pending_closes_per_sandbox: n.max_pending_closes_per_sandbox,
                 root_level: self.root_level,
                 capture_ports: n.capture_ports.clone(),
                 guarded: self.running.node.guarded_endpoints(),

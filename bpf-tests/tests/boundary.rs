@@ -872,3 +872,89 @@ fn one_sandbox_cannot_take_more_than_its_share_of_the_socket_maps() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `n` TCP connects to a port nothing listens on (each socket closes at
+/// once with a close event); prints how many were refused (RST).
+const REFUSED_CONNECTS_PY: &str = r#"
+import socket, sys, time
+port, n, limit = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+end = time.monotonic() + limit
+refused = 0
+for k in range(n):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port))
+    except ConnectionRefusedError:
+        refused += 1
+    s.close()
+    if k % 1000 == 0 and time.monotonic() > end:
+        break
+print(refused)
+"#;
+
+#[test]
+fn one_sandbox_cannot_take_the_close_ring_buffer() {
+    if !require_privileges("ring_share") {
+        return;
+    }
+    // The agent is stopped while a noisy sandbox closes more sockets than
+    // the ring buffer holds (~35,000 events); a quiet sandbox closes a few
+    // afterwards. With a share per sandbox the quiet one loses nothing.
+    let agent = Agent::start(AgentOptions {
+        extra_node_yaml: "  maxPendingClosesPerSandbox: 2000\n".into(),
+        ..AgentOptions::default()
+    });
+    let dead_port = free_port();
+    let (noisy, quiet) = (unique("sb"), unique("sb"));
+    let (cgn, cgq) = (agent.cgroup(&noisy), agent.cgroup(&quiet));
+    agent.register(&noisy, None, "inv-noisy");
+    let quiet_inv = unique("inv-quiet-");
+    agent.register(&quiet, None, &quiet_inv);
+    let pid = nix::unistd::Pid::from_raw(agent.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let run = |cg: &SandboxCgroup, n: usize| -> usize {
+        let out = sandboxed(cg, None, "python3")
+            .args([
+                "-c",
+                REFUSED_CONNECTS_PY,
+                &dead_port.to_string(),
+                &n.to_string(),
+                "180",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let noisy_n = run(&cgn, 40_000);
+    let quiet_n = run(&cgq, 50);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(noisy_n >= 36_000, "only {noisy_n} noisy closes");
+    assert_eq!(quiet_n, 50);
+    let recs = agent.wait_records("the quiet sandbox's flows", |r| {
+        flows_of(r, &quiet_inv).len() >= 50
+    });
+    assert_eq!(flows_of(&recs, &quiet_inv).len(), 50);
+    let st = agent.status();
+    assert_eq!(
+        st["kernel"]["ringbuf_drops"].as_u64(),
+        Some(0),
+        "{}",
+        st["kernel"]
+    );
+    let shares = st["sandbox_sockets"].as_array().unwrap().clone();
+    let dropped: u64 = shares
+        .iter()
+        .map(|s| s["closes_dropped"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        dropped >= (noisy_n - 2000) as u64,
+        "noisy sandbox's drops not counted for it: {shares:?}"
+    );
+    assert_eq!(
+        st["kernel"]["closes_over_share"].as_u64(),
+        Some(dropped),
+        "{}",
+        st["kernel"]
+    );
+}

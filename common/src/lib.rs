@@ -143,6 +143,23 @@ pub struct SandboxShare {
     pub sockets: u32,
     /// Connects refused because it was at `KConfig::max_sockets_per_sandbox`.
     pub refused: u32,
+    /// Close events put on the ring buffer (wrapping); the agent writes
+    /// how many it has read to `EGRET_SANDBOX_CLOSES_READ`.
+    pub closes_out: u32,
+    /// Close events not put on the ring buffer: the sandbox already had
+    /// `KConfig::max_pending_closes_per_sandbox` unread there.
+    pub closes_dropped: u32,
+}
+
+impl SandboxShare {
+    /// Whether another close event of this sandbox may go on the ring
+    /// buffer, with `read` of its events read by the agent. A difference
+    /// that went negative (an entry evicted and made again) never refuses.
+    #[inline(always)]
+    pub fn may_queue_close(&self, read: u32, max: u32) -> bool {
+        let pending = self.closes_out.wrapping_sub(read);
+        max == 0 || (pending as i32) < 0 || pending < max
+    }
 }
 
 /// Node-wide settings the programs read (single-entry array `CONFIG`).
@@ -163,7 +180,9 @@ pub struct KConfig {
     /// Tagged TCP sockets one sandbox may hold at once (0 = no quota); a
     /// connect beyond it is refused (EPERM).
     pub max_sockets_per_sandbox: u32,
-    pub _pad2: u32,
+    /// Close events of one sandbox that may wait unread on the ring buffer
+    /// (0 = no quota); beyond it they are dropped and counted for it.
+    pub max_pending_closes_per_sandbox: u32,
     /// Network namespace cookie of the agent (where its listeners are).
     pub agent_netns: u64,
     /// The agent's own TCP endpoints (admin, PROXY-protocol listener), which
@@ -357,7 +376,10 @@ pub mod stat {
     pub const UDP_REFUSED: u32 = 11;
     /// TCP connects refused: the sandbox held its socket quota.
     pub const SOCKET_QUOTA_REFUSED: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// Close events dropped because their sandbox had its share of the
+    /// ring buffer unread (per sandbox: `SandboxShare::closes_dropped`).
+    pub const CLOSES_OVER_SHARE: u32 = 13;
+    pub const COUNT: u32 = 14;
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_drops",
         "close_without_tag",
@@ -372,6 +394,7 @@ pub mod stat {
         "tags_released",
         "udp_refused",
         "socket_quota_refused",
+        "closes_over_share",
     ];
 }
 

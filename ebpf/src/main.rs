@@ -80,16 +80,27 @@ fn atomic_add(p: *mut u32, v: u32) {
     }
 }
 
+/// Sandbox cgroup id → close events of it the agent has read (written by
+/// the agent only).
+#[map(name = "EGRET_SANDBOX_CLOSES_READ")]
+static CLOSES_READ: LruHashMap<u64, u32> = LruHashMap::pinned(limits::MAX_SANDBOXES * 2, 0);
+
+/// The sandbox's share entry, made on first use.
+#[inline(always)]
+fn share_of(cgroup_id: u64) -> Option<*mut SandboxShare> {
+    let share = SANDBOX_SOCKETS.get_ptr_mut(&cgroup_id);
+    if share.is_some() {
+        return share;
+    }
+    let _ = SANDBOX_SOCKETS.insert(&cgroup_id, &SandboxShare::default(), BPF_NOEXIST);
+    SANDBOX_SOCKETS.get_ptr_mut(&cgroup_id)
+}
+
 /// Takes one socket from the sandbox's quota; false when it has none left
 /// (counted as refused, for the sandbox and node-wide).
 #[inline(always)]
 fn take_socket(cgroup_id: u64, max: u32) -> bool {
-    let mut share = SANDBOX_SOCKETS.get_ptr_mut(&cgroup_id);
-    if share.is_none() {
-        let _ = SANDBOX_SOCKETS.insert(&cgroup_id, &SandboxShare::default(), BPF_NOEXIST);
-        share = SANDBOX_SOCKETS.get_ptr_mut(&cgroup_id);
-    }
-    let Some(share) = share else {
+    let Some(share) = share_of(cgroup_id) else {
         // No room to account for it: the map is sized for twice the
         // sandboxes, so this is a node-level fault, not this sandbox's.
         return true;
@@ -429,9 +440,28 @@ pub fn egret_sockops(ctx: SockOpsContext) -> u32 {
             tag,
         }
     };
-    if CLOSES.output::<CloseEvent>(&ev, 0).is_err() {
-        bump(stat::RINGBUF_DROPS);
-        warn!(&ctx, "close event for socket {} dropped: ring buffer full", cookie);
+    // The sandbox's share of the ring buffer: its unread events.
+    let cfg = config();
+    let share = share_of(tag.cgroup_id);
+    let queue = match share {
+        Some(sh) if cfg.max_pending_closes_per_sandbox != 0 => {
+            let read = unsafe { CLOSES_READ.get(&tag.cgroup_id) }.copied().unwrap_or(0);
+            let ok = unsafe { &*sh }.may_queue_close(read, cfg.max_pending_closes_per_sandbox);
+            if !ok {
+                unsafe { atomic_add(core::ptr::addr_of_mut!((*sh).closes_dropped), 1) };
+                bump(stat::CLOSES_OVER_SHARE);
+            }
+            ok
+        }
+        _ => true,
+    };
+    if queue {
+        if CLOSES.output::<CloseEvent>(&ev, 0).is_err() {
+            bump(stat::RINGBUF_DROPS);
+            warn!(&ctx, "close event for socket {} dropped: ring buffer full", cookie);
+        } else if let Some(sh) = share {
+            unsafe { atomic_add(core::ptr::addr_of_mut!((*sh).closes_out), 1) };
+        }
     }
     if tag.flags & TAG_REDIRECTED != 0 {
         let key = link_key(ops, tag.netns_cookie);
