@@ -294,6 +294,32 @@ impl Agent {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("status {body:?}: {e}"))
     }
 
+    /// `/status` once the admin listener answers and `ready(status)` holds,
+    /// within 30 s (waits for the condition, not for a log line).
+    pub fn wait_status(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up =
+                std::net::TcpStream::connect((self.admin_ip.as_str(), self.admin_port)).is_ok();
+            if up {
+                let st = self.status();
+                if ready(&st) {
+                    return st;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for {what}: {st}"
+                );
+            } else {
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for the admin listener ({what})"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `GET /metrics` from the admin listener (Prometheus text).
     pub fn metrics(&self) -> String {
         self.admin_get("/metrics")

@@ -454,8 +454,14 @@ fn agent_restart_keeps_counters_and_loses_or_doubles_no_flow() {
     held.say("more 40 4000");
     held.next_report();
     agent.spawn();
-    assert!(
-        agent.log_text().contains("Reused"),
+    // The restarted agent says how it found the programs on /status (a
+    // condition to wait for, not a log line that may not be written yet).
+    let st = agent.wait_status("the restarted agent's status", |s| {
+        s["programs"].is_string()
+    });
+    assert_eq!(
+        st["programs"],
+        "Reused",
         "programs were re-attached:\n{}",
         agent.log_text()
     );
