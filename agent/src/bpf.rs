@@ -33,6 +33,12 @@ use egret_common::{
 /// The compiled kernel half (built by `agent/build.rs`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egret.bpf.o"));
 
+/// The compiled object, for the privileged tests (which load its probe
+/// programs on their own).
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
 /// How a program attaches at the sandbox root cgroup.
 #[derive(Clone, Copy)]
 enum Attach {

@@ -958,3 +958,60 @@ fn one_sandbox_cannot_take_the_close_ring_buffer() {
         st["kernel"]
     );
 }
+
+#[test]
+fn egret_adds_its_sock_ops_flags_without_clearing_another_programs() {
+    if !require_privileges("sock_ops_flags") {
+        return;
+    }
+    use aya::programs::{CgroupAttachMode, SockOps};
+    let agent = Agent::start(AgentOptions::default());
+    let server = byte_server("127.0.0.1:0");
+    let id = unique("sb");
+    let cg = agent.cgroup(&id);
+    agent.register(&id, None, "inv-flags");
+    // Another tool's sock_ops program on the sandbox's own cgroup: it runs
+    // before egret's (attached at the sandbox root) and asks for RTT
+    // callbacks; egret's then asks for state callbacks.
+    let pins = std::path::PathBuf::from("/sys/fs/bpf").join(unique("egprobe"));
+    std::fs::create_dir_all(&pins).unwrap();
+    let mut ebpf = aya::EbpfLoader::new()
+        .default_map_pin_directory(&pins)
+        .load(egret::bpf::object())
+        .expect("load the object");
+    let rtts: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(ebpf.take_map("EGRET_PROBE_RTT").unwrap()).unwrap();
+    let prog: &mut SockOps = ebpf
+        .program_mut("egret_probe_rtt")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    prog.load().unwrap();
+    let cgfd = std::fs::File::open(&cg.path).unwrap();
+    let link = prog.attach(&cgfd, CgroupAttachMode::Single).unwrap();
+    let out = sandboxed(&cg, None, "python3")
+        .arg(clients_dir().join("tcp_client.py"))
+        .arg("127.0.0.1")
+        .arg(server.port().to_string())
+        .args(["--request-bytes=100", "--response-bytes=200000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = rtts.get(&0, 0).unwrap();
+    assert!(n > 0, "the other program's RTT callbacks were switched off");
+    // egret's own callbacks still work: the flow record came from its
+    // state callback.
+    let recs = agent.wait_records("the flow", |r| !flows_of(r, "inv-flags").is_empty());
+    assert_eq!(
+        i(flows_of(&recs, "inv-flags")[0], sc::L4_BYTES_SANDBOX_RX),
+        200_000
+    );
+    prog.detach(link).unwrap();
+    drop(ebpf);
+    egret::bpf::clear_pins(&pins);
+    let _ = std::fs::remove_dir(&pins);
+}

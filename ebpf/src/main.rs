@@ -549,6 +549,42 @@ pub fn egret_skb_ingress(ctx: SkBuffContext) -> i32 {
     count(&ctx, false)
 }
 
+/// RTT callbacks seen by [`egret_probe_rtt`].
+#[map(name = "EGRET_PROBE_RTT")]
+static PROBE_RTT: Array<u64> = Array::with_max_entries(1, 0);
+
+const OP_RTT_CB: u32 = 12;
+const CB_FLAG_RTT: u32 = 1 << 3;
+
+/// Not attached by the agent: a stand-in for another tool's `sock_ops`
+/// program (the privileged tests attach it below egret's), which asks for
+/// RTT callbacks and counts them — so a test sees whether egret's program
+/// adds its own flags without clearing another program's.
+#[sock_ops]
+pub fn egret_probe_rtt(ctx: SockOpsContext) -> u32 {
+    let ops = ctx.ops;
+    let op = ctx.op();
+    if op == OP_TCP_CONNECT_CB {
+        let flags =
+            unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ops).bpf_sock_ops_cb_flags)) };
+        unsafe { bpf_sock_ops_cb_flags_set(ops, (flags | CB_FLAG_RTT) as i32) };
+    } else if op == OP_RTT_CB {
+        if let Some(p) = PROBE_RTT.get_ptr_mut(0) {
+            unsafe { atomic_xadd64(p, 1) };
+        }
+    }
+    1
+}
+
+#[inline(always)]
+unsafe fn atomic_xadd64(p: *mut u64, v: u64) {
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, v,
+        );
+    }
+}
+
 /// Raw and packet sockets see and send traffic past the connect hooks (no
 /// tag, no redirect): refused in sandboxes unless `block_raw` is off.
 #[cgroup_sock(sock_create)]
