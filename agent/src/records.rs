@@ -89,7 +89,8 @@ pub fn print_header(out: &mut impl Write) -> Result<(), RecordsError> {
     Ok(())
 }
 
-/// One line per record: time, kind, invocation, destination, bytes, model, tokens.
+/// One line per record: time, kind, invocation, destination, the
+/// sandbox's wire bytes (TX/RX), model, tokens.
 pub fn print_row(out: &mut impl Write, r: &Record) -> Result<(), RecordsError> {
     {
         let dst = format!(
@@ -100,11 +101,10 @@ pub fn print_row(out: &mut impl Write, r: &Record) -> Result<(), RecordsError> {
             r.get_i64(sc::SERVER_PORT).unwrap_or(0)
         );
         let num = |k: &str| r.get_i64(k).map_or("-".to_owned(), |v| v.to_string());
-        let (tx, rx) = if r.kind() == sc::KIND_FLOW {
-            (num(sc::L4_BYTES_SANDBOX_TX), num(sc::L4_BYTES_SANDBOX_RX))
-        } else {
-            (num(sc::REQ_BYTES), num(sc::RESP_BYTES))
-        };
+        // Bytes the sandbox sent and received on the wire: a flow's
+        // whole connection, a transaction's window of it (request and
+        // response as TLS records; see docs/attributes.md).
+        let (tx, rx) = (num(sc::L4_BYTES_SANDBOX_TX), num(sc::L4_BYTES_SANDBOX_RX));
         writeln!(
             out,
             "{:<24} {:<11} {:<36} {:<28} {:>9} {:>9} {:<22} {:<6} {:>7} {:>7}",

@@ -170,7 +170,19 @@ fn run() -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let client = bpf_tests::clients_dir().join("demo_client.py");
-    let mut exec = Command::new(&egret)
+    // The sandbox resolves the providers' names to the mock through a
+    // private /etc/hosts: `egret exec` runs in a mount namespace of its own
+    // with it bound in (the workload itself may not mount: it runs without
+    // CAP_SYS_ADMIN), and the workload inherits it.
+    let mut exec = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+        ])
+        .arg(&hosts)
+        .arg(&egret)
         .arg("--config")
         .arg(&config)
         .args([
@@ -183,14 +195,6 @@ fn run() -> Result<(), String> {
             "python",
             "--",
         ])
-        .args([
-            "unshare",
-            "-m",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
-        ])
-        .arg(&hosts)
         .arg(&python)
         .arg(&client)
         .stderr(Stdio::piped())
