@@ -196,6 +196,14 @@ mod tests {
     }
 }
 
+/// A cheap, stable key for an invocation id in per-sandbox budgets (FNV-1a;
+/// not a secret, nothing to guess).
+pub fn invocation_key(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Each sandbox's share of the record queue between the proxy/close loop
 /// and the recorder, so one sandbox's volume cannot decide what the others
 /// lose when the recorder falls behind: a record is admitted only while its
@@ -225,12 +233,7 @@ impl QueueShares {
     }
 
     fn key(rec: &Record) -> u64 {
-        rec.invocation_id()
-            .unwrap_or("")
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            })
+        invocation_key(rec.invocation_id().unwrap_or(""))
     }
 
     /// Takes a place in the queue for `rec`; false (counted for its

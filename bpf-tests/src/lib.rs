@@ -320,6 +320,11 @@ impl Agent {
         }
     }
 
+    /// One kernel-side counter (`EGRET_STATS`) from `/status`.
+    pub fn kernel_stat(&self, name: &str) -> u64 {
+        self.status()["kernel"][name].as_u64().unwrap_or(0)
+    }
+
     /// `GET /metrics` from the admin listener (Prometheus text).
     pub fn metrics(&self) -> String {
         self.admin_get("/metrics")
@@ -769,6 +774,66 @@ pub fn sandboxed(cgroup: &SandboxCgroup, netns: Option<&Netns>, program: &str) -
         });
     }
     cmd
+}
+
+/// Connects (TCP) to each `host port` pair given on the command line and
+/// prints one word per attempt: `connected`, `eperm` (refused by the kernel
+/// programs), `refused` (nothing listening), `unreachable` (no route) or
+/// `error:ERRNO`. With `--send`, a GET goes out on the connection and
+/// `got:N` tells how many bytes came back.
+const CONNECT_PY: &str = r#"
+import errno, socket, sys
+args = sys.argv[1:]
+send = args and args[0] == "--send"
+if send: args = args[1:]
+for k in range(0, len(args), 2):
+    host, port = args[k], int(args[k + 1])
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(10)
+    try:
+        s.connect((host, port))
+    except PermissionError:
+        print("eperm"); s.close(); continue
+    except ConnectionRefusedError:
+        print("refused"); s.close(); continue
+    except OSError as e:
+        print("unreachable" if e.errno == errno.ENETUNREACH else "error:%d" % e.errno)
+        s.close(); continue
+    if not send:
+        print("connected"); s.close(); continue
+    try:
+        s.sendall(b"GET /json/10 HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
+        got = b""
+        while True:
+            c = s.recv(4096)
+            if not c: break
+            got += c
+        print("got:%d" % len(got))
+    except OSError as e:
+        print("got:0")
+"#;
+
+/// Runs [`CONNECT_PY`] with `cmd` (a `python3` command, in a sandbox or
+/// not) against `pairs`; one word per pair.
+pub fn connect_words(mut cmd: Command, pairs: &[(&str, u16)], send: bool) -> Vec<String> {
+    cmd.args(["-c", CONNECT_PY]);
+    if send {
+        cmd.arg("--send");
+    }
+    for (h, p) in pairs {
+        cmd.arg(h).arg(p.to_string());
+    }
+    let out = cmd.output().expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 pub fn clients_dir() -> PathBuf {

@@ -28,61 +28,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// Connects (TCP) to each `host port` pair given on the command line and
-/// prints one word per attempt: `connected`, `eperm` (refused by the kernel
-/// programs) or `refused` (nothing listening). With `--send`, a GET goes out
-/// on the connection and `got:N` tells how many bytes came back.
-const CONNECT_PY: &str = r#"
-import socket, sys
-args = sys.argv[1:]
-send = args and args[0] == "--send"
-if send: args = args[1:]
-for k in range(0, len(args), 2):
-    host, port = args[k], int(args[k + 1])
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    s.settimeout(10)
-    try:
-        s.connect((host, port))
-    except PermissionError:
-        print("eperm"); continue
-    except ConnectionRefusedError:
-        print("refused"); continue
-    if not send:
-        print("connected"); s.close(); continue
-    try:
-        s.sendall(b"GET /json/10 HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
-        got = b""
-        while True:
-            c = s.recv(4096)
-            if not c: break
-            got += c
-        print("got:%d" % len(got))
-    except OSError as e:
-        print("got:0")
-"#;
-
-fn connect_words(cmd: Command, pairs: &[(&str, u16)], send: bool) -> Vec<String> {
-    let mut cmd = cmd;
-    cmd.args(["-c", CONNECT_PY]);
-    if send {
-        cmd.arg("--send");
-    }
-    for (h, p) in pairs {
-        cmd.arg(h).arg(p.to_string());
-    }
-    let out = cmd.output().expect("python3");
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn kernel_stat(agent: &Agent, name: &str) -> u64 {
-    agent.status()["kernel"][name].as_u64().unwrap_or(0)
-}
-
 #[test]
 fn sandboxes_cannot_reach_the_admin_endpoint_or_the_attribution_api() {
     if !require_privileges("admin_isolation") {
@@ -108,7 +53,7 @@ fn sandboxes_cannot_reach_the_admin_endpoint_or_the_attribution_api() {
         ["eperm", "eperm"],
         "sandbox reached the admin listener"
     );
-    assert!(kernel_stat(&agent, "admin_refused") >= 2);
+    assert!(agent.kernel_stat("admin_refused") >= 2);
     // A sandbox in its own netns: its loopback is its own, and the node's
     // address does not lead to a loopback listener.
     let nid = unique("sb");
@@ -162,7 +107,7 @@ fn sandboxes_cannot_reach_the_admin_endpoint_or_the_attribution_api() {
     );
     let words = connect_words(ns.command("python3"), &[("10.231.1.1", port)], false);
     assert_eq!(words, ["connected"], "the route itself works");
-    assert_eq!(kernel_stat(&agent, "admin_refused"), 1);
+    assert_eq!(agent.kernel_stat("admin_refused"), 1);
 }
 
 #[test]
@@ -366,7 +311,7 @@ fn ipv6_v4_mapped_quic_and_extra_ports_do_not_bypass_capture() {
     );
 
     // QUIC (UDP/443) is refused over v4, v6 and v4-mapped v6, in both netns.
-    let before = kernel_stat(&w.agent, "quic_refused");
+    let before = w.agent.kernel_stat("quic_refused");
     let targets = ["127.0.0.1", "::1", "::ffff:127.0.0.1", &w.ip];
     let mut cmd = sandboxed(&cg, None, "python3");
     cmd.args(["-c", UDP_PY]).args(targets);
@@ -391,7 +336,7 @@ fn ipv6_v4_mapped_quic_and_extra_ports_do_not_bypass_capture() {
         "{}",
         text(&inner)
     );
-    assert_eq!(kernel_stat(&w.agent, "quic_refused"), before + 6);
+    assert_eq!(w.agent.kernel_stat("quic_refused"), before + 6);
 }
 
 #[test]

@@ -12,49 +12,6 @@ fn i(rec: &Record, key: &str) -> i64 {
         .unwrap_or_else(|| panic!("{key} missing in {}", rec.to_json_line()))
 }
 
-/// Connects (TCP) to each `host port` pair and prints one word per attempt:
-/// `connected`, `eperm` (refused by the kernel programs), `refused` (nothing
-/// listening) or `unreachable`.
-const CONNECT_PY: &str = r#"
-import errno, socket, sys
-args = sys.argv[1:]
-for k in range(0, len(args), 2):
-    host, port = args[k], int(args[k + 1])
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    s.settimeout(10)
-    try:
-        s.connect((host, port)); print("connected")
-    except PermissionError:
-        print("eperm")
-    except ConnectionRefusedError:
-        print("refused")
-    except OSError as e:
-        print("unreachable" if e.errno == errno.ENETUNREACH else "error:%d" % e.errno)
-    s.close()
-"#;
-
-fn connect_words(mut cmd: Command, pairs: &[(&str, u16)]) -> Vec<String> {
-    cmd.args(["-c", CONNECT_PY]);
-    for (h, p) in pairs {
-        cmd.arg(h).arg(p.to_string());
-    }
-    let out = cmd.output().expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn kernel_stat(agent: &Agent, name: &str) -> u64 {
-    agent.status()["kernel"][name].as_u64().unwrap_or(0)
-}
-
 /// Every form that lands on the agent netns's loopback.
 const LOCAL_FORMS: [&str; 7] = [
     "127.0.0.1",
@@ -85,17 +42,17 @@ fn agent_endpoints_are_refused_by_every_address_form() {
     agent.register(&id, None, "inv-forms");
     for port in [agent.admin_port, pp_port] {
         let pairs: Vec<(&str, u16)> = LOCAL_FORMS.iter().map(|h| (*h, port)).collect();
-        let words = connect_words(sandboxed(&cg, None, "python3"), &pairs);
+        let words = connect_words(sandboxed(&cg, None, "python3"), &pairs, false);
         assert_eq!(
             words,
             vec!["eperm"; LOCAL_FORMS.len()],
             "sandbox reached agent port {port} via {LOCAL_FORMS:?}"
         );
         // The host itself still reaches both.
-        let words = connect_words(Command::new("python3"), &[("127.0.0.1", port)]);
+        let words = connect_words(Command::new("python3"), &[("127.0.0.1", port)], false);
         assert_eq!(words, ["connected"]);
     }
-    assert!(kernel_stat(&agent, "admin_refused") >= 2 * LOCAL_FORMS.len() as u64);
+    assert!(agent.kernel_stat("admin_refused") >= 2 * LOCAL_FORMS.len() as u64);
     drop(agent);
 
     // Admin on a wildcard address: a sandbox in its own netns reaches it
@@ -114,16 +71,21 @@ fn agent_endpoints_are_refused_by_every_address_form() {
     let words = connect_words(
         sandboxed(&ncg, Some(&ns), "python3"),
         &[("10.232.1.1", port)],
+        false,
     );
     assert_eq!(
         words,
         ["eperm"],
         "sandbox netns reached a wildcard admin via the node"
     );
-    let words = connect_words(ns.command("python3"), &[("10.232.1.1", port)]);
+    let words = connect_words(ns.command("python3"), &[("10.232.1.1", port)], false);
     assert_eq!(words, ["connected"], "the route itself works");
     // Its own loopback is its own: nothing of the agent's there.
-    let words = connect_words(sandboxed(&ncg, Some(&ns), "python3"), &[("0.0.0.0", port)]);
+    let words = connect_words(
+        sandboxed(&ncg, Some(&ns), "python3"),
+        &[("0.0.0.0", port)],
+        false,
+    );
     assert_eq!(words, ["refused"]);
 }
 
@@ -170,7 +132,7 @@ fn raw_sockets_are_refused_in_sandboxes() {
     // CAP_NET_RAW, which `egret exec` drops (see the exec test).
     let refused = ["eperm", "eperm", "eperm", "created", "created"];
     assert_eq!(socket_words(sandboxed(&cg, None, "python3")), refused);
-    assert_eq!(kernel_stat(&agent, "raw_socket_refused"), 3);
+    assert_eq!(agent.kernel_stat("raw_socket_refused"), 3);
     // Outside the sandbox tree (root), nothing changes.
     assert_eq!(socket_words(Command::new("python3")), ["created"; 5]);
     drop(agent);
@@ -276,7 +238,7 @@ fn failed_connect_floods_leave_no_kernel_state_and_spare_other_sandboxes() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(kernel_stat(&agent, "tags_released") >= failed as u64);
+    assert!(agent.kernel_stat("tags_released") >= failed as u64);
 
     // The victim's connection kept its attribution and exact bytes.
     victim.say("more 50 500");
@@ -459,6 +421,7 @@ fn a_sandbox_netns_inside_trusted_cidrs_cannot_reach_the_proxy_protocol_listener
     let words = connect_words(
         sandboxed(&cg, Some(&ns), "python3"),
         &[("10.232.2.1", pp_port)],
+        false,
     );
     assert_eq!(
         words,
@@ -466,7 +429,7 @@ fn a_sandbox_netns_inside_trusted_cidrs_cannot_reach_the_proxy_protocol_listener
         "sandbox reached the PROXY-protocol listener"
     );
     // A trusted dialer in that network, outside any sandbox, still connects.
-    let words = connect_words(ns.command("python3"), &[("10.232.2.1", pp_port)]);
+    let words = connect_words(ns.command("python3"), &[("10.232.2.1", pp_port)], false);
     assert_eq!(words, ["connected"]);
 }
 
@@ -769,7 +732,7 @@ fn udp_is_refused_by_port_list_or_all_but_dns() {
         assert_eq!(words, expect, "{yaml:?}");
         let refused_other = expect[2..].iter().filter(|w| **w == "refused").count() as u64;
         assert_eq!(
-            kernel_stat(&agent, "udp_refused"),
+            agent.kernel_stat("udp_refused"),
             2 * refused_other,
             "{yaml:?}"
         );
@@ -838,7 +801,7 @@ fn one_sandbox_cannot_take_more_than_its_share_of_the_socket_maps() {
     // Another sandbox is not affected.
     let (mut o, got) = hold(&cgo, 20);
     assert_eq!(got, [20, 0]);
-    assert_eq!(kernel_stat(&agent, "socket_quota_refused"), 10);
+    assert_eq!(agent.kernel_stat("socket_quota_refused"), 10);
     let shares = agent.status()["sandbox_sockets"].clone();
     let refused: Vec<u64> = shares
         .as_array()

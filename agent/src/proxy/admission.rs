@@ -179,14 +179,13 @@ pub fn key_of(origin: &super::Origin) -> Key {
     if origin.cookie != 0 {
         return origin.tag.cgroup_id;
     }
-    // A trusted dialer: per invocation it named (FNV-1a; not a secret).
+    // A trusted dialer: per invocation it named (kept apart from cgroup
+    // ids by the top bit).
     let id = origin
         .attribution
         .as_ref()
         .map_or("", |a| a.invocation_id.as_str());
-    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    }) | (1 << 63)
+    crate::record::invocation_key(id) | (1 << 63)
 }
 
 #[cfg(test)]
