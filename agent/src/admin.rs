@@ -7,7 +7,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
 };
@@ -29,41 +29,10 @@ use crate::{
     attribution::Registry,
     bpf::Kernel,
     proxy::{Proxy, L7},
+    record::RecordStats,
     sink::{clickhouse::StatusHandle, otlp::OtlpSinks},
     store::SpoolHandle,
 };
-
-/// Counters kept by the recorder.
-#[derive(Debug)]
-pub struct RecordStats {
-    pub flows: AtomicU64,
-    pub transactions: AtomicU64,
-    pub spool_dropped: AtomicU64,
-    /// Flow records (close events already read off the ring buffer) that
-    /// could not be handed to the recorder: queue full past the wait, or
-    /// closed.
-    pub flow_dropped: AtomicU64,
-    pub tail_lagged: AtomicU64,
-    /// Each sandbox's share of the record queue (also held by the proxy).
-    pub queue: Arc<crate::record::QueueShares>,
-}
-
-/// Records one sandbox may have queued for the recorder at once (a quarter
-/// of the queue).
-pub const QUEUED_PER_SANDBOX: usize = 16_384;
-
-impl Default for RecordStats {
-    fn default() -> Self {
-        RecordStats {
-            flows: AtomicU64::new(0),
-            transactions: AtomicU64::new(0),
-            spool_dropped: AtomicU64::new(0),
-            flow_dropped: AtomicU64::new(0),
-            tail_lagged: AtomicU64::new(0),
-            queue: Arc::new(crate::record::QueueShares::new(QUEUED_PER_SANDBOX)),
-        }
-    }
-}
 
 /// Everything the admin endpoints report on.
 pub struct AdminState {

@@ -40,14 +40,18 @@ pub enum ApiError {
         source: std::io::Error,
     },
     #[error("attribution API: {0}")]
-    Http(String),
+    Http(#[from] hyper::Error),
+    #[error("attribution API request: {0}")]
+    Request(#[from] http::Error),
+    #[error("attribution API body: {0}")]
+    Json(#[from] serde_json::Error),
     #[error("attribution API refused the request ({status}): {message}")]
     Refused { status: u16, message: String },
 }
 
 pub struct ApiState {
     pub tail: tokio::sync::broadcast::Sender<Arc<crate::record::Record>>,
-    pub tail_lagged: Arc<crate::admin::RecordStats>,
+    pub tail_lagged: Arc<crate::record::RecordStats>,
     pub registry: Arc<Registry>,
     pub kernel: Arc<Kernel>,
     pub proxy: Arc<Proxy>,
@@ -82,7 +86,7 @@ pub async fn serve(path: &Path, state: Arc<ApiState>) -> Result<(), ApiError> {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let allowed = caller_allowed(&stream, &state.sandbox_root_rel);
+            let allowed = caller_allowed(&stream, &state.sandbox_root_rel).map_err(Arc::new);
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 let allowed = allowed.clone();
@@ -98,19 +102,32 @@ pub async fn serve(path: &Path, state: Arc<ApiState>) -> Result<(), ApiError> {
     }
 }
 
+/// Why a caller may not use the API (answered with 403).
+#[derive(Debug, thiserror::Error)]
+enum CallerRefused {
+    #[error("peer credentials: {0}")]
+    Credentials(#[source] nix::Error),
+    #[error("only root may use the attribution API")]
+    NotRoot,
+    #[error("reading caller cgroup: {0}")]
+    Cgroup(#[source] std::io::Error),
+    #[error("callers inside a sandbox may not use the attribution API")]
+    InSandbox,
+}
+
 /// Ok when the peer is root and not inside the sandbox tree.
-fn caller_allowed(stream: &UnixStream, sandbox_root_rel: &str) -> Result<(), String> {
+fn caller_allowed(stream: &UnixStream, sandbox_root_rel: &str) -> Result<(), CallerRefused> {
     let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
-        .map_err(|e| format!("peer credentials: {e}"))?;
+        .map_err(CallerRefused::Credentials)?;
     if cred.uid() != 0 {
-        return Err("only root may use the attribution API".into());
+        return Err(CallerRefused::NotRoot);
     }
     let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", cred.pid()))
-        .map_err(|e| format!("reading caller cgroup: {e}"))?;
+        .map_err(CallerRefused::Cgroup)?;
     for line in cgroups.lines() {
         if let Some(path) = line.strip_prefix("0::") {
             if path == sandbox_root_rel || path.starts_with(&format!("{sandbox_root_rel}/")) {
-                return Err("callers inside a sandbox may not use the attribution API".into());
+                return Err(CallerRefused::InSandbox);
             }
         }
     }
@@ -186,7 +203,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<ApiBod
 async fn handle(
     req: Request<Incoming>,
     state: &ApiState,
-    allowed: Result<(), String>,
+    allowed: Result<(), Arc<CallerRefused>>,
 ) -> Response<ApiBody> {
     if let Err(why) = allowed {
         return error(StatusCode::FORBIDDEN, why);
@@ -273,12 +290,13 @@ impl Client {
         Client { path: path.into() }
     }
 
-    async fn call(
+    /// Connects, hands the connection to hyper and sends one request.
+    async fn send(
         &self,
         method: Method,
         uri: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Bytes, ApiError> {
+        body: Bytes,
+    ) -> Result<Response<Incoming>, ApiError> {
         let stream =
             UnixStream::connect(&self.path)
                 .await
@@ -286,28 +304,29 @@ impl Client {
                     path: self.path.clone(),
                     source,
                 })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ApiError::Http(e.to_string()))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let req = Request::builder()
             .method(method)
             .uri(uri)
             .header("host", "egret")
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ApiError::Http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ApiError::Http(e.to_string()))?;
+            .body(Full::new(body))?;
+        Ok(sender.send_request(req).await?)
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ApiError> {
+        let resp = self
+            .send(method, uri, Bytes::from(body.unwrap_or_default()))
+            .await?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ApiError::Http(e.to_string()))?
-            .to_bytes();
+        let bytes = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
             let message = serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
@@ -322,11 +341,11 @@ impl Client {
     }
 
     pub async fn register(&self, id: &str, spec: &SandboxSpec) -> Result<Sandbox, ApiError> {
-        let body = serde_json::to_vec(spec).map_err(|e| ApiError::Http(e.to_string()))?;
+        let body = serde_json::to_vec(spec)?;
         let bytes = self
             .call(Method::PUT, &format!("/v1/sandboxes/{id}"), Some(body))
             .await?;
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::Http(e.to_string()))
+        Ok(serde_json::from_slice(&bytes)?)
     }
 
     pub async fn unregister(&self, id: &str) -> Result<(), ApiError> {
@@ -341,26 +360,13 @@ impl Client {
         query: &str,
         mut on_line: impl FnMut(&str) -> bool,
     ) -> Result<(), ApiError> {
-        let stream =
-            UnixStream::connect(&self.path)
-                .await
-                .map_err(|source| ApiError::Unreachable {
-                    path: self.path.clone(),
-                    source,
-                })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ApiError::Http(e.to_string()))?;
-        tokio::spawn(conn);
-        let req = Request::builder()
-            .uri(format!("/v1/records/stream?{query}"))
-            .header("host", "egret")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ApiError::Http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ApiError::Http(e.to_string()))?;
+        let resp = self
+            .send(
+                Method::GET,
+                &format!("/v1/records/stream?{query}"),
+                Bytes::new(),
+            )
+            .await?;
         if !resp.status().is_success() {
             return Err(ApiError::Refused {
                 status: resp.status().as_u16(),
@@ -370,7 +376,7 @@ impl Client {
         let mut body = resp.into_body();
         let mut buf = Vec::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ApiError::Http(e.to_string()))?;
+            let frame = frame?;
             if let Some(d) = frame.data_ref() {
                 buf.extend_from_slice(d);
                 while let Some(i) = buf.iter().position(|b| *b == b'\n') {
@@ -386,6 +392,6 @@ impl Client {
 
     pub async fn list(&self) -> Result<Vec<Sandbox>, ApiError> {
         let bytes = self.call(Method::GET, "/v1/sandboxes", None).await?;
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::Http(e.to_string()))
+        Ok(serde_json::from_slice(&bytes)?)
     }
 }

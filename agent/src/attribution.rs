@@ -109,9 +109,9 @@ pub enum RegistryError {
     #[error("persisting registry: {0}")]
     Persist(#[from] crate::statefile::StateFileError),
     #[error("kernel map: {0}")]
-    Kernel(String),
+    Kernel(#[source] crate::bpf::BpfError),
     #[error("reading the kernel's attributions: {0}")]
-    KernelHeld(String),
+    KernelHeld(#[source] crate::bpf::BpfError),
     #[error(
         "attribution registry {path} cannot be read ({source}); the agent does not start \
          without it. Make it a regular file readable by root, or move it aside \
@@ -148,7 +148,7 @@ struct State {
 /// What the registry needs from the kernel half (kept abstract so the
 /// registry logic is testable without BPF).
 pub trait AttrMap: Send + Sync {
-    fn set(&self, cgroup_id: u64, attr: AttrRef) -> Result<(), String>;
+    fn set(&self, cgroup_id: u64, attr: AttrRef) -> Result<(), crate::bpf::BpfError>;
     fn clear(&self, cgroup_id: u64);
     /// The pair a sandbox cgroup currently has, if any.
     fn get(&self, cgroup_id: u64) -> Option<AttrRef>;
@@ -159,9 +159,8 @@ pub trait AttrMap: Send + Sync {
 }
 
 impl AttrMap for crate::bpf::KernelMaps {
-    fn set(&self, cgroup_id: u64, attr: AttrRef) -> Result<(), String> {
+    fn set(&self, cgroup_id: u64, attr: AttrRef) -> Result<(), crate::bpf::BpfError> {
         self.set_attribution(cgroup_id, attr)
-            .map_err(|e| e.to_string())
     }
     fn clear(&self, cgroup_id: u64) {
         self.clear_attribution(cgroup_id)
@@ -170,8 +169,7 @@ impl AttrMap for crate::bpf::KernelMaps {
         self.attribution_of(cgroup_id)
     }
     fn held(&self) -> Result<Vec<AttrRef>, RegistryError> {
-        self.held_attributions()
-            .map_err(|e| RegistryError::KernelHeld(e.to_string()))
+        self.held_attributions().map_err(RegistryError::KernelHeld)
     }
 }
 
@@ -460,7 +458,7 @@ mod tests {
         }
     }
     impl AttrMap for FakeMap {
-        fn set(&self, cgroup_id: u64, attr: AttrRef) -> Result<(), String> {
+        fn set(&self, cgroup_id: u64, attr: AttrRef) -> Result<(), crate::bpf::BpfError> {
             self.attr.lock().unwrap().insert(cgroup_id, attr);
             Ok(())
         }

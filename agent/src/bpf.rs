@@ -69,8 +69,17 @@ const PROGRAMS: [(&str, Attach); 11] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
-    #[error("bpffs: {0}")]
-    Bpffs(String),
+    #[error("mounting bpffs at {path}: {source}")]
+    Mount { path: PathBuf, source: nix::Error },
+    #[error("creating {path} in bpffs: {source}")]
+    Bpffs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("listing the node's addresses: {0}")]
+    NodeAddrs(#[source] std::io::Error),
+    #[error("reading the agent's netns cookie: {0}")]
+    AgentNetns(#[source] std::io::Error),
     #[error("loading eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
@@ -89,8 +98,21 @@ pub enum BpfError {
     TooManyGuarded(usize),
     #[error("program {0} missing from the object")]
     MissingProgram(&'static str),
-    #[error("pinning {path}: {message}")]
-    Pin { path: PathBuf, message: String },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("opening the pinned link {path}: {source}")]
+    PinnedLink {
+        path: PathBuf,
+        source: aya::programs::links::LinkError,
+    },
+    #[error("program {name}: its link is not an fd link: {source}")]
+    Link {
+        name: &'static str,
+        source: aya::programs::links::LinkError,
+    },
     #[error("cgroup {path}: {source}")]
     Cgroup {
         path: PathBuf,
@@ -183,9 +205,19 @@ fn ensure_bpffs(dir: &Path) -> Result<(), BpfError> {
             nix::mount::MsFlags::empty(),
             None::<&str>,
         )
-        .map_err(|e| BpfError::Bpffs(format!("mounting bpffs at {}: {e}", base.display())))?;
+        .map_err(|source| BpfError::Mount {
+            path: base.to_owned(),
+            source,
+        })?;
     }
-    fs::create_dir_all(dir).map_err(|e| BpfError::Bpffs(format!("creating {}: {e}", dir.display())))
+    create_dir(dir)
+}
+
+fn create_dir(dir: &Path) -> Result<(), BpfError> {
+    fs::create_dir_all(dir).map_err(|source| BpfError::Bpffs {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 pub fn is_bpffs(path: &Path) -> bool {
@@ -209,8 +241,7 @@ impl Kernel {
             clear_pins(opts.bpffs_dir);
         }
         for d in [&links_dir, &maps_dir] {
-            fs::create_dir_all(d)
-                .map_err(|e| BpfError::Bpffs(format!("creating {}: {e}", d.display())))?;
+            create_dir(d)?;
         }
 
         let mut ebpf = EbpfLoader::new()
@@ -232,19 +263,17 @@ impl Kernel {
         let attachment = if all_pinned {
             // Verify the pins still open as links.
             for n in all_program_names() {
-                PinnedLink::from_pin(links_dir.join(n)).map_err(|e| BpfError::Pin {
+                PinnedLink::from_pin(links_dir.join(n)).map_err(|source| BpfError::PinnedLink {
                     path: links_dir.join(n),
-                    message: e.to_string(),
+                    source,
                 })?;
             }
             Attachment::Reused
         } else {
             let _ = fs::remove_dir_all(&links_dir);
-            fs::create_dir_all(&links_dir)
-                .map_err(|e| BpfError::Bpffs(format!("creating {}: {e}", links_dir.display())))?;
+            create_dir(&links_dir)?;
             attach_all(&mut ebpf, cgroup.as_fd(), &links_dir)?;
-            fs::create_dir_all(&version_dir)
-                .map_err(|e| BpfError::Bpffs(format!("creating {}: {e}", version_dir.display())))?;
+            create_dir(&version_dir)?;
             Attachment::Fresh
         };
 
@@ -263,8 +292,7 @@ impl Kernel {
                 stats: take(&mut ebpf, "EGRET_STATS")?,
             },
             closes: Mutex::new(Some(take(&mut ebpf, "EGRET_CLOSES")?)),
-            agent_netns: crate::netns::own_netns_cookie()
-                .map_err(|e| BpfError::Bpffs(format!("reading the agent's netns cookie: {e}")))?,
+            agent_netns: crate::netns::own_netns_cookie().map_err(BpfError::AgentNetns)?,
             attachment,
             logger: Mutex::new(logger),
             _ebpf: ebpf,
@@ -437,10 +465,8 @@ where
 
 fn pin(link: FdLink, dir: &Path, name: &'static str) -> Result<(), BpfError> {
     let path = dir.join(name);
-    link.pin(&path).map_err(|e| BpfError::Pin {
-        path,
-        message: e.to_string(),
-    })?;
+    link.pin(&path)
+        .map_err(|source| BpfError::Pin { path, source })?;
     Ok(())
 }
 
@@ -464,10 +490,7 @@ fn attach_one(
     links_dir: &Path,
 ) -> Result<(), BpfError> {
     let perr = |source| BpfError::Program { name, source };
-    let lerr = |e: aya::programs::links::LinkError| BpfError::Pin {
-        path: links_dir.join(name),
-        message: e.to_string(),
-    };
+    let lerr = |source| BpfError::Link { name, source };
     let prog = ebpf
         .program_mut(name)
         .ok_or(BpfError::MissingProgram(name))?;
@@ -596,8 +619,7 @@ impl KernelMaps {
 
     /// [`Self::set_node_addrs`] with the agent netns's current addresses.
     pub fn refresh_node_addrs(&self) -> Result<(), BpfError> {
-        let addrs = crate::netns::own_addresses()
-            .map_err(|e| BpfError::Bpffs(format!("listing the node's addresses: {e}")))?;
+        let addrs = crate::netns::own_addresses().map_err(BpfError::NodeAddrs)?;
         self.set_node_addrs(&addrs)
     }
 

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio::sync::broadcast;
 
 use crate::{
-    admin::{self, AdminState, RecordStats},
+    admin::{self, AdminState},
     api,
     attribution::{Attribution, Registry},
     bpf::{self, Kernel, LoadOptions},
@@ -33,6 +33,7 @@ use crate::{
     proxy::{Proxy, L7},
     proxy_protocol::{self, Trusted, TrustedOptions},
     record::Record,
+    record::RecordStats,
     reload::{self, ReloadStatus},
     semconv as sc,
     sink::{

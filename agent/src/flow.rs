@@ -20,9 +20,9 @@ use tokio::{
 };
 
 use crate::{
-    admin::RecordStats,
     attribution::Registry,
     bpf::Kernel,
+    record::RecordStats,
     record::{now_unix_nanos, Record},
     semconv as sc,
 };

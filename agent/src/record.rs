@@ -5,7 +5,11 @@
 //! entry into a `KeyValue`, ClickHouse maps names to columns (dots →
 //! underscores). Two kinds exist: `flow` (one per TCP connection, from the
 //! kernel's close event) and `transaction` (one per HTTP exchange).
-use std::{borrow::Cow, collections::BTreeMap};
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    sync::{atomic::AtomicU64, Arc},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -173,6 +177,38 @@ pub fn now_unix_nanos() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// Counters kept by the recorder.
+#[derive(Debug)]
+pub struct RecordStats {
+    pub flows: AtomicU64,
+    pub transactions: AtomicU64,
+    pub spool_dropped: AtomicU64,
+    /// Flow records (close events already read off the ring buffer) that
+    /// could not be handed to the recorder: queue full past the wait, or
+    /// closed.
+    pub flow_dropped: AtomicU64,
+    pub tail_lagged: AtomicU64,
+    /// Each sandbox's share of the record queue (also held by the proxy).
+    pub queue: Arc<QueueShares>,
+}
+
+/// Records one sandbox may have queued for the recorder at once (a quarter
+/// of the queue).
+pub const QUEUED_PER_SANDBOX: usize = 16_384;
+
+impl Default for RecordStats {
+    fn default() -> Self {
+        RecordStats {
+            flows: AtomicU64::new(0),
+            transactions: AtomicU64::new(0),
+            spool_dropped: AtomicU64::new(0),
+            flow_dropped: AtomicU64::new(0),
+            tail_lagged: AtomicU64::new(0),
+            queue: Arc::new(QueueShares::new(QUEUED_PER_SANDBOX)),
+        }
+    }
 }
 
 #[cfg(test)]
