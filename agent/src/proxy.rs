@@ -13,7 +13,7 @@
 //!   TLS ClientHello is terminated (`http::serve_tls`), an HTTP request line
 //!   served as plain HTTP (`http::serve_plain`), anything else spliced to
 //!   the original destination or refused, per the gateway's `nonHttp`;
-//! * [`http`] — one transaction per request, and the answers egret
+//! * [`http`] — one transaction per request, [`refusal`] the answers egret
 //!   gives itself; [`upstream`] the provider leg, dialled inside the
 //!   sandbox's netns so the original destination means what it meant there;
 //! * [`drain`] — graceful shutdown of every connection.
@@ -26,6 +26,7 @@ pub mod drain;
 pub mod http;
 pub mod io;
 pub mod listen;
+pub mod refusal;
 pub mod tap;
 pub mod trusted;
 pub mod upstream;
