@@ -46,7 +46,7 @@ pub struct AdminState {
     pub records: Arc<RecordStats>,
     pub reload: Arc<crate::reload::ReloadStatus>,
     /// The trusted-dialer (PROXY protocol) listeners.
-    pub trusted: Arc<crate::proxy_protocol::Trusted>,
+    pub trusted: Arc<crate::proxy::trusted::Trusted>,
     pub ready: AtomicBool,
 }
 

@@ -139,7 +139,7 @@ impl NodeConfig {
 
 impl ProxyProtocolConfig {
     /// The parsed `trustedCidrs`.
-    pub fn cidrs(&self) -> Result<Vec<crate::proxy_protocol::Cidr>, String> {
+    pub fn cidrs(&self) -> Result<Vec<crate::net::Cidr>, String> {
         self.trusted_cidrs
             .iter()
             .map(|c| {
@@ -416,7 +416,7 @@ impl Config {
         let pp = &n.proxy_protocol;
         let cidrs = pp.cidrs()?;
         for sc in &n.sandbox_cidrs {
-            let sandbox: crate::proxy_protocol::Cidr =
+            let sandbox: crate::net::Cidr =
                 sc.parse().map_err(|e| format!("node.sandboxCidrs: {e}"))?;
             if let Some((t, _)) = pp
                 .trusted_cidrs

@@ -30,8 +30,10 @@ use crate::{
     credentials::KeyHasher,
     flow,
     policy::Policy,
-    proxy::{Proxy, L7},
-    proxy_protocol::{self, Trusted, TrustedOptions},
+    proxy::{
+        trusted::{Trusted, TrustedError, TrustedOptions},
+        Proxy, L7,
+    },
     record::Record,
     record::RecordStats,
     reload::{self, ReloadStatus},
@@ -88,7 +90,7 @@ pub enum RunError {
     #[error("redirect listener: {0}")]
     Listen(std::io::Error),
     #[error(transparent)]
-    ProxyProtocol(#[from] proxy_protocol::TrustedError),
+    ProxyProtocol(#[from] TrustedError),
     #[error("config: {0}")]
     Config(String),
     #[error(transparent)]

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod flow;
 pub mod genai;
+pub mod net;
 pub mod netns;
 pub mod policy;
 pub mod proxy;

@@ -18,7 +18,7 @@
 use crate::input::find;
 
 pub fn sniff_clienthello(data: &[u8]) {
-    let class = egret::proxy::sniff_bytes(data);
+    let class = egret::proxy::detect::sniff_bytes(data);
     assert!(matches!(class, "tls" | "http" | "other"), "{class}");
     if data.is_empty() {
         assert_eq!(class, "other");
@@ -27,7 +27,7 @@ pub fn sniff_clienthello(data: &[u8]) {
     }
     assert_eq!(
         class,
-        egret::proxy::sniff_bytes(&data[..data.len().min(8)]),
+        egret::proxy::detect::sniff_bytes(&data[..data.len().min(8)]),
         "classification looked past the first 8 bytes"
     );
     for m in [

@@ -1,5 +1,11 @@
 //! The sandbox leg: TLS termination (or plain HTTP), hyper server with
 //! HTTP/1.1 and HTTP/2, one transaction per request.
+//!
+//! A request goes through `handle`'s steps: `route` (the destination's
+//! true name, the policy's decision, the base record), `authorize` (name,
+//! method, policy, token budget — else a [`Refusal`]), `prepare` (trace
+//! context, the body read whole or tapped) and `forward` (upstream, the
+//! response through a tap that completes the transaction).
 use std::{
     convert::Infallible,
     sync::{Arc, Mutex},
@@ -7,7 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -20,12 +26,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{
     destination,
     io::{ByteCounts, Counted},
+    refusal::Refusal,
     tap::{capturable, Capture, Finisher, RequestTap, ResponseTap, Transaction},
     upstream::{ProxyBody, Target, Upstream},
     AttributionSource, Origin, L7,
 };
 use crate::{
-    budget, credentials,
+    budget,
+    config::CaptureBodyConfig,
+    credentials,
     genai::{Exchange, Limits, Provider},
     policy::Decision,
     record::{now_unix_nanos, Record},
@@ -83,36 +92,10 @@ struct Ledger {
     handshake: Option<(u64, u64)>,
 }
 
-fn full(body: impl Into<Bytes>) -> ProxyBody {
+pub(super) fn full(body: impl Into<Bytes>) -> ProxyBody {
     Full::new(body.into())
         .map_err(|never: Infallible| match never {})
         .boxed_unsync()
-}
-
-fn json_response(status: StatusCode, body: String) -> Response<ProxyBody> {
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-/// Most of a refused request's body read (and discarded) before answering.
-const REFUSED_BODY_DRAIN: usize = 1024 * 1024;
-
-/// Answers a request egret refuses. The request body is read first (bounded
-/// in size and time), so an HTTP/2 stream ends cleanly instead of being
-/// reset while the client is still sending.
-async fn refuse(req: Request<Incoming>, status: StatusCode, body: String) -> Response<ProxyBody> {
-    let drain = Limited::new(req.into_body(), REFUSED_BODY_DRAIN).collect();
-    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-    json_response(status, body)
-}
-
-fn refusal(kind: &str, message: &str) -> String {
-    serde_json::json!({"error": {"type": kind, "message": message}}).to_string()
 }
 
 /// Serves a TLS connection: terminate with a leaf for the SNI, then HTTP.
@@ -325,6 +308,16 @@ impl Conn {
                 conn.flush_pending(Some(id));
             });
         }
+    }
+
+    /// Ends a refused request's transaction: its record waits for its L4
+    /// window like any other.
+    fn refused(self: &Arc<Self>, mut rec: Record, refusal: &Refusal, started: Instant, h1: bool) {
+        rec.set(sc::HTTP_RESPONSE_STATUS_CODE, refusal.status().as_u16());
+        rec.set(sc::ERROR_TYPE, refusal.error_type());
+        rec.set(sc::END_TIME, now_unix_nanos());
+        rec.set(sc::DURATION_MS, started.elapsed().as_secs_f64() * 1e3);
+        self.pend(rec, h1);
     }
 
     /// Seals the transactions whose responses ended since the last call:
@@ -587,6 +580,95 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     conn.flush_pending(None);
     let started = Instant::now();
     let h1 = req.version() != http::Version::HTTP_2;
+    let mut route = route(&conn, &req).await;
+
+    // The sandbox's requests in flight, over all its connections; held by
+    // the transaction until its response ends.
+    let inflight = conn
+        .l7
+        .admission
+        .request(super::admission::key_of(&conn.origin));
+    let checked = if inflight.is_none() {
+        Err(Refusal::RequestLimit)
+    } else {
+        authorize(&conn, &req, &mut route)
+    };
+    let provider = match checked {
+        Ok(provider) => provider,
+        // A refused request ends here: its record waits for its L4 window
+        // like any other (its body is read first, see `Refusal::answer`).
+        Err(refusal) => {
+            if refusal.policy_denied() {
+                route.rec.set(sc::POLICY_DENIED, true);
+            }
+            let resp = refusal.answer(req).await;
+            conn.refused(route.rec, &refusal, started, h1);
+            return resp;
+        }
+    };
+
+    let capture = route
+        .decision
+        .gateway
+        .as_ref()
+        .map(|g| g.capture_body.clone())
+        .unwrap_or_default();
+    let Prepared {
+        req,
+        exchange,
+        request,
+        buffered,
+    } = match prepare(&conn, req, &mut route, provider, &capture).await {
+        Ok(p) => p,
+        Err(refusal) => {
+            conn.refused(route.rec, &refusal, started, h1);
+            return refusal.response();
+        }
+    };
+    let outbound = Outbound {
+        rec: route.rec,
+        exchange,
+        started,
+        request,
+        finisher: Arc::new(Finish {
+            conn: conn.clone(),
+            decision: route.decision,
+            h1,
+            _inflight: inflight,
+        }),
+    };
+    let resp = forward(
+        &conn,
+        req,
+        outbound,
+        &route.host,
+        route.host_header.as_deref(),
+        &capture,
+    )
+    .await;
+    // A body held whole leaves the buffer budgets once the response head
+    // is in.
+    drop(buffered);
+    resp
+}
+
+/// Where a request goes, as far as the connection and its headers tell.
+struct Route {
+    /// The destination's name: what the policy decides on and the record
+    /// names.
+    host: String,
+    /// The request's Host (or `:authority`).
+    host_header: Option<String>,
+    decision: Decision,
+    /// The transaction's record so far.
+    rec: Record,
+    /// Set when the request names a host the connection does not go to.
+    misdirected: Option<Refusal>,
+}
+
+/// Step 1: the destination's true name, the policy's decision on it and
+/// the transaction's base record.
+async fn route(conn: &Conn, req: &Request<Incoming>) -> Route {
     let host_header = req
         .headers()
         .get(http::header::HOST)
@@ -616,7 +698,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         .filter_map(|h| h.to_str().ok())
         .chain(req.uri().authority().map(|a| a.as_str()))
         .collect();
-    let mut mismatch = None;
+    let mut misdirected = None;
     let mut claimed = None;
     let host = match verified_name {
         Some(name) => {
@@ -624,7 +706,10 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
                 .iter()
                 .find(|c| !destination::host_matches_sni(c, &name))
             {
-                mismatch = Some(("host_sni_mismatch", destination::host_of(c)));
+                misdirected = Some(Refusal::HostSniMismatch {
+                    named: destination::host_of(c),
+                    host: name.clone(),
+                });
             }
             name
         }
@@ -647,12 +732,15 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     let attr = conn.origin.attribution.as_ref();
     let policy = conn.l7.policy.load();
     let decision = policy.decide(attr, Some(&host));
-    let mut rec = base_record(&conn, &req, &host, &decision);
-    if let Some(c) = &claimed {
+    let mut rec = base_record(conn, req, &host, &decision);
+    if let Some(c) = claimed {
         rec.set(sc::DST_CLAIMED_NAME, c.as_str());
-        // A routed name the connection does not go to: refused below.
-        if policy.decide(attr, Some(c)).route.is_some() {
-            mismatch = Some(("destination_unverified", c.clone()));
+        // A routed name the connection does not go to: refused.
+        if policy.decide(attr, Some(&c)).route.is_some() {
+            misdirected = Some(Refusal::DestinationUnverified {
+                named: c,
+                host: host.clone(),
+            });
         }
     }
     drop(policy);
@@ -660,88 +748,90 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     if let Some(key) = credentials::api_key(req.headers(), query.as_deref()) {
         rec.set(sc::API_KEY_ID, conn.l7.keys.id(key));
     }
-
-    // A refused request ends here: its record waits for its L4 window
-    // like any other (the refusal's body is read first, see `refuse`).
-    let finish_now = |mut rec: Record, status: u16, err: Option<&str>| {
-        rec.set(sc::HTTP_RESPONSE_STATUS_CODE, status);
-        if let Some(e) = err {
-            rec.set(sc::ERROR_TYPE, e);
-        }
-        rec.set(sc::END_TIME, now_unix_nanos());
-        rec.set(sc::DURATION_MS, started.elapsed().as_secs_f64() * 1e3);
-        conn.pend(rec, h1);
-    };
-
-    // The sandbox's requests in flight, over all its connections; held by
-    // the transaction until its response ends.
-    let inflight = conn
-        .l7
-        .admission
-        .request(super::admission::key_of(&conn.origin));
-    if inflight.is_none() {
-        let body = refusal(
-            "sandbox_request_limit",
-            "too many requests in flight from this sandbox",
-        );
-        let resp = refuse(req, StatusCode::TOO_MANY_REQUESTS, body).await;
-        finish_now(rec, 429, Some("sandbox_request_limit"));
-        return resp;
+    Route {
+        host,
+        host_header,
+        decision,
+        rec,
+        misdirected,
     }
-    if let Some((kind, named)) = mismatch {
-        rec.set(sc::POLICY_DENIED, true);
-        let body = refusal(
-            kind,
-            &format!("{named}: not where this connection goes ({host})"),
-        );
-        let resp = refuse(req, StatusCode::MISDIRECTED_REQUEST, body).await;
-        finish_now(rec, 421, Some(kind));
-        return resp;
+}
+
+/// Step 2: whether the request may go where it goes — the name it uses,
+/// its method, the policy, the token budget. The provider the exchange is
+/// parsed as when it may.
+fn authorize(
+    conn: &Conn,
+    req: &Request<Incoming>,
+    route: &mut Route,
+) -> Result<Option<Provider>, Refusal> {
+    if let Some(refusal) = route.misdirected.take() {
+        return Err(refusal);
     }
     // Upgrades (WebSocket, h2c) and CONNECT are not proxied.
     if req.method() == http::Method::CONNECT || req.headers().contains_key(http::header::UPGRADE) {
-        let body = refusal("upgrade_refused", "egret does not proxy protocol upgrades");
-        let resp = refuse(req, StatusCode::NOT_IMPLEMENTED, body).await;
-        finish_now(rec, 501, Some("upgrade_refused"));
-        return resp;
+        return Err(Refusal::Upgrade);
     }
+    let decision = &route.decision;
     if !decision.allowed {
-        rec.set(sc::POLICY_DENIED, true);
-        let body = refusal("egress_denied", &format!("{host}: {}", decision.reason));
-        let resp = refuse(req, StatusCode::FORBIDDEN, body).await;
-        finish_now(rec, 403, Some("policy_denied"));
-        return resp;
+        return Err(Refusal::PolicyDenied {
+            host: route.host.clone(),
+            reason: decision.reason,
+        });
     }
-    rec.set(sc::POLICY_DENIED, false);
+    route.rec.set(sc::POLICY_DENIED, false);
 
-    let gw = decision.gateway.clone();
     let provider = decision
         .provider()
         .and_then(Provider::from_name)
-        .or_else(|| Provider::detect(&host, req.uri().path()));
-    if let (Some(gw), Some(a)) = (&gw, attr) {
+        .or_else(|| Provider::detect(&route.host, req.uri().path()));
+    if let (Some(gw), Some(a)) = (&decision.gateway, &conn.origin.attribution) {
         if let Some(st) = conn
             .l7
             .budgets
             .status(gw, &a.agent_namespace, &a.agent_name)
         {
-            rec.set(sc::BUDGET_DAILY_USED, st.used);
-            rec.set(sc::BUDGET_DAILY_MAX, st.max);
-            rec.set(sc::BUDGET_DENIED, st.exhausted());
+            route.rec.set(sc::BUDGET_DAILY_USED, st.used);
+            route.rec.set(sc::BUDGET_DAILY_MAX, st.max);
+            route.rec.set(sc::BUDGET_DENIED, st.exhausted());
             if st.exhausted() {
-                let (body, _) = budget::exhausted_body(provider.map(Provider::name), &st);
-                let resp = refuse(req, StatusCode::TOO_MANY_REQUESTS, body).await;
-                finish_now(rec, 429, Some("budget_exhausted"));
-                return resp;
+                return Err(Refusal::BudgetExhausted {
+                    provider: provider.map(Provider::name),
+                    status: st,
+                });
             }
         }
     }
+    Ok(provider)
+}
 
-    let capture_cfg = gw
+/// A request ready to go upstream.
+struct Prepared {
+    req: Request<ProxyBody>,
+    exchange: Exchange,
+    /// The request body's capture (filled as the body streams, or at once).
+    request: Arc<Mutex<Capture>>,
+    /// The buffer budgets taken by a body read whole.
+    buffered: Option<super::admission::Guard>,
+}
+
+/// Step 3: the request as it goes upstream — trace context, and the body
+/// read whole (within the buffer budgets) for the provider parser and the
+/// usage rewrite, or streamed through a tap.
+async fn prepare(
+    conn: &Conn,
+    req: Request<Incoming>,
+    route: &mut Route,
+    provider: Option<Provider>,
+    capture: &CaptureBodyConfig,
+) -> Result<Prepared, Refusal> {
+    let attr = conn.origin.attribution.as_ref();
+    let rec = &mut route.rec;
+    let rewrite_allowed = route
+        .decision
+        .gateway
         .as_ref()
-        .map(|g| g.capture_body.clone())
-        .unwrap_or_default();
-    let rewrite_allowed = gw.as_ref().is_none_or(|g| g.rewrite_stream_usage);
+        .is_none_or(|g| g.rewrite_stream_usage);
     let req_ct = req
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -750,8 +840,8 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     rec.set_opt(sc::REQUEST_CONTENT_TYPE, req_ct.clone());
     let req_capture = Arc::new(Mutex::new(
         Capture::new(
-            capture_cfg.max_bytes,
-            capturable(req_ct.as_deref(), &capture_cfg.include_content_types),
+            capture.max_bytes,
+            capturable(req_ct.as_deref(), &capture.include_content_types),
         )
         .with_content_encoding(content_encoding(req.headers()).as_deref()),
     ));
@@ -800,8 +890,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     if length.is_some_and(|n| n <= WHOLE_REQUEST_MAX) && buffered.is_none() {
         rec.set(sc::BODY_STREAMED_OVER_BUDGET, true);
     }
-    let whole = buffered.is_some();
-    let out_body: ProxyBody = if whole {
+    let out_body: ProxyBody = if buffered.is_some() {
         let bytes = match Limited::new(body, WHOLE_REQUEST_MAX as usize)
             .collect()
             .await
@@ -809,11 +898,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 tracing::debug!("reading request body: {e}");
-                finish_now(rec, 400, Some("client_body_error"));
-                return json_response(
-                    StatusCode::BAD_REQUEST,
-                    refusal("bad_request", "request body could not be read"),
-                );
+                return Err(Refusal::ClientBody);
             }
         };
         req_capture
@@ -840,74 +925,94 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         exchange.on_request(&parts.method, &path_q, &parts.headers, &[]);
         RequestTap::new(body, req_capture.clone()).boxed_unsync()
     };
+    Ok(Prepared {
+        req: Request::from_parts(parts, out_body),
+        exchange,
+        request: req_capture,
+        buffered,
+    })
+}
 
-    let authority = match (&conn.sni, &host_header) {
+/// A forwarded request's transaction until its response (or its failure)
+/// completes it.
+struct Outbound {
+    rec: Record,
+    exchange: Exchange,
+    started: Instant,
+    request: Arc<Mutex<Capture>>,
+    finisher: Arc<Finish>,
+}
+
+impl Outbound {
+    /// The transaction, with `response` capturing the response body.
+    fn into_transaction(self, response: Capture, error: Option<&'static str>) -> Transaction {
+        Transaction {
+            rec: self.rec,
+            exchange: self.exchange,
+            started: self.started,
+            first_byte: None,
+            request: self.request,
+            response,
+            error,
+            finisher: self.finisher,
+        }
+    }
+}
+
+/// Step 4: sends the request upstream; the response goes back to the
+/// sandbox through a tap that completes the transaction.
+async fn forward(
+    conn: &Conn,
+    req: Request<ProxyBody>,
+    mut out: Outbound,
+    host: &str,
+    host_header: Option<&str>,
+    capture: &CaptureBodyConfig,
+) -> Response<ProxyBody> {
+    let authority = match (&conn.sni, host_header) {
         (Some(sni), _) if conn.origin.dst.port() == 443 => sni.clone(),
         (Some(sni), _) => format!("{sni}:{}", conn.origin.dst.port()),
-        (None, Some(h)) => h.clone(),
+        (None, Some(h)) => h.to_owned(),
         (None, None) => conn.origin.dst.to_string(),
     };
-    let upstream_req = Request::from_parts(parts, out_body);
-    let resp = match conn.upstream.send(upstream_req, &authority).await {
+    let resp = match conn.upstream.send(req, &authority).await {
         Ok(r) => r,
         Err(e) => {
             crate::limited!(UpstreamRequest, info, dst = %conn.origin.dst, %host, "upstream failed: {e}");
-            let mut txn = Transaction {
-                rec,
-                exchange,
-                started,
-                first_byte: None,
-                request: req_capture,
-                response: Capture::new(0, false),
-                error: Some(e.kind()),
-                finisher: Arc::new(Finish {
-                    conn: conn.clone(),
-                    decision: decision.clone(),
-                    h1,
-                    _inflight: inflight,
-                }),
+            let refusal = Refusal::Upstream {
+                host: host.to_owned(),
+                error: e,
             };
-            txn.rec.set(sc::HTTP_RESPONSE_STATUS_CODE, 502u16);
+            let mut txn = out.into_transaction(Capture::new(0, false), Some(refusal.error_type()));
+            txn.rec
+                .set(sc::HTTP_RESPONSE_STATUS_CODE, refusal.status().as_u16());
             let fin = txn.finisher.clone();
             fin.finish(txn);
-            return json_response(
-                StatusCode::BAD_GATEWAY,
-                refusal("upstream_error", &format!("{host}: {e}")),
-            );
+            return refusal.response();
         }
     };
     let (mut rparts, rbody) = resp.into_parts();
     super::upstream::strip_hop_by_hop(&mut rparts.headers);
-    rec.set(sc::HTTP_RESPONSE_STATUS_CODE, rparts.status.as_u16());
+    out.rec
+        .set(sc::HTTP_RESPONSE_STATUS_CODE, rparts.status.as_u16());
     let resp_ct = rparts
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    rec.set_opt(sc::RESPONSE_CONTENT_TYPE, resp_ct.clone());
-    exchange.on_response_head(rparts.status.as_u16(), &rparts.headers);
+    out.rec.set_opt(sc::RESPONSE_CONTENT_TYPE, resp_ct.clone());
+    out.exchange
+        .on_response_head(rparts.status.as_u16(), &rparts.headers);
     if rparts.status.is_server_error() {
-        rec.set(sc::ERROR_TYPE, rparts.status.as_u16().to_string());
+        out.rec
+            .set(sc::ERROR_TYPE, rparts.status.as_u16().to_string());
     }
-    let txn = Box::new(Transaction {
-        rec,
-        exchange,
-        started,
-        first_byte: None,
-        request: req_capture,
-        response: Capture::new(
-            capture_cfg.max_bytes,
-            capturable(resp_ct.as_deref(), &capture_cfg.include_content_types),
-        )
-        .with_content_encoding(content_encoding(&rparts.headers).as_deref()),
-        error: None,
-        finisher: Arc::new(Finish {
-            conn: conn.clone(),
-            decision,
-            h1,
-            _inflight: inflight,
-        }),
-    });
+    let response = Capture::new(
+        capture.max_bytes,
+        capturable(resp_ct.as_deref(), &capture.include_content_types),
+    )
+    .with_content_encoding(content_encoding(&rparts.headers).as_deref());
+    let txn = Box::new(out.into_transaction(response, None));
     let mut tap = ResponseTap::new(rbody, txn);
     tap.prefetch().await;
     if tap.rewrites_body() {

@@ -2,7 +2,12 @@
 //! lazily to the original destination from inside the sandbox's netns, over
 //! TLS with the same SNI the sandbox asked for, HTTP/2 when the provider
 //! offers it and HTTP/1.1 otherwise.
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -10,10 +15,13 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use tokio::sync::Mutex;
+use tokio::{net::TcpStream, sync::Mutex};
 
 use super::io::{ByteCounts, Counted};
-use crate::tls::{UpstreamTls, ALPN_H2, ALPN_HTTP11};
+use crate::{
+    net, netns,
+    tls::{UpstreamTls, ALPN_H2, ALPN_HTTP11},
+};
 
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -26,6 +34,14 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 /// events within the budget (1 MiB / 50 B × 206 B ≈ 4 MiB < 8 MiB).
 const H2_STREAM_WINDOW: u32 = 1 << 20;
 const H2_CONN_WINDOW: u32 = 16 << 20;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to `dst` from inside `netns` (None = the agent's own).
+pub async fn dial(netns: Option<&Path>, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = netns::run_in(netns, move || net::tcp_socket(dst))?;
+    net::connect(sock, dst, CONNECT_TIMEOUT).await
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -113,7 +129,7 @@ impl Upstream {
 
     async fn connect(&self) -> Result<Sender, UpstreamError> {
         let dst = self.target.dst;
-        let tcp = super::dial(self.target.netns.as_deref(), dst)
+        let tcp = dial(self.target.netns.as_deref(), dst)
             .await
             .map_err(|source| UpstreamError::Connect { dst, source })?;
         let tcp = Counted::new(tcp, self.counts.clone());
