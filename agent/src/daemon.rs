@@ -38,12 +38,8 @@ use crate::{
     record::RecordStats,
     reload::{self, ReloadStatus},
     semconv as sc,
-    sink::{
-        self,
-        otlp::{ExportOptions, OtlpSinks},
-        ClickHouseSink,
-    },
-    store::{Spool, SpoolConfig},
+    sink::{self, otlp::OtlpSinks, ClickHouseSink},
+    store::Spool,
     tls::{self, Ca, LeafCache, LeafCacheOptions, Terminator, UpstreamTls, UpstreamTlsOptions},
 };
 
@@ -92,7 +88,7 @@ pub enum RunError {
     #[error(transparent)]
     ProxyProtocol(#[from] TrustedError),
     #[error("config: {0}")]
-    Config(String),
+    Config(#[source] crate::config::ValidationError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -137,13 +133,6 @@ impl NodePaths {
                 .display()
         )
     }
-}
-
-pub fn spool_config(cfg: &Config) -> SpoolConfig {
-    cfg.store.spool.clone().unwrap_or_else(|| SpoolConfig {
-        dir: cfg.node.state_dir.join("spool"),
-        ..SpoolConfig::default()
-    })
 }
 
 /// Options of `egret run` beyond the config file.
@@ -197,7 +186,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     registry.restore(&kernel.maps)?;
 
     let shutdown = CancellationToken::new();
-    let spool = Spool::open(&spool_config(&cfg))?;
+    let spool = Spool::open(&cfg.store.spool_or_default(state_dir))?;
     let spool_handle = spool.handle();
     let mut sinks = Vec::new();
     let mut clickhouse_status = None;
@@ -218,16 +207,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
                 .remove_cursor(sink::clickhouse::CURSOR_NAME)?;
         }
     }
-    let env = |k: &str| std::env::var(k).ok();
-    let (otlp, warnings) = OtlpSinks::from_config(
-        &cfg,
-        opts.dev_otlp_fallback_endpoint.as_deref(),
-        &env,
-        ExportOptions::default(),
-    )?;
-    for w in warnings {
-        tracing::warn!("otlp: {w}");
-    }
+    let otlp = sink::otlp::sinks_from_env(&cfg, opts.dev_otlp_fallback_endpoint.as_deref())?;
     let otlp = Arc::new(arc_swap::ArcSwap::from_pointee(otlp));
     let (tx, rx) = mpsc::channel::<Record>(RECORD_QUEUE);
     let (tail, _) = broadcast::channel::<Arc<Record>>(TAIL_BUFFER);
@@ -761,9 +741,9 @@ async fn record_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{OtlpConfig, SignalsConfig, SpoolConfig};
     use crate::sink::otlp::{
-        settings::{resolve, OtlpConfig, SignalsConfig},
-        HttpClient, OtlpExporter, RetryPolicy,
+        settings::resolve, ExportOptions, HttpClient, OtlpExporter, RetryPolicy,
     };
 
     /// A loopback OTLP/HTTP receiver answering 200 to everything.

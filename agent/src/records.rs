@@ -22,7 +22,7 @@ pub async fn load(
     if let Some(ch) = &cfg.store.clickhouse {
         return Ok(crate::sink::query_records(ch, invocation_id, since_ns).await?);
     }
-    let dir = crate::daemon::spool_config(cfg).dir;
+    let dir = cfg.store.spool_or_default(&cfg.node.state_dir).dir;
     let mut out = Vec::new();
     if !dir.exists() {
         return Ok(out);

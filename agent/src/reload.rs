@@ -22,11 +22,11 @@ use std::{
 use arc_swap::ArcSwap;
 
 use crate::{
-    bpf::{Kernel, KernelSettings},
-    config::Config,
+    bpf::{BpfError, Kernel, KernelSettings},
+    config::{Config, ConfigError},
     policy::Policy,
     proxy::L7,
-    sink::otlp::{ExportOptions, OtlpSinks},
+    sink::otlp::{self, OtlpError, OtlpSinks},
 };
 
 const POLL: Duration = Duration::from_secs(1);
@@ -48,6 +48,17 @@ impl ReloadStatus {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// Why a reload was rejected (the running config stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("otlp: {0}")]
+    Otlp(#[from] OtlpError),
+    #[error("updating kernel settings: {0}")]
+    Kernel(#[source] BpfError),
 }
 
 /// Everything a reload updates.
@@ -81,7 +92,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.upstream_extra_roots != b.upstream_extra_roots {
         v.push("node.upstreamExtraRoots");
     }
-    if format!("{:?}", a.proxy_protocol) != format!("{:?}", b.proxy_protocol) {
+    if a.proxy_protocol != b.proxy_protocol {
         v.push("node.proxyProtocol");
     }
     if a.limits != b.limits {
@@ -90,7 +101,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.drain_timeout != b.drain_timeout {
         v.push("node.drainTimeout");
     }
-    if format!("{:?}", old.store) != format!("{:?}", new.store) {
+    if old.store != new.store {
         v.push("store");
     }
     v
@@ -98,19 +109,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
 
 impl Targets {
     /// Loads and applies the file; Err keeps the running config.
-    pub async fn reload(&mut self) -> Result<(), String> {
-        let new = Config::load(&self.path).map_err(|e| e.to_string())?;
-        let env = |k: &str| std::env::var(k).ok();
-        let (sinks, warnings) = OtlpSinks::from_config(
-            &new,
-            self.dev_tee.as_deref(),
-            &env,
-            ExportOptions::default(),
-        )
-        .map_err(|e| format!("otlp: {e}"))?;
-        for w in warnings {
-            tracing::warn!("otlp: {w}");
-        }
+    pub async fn reload(&mut self) -> Result<(), ReloadError> {
+        let new = Config::load(&self.path)?;
+        let sinks = otlp::sinks_from_env(&new, self.dev_tee.as_deref())?;
         let n = &new.node;
         self.kernel
             .maps
@@ -126,7 +127,7 @@ impl Targets {
                 guarded: self.running.node.guarded_endpoints(),
                 agent_netns: self.kernel.agent_netns,
             })
-            .map_err(|e| format!("updating kernel settings: {e}"))?;
+            .map_err(ReloadError::Kernel)?;
         self.l7.policy.store(Arc::new(Policy::new(&new)));
         let old = self.otlp.swap(Arc::new(sinks));
         tokio::spawn(async move { old.shutdown(Duration::from_secs(5)).await });
@@ -189,7 +190,7 @@ impl Targets {
                         .status
                         .last_error
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 }
             }
         }

@@ -12,52 +12,7 @@ use std::time::Duration;
 pub mod clickhouse;
 pub mod otlp;
 
-pub use self::clickhouse::{query_records, ClickHouseConfig, ClickHouseSink, SinkError};
-
-/// `${NAME}` in a config value could not be expanded.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum EnvError {
-    #[error("environment variable {0} (referenced as ${{{0}}}) is not set")]
-    Missing(String),
-    #[error("unterminated ${{ in {0:?}")]
-    Unterminated(String),
-}
-
-/// Expands `${NAME}` references from the process environment (`$$` is a
-/// literal `$`; a lone `$` is kept). Used for credentials in the config so
-/// secrets can come from a Kubernetes Secret via env vars.
-pub fn expand_env(s: &str) -> Result<String, EnvError> {
-    expand_with(s, |name| std::env::var(name).ok())
-}
-
-fn expand_with(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, EnvError> {
-    if !s.contains('$') {
-        return Ok(s.to_owned());
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix('{') {
-            let end = tail
-                .find('}')
-                .ok_or_else(|| EnvError::Unterminated(s.to_owned()))?;
-            let name = &tail[..end];
-            let value = lookup(name).ok_or_else(|| EnvError::Missing(name.to_owned()))?;
-            out.push_str(&value);
-            rest = &tail[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
+pub use self::clickhouse::{query_records, ClickHouseSink, SinkError};
 
 /// Exponential backoff with "equal jitter": the n-th delay is uniformly
 /// drawn from `[d/2, d]` where `d = min(max, base * 2^n)`, so retries of many
@@ -109,23 +64,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn env_expansion() {
-        let env = |n: &str| (n == "PW").then(|| "s3cret".to_owned());
-        assert_eq!(expand_with("${PW}", env).unwrap(), "s3cret");
-        assert_eq!(expand_with("a-${PW}-b", env).unwrap(), "a-s3cret-b");
-        assert_eq!(expand_with("cost $5 $$", env).unwrap(), "cost $5 $");
-        assert_eq!(expand_with("plain", env).unwrap(), "plain");
-        assert_eq!(
-            expand_with("${NOPE}", env),
-            Err(EnvError::Missing("NOPE".into()))
-        );
-        assert!(matches!(
-            expand_with("${PW", env),
-            Err(EnvError::Unterminated(_))
-        ));
-    }
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {

@@ -18,11 +18,12 @@ use std::{
 
 use bytes::Bytes;
 use egret::{
+    config::{Convention, OtlpConfig, SignalsConfig},
     record::Record,
     semconv as sc,
     sink::otlp::{
-        resolve, settings, Convention, ExportOptions, HttpClient, LinkState, OtlpConfig,
-        OtlpExporter, OtlpSinks, RetryPolicy, SignalStatus, SignalsConfig,
+        resolve, settings, ExportOptions, HttpClient, LinkState, OtlpExporter, OtlpSinks,
+        RetryPolicy, SignalStatus,
     },
 };
 use http::{HeaderMap, Request, Response, StatusCode};

@@ -5,13 +5,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bpf_tests::clickhouse_rig::ClickHouseRig;
+use egret::config::{ClickHouseConfig, SpoolConfig};
 use egret::record::{AttrValue, Record};
 use egret::semconv as sc;
 use egret::sink::clickhouse::{
-    query_records, ClickHouseConfig, ClickHouseSink, ColKind, DeadLetter, FlowRow, SinkState,
-    StatusHandle, TransactionRow, CURSOR_NAME,
+    query_records, ClickHouseSink, ColKind, DeadLetter, FlowRow, SinkState, StatusHandle,
+    TransactionRow, CURSOR_NAME,
 };
-use egret::store::{Spool, SpoolConfig, SpoolHandle};
+use egret::store::{Spool, SpoolHandle};
 use tokio_util::sync::CancellationToken;
 
 const BASE_NS: i64 = 1_763_000_000_000_000_000; // Nov 2025

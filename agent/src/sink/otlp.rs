@@ -5,8 +5,9 @@
 //! with an effective endpoint gets one [`OtlpExporter`]; the optional dev
 //! tee gets every record of every gateway. [`OtlpSinks`] holds them all.
 //!
-//! - [`settings`]: the `otlp` config section and its resolution with the
-//!   standard `OTEL_*` variables (pure, see [`settings::resolve`]).
+//! - [`settings`]: a gateway's `otlp` section (`config::OtlpConfig`)
+//!   resolved with the standard `OTEL_*` variables (pure, see
+//!   [`settings::resolve`]); [`sinks_from_env`] starts them all.
 //! - [`encode`]: records → spans and log records, ids, sampling,
 //!   convention profiles (OpenInference, MLflow).
 //! - [`metrics`]: cumulative in-memory aggregation with bounded cardinality.
@@ -27,10 +28,10 @@ pub mod settings;
 pub mod transport;
 
 pub use export::{ExportOptions, ExporterStatus, OtlpExporter, OtlpSinks, SignalStatus};
-pub use settings::{
-    dev_tee, resolve, Convention, ExportSettings, OtlpConfig, SettingsError, Signal, SignalsConfig,
-};
+pub use settings::{dev_tee, resolve, ExportSettings, SettingsError, Signal};
 pub use transport::{HttpClient, LinkState, RetryPolicy};
+
+use crate::config::Config;
 
 /// Why OTLP export could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,5 +41,18 @@ pub enum OtlpError {
     #[error("OTLP exporters need a tokio runtime")]
     NoRuntime,
     #[error("OTLP TLS setup: {0}")]
-    Tls(String),
+    Tls(#[source] rustls::Error),
+}
+
+/// The node's exporters for `cfg`, resolved against the process
+/// environment (`OTEL_*`), with the dev tee at `dev_tee` when given; what
+/// the environment had that was ignored is logged. Used at start and on
+/// every reload.
+pub fn sinks_from_env(cfg: &Config, dev_tee: Option<&str>) -> Result<OtlpSinks, OtlpError> {
+    let env = |k: &str| std::env::var(k).ok();
+    let (sinks, warnings) = OtlpSinks::from_config(cfg, dev_tee, &env, ExportOptions::default())?;
+    for w in warnings {
+        tracing::warn!("otlp: {w}");
+    }
+    Ok(sinks)
 }

@@ -574,7 +574,7 @@ impl OtlpSinks {
         if resolved.is_empty() && tee.is_none() {
             return Ok((OtlpSinks::default(), warnings));
         }
-        let client = HttpClient::new().map_err(|e| OtlpError::Tls(e.to_string()))?;
+        let client = HttpClient::new().map_err(OtlpError::Tls)?;
         let mut sinks = OtlpSinks::default();
         for g in &cfg.gateways {
             sinks.add_gateway_name(&g.name);

@@ -1,5 +1,5 @@
-//! The `otlp` section of a gateway and its resolution, with the standard
-//! `OTEL_*` environment variables, into what one exporter does.
+//! The resolution of a gateway's `otlp` section ([`OtlpConfig`]), with the
+//! standard `OTEL_*` environment variables, into what one exporter does.
 //!
 //! [`resolve`] is pure: the environment comes in as a lookup closure, so
 //! every rule below is unit-tested without touching the process env.
@@ -19,11 +19,17 @@
 //! used with an endpoint from the environment).
 use std::{collections::BTreeMap, time::Duration};
 
-use http::{header::HeaderName, HeaderMap, HeaderValue};
-use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer};
+use http::{
+    header::{HeaderName, InvalidHeaderName, InvalidHeaderValue},
+    uri::InvalidUri,
+    HeaderMap, HeaderValue,
+};
 
-use crate::{record::AttrValue, semconv as sc};
+use crate::{
+    config::{expand_env, Convention, ExpandError, OtlpConfig},
+    record::AttrValue,
+    semconv as sc,
+};
 
 pub const ENV_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub const ENV_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
@@ -43,100 +49,8 @@ pub const DEFAULT_SERVICE_NAME: &str = "egret";
 /// Per-request timeout when neither the config nor `OTEL_EXPORTER_OTLP_TIMEOUT` sets one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One gateway's OTLP export (`gateways[].otlp`).
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
-pub struct OtlpConfig {
-    /// Base URL (`http://` or `https://`, `${ENV}` expanded); egret appends
-    /// `/v1/traces`, `/v1/logs` and `/v1/metrics`. Unset: the standard
-    /// `OTEL_EXPORTER_OTLP_*ENDPOINT` variables, else no export.
-    pub endpoint: Option<String>,
-    /// Extra request headers; values support `${ENV}` (and `$$` for a `$`).
-    pub headers: BTreeMap<String, String>,
-    /// Which signals are sent.
-    pub signals: SignalsConfig,
-    /// Fraction of invocations whose spans and logs are sent (0.0–1.0),
-    /// decided per `invocation.id`. Metrics always count everything.
-    pub sampling: f64,
-    /// Attribute profiles added to spans on top of the GenAI semantic
-    /// conventions (always on): `openinference`, `mlflow`.
-    pub conventions: Vec<Convention>,
-    /// Per-request timeout (e.g. `10s`); default `OTEL_EXPORTER_OTLP_TIMEOUT`
-    /// (milliseconds) or 10s.
-    #[serde(deserialize_with = "de_opt_duration")]
-    #[schemars(with = "Option<String>")]
-    pub timeout: Option<Duration>,
-    /// Records waiting per signal; when full, new ones are dropped and counted.
-    pub queue_capacity: usize,
-    /// How often cumulative metrics are exported (e.g. `60s`).
-    #[serde(deserialize_with = "de_duration")]
-    #[schemars(with = "String")]
-    pub metrics_interval: Duration,
-}
-
-impl Default for OtlpConfig {
-    fn default() -> Self {
-        OtlpConfig {
-            endpoint: None,
-            headers: BTreeMap::new(),
-            signals: SignalsConfig::default(),
-            sampling: 1.0,
-            conventions: vec![],
-            timeout: None,
-            queue_capacity: 10_000,
-            metrics_interval: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Per-signal switches (all on by default).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
-pub struct SignalsConfig {
-    pub traces: bool,
-    pub logs: bool,
-    pub metrics: bool,
-}
-
-impl Default for SignalsConfig {
-    fn default() -> Self {
-        SignalsConfig {
-            traces: true,
-            logs: true,
-            metrics: true,
-        }
-    }
-}
-
-/// An attribute profile for span consumers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
-pub enum Convention {
-    /// OpenTelemetry GenAI semantic conventions (always on; listing it is a no-op).
-    #[serde(rename = "genai")]
-    GenAi,
-    /// OpenInference (Arize Phoenix): `openinference.span.kind`, `llm.*`,
-    /// `input.value`/`output.value`, `session.id`.
-    #[serde(rename = "openinference")]
-    OpenInference,
-    /// MLflow tracing: `mlflow.spanInputs`/`mlflow.spanOutputs`/`mlflow.spanType`,
-    /// `session.id`, and the `x-mlflow-experiment-id` header.
-    #[serde(rename = "mlflow")]
-    Mlflow,
-}
-
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom)
-}
-
-fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s: Option<String> = Option::deserialize(d)?;
-    s.map(|s| humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom))
-        .transpose()
-}
-
 /// Why a gateway's `otlp` section (or the environment) cannot be used.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("gateway {gateway:?}: otlp.{field}: environment variable {var} is not set")]
     MissingEnv {
@@ -144,26 +58,57 @@ pub enum SettingsError {
         field: String,
         var: String,
     },
+    #[error("gateway {gateway:?}: otlp.{field}: {source}")]
+    Expand {
+        gateway: String,
+        field: String,
+        #[source]
+        source: ExpandError,
+    },
     #[error("gateway {gateway:?}: otlp.{field}: {reason}")]
     Invalid {
         gateway: String,
         field: String,
         reason: String,
     },
-    #[error("gateway {gateway:?}: invalid OTLP endpoint {url:?} (from {source_name}): {reason}")]
+    #[error("gateway {gateway:?}: invalid OTLP endpoint {url:?} (from {source_name}): {source}")]
     Endpoint {
         gateway: String,
         url: String,
         source_name: String,
-        reason: String,
+        #[source]
+        source: UrlError,
     },
-    #[error("gateway {gateway:?}: invalid OTLP header {name:?} (from {source_name}): {reason}")]
+    #[error("gateway {gateway:?}: invalid OTLP header {name:?} (from {source_name}): {source}")]
     Header {
         gateway: String,
         name: String,
         source_name: String,
-        reason: String,
+        #[source]
+        source: HeaderError,
     },
+}
+
+/// Why an endpoint URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error(transparent)]
+    Parse(#[from] InvalidUri),
+    #[error("scheme {0:?} is not http or https")]
+    Scheme(String),
+    #[error("missing scheme (http:// or https://)")]
+    NoScheme,
+    #[error("missing host")]
+    NoHost,
+}
+
+/// Why a header cannot be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    #[error(transparent)]
+    Name(#[from] InvalidHeaderName),
+    #[error(transparent)]
+    Value(#[from] InvalidHeaderValue),
 }
 
 /// An OTLP signal.
@@ -292,49 +237,6 @@ impl ExportSettings {
     }
 }
 
-/// Expands `${NAME}` (or `${env:NAME}`) from `env`; `$$` is a literal `$`,
-/// any other `$` is kept. An unset variable or an unterminated `${` is an
-/// error (returned as the variable name, or `None` for bad syntax).
-pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ExpandError> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix('{') {
-            let end = tail.find('}').ok_or(ExpandError::Syntax)?;
-            let raw = &tail[..end];
-            let name = raw.strip_prefix("env:").unwrap_or(raw).trim();
-            let valid = !name.is_empty()
-                && !name.starts_with(|c: char| c.is_ascii_digit())
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(ExpandError::Syntax);
-            }
-            let value = env(name).ok_or_else(|| ExpandError::Unset(name.to_owned()))?;
-            out.push_str(&value);
-            rest = &tail[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// Why [`expand_env`] failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ExpandError {
-    #[error("environment variable {0} is not set")]
-    Unset(String),
-    #[error("malformed ${{…}} (expected ${{NAME}})")]
-    Syntax,
-}
-
 /// Parses the `k=v,k2=v2` list of `OTEL_EXPORTER_OTLP_HEADERS` and
 /// `OTEL_RESOURCE_ATTRIBUTES` (keys trimmed, values trimmed and
 /// percent-decoded). Malformed entries are skipped and reported.
@@ -382,15 +284,15 @@ pub fn join_base(base: &str, signal: Signal) -> String {
     format!("{}{}", base.trim_end_matches('/'), signal.path())
 }
 
-fn parse_url(url: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+fn parse_url(url: &str) -> Result<http::Uri, UrlError> {
+    let uri: http::Uri = url.parse()?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
-        Some(other) => return Err(format!("scheme {other:?} is not http or https")),
-        None => return Err("missing scheme (http:// or https://)".into()),
+        Some(other) => return Err(UrlError::Scheme(other.to_owned())),
+        None => return Err(UrlError::NoScheme),
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err("missing host".into());
+        return Err(UrlError::NoHost);
     }
     Ok(uri)
 }
@@ -445,28 +347,28 @@ pub fn resolve(
     let sdk_disabled =
         non_empty(env(ENV_SDK_DISABLED)).is_some_and(|v| v.eq_ignore_ascii_case("true"));
 
+    let expand_err = |field: String, e: ExpandError| match e {
+        ExpandError::Unset(var) => SettingsError::MissingEnv {
+            gateway: gateway.to_owned(),
+            field,
+            var,
+        },
+        source => SettingsError::Expand {
+            gateway: gateway.to_owned(),
+            field,
+            source,
+        },
+    };
     // Config headers, `${ENV}` expanded.
     let mut cfg_headers = Vec::with_capacity(cfg.headers.len());
     for (k, v) in &cfg.headers {
-        let value = expand_env(v, env).map_err(|e| match e {
-            ExpandError::Unset(var) => SettingsError::MissingEnv {
-                gateway: gateway.to_owned(),
-                field: format!("headers.{k}"),
-                var,
-            },
-            ExpandError::Syntax => invalid(&format!("headers.{k}"), e.to_string()),
-        })?;
+        let value = expand_env(v, env).map_err(|e| expand_err(format!("headers.{k}"), e))?;
         cfg_headers.push((k.clone(), value));
     }
     let cfg_endpoint = match cfg.endpoint.as_deref().map(str::trim) {
-        Some(e) if !e.is_empty() => Some(expand_env(e, env).map_err(|err| match err {
-            ExpandError::Unset(var) => SettingsError::MissingEnv {
-                gateway: gateway.to_owned(),
-                field: "endpoint".into(),
-                var,
-            },
-            ExpandError::Syntax => invalid("endpoint", err.to_string()),
-        })?),
+        Some(e) if !e.is_empty() => {
+            Some(expand_env(e, env).map_err(|err| expand_err("endpoint".into(), err))?)
+        }
         _ => None,
     };
     let env_headers = |name: &str, warnings: &mut Vec<String>| -> Vec<(String, String)> {
@@ -539,15 +441,15 @@ pub fn resolve(
             continue;
         };
         headers.extend(cfg_headers.iter().cloned());
-        let uri = parse_url(&url).map_err(|reason| SettingsError::Endpoint {
+        let uri = parse_url(&url).map_err(|source| SettingsError::Endpoint {
             gateway: gateway.to_owned(),
             url: url.clone(),
             source_name: source_name.to_owned(),
-            reason,
+            source,
         })?;
         let mut map = HeaderMap::new();
         for (k, v) in headers {
-            let header_err = |reason: String| SettingsError::Header {
+            let header_err = |source: HeaderError| SettingsError::Header {
                 gateway: gateway.to_owned(),
                 name: k.clone(),
                 source_name: if cfg.headers.contains_key(&k) {
@@ -555,11 +457,11 @@ pub fn resolve(
                 } else {
                     ENV_HEADERS.to_owned()
                 },
-                reason,
+                source,
             };
-            let name = HeaderName::from_bytes(k.trim().as_bytes())
-                .map_err(|e| header_err(e.to_string()))?;
-            let value = HeaderValue::from_str(&v).map_err(|e| header_err(e.to_string()))?;
+            let name =
+                HeaderName::from_bytes(k.trim().as_bytes()).map_err(|e| header_err(e.into()))?;
+            let value = HeaderValue::from_str(&v).map_err(|e| header_err(e.into()))?;
             // Later sources win: insert replaces.
             map.insert(name, value);
         }
@@ -656,6 +558,7 @@ pub fn resource_from_env(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SignalsConfig;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: BTreeMap<String, String> = pairs
@@ -667,30 +570,6 @@ mod tests {
 
     fn url(t: &Option<SignalTarget>) -> String {
         t.as_ref().map(|t| t.url.to_string()).unwrap_or_default()
-    }
-
-    #[test]
-    fn config_parses_camel_case_with_defaults() {
-        let cfg: OtlpConfig = serde_norway::from_str(
-            "endpoint: http://c:4318\nheaders: {a: b}\nsignals: {logs: false}\nsampling: 0.5\n\
-             conventions: [openinference, mlflow]\ntimeout: 3s\nqueueCapacity: 5\nmetricsInterval: 1m\n",
-        )
-        .unwrap();
-        assert_eq!(cfg.endpoint.as_deref(), Some("http://c:4318"));
-        assert!(cfg.signals.traces && !cfg.signals.logs && cfg.signals.metrics);
-        assert_eq!(cfg.sampling, 0.5);
-        assert_eq!(
-            cfg.conventions,
-            vec![Convention::OpenInference, Convention::Mlflow]
-        );
-        assert_eq!(cfg.timeout, Some(Duration::from_secs(3)));
-        assert_eq!(cfg.queue_capacity, 5);
-        assert_eq!(cfg.metrics_interval, Duration::from_secs(60));
-        let d: OtlpConfig = serde_norway::from_str("{}").unwrap();
-        assert_eq!(d, OtlpConfig::default());
-        assert!(serde_norway::from_str::<OtlpConfig>("bogus: 1").is_err());
-        assert!(serde_norway::from_str::<OtlpConfig>("conventions: [zipkin]").is_err());
-        assert!(serde_norway::from_str::<OtlpConfig>("metricsInterval: soon").is_err());
     }
 
     #[test]
@@ -797,19 +676,8 @@ mod tests {
 
     #[test]
     fn header_env_expansion() {
+        // The grammar itself is tested with `config::expand_env`.
         let env = env_of(&[("HONEYCOMB_API_KEY", "k3y"), ("U", "u")]);
-        assert_eq!(expand_env("${HONEYCOMB_API_KEY}", &env).unwrap(), "k3y");
-        assert_eq!(
-            expand_env("Basic ${env:U}:$${x} $5", &env).unwrap(),
-            "Basic u:${x} $5"
-        );
-        assert_eq!(
-            expand_env("${NOPE}", &env),
-            Err(ExpandError::Unset("NOPE".into()))
-        );
-        assert_eq!(expand_env("${U", &env), Err(ExpandError::Syntax));
-        assert_eq!(expand_env("${1A}", &env), Err(ExpandError::Syntax));
-
         let cfg = OtlpConfig {
             endpoint: Some("https://api.honeycomb.io".into()),
             headers: [(
@@ -985,28 +853,6 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(s.timeout, Duration::from_secs(1));
-    }
-
-    #[test]
-    fn json_schema_names_camel_case_keys() {
-        let schema = serde_json::to_string(&schemars::schema_for!(OtlpConfig)).unwrap();
-        for key in [
-            "endpoint",
-            "headers",
-            "signals",
-            "sampling",
-            "conventions",
-            "timeout",
-            "queueCapacity",
-            "metricsInterval",
-            "openinference",
-            "mlflow",
-        ] {
-            assert!(
-                schema.contains(&format!("\"{key}\"")),
-                "{key} missing: {schema}"
-            );
-        }
     }
 
     #[test]

@@ -11,11 +11,7 @@ use std::{
 };
 
 use bpf_tests::clickhouse_rig::ClickHouseRig;
-use egret::{
-    record::Record,
-    semconv as sc,
-    store::{Spool, SpoolConfig},
-};
+use egret::{config::SpoolConfig, record::Record, semconv as sc, store::Spool};
 use serde_json::Value;
 
 use crate::{

@@ -1,0 +1,117 @@
+//! `gateways[]`: which sandboxes a gateway applies to (selector) and what
+//! applies to them — routes and the default policy, token budgets, body
+//! capture, non-HTTP handling, OTLP export.
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::OtlpConfig;
+
+/// What a gateway does with connections that match no route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DefaultPolicy {
+    #[default]
+    DenyAll,
+    AllowAll,
+}
+
+/// A set of sandboxes (by registration attributes) and what applies to them.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewayConfig {
+    pub name: String,
+    #[serde(default)]
+    pub selector: Selector,
+    #[serde(default)]
+    pub default_policy: DefaultPolicy,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Daily token budgets per agent.
+    #[serde(default)]
+    pub budgets: Vec<BudgetConfig>,
+    #[serde(default)]
+    pub capture_body: CaptureBodyConfig,
+    /// Rewrite OpenAI streaming requests to include usage (and hide the extra
+    /// usage chunk from the client) so token counts are always captured.
+    #[serde(default = "yes")]
+    pub rewrite_stream_usage: bool,
+    /// What to do with a captured-port connection that is not TLS or HTTP:
+    /// `passthrough` (splice, flow record only) or `refuse`.
+    #[serde(default)]
+    pub non_http: NonHttpPolicy,
+    /// OTLP/HTTP export of this gateway's records (see `docs/otlp.md`).
+    #[serde(default)]
+    pub otlp: OtlpConfig,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum NonHttpPolicy {
+    #[default]
+    Passthrough,
+    Refuse,
+}
+
+/// A daily token budget (input + output tokens, UTC day) for one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BudgetConfig {
+    /// Agent namespace; empty matches any.
+    #[serde(default)]
+    pub namespace: String,
+    /// Agent name; empty matches any.
+    #[serde(default)]
+    pub name: String,
+    pub daily_tokens: u64,
+}
+
+/// Body capture per direction.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct CaptureBodyConfig {
+    /// Bytes kept per direction (request, response).
+    pub max_bytes: usize,
+    /// Content types (without parameters) whose bodies are kept.
+    pub include_content_types: Vec<String>,
+}
+
+impl Default for CaptureBodyConfig {
+    fn default() -> Self {
+        CaptureBodyConfig {
+            max_bytes: 64 * 1024,
+            include_content_types: vec![
+                "application/json".into(),
+                "application/x-ndjson".into(),
+                "text/event-stream".into(),
+            ],
+        }
+    }
+}
+
+/// Which sandboxes a gateway applies to; empty lists match everything.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Selector {
+    pub namespaces: Vec<String>,
+    pub agent_names: Vec<String>,
+    pub agent_kinds: Vec<String>,
+}
+
+/// Hosts (exact or `*.suffix`) allowed and how their traffic is understood.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteConfig {
+    pub name: String,
+    pub hosts: Vec<String>,
+    /// `anthropic`, `openai`, `google`, `mcp` or `http`.
+    #[serde(default = "default_provider")]
+    pub provider: String,
+}
+
+fn default_provider() -> String {
+    "http".to_owned()
+}

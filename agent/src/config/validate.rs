@@ -1,0 +1,107 @@
+//! The rules a parsed [`Config`] must satisfy beyond its types (checked by
+//! [`Config::parse`], so by `egret config check`, start and reload alike).
+use std::str::FromStr;
+
+use super::{Cidr, Config};
+
+/// Why a [`Cidr`] in the config does not parse (the network parser's error).
+pub type CidrError = <Cidr as FromStr>::Err;
+
+/// A rule of the configuration that a file breaks.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidationError {
+    #[error("node.sandboxRoot must be a relative path under the cgroup v2 mount")]
+    SandboxRoot,
+    #[error("node.listenPort must not be 0")]
+    ListenPortZero,
+    #[error("node.listenPort must not be one of node.capturePorts")]
+    ListenPortCaptured,
+    #[error("node.capturePorts: at most {0} ports")]
+    TooManyCapturePorts(u32),
+    #[error("node.blockUdpPorts: at most {0} ports")]
+    TooManyUdpPorts(u32),
+    #[error("node.proxyProtocol.trustedCidrs: {0}")]
+    TrustedCidr(CidrError),
+    #[error("node.sandboxCidrs: {0}")]
+    SandboxCidr(CidrError),
+    #[error(
+        "node.proxyProtocol.trustedCidrs {trusted} overlaps node.sandboxCidrs {sandbox}: a sandbox with an address there could send PROXY headers with any attribution; trust only the dialers' own networks"
+    )]
+    TrustedOverlapsSandbox { trusted: String, sandbox: String },
+    #[error("node.proxyProtocol.listen needs trustedCidrs (the dialers' source networks)")]
+    ListenWithoutTrustedCidrs,
+    #[error("node.proxyProtocol.listen needs a port of its own (not 0, not node.listenPort)")]
+    ListenPort,
+    #[error("node.proxyProtocol.listen must not use one of node.capturePorts")]
+    ListenPortIsCaptured,
+    #[error("node.proxyProtocol.unixSocket must be an absolute path")]
+    UnixSocketRelative,
+    #[error("node.proxyProtocol.unixSocket must not be node.apiSocket")]
+    UnixSocketIsApiSocket,
+    #[error("gateways: duplicate name {0:?}")]
+    DuplicateGateway(String),
+}
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), ValidationError> {
+        use egret_common::limits::MAX_CAPTURE_PORTS;
+        let n = &self.node;
+        if n.sandbox_root.is_absolute() || n.sandbox_root.as_os_str().is_empty() {
+            return Err(ValidationError::SandboxRoot);
+        }
+        if n.listen_port == 0 {
+            return Err(ValidationError::ListenPortZero);
+        }
+        if n.capture_ports.contains(&n.listen_port) {
+            return Err(ValidationError::ListenPortCaptured);
+        }
+        if n.capture_ports.len() > MAX_CAPTURE_PORTS as usize {
+            return Err(ValidationError::TooManyCapturePorts(MAX_CAPTURE_PORTS));
+        }
+        if n.udp_ports().len() > MAX_CAPTURE_PORTS as usize {
+            return Err(ValidationError::TooManyUdpPorts(MAX_CAPTURE_PORTS - 1));
+        }
+        let pp = &n.proxy_protocol;
+        let cidrs = pp.cidrs()?;
+        for sc in &n.sandbox_cidrs {
+            let sandbox: Cidr = sc.parse().map_err(ValidationError::SandboxCidr)?;
+            if let Some((t, _)) = pp
+                .trusted_cidrs
+                .iter()
+                .zip(&cidrs)
+                .find(|(_, c)| c.overlaps(&sandbox))
+            {
+                return Err(ValidationError::TrustedOverlapsSandbox {
+                    trusted: t.clone(),
+                    sandbox: sc.clone(),
+                });
+            }
+        }
+        if let Some(addr) = pp.listen {
+            if cidrs.is_empty() {
+                return Err(ValidationError::ListenWithoutTrustedCidrs);
+            }
+            if addr.port() == 0 || addr.port() == n.listen_port {
+                return Err(ValidationError::ListenPort);
+            }
+            if n.capture_ports.contains(&addr.port()) {
+                return Err(ValidationError::ListenPortIsCaptured);
+            }
+        }
+        if let Some(p) = &pp.unix_socket {
+            if !p.is_absolute() {
+                return Err(ValidationError::UnixSocketRelative);
+            }
+            if *p == n.api_socket {
+                return Err(ValidationError::UnixSocketIsApiSocket);
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for g in &self.gateways {
+            if !names.insert(g.name.as_str()) {
+                return Err(ValidationError::DuplicateGateway(g.name.clone()));
+            }
+        }
+        Ok(())
+    }
+}
