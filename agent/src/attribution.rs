@@ -438,6 +438,20 @@ impl Registry {
     }
 }
 
+impl crate::admin::Report for Registry {
+    fn metrics(&self, m: &mut crate::admin::Metrics<'_, '_>) -> std::fmt::Result {
+        m.gauge(
+            "egret_sandboxes",
+            "Registered sandboxes",
+            &[(vec![], self.list().len() as i64)],
+        )
+    }
+
+    fn status(&self, s: &mut crate::admin::Status) {
+        s.insert("sandboxes".into(), self.list().len().into());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -686,6 +686,62 @@ impl KernelMaps {
     }
 }
 
+impl crate::admin::Report for Kernel {
+    fn metrics(&self, m: &mut crate::admin::Metrics<'_, '_>) -> std::fmt::Result {
+        let events: Vec<_> = self
+            .maps
+            .stats()
+            .into_iter()
+            .map(|(name, v)| (vec![("event", name.to_owned())], v))
+            .collect();
+        m.counter(
+            "egret_kernel_events",
+            "Kernel-side events: redirects, refusals, drops and misses (EGRET_STATS)",
+            &events,
+        )?;
+        let (tags, links, counters) = self.maps.occupancy();
+        m.gauge(
+            "egret_kernel_map_entries",
+            "Entries in the per-socket kernel maps (back to baseline when sockets are gone)",
+            &[
+                (vec![("map", "tags".into())], tags as i64),
+                (vec![("map", "links".into())], links as i64),
+                (vec![("map", "counters".into())], counters as i64),
+            ],
+        )
+    }
+
+    fn status(&self, s: &mut crate::admin::Status) {
+        use serde_json::json;
+        s.insert("programs".into(), json!(format!("{:?}", self.attachment)));
+        s.insert(
+            "kernel".into(),
+            json!(self
+                .maps
+                .stats()
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()),
+        );
+        // Per-sandbox shares of the socket maps (cgroup id → sockets held,
+        // connects refused over the quota), most refused first.
+        s.insert(
+            "sandbox_sockets".into(),
+            self.maps
+                .sandbox_shares(100)
+                .into_iter()
+                .map(|(cg, sh)| {
+                    json!({
+                        "cgroup_id": cg.to_string(),
+                        "sockets": sh.sockets,
+                        "refused": sh.refused,
+                        "closes_dropped": sh.closes_dropped,
+                    })
+                })
+                .collect(),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

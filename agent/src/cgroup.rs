@@ -24,6 +24,39 @@ pub fn detect_mount() -> io::Result<PathBuf> {
     ))
 }
 
+/// Resolved node paths shared by the subcommands.
+#[derive(Debug, Clone)]
+pub struct NodePaths {
+    pub cgroup_mount: PathBuf,
+    pub sandbox_root: PathBuf,
+}
+
+impl NodePaths {
+    /// `mount`: the configured cgroup v2 mount (detected when `None`);
+    /// `sandbox_root`: the sandbox root relative to it.
+    pub fn resolve(mount: Option<&Path>, sandbox_root: &Path) -> io::Result<NodePaths> {
+        let mount = match mount {
+            Some(m) => m.to_owned(),
+            None => detect_mount()?,
+        };
+        Ok(NodePaths {
+            sandbox_root: mount.join(sandbox_root),
+            cgroup_mount: mount,
+        })
+    }
+
+    /// The sandbox root as it appears in /proc/PID/cgroup, e.g. `/egret.slice`.
+    pub fn sandbox_root_rel(&self) -> String {
+        format!(
+            "/{}",
+            self.sandbox_root
+                .strip_prefix(&self.cgroup_mount)
+                .unwrap_or(&self.sandbox_root)
+                .display()
+        )
+    }
+}
+
 /// Depth of `path` below the cgroup v2 mount (the mount itself is level 0).
 pub fn level(mount: &Path, path: &Path) -> u32 {
     path.strip_prefix(mount)

@@ -302,6 +302,22 @@ fn read_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, batch: &mut Ve
     }
 }
 
+/// The flow stage's admin report ([`COUNTERS_MISSING`]).
+#[derive(Debug, Default)]
+pub struct FlowReport;
+
+impl crate::admin::Report for FlowReport {
+    fn metrics(&self, m: &mut crate::admin::Metrics<'_, '_>) -> std::fmt::Result {
+        m.counter(
+            "egret_flow_counters_missing",
+            "Flow records written without the kernel's wire counters (egret.l4.counters_missing)",
+            &[(vec![], COUNTERS_MISSING.load(Ordering::Relaxed))],
+        )
+    }
+
+    fn status(&self, _: &mut crate::admin::Status) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,13 +3,13 @@
 //! One module per stage of the flow (see `docs/architecture.md`).
 pub mod admin;
 pub mod api;
+pub mod app;
 pub mod attribution;
 pub mod bpf;
 pub mod budget;
 pub mod cgroup;
 pub mod config;
 pub mod credentials;
-pub mod daemon;
 pub mod doctor;
 pub mod flow;
 pub mod genai;
@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod record;
+pub mod recorder;
 pub mod records;
 pub mod reload;
 pub mod sandbox;

@@ -5,10 +5,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use egret::{
-    api,
+    api, app,
     attribution::{Attribution, SandboxSpec},
+    cgroup::NodePaths,
     config::Config,
-    daemon::{self, NodePaths},
     doctor, records, sandbox,
 };
 
@@ -192,9 +192,9 @@ async fn real_main(cli: Cli) -> Result<i32> {
     let cfg = load_config(cli.config.as_ref())?;
     match cli.command {
         Command::Run(args) => {
-            daemon::run(
+            app::run(
                 cfg,
-                daemon::RunOptions {
+                app::RunOptions {
                     dev_otlp_fallback_endpoint: args.dev_otlp_fallback_endpoint,
                     config_path: cli.config.clone(),
                 },
@@ -235,8 +235,9 @@ async fn real_main(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Exec(args) => {
-            let paths = NodePaths::resolve(&cfg)?;
-            let bundle = daemon::trust_bundle_path(&cfg);
+            let paths =
+                NodePaths::resolve(cfg.node.cgroup_mount.as_deref(), &cfg.node.sandbox_root)?;
+            let bundle = cfg.node.trust_bundle_path();
             let code = sandbox::exec(sandbox::ExecOptions {
                 sandbox_root: paths.sandbox_root,
                 api_socket: cfg.node.api_socket.clone(),
@@ -310,7 +311,8 @@ async fn real_main(cli: Cli) -> Result<i32> {
             }
             egret::bpf::clear_pins(&cfg.node.bpffs_dir);
             let _ = std::fs::remove_dir(&cfg.node.bpffs_dir);
-            let paths = NodePaths::resolve(&cfg)?;
+            let paths =
+                NodePaths::resolve(cfg.node.cgroup_mount.as_deref(), &cfg.node.sandbox_root)?;
             match std::fs::remove_dir(&paths.sandbox_root) {
                 Ok(()) => println!("removed {}", paths.sandbox_root.display()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -326,9 +328,9 @@ async fn real_main(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Ca(CaCmd::Init) => {
-            let dir = daemon::ca_dir(&cfg);
+            let dir = cfg.node.ca_dir();
             let ca = egret::tls::Ca::init(&dir)?;
-            egret::tls::write_trust_bundle(&ca, &daemon::trust_bundle_path(&cfg))?;
+            egret::tls::write_trust_bundle(&ca, &cfg.node.trust_bundle_path())?;
             println!("{}", ca.cert_path().display());
             Ok(0)
         }

@@ -66,11 +66,11 @@ pub struct L7 {
     pub upstream_tls: Arc<UpstreamTls>,
     pub keys: Arc<KeyHasher>,
     pub records: tokio::sync::mpsc::Sender<Record>,
-    pub dropped_records: AtomicU64,
+    /// The recorder's counters: each sandbox's share of the record queue
+    /// (the recorder releases) and the records the queue refused.
+    pub record_stats: Arc<crate::record::RecordStats>,
     /// The node's resolver, for plain-HTTP destination checks.
     pub resolver: destination::Resolver,
-    /// Each sandbox's share of the record queue (the recorder releases).
-    pub queue_shares: Arc<crate::record::QueueShares>,
     /// Per-sandbox connection, request and buffer budgets.
     pub admission: Arc<admission::Admission>,
     /// Shutdown state shared by every connection.
@@ -82,7 +82,7 @@ impl L7 {
     pub fn emit(&self, rec: Record) {
         // The sandbox's share of the queue first: one sandbox's volume
         // never decides what another loses.
-        if !self.queue_shares.admit(&rec) {
+        if !self.record_stats.queue.admit(&rec) {
             crate::limited!(QueueShare, warn, "a sandbox had its share of the record queue queued: transaction record dropped (egret_records_over_sandbox_share_total)");
             return;
         }
@@ -91,8 +91,12 @@ impl L7 {
                 tokio::sync::mpsc::error::TrySendError::Full(r)
                 | tokio::sync::mpsc::error::TrySendError::Closed(r) => r,
             };
-            self.queue_shares.release(&rec);
-            let n = self.dropped_records.fetch_add(1, Ordering::Relaxed) + 1;
+            self.record_stats.queue.release(&rec);
+            let n = self
+                .record_stats
+                .queue_dropped
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
             if n.is_power_of_two() {
                 tracing::warn!(
                     dropped = n,
@@ -228,5 +232,43 @@ impl Proxy {
             }
             Err(e) => tracing::debug!(dst = %origin.dst, "splice ended: {e}"),
         }
+    }
+}
+
+impl crate::admin::Report for Proxy {
+    fn metrics(&self, m: &mut crate::admin::Metrics<'_, '_>) -> std::fmt::Result {
+        let p = &self.stats;
+        m.counter(
+            "egret_proxy_connections",
+            "Connections the redirect listener handled, by result",
+            &[
+                (
+                    vec![("result", "accepted".into())],
+                    p.accepted.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("result", "refused_unlinked".into())],
+                    p.refused_unlinked.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("result", "upstream_error".into())],
+                    p.upstream_errors.load(Ordering::Relaxed),
+                ),
+            ],
+        )
+    }
+
+    fn status(&self, s: &mut crate::admin::Status) {
+        let p = &self.stats;
+        s.insert(
+            "proxy".into(),
+            serde_json::json!({
+                "accepted": p.accepted.load(Ordering::Relaxed),
+                "refused_unlinked": p.refused_unlinked.load(Ordering::Relaxed),
+                "upstream_errors": p.upstream_errors.load(Ordering::Relaxed),
+                // Sandboxes using each open listener pair (the agent's own: 1).
+                "listener_holders": self.listener_holders(),
+            }),
+        );
     }
 }

@@ -184,6 +184,8 @@ pub fn now_unix_nanos() -> i64 {
 pub struct RecordStats {
     pub flows: AtomicU64,
     pub transactions: AtomicU64,
+    /// Transaction records the proxy could not queue (queue full or closed).
+    pub queue_dropped: AtomicU64,
     pub spool_dropped: AtomicU64,
     /// Flow records (close events already read off the ring buffer) that
     /// could not be handed to the recorder: queue full past the wait, or
@@ -203,11 +205,72 @@ impl Default for RecordStats {
         RecordStats {
             flows: AtomicU64::new(0),
             transactions: AtomicU64::new(0),
+            queue_dropped: AtomicU64::new(0),
             spool_dropped: AtomicU64::new(0),
             flow_dropped: AtomicU64::new(0),
             tail_lagged: AtomicU64::new(0),
             queue: Arc::new(QueueShares::new(QUEUED_PER_SANDBOX)),
         }
+    }
+}
+
+impl crate::admin::Report for RecordStats {
+    fn metrics(&self, m: &mut crate::admin::Metrics<'_, '_>) -> std::fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        m.counter(
+            "egret_records_over_sandbox_share",
+            "Records dropped because their sandbox had its share of the record queue queued",
+            &[(vec![], self.queue.dropped.load(Relaxed))],
+        )?;
+        m.counter(
+            "egret_records",
+            "Records written to the spool, by kind",
+            &[
+                (vec![("kind", "flow".into())], self.flows.load(Relaxed)),
+                (
+                    vec![("kind", "transaction".into())],
+                    self.transactions.load(Relaxed),
+                ),
+            ],
+        )?;
+        m.counter(
+            "egret_records_dropped",
+            "Records lost before the spool, by stage (queue full, flow record not queued, spool full or failing)",
+            &[
+                (vec![("stage", "queue".into())], self.queue_dropped.load(Relaxed)),
+                (vec![("stage", "flow".into())], self.flow_dropped.load(Relaxed)),
+                (vec![("stage", "spool".into())], self.spool_dropped.load(Relaxed)),
+            ],
+        )?;
+        m.counter(
+            "egret_tail_lagged",
+            "Records a slow `egret tail` client skipped",
+            &[(vec![], self.tail_lagged.load(Relaxed))],
+        )
+    }
+
+    fn status(&self, s: &mut crate::admin::Status) {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Invocations that lost records to their share of the record queue.
+        s.insert(
+            "records_over_share".into(),
+            serde_json::json!(self
+                .queue
+                .dropped_by
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()),
+        );
+        s.insert(
+            "records".into(),
+            serde_json::json!({
+                "flows": self.flows.load(Relaxed),
+                "transactions": self.transactions.load(Relaxed),
+                "dropped_queue": self.queue_dropped.load(Relaxed),
+                "dropped_flow": self.flow_dropped.load(Relaxed),
+                "dropped_spool": self.spool_dropped.load(Relaxed),
+            }),
+        );
     }
 }
 

@@ -196,3 +196,34 @@ impl Targets {
         }
     }
 }
+
+impl crate::admin::Report for ReloadStatus {
+    fn metrics(&self, m: &mut crate::admin::Metrics<'_, '_>) -> std::fmt::Result {
+        m.counter(
+            "egret_config_reloads",
+            "Config reloads, by result (rejected: the old config stayed in force)",
+            &[
+                (
+                    vec![("result", "applied".into())],
+                    self.applied.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("result", "rejected".into())],
+                    self.rejected.load(Ordering::Relaxed),
+                ),
+            ],
+        )
+    }
+
+    fn status(&self, s: &mut crate::admin::Status) {
+        s.insert(
+            "config".into(),
+            serde_json::json!({
+                "generation": self.generation.load(Ordering::Relaxed),
+                "reloads_applied": self.applied.load(Ordering::Relaxed),
+                "reloads_rejected": self.rejected.load(Ordering::Relaxed),
+                "last_reload_error": self.last_error(),
+            }),
+        );
+    }
+}

@@ -1,4 +1,6 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | test | demo | fuzz`.
+//! Project tasks: `cargo xtask setup | build-ebpf | test | demo | fuzz | bench | tidy`.
+mod tidy;
+
 use std::{
     env,
     path::{Path, PathBuf},
@@ -27,6 +29,9 @@ enum Cmd {
     },
     /// Build the kernel half (nightly, build-std=core, bpf-linker).
     BuildEbpf,
+    /// Check the rules the code keeps (layering, typed errors, fuzz hooks);
+    /// also run by `cargo xtask test` as xtask's own tests.
+    Tidy,
     /// Install what is missing (as `setup`), then run every test: unit,
     /// integration and privileged bpf-tests.
     Test {
@@ -535,11 +540,25 @@ fn bench(which: &[String], quick: bool, no_wait: bool) -> Result<()> {
     run(&mut cmd)
 }
 
+fn tidy_cmd() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let findings = tidy::check(&root).context("reading agent/src")?;
+    for f in &findings {
+        eprintln!("{f}");
+    }
+    if !findings.is_empty() {
+        bail!("tidy: {} finding(s)", findings.len());
+    }
+    println!("tidy: the layering, error and fuzz-hook rules hold");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Setup { no_apt } => setup(no_apt),
         Cmd::BuildEbpf => build_ebpf(),
+        Cmd::Tidy => tidy_cmd(),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo(),
         Cmd::Fuzz {

@@ -81,6 +81,17 @@ pub struct ProxyProtocolConfig {
 }
 
 impl NodeConfig {
+    /// Where the node CA lives (0700).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.state_dir.join("ca")
+    }
+
+    /// Trust bundle (system roots + node CA) for sandboxes. It lives in the
+    /// state dir, not in the 0700 CA dir, so non-root sandboxes can read it.
+    pub fn trust_bundle_path(&self) -> PathBuf {
+        self.state_dir.join("trust-bundle.pem")
+    }
+
     /// The UDP ports refused to sandboxes: `blockUdpPorts`, and 443 when
     /// `blockQuic`.
     pub fn udp_ports(&self) -> Vec<u16> {

@@ -188,6 +188,44 @@ pub fn key_of(origin: &super::Origin) -> Key {
     crate::record::invocation_key(id) | (1 << 63)
 }
 
+impl crate::admin::Report for Admission {
+    fn metrics(&self, m: &mut crate::admin::Metrics<'_, '_>) -> std::fmt::Result {
+        let a = &self.refusals;
+        m.counter(
+            "egret_sandbox_limit_refusals",
+            "Connections closed and requests refused (429) because a sandbox was at its limit",
+            &[
+                (
+                    vec![("limit", "connections".into())],
+                    a.connections.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("limit", "requests".into())],
+                    a.requests.load(Ordering::Relaxed),
+                ),
+            ],
+        )?;
+        m.counter(
+            "egret_request_bodies_streamed_over_budget",
+            "Request bodies streamed instead of buffered whole: the sandbox's or the node's buffer budget was used up",
+            &[(vec![], a.buffer_spills.load(Ordering::Relaxed))],
+        )?;
+        let (sandboxes, buffered) = self.usage();
+        m.gauge(
+            "egret_request_bytes_buffered",
+            "Request body bytes held whole by the proxy right now",
+            &[(vec![], buffered as i64)],
+        )?;
+        m.gauge(
+            "egret_sandboxes_with_connections",
+            "Sandboxes with at least one connection through the proxy",
+            &[(vec![], sandboxes as i64)],
+        )
+    }
+
+    fn status(&self, _: &mut crate::admin::Status) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -470,6 +470,33 @@ fn cgroup_path(mount: &Path, id: u64) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
+impl crate::admin::Report for Trusted {
+    fn metrics(&self, m: &mut crate::admin::Metrics<'_, '_>) -> std::fmt::Result {
+        let series: Vec<_> = self
+            .stats
+            .outcomes()
+            .into_iter()
+            .map(|(outcome, v)| (vec![("result", outcome.to_owned())], v))
+            .collect();
+        m.counter(
+            "egret_proxy_protocol_connections",
+            "Connections the trusted-dialer (PROXY protocol) listeners handled, by result",
+            &series,
+        )
+    }
+
+    fn status(&self, s: &mut crate::admin::Status) {
+        s.insert(
+            "proxy_protocol".into(),
+            serde_json::json!(self
+                .stats
+                .outcomes()
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -359,3 +359,38 @@ pub(super) fn write_cursor_file(path: &Path, pos: Position) -> Result<(), StoreE
         source: e.source,
     })
 }
+
+impl crate::admin::Report for SpoolHandle {
+    fn metrics(&self, m: &mut crate::admin::Metrics<'_, '_>) -> std::fmt::Result {
+        let sp = self.stats();
+        m.gauge(
+            "egret_spool_bytes",
+            "Bytes on disk in the spool",
+            &[(vec![], crate::admin::gauge_value(sp.bytes_on_disk))],
+        )?;
+        m.counter(
+            "egret_spool_io_errors",
+            "Spool write errors (e.g. disk full)",
+            &[(vec![], sp.io_errors)],
+        )?;
+        let lags: Vec<_> = sp
+            .cursors
+            .iter()
+            .map(|c| {
+                (
+                    vec![("cursor", c.name.clone())],
+                    crate::admin::gauge_value(c.lag_bytes),
+                )
+            })
+            .collect();
+        m.gauge(
+            "egret_spool_cursor_lag_bytes",
+            "Bytes a sink still has to deliver",
+            &lags,
+        )
+    }
+
+    fn status(&self, s: &mut crate::admin::Status) {
+        s.insert("spool".into(), serde_json::json!(self.stats()));
+    }
+}

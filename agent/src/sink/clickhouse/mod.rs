@@ -98,7 +98,7 @@ pub use error::{InvalidConfig, SinkError};
 pub use query::query_records;
 pub use row::{column_type, ColKind, Column, FlowRow, TransactionRow};
 pub use schema::schema_ddl;
-pub use status::{SinkState, SinkStatus, StatusHandle};
+pub use status::{ClickHouseReport, SinkState, SinkStatus, StatusHandle};
 pub use writer::InsertCounts;
 
 use schema::Names;

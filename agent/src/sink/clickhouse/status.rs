@@ -86,3 +86,50 @@ impl StatusHandle {
         });
     }
 }
+
+/// The ClickHouse sink's admin report (`clickhouse: null` in `/status` and
+/// no metrics when none is configured).
+#[derive(Debug, Clone)]
+pub struct ClickHouseReport(pub Option<StatusHandle>);
+
+impl crate::admin::Report for ClickHouseReport {
+    fn metrics(&self, m: &mut crate::admin::Metrics<'_, '_>) -> std::fmt::Result {
+        let Some(ch) = &self.0 else {
+            return Ok(());
+        };
+        let st = ch.get();
+        m.counter(
+            "egret_clickhouse_rows_inserted",
+            "Rows ClickHouse acknowledged",
+            &[(vec![], st.rows_inserted)],
+        )?;
+        m.counter(
+            "egret_clickhouse_retries",
+            "Failed ClickHouse inserts retried",
+            &[(vec![], st.retries)],
+        )?;
+        m.counter(
+            "egret_clickhouse_dead_letter",
+            "Records ClickHouse rejected on their own, set aside in the dead-letter file and skipped",
+            &[(vec![], st.dead_lettered)],
+        )?;
+        m.counter(
+            "egret_clickhouse_dead_letter_overflow",
+            "Rejected records not written to the dead-letter file (full or failing): lost",
+            &[(vec![], st.dead_letter_overflow)],
+        )?;
+        let up = matches!(st.state, SinkState::Connected);
+        m.gauge(
+            "egret_clickhouse_up",
+            "1 when the last ClickHouse insert or check succeeded",
+            &[(vec![], i64::from(up))],
+        )
+    }
+
+    fn status(&self, s: &mut crate::admin::Status) {
+        s.insert(
+            "clickhouse".into(),
+            serde_json::json!(self.0.as_ref().map(StatusHandle::get)),
+        );
+    }
+}

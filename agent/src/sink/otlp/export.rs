@@ -653,3 +653,41 @@ impl OtlpSinks {
         futures_util::future::join_all(all).await;
     }
 }
+
+/// The OTLP exporters' admin report; the set in force changes on reload.
+impl crate::admin::Report for arc_swap::ArcSwap<OtlpSinks> {
+    fn metrics(&self, m: &mut crate::admin::Metrics<'_, '_>) -> std::fmt::Result {
+        let mut sent = Vec::new();
+        let mut dropped = Vec::new();
+        let mut up = Vec::new();
+        for e in self.load().status() {
+            for sig in e.signals {
+                let labels = vec![
+                    ("exporter", e.name.clone()),
+                    ("signal", format!("{:?}", sig.signal).to_lowercase()),
+                ];
+                sent.push((labels.clone(), sig.sent));
+                dropped.push((labels.clone(), sig.dropped));
+                up.push((
+                    labels,
+                    i64::from(matches!(sig.state, crate::sink::otlp::LinkState::Connected)),
+                ));
+            }
+        }
+        m.counter("egret_otlp_sent", "Items an OTLP receiver accepted", &sent)?;
+        m.counter(
+            "egret_otlp_dropped",
+            "Items dropped by an OTLP exporter (queue full, gave up)",
+            &dropped,
+        )?;
+        m.gauge(
+            "egret_otlp_up",
+            "1 when the exporter's last export succeeded",
+            &up,
+        )
+    }
+
+    fn status(&self, s: &mut crate::admin::Status) {
+        s.insert("otlp".into(), serde_json::json!(self.load().status()));
+    }
+}
