@@ -404,34 +404,8 @@ impl KernelMaps {
                 name: "EGRET_CONFIG",
                 source,
             })?;
-        let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
-        let stale: Vec<u16> = ports.keys().filter_map(Result::ok).collect();
-        for p in stale {
-            if !k.capture_ports.contains(&p) {
-                let _ = ports.remove(&p);
-            }
-        }
-        for p in &k.capture_ports {
-            ports.insert(p, 1, 0).map_err(|source| BpfError::Map {
-                name: "EGRET_PORTS",
-                source,
-            })?;
-        }
-        drop(ports);
-        let mut udp = self.udp_ports.lock().unwrap_or_else(|p| p.into_inner());
-        let stale: Vec<u16> = udp.keys().filter_map(Result::ok).collect();
-        for p in stale {
-            if !k.udp_ports.contains(&p) {
-                let _ = udp.remove(&p);
-            }
-        }
-        for p in &k.udp_ports {
-            udp.insert(p, 1, 0).map_err(|source| BpfError::Map {
-                name: "EGRET_UDP_PORTS",
-                source,
-            })?;
-        }
-        Ok(())
+        sync_port_set(&self.ports, &k.capture_ports, "EGRET_PORTS")?;
+        sync_port_set(&self.udp_ports, &k.udp_ports, "EGRET_UDP_PORTS")
     }
 }
 
@@ -740,6 +714,26 @@ impl crate::admin::Report for Kernel {
                 .collect(),
         );
     }
+}
+
+/// Makes a port-set map hold exactly `wanted`: stale ports out, new ones in.
+fn sync_port_set(
+    map: &Mutex<HashMap<MapData, u16, u8>>,
+    wanted: &[u16],
+    name: &'static str,
+) -> Result<(), BpfError> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    let stale: Vec<u16> = map.keys().filter_map(Result::ok).collect();
+    for p in stale {
+        if !wanted.contains(&p) {
+            let _ = map.remove(&p);
+        }
+    }
+    for p in wanted {
+        map.insert(p, 1, 0)
+            .map_err(|source| BpfError::Map { name, source })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

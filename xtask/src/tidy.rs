@@ -43,7 +43,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("components", &["proxy", "recorder"]),
     ("control", &["api", "reload"]),
-    ("wiring", &["app", "daemon"]),
+    ("wiring", &["app"]),
     ("commands", &["doctor", "records", "sandbox"]),
 ];
 

@@ -15,7 +15,7 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -28,7 +28,7 @@ use super::{
     io::{ByteCounts, Counted},
     refusal::Refusal,
     tap::{capturable, Capture, Finisher, RequestTap, ResponseTap, Transaction},
-    upstream::{ProxyBody, Target, Upstream},
+    upstream::{full, ProxyBody, Target, Upstream},
     AttributionSource, Origin, L7,
 };
 use crate::{
@@ -90,12 +90,6 @@ struct Ledger {
     /// The TLS handshake's bytes (read, written) until written on the
     /// first record.
     handshake: Option<(u64, u64)>,
-}
-
-pub(super) fn full(body: impl Into<Bytes>) -> ProxyBody {
-    Full::new(body.into())
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync()
 }
 
 /// Serves a TLS connection: terminate with a leaf for the SNI, then HTTP.

@@ -8,10 +8,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::{
-    http::full,
-    upstream::{ProxyBody, UpstreamError},
-};
+use super::upstream::{full, ProxyBody, UpstreamError};
 use crate::budget::{self, BudgetStatus};
 
 /// Most of a refused request's body read (and discarded) before answering.

@@ -11,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
@@ -24,6 +24,13 @@ use crate::{
 };
 
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// A body egret writes itself (refusals, a buffered request replayed).
+pub(super) fn full(body: impl Into<Bytes>) -> ProxyBody {
+    http_body_util::Full::new(body.into())
+        .map_err(|never: std::convert::Infallible| match never {})
+        .boxed_unsync()
+}
 
 /// HTTP/2 flow-control windows towards providers. h2 closes a connection
 /// (GOAWAY `ENHANCE_YOUR_CALM`) once the framing overhead of buffered small
