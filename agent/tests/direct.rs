@@ -128,6 +128,7 @@ async fn anthropic_json_exchange_over_http1_is_one_transaction_record() {
 
     let seen = h.upstream.seen();
     assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "POST");
     assert_eq!(seen[0].path, "/v1/messages");
     assert_eq!(seen[0].version, http::Version::HTTP_11);
     assert_eq!(seen[0].body, ANTHROPIC_REQUEST.as_bytes());
@@ -590,4 +591,95 @@ async fn a_request_body_cut_short_gets_400_and_a_client_body_error_record() {
     assert_eq!(s(&r, sc::ERROR_TYPE), "client_body_error");
     assert_eq!(s(&r, sc::URL_PATH), "/v1/upload");
     assert!(h.upstream.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_upgrade_is_refused_with_501() {
+    let mut h = Harness::new(GATEWAY).await;
+    let mut c = h.tls_client("api.openai.com", H1).await;
+    let req = c
+        .request("GET", "/v1/realtime")
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, "websocket")
+        .body(empty())
+        .unwrap();
+    let (head, body) = c.exchange(req).await;
+    assert_eq!(head.status, 501);
+    assert_eq!(json(&body)["error"]["type"], "upgrade_refused");
+    c.close().await;
+    let r = h.record().await;
+    assert_eq!(s(&r, sc::ERROR_TYPE), "upgrade_refused");
+    assert_eq!(i(&r, sc::HTTP_RESPONSE_STATUS_CODE), 501);
+    assert!(r.get(sc::POLICY_DENIED).is_none(), "{}", r.to_json_line());
+    assert!(h.upstream.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_at_its_request_limit_gets_429_until_its_stream_ends() {
+    let mut h = Harness::new(&format!(
+        "node:\n  limits: {{maxRequestsPerSandbox: 1}}\n{GATEWAY}"
+    ))
+    .await;
+    let mut c = h.tls_client("api.openai.com", H2).await;
+    // A stream held open by the provider (gated) is the one request the
+    // sandbox may have in flight.
+    let streaming = c
+        .request("POST", "/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-test-gate", "1")
+        .body(full(
+            r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#,
+        ))
+        .unwrap();
+    let held = c.send(streaming).await;
+    assert_eq!(held.status(), 200);
+    let (head, body) = c
+        .exchange(c.request("GET", "/headers").body(empty()).unwrap())
+        .await;
+    assert_eq!(head.status, 429);
+    assert_eq!(json(&body)["error"]["type"], "sandbox_request_limit");
+    let refused = h.record().await;
+    assert_eq!(s(&refused, sc::ERROR_TYPE), "sandbox_request_limit");
+    assert_eq!(s(&refused, sc::URL_PATH), "/headers");
+
+    // Once the stream has ended, the next request goes through.
+    h.upstream.state.gate.notify_one();
+    let (_, streamed) = read(held).await;
+    assert!(streamed.ends_with(b"data: [DONE]\n\n"));
+    let ended = h.record().await;
+    assert_eq!(s(&ended, sc::URL_PATH), "/v1/chat/completions");
+    let (head, _) = c
+        .exchange(c.request("GET", "/headers").body(empty()).unwrap())
+        .await;
+    assert_eq!(head.status, 200);
+    c.close().await;
+    let ok = h.record().await;
+    assert_eq!(i(&ok, sc::HTTP_RESPONSE_STATUS_CODE), 200);
+    assert_no_more_records(&mut h);
+    assert_eq!(h.upstream.seen().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_lets_the_exchange_in_flight_finish_then_closes_the_connection() {
+    let mut h = Harness::new(GATEWAY).await;
+    let mut c = h.tls_client("api.anthropic.com", H1).await;
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":16,"stream":true,"messages":[]}"#;
+    let mut req = anthropic_request(&c, body);
+    req.headers_mut()
+        .insert("x-test-gate", http::HeaderValue::from_static("1"));
+    let resp = c.send(req).await;
+    assert_eq!(resp.status(), 200);
+
+    // Shutdown starts while the stream is open: it is not cut.
+    h.l7.drain.started.cancel();
+    h.upstream.state.gate.notify_one();
+    let (_, got) = read(resp).await;
+    assert_eq!(got, anthropic_events().concat().as_bytes());
+    // Then the proxy closes the (keep-alive) connection by itself.
+    c.closed_by_proxy().await;
+    let r = h.record().await;
+    assert_eq!(i(&r, sc::HTTP_RESPONSE_STATUS_CODE), 200);
+    assert_eq!(i(&r, sc::GEN_AI_USAGE_OUTPUT_TOKENS), 16);
+    assert!(r.get(sc::ERROR_TYPE).is_none(), "{}", r.to_json_line());
+    assert_no_more_records(&mut h);
 }

@@ -9,7 +9,6 @@
 //! would read from the kernel is written by the test. What the proxy
 //! records arrives on the records channel; tests wait for it with a
 //! deadline ([`Harness::record`]), never with sleeps.
-#![allow(dead_code)] // Each test binary uses its own part of the harness.
 
 use std::{
     convert::Infallible,
@@ -619,6 +618,15 @@ impl Client {
             Sender::H2(s) => s.clone(),
             Sender::H1(_) => panic!("not an h2 connection"),
         }
+    }
+
+    /// Waits for the proxy to end the connection on its own (the client
+    /// keeps its end open).
+    pub async fn closed_by_proxy(&mut self) {
+        tokio::time::timeout(DEADLINE, &mut self.served)
+            .await
+            .expect("the proxy kept the connection open")
+            .expect("serving task");
     }
 
     /// Closes the connection and waits for the proxy to finish serving it
