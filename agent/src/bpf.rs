@@ -39,6 +39,8 @@ pub fn object() -> &'static [u8] {
     OBJECT
 }
 
+pub mod probe;
+
 /// How a program attaches at the sandbox root cgroup.
 #[derive(Clone, Copy)]
 enum Attach {

@@ -130,9 +130,11 @@ pub fn flow_record(
     // peer acknowledged and what the socket received in order (retransmitted
     // or duplicate segments are not counted twice). Wire payload and
     // segments come from cgroup_skb (retransmissions included).
-    let fin_seen = counters.is_some_and(|c| c.rx_fin > 0);
+    let fin_end_seq = counters
+        .filter(|c| c.rx_fin > 0)
+        .map(|c| c.rx_fin_end_seq as u32);
     rec.set(sc::L4_BYTES_SANDBOX_TX, ev.payload_acked());
-    rec.set(sc::L4_BYTES_SANDBOX_RX, ev.payload_received(fin_seen));
+    rec.set(sc::L4_BYTES_SANDBOX_RX, ev.payload_received(fin_end_seq));
     rec.set(sc::L4_TCP_BYTES_ACKED, ev.bytes_acked);
     rec.set(sc::L4_TCP_BYTES_RECEIVED, ev.bytes_received);
     match counters {
@@ -340,6 +342,37 @@ mod tests {
     }
 
     #[test]
+    fn the_peers_fin_is_taken_off_received_bytes_only_when_tcp_accepted_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path().to_owned(), dir.path().join("registry.json")).unwrap();
+        let counters = |fin_end: Option<u32>| SkbCounters {
+            rx_bytes: 1500,
+            rx_segs: 2,
+            rx_fin: u64::from(fin_end.is_some()),
+            rx_fin_end_seq: fin_end.map_or(0, u64::from),
+            ..SkbCounters::default()
+        };
+        let rx = |bytes_received, rcv_nxt, fin_end| {
+            let ev = CloseEvent {
+                bytes_received,
+                rcv_nxt,
+                ..close_event()
+            };
+            flow_record(&ev, Some(counters(fin_end)), &reg, Clock::new())
+                .get_i64(sc::L4_BYTES_SANDBOX_RX)
+        };
+        // FIN accepted: bytes_received counted it in sequence space.
+        assert_eq!(rx(1501, 9001, Some(9001)), Some(1500));
+        // The hook saw the FIN, the socket closed before TCP processed it
+        // (rcv_nxt stopped one short): every received byte is payload.
+        assert_eq!(rx(1500, 9000, Some(9001)), Some(1500));
+        // No FIN from the peer at all.
+        assert_eq!(rx(1500, 9000, None), Some(1500));
+        // Sequence numbers wrap.
+        assert_eq!(rx(1501, 4, Some(4)), Some(1500));
+    }
+
+    #[test]
     fn read_counts_per_sandbox_wrap_and_report_each_sandbox_once() {
         let ev = |cg| CloseEvent {
             tag: SockTag {
@@ -395,6 +428,7 @@ mod tests {
             tx_segs: 1,
             rx_segs: 2,
             rx_fin: 0,
+            rx_fin_end_seq: 0,
         };
         let r = flow_record(&close_event(), Some(c), &reg, Clock::new());
         assert_eq!(r.get_bool(sc::L4_COUNTERS_MISSING), None);

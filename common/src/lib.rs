@@ -62,9 +62,13 @@ pub struct SkbCounters {
     pub rx_bytes: u64,
     pub tx_segs: u64,
     pub rx_segs: u64,
-    /// Ingress segments carrying FIN (the peer's FIN arrived while the
-    /// socket was alive, so `bytes_received` at close counts it).
+    /// Ingress segments carrying FIN, as the hook saw them (before TCP
+    /// decided whether to accept them).
     pub rx_fin: u64,
+    /// Sequence number just past the peer's FIN (`seq + payload + 1` of a
+    /// FIN segment), when `rx_fin > 0`: `bytes_received` counts the FIN
+    /// exactly when the socket's `rcv_nxt` reached it.
+    pub rx_fin_end_seq: u64,
 }
 
 impl SkbCounters {
@@ -74,6 +78,11 @@ impl SkbCounters {
         self.tx_segs += other.tx_segs;
         self.rx_segs += other.rx_segs;
         self.rx_fin += other.rx_fin;
+        // Every copy of the FIN (retransmissions, any CPU) ends at the same
+        // sequence number.
+        if other.rx_fin > 0 {
+            self.rx_fin_end_seq = other.rx_fin_end_seq;
+        }
     }
 }
 
@@ -90,7 +99,9 @@ pub struct CloseEvent {
     pub segs_out: u32,
     /// TCP state the socket left for `TCP_CLOSE` (tells whether our FIN was acked).
     pub old_state: u32,
-    pub _pad: u32,
+    /// The next sequence number the socket expected from the peer at
+    /// close (`tcp_sock.rcv_nxt`): past the peer's FIN iff TCP accepted it.
+    pub rcv_nxt: u32,
     pub tag: SockTag,
 }
 
@@ -104,10 +115,14 @@ pub const FIN_ACKED_STATES: [u32; 4] = [
 ];
 
 impl CloseEvent {
-    /// Payload bytes received in order: `bytes_received` counts the peer's
-    /// FIN in sequence space when it arrived before the socket closed.
-    pub fn payload_received(&self, fin_seen: bool) -> u64 {
-        self.bytes_received.saturating_sub(u64::from(fin_seen))
+    /// Payload bytes received in order. `bytes_received` counts the peer's
+    /// FIN in sequence space when TCP accepted it before the socket closed,
+    /// which is when `rcv_nxt` reached the FIN's end (`fin_end_seq`, from
+    /// the ingress hook). A FIN the hook saw that TCP never processed (the
+    /// socket closed first, e.g. into FIN_WAIT2's timewait) is not counted.
+    pub fn payload_received(&self, fin_end_seq: Option<u32>) -> u64 {
+        let fin_counted = fin_end_seq.is_some_and(|end| end == self.rcv_nxt);
+        self.bytes_received.saturating_sub(u64::from(fin_counted))
     }
 
     /// Payload bytes the peer acknowledged: `bytes_acked` counts the SYN and

@@ -436,7 +436,7 @@ pub fn egret_sockops(ctx: SockOpsContext) -> u32 {
             segs_in: (*ops).segs_in,
             segs_out: (*ops).segs_out,
             old_state: ctx.arg(0),
-            _pad: 0,
+            rcv_nxt: (*ops).rcv_nxt,
             tag,
         }
     };
@@ -473,9 +473,17 @@ pub fn egret_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-/// TCP payload length, segment count and FIN flag of an skb, from its own headers.
+/// What one skb carries, from its own headers.
+struct Segment {
+    payload: u64,
+    segs: u64,
+    /// Sequence number just past the FIN, if the segment carries one.
+    fin_end_seq: Option<u32>,
+}
+
+/// TCP payload length, segment count and FIN of an skb, from its own headers.
 #[inline(always)]
-fn tcp_payload(ctx: &SkBuffContext) -> Option<(u64, u64, bool)> {
+fn tcp_payload(ctx: &SkBuffContext) -> Option<Segment> {
     let first: u8 = ctx.load(0).ok()?;
     let (l3_len, proto) = match first >> 4 {
         4 => (((first & 0x0f) as usize) * 4, ctx.load::<u8>(9).ok()?),
@@ -491,19 +499,30 @@ fn tcp_payload(ctx: &SkBuffContext) -> Option<(u64, u64, bool)> {
     let len = ctx.len() as u64;
     let payload = len.saturating_sub(hdrs);
     let segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
-    Some((payload, if segs == 0 { 1 } else { segs }, flags & 0x01 != 0))
+    let fin_end_seq = if flags & 0x01 != 0 {
+        let seq = u32::from_be(ctx.load::<u32>(l3_len + 4).ok()?);
+        Some(seq.wrapping_add(payload as u32).wrapping_add(1))
+    } else {
+        None
+    };
+    Some(Segment {
+        payload,
+        segs: if segs == 0 { 1 } else { segs },
+        fin_end_seq,
+    })
 }
 
 #[inline(always)]
 fn count(ctx: &SkBuffContext, egress: bool) -> i32 {
-    let Some((bytes, segs, fin)) = tcp_payload(ctx) else {
+    let Some(seg) = tcp_payload(ctx) else {
         return 1;
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if cookie == 0 {
         return 1;
     }
-    let fin = u64::from(fin && !egress);
+    let fin = if egress { None } else { seg.fin_end_seq };
+    let (bytes, segs) = (seg.payload, seg.segs);
     if add(cookie, egress, bytes, segs, fin) {
         return 1;
     }
@@ -522,7 +541,7 @@ fn count(ctx: &SkBuffContext, egress: bool) -> i32 {
 }
 
 #[inline(always)]
-fn add(cookie: u64, egress: bool, bytes: u64, segs: u64, fin: u64) -> bool {
+fn add(cookie: u64, egress: bool, bytes: u64, segs: u64, fin: Option<u32>) -> bool {
     let Some(c) = COUNTERS.get_ptr_mut(&cookie) else {
         return false;
     };
@@ -533,7 +552,10 @@ fn add(cookie: u64, egress: bool, bytes: u64, segs: u64, fin: u64) -> bool {
         } else {
             (*c).rx_bytes += bytes;
             (*c).rx_segs += segs;
-            (*c).rx_fin += fin;
+            if let Some(end) = fin {
+                (*c).rx_fin += 1;
+                (*c).rx_fin_end_seq = u64::from(end);
+            }
         }
     }
     true

@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | test | demo | fuzz | bench | tidy`.
+//! Project tasks: `cargo xtask setup | build-ebpf | test | demo | fuzz | bench | tidy | vm-test`.
 mod tidy;
+mod vm;
 
 use std::{
     env,
@@ -42,6 +43,17 @@ enum Cmd {
     /// Install what is missing (as `setup`), build the release agent and run
     /// the first-run demo.
     Demo,
+    /// Run the privileged suites on other kernels (Debian's 6.1 LTS and
+    /// 6.12), each booted under QEMU with virtme-ng; installs what it needs.
+    /// Default: the kernel suite and one end-to-end L7 transaction.
+    VmTest {
+        /// Kernel series to boot: 6.1, 6.12 or all (default: all).
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Every privileged suite that runs inside a guest, not the subset.
+        #[arg(long)]
+        full: bool,
+    },
     /// Run the cargo-fuzz targets in `fuzz/` (nightly, libFuzzer), each for
     /// a fixed time, from the checked-in seeds in `fuzz/corpus/<target>`
     /// plus the local working corpus `fuzz/target/corpus/<target>`.
@@ -233,28 +245,33 @@ fn venv_dir() -> PathBuf {
         .unwrap_or_else(|| root().join(".venv"))
 }
 
+/// Installs the Debian packages of `packages` that are not installed.
+fn apt_install_missing(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg")
+                .args(["-s", p])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        println!("apt packages: present ({})", packages.join(" "));
+        return Ok(());
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing))
+}
+
 fn setup(no_apt: bool) -> Result<()> {
     if !no_apt {
-        let missing: Vec<&str> = APT_PACKAGES
-            .iter()
-            .copied()
-            .filter(|p| {
-                !Command::new("dpkg")
-                    .args(["-s", p])
-                    .output()
-                    .map(|o| o.status.success())
-                    .unwrap_or(false)
-            })
-            .collect();
-        if missing.is_empty() {
-            println!("apt packages: present");
-        } else {
-            run(Command::new("apt-get").arg("update").arg("-q"))?;
-            run(Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing))?;
-        }
+        apt_install_missing(APT_PACKAGES)?;
     }
     // Only touch rustup when something is missing: it goes to the network.
     if output(nightly().args(["run", "nightly", "rustc", "--version"])).is_err() {
@@ -561,6 +578,7 @@ fn main() -> ExitCode {
         Cmd::Tidy => tidy_cmd(),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo(),
+        Cmd::VmTest { kernels, full } => vm::vm_test(&kernels, full),
         Cmd::Fuzz {
             seconds,
             dev,

@@ -1,0 +1,238 @@
+//! What the running kernel can do, asked of the kernel itself: each program
+//! type, map type and (program type, helper) pair egret's programs use is
+//! probed by loading a minimal program or creating a minimal map (as
+//! libbpf's and bpftool's probes do), and egret's own programs are put
+//! through the verifier without being attached. No kernel version number
+//! is compared: distribution kernels backport and disable features.
+use aya::{
+    maps::MapType,
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, ProgramError, ProgramType, SockOps},
+    sys::{is_helper_supported, is_map_supported, is_program_supported, BpfHelper, SyscallError},
+    EbpfError, EbpfLoader,
+};
+
+use super::{Attach, OBJECT, PROGRAMS};
+
+/// One probed feature and what in egret needs it.
+#[derive(Debug)]
+pub struct Feature {
+    pub name: String,
+    pub needed_by: &'static str,
+    /// `Err` when the probe itself could not run (not root, no bpf(2)).
+    pub supported: Result<bool, ProbeError>,
+}
+
+/// A probe that could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    #[error(transparent)]
+    Map(#[from] SyscallError),
+}
+
+/// The program types egret attaches, and what each does.
+const PROGRAM_TYPES: &[(ProgramType, &str, &str)] = &[
+    (
+        ProgramType::CgroupSockAddr,
+        "cgroup_sock_addr",
+        "tagging, redirect, the QUIC refusal, getpeername",
+    ),
+    (
+        ProgramType::SockOps,
+        "sock_ops",
+        "connection links, close events",
+    ),
+    (
+        ProgramType::CgroupSkb,
+        "cgroup_skb",
+        "per-socket wire bytes",
+    ),
+    (
+        ProgramType::CgroupSock,
+        "cgroup_sock",
+        "raw socket refusal, unconnected socket cleanup",
+    ),
+];
+
+/// The map types egret's programs declare.
+const MAP_TYPES: &[(MapType, &str, &str)] = &[
+    (MapType::RingBuf, "ringbuf", "close events"),
+    (
+        MapType::LruHash,
+        "lru_hash",
+        "socket tags, connection links",
+    ),
+    (
+        MapType::LruPerCpuHash,
+        "lru_percpu_hash",
+        "per-socket byte counters",
+    ),
+    (MapType::Hash, "hash", "attributions, ports, node addresses"),
+    (MapType::Array, "array", "configuration"),
+    (MapType::PerCpuArray, "percpu_array", "statistics"),
+];
+
+/// Each (program type, helper) pair egret's programs call.
+const HELPERS: &[(ProgramType, &str, BpfHelper, &str)] = &[
+    (
+        ProgramType::CgroupSockAddr,
+        "cgroup_sock_addr",
+        BpfHelper::BPF_FUNC_get_current_ancestor_cgroup_id,
+        "finding a task's sandbox",
+    ),
+    (
+        ProgramType::CgroupSockAddr,
+        "cgroup_sock_addr",
+        BpfHelper::BPF_FUNC_get_netns_cookie,
+        "the socket's network namespace",
+    ),
+    (
+        ProgramType::CgroupSockAddr,
+        "cgroup_sock_addr",
+        BpfHelper::BPF_FUNC_get_socket_cookie,
+        "socket identity",
+    ),
+    (
+        ProgramType::CgroupSockAddr,
+        "cgroup_sock_addr",
+        BpfHelper::BPF_FUNC_get_current_pid_tgid,
+        "process.pid",
+    ),
+    (
+        ProgramType::SockOps,
+        "sock_ops",
+        BpfHelper::BPF_FUNC_get_socket_cookie,
+        "socket identity",
+    ),
+    (
+        ProgramType::SockOps,
+        "sock_ops",
+        BpfHelper::BPF_FUNC_sock_ops_cb_flags_set,
+        "state-change callbacks",
+    ),
+    (
+        ProgramType::SockOps,
+        "sock_ops",
+        BpfHelper::BPF_FUNC_ringbuf_output,
+        "close events",
+    ),
+    (
+        ProgramType::CgroupSkb,
+        "cgroup_skb",
+        BpfHelper::BPF_FUNC_get_socket_cookie,
+        "socket identity",
+    ),
+    (
+        ProgramType::CgroupSkb,
+        "cgroup_skb",
+        BpfHelper::BPF_FUNC_skb_load_bytes,
+        "reading TCP headers",
+    ),
+    (
+        ProgramType::CgroupSock,
+        "cgroup_sock",
+        BpfHelper::BPF_FUNC_get_current_ancestor_cgroup_id,
+        "finding a task's sandbox",
+    ),
+    (
+        ProgramType::CgroupSock,
+        "cgroup_sock",
+        BpfHelper::BPF_FUNC_get_socket_cookie,
+        "socket identity",
+    ),
+];
+
+/// Probes every program type, map type and helper egret uses.
+pub fn features() -> Vec<Feature> {
+    let mut out = Vec::new();
+    for (t, name, needed_by) in PROGRAM_TYPES {
+        out.push(Feature {
+            name: format!("program type {name}"),
+            needed_by,
+            supported: is_program_supported(*t).map_err(ProbeError::from),
+        });
+    }
+    for (t, name, needed_by) in MAP_TYPES {
+        out.push(Feature {
+            name: format!("map type {name}"),
+            needed_by,
+            supported: is_map_supported(*t).map_err(ProbeError::from),
+        });
+    }
+    for (t, tname, helper, needed_by) in HELPERS {
+        let hname = format!("{helper:?}");
+        let hname = hname.strip_prefix("BPF_FUNC_").unwrap_or(&hname);
+        out.push(Feature {
+            name: format!("helper bpf_{hname} in {tname}"),
+            needed_by,
+            supported: is_helper_supported(*t, *helper).map_err(ProbeError::from),
+        });
+    }
+    out
+}
+
+/// One of egret's own programs put through the verifier.
+#[derive(Debug)]
+pub struct Verdict {
+    pub program: &'static str,
+    /// The kernel's refusal (with the verifier's log), if any.
+    pub result: Result<(), VerifyError>,
+}
+
+/// Why one of egret's programs did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("not in egret's object")]
+    Missing,
+    #[error(transparent)]
+    Load(#[from] ProgramError),
+}
+
+/// Loads egret's embedded object and every program the agent attaches
+/// into the kernel (maps created unpinned, nothing attached), so the
+/// kernel's verifier says whether this kernel runs them. Everything is
+/// released on return.
+pub fn verify_programs() -> Result<Vec<Verdict>, EbpfError> {
+    let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+    let mut out = Vec::new();
+    for (name, how) in PROGRAMS {
+        let result = match ebpf.program_mut(name) {
+            None => Err(VerifyError::Missing),
+            Some(prog) => load_only(prog, how).map_err(VerifyError::from),
+        };
+        out.push(Verdict {
+            program: name,
+            result,
+        });
+    }
+    Ok(out)
+}
+
+fn load_only(prog: &mut aya::programs::Program, how: Attach) -> Result<(), ProgramError> {
+    match how {
+        Attach::SockAddr => <&mut CgroupSockAddr>::try_from(prog)?.load(),
+        Attach::Skb(_) => <&mut CgroupSkb>::try_from(prog)?.load(),
+        Attach::SockOps => <&mut SockOps>::try_from(prog)?.load(),
+        Attach::Sock => <&mut CgroupSock>::try_from(prog)?.load(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_type_egret_attaches_is_probed() {
+        for (_, how) in PROGRAMS {
+            let t = match how {
+                Attach::SockAddr => ProgramType::CgroupSockAddr,
+                Attach::Skb(_) => ProgramType::CgroupSkb,
+                Attach::SockOps => ProgramType::SockOps,
+                Attach::Sock => ProgramType::CgroupSock,
+            };
+            assert!(PROGRAM_TYPES.iter().any(|(p, _, _)| *p == t));
+            assert!(HELPERS.iter().any(|(p, _, _, _)| *p == t));
+        }
+    }
+}
