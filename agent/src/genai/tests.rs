@@ -1,5 +1,16 @@
 //! Exchange-level tests on fixtures written in each provider's documented
 //! wire format (`agent/tests/fixtures/genai/`).
+//!
+//! Most tests are tables: a [`Row`] names one exchange (a [`Case`]: the
+//! request, the response and the limits), how the response body arrives
+//! ([`Feed`]) and the attributes the record must then hold ([`Want`]). Rows
+//! are named after what they check (`test/step`); a table test runs every
+//! row and fails listing each row that did not hold, by name. What is not an
+//! attribute check (detection, chunking and truncation sweeps, garbage,
+//! encodings compared with the plain body, the usage rewrite) stays a test of
+//! its own.
+
+use std::panic::{self, AssertUnwindSafe};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
@@ -38,10 +49,13 @@ struct Case {
     resp_headers: Vec<(&'static str, String)>,
     resp_body: Vec<u8>,
     limits: Limits,
+    /// Attributes the proxy recorded before the exchange finishes.
+    recorded: Vec<(&'static str, &'static str)>,
 }
 
 impl Case {
-    fn new(host: &str, path: &'static str, req_body: Vec<u8>) -> Case {
+    fn new(host: &str, path: &'static str, req_body: impl Into<Vec<u8>>) -> Case {
+        let req_body = req_body.into();
         let len = req_body.len().to_string();
         Case {
             provider: Provider::detect(host, path),
@@ -56,13 +70,25 @@ impl Case {
             resp_headers: Vec::new(),
             resp_body: Vec::new(),
             limits: Limits::default(),
+            recorded: Vec::new(),
         }
     }
 
-    fn respond(mut self, status: u16, hdrs: &[(&'static str, &str)], body: Vec<u8>) -> Case {
+    fn respond(
+        mut self,
+        status: u16,
+        hdrs: &[(&'static str, &str)],
+        body: impl Into<Vec<u8>>,
+    ) -> Case {
         self.status = status;
         self.resp_headers = hdrs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
-        self.resp_body = body;
+        self.resp_body = body.into();
+        self
+    }
+
+    /// The case changed by `f` (a limit, a header, the provider...).
+    fn with(mut self, f: impl FnOnce(&mut Case)) -> Case {
+        f(&mut self);
         self
     }
 
@@ -90,6 +116,9 @@ impl Case {
             ex.on_response_chunk(c);
         }
         let mut r = Record::default();
+        for (k, v) in &self.recorded {
+            r.set(*k, *v);
+        }
         ex.finish(&mut r);
         r
     }
@@ -111,26 +140,131 @@ impl Case {
         assert_eq!(self.run_chunks(body.chunks(7)), whole, "7-byte chunks");
         whole
     }
+
+    /// Replays the case as `feed` says; lists each attribute that is not as
+    /// `expect` says.
+    fn mismatches(&self, feed: Feed, expect: &[(&str, Want)]) -> Vec<String> {
+        let r = match feed {
+            Feed::Whole => self.run(),
+            Feed::AnySplit => self.assert_chunking_invariant(),
+            Feed::Chunks(n) => self.run_chunks(self.resp_body.chunks(n)),
+        };
+        expect
+            .iter()
+            .filter_map(|&(key, want)| want.mismatch(&r, key))
+            .collect()
+    }
+}
+
+/// How a row's response body reaches the exchange.
+#[derive(Clone, Copy, Debug)]
+enum Feed {
+    /// In one chunk.
+    Whole,
+    /// In one chunk, and the record must be the same split at every byte
+    /// offset, byte by byte and in 7-byte chunks
+    /// ([`Case::assert_chunking_invariant`]).
+    AnySplit,
+    /// In chunks of this many bytes.
+    Chunks(usize),
+}
+
+/// What a row expects of one attribute.
+#[derive(Clone, Copy, Debug)]
+enum Want {
+    Str(&'static str),
+    Int(i64),
+    Bool(bool),
+    /// A string array, in order (`gen_ai.response.finish_reasons`).
+    Strs(&'static [&'static str]),
+    /// Not set at all.
+    Absent,
+}
+
+impl Want {
+    fn mismatch(self, r: &Record, key: &str) -> Option<String> {
+        let holds = match self {
+            Want::Str(v) => r.get_str(key) == Some(v),
+            Want::Int(v) => r.get_i64(key) == Some(v),
+            Want::Bool(v) => r.get_bool(key) == Some(v),
+            Want::Strs(v) => {
+                matches!(r.get(key), Some(AttrValue::StrArray(a)) if a.as_slice() == v)
+            }
+            Want::Absent => r.get(key).is_none(),
+        };
+        (!holds).then(|| format!("{key}: want {self:?}, got {:?}", r.get(key)))
+    }
+}
+
+use Feed::{AnySplit, Chunks, Whole};
+use Want::{Absent, Bool, Int, Str, Strs};
+
+/// One table row: an exchange, how its response arrives, what the record
+/// then holds.
+struct Row {
+    name: &'static str,
+    case: Case,
+    feed: Feed,
+    expect: &'static [(&'static str, Want)],
+}
+
+/// Runs every row; fails listing each row that did not hold, by name.
+fn check(rows: Vec<Row>) {
+    let mut failures = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        assert!(
+            rows[..i].iter().all(|r| r.name != row.name),
+            "two rows named {}",
+            row.name
+        );
+        match panic::catch_unwind(AssertUnwindSafe(|| {
+            row.case.mismatches(row.feed, row.expect)
+        })) {
+            Ok(m) => failures.extend(m.into_iter().map(|m| format!("{}: {m}", row.name))),
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| p.downcast_ref::<&str>().copied())
+                    .unwrap_or("?");
+                failures.push(format!("{}: panicked: {msg}", row.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "failed rows:\n{}", failures.join("\n"));
 }
 
 fn s(r: &Record, k: &str) -> Option<String> {
     r.get_str(k).map(str::to_owned)
 }
 
-fn reasons(r: &Record) -> Vec<String> {
-    match r.get(sc::GEN_AI_RESPONSE_FINISH_REASONS) {
-        Some(AttrValue::StrArray(v)) => v.clone(),
-        other => panic!("finish reasons: {other:?}"),
-    }
+/// An Anthropic Messages exchange.
+fn anthropic(req: impl Into<Vec<u8>>) -> Case {
+    Case::new("api.anthropic.com", "/v1/messages", req)
+}
+
+/// An OpenAI exchange on `path`.
+fn openai(path: &'static str, req: impl Into<Vec<u8>>) -> Case {
+    Case::new("api.openai.com", path, req)
+}
+
+/// An OpenAI Chat Completions exchange.
+fn chat(req: impl Into<Vec<u8>>) -> Case {
+    openai("/v1/chat/completions", req)
+}
+
+/// A Gemini exchange on `path`.
+fn gemini(path: &'static str, req: impl Into<Vec<u8>>) -> Case {
+    Case::new("generativelanguage.googleapis.com", path, req)
+}
+
+/// An MCP exchange with no route: found from the body.
+fn mcp(req: impl Into<Vec<u8>>) -> Case {
+    Case::new("tools.example", "/mcp", req)
 }
 
 fn anthropic_stream_case() -> Case {
-    Case::new(
-        "api.anthropic.com",
-        "/v1/messages",
-        fixture("anthropic_request.json"),
-    )
-    .respond(200, SSE, fixture("anthropic_stream.sse"))
+    anthropic(fixture("anthropic_request.json")).respond(200, SSE, fixture("anthropic_stream.sse"))
 }
 
 fn openai_usage_stream_case() -> Case {
@@ -143,17 +277,15 @@ fn openai_usage_stream_case() -> Case {
 }
 
 fn responses_stream_case() -> Case {
-    Case::new(
-        "api.openai.com",
+    openai(
         "/v1/responses",
-        br#"{"model":"gpt-4.1","input":"Tell me a three sentence bedtime story about a unicorn.","stream":true}"#.to_vec(),
+        br#"{"model":"gpt-4.1","input":"Tell me a three sentence bedtime story about a unicorn.","stream":true}"#,
     )
     .respond(200, SSE, fixture("openai_responses_stream.sse"))
 }
 
 fn google_stream_case() -> Case {
-    Case::new(
-        "generativelanguage.googleapis.com",
+    gemini(
         "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
         fixture("google_request.json"),
     )
@@ -177,6 +309,19 @@ fn mcp_tools_call_case() -> Case {
     c.req_headers
         .push(("mcp-protocol-version", "2025-06-18".to_owned()));
     c.respond(200, SSE, fixture("mcp_tools_call_response.sse"))
+}
+
+/// An exchange that has seen only its request.
+fn request(provider: Option<Provider>, path: &str, hdrs: &[(&str, &str)], body: &[u8]) -> Exchange {
+    let mut ex = Exchange::new(provider, Limits::default());
+    ex.on_request(&Method::POST, path, &headers(hdrs), body);
+    ex
+}
+
+fn finish(ex: &mut Exchange) -> Record {
+    let mut r = Record::default();
+    ex.finish(&mut r);
+    r
 }
 
 // ---------------------------------------------------------------- detection
@@ -271,47 +416,8 @@ fn unknown_traffic_records_nothing() {
 // ---------------------------------------------------------------- anthropic
 
 #[test]
-fn anthropic_stream() {
-    let r = anthropic_stream_case().assert_chunking_invariant();
-    assert_eq!(
-        s(&r, sc::GEN_AI_PROVIDER_NAME).as_deref(),
-        Some("anthropic")
-    );
-    assert_eq!(s(&r, sc::GEN_AI_SYSTEM).as_deref(), Some("anthropic"));
-    assert_eq!(s(&r, sc::GEN_AI_OPERATION_NAME).as_deref(), Some("chat"));
-    assert_eq!(
-        s(&r, sc::GEN_AI_REQUEST_MODEL).as_deref(),
-        Some("claude-sonnet-4-5")
-    );
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_MODEL).as_deref(),
-        Some("claude-sonnet-4-5-20250929")
-    );
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_ID).as_deref(),
-        Some("msg_014p7gG3wDgGV9EUtLvnow3U")
-    );
-    assert_eq!(r.get_bool(sc::GEN_AI_REQUEST_STREAM), Some(true));
-    assert_eq!(reasons(&r), vec!["end_turn"]);
-    // input = 21 + 300 (cache read) + 1500 (cache creation)
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(1821));
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(15));
-    assert_eq!(
-        r.get_i64(sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
-        Some(300)
-    );
-    assert_eq!(
-        r.get_i64(sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
-        Some(1500)
-    );
-    assert_eq!(r.get_bool(sc::BODY_USAGE_VISIBLE), Some(true));
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
-    assert_eq!(r.get(sc::BODY_REQUEST_REWRITTEN), None);
-}
-
-#[test]
-fn anthropic_message_delta_with_cumulative_input_usage_wins() {
-    let body = concat!(
+fn anthropic_cases() {
+    let message_delta = concat!(
         "event: message_start\n",
         "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-opus-4-1\",\"usage\":{\"input_tokens\":5,\"cache_read_input_tokens\":0,\"output_tokens\":1}}}\n\n",
         "event: message_delta\n",
@@ -319,524 +425,712 @@ fn anthropic_message_delta_with_cumulative_input_usage_wins() {
         "event: message_stop\n",
         "data: {\"type\":\"message_stop\"}\n\n",
     );
-    let r = Case::new(
-        "api.anthropic.com",
-        "/v1/messages",
-        br#"{"model":"claude-opus-4-1","stream":true}"#.to_vec(),
-    )
-    .respond(200, SSE, body.as_bytes().to_vec())
-    .run();
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(46));
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(21));
-    assert_eq!(reasons(&r), vec!["tool_use"]);
-}
-
-#[test]
-fn anthropic_json() {
-    let mut c = Case::new(
-        "api.anthropic.com",
-        "/v1/messages",
-        br#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"primes?"}]}"#.to_vec(),
+    let json = anthropic(
+        br#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"primes?"}]}"#,
     )
     .respond(200, JSON, fixture("anthropic_message.json"));
-    let r = c.assert_chunking_invariant();
-    assert_eq!(r.get_bool(sc::GEN_AI_REQUEST_STREAM), Some(false));
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_ID).as_deref(),
-        Some("msg_01XFDUDYJgAACzvnptvVoYEL")
-    );
-    assert_eq!(reasons(&r), vec!["end_turn"]);
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(12 + 2048));
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(9));
-    assert_eq!(
-        r.get_i64(sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
-        Some(2048)
-    );
-    assert_eq!(
-        r.get_i64(sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
-        Some(0)
-    );
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
-
-    // Error body: error.type from the provider, no parse error.
-    c = c.respond(529, JSON, fixture("anthropic_error.json"));
-    let r = c.run();
-    assert_eq!(s(&r, sc::ERROR_TYPE).as_deref(), Some("overloaded_error"));
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
-    assert_eq!(r.get(sc::GEN_AI_USAGE_INPUT_TOKENS), None);
-    // ...unless the proxy already recorded one.
-    let mut ex = c.start();
-    ex.on_response_chunk(&c.resp_body);
-    let mut rec = Record::default();
-    rec.set(sc::ERROR_TYPE, "529");
-    ex.finish(&mut rec);
-    assert_eq!(s(&rec, sc::ERROR_TYPE).as_deref(), Some("529"));
+    let error = json
+        .clone()
+        .respond(529, JSON, fixture("anthropic_error.json"));
+    check(vec![
+        Row {
+            name: "anthropic_stream",
+            case: anthropic_stream_case(),
+            feed: AnySplit,
+            expect: &[
+                (sc::GEN_AI_PROVIDER_NAME, Str("anthropic")),
+                (sc::GEN_AI_SYSTEM, Str("anthropic")),
+                (sc::GEN_AI_OPERATION_NAME, Str("chat")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("claude-sonnet-4-5")),
+                (sc::GEN_AI_RESPONSE_MODEL, Str("claude-sonnet-4-5-20250929")),
+                (sc::GEN_AI_RESPONSE_ID, Str("msg_014p7gG3wDgGV9EUtLvnow3U")),
+                (sc::GEN_AI_REQUEST_STREAM, Bool(true)),
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["end_turn"])),
+                // input = 21 + 300 (cache read) + 1500 (cache creation)
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(1821)),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(15)),
+                (sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, Int(300)),
+                (sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, Int(1500)),
+                (sc::BODY_USAGE_VISIBLE, Bool(true)),
+                (sc::PARSE_ERROR, Absent),
+                (sc::BODY_REQUEST_REWRITTEN, Absent),
+            ],
+        },
+        Row {
+            name: "anthropic_message_delta_with_cumulative_input_usage_wins",
+            case: anthropic(br#"{"model":"claude-opus-4-1","stream":true}"#).respond(
+                200,
+                SSE,
+                message_delta.as_bytes(),
+            ),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(46)),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(21)),
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["tool_use"])),
+            ],
+        },
+        Row {
+            name: "anthropic_json",
+            case: json,
+            feed: AnySplit,
+            expect: &[
+                (sc::GEN_AI_REQUEST_STREAM, Bool(false)),
+                (sc::GEN_AI_RESPONSE_ID, Str("msg_01XFDUDYJgAACzvnptvVoYEL")),
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["end_turn"])),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(12 + 2048)),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(9)),
+                (sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, Int(2048)),
+                (sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, Int(0)),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+        // Error body: error.type from the provider, no parse error.
+        Row {
+            name: "anthropic_json/error",
+            case: error.clone(),
+            feed: Whole,
+            expect: &[
+                (sc::ERROR_TYPE, Str("overloaded_error")),
+                (sc::PARSE_ERROR, Absent),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Absent),
+            ],
+        },
+        // ...unless the proxy already recorded one.
+        Row {
+            name: "anthropic_json/error_already_recorded",
+            case: error.with(|c| c.recorded.push((sc::ERROR_TYPE, "529"))),
+            feed: Whole,
+            expect: &[(sc::ERROR_TYPE, Str("529"))],
+        },
+    ]);
 }
 
 // ---------------------------------------------------------------- openai
 
 #[test]
-fn openai_chat_stream_with_usage() {
-    let r = openai_usage_stream_case().assert_chunking_invariant();
-    assert_eq!(s(&r, sc::GEN_AI_PROVIDER_NAME).as_deref(), Some("openai"));
-    assert_eq!(s(&r, sc::GEN_AI_OPERATION_NAME).as_deref(), Some("chat"));
-    assert_eq!(
-        s(&r, sc::GEN_AI_REQUEST_MODEL).as_deref(),
-        Some("gpt-4o-mini")
-    );
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_MODEL).as_deref(),
-        Some("gpt-4o-mini-2024-07-18")
-    );
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_ID).as_deref(),
-        Some("chatcmpl-7Hq3xYz")
-    );
-    assert_eq!(reasons(&r), vec!["stop"]);
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(19));
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(3));
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS), Some(0));
-    assert_eq!(r.get_bool(sc::GEN_AI_REQUEST_STREAM), Some(true));
-    // Not rewritten: the client saw what it got.
-    assert_eq!(r.get_bool(sc::BODY_USAGE_VISIBLE), Some(true));
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
-}
-
-#[test]
-fn openai_chat_stream_without_usage() {
-    let c = Case::new(
-        "api.openai.com",
-        "/v1/chat/completions",
-        fixture("openai_chat_request.json"),
-    )
-    .respond(200, SSE, fixture("openai_chat_stream.sse"));
-    let r = c.assert_chunking_invariant();
-    assert_eq!(reasons(&r), vec!["stop"]);
-    assert_eq!(r.get(sc::GEN_AI_USAGE_INPUT_TOKENS), None);
-    assert_eq!(r.get(sc::BODY_USAGE_VISIBLE), None);
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
-}
-
-#[test]
-fn openai_chat_json_with_two_choices() {
-    let r = Case::new(
-        "api.openai.com",
-        "/v1/chat/completions",
-        br#"{"model":"gpt-4o-mini","n":2,"messages":[{"role":"user","content":"hi"}]}"#.to_vec(),
-    )
-    .respond(200, JSON, fixture("openai_chat.json"))
-    .assert_chunking_invariant();
-    assert_eq!(r.get_bool(sc::GEN_AI_REQUEST_STREAM), Some(false));
-    assert_eq!(reasons(&r), vec!["stop", "length"]);
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(1117));
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(46));
-    assert_eq!(
-        r.get_i64(sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
-        Some(1024)
-    );
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_ID).as_deref(),
-        Some("chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG")
-    );
-}
-
-#[test]
-fn openai_error_json() {
-    let r = Case::new(
-        "api.openai.com",
-        "/v1/chat/completions",
-        fixture("openai_chat_request.json"),
-    )
-    .respond(429, JSON, fixture("openai_error.json"))
-    .run();
-    assert_eq!(
-        s(&r, sc::ERROR_TYPE).as_deref(),
-        Some("rate_limit_exceeded")
-    );
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
-    assert_eq!(
-        s(&r, sc::GEN_AI_REQUEST_MODEL).as_deref(),
-        Some("gpt-4o-mini")
-    );
-}
-
-#[test]
-fn openai_legacy_completions_stream() {
-    let r = Case::new(
-        "api.openai.com",
-        "/v1/completions",
-        br#"{"model":"gpt-3.5-turbo-instruct","prompt":"Once","max_tokens":2,"stream":true,"stream_options":{"include_usage":true}}"#.to_vec(),
-    )
-    .respond(200, SSE, fixture("openai_completions_stream.sse"))
-    .assert_chunking_invariant();
-    assert_eq!(
-        s(&r, sc::GEN_AI_OPERATION_NAME).as_deref(),
-        Some("text_completion")
-    );
-    assert_eq!(reasons(&r), vec!["length"]);
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(4));
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(2));
-}
-
-#[test]
-fn openai_responses_stream() {
-    let r = responses_stream_case().assert_chunking_invariant();
-    assert_eq!(s(&r, sc::GEN_AI_OPERATION_NAME).as_deref(), Some("chat"));
-    assert_eq!(s(&r, sc::GEN_AI_REQUEST_MODEL).as_deref(), Some("gpt-4.1"));
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_MODEL).as_deref(),
-        Some("gpt-4.1-2025-04-14")
-    );
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_ID).as_deref(),
-        Some("resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b")
-    );
-    assert_eq!(reasons(&r), vec!["completed"]);
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(36));
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(87));
-    assert_eq!(
-        r.get_i64(sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
-        Some(12)
-    );
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
-}
-
-#[test]
-fn openai_responses_json_and_incomplete() {
-    let r = Case::new(
-        "api.openai.com",
-        "/v1/responses",
-        br#"{"model":"gpt-4.1","input":"hi"}"#.to_vec(),
-    )
-    .respond(200, JSON, fixture("openai_responses.json"))
-    .run();
-    assert_eq!(reasons(&r), vec!["completed"]);
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(87));
-    assert_eq!(r.get_bool(sc::GEN_AI_REQUEST_STREAM), Some(false));
-
-    let incomplete = br#"{"id":"resp_1","object":"response","status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"model":"o4-mini","usage":{"input_tokens":10,"output_tokens":64,"output_tokens_details":{"reasoning_tokens":64}}}"#;
-    let r = Case::new(
-        "api.openai.com",
-        "/v1/responses",
-        br#"{"model":"o4-mini","input":"hi"}"#.to_vec(),
-    )
-    .respond(200, JSON, incomplete.to_vec())
-    .run();
-    assert_eq!(reasons(&r), vec!["max_output_tokens"]);
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(64));
-}
-
-#[test]
-fn openai_embeddings() {
-    let r = Case::new(
-        "api.openai.com",
-        "/v1/embeddings",
-        br#"{"input":"The food was delicious","model":"text-embedding-3-small","encoding_format":"float"}"#.to_vec(),
-    )
-    .respond(200, JSON, fixture("openai_embeddings.json"))
-    .run();
-    assert_eq!(
-        s(&r, sc::GEN_AI_OPERATION_NAME).as_deref(),
-        Some("embeddings")
-    );
-    assert_eq!(
-        s(&r, sc::GEN_AI_REQUEST_MODEL).as_deref(),
-        Some("text-embedding-3-small")
-    );
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_MODEL).as_deref(),
-        Some("text-embedding-3-small")
-    );
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(8));
-    assert_eq!(r.get(sc::GEN_AI_USAGE_OUTPUT_TOKENS), None);
-    assert_eq!(r.get(sc::GEN_AI_REQUEST_STREAM), None);
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
+fn openai_cases() {
+    check(vec![
+        Row {
+            name: "openai_chat_stream_with_usage",
+            case: openai_usage_stream_case(),
+            feed: AnySplit,
+            expect: &[
+                (sc::GEN_AI_PROVIDER_NAME, Str("openai")),
+                (sc::GEN_AI_OPERATION_NAME, Str("chat")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("gpt-4o-mini")),
+                (sc::GEN_AI_RESPONSE_MODEL, Str("gpt-4o-mini-2024-07-18")),
+                (sc::GEN_AI_RESPONSE_ID, Str("chatcmpl-7Hq3xYz")),
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["stop"])),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(19)),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(3)),
+                (sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, Int(0)),
+                (sc::GEN_AI_REQUEST_STREAM, Bool(true)),
+                // Not rewritten: the client saw what it got.
+                (sc::BODY_USAGE_VISIBLE, Bool(true)),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+        Row {
+            name: "openai_chat_stream_without_usage",
+            case: chat(fixture("openai_chat_request.json")).respond(
+                200,
+                SSE,
+                fixture("openai_chat_stream.sse"),
+            ),
+            feed: AnySplit,
+            expect: &[
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["stop"])),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Absent),
+                (sc::BODY_USAGE_VISIBLE, Absent),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+        Row {
+            name: "openai_chat_json_with_two_choices",
+            case: chat(
+                br#"{"model":"gpt-4o-mini","n":2,"messages":[{"role":"user","content":"hi"}]}"#,
+            )
+            .respond(200, JSON, fixture("openai_chat.json")),
+            feed: AnySplit,
+            expect: &[
+                (sc::GEN_AI_REQUEST_STREAM, Bool(false)),
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["stop", "length"])),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(1117)),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(46)),
+                (sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, Int(1024)),
+                (
+                    sc::GEN_AI_RESPONSE_ID,
+                    Str("chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG"),
+                ),
+            ],
+        },
+        Row {
+            name: "openai_error_json",
+            case: chat(fixture("openai_chat_request.json")).respond(
+                429,
+                JSON,
+                fixture("openai_error.json"),
+            ),
+            feed: Whole,
+            expect: &[
+                (sc::ERROR_TYPE, Str("rate_limit_exceeded")),
+                (sc::PARSE_ERROR, Absent),
+                (sc::GEN_AI_REQUEST_MODEL, Str("gpt-4o-mini")),
+            ],
+        },
+        Row {
+            name: "openai_legacy_completions_stream",
+            case: openai(
+                "/v1/completions",
+                br#"{"model":"gpt-3.5-turbo-instruct","prompt":"Once","max_tokens":2,"stream":true,"stream_options":{"include_usage":true}}"#,
+            )
+            .respond(200, SSE, fixture("openai_completions_stream.sse")),
+            feed: AnySplit,
+            expect: &[
+                (sc::GEN_AI_OPERATION_NAME, Str("text_completion")),
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["length"])),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(4)),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(2)),
+            ],
+        },
+        Row {
+            name: "openai_responses_stream",
+            case: responses_stream_case(),
+            feed: AnySplit,
+            expect: &[
+                (sc::GEN_AI_OPERATION_NAME, Str("chat")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("gpt-4.1")),
+                (sc::GEN_AI_RESPONSE_MODEL, Str("gpt-4.1-2025-04-14")),
+                (
+                    sc::GEN_AI_RESPONSE_ID,
+                    Str("resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b"),
+                ),
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["completed"])),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(36)),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(87)),
+                (sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, Int(12)),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+        Row {
+            name: "openai_responses_json_and_incomplete",
+            case: openai("/v1/responses", br#"{"model":"gpt-4.1","input":"hi"}"#).respond(
+                200,
+                JSON,
+                fixture("openai_responses.json"),
+            ),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["completed"])),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(87)),
+                (sc::GEN_AI_REQUEST_STREAM, Bool(false)),
+            ],
+        },
+        Row {
+            name: "openai_responses_json_and_incomplete/incomplete",
+            case: openai("/v1/responses", br#"{"model":"o4-mini","input":"hi"}"#).respond(
+                200,
+                JSON,
+                br#"{"id":"resp_1","object":"response","status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"model":"o4-mini","usage":{"input_tokens":10,"output_tokens":64,"output_tokens_details":{"reasoning_tokens":64}}}"#,
+            ),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["max_output_tokens"])),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(64)),
+            ],
+        },
+        Row {
+            name: "openai_embeddings",
+            case: openai(
+                "/v1/embeddings",
+                br#"{"input":"The food was delicious","model":"text-embedding-3-small","encoding_format":"float"}"#,
+            )
+            .respond(200, JSON, fixture("openai_embeddings.json")),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_OPERATION_NAME, Str("embeddings")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("text-embedding-3-small")),
+                (sc::GEN_AI_RESPONSE_MODEL, Str("text-embedding-3-small")),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(8)),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Absent),
+                (sc::GEN_AI_REQUEST_STREAM, Absent),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+    ]);
 }
 
 // ---------------------------------------------------------------- google
 
 #[test]
-fn google_stream_crlf() {
-    let r = google_stream_case().assert_chunking_invariant();
-    assert_eq!(
-        s(&r, sc::GEN_AI_PROVIDER_NAME).as_deref(),
-        Some("gcp.gemini")
-    );
-    assert_eq!(s(&r, sc::GEN_AI_SYSTEM).as_deref(), Some("gcp.gemini"));
-    assert_eq!(
-        s(&r, sc::GEN_AI_OPERATION_NAME).as_deref(),
-        Some("generate_content")
-    );
-    assert_eq!(
-        s(&r, sc::GEN_AI_REQUEST_MODEL).as_deref(),
-        Some("gemini-2.5-flash")
-    );
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_MODEL).as_deref(),
-        Some("gemini-2.5-flash")
-    );
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_ID).as_deref(),
-        Some("mKZ1aL2pJd7Yz7IPx8uEiAU")
-    );
-    assert_eq!(r.get_bool(sc::GEN_AI_REQUEST_STREAM), Some(true));
-    assert_eq!(reasons(&r), vec!["STOP"]);
-    // The last cumulative usageMetadata: 6 candidates + 20 thoughts.
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(10));
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(26));
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS), Some(4));
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
-}
-
-#[test]
-fn google_stream_as_json_array() {
-    let mut c = google_stream_case();
-    c.path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
-    let r = c
-        .respond(200, JSON, fixture("google_stream_array.json"))
-        .assert_chunking_invariant();
-    assert_eq!(reasons(&r), vec!["STOP"]);
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(26));
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
-}
-
-#[test]
-fn google_generate_json_and_errors() {
-    let c = Case::new(
-        "generativelanguage.googleapis.com",
+fn google_cases() {
+    let generate = gemini(
         "/v1beta/models/gemini-2.0-flash:generateContent",
         fixture("google_request.json"),
     );
-    let r = c
-        .clone()
-        .respond(200, JSON, fixture("google_generate.json"))
-        .run();
-    assert_eq!(r.get_bool(sc::GEN_AI_REQUEST_STREAM), Some(false));
-    assert_eq!(
-        s(&r, sc::GEN_AI_REQUEST_MODEL).as_deref(),
-        Some("gemini-2.0-flash")
-    );
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_MODEL).as_deref(),
-        Some("gemini-2.0-flash-001")
-    );
-    assert_eq!(reasons(&r), vec!["STOP", "MAX_TOKENS"]);
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(7));
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(9));
-    assert_eq!(r.get(sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS), None);
-
-    let r = c.respond(429, JSON, fixture("google_error.json")).run();
-    assert_eq!(s(&r, sc::ERROR_TYPE).as_deref(), Some("RESOURCE_EXHAUSTED"));
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
-}
-
-#[test]
-fn google_embed() {
-    let r = Case::new(
-        "generativelanguage.googleapis.com",
-        "/v1beta/models/text-embedding-004:embedContent",
-        br#"{"model":"models/text-embedding-004","content":{"parts":[{"text":"hello"}]}}"#.to_vec(),
-    )
-    .respond(200, JSON, fixture("google_embed.json"))
-    .run();
-    assert_eq!(
-        s(&r, sc::GEN_AI_OPERATION_NAME).as_deref(),
-        Some("embeddings")
-    );
-    assert_eq!(
-        s(&r, sc::GEN_AI_REQUEST_MODEL).as_deref(),
-        Some("text-embedding-004")
-    );
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
+    check(vec![
+        Row {
+            name: "google_stream_crlf",
+            case: google_stream_case(),
+            feed: AnySplit,
+            expect: &[
+                (sc::GEN_AI_PROVIDER_NAME, Str("gcp.gemini")),
+                (sc::GEN_AI_SYSTEM, Str("gcp.gemini")),
+                (sc::GEN_AI_OPERATION_NAME, Str("generate_content")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("gemini-2.5-flash")),
+                (sc::GEN_AI_RESPONSE_MODEL, Str("gemini-2.5-flash")),
+                (sc::GEN_AI_RESPONSE_ID, Str("mKZ1aL2pJd7Yz7IPx8uEiAU")),
+                (sc::GEN_AI_REQUEST_STREAM, Bool(true)),
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["STOP"])),
+                // The last cumulative usageMetadata: 6 candidates + 20 thoughts.
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(10)),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(26)),
+                (sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, Int(4)),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+        Row {
+            name: "google_stream_as_json_array",
+            case: google_stream_case()
+                .with(|c| c.path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent")
+                .respond(200, JSON, fixture("google_stream_array.json")),
+            feed: AnySplit,
+            expect: &[
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["STOP"])),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(26)),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+        Row {
+            name: "google_generate_json_and_errors",
+            case: generate
+                .clone()
+                .respond(200, JSON, fixture("google_generate.json")),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_REQUEST_STREAM, Bool(false)),
+                (sc::GEN_AI_REQUEST_MODEL, Str("gemini-2.0-flash")),
+                (sc::GEN_AI_RESPONSE_MODEL, Str("gemini-2.0-flash-001")),
+                (
+                    sc::GEN_AI_RESPONSE_FINISH_REASONS,
+                    Strs(&["STOP", "MAX_TOKENS"]),
+                ),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(7)),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(9)),
+                (sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, Absent),
+            ],
+        },
+        Row {
+            name: "google_generate_json_and_errors/error",
+            case: generate.respond(429, JSON, fixture("google_error.json")),
+            feed: Whole,
+            expect: &[
+                (sc::ERROR_TYPE, Str("RESOURCE_EXHAUSTED")),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+        Row {
+            name: "google_embed",
+            case: gemini(
+                "/v1beta/models/text-embedding-004:embedContent",
+                br#"{"model":"models/text-embedding-004","content":{"parts":[{"text":"hello"}]}}"#,
+            )
+            .respond(200, JSON, fixture("google_embed.json")),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_OPERATION_NAME, Str("embeddings")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("text-embedding-004")),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+    ]);
 }
 
 // ---------------------------------------------------------------- mcp
 
 #[test]
-fn mcp_tools_call_over_sse_found_from_the_body() {
-    let c = mcp_tools_call_case();
-    assert_eq!(c.provider, None, "no route: detected from the body");
-    let r = c.assert_chunking_invariant();
-    assert_eq!(s(&r, sc::MCP_METHOD_NAME).as_deref(), Some("tools/call"));
+fn mcp_cases() {
     assert_eq!(
-        s(&r, sc::GEN_AI_OPERATION_NAME).as_deref(),
-        Some("execute_tool")
-    );
-    assert_eq!(s(&r, sc::GEN_AI_TOOL_NAME).as_deref(), Some("get_weather"));
-    assert_eq!(s(&r, sc::JSONRPC_REQUEST_ID).as_deref(), Some("42"));
-    assert_eq!(
-        s(&r, sc::MCP_SESSION_ID).as_deref(),
-        Some("1868a90c-3b5a-4c2e-9d3c-2f4f1b0c9e11")
-    );
-    assert_eq!(
-        s(&r, sc::MCP_PROTOCOL_VERSION).as_deref(),
-        Some("2025-06-18")
-    );
-    assert_eq!(r.get(sc::GEN_AI_PROVIDER_NAME), None);
-    assert_eq!(r.get(sc::ERROR_TYPE), None);
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
-}
-
-#[test]
-fn mcp_initialize_json_with_session_from_response() {
-    let mut c = Case::new(
-        "tools.example",
-        "/mcp",
-        fixture("mcp_initialize_request.json"),
-    )
-    .respond(
-        200,
-        &[
-            ("content-type", "application/json"),
-            ("mcp-session-id", "sess-7f3a"),
-        ],
-        fixture("mcp_initialize_response.json"),
-    );
-    c.provider = Provider::from_name("mcp");
-    let r = c.assert_chunking_invariant();
-    assert_eq!(s(&r, sc::MCP_METHOD_NAME).as_deref(), Some("initialize"));
-    assert_eq!(s(&r, sc::JSONRPC_REQUEST_ID).as_deref(), Some("init-1"));
-    assert_eq!(s(&r, sc::MCP_SESSION_ID).as_deref(), Some("sess-7f3a"));
-    assert_eq!(
-        s(&r, sc::MCP_PROTOCOL_VERSION).as_deref(),
-        Some("2025-06-18")
-    );
-    assert_eq!(r.get(sc::GEN_AI_OPERATION_NAME), None);
-    assert_eq!(
-        r.get(sc::GEN_AI_TOOL_NAME),
+        mcp_tools_call_case().provider,
         None,
-        "clientInfo.name is no tool"
+        "no route: detected from the body"
     );
-}
-
-#[test]
-fn mcp_errors_and_notifications() {
-    let base = Case::new(
-        "tools.example",
-        "/mcp",
-        fixture("mcp_tools_call_request.json"),
-    );
-    let r = base
-        .clone()
-        .respond(200, JSON, fixture("mcp_tool_error_response.json"))
-        .run();
-    assert_eq!(s(&r, sc::ERROR_TYPE).as_deref(), Some("tool_error"));
-    assert_eq!(r.get(sc::RPC_RESPONSE_STATUS_CODE), None);
-
-    let r = base
-        .clone()
-        .respond(200, JSON, fixture("mcp_rpc_error_response.json"))
-        .run();
-    assert_eq!(s(&r, sc::ERROR_TYPE).as_deref(), Some("-32602"));
-    assert_eq!(
-        s(&r, sc::RPC_RESPONSE_STATUS_CODE).as_deref(),
-        Some("-32602")
-    );
-
-    // A notification: 202 without body, nothing is due.
-    let r = Case::new(
-        "tools.example",
-        "/mcp",
-        br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_vec(),
-    )
-    .respond(202, &[], Vec::new())
-    .run();
-    assert_eq!(
-        s(&r, sc::MCP_METHOD_NAME).as_deref(),
-        Some("notifications/initialized")
-    );
-    assert_eq!(r.get(sc::JSONRPC_REQUEST_ID), None);
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
-
-    // The client answering a server request (no method): 202, nothing due.
-    let mut c = Case::new(
-        "tools.example",
-        "/mcp",
-        br#"{"jsonrpc":"2.0","id":"srv-9","result":{"roots":[]}}"#.to_vec(),
-    )
-    .respond(202, &[], Vec::new());
-    c.provider = Some(Provider::Mcp);
-    let r = c.run();
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
-    assert_eq!(r.get(sc::MCP_METHOD_NAME), None);
-
+    let tools_call = mcp(fixture("mcp_tools_call_request.json"));
     // A request whose response stream ends before the response: truncated.
     let progress_only = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n";
-    let r = base.respond(200, SSE, progress_only.to_vec()).run();
-    assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("truncated"));
-    assert_eq!(s(&r, sc::GEN_AI_TOOL_NAME).as_deref(), Some("get_weather"));
-}
-
-#[test]
-fn mcp_resources_and_prompts() {
-    let r = Case::new(
-        "tools.example",
-        "/mcp",
-        br#"{"jsonrpc":"2.0","id":"r1","method":"resources/read","params":{"uri":"file:///srv/notes.md"}}"#.to_vec(),
-    )
-    .respond(200, JSON, br#"{"jsonrpc":"2.0","id":"r1","result":{"contents":[]}}"#.to_vec())
-    .run();
-    assert_eq!(
-        s(&r, sc::MCP_RESOURCE_URI).as_deref(),
-        Some("file:///srv/notes.md")
-    );
-    let r = Case::new(
-        "tools.example",
-        "/mcp",
-        br#"{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":"code_review","arguments":{}}}"#.to_vec(),
-    )
-    .respond(200, JSON, br#"{"jsonrpc":"2.0","id":3,"result":{"messages":[]}}"#.to_vec())
-    .run();
-    assert_eq!(
-        s(&r, sc::GEN_AI_PROMPT_NAME).as_deref(),
-        Some("code_review")
-    );
-    assert_eq!(r.get(sc::GEN_AI_TOOL_NAME), None);
+    check(vec![
+        Row {
+            name: "mcp_tools_call_over_sse_found_from_the_body",
+            case: mcp_tools_call_case(),
+            feed: AnySplit,
+            expect: &[
+                (sc::MCP_METHOD_NAME, Str("tools/call")),
+                (sc::GEN_AI_OPERATION_NAME, Str("execute_tool")),
+                (sc::GEN_AI_TOOL_NAME, Str("get_weather")),
+                (sc::JSONRPC_REQUEST_ID, Str("42")),
+                (
+                    sc::MCP_SESSION_ID,
+                    Str("1868a90c-3b5a-4c2e-9d3c-2f4f1b0c9e11"),
+                ),
+                (sc::MCP_PROTOCOL_VERSION, Str("2025-06-18")),
+                (sc::GEN_AI_PROVIDER_NAME, Absent),
+                (sc::ERROR_TYPE, Absent),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+        Row {
+            name: "mcp_initialize_json_with_session_from_response",
+            case: mcp(fixture("mcp_initialize_request.json"))
+                .respond(
+                    200,
+                    &[
+                        ("content-type", "application/json"),
+                        ("mcp-session-id", "sess-7f3a"),
+                    ],
+                    fixture("mcp_initialize_response.json"),
+                )
+                .with(|c| c.provider = Provider::from_name("mcp")),
+            feed: AnySplit,
+            expect: &[
+                (sc::MCP_METHOD_NAME, Str("initialize")),
+                (sc::JSONRPC_REQUEST_ID, Str("init-1")),
+                (sc::MCP_SESSION_ID, Str("sess-7f3a")),
+                (sc::MCP_PROTOCOL_VERSION, Str("2025-06-18")),
+                (sc::GEN_AI_OPERATION_NAME, Absent),
+                // clientInfo.name is no tool.
+                (sc::GEN_AI_TOOL_NAME, Absent),
+            ],
+        },
+        Row {
+            name: "mcp_errors_and_notifications/tool_error",
+            case: tools_call.clone().respond(
+                200,
+                JSON,
+                fixture("mcp_tool_error_response.json"),
+            ),
+            feed: Whole,
+            expect: &[
+                (sc::ERROR_TYPE, Str("tool_error")),
+                (sc::RPC_RESPONSE_STATUS_CODE, Absent),
+            ],
+        },
+        Row {
+            name: "mcp_errors_and_notifications/rpc_error",
+            case: tools_call.clone().respond(
+                200,
+                JSON,
+                fixture("mcp_rpc_error_response.json"),
+            ),
+            feed: Whole,
+            expect: &[
+                (sc::ERROR_TYPE, Str("-32602")),
+                (sc::RPC_RESPONSE_STATUS_CODE, Str("-32602")),
+            ],
+        },
+        // A notification: 202 without body, nothing is due.
+        Row {
+            name: "mcp_errors_and_notifications/notification",
+            case: mcp(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).respond(
+                202,
+                &[],
+                Vec::new(),
+            ),
+            feed: Whole,
+            expect: &[
+                (sc::MCP_METHOD_NAME, Str("notifications/initialized")),
+                (sc::JSONRPC_REQUEST_ID, Absent),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+        // The client answering a server request (no method): 202, nothing due.
+        Row {
+            name: "mcp_errors_and_notifications/client_response",
+            case: mcp(br#"{"jsonrpc":"2.0","id":"srv-9","result":{"roots":[]}}"#)
+                .respond(202, &[], Vec::new())
+                .with(|c| c.provider = Some(Provider::Mcp)),
+            feed: Whole,
+            expect: &[(sc::PARSE_ERROR, Absent), (sc::MCP_METHOD_NAME, Absent)],
+        },
+        Row {
+            name: "mcp_errors_and_notifications/truncated",
+            case: tools_call.respond(200, SSE, progress_only),
+            feed: Whole,
+            expect: &[
+                (sc::PARSE_ERROR, Str("truncated")),
+                (sc::GEN_AI_TOOL_NAME, Str("get_weather")),
+            ],
+        },
+        Row {
+            name: "mcp_resources_and_prompts/resource",
+            case: mcp(
+                br#"{"jsonrpc":"2.0","id":"r1","method":"resources/read","params":{"uri":"file:///srv/notes.md"}}"#,
+            )
+            .respond(
+                200,
+                JSON,
+                br#"{"jsonrpc":"2.0","id":"r1","result":{"contents":[]}}"#,
+            ),
+            feed: Whole,
+            expect: &[(sc::MCP_RESOURCE_URI, Str("file:///srv/notes.md"))],
+        },
+        Row {
+            name: "mcp_resources_and_prompts/prompt",
+            case: mcp(
+                br#"{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":"code_review","arguments":{}}}"#,
+            )
+            .respond(
+                200,
+                JSON,
+                br#"{"jsonrpc":"2.0","id":3,"result":{"messages":[]}}"#,
+            ),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_PROMPT_NAME, Str("code_review")),
+                (sc::GEN_AI_TOOL_NAME, Absent),
+            ],
+        },
+    ]);
 }
 
 // ---------------------------------------------------------------- errors
 
-#[test]
-fn malformed_json_body_keeps_request_attrs() {
-    let r = Case::new(
-        "api.openai.com",
-        "/v1/chat/completions",
-        fixture("openai_chat_request.json"),
-    )
-    .respond(
-        200,
-        JSON,
-        b"{\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o\",,}".to_vec(),
-    )
-    .run();
-    assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("invalid_json"));
-    assert_eq!(
-        s(&r, sc::GEN_AI_REQUEST_MODEL).as_deref(),
-        Some("gpt-4o-mini")
+/// A large embeddings batch: usage comes last, after megabytes of floats.
+fn large_embeddings_body() -> Vec<u8> {
+    let mut body = String::from(r#"{"object":"list","data":["#);
+    for i in 0..2000 {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            r#"{{"object":"embedding","index":{i},"embedding":[0.0023064255,-0.009327292,0.015797347,-0.0077780345]}}"#
+        ));
+    }
+    body.push_str(
+        r#"],"model":"text-embedding-3-large","usage":{"prompt_tokens":4096,"total_tokens":4096}}"#,
     );
-    assert_eq!(s(&r, sc::GEN_AI_PROVIDER_NAME).as_deref(), Some("openai"));
+    body.into_bytes()
 }
 
 #[test]
-fn truncated_json_body() {
-    let full = fixture("anthropic_message.json");
-    let r = Case::new(
-        "api.anthropic.com",
-        "/v1/messages",
-        br#"{"model":"claude-sonnet-4-5"}"#.to_vec(),
+fn error_cases() {
+    let anthropic_message = fixture("anthropic_message.json");
+    let malformed_sse = concat!(
+        "data: {\"id\":\"chatcmpl-2\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n",
+        "data: {\"id\":\"chatcmpl-2\",\"choices\":[{\"index\":0,\"delta\":{\"content\n\n",
+        "data: {\"id\":\"chatcmpl-2\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
+        "data: {\"id\":\"chatcmpl-2\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":7}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let embeddings = openai(
+        "/v1/embeddings",
+        br#"{"model":"text-embedding-3-large","input":["a","b"]}"#,
     )
-    .respond(200, JSON, full[..full.len() / 2].to_vec())
-    .run();
-    assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("truncated"));
-    // An empty 200 is truncated too.
-    let r = Case::new(
-        "api.anthropic.com",
-        "/v1/messages",
-        br#"{"model":"claude-sonnet-4-5"}"#.to_vec(),
-    )
-    .respond(200, JSON, Vec::new())
-    .run();
-    assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("truncated"));
+    .respond(200, JSON, large_embeddings_body())
+    .with(|c| c.limits.max_json_bytes = 16 * 1024);
+    let long_text = "word \\\"usage\\\": {} ".repeat(5000);
+    let large_message = format!(
+        r#"{{"id":"msg_big","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","content":[{{"type":"text","text":"{long_text}"}}],"stop_reason":"max_tokens","stop_sequence":null,"usage":{{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":8192}}}}"#
+    );
+    let gzipped_google = google_stream_case().with(|c| {
+        c.resp_headers.push(("content-encoding", "gzip".into()));
+        let gz = gzip(&c.resp_body);
+        c.resp_body = gz[..gz.len() - 10].to_vec();
+    });
+    const LARGE_EMBEDDINGS: &[(&str, Want)] = &[
+        (sc::PARSE_ERROR, Str("body_too_large")),
+        (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(4096)),
+        (sc::GEN_AI_RESPONSE_MODEL, Str("text-embedding-3-large")),
+    ];
+    check(vec![
+        Row {
+            name: "malformed_json_body_keeps_request_attrs",
+            case: chat(fixture("openai_chat_request.json")).respond(
+                200,
+                JSON,
+                b"{\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o\",,}",
+            ),
+            feed: Whole,
+            expect: &[
+                (sc::PARSE_ERROR, Str("invalid_json")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("gpt-4o-mini")),
+                (sc::GEN_AI_PROVIDER_NAME, Str("openai")),
+            ],
+        },
+        Row {
+            name: "truncated_json_body",
+            case: anthropic(br#"{"model":"claude-sonnet-4-5"}"#).respond(
+                200,
+                JSON,
+                &anthropic_message[..anthropic_message.len() / 2],
+            ),
+            feed: Whole,
+            expect: &[(sc::PARSE_ERROR, Str("truncated"))],
+        },
+        // An empty 200 is truncated too.
+        Row {
+            name: "truncated_json_body/empty",
+            case: anthropic(br#"{"model":"claude-sonnet-4-5"}"#).respond(200, JSON, Vec::new()),
+            feed: Whole,
+            expect: &[(sc::PARSE_ERROR, Str("truncated"))],
+        },
+        Row {
+            name: "truncated_stream_keeps_what_was_read",
+            case: anthropic_stream_case().with(|c| {
+                let body = String::from_utf8(c.resp_body.clone()).unwrap();
+                let cut = body.find("event: message_delta").unwrap();
+                c.resp_body.truncate(cut);
+            }),
+            feed: Whole,
+            expect: &[
+                (sc::PARSE_ERROR, Str("truncated")),
+                (sc::GEN_AI_RESPONSE_ID, Str("msg_014p7gG3wDgGV9EUtLvnow3U")),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(1821)),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(1)),
+            ],
+        },
+        Row {
+            name: "malformed_sse_event_is_flagged_and_the_rest_parsed",
+            case: chat(fixture("openai_chat_request.json")).respond(
+                200,
+                SSE,
+                malformed_sse.as_bytes(),
+            ),
+            feed: Whole,
+            expect: &[
+                (sc::PARSE_ERROR, Str("truncated")),
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["length"])),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(7)),
+            ],
+        },
+        Row {
+            name: "malformed_sse_event_is_flagged_and_the_rest_parsed/garbage",
+            case: chat(fixture("openai_chat_request.json")).respond(
+                200,
+                SSE,
+                b"data: not json at all\n\ndata: [DONE]\n\n",
+            ),
+            feed: Whole,
+            expect: &[(sc::PARSE_ERROR, Str("invalid_json"))],
+        },
+        Row {
+            name: "oversized_event_and_body_are_bounded",
+            // response.completed is larger
+            case: responses_stream_case().with(|c| c.limits.max_event_bytes = 800),
+            feed: Whole,
+            expect: &[
+                (sc::PARSE_ERROR, Str("sse_event_too_large")),
+                // What came before is still there.
+                (sc::GEN_AI_RESPONSE_MODEL, Str("gpt-4.1-2025-04-14")),
+            ],
+        },
+        Row {
+            name: "oversized_event_and_body_are_bounded/json",
+            case: chat(fixture("openai_chat_request.json"))
+                .respond(200, JSON, fixture("openai_chat.json"))
+                .with(|c| c.limits.max_json_bytes = 100),
+            feed: Chunks(10),
+            expect: &[
+                (sc::PARSE_ERROR, Str("body_too_large")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("gpt-4o-mini")),
+            ],
+        },
+        Row {
+            name: "unexpected_content_type_on_success",
+            case: anthropic(br#"{"model":"m"}"#).respond(
+                200,
+                &[("content-type", "text/html")],
+                b"<html>captive portal</html>",
+            ),
+            feed: Whole,
+            expect: &[(sc::PARSE_ERROR, Str("unsupported_content_type"))],
+        },
+        // Missing content type: sniffed.
+        Row {
+            name: "unexpected_content_type_on_success/sniffed",
+            case: anthropic(br#"{"model":"m"}"#).respond(200, &[], anthropic_message.clone()),
+            feed: Whole,
+            expect: &[
+                (sc::PARSE_ERROR, Absent),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(9)),
+            ],
+        },
+        Row {
+            name: "oversized_json_bodies_still_give_their_usage/embeddings_1000",
+            case: embeddings.clone(),
+            feed: Chunks(1000),
+            expect: LARGE_EMBEDDINGS,
+        },
+        Row {
+            name: "oversized_json_bodies_still_give_their_usage/embeddings_100000",
+            case: embeddings.clone(),
+            feed: Chunks(100_000),
+            expect: LARGE_EMBEDDINGS,
+        },
+        Row {
+            name: "oversized_json_bodies_still_give_their_usage/embeddings_whole",
+            case: embeddings,
+            feed: Chunks(usize::MAX),
+            expect: LARGE_EMBEDDINGS,
+        },
+        // Anthropic: id and model from the head, usage and stop reason from the tail.
+        Row {
+            name: "oversized_json_bodies_still_give_their_usage/anthropic",
+            case: anthropic(br#"{"model":"claude-sonnet-4-5"}"#)
+                .respond(200, JSON, large_message)
+                .with(|c| c.limits.max_json_bytes = 8 * 1024),
+            feed: Chunks(4096),
+            expect: &[
+                (sc::PARSE_ERROR, Str("body_too_large")),
+                (sc::GEN_AI_RESPONSE_ID, Str("msg_big")),
+                (sc::GEN_AI_RESPONSE_MODEL, Str("claude-sonnet-4-5-20250929")),
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["max_tokens"])),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(15)),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(8192)),
+            ],
+        },
+        // Gemini: usageMetadata, modelVersion and responseId trail the candidates.
+        Row {
+            name: "oversized_json_bodies_still_give_their_usage/gemini",
+            case: gemini(
+                "/v1beta/models/gemini-2.0-flash:generateContent",
+                fixture("google_request.json"),
+            )
+            .respond(200, JSON, fixture("google_generate.json"))
+            .with(|c| c.limits.max_json_bytes = 200),
+            feed: Whole,
+            expect: &[
+                (sc::PARSE_ERROR, Str("body_too_large")),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(7)),
+                (sc::GEN_AI_RESPONSE_ID, Str("Xb9zaPq3MvK7nvgPwqnI8AQ")),
+            ],
+        },
+        Row {
+            name: "corrupt_truncated_and_unsupported_encodings/truncated_gzip",
+            case: gzipped_google.clone(),
+            feed: Whole,
+            expect: &[
+                (sc::PARSE_ERROR, Str("decode_failed")),
+                (sc::GEN_AI_RESPONSE_ID, Str("mKZ1aL2pJd7Yz7IPx8uEiAU")),
+            ],
+        },
+        Row {
+            name: "corrupt_truncated_and_unsupported_encodings/not_gzip",
+            case: gzipped_google.with(|c| c.resp_body = b"this is not gzip at all".to_vec()),
+            feed: Whole,
+            expect: &[(sc::PARSE_ERROR, Str("decode_failed"))],
+        },
+        Row {
+            name: "corrupt_truncated_and_unsupported_encodings/unsupported",
+            case: google_stream_case()
+                .with(|c| c.resp_headers.push(("content-encoding", "compress".into()))),
+            feed: Whole,
+            expect: &[
+                (sc::PARSE_ERROR, Str("unsupported_content_encoding")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("gemini-2.5-flash")),
+            ],
+        },
+    ]);
 }
 
 /// Cutting any stream anywhere before its end marker gives a record with
@@ -874,82 +1168,6 @@ fn every_truncation_of_every_stream_is_flagged() {
             }
         }
     }
-}
-
-#[test]
-fn truncated_stream_keeps_what_was_read() {
-    let c = anthropic_stream_case();
-    let body = String::from_utf8(c.resp_body.clone()).unwrap();
-    let cut = body.find("event: message_delta").unwrap();
-    let r = c.run_chunks([&c.resp_body[..cut]]);
-    assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("truncated"));
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_ID).as_deref(),
-        Some("msg_014p7gG3wDgGV9EUtLvnow3U")
-    );
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(1821));
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(1));
-}
-
-#[test]
-fn malformed_sse_event_is_flagged_and_the_rest_parsed() {
-    let body = concat!(
-        "data: {\"id\":\"chatcmpl-2\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n",
-        "data: {\"id\":\"chatcmpl-2\",\"choices\":[{\"index\":0,\"delta\":{\"content\n\n",
-        "data: {\"id\":\"chatcmpl-2\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
-        "data: {\"id\":\"chatcmpl-2\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":7}}\n\n",
-        "data: [DONE]\n\n",
-    );
-    let r = Case::new(
-        "api.openai.com",
-        "/v1/chat/completions",
-        fixture("openai_chat_request.json"),
-    )
-    .respond(200, SSE, body.as_bytes().to_vec())
-    .run();
-    assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("truncated"));
-    assert_eq!(reasons(&r), vec!["length"]);
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(7));
-
-    let garbage = b"data: not json at all\n\ndata: [DONE]\n\n";
-    let r = Case::new(
-        "api.openai.com",
-        "/v1/chat/completions",
-        fixture("openai_chat_request.json"),
-    )
-    .respond(200, SSE, garbage.to_vec())
-    .run();
-    assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("invalid_json"));
-}
-
-#[test]
-fn oversized_event_and_body_are_bounded() {
-    let mut c = responses_stream_case();
-    c.limits.max_event_bytes = 800; // response.completed is larger
-    let r = c.run();
-    assert_eq!(
-        s(&r, sc::PARSE_ERROR).as_deref(),
-        Some("sse_event_too_large")
-    );
-    // What came before is still there.
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_MODEL).as_deref(),
-        Some("gpt-4.1-2025-04-14")
-    );
-
-    let mut c = Case::new(
-        "api.openai.com",
-        "/v1/chat/completions",
-        fixture("openai_chat_request.json"),
-    )
-    .respond(200, JSON, fixture("openai_chat.json"));
-    c.limits.max_json_bytes = 100;
-    let r = c.run_chunks(c.resp_body.chunks(10));
-    assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("body_too_large"));
-    assert_eq!(
-        s(&r, sc::GEN_AI_REQUEST_MODEL).as_deref(),
-        Some("gpt-4o-mini")
-    );
 }
 
 #[test]
@@ -1022,49 +1240,12 @@ fn encoded_responses_are_decoded() {
         );
     }
     // Gzip-encoded JSON, split at every byte.
-    let mut c = Case::new(
-        "api.openai.com",
-        "/v1/chat/completions",
-        fixture("openai_chat_request.json"),
-    )
-    .respond(200, JSON, fixture("openai_chat.json"));
+    let mut c =
+        chat(fixture("openai_chat_request.json")).respond(200, JSON, fixture("openai_chat.json"));
     let plain = c.run();
     c.resp_headers.push(("content-encoding", "gzip".into()));
     c.resp_body = gzip(&c.resp_body);
     assert_eq!(c.assert_chunking_invariant(), plain);
-}
-
-#[test]
-fn corrupt_truncated_and_unsupported_encodings() {
-    let base = google_stream_case();
-    let mut c = base.clone();
-    c.resp_headers.push(("content-encoding", "gzip".into()));
-    let gz = gzip(&base.resp_body);
-    c.resp_body = gz[..gz.len() - 10].to_vec();
-    let r = c.run();
-    assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("decode_failed"));
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_ID).as_deref(),
-        Some("mKZ1aL2pJd7Yz7IPx8uEiAU")
-    );
-
-    c.resp_body = b"this is not gzip at all".to_vec();
-    assert_eq!(
-        s(&c.run(), sc::PARSE_ERROR).as_deref(),
-        Some("decode_failed")
-    );
-
-    let mut c = base.clone();
-    c.resp_headers.push(("content-encoding", "compress".into()));
-    let r = c.run();
-    assert_eq!(
-        s(&r, sc::PARSE_ERROR).as_deref(),
-        Some("unsupported_content_encoding")
-    );
-    assert_eq!(
-        s(&r, sc::GEN_AI_REQUEST_MODEL).as_deref(),
-        Some("gemini-2.5-flash")
-    );
 }
 
 #[test]
@@ -1073,12 +1254,7 @@ fn compression_bomb_is_bounded() {
     let zeros = vec![0u8; 16 << 20];
     for (name, bomb) in [("gzip", gzip(&zeros)), ("br", brotli(&zeros))] {
         assert!(bomb.len() < 200_000, "{name}: {}", bomb.len());
-        let mut c = Case::new(
-            "api.openai.com",
-            "/v1/chat/completions",
-            fixture("openai_chat_request.json"),
-        )
-        .respond(
+        let mut c = chat(fixture("openai_chat_request.json")).respond(
             200,
             &[
                 ("content-type", "application/json"),
@@ -1117,12 +1293,7 @@ fn compression_bomb_is_bounded() {
     // A JSON-looking bomb: `[` followed by whitespace.
     let mut doc = b"[".to_vec();
     doc.extend(std::iter::repeat_n(b' ', 8 << 20));
-    let mut c = Case::new(
-        "api.openai.com",
-        "/v1/chat/completions",
-        fixture("openai_chat_request.json"),
-    )
-    .respond(
+    let mut c = chat(fixture("openai_chat_request.json")).respond(
         200,
         &[
             ("content-type", "application/json"),
@@ -1141,15 +1312,14 @@ fn compression_bomb_is_bounded() {
 fn include_usage_rewrite_and_strip_end_to_end() {
     let case = openai_usage_stream_case();
     let req = fixture("openai_chat_request.json");
-    let mut ex = Exchange::new(case.provider, Limits::default());
     let len = req.len().to_string();
-    ex.on_request(
-        &Method::POST,
+    let mut ex = request(
+        case.provider,
         case.path,
-        &headers(&[
+        &[
             ("content-type", "application/json"),
             ("content-length", &len),
-        ]),
+        ],
         &req,
     );
     assert!(ex.wants_usage_rewrite());
@@ -1177,8 +1347,7 @@ fn include_usage_rewrite_and_strip_end_to_end() {
         .unwrap();
     assert_eq!(client, full.replace(usage_event, ""));
 
-    let mut r = Record::default();
-    ex.finish(&mut r);
+    let r = finish(&mut ex);
     assert_eq!(r.get_bool(sc::BODY_REQUEST_REWRITTEN), Some(true));
     assert_eq!(r.get_bool(sc::BODY_USAGE_VISIBLE), Some(false));
     assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(19));
@@ -1188,31 +1357,35 @@ fn include_usage_rewrite_and_strip_end_to_end() {
 
 #[test]
 fn rewrite_only_where_it_applies() {
-    // Client asked for usage itself: nothing to do, usage visible.
-    let body = br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
-    let mut ex = Exchange::new(Some(Provider::OpenAi), Limits::default());
-    ex.on_request(&Method::POST, "/v1/chat/completions", &headers(JSON), body);
-    assert!(!ex.wants_usage_rewrite());
-    assert_eq!(ex.rewrite_request_body(body), None);
-
-    // Not streaming.
-    let body = br#"{"model":"gpt-4o","messages":[]}"#;
-    let mut ex = Exchange::new(Some(Provider::OpenAi), Limits::default());
-    ex.on_request(&Method::POST, "/v1/chat/completions", &headers(JSON), body);
-    assert!(!ex.wants_usage_rewrite());
-    assert_eq!(ex.rewrite_request_body(body), None);
-
-    // Other APIs are never rewritten.
-    let body = br#"{"model":"claude","stream":true}"#;
-    let mut ex = Exchange::new(Some(Provider::Anthropic), Limits::default());
-    ex.on_request(&Method::POST, "/v1/messages", &headers(JSON), body);
-    assert!(!ex.wants_usage_rewrite());
-    assert_eq!(ex.rewrite_request_body(body), None);
+    let not_rewritten: [(&str, Provider, &str, &[u8]); 3] = [
+        (
+            "client asked for usage itself: nothing to do, usage visible",
+            Provider::OpenAi,
+            "/v1/chat/completions",
+            br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+        ),
+        (
+            "not streaming",
+            Provider::OpenAi,
+            "/v1/chat/completions",
+            br#"{"model":"gpt-4o","messages":[]}"#,
+        ),
+        (
+            "other APIs are never rewritten",
+            Provider::Anthropic,
+            "/v1/messages",
+            br#"{"model":"claude","stream":true}"#,
+        ),
+    ];
+    for (why, provider, path, body) in not_rewritten {
+        let mut ex = request(Some(provider), path, JSON, body);
+        assert!(!ex.wants_usage_rewrite(), "{why}");
+        assert_eq!(ex.rewrite_request_body(body), None, "{why}");
+    }
 
     // Rewritten, but the response is compressed: no filter, usage visible.
     let body = br#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
-    let mut ex = Exchange::new(Some(Provider::OpenAi), Limits::default());
-    ex.on_request(&Method::POST, "/v1/chat/completions", &headers(JSON), body);
+    let mut ex = request(Some(Provider::OpenAi), "/v1/chat/completions", JSON, body);
     assert!(ex.rewrite_request_body(body).is_some());
     let stream = fixture("openai_chat_stream_usage.sse");
     ex.on_response_head(
@@ -1224,8 +1397,7 @@ fn rewrite_only_where_it_applies() {
     );
     assert!(ex.usage_filter().is_none());
     ex.on_response_chunk(&gzip(&stream));
-    let mut r = Record::default();
-    ex.finish(&mut r);
+    let r = finish(&mut ex);
     assert_eq!(r.get_bool(sc::BODY_REQUEST_REWRITTEN), Some(true));
     assert_eq!(r.get_bool(sc::BODY_USAGE_VISIBLE), Some(true));
     assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(3));
@@ -1241,21 +1413,19 @@ fn request_prefix_cut_before_the_model() {
     body.extend_from_slice(br#""}],"model":"gpt-4o","stream":true}"#);
     let prefix = &body[..200];
     let len = body.len().to_string();
-    let mut ex = Exchange::new(Some(Provider::OpenAi), Limits::default());
-    ex.on_request(
-        &Method::POST,
+    let mut ex = request(
+        Some(Provider::OpenAi),
         "/v1/chat/completions",
-        &headers(&[
+        &[
             ("content-type", "application/json"),
             ("content-length", &len),
-        ]),
+        ],
         prefix,
     );
     // Unknown stream flag: the proxy may still try the rewrite on the full body.
     assert!(ex.wants_usage_rewrite());
     assert!(ex.rewrite_request_body(&body).is_some());
-    let mut r = Record::default();
-    ex.finish(&mut r);
+    let r = finish(&mut ex);
     assert_eq!(r.get(sc::GEN_AI_REQUEST_MODEL), None);
     assert_eq!(
         r.get(sc::PARSE_ERROR),
@@ -1264,35 +1434,31 @@ fn request_prefix_cut_before_the_model() {
     );
 
     // The same cut with Content-Length equal to the prefix: the client sent broken JSON.
-    let mut ex = Exchange::new(Some(Provider::OpenAi), Limits::default());
     let len = prefix.len().to_string();
-    ex.on_request(
-        &Method::POST,
+    let mut ex = request(
+        Some(Provider::OpenAi),
         "/v1/chat/completions",
-        &headers(&[
+        &[
             ("content-type", "application/json"),
             ("content-length", &len),
-        ]),
+        ],
         prefix,
     );
-    let mut r = Record::default();
-    ex.finish(&mut r);
+    let r = finish(&mut ex);
     assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("truncated"));
 
     // A gzip-compressed request body is read too.
     let plain = fixture("anthropic_request.json");
-    let mut ex = Exchange::new(Some(Provider::Anthropic), Limits::default());
-    ex.on_request(
-        &Method::POST,
+    let mut ex = request(
+        Some(Provider::Anthropic),
         "/v1/messages",
-        &headers(&[
+        &[
             ("content-type", "application/json"),
             ("content-encoding", "gzip"),
-        ]),
+        ],
         &gzip(&plain),
     );
-    let mut r = Record::default();
-    ex.finish(&mut r);
+    let r = finish(&mut ex);
     assert_eq!(
         s(&r, sc::GEN_AI_REQUEST_MODEL).as_deref(),
         Some("claude-sonnet-4-5")
@@ -1302,15 +1468,13 @@ fn request_prefix_cut_before_the_model() {
 
 #[test]
 fn finish_is_idempotent_and_works_without_a_response() {
-    let mut ex = Exchange::new(Some(Provider::Anthropic), Limits::default());
-    ex.on_request(
-        &Method::POST,
+    let mut ex = request(
+        Some(Provider::Anthropic),
         "/v1/messages",
-        &headers(JSON),
+        JSON,
         br#"{"model":"claude-haiku-4-5","stream":true}"#,
     );
-    let mut r = Record::default();
-    ex.finish(&mut r);
+    let r = finish(&mut ex);
     assert_eq!(
         s(&r, sc::GEN_AI_REQUEST_MODEL).as_deref(),
         Some("claude-haiku-4-5")
@@ -1320,114 +1484,7 @@ fn finish_is_idempotent_and_works_without_a_response() {
         None,
         "no response: the proxy records the error"
     );
-    let mut again = Record::default();
-    ex.finish(&mut again);
-    assert_eq!(again, Record::default());
-}
-
-#[test]
-fn unexpected_content_type_on_success() {
-    let r = Case::new(
-        "api.anthropic.com",
-        "/v1/messages",
-        br#"{"model":"m"}"#.to_vec(),
-    )
-    .respond(
-        200,
-        &[("content-type", "text/html")],
-        b"<html>captive portal</html>".to_vec(),
-    )
-    .run();
-    assert_eq!(
-        s(&r, sc::PARSE_ERROR).as_deref(),
-        Some("unsupported_content_type")
-    );
-    // Missing content type: sniffed.
-    let r = Case::new(
-        "api.anthropic.com",
-        "/v1/messages",
-        br#"{"model":"m"}"#.to_vec(),
-    )
-    .respond(200, &[], fixture("anthropic_message.json"))
-    .run();
-    assert_eq!(r.get(sc::PARSE_ERROR), None);
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(9));
-}
-
-#[test]
-fn oversized_json_bodies_still_give_their_usage() {
-    // A large embeddings batch: usage comes last, after megabytes of floats.
-    let mut body = String::from(r#"{"object":"list","data":["#);
-    for i in 0..2000 {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&format!(
-            r#"{{"object":"embedding","index":{i},"embedding":[0.0023064255,-0.009327292,0.015797347,-0.0077780345]}}"#
-        ));
-    }
-    body.push_str(
-        r#"],"model":"text-embedding-3-large","usage":{"prompt_tokens":4096,"total_tokens":4096}}"#,
-    );
-    let mut c = Case::new(
-        "api.openai.com",
-        "/v1/embeddings",
-        br#"{"model":"text-embedding-3-large","input":["a","b"]}"#.to_vec(),
-    )
-    .respond(200, JSON, body.into_bytes());
-    c.limits.max_json_bytes = 16 * 1024;
-    for chunk in [1000, 100_000, usize::MAX] {
-        let r = c.run_chunks(c.resp_body.chunks(chunk.min(c.resp_body.len())));
-        assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("body_too_large"));
-        assert_eq!(
-            r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS),
-            Some(4096),
-            "chunk {chunk}"
-        );
-        assert_eq!(
-            s(&r, sc::GEN_AI_RESPONSE_MODEL).as_deref(),
-            Some("text-embedding-3-large")
-        );
-    }
-
-    // Anthropic: id and model from the head, usage and stop reason from the tail.
-    let long_text = "word \\\"usage\\\": {} ".repeat(5000);
-    let body = format!(
-        r#"{{"id":"msg_big","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","content":[{{"type":"text","text":"{long_text}"}}],"stop_reason":"max_tokens","stop_sequence":null,"usage":{{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":8192}}}}"#
-    );
-    let mut c = Case::new(
-        "api.anthropic.com",
-        "/v1/messages",
-        br#"{"model":"claude-sonnet-4-5"}"#.to_vec(),
-    )
-    .respond(200, JSON, body.into_bytes());
-    c.limits.max_json_bytes = 8 * 1024;
-    let r = c.run_chunks(c.resp_body.chunks(4096));
-    assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("body_too_large"));
-    assert_eq!(s(&r, sc::GEN_AI_RESPONSE_ID).as_deref(), Some("msg_big"));
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_MODEL).as_deref(),
-        Some("claude-sonnet-4-5-20250929")
-    );
-    assert_eq!(reasons(&r), vec!["max_tokens"]);
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(15));
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(8192));
-
-    // Gemini: usageMetadata, modelVersion and responseId trail the candidates.
-    let mut c = Case::new(
-        "generativelanguage.googleapis.com",
-        "/v1beta/models/gemini-2.0-flash:generateContent",
-        fixture("google_request.json"),
-    )
-    .respond(200, JSON, fixture("google_generate.json"));
-    c.limits.max_json_bytes = 200;
-    let r = c.run();
-    assert_eq!(s(&r, sc::PARSE_ERROR).as_deref(), Some("body_too_large"));
-    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(7));
-    assert_eq!(
-        s(&r, sc::GEN_AI_RESPONSE_ID).as_deref(),
-        Some("Xb9zaPq3MvK7nvgPwqnI8AQ")
-    );
+    assert_eq!(finish(&mut ex), Record::default());
 }
 
 #[test]

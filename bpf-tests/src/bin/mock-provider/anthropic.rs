@@ -1,0 +1,136 @@
+//! Anthropic Messages API.
+
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::routing::{bad_request, Call, Reject};
+use crate::shared::{json_response, State};
+use crate::sse::{sse_event, sse_response};
+use crate::tokens::{
+    is_stream, model_of, output_tokens, reply_deltas, reply_text, text_words, u64_field,
+};
+use crate::RespBody;
+
+/// (uncached input words, words in blocks marked with cache_control)
+fn count_input(body: &Value) -> (u64, u64) {
+    let mut plain = 0;
+    let mut cached = 0;
+    let mut blocks = |content: &Value| match content {
+        Value::Array(items) => {
+            for block in items {
+                let w = text_words(block);
+                if block.get("cache_control").is_some_and(|c| !c.is_null()) {
+                    cached += w;
+                } else {
+                    plain += w;
+                }
+            }
+        }
+        other => plain += text_words(other),
+    };
+    if let Some(system) = body.get("system") {
+        blocks(system);
+    }
+    if let Some(Value::Array(messages)) = body.get("messages") {
+        for m in messages {
+            if let Some(content) = m.get("content") {
+                blocks(content);
+            }
+        }
+    }
+    (plain, cached)
+}
+
+pub fn messages(state: &State, call: &Call) -> Result<Response<RespBody>, Reject> {
+    let body = &call.body;
+    let model = model_of(body)?;
+    let max_tokens =
+        u64_field(body, "max_tokens")?.ok_or_else(|| bad_request("max_tokens: field required"))?;
+    match body.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => {}
+        _ => return Err(bad_request("messages: at least one message is required")),
+    }
+    let (input, cached) = count_input(body);
+    let create = call
+        .headers
+        .get("x-mock-cache")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"create"));
+    let (cache_read, cache_creation) = if create { (0, cached) } else { (cached, 0) };
+    let (output, cut) = output_tokens(call, Some(max_tokens));
+    let stop_reason = if cut { "max_tokens" } else { "end_turn" };
+    let id = state.id("msg_01");
+
+    if !is_stream(body) {
+        let msg = json!({
+            "id": id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": reply_text(output)}],
+            "stop_reason": stop_reason,
+            "stop_sequence": null,
+            "usage": {
+                "input_tokens": input,
+                "cache_creation_input_tokens": cache_creation,
+                "cache_read_input_tokens": cache_read,
+                "output_tokens": output,
+                "service_tier": "standard",
+            },
+        });
+        return Ok(json_response(StatusCode::OK, &msg));
+    }
+
+    let mut events = Vec::new();
+    events.push(sse_event(
+        "message_start",
+        &json!({
+            "type": "message_start",
+            "message": {
+                "id": id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [],
+                "stop_reason": null,
+                "stop_sequence": null,
+                "usage": {
+                    "input_tokens": input,
+                    "cache_creation_input_tokens": cache_creation,
+                    "cache_read_input_tokens": cache_read,
+                    "output_tokens": output.min(1),
+                    "service_tier": "standard",
+                },
+            },
+        }),
+    ));
+    events.push(sse_event(
+        "content_block_start",
+        &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ));
+    events.push(sse_event("ping", &json!({"type": "ping"})));
+    for delta in reply_deltas(output) {
+        events.push(sse_event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": delta}}),
+        ));
+    }
+    events.push(sse_event(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(sse_event(
+        "message_delta",
+        &json!({
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+            "usage": {
+                "input_tokens": input,
+                "cache_creation_input_tokens": cache_creation,
+                "cache_read_input_tokens": cache_read,
+                "output_tokens": output,
+            },
+        }),
+    ));
+    events.push(sse_event("message_stop", &json!({"type": "message_stop"})));
+    Ok(sse_response(events, call.delay))
+}

@@ -1,0 +1,207 @@
+//! Routing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderValue;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use crate::encoding::{compress, decode_request};
+use crate::shared::{header_u64, json_response, respond, State};
+use crate::utility::{
+    bytes_endpoint, echo_endpoint, headers_endpoint, json_endpoint, sse_endpoint,
+};
+use crate::{anthropic, google, mcp, openai, RespBody, MAX_REQUEST_BODY};
+
+/// What the provider handlers need from the request.
+pub(crate) struct Call {
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) query: Option<String>,
+    pub(crate) body: Value,
+    pub(crate) delay: Duration,
+}
+
+pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<RespBody> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => respond(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, ["bytes", n]) => bytes_endpoint(n),
+        (&Method::GET, ["json", n]) => json_endpoint(n),
+        (&Method::GET, ["sse", n]) => sse_endpoint(n, query.as_deref()),
+        (&Method::POST, ["echo"]) => echo_endpoint(req),
+        (&Method::GET, ["headers"]) => headers_endpoint(&req),
+        (_, ["mcp"]) => mcp::handle(&state, req, query.as_deref()).await,
+        (&Method::POST, ["v1", "messages"]) => {
+            with_json(&state, req, query, Provider::Anthropic, anthropic::messages).await
+        }
+        (&Method::POST, ["v1", "chat", "completions"]) => {
+            with_json(&state, req, query, Provider::OpenAi, openai::chat).await
+        }
+        (&Method::POST, ["v1", "responses"]) => {
+            with_json(&state, req, query, Provider::OpenAi, openai::responses).await
+        }
+        (&Method::POST, ["v1", "embeddings"]) => {
+            with_json(&state, req, query, Provider::OpenAi, openai::embeddings).await
+        }
+        (&Method::POST, ["v1beta" | "v1", "models", model_method]) => {
+            match model_method.rsplit_once(':') {
+                Some((model, "generateContent")) => {
+                    let model = model.to_string();
+                    with_json(&state, req, query, Provider::Google, move |s, c| {
+                        google::generate(s, c, &model, false)
+                    })
+                    .await
+                }
+                Some((model, "streamGenerateContent")) => {
+                    let model = model.to_string();
+                    with_json(&state, req, query, Provider::Google, move |s, c| {
+                        google::generate(s, c, &model, true)
+                    })
+                    .await
+                }
+                _ => not_found(&path),
+            }
+        }
+        _ => not_found(&path),
+    }
+}
+
+fn not_found(path: &str) -> Response<RespBody> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"error": {"message": format!("mock-provider: no route for {path}"), "type": "not_found"}}),
+    )
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Provider {
+    Anthropic,
+    OpenAi,
+    Google,
+}
+
+/// An error in the provider's own shape.
+fn provider_error(provider: Provider, status: StatusCode, message: &str) -> Response<RespBody> {
+    let body = match provider {
+        Provider::Anthropic => json!({
+            "type": "error",
+            "error": {"type": anthropic_error_type(status), "message": message},
+        }),
+        Provider::OpenAi => json!({
+            "error": {"message": message, "type": "invalid_request_error", "param": null, "code": null},
+        }),
+        Provider::Google => json!({
+            "error": {
+                "code": status.as_u16(),
+                "message": message,
+                "status": if status == StatusCode::PAYLOAD_TOO_LARGE { "RESOURCE_EXHAUSTED" } else { "INVALID_ARGUMENT" },
+            },
+        }),
+    };
+    json_response(status, &body)
+}
+
+fn anthropic_error_type(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+        StatusCode::NOT_FOUND => "not_found_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// A request that failed validation: (status, message).
+pub(crate) type Reject = (StatusCode, String);
+
+pub(crate) fn bad_request(msg: impl Into<String>) -> Reject {
+    (StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// A provider endpoint: [`read_json`], then the answer compressed as the
+/// provider's front end would (errors included).
+async fn with_json<F>(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    query: Option<String>,
+    provider: Provider,
+    f: F,
+) -> Response<RespBody>
+where
+    F: FnOnce(&State, &Call) -> Result<Response<RespBody>, Reject>,
+{
+    let req_headers = req.headers().clone();
+    let resp = read_json(state, req, query, provider, f).await;
+    compress(resp, &req_headers, provider).await
+}
+
+async fn read_json<F>(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    query: Option<String>,
+    provider: Provider,
+    f: F,
+) -> Response<RespBody>
+where
+    F: FnOnce(&State, &Call) -> Result<Response<RespBody>, Reject>,
+{
+    let (parts, body) = req.into_parts();
+    let bytes = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+        Ok(c) => match decode_request(&parts.headers, c.to_bytes()) {
+            Ok(b) => b,
+            Err(msg) => return provider_error(provider, StatusCode::BAD_REQUEST, &msg),
+        },
+        Err(e) => {
+            let status = if e.is::<http_body_util::LengthLimitError>() {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return provider_error(provider, status, &format!("reading request body: {e}"));
+        }
+    };
+    let body: Value = match serde_json::from_slice(&bytes) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => {
+            return provider_error(
+                provider,
+                StatusCode::BAD_REQUEST,
+                "request body must be a JSON object",
+            )
+        }
+        Err(e) => {
+            return provider_error(
+                provider,
+                StatusCode::BAD_REQUEST,
+                &format!("invalid JSON in request body: {e}"),
+            )
+        }
+    };
+    let delay = header_u64(&parts.headers, "x-mock-delay-ms")
+        .map(Duration::from_millis)
+        .unwrap_or(state.stream_delay);
+    let call = Call {
+        headers: parts.headers,
+        query,
+        body,
+        delay,
+    };
+    let request_id = state.id("req_");
+    let mut resp = match f(state, &call) {
+        Ok(r) => r,
+        Err((status, msg)) => provider_error(provider, status, &msg),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        let name = match provider {
+            Provider::Anthropic => "request-id",
+            Provider::OpenAi | Provider::Google => "x-request-id",
+        };
+        resp.headers_mut().insert(name, v);
+    }
+    resp
+}
