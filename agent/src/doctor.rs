@@ -50,7 +50,7 @@ pub async fn run(cfg: &Config) -> bool {
         name: "BTF (/sys/kernel/btf/vmlinux)".into(),
         ok: Path::new("/sys/kernel/btf/vmlinux").exists(),
         required: false,
-        detail: "needed by future CO-RE programs; current programs do not require it".into(),
+        detail: "not required: egret's programs read only the stable UAPI contexts (__sk_buff, bpf_sock_ops, bpf_sock_addr, bpf_sock), which the verifier maps per kernel".into(),
     });
     let root = nix::unistd::geteuid().is_root();
     checks.push(Check {
