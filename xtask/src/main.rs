@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | test | demo | fuzz | bench | tidy`.
+//! Project tasks: `cargo xtask setup | build-ebpf | test | demo | fuzz | bench | tidy | image`.
+mod image;
 mod tidy;
 
 use std::{
@@ -72,6 +73,17 @@ enum Cmd {
         /// Don't wait for the 1-minute load average to drop below 1.0.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Build the container image without a registry (debootstrap + buildah,
+    /// release binary) as `egret:<version>`, and check `egret --version` and
+    /// `egret config check` inside it (`buildah run`).
+    Image {
+        /// Rebuild the cached Debian root (target/image/) even if it is fresh.
+        #[arg(long)]
+        refresh: bool,
+        /// Don't write target/image/egret-<version>.oci.tar.
+        #[arg(long)]
+        no_archive: bool,
     },
 }
 
@@ -233,28 +245,33 @@ fn venv_dir() -> PathBuf {
         .unwrap_or_else(|| root().join(".venv"))
 }
 
+/// Installs those of `packages` that are not installed (apt-get).
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg")
+                .args(["-s", p])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        println!("apt packages: present");
+        return Ok(());
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing))
+}
+
 fn setup(no_apt: bool) -> Result<()> {
     if !no_apt {
-        let missing: Vec<&str> = APT_PACKAGES
-            .iter()
-            .copied()
-            .filter(|p| {
-                !Command::new("dpkg")
-                    .args(["-s", p])
-                    .output()
-                    .map(|o| o.status.success())
-                    .unwrap_or(false)
-            })
-            .collect();
-        if missing.is_empty() {
-            println!("apt packages: present");
-        } else {
-            run(Command::new("apt-get").arg("update").arg("-q"))?;
-            run(Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing))?;
-        }
+        apt_install(APT_PACKAGES)?;
     }
     // Only touch rustup when something is missing: it goes to the network.
     if output(nightly().args(["run", "nightly", "rustc", "--version"])).is_err() {
@@ -571,6 +588,13 @@ fn main() -> ExitCode {
             quick,
             no_wait,
         } => bench(&which, quick, no_wait),
+        Cmd::Image {
+            refresh,
+            no_archive,
+        } => image::image(&image::Options {
+            refresh,
+            no_archive,
+        }),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
