@@ -330,12 +330,21 @@ fn assemble(rootfs: &Path, bin: &Path, tag: &str, version: &str, root: &Path) ->
     output(Command::new("buildah").args(["umount", &ctr.0]))?;
     copied?;
 
-    let revision = output(
+    let mut revision = output(
         Command::new("git")
             .current_dir(root)
             .args(["rev-parse", "HEAD"]),
     )
     .unwrap_or_else(|_| "unknown".into());
+    if output(Command::new("git").current_dir(root).args([
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+    ]))
+    .is_ok_and(|s| !s.is_empty())
+    {
+        revision.push_str("+dirty");
+    }
     // As deploy/Dockerfile's runtime stage: root (the agent requires uid 0),
     // `egret run` by default.
     run(Command::new("buildah")
