@@ -24,7 +24,7 @@
 //! Storage is buildah's default (overlay as root).
 use std::{
     fs,
-    os::unix::fs::PermissionsExt,
+    os::unix::{ffi::OsStringExt, fs::PermissionsExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant, SystemTime},
@@ -156,7 +156,7 @@ fn debian_root(work: &Path, refresh: bool) -> Result<PathBuf> {
     }
     let _ = fs::remove_file(&stamp);
     let tmp = work.join(format!("rootfs-{SUITE}.tmp"));
-    remove_dir(&tmp)?;
+    remove_root(&tmp)?;
     let t = Instant::now();
     println!("image: debootstrap {SUITE} into {}", tmp.display());
     run(Command::new("debootstrap")
@@ -185,7 +185,7 @@ fn debian_root(work: &Path, refresh: bool) -> Result<PathBuf> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     strip_root(&tmp)?;
-    remove_dir(&rootfs)?;
+    remove_root(&rootfs)?;
     fs::rename(&tmp, &rootfs)?;
     fs::write(&stamp, recipe())?;
     println!(
@@ -205,6 +205,69 @@ fn remove_dir(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
     }
+}
+
+/// Removes a Debian root. A debootstrap that was killed can leave /proc,
+/// /sys or a bind mount of the host's /dev mounted inside it: those are
+/// unmounted first, and nothing is deleted while any mount remains.
+fn remove_root(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    for m in mounts_under(&dir)? {
+        let _ = Command::new("umount").arg(&m).status();
+    }
+    let left = mounts_under(&dir)?;
+    if !left.is_empty() {
+        bail!(
+            "not removing {}: still mounted inside it: {left:?}",
+            dir.display()
+        );
+    }
+    remove_dir(&dir)
+}
+
+/// Mount points at or below `dir`, deepest first.
+fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let info =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mut found = mount_points_under(&info, dir);
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    Ok(found)
+}
+
+/// The mount points (5th field of mountinfo, octal escapes decoded) at or
+/// below `dir`.
+fn mount_points_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|field| {
+            let mut out = Vec::new();
+            let b = field.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                let octal = b
+                    .get(i + 1..i + 4)
+                    .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+                match (b[i], octal) {
+                    (b'\\', Some(c)) => {
+                        out.push(c);
+                        i += 4;
+                    }
+                    (c, _) => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            PathBuf::from(std::ffi::OsString::from_vec(out))
+        })
+        .filter(|p| p.starts_with(dir))
+        .collect()
 }
 
 /// Removes the contents of `dir` (not `dir` itself), keeping the entries
@@ -441,6 +504,24 @@ mod tests {
     fn the_shipped_configmap_has_a_config() {
         let cfg = configmap_config(&root().join("deploy/configmap.yaml")).unwrap();
         assert!(cfg.contains("node:"), "{cfg}");
+    }
+
+    #[test]
+    fn mount_points_under_a_root_are_found_with_escapes_decoded() {
+        let info = "\
+22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+90 22 0:5 / /w/t\\040x/rootfs.tmp/proc rw - proc proc rw
+91 22 0:6 / /w/t\\040x/rootfs.tmp/dev rw - tmpfs nodev rw
+92 22 0:7 / /w/t\\040x/rootfs.tmp2 rw - tmpfs x rw
+";
+        assert_eq!(
+            mount_points_under(info, Path::new("/w/t x/rootfs.tmp")),
+            [
+                PathBuf::from("/w/t x/rootfs.tmp/proc"),
+                PathBuf::from("/w/t x/rootfs.tmp/dev")
+            ]
+        );
+        assert!(mount_points_under(info, Path::new("/elsewhere")).is_empty());
     }
 
     #[test]
