@@ -62,6 +62,9 @@ pub struct Options {
 
 pub fn image(opts: &Options) -> Result<()> {
     let started = Instant::now();
+    if output(Command::new("id").arg("-u"))? != "0" {
+        bail!("cargo xtask image runs as root (debootstrap, chroot, buildah mount)");
+    }
     apt_install(HOST_PACKAGES)?;
     let root = root();
     let work = target_dir().join("image");
@@ -411,7 +414,7 @@ fn assemble(rootfs: &Path, bin: &Path, tag: &str, version: &str, root: &Path) ->
     // As deploy/Dockerfile's runtime stage: root (the agent requires uid 0),
     // `egret run` by default.
     run(Command::new("buildah")
-        .args(["config", "--os", "linux", "--arch", "amd64"])
+        .args(["config", "--os", "linux", "--arch", oci_arch()?])
         .args(["--env", &format!("PATH={PATH_ENV}")])
         .args(["--workingdir", "/", "--user", "0:0"])
         .args(["--entrypoint", r#"["/usr/local/bin/egret"]"#])
@@ -437,6 +440,16 @@ fn assemble(rootfs: &Path, bin: &Path, tag: &str, version: &str, root: &Path) ->
             .status();
     }
     Ok(id)
+}
+
+/// The OCI name of this machine's architecture (debootstrap installs the
+/// host's).
+fn oci_arch() -> Result<&'static str> {
+    Ok(match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => bail!("no OCI architecture name known for {other}"),
+    })
 }
 
 /// Runs the committed image's checks in a fresh working container.
