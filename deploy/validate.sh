@@ -9,7 +9,8 @@
 #      package kubernetes-validate (strict: unknown fields are errors), for
 #      Kubernetes ${K8S_VERSION:-1.30.0};
 #   3. consistency of the agent's ConfigMap with the DaemonSet (the paths the
-#      config uses are mounted, the CA Secret is mounted 0400, ...);
+#      config uses are mounted, the node's cgroup hierarchy and bpffs are,
+#      the agent runs privileged as uid 0, the CA Secret is mounted 0400, ...);
 #   4. every ```yaml block in docs/*.md parses; blocks preceded by
 #      `<!-- egret-config -->` are egret configs, blocks preceded by
 #      `<!-- k8s-manifest -->` are validated like step 2;
@@ -188,6 +189,16 @@ else:
         path = node.get(key, default)
         if not mounted(path):
             fail(where, f"node.{key} {path} is not on a mounted volume")
+    # What the image needs from the node (docs/operations.md, "The image"):
+    # the cgroup v2 hierarchy and bpffs from the host, uid 0, privileged.
+    cgroup_mount = node.get("cgroupMount") or "/sys/fs/cgroup"
+    for path, what in [(cgroup_mount, "the cgroup v2 hierarchy"), ("/sys/fs/bpf", "bpffs")]:
+        vol = volumes.get(mounts.get(path, {}).get("name"), {})
+        if vol.get("hostPath", {}).get("path") != path:
+            fail(where, f"{what}: {path} is not mounted from the node's {path} (hostPath)")
+    sc = agent.get("securityContext", {})
+    if sc.get("privileged") is not True or sc.get("runAsUser") != 0:
+        fail(where, "the agent container must be privileged and run as uid 0 (deploy/daemonset.yaml says why)")
     spool_dir = (cfg.get("store", {}).get("spool") or {}).get("dir", "/var/lib/egret/spool")
     if not mounted(spool_dir):
         fail(where, f"store.spool.dir {spool_dir} is not on a mounted volume")
@@ -212,7 +223,7 @@ else:
         if admin.startswith("127.") and p.get("host") != "127.0.0.1":
             fail(where, f"{probe} must use host 127.0.0.1 while adminListen is loopback")
     if len(failures) == before_checks:
-        ok(where, "config paths mounted, CA mode 0400, probes on node.adminListen")
+        ok(where, "config paths, cgroup and bpffs mounted, privileged uid 0, CA mode 0400, probes on node.adminListen")
 
 # 4. YAML blocks in docs --------------------------------------------------------
 fence = re.compile(r"^```yaml[^\n]*\n(.*?)^```", re.S | re.M)

@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | test | demo | fuzz | bench | tidy | vm-test`.
+//! Project tasks: `cargo xtask setup | build-ebpf | test | demo | fuzz | bench | tidy | vm-test | image`.
+mod image;
 mod tidy;
 mod vm;
 
@@ -84,6 +85,17 @@ enum Cmd {
         /// Don't wait for the 1-minute load average to drop below 1.0.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Build the container image without a registry (debootstrap + buildah,
+    /// release binary) as `egret:<version>`, and check `egret --version` and
+    /// `egret config check` inside it (`buildah run`).
+    Image {
+        /// Rebuild the cached Debian root (target/image/) even if it is fresh.
+        #[arg(long)]
+        refresh: bool,
+        /// Don't write target/image/egret-<version>.oci.tar.
+        #[arg(long)]
+        no_archive: bool,
     },
 }
 
@@ -245,8 +257,8 @@ fn venv_dir() -> PathBuf {
         .unwrap_or_else(|| root().join(".venv"))
 }
 
-/// Installs the Debian packages of `packages` that are not installed.
-fn apt_install_missing(packages: &[&str]) -> Result<()> {
+/// Installs those of `packages` that are not installed (apt-get).
+fn apt_install(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
@@ -271,7 +283,7 @@ fn apt_install_missing(packages: &[&str]) -> Result<()> {
 
 fn setup(no_apt: bool) -> Result<()> {
     if !no_apt {
-        apt_install_missing(APT_PACKAGES)?;
+        apt_install(APT_PACKAGES)?;
     }
     // Only touch rustup when something is missing: it goes to the network.
     if output(nightly().args(["run", "nightly", "rustc", "--version"])).is_err() {
@@ -589,6 +601,13 @@ fn main() -> ExitCode {
             quick,
             no_wait,
         } => bench(&which, quick, no_wait),
+        Cmd::Image {
+            refresh,
+            no_archive,
+        } => image::image(&image::Options {
+            refresh,
+            no_archive,
+        }),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

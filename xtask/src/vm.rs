@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{apt_install_missing, output, root, run, target_dir, venv_dir};
+use crate::{apt_install, output, root, run, target_dir, venv_dir};
 
 /// virtme-ng, pinned: the version the recipe in docs/operations.md was
 /// verified with.
@@ -118,7 +118,7 @@ fn vm_dir() -> PathBuf {
 pub fn vm_test(kernels: &[String], full: bool) -> Result<()> {
     let series = select(kernels)?;
     crate::setup(false)?;
-    apt_install_missing(VM_APT_PACKAGES)?;
+    apt_install(VM_APT_PACKAGES)?;
     let vng = install_virtme_ng()?;
     let apt = PrivateApt::new(&vm_dir().join("apt"))?;
     let suites = if full { FULL } else { SUBSET };
