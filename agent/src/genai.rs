@@ -59,13 +59,14 @@
 //! error for the proxy: it ends up as `egret.parse.error` on the record,
 //! next to every attribute that could still be read.
 //!
-//! Names follow the OpenTelemetry GenAI semantic conventions v1.37.0:
+//! Names follow the OpenTelemetry GenAI semantic conventions v1.41.1:
 //! `gen_ai.provider.name` well-known values `anthropic`, `openai`,
 //! `gcp.gemini` (Gemini API; `gcp.vertex_ai` is Vertex AI, `gcp.gen_ai` any
 //! Google endpoint); `gen_ai.operation.name` well-known values `chat`,
 //! `text_completion`, `embeddings`, `generate_content`, `execute_tool`.
 //! The deprecated `gen_ai.system` carries the same value as
-//! `gen_ai.provider.name` for dashboards built on semconv ≤ 1.36.
+//! `gen_ai.provider.name` for dashboards built on semconv ≤ 1.36 (records
+//! keep it; OTLP sends it only with the gateway's `otlp.emitGenAiSystem`).
 
 mod anthropic;
 mod de;
@@ -173,7 +174,7 @@ impl Provider {
         }
     }
 
-    /// The `gen_ai.provider.name` value (semconv v1.37.0 well-known
+    /// The `gen_ai.provider.name` value (semconv v1.41.1 well-known
     /// values); `None` for MCP, which is not a model provider.
     pub fn semconv_name(self) -> Option<&'static str> {
         match self {

@@ -2,7 +2,13 @@
 //!
 //! The same names are used for `egret records --json` keys, OTLP attributes
 //! and (dots → underscores) ClickHouse columns. GenAI names follow the
-//! OpenTelemetry semantic conventions v1.37.0 (see `docs/attributes.md`).
+//! OpenTelemetry semantic conventions v1.41.1 (see `docs/attributes.md`).
+//!
+//! `docs/semconv/` is egret's semantic-convention registry (OpenTelemetry
+//! YAML): every name here is in it, and every name in it is here
+//! (`agent/tests/semconv_registry.rs` compares them, names and types).
+//! The attributes egret defines itself, with their types, are listed in
+//! [`DEFINED`]; every other attribute name is one of the core registry's.
 
 // Record envelope.
 pub const RECORD_KIND: &str = "egret.record.kind";
@@ -18,6 +24,10 @@ pub const AGENT_NAMESPACE: &str = "agent.namespace";
 pub const AGENT_NAME: &str = "agent.name";
 pub const AGENT_UID: &str = "agent.uid";
 pub const AGENT_REVISION: &str = "agent.revision";
+/// The GenAI conventions' agent names, sent over OTLP beside `agent.*`:
+/// `gen_ai.agent.name` = `agent.name`, `gen_ai.agent.id` = `agent.uid`.
+pub const GEN_AI_AGENT_NAME: &str = "gen_ai.agent.name";
+pub const GEN_AI_AGENT_ID: &str = "gen_ai.agent.id";
 pub const SANDBOX_ID: &str = "egret.sandbox.id";
 pub const ATTRIBUTION_SOURCE: &str = "egret.attribution.source";
 
@@ -137,9 +147,7 @@ pub const MCP_RESOURCE_URI: &str = "mcp.resource.uri";
 pub const MCP_PROTOCOL_VERSION: &str = "mcp.protocol.version";
 pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";
 // OTLP export (sink::otlp). Names a backend reads, beside the record's own.
-/// Log record event name (attribute beside the `event_name` field).
-pub const EVENT_NAME: &str = "event.name";
-/// Values of [`EVENT_NAME`].
+/// Event names: the LogRecord `event_name` field of each record's log.
 pub const EVENT_TRANSACTION: &str = "egret.transaction";
 pub const EVENT_FLOW: &str = "egret.flow";
 // Resource.
@@ -190,3 +198,125 @@ pub const MLFLOW_SPAN_TYPE: &str = "mlflow.spanType";
 pub const ATTRIBUTION_SOURCE_KERNEL: &str = "kernel";
 /// Attribution from a trusted dialer's PROXY protocol v2 TLVs.
 pub const ATTRIBUTION_SOURCE_PROXY_PROTOCOL: &str = "proxy-protocol";
+
+/// Value type of an attribute, as the semantic-convention YAML names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttrType {
+    String,
+    Int,
+    Double,
+    Boolean,
+    StringArray,
+}
+
+impl AttrType {
+    /// The name in semantic-convention YAML (`type:`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttrType::String => "string",
+            AttrType::Int => "int",
+            AttrType::Double => "double",
+            AttrType::Boolean => "boolean",
+            AttrType::StringArray => "string[]",
+        }
+    }
+}
+
+/// Every attribute egret's registry (`docs/semconv/`) defines, with its
+/// type: `egret.*`, the seed contract (`invocation.id`, `agent.*`), the
+/// OpenInference and MLflow profile names (no OpenTelemetry registry has
+/// them) and `otel.metric.overflow` (named by the metrics SDK
+/// specification, not by the registry). The other attribute names above
+/// are the core registry's, referenced from egret's.
+pub const DEFINED: &[(&str, AttrType)] = {
+    use AttrType::{Boolean as B, Double as D, Int as I, String as S};
+    &[
+        (RECORD_KIND, S),
+        (RECORD_ID, S),
+        (START_TIME, I),
+        (END_TIME, I),
+        (TRANSACTION_ID, S),
+        (INVOCATION_ID, S),
+        (AGENT_KIND, S),
+        (AGENT_NAMESPACE, S),
+        (AGENT_NAME, S),
+        (AGENT_UID, S),
+        (AGENT_REVISION, S),
+        (SANDBOX_ID, S),
+        (ATTRIBUTION_SOURCE, S),
+        (COMPONENT, S),
+        (ROUTE_NAME, S),
+        (ROUTE_MATCHED, B),
+        (DST_NAME, S),
+        (REQ_BYTES, I),
+        (RESP_BYTES, I),
+        (REQ_TRUNCATED, B),
+        (RESP_TRUNCATED, B),
+        (BODY_BYTES, I),
+        (BODY_TRUNCATED, B),
+        (BODY_USAGE_VISIBLE, B),
+        (BODY_REQUEST_REWRITTEN, B),
+        (DURATION_MS, D),
+        (TTFB_MS, D),
+        (BUDGET_DENIED, B),
+        (BUDGET_DAILY_USED, I),
+        (BUDGET_DAILY_MAX, I),
+        (POLICY_DENIED, B),
+        (L4_BYTES_SANDBOX_TX, I),
+        (L4_BYTES_SANDBOX_RX, I),
+        (L4_BYTES_UPSTREAM, I),
+        (L4_BYTES_DOWNSTREAM, I),
+        (L4_WIRE_BYTES_SANDBOX_TX, I),
+        (L4_WIRE_BYTES_SANDBOX_RX, I),
+        (L4_SEGS_SANDBOX_TX, I),
+        (L4_SEGS_SANDBOX_RX, I),
+        (L4_TCP_BYTES_ACKED, I),
+        (L4_TCP_BYTES_RECEIVED, I),
+        (L4_REDIRECTED, B),
+        (DST_CLAIMED_NAME, S),
+        (BODY_STREAMED_OVER_BUDGET, B),
+        (L4_COUNTERS_MISSING, B),
+        (L4_HANDSHAKE_BYTES_SANDBOX_TX, I),
+        (L4_HANDSHAKE_BYTES_SANDBOX_RX, I),
+        (SOCKET_COOKIE, S),
+        (NETNS_COOKIE, S),
+        (CGROUP_ID, S),
+        (API_KEY_ID, S),
+        (REQUEST_BODY, S),
+        (RESPONSE_BODY, S),
+        (REQUEST_CONTENT_TYPE, S),
+        (RESPONSE_CONTENT_TYPE, S),
+        (PARSE_ERROR, S),
+        (TRACE_ID, S),
+        (SPAN_ID, S),
+        (PARENT_SPAN_ID, S),
+        (REQUEST_BODY_B64, B),
+        (RESPONSE_BODY_B64, B),
+        (REQUEST_CONTENT_ENCODING, S),
+        (RESPONSE_CONTENT_ENCODING, S),
+        (REQUEST_BODY_DECODE_ERROR, S),
+        (RESPONSE_BODY_DECODE_ERROR, S),
+        (GATEWAY_NAME, S),
+        (HTTP_STATUS_CLASS, S),
+        (OTLP_SIGNAL, S),
+        (OTEL_METRIC_OVERFLOW, B),
+        (OPENINFERENCE_SPAN_KIND, S),
+        (OPENINFERENCE_PROJECT_NAME, S),
+        (LLM_MODEL_NAME, S),
+        (LLM_PROVIDER, S),
+        (LLM_SYSTEM, S),
+        (LLM_TOKEN_COUNT_PROMPT, I),
+        (LLM_TOKEN_COUNT_COMPLETION, I),
+        (LLM_TOKEN_COUNT_TOTAL, I),
+        (LLM_TOKEN_COUNT_PROMPT_CACHE_READ, I),
+        (LLM_TOKEN_COUNT_PROMPT_CACHE_WRITE, I),
+        (INPUT_VALUE, S),
+        (INPUT_MIME_TYPE, S),
+        (OUTPUT_VALUE, S),
+        (OUTPUT_MIME_TYPE, S),
+        (TOOL_NAME, S),
+        (MLFLOW_SPAN_INPUTS, S),
+        (MLFLOW_SPAN_OUTPUTS, S),
+        (MLFLOW_SPAN_TYPE, S),
+    ]
+};

@@ -30,20 +30,32 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::{
+    collector::{
+        logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+        trace::v1::ExportTraceServiceRequest,
+    },
+    common::v1::{any_value, KeyValue},
+    metrics::v1::metric::Data,
+};
 use prost::Message;
 use serde_json::Value;
 
 // ---- helpers ----------------------------------------------------------------
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+/// The semantic-conventions release of every scope (and of docs/semconv).
+const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.41.1";
 const PARENT: &str = "00f067aa0ba902b7";
 
 fn txn(status: i64) -> Record {
     let mut r = Record::new(sc::KIND_TRANSACTION);
     r.set(sc::INVOCATION_ID, "inv-42");
     r.set(sc::AGENT_NAME, "coder");
+    r.set(sc::AGENT_UID, "uid-42");
     r.set(sc::GEN_AI_PROVIDER_NAME, "openai");
+    // The deprecated name, as the provider parser writes it on records.
+    r.set(sc::GEN_AI_SYSTEM, "openai");
     r.set(sc::GEN_AI_OPERATION_NAME, "chat");
     r.set(sc::GEN_AI_REQUEST_MODEL, "gpt-4o");
     r.set(sc::GEN_AI_RESPONSE_MODEL, "gpt-4o-2024-08-06");
@@ -53,6 +65,7 @@ fn txn(status: i64) -> Record {
     r.set(sc::HTTP_REQUEST_METHOD, "POST");
     r.set(sc::HTTP_RESPONSE_STATUS_CODE, status);
     r.set(sc::SERVER_ADDRESS, "api.openai.com");
+    r.set(sc::SERVER_PORT, 443i64);
     r.set(sc::URL_PATH, "/v1/chat/completions");
     r.set(sc::START_TIME, 1_700_000_000_000_000_000i64);
     r.set(sc::END_TIME, 1_700_000_000_250_000_000i64);
@@ -539,6 +552,150 @@ async fn dev_tee_receives_every_gateway() {
     assert!(gw_srv.seen().iter().all(|c| c.path == "/v1/traces"));
 }
 
+// ---- semantic-conventions hygiene, decoded from the wire -------------------------
+
+fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+    attrs
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+fn str_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    match attr(attrs, key) {
+        Some(any_value::Value::StringValue(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// What one gateway's receiver got: span, log and gen_ai metric point
+/// attributes, log event names, scope schema URLs.
+#[derive(Default)]
+struct Wire {
+    spans: Vec<Vec<KeyValue>>,
+    logs: Vec<(String, Vec<KeyValue>)>,
+    gen_ai_points: Vec<Vec<KeyValue>>,
+    schema_urls: Vec<String>,
+}
+
+fn decode_wire(seen: &[Captured]) -> Wire {
+    let mut w = Wire::default();
+    for c in seen {
+        let body = gunzip(&c.body);
+        match c.path.as_str() {
+            "/v1/traces" => {
+                let r = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+                for ss in r.resource_spans.iter().flat_map(|rs| &rs.scope_spans) {
+                    w.schema_urls.push(ss.schema_url.clone());
+                    w.spans
+                        .extend(ss.spans.iter().map(|s| s.attributes.clone()));
+                }
+            }
+            "/v1/logs" => {
+                let r = ExportLogsServiceRequest::decode(body.as_slice()).unwrap();
+                for sl in r.resource_logs.iter().flat_map(|rl| &rl.scope_logs) {
+                    w.schema_urls.push(sl.schema_url.clone());
+                    w.logs.extend(
+                        sl.log_records
+                            .iter()
+                            .map(|l| (l.event_name.clone(), l.attributes.clone())),
+                    );
+                }
+            }
+            "/v1/metrics" => {
+                let r = ExportMetricsServiceRequest::decode(body.as_slice()).unwrap();
+                for sm in r.resource_metrics.iter().flat_map(|rm| &rm.scope_metrics) {
+                    w.schema_urls.push(sm.schema_url.clone());
+                    for m in sm.metrics.iter().filter(|m| m.name.starts_with("gen_ai.")) {
+                        if let Some(Data::Histogram(h)) = &m.data {
+                            w.gen_ai_points
+                                .extend(h.data_points.iter().map(|p| p.attributes.clone()));
+                        }
+                    }
+                }
+            }
+            other => panic!("unexpected path {other}"),
+        }
+    }
+    w
+}
+
+#[tokio::test]
+async fn conventions_hygiene_and_the_gen_ai_system_switch() {
+    let off_srv = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let on_srv = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let yaml = format!(
+        "gateways:\n  - name: off\n    otlp:\n      endpoint: {}\n  - name: on\n    otlp:\n      \
+         endpoint: {}\n      emitGenAiSystem: true\n",
+        off_srv.url(),
+        on_srv.url()
+    );
+    let cfg = egret::config::Config::parse(&yaml, Path::new("t.yaml")).unwrap();
+    let (sinks, _) = OtlpSinks::from_config(&cfg, None, &no_env, fast_opts()).unwrap();
+    let mut flow = Record::new(sc::KIND_FLOW);
+    flow.set(sc::AGENT_NAME, "coder");
+    flow.set(sc::SERVER_ADDRESS, "10.0.0.9");
+    flow.set(sc::SERVER_PORT, 443i64);
+    for gw in ["off", "on"] {
+        sinks.offer(gw, &txn(200));
+        sinks.offer(gw, &flow);
+    }
+    sinks.shutdown(Duration::from_secs(5)).await;
+
+    for (srv, system) in [(&off_srv, false), (&on_srv, true)] {
+        let w = decode_wire(&srv.seen());
+        assert_eq!(w.spans.len(), 1);
+        assert_eq!(w.logs.len(), 2);
+        assert!(!w.gen_ai_points.is_empty());
+        let txn_log = &w
+            .logs
+            .iter()
+            .find(|(e, _)| e == sc::EVENT_TRANSACTION)
+            .expect("the transaction's log record")
+            .1;
+        // (a) gen_ai.system only when the gateway asks for it.
+        for attrs in [&w.spans[0], txn_log] {
+            assert_eq!(
+                str_attr(attrs, sc::GEN_AI_SYSTEM).is_some(),
+                system,
+                "gen_ai.system with emitGenAiSystem={system}"
+            );
+            assert_eq!(str_attr(attrs, sc::GEN_AI_PROVIDER_NAME), Some("openai"));
+        }
+        // (b) the event name is the LogRecord field, never an attribute.
+        let mut events: Vec<&str> = w.logs.iter().map(|(e, _)| e.as_str()).collect();
+        events.sort_unstable();
+        assert_eq!(events, [sc::EVENT_FLOW, sc::EVENT_TRANSACTION]);
+        assert!(w.logs.iter().all(|(_, a)| attr(a, "event.name").is_none()));
+        // (c) server.port beside server.address: spans, logs, gen_ai points.
+        let all = w
+            .spans
+            .iter()
+            .chain(w.logs.iter().map(|(_, a)| a))
+            .chain(&w.gen_ai_points);
+        for attrs in all {
+            assert!(str_attr(attrs, sc::SERVER_ADDRESS).is_some());
+            assert_eq!(
+                attr(attrs, sc::SERVER_PORT),
+                Some(&any_value::Value::IntValue(443))
+            );
+        }
+        // (d) gen_ai.agent.* beside the seed contract's agent.*.
+        for attrs in w.spans.iter().chain(w.logs.iter().map(|(_, a)| a)) {
+            assert_eq!(str_attr(attrs, sc::AGENT_NAME), Some("coder"));
+            assert_eq!(str_attr(attrs, sc::GEN_AI_AGENT_NAME), Some("coder"));
+        }
+        assert_eq!(str_attr(txn_log, sc::GEN_AI_AGENT_ID), Some("uid-42"));
+        assert_eq!(str_attr(&w.spans[0], sc::GEN_AI_AGENT_ID), Some("uid-42"));
+        assert!(
+            w.schema_urls.iter().all(|u| u == SCHEMA_URL),
+            "{:?}",
+            w.schema_urls
+        );
+    }
+}
+
 // ---- independent receiver (PyPI opentelemetry-proto) -------------------------------
 
 fn repo_root() -> PathBuf {
@@ -716,6 +873,16 @@ async fn independent_receiver_decodes_traces_logs_and_metrics() {
     );
     assert_eq!(a[sc::INVOCATION_ID], "inv-42");
     assert!(a.get(sc::REQUEST_BODY).is_none() && a.get(sc::TRACE_ID).is_none());
+    // Conventions hygiene: no deprecated `gen_ai.system` by default, the
+    // GenAI agent names beside `agent.*`, `server.port` with `server.address`.
+    assert!(a.get(sc::GEN_AI_SYSTEM).is_none(), "{a}");
+    assert_eq!(a[sc::GEN_AI_PROVIDER_NAME], "openai");
+    assert_eq!(a[sc::AGENT_NAME], "coder");
+    assert_eq!(a[sc::GEN_AI_AGENT_NAME], "coder");
+    assert_eq!(a[sc::AGENT_UID], "uid-42");
+    assert_eq!(a[sc::GEN_AI_AGENT_ID], "uid-42");
+    assert_eq!(a[sc::SERVER_ADDRESS], "api.openai.com");
+    assert_eq!(a[sc::SERVER_PORT], 443);
     assert_eq!(a[sc::OPENINFERENCE_SPAN_KIND], "LLM");
     assert_eq!(a[sc::LLM_TOKEN_COUNT_TOTAL], 320);
     assert_eq!(a[sc::SESSION_ID], "inv-42");
@@ -729,6 +896,7 @@ async fn independent_receiver_decodes_traces_logs_and_metrics() {
     assert_eq!(s["resource"][sc::OPENINFERENCE_PROJECT_NAME], "gw");
     assert!(s["resource"][sc::SERVICE_VERSION].is_string());
     assert_eq!(s["scope"]["name"], "egret");
+    assert_eq!(s["scope"]["schema_url"], SCHEMA_URL);
 
     let err_span = spans
         .iter()
@@ -752,10 +920,14 @@ async fn independent_receiver_decodes_traces_logs_and_metrics() {
         .unwrap();
     assert_eq!(ok_log["severity_number"], 9);
     assert_eq!(ok_log["severity_text"], "INFO");
-    assert_eq!(ok_log["attributes"][sc::EVENT_NAME], "egret.transaction");
-    if let Some(ev) = ok_log.get("event_name") {
-        assert_eq!(ev, "egret.transaction");
-    }
+    // The event name is the LogRecord field; the deprecated `event.name`
+    // attribute is not sent.
+    assert_eq!(ok_log["event_name"], "egret.transaction");
+    assert!(ok_log["attributes"].get("event.name").is_none(), "{ok_log}");
+    assert!(ok_log["attributes"].get(sc::GEN_AI_SYSTEM).is_none());
+    assert_eq!(ok_log["attributes"][sc::GEN_AI_AGENT_NAME], "coder");
+    assert_eq!(ok_log["attributes"][sc::GEN_AI_AGENT_ID], "uid-42");
+    assert_eq!(ok_log["scope"]["schema_url"], SCHEMA_URL);
     assert_eq!(ok_log["trace_id"], TRACE);
     assert_eq!(ok_log["span_id"], s["span_id"]);
     assert_eq!(
@@ -775,7 +947,8 @@ async fn independent_receiver_decodes_traces_logs_and_metrics() {
         .iter()
         .find(|l| l["attributes"][sc::RECORD_ID] == lone_flow.id())
         .unwrap();
-    assert_eq!(lone["attributes"][sc::EVENT_NAME], "egret.flow");
+    assert_eq!(lone["event_name"], "egret.flow");
+    assert!(lone["attributes"].get("event.name").is_none(), "{lone}");
     assert_eq!(lone["severity_number"], 9);
     assert_eq!(lone["trace_id"], "");
 
@@ -799,6 +972,8 @@ async fn independent_receiver_decodes_traces_logs_and_metrics() {
         );
         assert_eq!(p["count"], 2);
         assert_eq!(p["attributes"][sc::GEN_AI_PROVIDER_NAME], "openai");
+        assert_eq!(p["attributes"][sc::SERVER_ADDRESS], "api.openai.com");
+        assert_eq!(p["attributes"][sc::SERVER_PORT], 443, "{p}");
     }
     let dur: Vec<&&Value> = points
         .iter()
@@ -806,6 +981,11 @@ async fn independent_receiver_decodes_traces_logs_and_metrics() {
         .collect();
     assert_eq!(dur.len(), 2, "ok and 503 series");
     assert!(dur.iter().all(|p| p["unit"] == "s"));
+    assert!(dur.iter().all(|p| p["attributes"][sc::SERVER_PORT] == 443
+        && p["attributes"][sc::SERVER_ADDRESS] == "api.openai.com"));
+    assert!(points
+        .iter()
+        .all(|p| p["scope"]["schema_url"] == SCHEMA_URL));
     let bytes: Vec<&&Value> = points
         .iter()
         .filter(|p| p["name"] == sc::METRIC_L4_BYTES)

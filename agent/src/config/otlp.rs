@@ -28,6 +28,10 @@ pub struct OtlpConfig {
     /// Attribute profiles added to spans on top of the GenAI semantic
     /// conventions (always on): `openinference`, `mlflow`.
     pub conventions: Vec<Convention>,
+    /// Also send the deprecated `gen_ai.system` (same value as
+    /// `gen_ai.provider.name`) on spans and logs, for dashboards built on
+    /// semantic conventions before v1.37.0. Off by default.
+    pub emit_gen_ai_system: bool,
     /// Per-request timeout (e.g. `10s`); default `OTEL_EXPORTER_OTLP_TIMEOUT`
     /// (milliseconds) or 10s.
     #[serde(deserialize_with = "duration::de_opt")]
@@ -49,6 +53,7 @@ impl Default for OtlpConfig {
             signals: SignalsConfig::default(),
             sampling: 1.0,
             conventions: vec![],
+            emit_gen_ai_system: false,
             timeout: None,
             queue_capacity: 10_000,
             metrics_interval: Duration::from_secs(60),
@@ -99,7 +104,8 @@ mod tests {
     fn config_parses_camel_case_with_defaults() {
         let cfg: OtlpConfig = serde_norway::from_str(
             "endpoint: http://c:4318\nheaders: {a: b}\nsignals: {logs: false}\nsampling: 0.5\n\
-             conventions: [openinference, mlflow]\ntimeout: 3s\nqueueCapacity: 5\nmetricsInterval: 1m\n",
+             conventions: [openinference, mlflow]\nemitGenAiSystem: true\ntimeout: 3s\nqueueCapacity: 5\n\
+             metricsInterval: 1m\n",
         )
         .unwrap();
         assert_eq!(cfg.endpoint.as_deref(), Some("http://c:4318"));
@@ -109,11 +115,13 @@ mod tests {
             cfg.conventions,
             vec![Convention::OpenInference, Convention::Mlflow]
         );
+        assert!(cfg.emit_gen_ai_system);
         assert_eq!(cfg.timeout, Some(Duration::from_secs(3)));
         assert_eq!(cfg.queue_capacity, 5);
         assert_eq!(cfg.metrics_interval, Duration::from_secs(60));
         let d: OtlpConfig = serde_norway::from_str("{}").unwrap();
         assert_eq!(d, OtlpConfig::default());
+        assert!(!d.emit_gen_ai_system, "gen_ai.system is off by default");
         assert!(serde_norway::from_str::<OtlpConfig>("bogus: 1").is_err());
         assert!(serde_norway::from_str::<OtlpConfig>("conventions: [zipkin]").is_err());
         assert!(serde_norway::from_str::<OtlpConfig>("metricsInterval: soon").is_err());
@@ -128,6 +136,7 @@ mod tests {
             "signals",
             "sampling",
             "conventions",
+            "emitGenAiSystem",
             "timeout",
             "queueCapacity",
             "metricsInterval",

@@ -14,11 +14,12 @@
 //! - [`transport`]: gzip'd protobuf POSTs with retry, backoff, `Retry-After`.
 //! - [`export`]: per-signal bounded queues, batching, status.
 //!
-//! Semantic conventions: OpenTelemetry GenAI semantic conventions
-//! **v1.37.0** (`gen_ai.provider.name`, `gen_ai.client.token.usage`,
+//! Semantic conventions: OpenTelemetry semantic conventions **v1.41.1**
+//! (`gen_ai.provider.name`, `gen_ai.client.token.usage`,
 //! `gen_ai.client.operation.duration` and their bucket boundaries); the
-//! schema URL on every scope is `https://opentelemetry.io/schemas/1.37.0`.
-//! All `gen_ai.*` names are at Development stability upstream.
+//! schema URL on every scope is `https://opentelemetry.io/schemas/1.41.1`.
+//! All `gen_ai.*` names are at Development stability upstream. egret's own
+//! names are described in its registry, `docs/semconv/`.
 //!
 //! User documentation: `docs/otlp.md`.
 pub mod encode;

@@ -22,8 +22,9 @@ use crate::{
 
 /// Instrumentation scope of everything egret exports.
 pub const SCOPE_NAME: &str = "egret";
-/// GenAI semantic conventions release the attributes follow.
-pub const SEMCONV_SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.37.0";
+/// Semantic conventions release the attributes follow (egret's registry,
+/// `docs/semconv/`, depends on the same one).
+pub const SEMCONV_SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.41.1";
 /// Longest `input.value` / `output.value` / `mlflow.span*` value, in bytes.
 pub const MAX_CONVENTION_VALUE_BYTES: usize = 32 * 1024;
 
@@ -364,18 +365,35 @@ pub fn times(rec: &Record, now_ns: u64) -> (u64, u64) {
     }
 }
 
-fn record_attributes(rec: &Record, skip: &[&str]) -> Vec<KeyValue> {
-    rec.iter()
+/// A record's attributes for a span or log record: all but `skip`, without
+/// the deprecated `gen_ai.system` unless the gateway asks for it, and with
+/// the GenAI agent names beside the seed contract's `agent.*`
+/// (`gen_ai.agent.name` = `agent.name`, `gen_ai.agent.id` = `agent.uid`).
+fn record_attributes(rec: &Record, skip: &[&str], conventions: Conventions) -> Vec<KeyValue> {
+    let mut out: Vec<KeyValue> = rec
+        .iter()
         .filter(|(k, _)| !skip.contains(k))
+        .filter(|(k, _)| conventions.gen_ai_system || *k != sc::GEN_AI_SYSTEM)
         .map(|(k, v)| kv(k, any_value(v)))
-        .collect()
+        .collect();
+    for (from, to) in [
+        (sc::AGENT_NAME, sc::GEN_AI_AGENT_NAME),
+        (sc::AGENT_UID, sc::GEN_AI_AGENT_ID),
+    ] {
+        if let Some(v) = rec.get_str(from).filter(|v| !v.is_empty()) {
+            if rec.get(to).is_none() {
+                out.push(kv_str(to, v));
+            }
+        }
+    }
+    out
 }
 
 /// One span for a transaction (or a flow carrying `egret.transaction.id`).
 pub fn span(rec: &Record, conventions: Conventions, now_ns: u64) -> Option<Span> {
     let ids = span_ids(rec)?;
     let (start, end) = times(rec, now_ns);
-    let mut attributes = record_attributes(rec, SPAN_SKIP);
+    let mut attributes = record_attributes(rec, SPAN_SKIP, conventions);
     if rec.kind() == sc::KIND_TRANSACTION {
         add_convention_attributes(rec, conventions, &mut attributes);
     } else if conventions.openinference || conventions.mlflow {
@@ -573,16 +591,16 @@ pub fn severity(rec: &Record) -> (SeverityNumber, &'static str) {
 }
 
 /// One log record per transaction (bodies in a `{request, response}`
-/// KvList body) or flow (no body, INFO).
-pub fn log_record(rec: &Record, now_ns: u64) -> Option<LogRecord> {
+/// KvList body) or flow (no body, INFO). The event name is the LogRecord's
+/// `event_name` field (OTLP proto ≥ 1.5), not an attribute.
+pub fn log_record(rec: &Record, conventions: Conventions, now_ns: u64) -> Option<LogRecord> {
     let (event, (sev, sev_text)) = match rec.kind() {
         sc::KIND_TRANSACTION => (sc::EVENT_TRANSACTION, severity(rec)),
         sc::KIND_FLOW => (sc::EVENT_FLOW, (SeverityNumber::Info, "INFO")),
         _ => return None,
     };
     let (_, end) = times(rec, now_ns);
-    let mut attributes = record_attributes(rec, LOG_SKIP);
-    attributes.push(kv_str(sc::EVENT_NAME, event));
+    let attributes = record_attributes(rec, LOG_SKIP, conventions);
     let mut body_kv = Vec::new();
     if rec.kind() == sc::KIND_TRANSACTION {
         for (name, key) in [
@@ -676,8 +694,10 @@ pub fn logs_request(
     let mut n = 0;
     let mut resource_logs = Vec::new();
     for (gateway, recs) in by_gateway(items) {
-        let log_records: Vec<LogRecord> =
-            recs.iter().filter_map(|r| log_record(r, now_ns)).collect();
+        let log_records: Vec<LogRecord> = recs
+            .iter()
+            .filter_map(|r| log_record(r, ctx.conventions, now_ns))
+            .collect();
         if log_records.is_empty() {
             continue;
         }
@@ -728,6 +748,7 @@ pub(crate) mod tests {
         r.set(sc::HTTP_REQUEST_METHOD, "POST");
         r.set(sc::HTTP_RESPONSE_STATUS_CODE, status);
         r.set(sc::SERVER_ADDRESS, "api.openai.com");
+        r.set(sc::SERVER_PORT, 443i64);
         r.set(sc::START_TIME, 1_700_000_000_000_000_000i64);
         r.set(sc::END_TIME, 1_700_000_001_500_000_000i64);
         r.set(sc::DURATION_MS, 1500.0);
@@ -928,7 +949,7 @@ pub(crate) mod tests {
             (500, SeverityNumber::Error, "ERROR"),
             (503, SeverityNumber::Error, "ERROR"),
         ] {
-            let l = log_record(&txn(status), 0).unwrap();
+            let l = log_record(&txn(status), Conventions::default(), 0).unwrap();
             assert_eq!(l.severity_number, sev as i32, "{status}");
             assert_eq!(l.severity_text, text);
             assert_eq!(
@@ -943,9 +964,14 @@ pub(crate) mod tests {
         let mut e = txn(200);
         e.remove(sc::HTTP_RESPONSE_STATUS_CODE);
         e.set(sc::ERROR_TYPE, "timeout");
-        assert_eq!(log_record(&e, 0).unwrap().severity_number, 17);
+        assert_eq!(
+            log_record(&e, Conventions::default(), 0)
+                .unwrap()
+                .severity_number,
+            17
+        );
         let flow = Record::new(sc::KIND_FLOW);
-        let l = log_record(&flow, 0).unwrap();
+        let l = log_record(&flow, Conventions::default(), 0).unwrap();
         assert_eq!(l.severity_number, 9);
         assert_eq!(l.event_name, sc::EVENT_FLOW);
         assert!(l.trace_id.is_empty() && l.body.is_none());
@@ -962,10 +988,9 @@ pub(crate) mod tests {
         assert_eq!(l.trace_id, s.trace_id);
         assert_eq!(l.span_id, s.span_id);
         assert_eq!(l.event_name, sc::EVENT_TRANSACTION);
-        assert_eq!(
-            attr_str(&l.attributes, sc::EVENT_NAME),
-            Some(sc::EVENT_TRANSACTION)
-        );
+        // The event name is the field only: the `event.name` attribute is
+        // deprecated.
+        assert!(attr(&l.attributes, "event.name").is_none());
         assert_eq!(l.time_unix_nano, 1_700_000_001_500_000_000);
         assert_eq!(l.observed_time_unix_nano, 7);
         assert!(attr(&l.attributes, sc::REQUEST_BODY).is_none());
@@ -990,7 +1015,7 @@ pub(crate) mod tests {
         b.set(sc::RESPONSE_BODY, "AAEC");
         b.set(sc::RESPONSE_CONTENT_ENCODING, "gzip");
         b.set(sc::RESPONSE_BODY_DECODE_ERROR, "decode_failed");
-        let l = log_record(&b, 0).unwrap();
+        let l = log_record(&b, Conventions::default(), 0).unwrap();
         assert_eq!(
             attr(&l.attributes, sc::RESPONSE_BODY_B64),
             Some(&any_value::Value::BoolValue(true))
@@ -1022,6 +1047,7 @@ pub(crate) mod tests {
         let conv = Conventions {
             openinference: true,
             mlflow: false,
+            gen_ai_system: false,
         };
         let s = span(&r, conv, 0).unwrap();
         let a = &s.attributes;
@@ -1106,6 +1132,7 @@ pub(crate) mod tests {
         let conv = Conventions {
             openinference: false,
             mlflow: true,
+            gen_ai_system: false,
         };
         let mut r = txn(200);
         r.set(sc::RESPONSE_BODY, "event: message_start\ndata: {}\n\n");
@@ -1185,6 +1212,42 @@ pub(crate) mod tests {
         let res = req.resource_spans[1].resource.as_ref().unwrap();
         assert_eq!(attr_str(&res.attributes, sc::GATEWAY_NAME), Some("b"));
         assert_eq!(req.resource_spans[0].scope_spans[0].spans.len(), 2);
+    }
+
+    #[test]
+    fn gen_ai_system_only_when_asked_and_agent_names_beside_agent() {
+        let mut r = txn(200);
+        r.set(sc::GEN_AI_SYSTEM, "openai");
+        r.set(sc::AGENT_NAME, "coder");
+        r.set(sc::AGENT_UID, "uid-7");
+        let off = Conventions::default();
+        let on = Conventions {
+            gen_ai_system: true,
+            ..Conventions::default()
+        };
+        let s = span(&r, off, 0).unwrap();
+        let l = log_record(&r, off, 0).unwrap();
+        for attrs in [&s.attributes, &l.attributes] {
+            assert!(attr(attrs, sc::GEN_AI_SYSTEM).is_none());
+            assert_eq!(attr_str(attrs, sc::GEN_AI_PROVIDER_NAME), Some("openai"));
+            assert_eq!(attr_str(attrs, sc::AGENT_NAME), Some("coder"));
+            assert_eq!(attr_str(attrs, sc::GEN_AI_AGENT_NAME), Some("coder"));
+            assert_eq!(attr_str(attrs, sc::AGENT_UID), Some("uid-7"));
+            assert_eq!(attr_str(attrs, sc::GEN_AI_AGENT_ID), Some("uid-7"));
+            let keys: Vec<&str> = attrs.iter().map(|a| a.key.as_str()).collect();
+            let mut dedup = keys.clone();
+            dedup.sort_unstable();
+            dedup.dedup();
+            assert_eq!(keys.len(), dedup.len(), "duplicate keys: {keys:?}");
+        }
+        let s = span(&r, on, 0).unwrap();
+        let l = log_record(&r, on, 0).unwrap();
+        assert_eq!(attr_str(&s.attributes, sc::GEN_AI_SYSTEM), Some("openai"));
+        assert_eq!(attr_str(&l.attributes, sc::GEN_AI_SYSTEM), Some("openai"));
+        // No agent attribution, no GenAI agent names.
+        let s = span(&txn(200), off, 0).unwrap();
+        assert!(attr(&s.attributes, sc::GEN_AI_AGENT_NAME).is_none());
+        assert!(attr(&s.attributes, sc::GEN_AI_AGENT_ID).is_none());
     }
 
     #[test]

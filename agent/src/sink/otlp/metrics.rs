@@ -25,30 +25,32 @@ use crate::{
     semconv as sc,
 };
 
-/// `gen_ai.client.token.usage` buckets (GenAI semconv v1.37.0).
+/// `gen_ai.client.token.usage` buckets (GenAI semconv v1.41.1).
 pub const TOKEN_BUCKETS: &[f64] = &[
     1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
     16777216.0, 67108864.0,
 ];
-/// `gen_ai.client.operation.duration` buckets in seconds (GenAI semconv v1.37.0).
+/// `gen_ai.client.operation.duration` buckets in seconds (GenAI semconv v1.41.1).
 pub const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 ];
 /// Series per instrument before points go to the overflow series.
 pub const DEFAULT_MAX_SERIES: usize = 2000;
 
-const MAX_ATTRS: usize = 8;
+const MAX_ATTRS: usize = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum ARef<'a> {
     Str(&'a str),
     Bool(bool),
+    Int(i64),
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum AOwned {
     Str(String),
     Bool(bool),
+    Int(i64),
 }
 
 impl AOwned {
@@ -56,6 +58,7 @@ impl AOwned {
         match (self, r) {
             (AOwned::Str(a), ARef::Str(b)) => a == b,
             (AOwned::Bool(a), ARef::Bool(b)) => a == b,
+            (AOwned::Int(a), ARef::Int(b)) => a == b,
             _ => false,
         }
     }
@@ -64,6 +67,7 @@ impl AOwned {
             value: Some(match self {
                 AOwned::Str(s) => any_value::Value::StringValue(s.clone()),
                 AOwned::Bool(b) => any_value::Value::BoolValue(*b),
+                AOwned::Int(i) => any_value::Value::IntValue(*i),
             }),
         }
     }
@@ -110,6 +114,10 @@ impl<'a> Attrs<'a> {
                     1u8.hash(&mut h);
                     b.hash(&mut h);
                 }
+                ARef::Int(i) => {
+                    2u8.hash(&mut h);
+                    i.hash(&mut h);
+                }
             }
         }
         h.finish()
@@ -122,6 +130,7 @@ impl<'a> Attrs<'a> {
                     match v {
                         ARef::Str(s) => AOwned::Str((*s).to_owned()),
                         ARef::Bool(b) => AOwned::Bool(*b),
+                        ARef::Int(i) => AOwned::Int(*i),
                     },
                 )
             })
@@ -439,7 +448,13 @@ impl Aggregator {
                     sc::GEN_AI_RESPONSE_MODEL,
                     rec.get_str(sc::GEN_AI_RESPONSE_MODEL),
                 );
-                g.push_str(sc::SERVER_ADDRESS, rec.get_str(sc::SERVER_ADDRESS));
+                // `server.port` is conditionally required with `server.address`.
+                if let Some(addr) = rec.get_str(sc::SERVER_ADDRESS).filter(|a| !a.is_empty()) {
+                    g.push(sc::SERVER_ADDRESS, ARef::Str(addr));
+                    if let Some(port) = rec.get_i64(sc::SERVER_PORT) {
+                        g.push(sc::SERVER_PORT, ARef::Int(port));
+                    }
+                }
                 let is_genai = rec.get_str(sc::GEN_AI_OPERATION_NAME).is_some()
                     || rec.get_str(sc::GEN_AI_PROVIDER_NAME).is_some();
                 if is_genai {
@@ -653,6 +668,14 @@ mod tests {
             attr_str(&input.attributes, sc::SERVER_ADDRESS),
             Some("api.openai.com")
         );
+        let port = |p: &HistogramDataPoint| {
+            p.attributes
+                .iter()
+                .find(|a| a.key == sc::SERVER_PORT)
+                .and_then(|a| a.value.as_ref())
+                .and_then(|v| v.value.clone())
+        };
+        assert_eq!(port(input), Some(any_value::Value::IntValue(443)));
         let output = h
             .data_points
             .iter()
@@ -662,6 +685,13 @@ mod tests {
 
         let dur = find(ms, sc::METRIC_GEN_AI_OPERATION_DURATION);
         assert_eq!(dur.unit, "s");
+        let Some(Data::Histogram(h)) = &dur.data else {
+            panic!("not a histogram")
+        };
+        assert!(h
+            .data_points
+            .iter()
+            .all(|p| port(p) == Some(any_value::Value::IntValue(443))));
         let Some(Data::Histogram(h)) = &dur.data else {
             panic!()
         };

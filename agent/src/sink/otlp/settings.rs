@@ -176,11 +176,14 @@ pub struct SignalTarget {
     pub headers: HeaderMap,
 }
 
-/// Convention profiles in force (GenAI is always on).
+/// Convention profiles in force (GenAI is always on), and whether the
+/// deprecated `gen_ai.system` is sent too.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Conventions {
     pub openinference: bool,
     pub mlflow: bool,
+    /// `otlp.emitGenAiSystem`: keep `gen_ai.system` on spans and logs.
+    pub gen_ai_system: bool,
 }
 
 impl Conventions {
@@ -188,6 +191,14 @@ impl Conventions {
         Conventions {
             openinference: list.contains(&Convention::OpenInference),
             mlflow: list.contains(&Convention::Mlflow),
+            gen_ai_system: false,
+        }
+    }
+    /// The conventions of a gateway's `otlp` section.
+    pub fn from_config(cfg: &OtlpConfig) -> Conventions {
+        Conventions {
+            gen_ai_system: cfg.emit_gen_ai_system,
+            ..Conventions::from_list(&cfg.conventions)
         }
     }
 }
@@ -384,7 +395,7 @@ pub fn resolve(
         }
     };
     let generic_env_headers = env_headers(ENV_HEADERS, &mut warnings);
-    let conventions = Conventions::from_list(&cfg.conventions);
+    let conventions = Conventions::from_config(cfg);
 
     let timeout = match cfg.timeout {
         Some(t) => t,
