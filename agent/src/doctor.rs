@@ -143,7 +143,7 @@ fn kernel_features(checks: &mut Vec<Check>) {
             detail,
         });
     }
-    match bpf::probe::verify_programs() {
+    match bpf::probe::verify_programs(Path::new("/sys/fs/bpf")) {
         Ok(verdicts) => {
             for v in verdicts {
                 checks.push(Check {
@@ -166,8 +166,13 @@ fn kernel_features(checks: &mut Vec<Check>) {
     }
 }
 
-/// The end of a verifier log, which says why, on one line.
+/// The end of a verifier log, which says why, on one line (its closing
+/// statistics left out).
 fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    const STATS: [&str; 3] = ["verification time", "stack depth", "processed "];
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !STATS.iter().any(|s| l.starts_with(s)))
+        .collect();
     lines[lines.len().saturating_sub(n)..].join(" / ")
 }

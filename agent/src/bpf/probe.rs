@@ -10,6 +10,7 @@ use aya::{
     sys::{is_helper_supported, is_map_supported, is_program_supported, BpfHelper, SyscallError},
     EbpfError, EbpfLoader,
 };
+use std::path::Path;
 
 use super::{Attach, OBJECT, PROGRAMS};
 
@@ -180,21 +181,49 @@ pub struct Verdict {
     pub result: Result<(), VerifyError>,
 }
 
-/// Why one of egret's programs did not load.
+/// Why egret's object or one of its programs did not load.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("not in egret's object")]
     Missing,
     #[error(transparent)]
     Load(#[from] ProgramError),
+    #[error("loading egret's object: {0}")]
+    Object(#[from] Box<EbpfError>),
+    #[error("creating the probe's pin directory {path}: {source}")]
+    PinDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Loads egret's embedded object and every program the agent attaches
-/// into the kernel (maps created unpinned, nothing attached), so the
-/// kernel's verifier says whether this kernel runs them. Everything is
-/// released on return.
-pub fn verify_programs() -> Result<Vec<Verdict>, EbpfError> {
-    let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+/// into the kernel (nothing attached), so the kernel's verifier says
+/// whether this kernel runs them. The object's maps are pinned by name, so
+/// they are created in a directory of this probe's own under `bpffs` and
+/// unpinned before returning: the probe never touches the agent's pins.
+/// Everything is released on return.
+pub fn verify_programs(bpffs: &Path) -> Result<Vec<Verdict>, VerifyError> {
+    let dir = bpffs.join(format!("egret-probe-{}", std::process::id()));
+    std::fs::create_dir(&dir).map_err(|source| VerifyError::PinDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let verdicts = load_and_verify(&dir);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
+    verdicts
+}
+
+fn load_and_verify(pins: &Path) -> Result<Vec<Verdict>, VerifyError> {
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pins)
+        .load(OBJECT)
+        .map_err(Box::new)?;
     let mut out = Vec::new();
     for (name, how) in PROGRAMS {
         let result = match ebpf.program_mut(name) {
