@@ -48,7 +48,8 @@ enum Cmd {
     /// 6.12), each booted under QEMU with virtme-ng; installs what it needs.
     /// Default: the kernel suite and one end-to-end L7 transaction.
     VmTest {
-        /// Kernel series to boot: 6.1, 6.12 or all (default: all).
+        /// Kernel series to boot: 5.10, 6.1, 6.12 or all (default: 6.1
+        /// and 6.12).
         #[arg(long = "kernel")]
         kernels: Vec<String>,
         /// Every privileged suite that runs inside a guest, not the subset.

@@ -2,8 +2,9 @@
 //! each booted under QEMU with virtme-ng (as Aya runs its integration tests
 //! in a VM per kernel).
 //!
-//! The kernels are Debian's generic `-amd64` images (6.1 LTS from
-//! bookworm, 6.12 from bookworm-backports), found with a private apt state
+//! The kernels are Debian's generic `-amd64` images (6.1 LTS and 6.12
+//! from bookworm and its security/backports suites; 5.10 from bullseye on
+//! request), found with a private apt state
 //! under `target/vm/apt` (the host's sources are not touched), downloaded
 //! and unpacked under `target/vm/kernels`. The guest sees the host's file
 //! system read-only (virtme-ng), so the test binaries built here run inside
@@ -43,6 +44,11 @@ pub struct Series {
 }
 
 pub const SERIES: &[Series] = &[
+    Series {
+        name: "5.10",
+        prefix: "linux-image-5.10.",
+        suffix: "-amd64-unsigned",
+    },
     Series {
         name: "6.1",
         prefix: "linux-image-6.1.",
@@ -158,9 +164,20 @@ pub fn vm_test(kernels: &[String], full: bool) -> Result<()> {
     Ok(())
 }
 
+/// The kernels CI boots when none is named: the LTS most managed fleets
+/// run and the current Debian backport (5.10 only on request: it doubles
+/// as the probe of what the oldest Debian LTS can do).
+const DEFAULT: &[&str] = &["6.1", "6.12"];
+
 fn select(kernels: &[String]) -> Result<Vec<&'static Series>> {
-    if kernels.is_empty() || kernels.iter().any(|k| k == "all") {
+    if kernels.iter().any(|k| k == "all") {
         return Ok(SERIES.iter().collect());
+    }
+    if kernels.is_empty() {
+        return Ok(SERIES
+            .iter()
+            .filter(|s| DEFAULT.contains(&s.name))
+            .collect());
     }
     kernels
         .iter()
@@ -201,14 +218,15 @@ impl PrivateApt {
         fs::create_dir_all(dir.join("cache/archives/partial"))?;
         let sources = dir.join("sources.list");
         let key = "/usr/share/keyrings/debian-archive-keyring.gpg";
-        fs::write(
-            &sources,
-            format!(
+        let before = fs::read_to_string(&sources).unwrap_or_default();
+        let wanted = format!(
                 "deb [signed-by={key}] http://deb.debian.org/debian bookworm main\n\
                  deb [signed-by={key}] http://deb.debian.org/debian-security bookworm-security main\n\
-                 deb [signed-by={key}] http://deb.debian.org/debian bookworm-backports main\n"
-            ),
-        )?;
+                 deb [signed-by={key}] http://deb.debian.org/debian bookworm-backports main\n\
+                 deb [signed-by={key}] http://deb.debian.org/debian bullseye main\n\
+                 deb [signed-by={key}] http://deb.debian.org/debian-security bullseye-security main\n"
+        );
+        fs::write(&sources, &wanted)?;
         let apt = PrivateApt {
             opts: vec![
                 format!("Dir::Etc::SourceList={}", sources.display()),
@@ -223,7 +241,7 @@ impl PrivateApt {
         let fresh = fs::read_dir(&lists)?
             .filter_map(|e| e.ok())
             .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"));
-        if !fresh {
+        if !fresh || before != wanted {
             run(apt.cmd("apt-get").args(["update", "-q"]))?;
         }
         Ok(apt)
@@ -502,21 +520,29 @@ linux-image-6.1.0-57-rt-amd64-unsigned - Linux 6.1 PREEMPT_RT
 linux-image-6.12.95+deb12-amd64-unsigned - Linux 6.12 for 64-bit PCs
 linux-image-6.12.9+deb12-amd64-unsigned - Linux 6.12 for 64-bit PCs
 linux-image-6.12.95+deb12-cloud-amd64-unsigned - Linux 6.12 cloud
+linux-image-5.10.0-46-amd64-unsigned - Linux 5.10 for 64-bit PCs
+linux-image-5.10.0-9-amd64-unsigned - Linux 5.10 for 64-bit PCs
 ";
+        let series = |n| SERIES.iter().find(|s| s.name == n).unwrap();
         assert_eq!(
-            newest_package(list, &SERIES[0]).as_deref(),
+            newest_package(list, series("6.1")).as_deref(),
             Some("linux-image-6.1.0-53-amd64-unsigned")
         );
         assert_eq!(
-            newest_package(list, &SERIES[1]).as_deref(),
+            newest_package(list, series("6.12")).as_deref(),
             Some("linux-image-6.12.95+deb12-amd64-unsigned")
         );
-        assert_eq!(newest_package("", &SERIES[0]), None);
+        assert_eq!(
+            newest_package(list, series("5.10")).as_deref(),
+            Some("linux-image-5.10.0-46-amd64-unsigned")
+        );
+        assert_eq!(newest_package("", series("6.1")), None);
     }
 
     #[test]
     fn kernels_are_chosen_by_series_name() {
-        assert_eq!(select(&[]).unwrap().len(), SERIES.len());
+        let default: Vec<_> = select(&[]).unwrap().iter().map(|s| s.name).collect();
+        assert_eq!(default, ["6.1", "6.12"]);
         assert_eq!(select(&["all".into()]).unwrap().len(), SERIES.len());
         let one = select(&["6.12".into()]).unwrap();
         assert_eq!(one.len(), 1);
