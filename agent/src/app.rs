@@ -73,6 +73,11 @@ pub enum RunError {
     Registry(#[from] crate::attribution::RegistryError),
     #[error(transparent)]
     Bpf(#[from] bpf::BpfError),
+    #[error("{source}; this kernel lacks: {missing} (`egret doctor` lists every probe)")]
+    KernelLacks {
+        source: Box<bpf::BpfError>,
+        missing: String,
+    },
     #[error("redirect listener: {0}")]
     Listen(#[source] std::io::Error),
     #[error(transparent)]
@@ -144,10 +149,13 @@ fn prepare_host(cfg: &Config) -> Result<Host, RunError> {
 
 /// The kernel programs, attached at the sandbox root (or re-opened from
 /// their pins).
+/// The kernel half, loaded and attached. When the kernel refuses it, the
+/// error names the features this kernel lacks (probed then), not only
+/// the failing call.
 fn load_kernel(cfg: &Config, host: &Host) -> Result<Arc<Kernel>, RunError> {
     let guarded = cfg.node.guarded_endpoints();
     let udp_ports = cfg.node.udp_ports();
-    Ok(Arc::new(Kernel::load(&LoadOptions {
+    let loaded = Kernel::load(&LoadOptions {
         bpffs_dir: &cfg.node.bpffs_dir,
         sandbox_root: &host.paths.sandbox_root,
         root_level: host.root_level,
@@ -159,7 +167,25 @@ fn load_kernel(cfg: &Config, host: &Host) -> Result<Arc<Kernel>, RunError> {
         max_sockets_per_sandbox: cfg.node.max_sockets_per_sandbox,
         max_pending_closes_per_sandbox: cfg.node.max_pending_closes_per_sandbox,
         guarded: &guarded,
-    })?))
+    });
+    match loaded {
+        Ok(k) => Ok(Arc::new(k)),
+        Err(source) => {
+            let missing: Vec<String> = bpf::probe::features()
+                .into_iter()
+                .filter(|f| !matches!(f.supported, Ok(true)))
+                .map(|f| f.name)
+                .collect();
+            if missing.is_empty() {
+                Err(RunError::Bpf(source))
+            } else {
+                Err(RunError::KernelLacks {
+                    source: Box::new(source),
+                    missing: missing.join(", "),
+                })
+            }
+        }
+    }
 }
 
 /// The attribution registry, reconciled with what the pinned maps hold.

@@ -80,7 +80,7 @@ pub enum BpfError {
     },
     #[error("listing the node's addresses: {0}")]
     NodeAddrs(#[source] std::io::Error),
-    #[error("reading the agent's netns cookie: {0}")]
+    #[error("reading the agent's netns cookie (SO_NETNS_COOKIE): {0}")]
     AgentNetns(#[source] std::io::Error),
     #[error("loading eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
@@ -233,6 +233,10 @@ impl Kernel {
     /// Loads (or re-opens) the programs and attaches them to `sandbox_root`.
     pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, BpfError> {
         ensure_bpffs(opts.bpffs_dir)?;
+        // Before anything is attached: a kernel that cannot say it
+        // (SO_NETNS_COOKIE, Linux 5.14) must not be left with programs
+        // redirecting sandboxes to an agent that then exits.
+        let agent_netns = crate::netns::own_netns_cookie().map_err(BpfError::AgentNetns)?;
         let version = object_version(opts.sandbox_root);
         let version_dir = opts.bpffs_dir.join(&version);
         let links_dir = opts.bpffs_dir.join("links");
@@ -294,7 +298,7 @@ impl Kernel {
                 stats: take(&mut ebpf, "EGRET_STATS")?,
             },
             closes: Mutex::new(Some(take(&mut ebpf, "EGRET_CLOSES")?)),
-            agent_netns: crate::netns::own_netns_cookie().map_err(BpfError::AgentNetns)?,
+            agent_netns,
             attachment,
             logger: Mutex::new(logger),
             _ebpf: ebpf,
@@ -452,7 +456,14 @@ fn attach_all(
     links_dir: &Path,
 ) -> Result<(), BpfError> {
     for (name, how) in PROGRAMS {
-        attach_one(ebpf, name, how, cgroup, links_dir)?;
+        if let Err(e) = attach_one(ebpf, name, how, cgroup, links_dir) {
+            // All or nothing: a kernel that refuses one program must not be
+            // left redirecting sandboxes with the others while the agent
+            // exits. Unpinning detaches the links already made (their
+            // last holders are this load's descriptors, dropped on return).
+            let _ = fs::remove_dir_all(links_dir);
+            return Err(e);
+        }
     }
     Ok(())
 }

@@ -254,6 +254,10 @@ impl crate::admin::Report for Proxy {
                     vec![("result", "upstream_error".into())],
                     p.upstream_errors.load(Ordering::Relaxed),
                 ),
+                (
+                    vec![("result", "malformed_request".into())],
+                    http::MALFORMED_REQUESTS.load(Ordering::Relaxed),
+                ),
             ],
         )
     }
@@ -266,6 +270,7 @@ impl crate::admin::Report for Proxy {
                 "accepted": p.accepted.load(Ordering::Relaxed),
                 "refused_unlinked": p.refused_unlinked.load(Ordering::Relaxed),
                 "upstream_errors": p.upstream_errors.load(Ordering::Relaxed),
+                "malformed_requests": http::MALFORMED_REQUESTS.load(Ordering::Relaxed),
                 // Sandboxes using each open listener pair (the agent's own: 1).
                 "listener_holders": self.listener_holders(),
             }),

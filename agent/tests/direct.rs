@@ -565,13 +565,26 @@ async fn raw_exchange(h: &Harness, request: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_malformed_request_head_gets_400_and_no_transaction() {
+async fn a_malformed_request_head_gets_400_and_a_malformed_request_record() {
     let mut h = Harness::new(GATEWAY).await;
+    let before = egret::proxy::http::MALFORMED_REQUESTS.load(std::sync::atomic::Ordering::Relaxed);
     let out = raw_exchange(&h, b"GET /headers HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400 "), "{out:?}");
-    // hyper answers before any request reaches egret's handler: the
-    // connection ended without a transaction (its flow record is the
-    // kernel's, not this tier's).
+    // hyper answers before any request reaches egret's handler; the
+    // failure is still a record (who, where, what was answered) and a
+    // counter, never a silent gap.
+    let r = h.record().await;
+    assert_eq!(i(&r, sc::HTTP_RESPONSE_STATUS_CODE), 400);
+    assert_eq!(s(&r, sc::ERROR_TYPE), "malformed_request");
+    assert_eq!(s(&r, sc::INVOCATION_ID), "inv-direct-1");
+    assert_eq!(
+        r.get_str(sc::HTTP_REQUEST_METHOD),
+        None,
+        "no method was parsed"
+    );
+    assert!(
+        egret::proxy::http::MALFORMED_REQUESTS.load(std::sync::atomic::Ordering::Relaxed) > before
+    );
     assert_no_more_records(&mut h);
     assert!(h.upstream.seen().is_empty());
 }

@@ -30,6 +30,8 @@ pub enum ProbeError {
     Program(#[from] ProgramError),
     #[error(transparent)]
     Map(#[from] SyscallError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// The program types egret attaches, and what each does.
@@ -161,6 +163,17 @@ pub fn features() -> Vec<Feature> {
             supported: is_map_supported(*t).map_err(ProbeError::from),
         });
     }
+    // Not BPF, but as necessary: the agent tells its own connections from
+    // sandboxes' by their netns cookie (getsockopt since Linux 5.14).
+    out.push(Feature {
+        name: "socket option SO_NETNS_COOKIE".into(),
+        needed_by: "the agent's own network namespace cookie",
+        supported: match crate::netns::own_netns_cookie() {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Ok(false),
+            Err(e) => Err(ProbeError::Io(e)),
+        },
+    });
     for (t, tname, helper, needed_by) in HELPERS {
         let hname = format!("{helper:?}");
         let hname = hname.strip_prefix("BPF_FUNC_").unwrap_or(&hname);

@@ -210,6 +210,7 @@ where
         .keep_alive_interval(Some(H2_KEEPALIVE))
         .keep_alive_timeout(H2_KEEPALIVE);
     let drain = &conn.l7.drain;
+    let started = Instant::now();
     let mut served = Box::pin(builder.serve_connection(io, svc));
     let idle = idle_watch(&conn.downstream, limits.idle_timeout);
     tokio::pin!(idle);
@@ -235,7 +236,12 @@ where
         }
     };
     match ended {
-        Some(Err(e)) => tracing::debug!("sandbox connection ended: {e}"),
+        Some(Err(e)) => {
+            tracing::debug!("sandbox connection ended: {e}");
+            if let Some(status) = malformed_status(&*e) {
+                conn.malformed(status, started);
+            }
+        }
         Some(Ok(())) => {}
         None => tracing::debug!("sandbox connection closed at the drain bound"),
     }
@@ -243,6 +249,24 @@ where
     // (their taps write the records) before the pending ones are flushed.
     drop(served);
     conn.flush_pending(None);
+}
+
+/// Connections whose request head hyper could not parse (answered 400 or
+/// 431 by hyper itself, before any request reached [`handle`]); each also
+/// gets a transaction record with `error.type = malformed_request`.
+pub static MALFORMED_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The status hyper answered a request head it could not parse with, if
+/// that is how the connection ended.
+fn malformed_status(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if e.is_parse_too_large() {
+        Some(431)
+    } else if e.is_parse() {
+        Some(400)
+    } else {
+        None
+    }
 }
 
 /// HTTP/2 PING interval and the wait for its answer.
@@ -302,6 +326,25 @@ impl Conn {
                 conn.flush_pending(Some(id));
             });
         }
+    }
+
+    /// Records a request head hyper refused before egret saw a request:
+    /// what is known of the connection (attribution, destination), the
+    /// status hyper sent and `error.type = malformed_request`.
+    fn malformed(self: &Arc<Self>, status: u16, started: Instant) {
+        MALFORMED_REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut rec = connection_record(self);
+        let host = self
+            .sni
+            .clone()
+            .unwrap_or_else(|| self.origin.dst.ip().to_string());
+        rec.set(sc::SERVER_ADDRESS, host.as_str());
+        rec.set(sc::DST_NAME, host.as_str());
+        rec.set(sc::HTTP_RESPONSE_STATUS_CODE, status);
+        rec.set(sc::ERROR_TYPE, "malformed_request");
+        rec.set(sc::END_TIME, now_unix_nanos());
+        rec.set(sc::DURATION_MS, started.elapsed().as_secs_f64() * 1e3);
+        self.pend(rec, true);
     }
 
     /// Ends a refused request's transaction: its record waits for its L4
@@ -473,7 +516,9 @@ impl Finisher for Finish {
 }
 
 /// Common attributes of every transaction on this connection.
-fn base_record(conn: &Conn, req: &Request<Incoming>, host: &str, decision: &Decision) -> Record {
+/// A transaction record's connection part: who (the attribution), from
+/// which socket, at which port.
+fn connection_record(conn: &Conn) -> Record {
     let mut rec = Record::new(sc::KIND_TRANSACTION);
     rec.set(sc::COMPONENT, sc::COMPONENT_PROXY);
     rec.set(sc::START_TIME, now_unix_nanos());
@@ -488,10 +533,15 @@ fn base_record(conn: &Conn, req: &Request<Incoming>, host: &str, decision: &Deci
     if conn.origin.cookie != 0 {
         rec.set(sc::SOCKET_COOKIE, conn.origin.cookie.to_string());
     }
+    rec.set(sc::SERVER_PORT, conn.origin.dst.port());
+    rec
+}
+
+fn base_record(conn: &Conn, req: &Request<Incoming>, host: &str, decision: &Decision) -> Record {
+    let mut rec = connection_record(conn);
     rec.set(sc::HTTP_REQUEST_METHOD, req.method().as_str());
     rec.set(sc::URL_PATH, req.uri().path());
     rec.set(sc::SERVER_ADDRESS, host);
-    rec.set(sc::SERVER_PORT, conn.origin.dst.port());
     rec.set(sc::DST_NAME, host);
     rec.set(
         sc::NETWORK_PROTOCOL_VERSION,
