@@ -423,7 +423,8 @@ fn proxy_protocol_headers_from_a_sandbox_carry_no_attribution() {
     let r = conn_client(&w, &cg, &["raw", "api.openai.com", "80", "--hex", &v2]);
     eprintln!("PROXY v2 on a captured port: {r}");
     // v1 text header: it starts like a request line, so hyper sees a
-    // malformed request and answers 400 itself.
+    // malformed request and answers 400 itself (recorded as such, under the
+    // kernel's attribution).
     let v1 = hex(format!("PROXY TCP4 10.9.9.9 203.0.113.10 40000 80 {forged}\r\n").as_bytes());
     let r1 = conn_client(&w, &cg, &["raw", "api.openai.com", "80", "--hex", &v1]);
     eprintln!("PROXY v1 on a captured port: {r1}");
@@ -446,7 +447,7 @@ fn proxy_protocol_headers_from_a_sandbox_carry_no_attribution() {
     assert_eq!(ok["status"], 200, "{ok}");
 
     let recs = w.agent.wait_records("flows of every attempt", |r| {
-        flows_of(r, &inv).len() >= 4 && txns(r, &inv).len() == 1
+        flows_of(r, &inv).len() >= 4 && txns(r, &inv).len() == 2
     });
     for r in &recs {
         let line = r.to_json_line();
@@ -465,8 +466,20 @@ fn proxy_protocol_headers_from_a_sandbox_carry_no_attribution() {
             Some(true)
         );
     }
-    let t = &txns(&recs, &inv)[0];
-    assert_eq!(t.get_str(sc::ATTRIBUTION_SOURCE), Some("kernel"));
+    // The v1 header's connection: a malformed request, the honest one: 200.
+    let ts = txns(&recs, &inv);
+    let malformed: Vec<_> = ts
+        .iter()
+        .filter(|t| t.get_str(sc::ERROR_TYPE) == Some("malformed_request"))
+        .collect();
+    assert_eq!(malformed.len(), 1, "{ts:?}");
+    assert_eq!(
+        malformed[0].get_i64(sc::HTTP_RESPONSE_STATUS_CODE),
+        Some(400)
+    );
+    for t in &ts {
+        assert_eq!(t.get_str(sc::ATTRIBUTION_SOURCE), Some("kernel"));
+    }
 }
 
 /// Samples the agent's RSS every 100 ms while `f` runs; returns f's result
