@@ -367,8 +367,44 @@ fn main() -> ExitCode {
     match rt.block_on(real_main(cli)) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("egret: {e:#}");
+            eprintln!("egret: {}", error_chain(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// The error and its causes on one line, each cause once: most of the
+/// crate's errors already name their source in their own message, so a
+/// cause whose text the line already holds is not repeated.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::other("Protocol not available");
+        // A message that names its source, wrapped with context.
+        let e = anyhow::Error::new(io).context("reading the cookie: Protocol not available");
+        assert_eq!(
+            error_chain(&e),
+            "reading the cookie: Protocol not available"
+        );
+        let e = anyhow::anyhow!("disk full").context("writing the spool");
+        assert_eq!(error_chain(&e), "writing the spool: disk full");
     }
 }
