@@ -25,6 +25,21 @@ use egret::{
 };
 use serde_json::Value;
 
+/// How much slower than this machine the tests run: `EGRET_TEST_SLOWDOWN`
+/// (a whole number, default 1). `cargo xtask vm-test` sets it for guests
+/// emulated without hardware virtualization. The rig's deadlines are
+/// multiplied by it: a deadline bounds a wait for a condition (a record, a
+/// socket, readiness), so a slower machine waits longer for the same
+/// condition and never asserts anything weaker.
+pub fn patience(d: Duration) -> Duration {
+    let factor = std::env::var("EGRET_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .clamp(1, 20);
+    d * factor
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this process and call, short enough for interface names.
@@ -254,7 +269,7 @@ impl Agent {
         }
         let child = cmd.spawn().expect("spawn egret run");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + patience(Duration::from_secs(30));
         loop {
             if self.api_ready() {
                 return;
@@ -297,7 +312,7 @@ impl Agent {
     /// `/status` once the admin listener answers and `ready(status)` holds,
     /// within 30 s (waits for the condition, not for a log line).
     pub fn wait_status(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + patience(Duration::from_secs(30));
         loop {
             let up =
                 std::net::TcpStream::connect((self.admin_ip.as_str(), self.admin_port)).is_ok();
@@ -470,7 +485,7 @@ impl Agent {
 
     /// Waits until `pred` holds for the records, returning them.
     pub fn wait_records(&self, what: &str, pred: impl Fn(&[Record]) -> bool) -> Vec<Record> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + patience(Duration::from_secs(20));
         loop {
             let recs = self.records();
             if pred(&recs) {

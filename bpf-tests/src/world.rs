@@ -39,7 +39,7 @@ impl MockProvider {
             .spawn()
             .expect("start mock-provider (cargo xtask test builds it)");
         let mock = MockProvider { child, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + crate::patience(Duration::from_secs(20));
         while !ready.exists() {
             assert!(Instant::now() < deadline, "mock-provider not ready");
             std::thread::sleep(Duration::from_millis(50));

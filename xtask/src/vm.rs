@@ -382,11 +382,15 @@ fn run_in_guest(
     fs::create_dir_all(&out)?;
     let bpf_tests = root().join("bpf-tests");
     let bin = target_dir().join("debug");
+    let kvm = has_hardware_virtualization();
+    // Emulated (TCG) guests run several times slower than the host: the
+    // rig's deadlines (waits for a condition) grow by this factor.
+    let slowdown = if kvm { 2 } else { 6 };
     let mut script = format!(
         "set -u\n\
          mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf\n\
          uname -r > {out}/uname\n\
-         export CI=true EGRET_BIN={bin}/egret MOCK_BIN={bin}/mock-provider EGRET_VENV={venv}\n\
+         export CI=true EGRET_BIN={bin}/egret MOCK_BIN={bin}/mock-provider EGRET_VENV={venv} EGRET_TEST_SLOWDOWN={slowdown}\n\
          cd {bpf_tests}\n",
         out = out.display(),
         bin = bin.display(),
@@ -407,7 +411,6 @@ fn run_in_guest(
     }
     let script_path = out.join("run.sh");
     fs::write(&script_path, script)?;
-    let kvm = has_hardware_virtualization();
     println!(
         "vm-test: booting {} ({}), suites: {}",
         kernel.release,
