@@ -37,30 +37,12 @@ pub(crate) async fn serve(
     let mut plain_addrs = Vec::new();
     let mut listeners = Vec::new();
     for addr in &args.listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|source| MockError::Bind {
-                addr: *addr,
-                source,
-            })?;
-        let local = l.local_addr().map_err(|source| MockError::Bind {
-            addr: *addr,
-            source,
-        })?;
+        let (l, local) = bind(*addr).await?;
         tls_addrs.push(local.to_string());
         listeners.push((l, tls_config.clone()));
     }
     for addr in &args.listen_plain {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|source| MockError::Bind {
-                addr: *addr,
-                source,
-            })?;
-        let local = l.local_addr().map_err(|source| MockError::Bind {
-            addr: *addr,
-            source,
-        })?;
+        let (l, local) = bind(*addr).await?;
         plain_addrs.push(local.to_string());
         listeners.push((l, None));
     }
@@ -154,4 +136,14 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// A listener on `addr` and the address it got (port 0 picks one).
+async fn bind(
+    addr: std::net::SocketAddr,
+) -> Result<(TcpListener, std::net::SocketAddr), MockError> {
+    let err = |source| MockError::Bind { addr, source };
+    let l = TcpListener::bind(addr).await.map_err(err)?;
+    let local = l.local_addr().map_err(err)?;
+    Ok((l, local))
 }
