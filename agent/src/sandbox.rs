@@ -326,12 +326,7 @@ async fn run_child(
     cmd.args(&opts.command[1..]);
     cmd.env("EGRET_INVOCATION_ID", &opts.attribution.invocation_id);
     if let Some(bundle) = &opts.trust_bundle {
-        for var in [
-            "SSL_CERT_FILE",
-            "REQUESTS_CA_BUNDLE",
-            "CURL_CA_BUNDLE",
-            "NODE_EXTRA_CA_CERTS",
-        ] {
+        for (var, _) in crate::tls::TRUST_VARIABLES {
             cmd.env(var, bundle);
         }
     }

@@ -43,7 +43,7 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
 
-pub use bundle::{write_trust_bundle, write_trust_bundle_from, SYSTEM_CA_BUNDLE};
+pub use bundle::{write_trust_bundle, write_trust_bundle_from, SYSTEM_CA_BUNDLE, TRUST_VARIABLES};
 pub use ca::{Ca, CA_CERT_FILE, CA_KEY_FILE, CA_VALIDITY_DAYS};
 pub use client::{load_pem_certs, UpstreamTls, UpstreamTlsOptions};
 #[doc(hidden)]

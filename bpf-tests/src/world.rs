@@ -221,10 +221,11 @@ impl World {
     pub fn command_with_hosts(&self, cg: &SandboxCgroup, program: &Path, hosts: &Path) -> Command {
         let mut cmd = sandboxed(cg, None, "unshare");
         crate::bind_hosts(&mut cmd, hosts);
-        cmd.arg(program)
-            .env("SSL_CERT_FILE", &self.bundle)
-            .env("REQUESTS_CA_BUNDLE", &self.bundle)
-            .env("CURL_CA_BUNDLE", &self.bundle);
+        cmd.arg(program);
+        // What `egret exec` sets: every client family's CA variable.
+        for (var, _) in egret::tls::TRUST_VARIABLES {
+            cmd.env(var, &self.bundle);
+        }
         cmd
     }
 

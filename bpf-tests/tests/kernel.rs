@@ -615,6 +615,23 @@ fn egret_exec_runs_sandboxes_with_and_without_their_own_netns() {
             assert_eq!(f.get_str(sc::AGENT_NAME), Some("exec-test"));
         }
     }
+    // Every client family's CA variable points at the node's trust bundle.
+    let out = Command::new(egret_bin())
+        .arg("--config")
+        .arg(&agent.config)
+        .args(["exec", "--", "env"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let env = String::from_utf8_lossy(&out.stdout);
+    for (var, _) in egret::tls::TRUST_VARIABLES {
+        let value = env
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{var}=")))
+            .unwrap_or_else(|| panic!("egret exec did not set {var}:\n{env}"));
+        assert!(value.ends_with("/trust-bundle.pem"), "{var}={value}");
+        assert!(std::path::Path::new(value).exists(), "{var}={value}");
+    }
     // exec cleaned up: no sandbox cgroups or egret netns left behind.
     let left: Vec<_> = std::fs::read_dir(&agent.sandbox_root)
         .unwrap()

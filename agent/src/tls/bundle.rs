@@ -11,9 +11,30 @@ use super::TlsError;
 /// Debian/Ubuntu's system bundle, copied verbatim when present.
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+/// The environment variables that point a client family at a CA file,
+/// each with who reads it. `egret exec` sets every one of them to the trust
+/// bundle; a sandbox runtime should do the same (docs/ca-trust.md).
+pub const TRUST_VARIABLES: &[(&str, &str)] = &[
+    (
+        "SSL_CERT_FILE",
+        "OpenSSL, Python ssl/httpx, Go, curl, .NET, rustls-native-certs",
+    ),
+    ("REQUESTS_CA_BUNDLE", "Python requests"),
+    ("CURL_CA_BUNDLE", "curl"),
+    ("NODE_EXTRA_CA_CERTS", "Node.js, Bun"),
+    (
+        "AWS_CA_BUNDLE",
+        "botocore/boto3 and the AWS SDKs and CLI (they ignore SSL_CERT_FILE)",
+    ),
+    (
+        "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+        "gRPC C-core (grpcio: google-cloud clients over gRPC)",
+    ),
+    ("DENO_CERT", "Deno"),
+];
+
 /// Writes the system roots followed by the node CA to `path` (mode 0644,
-/// replaced atomically), for `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`,
-/// `CURL_CA_BUNDLE` and `NODE_EXTRA_CA_CERTS`.
+/// replaced atomically), for the [`TRUST_VARIABLES`].
 ///
 /// The system part is [`SYSTEM_CA_BUNDLE`] when it exists, otherwise the
 /// roots rustls-native-certs finds.
@@ -84,6 +105,25 @@ mod tests {
     use crate::tls::ca::tests::TempDir;
     use crate::tls::load_pem_certs;
     use std::os::unix::fs::MetadataExt;
+
+    /// docs/ca-trust.md's table lists exactly the variables `egret exec`
+    /// sets.
+    #[test]
+    fn ca_trust_doc_lists_every_trust_variable() {
+        let doc =
+            fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ca-trust.md"))
+                .unwrap();
+        let start = doc.find("## `egret exec` does it for you").unwrap();
+        let table = &doc[start..];
+        let table = &table[table.find("```text").unwrap() + 7..];
+        let table = &table[..table.find("```").unwrap()];
+        let documented: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let defined: Vec<&str> = TRUST_VARIABLES.iter().map(|(v, _)| *v).collect();
+        assert_eq!(documented, defined);
+    }
 
     #[test]
     fn bundle_contains_system_roots_and_ca() {
