@@ -4,15 +4,16 @@
 //! Pure Rust, no I/O. The proxy drives one [`Exchange`] per HTTP exchange:
 //!
 //! ```
-//! use egret::genai::{Exchange, Limits, Provider};
+//! use egret::genai::{Exchange, Limits, Target};
 //! use egret::record::Record;
 //! use http::{HeaderMap, Method};
 //!
-//! // Route config may name the provider (`Provider::from_name`); otherwise
-//! // detect it from the upstream host and path. `None` = plain HTTP (MCP is
-//! // still recognised from a JSON-RPC body).
-//! let provider = Provider::detect("api.openai.com", "/v1/chat/completions");
-//! let mut ex = Exchange::new(provider, Limits::default());
+//! // Route config may name the provider (`providers::RouteProvider`);
+//! // otherwise it is found from the upstream host and path. `None` = not
+//! // known yet: the request body may still show an MCP, OpenAI-style or
+//! // Ollama call.
+//! let target = Target::detect("api.openai.com", "/v1/chat/completions");
+//! let mut ex = Exchange::new(target, Limits::default());
 //!
 //! let mut req_headers = HeaderMap::new();
 //! req_headers.insert("content-type", "application/json".parse().unwrap());
@@ -75,6 +76,7 @@ mod google;
 mod include_usage;
 mod json_scan;
 mod mcp;
+mod ollama;
 mod openai;
 pub mod sse;
 #[cfg(test)]
@@ -93,98 +95,7 @@ pub use sse::{Block, SseEvent, SseParser};
 
 use decode::Decoder;
 
-/// A provider whose traffic egret understands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Provider {
-    /// Anthropic Messages API (`api.anthropic.com`).
-    Anthropic,
-    /// OpenAI (`api.openai.com`) and OpenAI-compatible gateways.
-    OpenAi,
-    /// Google Gemini API (`generativelanguage.googleapis.com`).
-    Google,
-    /// An MCP server (Streamable HTTP transport).
-    Mcp,
-}
-
-/// `host` without port and trailing dot, compared case-insensitively.
-fn host_is(host: &str, name: &str) -> bool {
-    let h = if host.starts_with('[') {
-        host
-    } else {
-        match host.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => host,
-        }
-    };
-    let h = h.strip_suffix('.').unwrap_or(h);
-    h.eq_ignore_ascii_case(name)
-}
-
-impl Provider {
-    pub const ALL: [Provider; 4] = [
-        Provider::Anthropic,
-        Provider::OpenAi,
-        Provider::Google,
-        Provider::Mcp,
-    ];
-
-    /// The provider named in a route's config: `anthropic`, `openai`,
-    /// `google` (also `gemini`, `gcp.gemini`, `google-genai`), `mcp`;
-    /// case-insensitive. `None` for anything else.
-    pub fn from_name(name: &str) -> Option<Provider> {
-        let n = name.trim();
-        let is = |s: &str| n.eq_ignore_ascii_case(s);
-        if is("anthropic") {
-            Some(Provider::Anthropic)
-        } else if is("openai") {
-            Some(Provider::OpenAi)
-        } else if is("google") || is("gemini") || is("gcp.gemini") || is("google-genai") {
-            Some(Provider::Google)
-        } else if is("mcp") {
-            Some(Provider::Mcp)
-        } else {
-            None
-        }
-    }
-
-    /// The provider of a request to `host` (SNI / `Host`, port allowed) for
-    /// `path` (query allowed): the provider's public API host *and* one of
-    /// its endpoints that egret parses. Anything else is `None` (plain HTTP;
-    /// MCP has no well-known host and is found from the body instead).
-    pub fn detect(host: &str, path: &str) -> Option<Provider> {
-        let p = if host_is(host, "api.anthropic.com") {
-            Provider::Anthropic
-        } else if host_is(host, "api.openai.com") {
-            Provider::OpenAi
-        } else if host_is(host, "generativelanguage.googleapis.com") {
-            Provider::Google
-        } else {
-            return None;
-        };
-        (Api::classify(p, path) != Api::Other).then_some(p)
-    }
-
-    /// The name used in config ([`Self::from_name`] accepts it).
-    pub fn name(self) -> &'static str {
-        match self {
-            Provider::Anthropic => "anthropic",
-            Provider::OpenAi => "openai",
-            Provider::Google => "google",
-            Provider::Mcp => "mcp",
-        }
-    }
-
-    /// The `gen_ai.provider.name` value (semconv v1.41.1 well-known
-    /// values); `None` for MCP, which is not a model provider.
-    pub fn semconv_name(self) -> Option<&'static str> {
-        match self {
-            Provider::Anthropic => Some("anthropic"),
-            Provider::OpenAi => Some("openai"),
-            Provider::Google => Some("gcp.gemini"),
-            Provider::Mcp => None,
-        }
-    }
-}
+pub use crate::providers::{Provider, Target};
 
 /// The endpoint of a provider an exchange went to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -205,6 +116,12 @@ pub enum Api {
     GoogleStreamGenerate,
     /// Gemini `models/{m}:embedContent` / `:batchEmbedContents`.
     GoogleEmbed,
+    /// Ollama `/api/chat`.
+    OllamaChat,
+    /// Ollama `/api/generate`.
+    OllamaGenerate,
+    /// Ollama `/api/embed` / `/api/embeddings`.
+    OllamaEmbed,
     /// Any request to an MCP server.
     Mcp,
     /// Not an endpoint egret parses.
@@ -218,8 +135,24 @@ impl Api {
     pub fn classify(provider: Provider, path: &str) -> Api {
         let path = path.split(['?', '#']).next().unwrap_or("");
         let path = path.strip_suffix('/').unwrap_or(path);
+        let last = path.rsplit('/').next().unwrap_or("");
         match provider {
             Provider::Anthropic if path.ends_with("/v1/messages") => Api::AnthropicMessages,
+            // Anthropic on Vertex AI: the model and the streaming are in
+            // the path.
+            Provider::Anthropic
+                if path.contains("/publishers/anthropic/models/")
+                    && (last.ends_with(":rawPredict") || last.ends_with(":streamRawPredict")) =>
+            {
+                Api::AnthropicMessages
+            }
+            Provider::Ollama if path.ends_with("/api/chat") => Api::OllamaChat,
+            Provider::Ollama if path.ends_with("/api/generate") => Api::OllamaGenerate,
+            Provider::Ollama
+                if path.ends_with("/api/embed") || path.ends_with("/api/embeddings") =>
+            {
+                Api::OllamaEmbed
+            }
             Provider::OpenAi if path.ends_with("/chat/completions") => Api::OpenAiChat,
             Provider::OpenAi if path.ends_with("/completions") => Api::OpenAiCompletions,
             Provider::OpenAi if path.ends_with("/responses") => Api::OpenAiResponses,
@@ -238,9 +171,11 @@ impl Api {
     /// `gen_ai.operation.name` (MCP: decided by the JSON-RPC method).
     pub fn operation(self) -> Option<&'static str> {
         match self {
-            Api::AnthropicMessages | Api::OpenAiChat | Api::OpenAiResponses => Some("chat"),
-            Api::OpenAiCompletions => Some("text_completion"),
-            Api::OpenAiEmbeddings | Api::GoogleEmbed => Some("embeddings"),
+            Api::AnthropicMessages | Api::OpenAiChat | Api::OpenAiResponses | Api::OllamaChat => {
+                Some("chat")
+            }
+            Api::OpenAiCompletions | Api::OllamaGenerate => Some("text_completion"),
+            Api::OpenAiEmbeddings | Api::GoogleEmbed | Api::OllamaEmbed => Some("embeddings"),
             Api::GoogleGenerate | Api::GoogleStreamGenerate => Some("generate_content"),
             Api::Mcp | Api::Other => None,
         }
@@ -256,6 +191,8 @@ impl Api {
                 | Api::OpenAiResponses
                 | Api::GoogleGenerate
                 | Api::GoogleStreamGenerate
+                | Api::OllamaChat
+                | Api::OllamaGenerate
         )
     }
 }
@@ -436,6 +373,7 @@ enum Parser {
     Chat(openai::Chat),
     Responses(openai::Responses),
     Google(google::State),
+    Ollama(ollama::State),
     Mcp(mcp::State),
 }
 
@@ -446,6 +384,7 @@ impl Parser {
             Parser::Chat(s) => s.event(data, f),
             Parser::Responses(s) => s.event(name, data, f),
             Parser::Google(s) => s.event(data, f),
+            Parser::Ollama(s) => s.event(data, f),
             Parser::Mcp(s) => s.event(data, f),
         }
     }
@@ -456,6 +395,7 @@ impl Parser {
             Parser::Chat(s) => s.json(body, f),
             Parser::Responses(s) => s.json(body, f),
             Parser::Google(s) => s.json(body, f),
+            Parser::Ollama(s) => s.json(body, f),
             Parser::Mcp(s) => s.json(body, f),
         }
     }
@@ -464,7 +404,7 @@ impl Parser {
         match self {
             Parser::Anthropic(s) => s.end(f),
             Parser::Google(s) => s.end(f),
-            Parser::Chat(_) | Parser::Responses(_) | Parser::Mcp(_) => {}
+            Parser::Chat(_) | Parser::Responses(_) | Parser::Ollama(_) | Parser::Mcp(_) => {}
         }
     }
 
@@ -495,6 +435,14 @@ impl Parser {
             Parser::Anthropic(s) => s.salvage(tail, f),
             Parser::Chat(_) | Parser::Responses(_) => openai::salvage(tail, f),
             Parser::Google(s) => s.salvage(tail, f),
+            Parser::Ollama(_) => {
+                if let Some(n) = salvage_value::<u64>(tail, "prompt_eval_count") {
+                    f.input_tokens = Some(n);
+                }
+                if let Some(n) = salvage_value::<u64>(tail, "eval_count") {
+                    f.output_tokens = Some(n);
+                }
+            }
             Parser::Mcp(_) => {}
         }
     }
@@ -514,6 +462,8 @@ enum Mode {
     Sniff,
     Json,
     Sse,
+    /// Newline-delimited JSON (Ollama's streams).
+    Ndjson,
     /// Not parsed (unsupported type, or given up).
     Off,
 }
@@ -531,6 +481,11 @@ struct Sink {
     parser: Parser,
     findings: Findings,
     max_json_bytes: usize,
+    /// The NDJSON line being assembled (at most `max_line_bytes`).
+    line: Vec<u8>,
+    /// The current NDJSON line outgrew `max_line_bytes`: skipped to its end.
+    line_skip: bool,
+    max_line_bytes: usize,
     /// `Some(cap)` when decoding: the decoded total is capped.
     max_decoded: Option<u64>,
     decoded: u64,
@@ -581,7 +536,51 @@ impl Sink {
                     }
                 });
             }
+            Mode::Ndjson => self.ndjson(buf),
             Mode::Sniff | Mode::Off => {}
+        }
+    }
+
+    /// Splits NDJSON into lines (bounded), each parsed as one event.
+    fn ndjson(&mut self, mut buf: &[u8]) {
+        while !buf.is_empty() {
+            let Some(i) = memchr::memchr(b'\n', buf) else {
+                if !self.line_skip {
+                    if self.line.len() + buf.len() > self.max_line_bytes {
+                        self.findings.flag(ParseError::EventTooLarge);
+                        self.line_skip = true;
+                        self.line.clear();
+                    } else {
+                        self.line.extend_from_slice(buf);
+                    }
+                }
+                return;
+            };
+            let part = &buf[..i];
+            buf = &buf[i + 1..];
+            if std::mem::take(&mut self.line_skip) {
+                self.line.clear();
+                continue;
+            }
+            if self.line.is_empty() {
+                self.ndjson_line(part);
+            } else if self.line.len() + part.len() > self.max_line_bytes {
+                self.findings.flag(ParseError::EventTooLarge);
+                self.line.clear();
+            } else {
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(part);
+                self.ndjson_line(&line);
+                line.clear();
+                self.line = line;
+            }
+        }
+    }
+
+    fn ndjson_line(&mut self, line: &[u8]) {
+        let line = line.trim_ascii();
+        if !line.is_empty() {
+            self.parser.event("", line, &mut self.findings);
         }
     }
 
@@ -605,6 +604,12 @@ impl Sink {
                 });
                 if self.sse.overflowed() {
                     self.findings.flag(ParseError::EventTooLarge);
+                }
+            }
+            Mode::Ndjson => {
+                let line = std::mem::take(&mut self.line);
+                if !self.line_skip {
+                    self.ndjson_line(&line);
                 }
             }
             Mode::Json if self.over_cap => {
@@ -684,6 +689,40 @@ fn media_type(headers: &HeaderMap) -> Option<&str> {
     header(headers, "content-type").map(|v| v.split(';').next().unwrap_or("").trim())
 }
 
+/// The format of a POST to a host egret does not know, from its path and
+/// body: an endpoint path of one of the formats, and (except for Gemini,
+/// whose model is in the path) a top-level `model` in the JSON body.
+fn shape_of(path_and_query: &str, body: &[u8]) -> Option<Provider> {
+    let format = Provider::for_path(path_and_query)?;
+    if format == Provider::Google {
+        return Some(format);
+    }
+    let mut model = false;
+    json_scan::scan(body, |h| {
+        if h.parent.is_none() && h.key == b"model" && h.value.as_str().is_some() {
+            model = true;
+        }
+    });
+    model.then_some(format)
+}
+
+/// The model a path names, for APIs whose body may not: Azure OpenAI's
+/// `/openai/deployments/{deployment}/…` and Vertex AI's
+/// `…/models/{model}:{method}` (percent-decoded).
+fn model_from_path(path_and_query: &str) -> Option<String> {
+    let path = path_and_query.split(['?', '#']).next().unwrap_or("");
+    let raw = match path.split_once("/deployments/") {
+        Some((_, rest)) => rest.split('/').next().filter(|d| !d.is_empty())?,
+        None if path.contains("/models/") => google::model_from_path(path)?,
+        None => return None,
+    };
+    Some(
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
+}
+
 fn is_json_type(t: &str) -> bool {
     t.eq_ignore_ascii_case("application/json")
         || t.len() > 5 && t.as_bytes()[t.len() - 5..].eq_ignore_ascii_case(b"+json")
@@ -693,7 +732,10 @@ fn is_json_type(t: &str) -> bool {
 #[derive(Debug)]
 pub struct Exchange {
     limits: Limits,
+    /// The wire format (found from the body when the target was unknown).
     provider: Option<Provider>,
+    /// `gen_ai.provider.name` (`None`: not known, not written).
+    provider_name: Option<std::borrow::Cow<'static, str>>,
     api: Api,
     request_model: Option<String>,
     request_stream: Option<bool>,
@@ -718,14 +760,19 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// A new exchange. `provider` comes from the route config
-    /// ([`Provider::from_name`]) or [`Provider::detect`]; with `None` the
-    /// exchange is plain HTTP unless its body turns out to be JSON-RPC 2.0
-    /// (then it is MCP).
-    pub fn new(provider: Option<Provider>, limits: Limits) -> Exchange {
+    /// A new exchange. `target` comes from the route config
+    /// ([`crate::providers::RouteProvider::target`]) or [`Target::detect`];
+    /// with `None` the exchange is plain HTTP unless its body shows an MCP
+    /// (JSON-RPC 2.0), OpenAI-style or Ollama call.
+    pub fn new(target: Option<Target>, limits: Limits) -> Exchange {
+        let (provider, provider_name) = match target {
+            Some(t) => (Some(t.format), t.name),
+            None => (None, None),
+        };
         Exchange {
             limits,
             provider,
+            provider_name,
             api: Api::Other,
             request_model: None,
             request_stream: None,
@@ -747,8 +794,18 @@ impl Exchange {
         }
     }
 
-    /// The provider (after [`Self::on_request`], including MCP found from
-    /// the body).
+    /// Providers known to accept `stream_options.include_usage` (an
+    /// unknown OpenAI-compatible server may reject a field it does not
+    /// know, so its requests are never rewritten).
+    fn rewrite_supported(&self) -> bool {
+        matches!(
+            self.provider_name.as_deref(),
+            Some("openai" | "azure.ai.openai")
+        )
+    }
+
+    /// The wire format (after [`Self::on_request`], including one found
+    /// from the body).
     pub fn provider(&self) -> Option<Provider> {
         self.provider
     }
@@ -802,6 +859,15 @@ impl Exchange {
         {
             self.provider = Some(Provider::Mcp);
         }
+        if self.provider.is_none() && method == Method::POST {
+            self.provider = shape_of(path_and_query, body);
+            // Ollama's native API is Ollama's alone; an OpenAI- or
+            // Anthropic-style body on an unknown host says nothing of who
+            // serves it (the route's `provider` may).
+            if self.provider == Some(Provider::Ollama) {
+                self.provider_name = Some(std::borrow::Cow::Borrowed("ollama"));
+            }
+        }
         let Some(provider) = self.provider else {
             return;
         };
@@ -830,9 +896,16 @@ impl Exchange {
                     }
                     _ => {}
                 });
-                self.request_model = model;
+                // Azure's deployment and Vertex's model are in the path
+                // when the body has none.
+                self.request_model = model.or_else(|| model_from_path(path_and_query));
+                let vertex_stream = path_and_query
+                    .split('?')
+                    .next()
+                    .is_some_and(|p| p.ends_with(":streamRawPredict"));
                 self.request_stream = match (stream, end) {
                     (Some(s), _) => Some(s),
+                    _ if vertex_stream => Some(true),
                     // A complete body without `stream` does not stream.
                     (None, json_scan::ScanEnd::Complete { .. }) => Some(false),
                     (None, _) => None,
@@ -845,6 +918,23 @@ impl Exchange {
                 self.request_model = google::model_from_path(path).map(str::to_owned);
                 self.request_stream = Some(self.api == Api::GoogleStreamGenerate);
                 None
+            }
+            Api::OllamaChat | Api::OllamaGenerate | Api::OllamaEmbed => {
+                let mut model = None;
+                let mut stream = None;
+                let end = json_scan::scan(body, |h| match (h.parent, h.key) {
+                    (None, b"model") => model = h.value.as_str().map(|s| s.into_owned()),
+                    (None, b"stream") => stream = h.value.as_bool(),
+                    _ => {}
+                });
+                self.request_model = model;
+                self.request_stream = match (stream, end) {
+                    (Some(s), _) => Some(s),
+                    // Ollama streams unless told not to.
+                    (None, json_scan::ScanEnd::Complete { .. }) => Some(true),
+                    (None, _) => None,
+                };
+                Some(end)
             }
             Api::Mcp if method == Method::POST && !body.is_empty() => {
                 let (r, end) = mcp::Request::scan(body);
@@ -876,7 +966,8 @@ impl Exchange {
     /// not ask for usage (as far as the body prefix shows): the proxy may
     /// then buffer the body and call [`Self::rewrite_request_body`].
     pub fn wants_usage_rewrite(&self) -> bool {
-        matches!(self.api, Api::OpenAiChat | Api::OpenAiCompletions)
+        self.rewrite_supported()
+            && matches!(self.api, Api::OpenAiChat | Api::OpenAiCompletions)
             && self.request_stream != Some(false)
             && self.include_usage.is_none()
             && (self.request_stream == Some(true) || self.request_truncated)
@@ -889,7 +980,9 @@ impl Exchange {
     /// `egret.body.request_rewritten = true` and [`Self::usage_filter`]
     /// becomes available. `None`: send the original.
     pub fn rewrite_request_body(&mut self, body: &[u8]) -> Option<Vec<u8>> {
-        if !matches!(self.api, Api::OpenAiChat | Api::OpenAiCompletions) {
+        if !self.rewrite_supported()
+            || !matches!(self.api, Api::OpenAiChat | Api::OpenAiCompletions)
+        {
             return None;
         }
         let out = rewrite_request_for_usage(body)?;
@@ -915,6 +1008,9 @@ impl Exchange {
             Api::GoogleGenerate | Api::GoogleStreamGenerate | Api::GoogleEmbed => {
                 Parser::Google(google::State::default())
             }
+            Api::OllamaChat | Api::OllamaGenerate | Api::OllamaEmbed => {
+                Parser::Ollama(ollama::State)
+            }
             Api::Mcp => match &self.mcp {
                 Some(r) => {
                     // Only requests get a response; notifications and the
@@ -938,6 +1034,7 @@ impl Exchange {
         let mode = match media_type(headers) {
             None | Some("") => Mode::Sniff,
             Some(t) if t.eq_ignore_ascii_case("text/event-stream") => Mode::Sse,
+            Some(t) if t.eq_ignore_ascii_case("application/x-ndjson") => Mode::Ndjson,
             Some(t) if is_json_type(t) => Mode::Json,
             Some(_) => {
                 if ok && status != 204 {
@@ -962,6 +1059,9 @@ impl Exchange {
             parser,
             findings: Findings::default(),
             max_json_bytes: self.limits.max_json_bytes,
+            line: Vec::new(),
+            line_skip: false,
+            max_line_bytes: self.limits.max_event_bytes,
             max_decoded: (encoding != Encoding::Identity).then_some(self.limits.max_decoded_bytes),
             decoded: 0,
         };
@@ -1049,9 +1149,9 @@ impl Exchange {
             }
         }
 
-        if let Some(name) = provider.semconv_name() {
-            record.set(sc::GEN_AI_PROVIDER_NAME, name);
-            record.set(sc::GEN_AI_SYSTEM, name);
+        if let Some(name) = self.provider_name.take() {
+            record.set(sc::GEN_AI_SYSTEM, name.as_ref());
+            record.set(sc::GEN_AI_PROVIDER_NAME, name.into_owned());
         }
         let operation = match (self.api, &self.mcp) {
             (Api::Mcp, Some(r)) if r.method.as_deref() == Some("tools/call") => {

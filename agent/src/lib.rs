@@ -16,6 +16,7 @@ pub mod genai;
 pub mod net;
 pub mod netns;
 pub mod policy;
+pub mod providers;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod ratelimit;

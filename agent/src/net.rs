@@ -179,9 +179,79 @@ pub fn is_local_address(ip: IpAddr) -> bool {
     })
 }
 
+/// Whether `host` (a DNS name, trailing dot allowed) matches `pattern`,
+/// case-insensitively. A pattern is dot-separated labels:
+/// - a leading `*` label matches one or more labels (`*.example.com`:
+///   every subdomain, not the apex);
+/// - any other label may hold `*` matching one or more characters within
+///   that one label (`bedrock-runtime.*.amazonaws.com`,
+///   `*-aiplatform.googleapis.com`);
+/// - anything else matches itself.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let (any_prefix, pattern) = match pattern.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, pattern),
+    };
+    let want: Vec<&str> = pattern.split('.').collect();
+    let have: Vec<&str> = host.split('.').collect();
+    if have.len() < want.len() + usize::from(any_prefix)
+        || (!any_prefix && have.len() != want.len())
+    {
+        return false;
+    }
+    let tail = &have[have.len() - want.len()..];
+    let prefix_ok = have[..have.len() - want.len()]
+        .iter()
+        .all(|l| !l.is_empty());
+    prefix_ok && want.iter().zip(tail).all(|(p, l)| label_matches(p, l))
+}
+
+/// One label against one pattern label (`*` = one or more characters).
+fn label_matches(pattern: &str, label: &str) -> bool {
+    fn glob(p: &[u8], l: &[u8]) -> bool {
+        match p.split_first() {
+            None => l.is_empty(),
+            Some((b'*', rest)) => (1..=l.len()).any(|i| glob(rest, &l[i..])),
+            Some((c, rest)) => l
+                .split_first()
+                .is_some_and(|(d, l)| c.eq_ignore_ascii_case(d) && glob(rest, l)),
+        }
+    }
+    !label.is_empty() && glob(pattern.as_bytes(), label.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_patterns() {
+        assert!(host_matches("*.example.com", "api.example.com"));
+        assert!(host_matches("*.example.com", "a.b.Example.COM"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(!host_matches("*.example.com", "badexample.com"));
+        assert!(!host_matches("*.example.com", ".example.com"));
+        assert!(host_matches("api.openai.com", "API.openai.com."));
+        assert!(!host_matches("api.openai.com", "api.openai.com.evil"));
+        assert!(!host_matches("api.openai.com", "x.api.openai.com"));
+        let b = "bedrock-runtime.*.amazonaws.com";
+        assert!(host_matches(b, "bedrock-runtime.us-east-1.amazonaws.com"));
+        assert!(!host_matches(b, "bedrock-runtime.amazonaws.com"));
+        assert!(!host_matches(b, "bedrock-runtime.a.b.amazonaws.com"));
+        assert!(!host_matches(b, "s3.us-east-1.amazonaws.com"));
+        let v = "*-aiplatform.googleapis.com";
+        assert!(host_matches(v, "us-central1-aiplatform.googleapis.com"));
+        assert!(!host_matches(v, "-aiplatform.googleapis.com"));
+        assert!(!host_matches(v, "aiplatform.googleapis.com"));
+        assert!(!host_matches(v, "x.us-aiplatform.googleapis.com"));
+        assert!(!host_matches(
+            v,
+            "us-central1-aiplatform.googleapis.com.evil"
+        ));
+        assert!(host_matches("a*b*c.x", "aXXbYc.x"));
+        assert!(!host_matches("a*b*c.x", "abc.x"));
+    }
 
     #[test]
     fn cidrs() {

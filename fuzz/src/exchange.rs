@@ -9,7 +9,7 @@
 //!
 //! | byte | meaning |
 //! |---|---|
-//! | 0 | provider: 0 none, 1 detect from host (high nibble) + path, 2 anthropic, 3 openai, 4 google, 5 mcp |
+//! | 0 | provider (mod 7): 0 none, 1 detect from host (high nibble) + path, 2 anthropic, 3 openai, 4 google, 5 ollama, 6 mcp |
 //! | 1 | path ([`PATHS`]) |
 //! | 2 | method (POST, GET, PUT, DELETE) + request content type (high nibble) |
 //! | 3 | request content-encoding ([`ENCODINGS`]) + bit 4: really compress + bits 5-6: content-length exact / +1 / none |
@@ -36,7 +36,7 @@
 //! full JSON parser reads from a valid body ([`TopLevel`]).
 use std::io::Write;
 
-use egret::genai::{Api, Exchange, Limits, Provider, UsageChunkFilter};
+use egret::genai::{Api, Exchange, Limits, Provider, Target, UsageChunkFilter};
 use egret::record::Record;
 use egret::semconv as sc;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -58,6 +58,11 @@ pub const PATHS: &[&str] = &[
     "/openai/v1/chat/completions/?x=1",
     "/v1beta/models/:generateContent",
     "/",
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/v1/projects/p/locations/l/publishers/anthropic/models/c%40v:streamRawPredict",
+    "/openai/deployments/d/chat/completions?api-version=2024-10-21",
 ];
 
 const HOSTS: &[&str] = &[
@@ -66,6 +71,9 @@ const HOSTS: &[&str] = &[
     "generativelanguage.googleapis.com.",
     "API.OPENAI.COM",
     "example.com",
+    "ollama.com",
+    "us-east5-aiplatform.googleapis.com",
+    "egret.openai.azure.com",
 ];
 
 /// `(header value, how to really encode the body)`.
@@ -95,6 +103,7 @@ pub const CONTENT_TYPES: &[Option<&str>] = &[
     Some("text/plain"),
     Some(""),
     Some("TEXT/EVENT-STREAM"),
+    Some("application/x-ndjson"),
 ];
 
 const REQUEST_TYPES: &[Option<&str>] = &[
@@ -158,7 +167,7 @@ fn header(h: &mut HeaderMap, name: &'static str, value: &str) {
 
 /// One exchange to drive.
 pub struct Case<'a> {
-    pub provider: Option<Provider>,
+    pub provider: Option<Target>,
     pub method: Method,
     pub path: &'a str,
     pub req_headers: HeaderMap,
@@ -188,7 +197,7 @@ pub fn drive(case: &Case<'_>) -> Outcome {
     let chunks = case.plan.split(&case.resp_sent);
     let base = track::start();
 
-    let mut ex = Exchange::new(case.provider, case.limits);
+    let mut ex = Exchange::new(case.provider.clone(), case.limits);
     ex.on_request(&case.method, case.path, &case.req_headers, &case.req_sent);
     let mut rewritten = None;
     if case.rewrite && ex.wants_usage_rewrite() {
@@ -258,7 +267,12 @@ const PARSE_ERRORS: &[&str] = &[
 /// Checks that hold for every exchange.
 fn check_common(case: &Case<'_>, out: &Outcome) {
     let rec = &out.record;
-    match out.provider.and_then(Provider::semconv_name) {
+    // The target's name; without one, only Ollama's own API names itself.
+    let name = match &case.provider {
+        Some(t) => t.name.as_deref(),
+        None => (out.provider == Some(Provider::Ollama)).then_some("ollama"),
+    };
+    match name {
         Some(name) => {
             assert_eq!(rec.get_str(sc::GEN_AI_PROVIDER_NAME), Some(name));
             assert_eq!(rec.get_str(sc::GEN_AI_SYSTEM), Some(name));
@@ -411,13 +425,14 @@ pub fn genai_exchange(data: &[u8]) {
     let plan = Plan::read(&mut r);
     let (req, resp) = two_parts(r.rest());
 
-    let provider = match p % 6 {
+    let provider = match p % 7 {
         0 => None,
-        1 => Provider::detect(pick(HOSTS, p >> 4), path),
-        2 => Some(Provider::Anthropic),
-        3 => Some(Provider::OpenAi),
-        4 => Some(Provider::Google),
-        _ => Some(Provider::Mcp),
+        1 => Target::detect(pick(HOSTS, p >> 4), path),
+        2 => Some(Provider::Anthropic.into()),
+        3 => Some(Provider::OpenAi.into()),
+        4 => Some(Provider::Google.into()),
+        5 => Some(Provider::Ollama.into()),
+        _ => Some(Provider::Mcp.into()),
     };
     let method =
         [Method::POST, Method::GET, Method::PUT, Method::DELETE][usize::from(m & 3)].clone();
@@ -486,7 +501,7 @@ pub fn mcp(data: &[u8]) {
     let plan = Plan::read(&mut r);
     let (req, resp) = two_parts(r.rest());
 
-    let provider = (p & 1 == 1).then_some(Provider::Mcp);
+    let provider = (p & 1 == 1).then_some(Target::from(Provider::Mcp));
     let mut req_headers = HeaderMap::new();
     header(&mut req_headers, "content-type", "application/json");
     header(
@@ -509,7 +524,7 @@ pub fn mcp(data: &[u8]) {
         header(&mut resp_headers, "mcp-session-id", "s-2");
     }
     let case = Case {
-        provider,
+        provider: provider.clone(),
         method: Method::POST,
         path: "/mcp",
         req_headers,

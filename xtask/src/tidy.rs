@@ -31,6 +31,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "admin",
         ],
     ),
+    ("providers", &["providers"]),
     ("values", &["config", "record"]),
     (
         "kernel and codecs",

@@ -107,9 +107,19 @@ pub struct Selector {
 pub struct RouteConfig {
     pub name: String,
     pub hosts: Vec<String>,
-    /// `anthropic`, `openai`, `google`, `mcp` or `http`.
+    /// Who the hosts are: `http` (the default: egret finds the provider
+    /// from the host, the path and the body), `mcp`, a provider egret
+    /// knows (`openai`, `anthropic`, `google`, `azure.ai.openai`,
+    /// `gcp.vertex_ai`, `groq`, `ollama`, … — docs/attributes.md,
+    /// "Provider table"), or any other name with a `format`.
     #[serde(default = "default_provider")]
     pub provider: String,
+    /// The wire format to parse (`anthropic`, `openai`, `google`,
+    /// `ollama`): required for a provider egret does not know (e.g.
+    /// `provider: vllm, format: openai`); for a known one it fixes the
+    /// format instead of finding it from the path.
+    #[serde(default)]
+    pub format: Option<crate::providers::Provider>,
 }
 
 fn default_provider() -> String {

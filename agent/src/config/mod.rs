@@ -80,11 +80,16 @@ impl Config {
     /// ports 80/443, the well-known LLM provider hosts allowed, everything
     /// else denied.
     pub fn embedded_default() -> Config {
-        let route = |name: &str, host: &str, provider: &str| RouteConfig {
-            name: name.to_owned(),
-            hosts: vec![host.to_owned()],
-            provider: provider.to_owned(),
-        };
+        // One route per provider egret parses, for its public API hosts.
+        let routes = crate::providers::KNOWN
+            .iter()
+            .map(|k| RouteConfig {
+                name: k.name.to_owned(),
+                hosts: k.hosts.iter().map(|h| (*h).to_owned()).collect(),
+                provider: k.name.to_owned(),
+                format: None,
+            })
+            .collect();
         Config {
             node: NodeConfig::default(),
             store: StoreConfig::default(),
@@ -92,11 +97,7 @@ impl Config {
                 name: "default".to_owned(),
                 selector: Selector::default(),
                 default_policy: DefaultPolicy::DenyAll,
-                routes: vec![
-                    route("anthropic", "api.anthropic.com", "anthropic"),
-                    route("openai", "api.openai.com", "openai"),
-                    route("google", "generativelanguage.googleapis.com", "google"),
-                ],
+                routes,
                 budgets: vec![],
                 capture_body: CaptureBodyConfig::default(),
                 rewrite_stream_usage: true,

@@ -3,6 +3,7 @@
 use std::str::FromStr;
 
 use super::{Cidr, Config};
+use crate::providers::RouteProvider;
 
 /// Why a [`Cidr`] in the config does not parse (the network parser's error).
 pub type CidrError = <Cidr as FromStr>::Err;
@@ -40,6 +41,12 @@ pub enum ValidationError {
     UnixSocketIsApiSocket,
     #[error("gateways: duplicate name {0:?}")]
     DuplicateGateway(String),
+    #[error("gateway {gateway:?} route {route:?}: {source}")]
+    RouteProvider {
+        gateway: String,
+        route: String,
+        source: crate::providers::RouteProviderError,
+    },
 }
 
 impl Config {
@@ -100,6 +107,15 @@ impl Config {
         for g in &self.gateways {
             if !names.insert(g.name.as_str()) {
                 return Err(ValidationError::DuplicateGateway(g.name.clone()));
+            }
+            for r in &g.routes {
+                RouteProvider::parse(&r.provider, r.format).map_err(|source| {
+                    ValidationError::RouteProvider {
+                        gateway: g.name.clone(),
+                        route: r.name.clone(),
+                        source,
+                    }
+                })?;
             }
         }
         Ok(())

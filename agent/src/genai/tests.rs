@@ -40,7 +40,7 @@ const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
 /// One exchange to replay.
 #[derive(Clone)]
 struct Case {
-    provider: Option<Provider>,
+    provider: Option<Target>,
     method: Method,
     path: &'static str,
     req_headers: Vec<(&'static str, String)>,
@@ -58,7 +58,7 @@ impl Case {
         let req_body = req_body.into();
         let len = req_body.len().to_string();
         Case {
-            provider: Provider::detect(host, path),
+            provider: Target::detect(host, path),
             method: Method::POST,
             path,
             req_headers: vec![
@@ -93,7 +93,7 @@ impl Case {
     }
 
     fn start(&self) -> Exchange {
-        let mut ex = Exchange::new(self.provider, self.limits);
+        let mut ex = Exchange::new(self.provider.clone(), self.limits);
         let rh: Vec<(&str, &str)> = self
             .req_headers
             .iter()
@@ -313,7 +313,7 @@ fn mcp_tools_call_case() -> Case {
 
 /// An exchange that has seen only its request.
 fn request(provider: Option<Provider>, path: &str, hdrs: &[(&str, &str)], body: &[u8]) -> Exchange {
-    let mut ex = Exchange::new(provider, Limits::default());
+    let mut ex = Exchange::new(provider.map(Target::from), Limits::default());
     ex.on_request(&Method::POST, path, &headers(hdrs), body);
     ex
 }
@@ -362,7 +362,11 @@ fn provider_detection_needs_host_and_endpoint() {
         ("example.com", "/v1/chat/completions", None),
     ];
     for (host, path, want) in cases {
-        assert_eq!(Provider::detect(host, path), want, "{host}{path}");
+        assert_eq!(
+            Target::detect(host, path).map(|t| t.format),
+            want,
+            "{host}{path}"
+        );
     }
     for p in Provider::ALL {
         assert_eq!(Provider::from_name(p.name()), Some(p));
@@ -790,7 +794,7 @@ fn mcp_cases() {
                     ],
                     fixture("mcp_initialize_response.json"),
                 )
-                .with(|c| c.provider = Provider::from_name("mcp")),
+                .with(|c| c.provider = Some(Target::from(Provider::Mcp))),
             feed: AnySplit,
             expect: &[
                 (sc::MCP_METHOD_NAME, Str("initialize")),
@@ -848,7 +852,7 @@ fn mcp_cases() {
             name: "mcp_errors_and_notifications/client_response",
             case: mcp(br#"{"jsonrpc":"2.0","id":"srv-9","result":{"roots":[]}}"#)
                 .respond(202, &[], Vec::new())
-                .with(|c| c.provider = Some(Provider::Mcp)),
+                .with(|c| c.provider = Some(Target::from(Provider::Mcp))),
             feed: Whole,
             expect: &[(sc::PARSE_ERROR, Absent), (sc::MCP_METHOD_NAME, Absent)],
         },
@@ -1314,7 +1318,7 @@ fn include_usage_rewrite_and_strip_end_to_end() {
     let req = fixture("openai_chat_request.json");
     let len = req.len().to_string();
     let mut ex = request(
-        case.provider,
+        case.provider.map(|t| t.format),
         case.path,
         &[
             ("content-type", "application/json"),
@@ -1493,4 +1497,285 @@ fn taps_can_move_between_tasks() {
     assert_send::<Exchange>();
     assert_send::<UsageChunkFilter>();
     assert_send::<SseParser>();
+}
+
+// ------------------------------------------- other hosts, formats and shapes
+
+const NDJSON: &[(&str, &str)] = &[("content-type", "application/x-ndjson")];
+
+fn ollama_stream() -> Vec<u8> {
+    let mut out = Vec::new();
+    for w in ["Herons", " and", " egrets"] {
+        out.extend_from_slice(
+            format!(
+                "{{\"model\":\"llama3.2\",\"created_at\":\"2026-12-03T10:00:00Z\",\"message\":{{\"role\":\"assistant\",\"content\":\"{w}\"}},\"done\":false}}\n"
+            )
+            .as_bytes(),
+        );
+    }
+    out.extend_from_slice(br#"{"model":"llama3.2","created_at":"2026-12-03T10:00:01Z","message":{"role":"assistant","content":""},"done_reason":"stop","done":true,"total_duration":1234,"prompt_eval_count":26,"prompt_eval_duration":10,"eval_count":3,"eval_duration":20}
+"#);
+    out
+}
+
+#[test]
+fn ollama_native_api_streams_and_answers() {
+    let chat_req =
+        br#"{"model":"llama3.2","messages":[{"role":"user","content":"Name wading birds"}]}"#;
+    let ollama = |path: &'static str, req: &[u8]| {
+        Case::new("ollama.local:11434", path, req.to_vec())
+            .with(|c| c.provider = Some(Target::from(Provider::Ollama)))
+    };
+    check(vec![
+        Row {
+            name: "chat streams by default (NDJSON)",
+            case: ollama("/api/chat", chat_req).respond(200, NDJSON, ollama_stream()),
+            feed: AnySplit,
+            expect: &[
+                (sc::GEN_AI_PROVIDER_NAME, Str("ollama")),
+                (sc::GEN_AI_OPERATION_NAME, Str("chat")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("llama3.2")),
+                (sc::GEN_AI_REQUEST_STREAM, Bool(true)),
+                (sc::GEN_AI_RESPONSE_MODEL, Str("llama3.2")),
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["stop"])),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(26)),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(3)),
+                (sc::GEN_AI_RESPONSE_ID, Absent),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+        Row {
+            name: "stream without its done line is truncated",
+            case: ollama("/api/chat", chat_req).respond(200, NDJSON, {
+                let s = ollama_stream();
+                let cut = s[..s.len() - 1].iter().rposition(|b| *b == b'\n').unwrap() + 1;
+                s[..cut].to_vec()
+            }),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_RESPONSE_MODEL, Str("llama3.2")),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Absent),
+                (sc::PARSE_ERROR, Str("truncated")),
+            ],
+        },
+        Row {
+            name: "generate, not streamed",
+            case: ollama(
+                "/api/generate",
+                br#"{"model":"qwen3:0.6b","prompt":"Why is the sky blue?","stream":false}"#,
+            )
+            .respond(
+                200,
+                JSON,
+                br#"{"model":"qwen3:0.6b","created_at":"2026-12-03T10:00:00Z","response":"Rayleigh.","done":true,"done_reason":"length","prompt_eval_count":9,"eval_count":4}"#.to_vec(),
+            ),
+            feed: AnySplit,
+            expect: &[
+                (sc::GEN_AI_OPERATION_NAME, Str("text_completion")),
+                (sc::GEN_AI_REQUEST_STREAM, Bool(false)),
+                (sc::GEN_AI_RESPONSE_FINISH_REASONS, Strs(&["length"])),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(9)),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(4)),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+        Row {
+            name: "embed",
+            case: ollama("/api/embed", br#"{"model":"all-minilm","input":["heron","egret"]}"#)
+                .respond(
+                    200,
+                    JSON,
+                    br#"{"model":"all-minilm","embeddings":[[0.1,0.2],[0.3,0.4]],"total_duration":5,"prompt_eval_count":4}"#.to_vec(),
+                ),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_OPERATION_NAME, Str("embeddings")),
+                (sc::GEN_AI_REQUEST_STREAM, Absent),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(4)),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+        Row {
+            name: "an error line in a stream",
+            case: ollama("/api/chat", chat_req).respond(
+                200,
+                NDJSON,
+                b"{\"error\":\"model runner has unexpectedly stopped\"}\n".to_vec(),
+            ),
+            feed: Whole,
+            expect: &[(sc::ERROR_TYPE, Str("error"))],
+        },
+        Row {
+            name: "a line over the event cap",
+            case: ollama("/api/chat", chat_req)
+                .respond(200, NDJSON, {
+                    let mut s = format!("{{\"model\":\"llama3.2\",\"message\":{{\"content\":\"{}\"}},\"done\":false}}\n", "x".repeat(600)).into_bytes();
+                    s.extend_from_slice(&ollama_stream());
+                    s
+                })
+                .with(|c| c.limits.max_event_bytes = 400),
+            feed: Chunks(50),
+            expect: &[
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(26)),
+                (sc::PARSE_ERROR, Str("sse_event_too_large")),
+            ],
+        },
+    ]);
+}
+
+#[test]
+fn clouds_and_compatible_hosts_name_their_provider() {
+    let chat_body = br#"{"messages":[{"role":"user","content":"hi"}],"stream":false}"#;
+    let chat_answer = br#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-2024-11-20","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+    let vertex_claude = br#"{"anthropic_version":"vertex-2023-10-16","max_tokens":8,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    check(vec![
+        Row {
+            name: "azure deployment names the model",
+            case: Case::new(
+                "egret-test.openai.azure.com",
+                "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
+                chat_body.to_vec(),
+            )
+            .respond(200, JSON, chat_answer.to_vec()),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_PROVIDER_NAME, Str("azure.ai.openai")),
+                (sc::GEN_AI_SYSTEM, Str("azure.ai.openai")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("prod-gpt4o")),
+                (sc::GEN_AI_RESPONSE_MODEL, Str("gpt-4o-2024-11-20")),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(3)),
+            ],
+        },
+        Row {
+            name: "groq",
+            case: Case::new(
+                "api.groq.com",
+                "/openai/v1/chat/completions",
+                br#"{"model":"llama-3.3-70b-versatile","messages":[]}"#.to_vec(),
+            )
+            .respond(200, JSON, chat_answer.to_vec()),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_PROVIDER_NAME, Str("groq")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("llama-3.3-70b-versatile")),
+            ],
+        },
+        Row {
+            name: "anthropic on vertex: model and streaming from the path",
+            case: Case::new(
+                "us-east5-aiplatform.googleapis.com",
+                "/v1/projects/egret/locations/us-east5/publishers/anthropic/models/claude-sonnet-4%4020250514:streamRawPredict",
+                vertex_claude.to_vec(),
+            )
+            .respond(200, SSE, fixture("anthropic_stream.sse")),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_PROVIDER_NAME, Str("gcp.vertex_ai")),
+                (sc::GEN_AI_OPERATION_NAME, Str("chat")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("claude-sonnet-4@20250514")),
+                (sc::GEN_AI_REQUEST_STREAM, Bool(true)),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+        Row {
+            name: "gemini on vertex",
+            case: Case::new(
+                "us-central1-aiplatform.googleapis.com",
+                "/v1beta1/projects/egret/locations/us-central1/publishers/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+                fixture("google_request.json"),
+            )
+            .respond(200, &[("content-type", "text/event-stream")], fixture("google_stream.sse")),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_PROVIDER_NAME, Str("gcp.vertex_ai")),
+                (sc::GEN_AI_OPERATION_NAME, Str("generate_content")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("gemini-2.5-flash")),
+                (sc::PARSE_ERROR, Absent),
+            ],
+        },
+        Row {
+            name: "an unknown host with an OpenAI-style body: format yes, name no",
+            case: Case::new(
+                "vllm.internal:8000",
+                "/v1/chat/completions",
+                br#"{"model":"Qwen/Qwen3-8B","messages":[]}"#.to_vec(),
+            )
+            .respond(200, JSON, chat_answer.to_vec()),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_PROVIDER_NAME, Absent),
+                (sc::GEN_AI_OPERATION_NAME, Str("chat")),
+                (sc::GEN_AI_REQUEST_MODEL, Str("Qwen/Qwen3-8B")),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(1)),
+            ],
+        },
+        Row {
+            name: "an unknown host with an Ollama body names Ollama",
+            case: Case::new(
+                "gpu-box:11434",
+                "/api/chat",
+                br#"{"model":"llama3.2","messages":[]}"#.to_vec(),
+            )
+            .respond(200, NDJSON, ollama_stream()),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_PROVIDER_NAME, Str("ollama")),
+                (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(3)),
+            ],
+        },
+        Row {
+            name: "an unknown host without a model is plain HTTP",
+            case: Case::new("example.com", "/v1/chat/completions", br#"{"messages":[]}"#.to_vec())
+                .respond(200, JSON, chat_answer.to_vec()),
+            feed: Whole,
+            expect: &[
+                (sc::GEN_AI_OPERATION_NAME, Absent),
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Absent),
+            ],
+        },
+    ]);
+}
+
+#[test]
+fn usage_rewrite_only_where_the_provider_accepts_it() {
+    let body = br#"{"model":"m","messages":[],"stream":true}"#;
+    let hdrs = [("content-type", "application/json")];
+    for (host, path, rewrite) in [
+        ("api.openai.com", "/v1/chat/completions", true),
+        (
+            "x.openai.azure.com",
+            "/openai/deployments/d/chat/completions?api-version=2024-10-21",
+            true,
+        ),
+        ("api.groq.com", "/openai/v1/chat/completions", false),
+        ("api.mistral.ai", "/v1/chat/completions", false),
+        ("vllm.internal", "/v1/chat/completions", false),
+    ] {
+        let mut ex = Exchange::new(Target::detect(host, path), Limits::default());
+        ex.on_request(&Method::POST, path, &headers(&hdrs), body);
+        assert_eq!(ex.wants_usage_rewrite(), rewrite, "{host}");
+        assert_eq!(ex.rewrite_request_body(body).is_some(), rewrite, "{host}");
+    }
+}
+
+/// One SSE event far larger than any body capture (100 KiB of text) before
+/// the usage: the parser sees whole events whatever the capture keeps.
+#[test]
+fn a_large_event_does_not_lose_the_usage() {
+    let big = "w".repeat(100 * 1024);
+    let mut sse = format!(
+        "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"usage\":{{\"input_tokens\":12,\"output_tokens\":1}}}}}}\n\n\
+         event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{big}\"}}}}\n\n"
+    );
+    sse.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":25600}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+    check(vec![Row {
+        name: "100 KiB event",
+        case: anthropic(fixture("anthropic_request.json")).respond(200, SSE, sse.into_bytes()),
+        feed: Chunks(16 * 1024),
+        expect: &[
+            (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(12)),
+            (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(25600)),
+            (sc::PARSE_ERROR, Absent),
+        ],
+    }]);
 }

@@ -35,8 +35,9 @@ use crate::{
     budget,
     config::CaptureBodyConfig,
     credentials,
-    genai::{Exchange, Limits, Provider},
+    genai::{Exchange, Limits},
     policy::Decision,
+    providers::{self, RouteProvider},
     record::{now_unix_nanos, Record},
     semconv as sc,
 };
@@ -808,7 +809,7 @@ fn authorize(
     conn: &Conn,
     req: &Request<Incoming>,
     route: &mut Route,
-) -> Result<Option<Provider>, Refusal> {
+) -> Result<Option<providers::Target>, Refusal> {
     if let Some(refusal) = route.misdirected.take() {
         return Err(refusal);
     }
@@ -825,10 +826,14 @@ fn authorize(
     }
     route.rec.set(sc::POLICY_DENIED, false);
 
+    // The route's provider (validated at load; `http` = found from the
+    // host, path and body).
     let provider = decision
-        .provider()
-        .and_then(Provider::from_name)
-        .or_else(|| Provider::detect(&route.host, req.uri().path()));
+        .route
+        .as_ref()
+        .and_then(|r| RouteProvider::parse(&r.provider, r.format).ok())
+        .unwrap_or(RouteProvider::Auto)
+        .target(&route.host, req.uri().path());
     if let (Some(gw), Some(a)) = (&decision.gateway, &conn.origin.attribution) {
         if let Some(st) = conn
             .l7
@@ -840,7 +845,7 @@ fn authorize(
             route.rec.set(sc::BUDGET_DENIED, st.exhausted());
             if st.exhausted() {
                 return Err(Refusal::BudgetExhausted {
-                    provider: provider.map(Provider::name),
+                    provider: provider.as_ref().map(|t| t.format.name()),
                     status: st,
                 });
             }
@@ -866,7 +871,7 @@ async fn prepare(
     conn: &Conn,
     req: Request<Incoming>,
     route: &mut Route,
-    provider: Option<Provider>,
+    provider: Option<providers::Target>,
     capture: &CaptureBodyConfig,
 ) -> Result<Prepared, Refusal> {
     let attr = conn.origin.attribution.as_ref();
