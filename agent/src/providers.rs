@@ -499,6 +499,50 @@ mod tests {
         assert_eq!(Provider::from_name("Gemini"), Some(Google));
     }
 
+    /// docs/attributes.md's provider table is [`KNOWN`], row by row.
+    #[test]
+    fn the_provider_table_is_documented() {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/attributes.md"),
+        )
+        .unwrap();
+        let start = doc.find("### Provider table").expect("the section");
+        let ticks = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect()
+        };
+        let rows: Vec<(String, Vec<String>, Vec<String>, String)> = doc[start..]
+            .lines()
+            .skip_while(|l| !l.starts_with("| `gen_ai.provider.name`"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let c: Vec<&str> = l.split('|').map(str::trim).collect();
+                (
+                    ticks(c[1]).concat(),
+                    ticks(c[2]),
+                    ticks(c[3]),
+                    c[4].to_owned(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, Vec<String>, Vec<String>, String)> = KNOWN
+            .iter()
+            .map(|k| {
+                (
+                    k.name.to_owned(),
+                    k.aliases.iter().map(|a| (*a).to_owned()).collect(),
+                    k.hosts.iter().map(|h| (*h).to_owned()).collect(),
+                    k.format.name().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(rows, want);
+    }
+
     #[test]
     fn every_known_name_and_alias_is_unique() {
         let mut seen = std::collections::HashSet::new();

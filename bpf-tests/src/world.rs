@@ -13,7 +13,12 @@ use egret::record::Record;
 use crate::{egret_bin, sandboxed, unique, workspace_root, Agent, AgentOptions, SandboxCgroup};
 
 /// Every name the sandbox's hosts file maps to the mock.
-pub const NAMES: &str = "api.anthropic.com,api.openai.com,generativelanguage.googleapis.com,mcp.local,denied.example,localhost";
+pub const NAMES: &str = concat!(
+    "api.anthropic.com,api.openai.com,generativelanguage.googleapis.com,mcp.local,denied.example,localhost,",
+    // Clouds and OpenAI-compatible servers (bpf-tests/tests/providers.rs).
+    "egret-test.openai.azure.com,api.groq.com,api.mistral.ai,api.deepseek.com,api.x.ai,openrouter.ai,",
+    "us-east5-aiplatform.googleapis.com,us-central1-aiplatform.googleapis.com,ollama.local,vllm.local"
+);
 
 /// The mock-provider process; killed (and its directory removed) on drop.
 pub struct MockProvider {

@@ -44,6 +44,7 @@ fn pick_coding(req_headers: &http::HeaderMap, provider: Provider) -> Option<&'st
     let preferred: &[&'static str] = match provider {
         Provider::Anthropic | Provider::OpenAi => &["br", "gzip"],
         Provider::Google => &["gzip"],
+        Provider::Ollama => &[],
     };
     preferred
         .iter()

@@ -31,6 +31,15 @@
 //!   `:streamGenerateContent?alt=sse` (`\r\n\r\n` separators, cumulative
 //!   `usageMetadata` in every chunk). Without `alt=sse` the stream is a JSON
 //!   array, as the real API does.
+//! * Ollama: `POST /api/chat`, `/api/generate` (NDJSON streams unless
+//!   `"stream": false`), `/api/embed`.
+//! * The same APIs where clouds and compatible servers mount them:
+//!   `/openai/v1/…` (Groq, Azure v1), `/api/v1/…` (OpenRouter),
+//!   `/inference/v1/…` (Fireworks), `/openai/deployments/{d}/…?api-version=`
+//!   (Azure; model = deployment when the body has none), Vertex AI's
+//!   `/v1*/projects/{p}/locations/{l}/publishers/google/models/{m}:{method}`,
+//!   `…/publishers/anthropic/models/{m}:rawPredict|streamRawPredict`
+//!   (requires `anthropic_version`) and `…/endpoints/openapi/chat/completions`.
 //! * MCP streamable HTTP at `/mcp`: POST `initialize` (answers with an
 //!   `Mcp-Session-Id` header), notifications and client responses (202),
 //!   `ping`, `tools/list`, `tools/call` (tools `echo` and `add`); DELETE ends
@@ -81,6 +90,7 @@ mod anthropic;
 mod encoding;
 mod google;
 mod mcp;
+mod ollama;
 mod openai;
 mod routing;
 mod server;

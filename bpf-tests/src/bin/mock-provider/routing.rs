@@ -14,7 +14,7 @@ use crate::shared::{header_u64, json_response, respond, State};
 use crate::utility::{
     bytes_endpoint, echo_endpoint, headers_endpoint, json_endpoint, sse_endpoint,
 };
-use crate::{anthropic, google, mcp, openai, RespBody, MAX_REQUEST_BODY};
+use crate::{anthropic, google, mcp, ollama, openai, RespBody, MAX_REQUEST_BODY};
 
 /// What the provider handlers need from the request.
 pub(crate) struct Call {
@@ -28,7 +28,36 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let all: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Clouds and compatible servers mount the same APIs under their own
+    // paths: answer them as the API they are (the model from the path when
+    // the body has none, as Azure's deployments and Vertex do).
+    let (segments, path_model) = mount(&all);
+    if let Some(m) = path_model {
+        let m = m.to_owned();
+        return match segments.as_slice() {
+            ["v1", "messages"] => {
+                with_json_model(&state, req, query, Provider::Anthropic, m, |s, c| {
+                    if c.body
+                        .get("anthropic_version")
+                        .and_then(Value::as_str)
+                        .is_none()
+                    {
+                        return Err(bad_request("anthropic_version: field required"));
+                    }
+                    anthropic::messages(s, c)
+                })
+                .await
+            }
+            ["v1", "chat", "completions"] => {
+                with_json_model(&state, req, query, Provider::OpenAi, m, openai::chat).await
+            }
+            ["v1", "embeddings"] => {
+                with_json_model(&state, req, query, Provider::OpenAi, m, openai::embeddings).await
+            }
+            _ => not_found(&path),
+        };
+    }
 
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => respond(StatusCode::OK, "text/plain", "ok\n"),
@@ -50,7 +79,22 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
         (&Method::POST, ["v1", "embeddings"]) => {
             with_json(&state, req, query, Provider::OpenAi, openai::embeddings).await
         }
-        (&Method::POST, ["v1beta" | "v1", "models", model_method]) => {
+        (&Method::POST, ["api", "chat"]) => {
+            with_json(&state, req, query, Provider::Ollama, |s, c| {
+                ollama::generate(s, c, ollama::Api::Chat)
+            })
+            .await
+        }
+        (&Method::POST, ["api", "generate"]) => {
+            with_json(&state, req, query, Provider::Ollama, |s, c| {
+                ollama::generate(s, c, ollama::Api::Generate)
+            })
+            .await
+        }
+        (&Method::POST, ["api", "embed"]) => {
+            with_json(&state, req, query, Provider::Ollama, ollama::embed).await
+        }
+        (&Method::POST, ["v1beta" | "v1" | "v1beta1", "models", model_method]) => {
             match model_method.rsplit_once(':') {
                 Some((model, "generateContent")) => {
                     let model = model.to_string();
@@ -73,6 +117,37 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
     }
 }
 
+/// The API path a cloud's or compatible server's path stands for, and the
+/// model its path names (Azure deployments, Anthropic on Vertex AI):
+/// - `/openai/v1/…` (Groq, Azure's v1 API), `/api/v1/…` (OpenRouter),
+///   `/inference/v1/…` (Fireworks) → `/v1/…`;
+/// - `/openai/deployments/{d}/…` (Azure) → `/v1/…`, model `d`;
+/// - `/v1*/projects/{p}/locations/{l}/publishers/google/models/{m}:{method}`
+///   → `/v1beta/models/{m}:{method}`;
+/// - `…/publishers/anthropic/models/{m}:rawPredict|streamRawPredict` →
+///   `/v1/messages`, model `m`;
+/// - `…/endpoints/openapi/chat/completions` → `/v1/chat/completions`.
+fn mount<'a>(s: &[&'a str]) -> (Vec<&'a str>, Option<&'a str>) {
+    let v1 = |rest: &[&'a str]| [&["v1"][..], rest].concat();
+    match s {
+        ["openai" | "inference", "v1", rest @ ..] | ["api", "v1", rest @ ..] => (v1(rest), None),
+        ["openai", "deployments", d, rest @ ..] => (v1(rest), Some(*d)),
+        [_, "projects", _, "locations", _, "publishers", "google", "models", m] => {
+            (vec!["v1beta", "models", *m], None)
+        }
+        [_, "projects", _, "locations", _, "publishers", "anthropic", "models", m] => {
+            match m.rsplit_once(':') {
+                Some((model, "rawPredict" | "streamRawPredict")) => {
+                    (vec!["v1", "messages"], Some(model))
+                }
+                _ => (s.to_vec(), None),
+            }
+        }
+        [_, "projects", _, "locations", _, "endpoints", "openapi", rest @ ..] => (v1(rest), None),
+        _ => (s.to_vec(), None),
+    }
+}
+
 fn not_found(path: &str) -> Response<RespBody> {
     json_response(
         StatusCode::NOT_FOUND,
@@ -85,6 +160,7 @@ pub(crate) enum Provider {
     Anthropic,
     OpenAi,
     Google,
+    Ollama,
 }
 
 /// An error in the provider's own shape.
@@ -104,6 +180,7 @@ fn provider_error(provider: Provider, status: StatusCode, message: &str) -> Resp
                 "status": if status == StatusCode::PAYLOAD_TOO_LARGE { "RESOURCE_EXHAUSTED" } else { "INVALID_ARGUMENT" },
             },
         }),
+        Provider::Ollama => json!({"error": message}),
     };
     json_response(status, &body)
 }
@@ -136,7 +213,25 @@ where
     F: FnOnce(&State, &Call) -> Result<Response<RespBody>, Reject>,
 {
     let req_headers = req.headers().clone();
-    let resp = read_json(state, req, query, provider, f).await;
+    let resp = read_json(state, req, query, provider, None, f).await;
+    compress(resp, &req_headers, provider).await
+}
+
+/// [`with_json`] for an API whose path names the model: the body's
+/// `model` is `model` when the body has none.
+async fn with_json_model<F>(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    query: Option<String>,
+    provider: Provider,
+    model: String,
+    f: F,
+) -> Response<RespBody>
+where
+    F: FnOnce(&State, &Call) -> Result<Response<RespBody>, Reject>,
+{
+    let req_headers = req.headers().clone();
+    let resp = read_json(state, req, query, provider, Some(model), f).await;
     compress(resp, &req_headers, provider).await
 }
 
@@ -145,6 +240,7 @@ async fn read_json<F>(
     req: Request<Incoming>,
     query: Option<String>,
     provider: Provider,
+    path_model: Option<String>,
     f: F,
 ) -> Response<RespBody>
 where
@@ -166,7 +262,12 @@ where
         }
     };
     let body: Value = match serde_json::from_slice(&bytes) {
-        Ok(v @ Value::Object(_)) => v,
+        Ok(Value::Object(mut o)) => {
+            if let Some(m) = path_model {
+                o.entry("model").or_insert(Value::String(m));
+            }
+            Value::Object(o)
+        }
         Ok(_) => {
             return provider_error(
                 provider,
@@ -199,7 +300,7 @@ where
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         let name = match provider {
             Provider::Anthropic => "request-id",
-            Provider::OpenAi | Provider::Google => "x-request-id",
+            Provider::OpenAi | Provider::Google | Provider::Ollama => "x-request-id",
         };
         resp.headers_mut().insert(name, v);
     }
