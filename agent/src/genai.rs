@@ -78,6 +78,7 @@ mod json_scan;
 mod mcp;
 mod ollama;
 mod openai;
+mod params;
 pub mod sse;
 #[cfg(test)]
 mod tests;
@@ -329,7 +330,11 @@ pub(crate) struct Findings {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     pub cache_read_input_tokens: Option<u64>,
+    /// Tokens written to the provider's prompt cache
+    /// (`gen_ai.usage.cache_write.input_tokens`).
     pub cache_creation_input_tokens: Option<u64>,
+    /// Reasoning ("thinking") tokens, part of `output_tokens`.
+    pub reasoning_output_tokens: Option<u64>,
     /// Provider / JSON-RPC error code, for `error.type`.
     pub error_type: Option<String>,
     pub rpc_status_code: Option<String>,
@@ -741,6 +746,8 @@ pub struct Exchange {
     request_stream: Option<bool>,
     /// `stream_options.include_usage` as the client sent it.
     include_usage: Option<bool>,
+    /// Request parameters (`gen_ai.request.*`, output type, conversation).
+    params: params::Params,
     mcp: Option<mcp::Request>,
     mcp_session_id: Option<String>,
     mcp_protocol_version: Option<String>,
@@ -777,6 +784,7 @@ impl Exchange {
             request_model: None,
             request_stream: None,
             include_usage: None,
+            params: params::Params::default(),
             mcp: None,
             mcp_session_id: None,
             mcp_protocol_version: None,
@@ -888,13 +896,14 @@ impl Exchange {
                 let mut model = None;
                 let mut stream = None;
                 let mut include_usage = None;
+                let (api, params) = (self.api, &mut self.params);
                 let end = json_scan::scan(body, |h| match (h.parent, h.key) {
                     (None, b"model") => model = h.value.as_str().map(|s| s.into_owned()),
                     (None, b"stream") => stream = h.value.as_bool(),
                     (Some(b"stream_options"), b"include_usage") => {
                         include_usage = h.value.as_bool()
                     }
-                    _ => {}
+                    _ => params.hit(api, h, body),
                 });
                 // Azure's deployment and Vertex's model are in the path
                 // when the body has none.
@@ -917,15 +926,18 @@ impl Exchange {
                 let path = path_and_query.split('?').next().unwrap_or("");
                 self.request_model = google::model_from_path(path).map(str::to_owned);
                 self.request_stream = Some(self.api == Api::GoogleStreamGenerate);
+                let (api, params) = (self.api, &mut self.params);
+                json_scan::scan(body, |h| params.hit(api, h, body));
                 None
             }
             Api::OllamaChat | Api::OllamaGenerate | Api::OllamaEmbed => {
                 let mut model = None;
                 let mut stream = None;
+                let (api, params) = (self.api, &mut self.params);
                 let end = json_scan::scan(body, |h| match (h.parent, h.key) {
                     (None, b"model") => model = h.value.as_str().map(|s| s.into_owned()),
                     (None, b"stream") => stream = h.value.as_bool(),
-                    _ => {}
+                    _ => params.hit(api, h, body),
                 });
                 self.request_model = model;
                 self.request_stream = match (stream, end) {
@@ -1161,6 +1173,7 @@ impl Exchange {
         };
         record.set_opt(sc::GEN_AI_OPERATION_NAME, operation);
         record.set_opt(sc::GEN_AI_REQUEST_MODEL, self.request_model.take());
+        std::mem::take(&mut self.params).write(record);
         if self.api.streams() {
             record.set_opt(sc::GEN_AI_REQUEST_STREAM, self.request_stream);
         }
@@ -1177,9 +1190,20 @@ impl Exchange {
             sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
             f.cache_read_input_tokens,
         );
+        // The conventions' name, and the name it had until
+        // semantic-conventions-genai v0.1.0 (records keep both; OTLP sends
+        // the old one while `otlp.emitLegacyCacheCreation` is on).
+        record.set_opt(
+            sc::GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS,
+            f.cache_creation_input_tokens,
+        );
         record.set_opt(
             sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
             f.cache_creation_input_tokens,
+        );
+        record.set_opt(
+            sc::GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+            f.reasoning_output_tokens,
         );
 
         if let Some(r) = self.mcp.take() {

@@ -42,8 +42,24 @@ pub const GEN_AI_RESPONSE_FINISH_REASONS: &str = "gen_ai.response.finish_reasons
 pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
 pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
 pub const GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: &str = "gen_ai.usage.cache_read.input_tokens";
+/// The name of `gen_ai.usage.cache_write.input_tokens` before
+/// semantic-conventions-genai v0.1.0; kept beside it while consumers move.
 pub const GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: &str =
     "gen_ai.usage.cache_creation.input_tokens";
+pub const GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: &str = "gen_ai.usage.cache_write.input_tokens";
+pub const GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: &str = "gen_ai.usage.reasoning.output_tokens";
+// Request parameters, as the client sent them.
+pub const GEN_AI_REQUEST_MAX_TOKENS: &str = "gen_ai.request.max_tokens";
+pub const GEN_AI_REQUEST_TEMPERATURE: &str = "gen_ai.request.temperature";
+pub const GEN_AI_REQUEST_TOP_P: &str = "gen_ai.request.top_p";
+pub const GEN_AI_REQUEST_TOP_K: &str = "gen_ai.request.top_k";
+pub const GEN_AI_REQUEST_STOP_SEQUENCES: &str = "gen_ai.request.stop_sequences";
+pub const GEN_AI_REQUEST_SEED: &str = "gen_ai.request.seed";
+pub const GEN_AI_REQUEST_FREQUENCY_PENALTY: &str = "gen_ai.request.frequency_penalty";
+pub const GEN_AI_REQUEST_PRESENCE_PENALTY: &str = "gen_ai.request.presence_penalty";
+pub const GEN_AI_REQUEST_CHOICE_COUNT: &str = "gen_ai.request.choice.count";
+pub const GEN_AI_OUTPUT_TYPE: &str = "gen_ai.output.type";
+pub const GEN_AI_CONVERSATION_ID: &str = "gen_ai.conversation.id";
 pub const GEN_AI_REQUEST_STREAM: &str = "gen_ai.request.stream";
 pub const GEN_AI_TOOL_NAME: &str = "gen_ai.tool.name";
 pub const MCP_METHOD_NAME: &str = "mcp.method.name";
@@ -226,11 +242,16 @@ impl AttrType {
 /// type: `egret.*`, the seed contract (`invocation.id`, `agent.*`), the
 /// OpenInference and MLflow profile names (no OpenTelemetry registry has
 /// them) and `otel.metric.overflow` (named by the metrics SDK
-/// specification, not by the registry). The other attribute names above
+/// specification, not by the registry), and two GenAI names of
+/// semantic-conventions-genai v0.1.0 that the core registry egret depends on
+/// lacks. The other attribute names above
 /// are the core registry's, referenced from egret's.
 pub const DEFINED: &[(&str, AttrType)] = {
     use AttrType::{Boolean as B, Double as D, Int as I, String as S};
     &[
+        // semantic-conventions-genai v0.1.0 names the core registry lacks.
+        (GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS, I),
+        (GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, I),
         (RECORD_KIND, S),
         (RECORD_ID, S),
         (START_TIME, I),

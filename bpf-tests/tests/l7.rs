@@ -77,6 +77,11 @@ fn openai_sdk_through_egret_json_streams_rewrite_and_credentials() {
     assert_eq!(chat.get_str(sc::GEN_AI_OPERATION_NAME), Some("chat"));
     assert_eq!(chat.get_str(sc::GEN_AI_REQUEST_MODEL), Some("gpt-4o-mini"));
     assert_eq!(tokens(chat), usage(call("chat")));
+    // The request's parameters as the SDK sent them (max_completion_tokens).
+    assert_eq!(chat.get_i64(sc::GEN_AI_REQUEST_MAX_TOKENS), Some(64));
+    assert_eq!(chat.get(sc::GEN_AI_REQUEST_TEMPERATURE), None);
+    let rs = by_path(&recs, "/v1/responses", true);
+    assert_eq!(rs.get_i64(sc::GEN_AI_REQUEST_MAX_TOKENS), Some(5));
     assert_eq!(i(chat, sc::HTTP_RESPONSE_STATUS_CODE), 200);
     assert!(chat.get_str(sc::API_KEY_ID).is_some_and(|k| k.len() == 16));
     assert!(chat

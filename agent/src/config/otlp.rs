@@ -32,6 +32,11 @@ pub struct OtlpConfig {
     /// `gen_ai.provider.name`) on spans and logs, for dashboards built on
     /// semantic conventions before v1.37.0. Off by default.
     pub emit_gen_ai_system: bool,
+    /// Also send `gen_ai.usage.cache_creation.input_tokens` (the name of
+    /// `gen_ai.usage.cache_write.input_tokens` before
+    /// semantic-conventions-genai v0.1.0) while consumers move. On by
+    /// default; records always keep both.
+    pub emit_legacy_cache_creation: bool,
     /// Per-request timeout (e.g. `10s`); default `OTEL_EXPORTER_OTLP_TIMEOUT`
     /// (milliseconds) or 10s.
     #[serde(deserialize_with = "duration::de_opt")]
@@ -54,6 +59,7 @@ impl Default for OtlpConfig {
             sampling: 1.0,
             conventions: vec![],
             emit_gen_ai_system: false,
+            emit_legacy_cache_creation: true,
             timeout: None,
             queue_capacity: 10_000,
             metrics_interval: Duration::from_secs(60),
@@ -122,6 +128,10 @@ mod tests {
         let d: OtlpConfig = serde_norway::from_str("{}").unwrap();
         assert_eq!(d, OtlpConfig::default());
         assert!(!d.emit_gen_ai_system, "gen_ai.system is off by default");
+        assert!(
+            d.emit_legacy_cache_creation,
+            "the old cache name is on by default"
+        );
         assert!(serde_norway::from_str::<OtlpConfig>("bogus: 1").is_err());
         assert!(serde_norway::from_str::<OtlpConfig>("conventions: [zipkin]").is_err());
         assert!(serde_norway::from_str::<OtlpConfig>("metricsInterval: soon").is_err());

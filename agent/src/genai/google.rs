@@ -205,6 +205,7 @@ impl State {
             );
         }
         f.cache_read_input_tokens = u.cached;
+        f.reasoning_output_tokens = u.thoughts;
     }
 }
 

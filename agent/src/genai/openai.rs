@@ -34,6 +34,12 @@ struct Details {
     cached_tokens: Option<u64>,
 }
 
+/// `completion_tokens_details` / `output_tokens_details`.
+#[derive(Deserialize, Clone, Copy)]
+struct OutputDetails {
+    reasoning_tokens: Option<u64>,
+}
+
 /// Chat/Completions usage (`prompt_tokens`…) and Responses usage
 /// (`input_tokens`…) share one shape here.
 #[derive(Deserialize, Clone, Copy)]
@@ -41,9 +47,11 @@ struct Usage {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     prompt_tokens_details: Option<Details>,
+    completion_tokens_details: Option<OutputDetails>,
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
     input_tokens_details: Option<Details>,
+    output_tokens_details: Option<OutputDetails>,
 }
 
 impl Usage {
@@ -60,6 +68,14 @@ impl Usage {
             .and_then(|d| d.cached_tokens)
         {
             f.cache_read_input_tokens = Some(n);
+        }
+        // Reasoning tokens are part of the output count already.
+        if let Some(n) = self
+            .completion_tokens_details
+            .or(self.output_tokens_details)
+            .and_then(|d| d.reasoning_tokens)
+        {
+            f.reasoning_output_tokens = Some(n);
         }
     }
 }

@@ -1779,3 +1779,148 @@ fn a_large_event_does_not_lose_the_usage() {
         ],
     }]);
 }
+
+// ------------------------------------------------ request parameters, usage
+
+#[test]
+fn request_parameters_reasoning_and_cache_write() {
+    let chat_answer = br#"{"id":"c","model":"o4-mini","choices":[{"index":0,"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":50,"completion_tokens_details":{"reasoning_tokens":32}}}"#;
+    let check_floats = |r: &Record, key: &str, want: f64| {
+        assert_eq!(
+            r.get(key),
+            Some(&AttrValue::Float(want)),
+            "{key}: {}",
+            r.to_json_line()
+        );
+    };
+
+    // OpenAI Chat: every sampling parameter, n, stop list, JSON output.
+    let r = chat(
+        br#"{"model":"o4-mini","messages":[],"max_completion_tokens":300,"temperature":0.2,"top_p":0.9,"seed":42,"frequency_penalty":0.5,"presence_penalty":-0.5,"n":3,"stop":["END","\n\n"],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}}"#.to_vec(),
+    )
+    .respond(200, JSON, chat_answer.to_vec())
+    .run();
+    assert_eq!(r.get_i64(sc::GEN_AI_REQUEST_MAX_TOKENS), Some(300));
+    check_floats(&r, sc::GEN_AI_REQUEST_TEMPERATURE, 0.2);
+    check_floats(&r, sc::GEN_AI_REQUEST_TOP_P, 0.9);
+    check_floats(&r, sc::GEN_AI_REQUEST_FREQUENCY_PENALTY, 0.5);
+    check_floats(&r, sc::GEN_AI_REQUEST_PRESENCE_PENALTY, -0.5);
+    assert_eq!(r.get_i64(sc::GEN_AI_REQUEST_SEED), Some(42));
+    assert_eq!(r.get_i64(sc::GEN_AI_REQUEST_CHOICE_COUNT), Some(3));
+    assert_eq!(
+        r.get(sc::GEN_AI_REQUEST_STOP_SEQUENCES),
+        Some(&AttrValue::StrArray(vec!["END".into(), "\n\n".into()]))
+    );
+    assert_eq!(r.get_str(sc::GEN_AI_OUTPUT_TYPE), Some("json"));
+    assert_eq!(
+        r.get_i64(sc::GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
+        Some(32)
+    );
+    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(50));
+
+    // Nothing asked, nothing written (n = 1 is not written either).
+    let r = chat(br#"{"model":"gpt-4o","messages":[],"n":1,"stop":"END"}"#.to_vec())
+        .respond(200, JSON, chat_answer.to_vec())
+        .run();
+    for k in [
+        sc::GEN_AI_REQUEST_MAX_TOKENS,
+        sc::GEN_AI_REQUEST_TEMPERATURE,
+        sc::GEN_AI_REQUEST_CHOICE_COUNT,
+        sc::GEN_AI_OUTPUT_TYPE,
+        sc::GEN_AI_CONVERSATION_ID,
+    ] {
+        assert_eq!(r.get(k), None, "{k}");
+    }
+    assert_eq!(
+        r.get(sc::GEN_AI_REQUEST_STOP_SEQUENCES),
+        Some(&AttrValue::StrArray(vec!["END".into()]))
+    );
+
+    // Responses: conversation and text.format; reasoning from
+    // output_tokens_details.
+    let r = openai(
+        "/v1/responses",
+        br#"{"model":"o4-mini","input":"hi","conversation":{"id":"conv_689"},"text":{"format":{"type":"text"}},"max_output_tokens":64}"#.to_vec(),
+    )
+    .respond(
+        200,
+        JSON,
+        br#"{"id":"resp_1","object":"response","status":"completed","model":"o4-mini","usage":{"input_tokens":5,"output_tokens":40,"output_tokens_details":{"reasoning_tokens":24}}}"#.to_vec(),
+    )
+    .run();
+    assert_eq!(r.get_str(sc::GEN_AI_CONVERSATION_ID), Some("conv_689"));
+    assert_eq!(r.get_str(sc::GEN_AI_OUTPUT_TYPE), Some("text"));
+    assert_eq!(r.get_i64(sc::GEN_AI_REQUEST_MAX_TOKENS), Some(64));
+    assert_eq!(
+        r.get_i64(sc::GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
+        Some(24)
+    );
+    let r = openai(
+        "/v1/responses",
+        br#"{"model":"o4-mini","input":"hi","conversation":"conv_abc"}"#.to_vec(),
+    )
+    .run();
+    assert_eq!(r.get_str(sc::GEN_AI_CONVERSATION_ID), Some("conv_abc"));
+
+    // Anthropic: top_k, stop_sequences; cache writes under both names.
+    let r = anthropic(
+        br#"{"model":"claude-sonnet-4-5","max_tokens":1024,"top_k":40,"stop_sequences":["Human:"],"messages":[]}"#.to_vec(),
+    )
+    .respond(
+        200,
+        JSON,
+        br#"{"id":"msg_1","type":"message","model":"claude-sonnet-4-5","stop_reason":"end_turn","usage":{"input_tokens":10,"cache_creation_input_tokens":512,"cache_read_input_tokens":0,"output_tokens":3}}"#.to_vec(),
+    )
+    .run();
+    assert_eq!(r.get_i64(sc::GEN_AI_REQUEST_MAX_TOKENS), Some(1024));
+    check_floats(&r, sc::GEN_AI_REQUEST_TOP_K, 40.0);
+    assert_eq!(
+        r.get(sc::GEN_AI_REQUEST_STOP_SEQUENCES),
+        Some(&AttrValue::StrArray(vec!["Human:".into()]))
+    );
+    assert_eq!(
+        r.get_i64(sc::GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS),
+        Some(512)
+    );
+    assert_eq!(
+        r.get_i64(sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
+        Some(512)
+    );
+    assert_eq!(r.get(sc::GEN_AI_USAGE_REASONING_OUTPUT_TOKENS), None);
+
+    // Gemini: generationConfig; thoughts are the reasoning part.
+    let r = gemini(
+        "/v1beta/models/gemini-2.5-flash:generateContent",
+        br#"{"contents":[],"generationConfig":{"maxOutputTokens":200,"temperature":1,"topK":64,"candidateCount":2,"responseMimeType":"application/json","stopSequences":["x"]}}"#.to_vec(),
+    )
+    .respond(
+        200,
+        JSON,
+        br#"{"candidates":[{"index":0,"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":10,"thoughtsTokenCount":90},"modelVersion":"gemini-2.5-flash"}"#.to_vec(),
+    )
+    .run();
+    assert_eq!(r.get_i64(sc::GEN_AI_REQUEST_MAX_TOKENS), Some(200));
+    check_floats(&r, sc::GEN_AI_REQUEST_TEMPERATURE, 1.0);
+    check_floats(&r, sc::GEN_AI_REQUEST_TOP_K, 64.0);
+    assert_eq!(r.get_i64(sc::GEN_AI_REQUEST_CHOICE_COUNT), Some(2));
+    assert_eq!(r.get_str(sc::GEN_AI_OUTPUT_TYPE), Some("json"));
+    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(100));
+    assert_eq!(
+        r.get_i64(sc::GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
+        Some(90)
+    );
+
+    // Ollama: options and format.
+    let r = Case::new(
+        "ollama.local",
+        "/api/chat",
+        br#"{"model":"llama3.2","messages":[],"format":"json","options":{"num_predict":12,"temperature":0.7,"seed":7,"stop":["\n"]}}"#.to_vec(),
+    )
+    .with(|c| c.provider = Some(Target::from(Provider::Ollama)))
+    .respond(200, NDJSON, ollama_stream())
+    .run();
+    assert_eq!(r.get_i64(sc::GEN_AI_REQUEST_MAX_TOKENS), Some(12));
+    check_floats(&r, sc::GEN_AI_REQUEST_TEMPERATURE, 0.7);
+    assert_eq!(r.get_i64(sc::GEN_AI_REQUEST_SEED), Some(7));
+    assert_eq!(r.get_str(sc::GEN_AI_OUTPUT_TYPE), Some("json"));
+}

@@ -374,6 +374,9 @@ fn record_attributes(rec: &Record, skip: &[&str], conventions: Conventions) -> V
         .iter()
         .filter(|(k, _)| !skip.contains(k))
         .filter(|(k, _)| conventions.gen_ai_system || *k != sc::GEN_AI_SYSTEM)
+        .filter(|(k, _)| {
+            conventions.legacy_cache_creation || *k != sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS
+        })
         .map(|(k, v)| kv(k, any_value(v)))
         .collect();
     for (from, to) in [
@@ -527,7 +530,10 @@ fn add_convention_attributes(rec: &Record, conv: Conventions, out: &mut Vec<KeyV
         if let Some(c) = rec.get_i64(sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS) {
             out.push(kv_i64(sc::LLM_TOKEN_COUNT_PROMPT_CACHE_READ, c));
         }
-        if let Some(c) = rec.get_i64(sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS) {
+        if let Some(c) = rec
+            .get_i64(sc::GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS)
+            .or_else(|| rec.get_i64(sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS))
+        {
             out.push(kv_i64(sc::LLM_TOKEN_COUNT_PROMPT_CACHE_WRITE, c));
         }
         if kind == StepKind::Tool {
@@ -1048,6 +1054,7 @@ pub(crate) mod tests {
             openinference: true,
             mlflow: false,
             gen_ai_system: false,
+            legacy_cache_creation: true,
         };
         let s = span(&r, conv, 0).unwrap();
         let a = &s.attributes;
@@ -1133,6 +1140,7 @@ pub(crate) mod tests {
             openinference: false,
             mlflow: true,
             gen_ai_system: false,
+            legacy_cache_creation: true,
         };
         let mut r = txn(200);
         r.set(sc::RESPONSE_BODY, "event: message_start\ndata: {}\n\n");
@@ -1212,6 +1220,29 @@ pub(crate) mod tests {
         let res = req.resource_spans[1].resource.as_ref().unwrap();
         assert_eq!(attr_str(&res.attributes, sc::GATEWAY_NAME), Some("b"));
         assert_eq!(req.resource_spans[0].scope_spans[0].spans.len(), 2);
+    }
+
+    #[test]
+    fn the_old_cache_write_name_goes_while_switched_on() {
+        let mut r = txn(200);
+        r.set(sc::GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS, 512i64);
+        r.set(sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, 512i64);
+        let on = Conventions::default();
+        let off = Conventions {
+            legacy_cache_creation: false,
+            ..on
+        };
+        for (conv, old) in [(on, true), (off, false)] {
+            let s = span(&r, conv, 0).unwrap();
+            let l = log_record(&r, conv, 0).unwrap();
+            for attrs in [&s.attributes, &l.attributes] {
+                assert!(attr(attrs, sc::GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS).is_some());
+                assert_eq!(
+                    attr(attrs, sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS).is_some(),
+                    old
+                );
+            }
+        }
     }
 
     #[test]

@@ -177,13 +177,23 @@ pub struct SignalTarget {
 }
 
 /// Convention profiles in force (GenAI is always on), and whether the
-/// deprecated `gen_ai.system` is sent too.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// deprecated `gen_ai.system` and the old cache-write name are sent too.
+/// The default is a gateway's default `otlp` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conventions {
     pub openinference: bool,
     pub mlflow: bool,
     /// `otlp.emitGenAiSystem`: keep `gen_ai.system` on spans and logs.
     pub gen_ai_system: bool,
+    /// `otlp.emitLegacyCacheCreation`: keep
+    /// `gen_ai.usage.cache_creation.input_tokens` beside its new name.
+    pub legacy_cache_creation: bool,
+}
+
+impl Default for Conventions {
+    fn default() -> Self {
+        Conventions::from_list(&[])
+    }
 }
 
 impl Conventions {
@@ -192,12 +202,14 @@ impl Conventions {
             openinference: list.contains(&Convention::OpenInference),
             mlflow: list.contains(&Convention::Mlflow),
             gen_ai_system: false,
+            legacy_cache_creation: true,
         }
     }
     /// The conventions of a gateway's `otlp` section.
     pub fn from_config(cfg: &OtlpConfig) -> Conventions {
         Conventions {
             gen_ai_system: cfg.emit_gen_ai_system,
+            legacy_cache_creation: cfg.emit_legacy_cache_creation,
             ..Conventions::from_list(&cfg.conventions)
         }
     }
