@@ -59,6 +59,8 @@ pub const GEN_AI_REQUEST_FREQUENCY_PENALTY: &str = "gen_ai.request.frequency_pen
 pub const GEN_AI_REQUEST_PRESENCE_PENALTY: &str = "gen_ai.request.presence_penalty";
 pub const GEN_AI_REQUEST_CHOICE_COUNT: &str = "gen_ai.request.choice.count";
 pub const GEN_AI_OUTPUT_TYPE: &str = "gen_ai.output.type";
+/// Seconds from the request to the first chunk of a streamed response.
+pub const GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: &str = "gen_ai.response.time_to_first_chunk";
 pub const GEN_AI_CONVERSATION_ID: &str = "gen_ai.conversation.id";
 pub const GEN_AI_REQUEST_STREAM: &str = "gen_ai.request.stream";
 pub const GEN_AI_TOOL_NAME: &str = "gen_ai.tool.name";

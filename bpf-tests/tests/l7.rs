@@ -99,6 +99,24 @@ fn openai_sdk_through_egret_json_streams_rewrite_and_credentials() {
     let h = hidden[0];
     assert_eq!(h.get_bool(sc::BODY_USAGE_VISIBLE), Some(false));
     assert_eq!(h.get_bool(sc::GEN_AI_REQUEST_STREAM), Some(true));
+    // Streams carry their time to first chunk (seconds, within the
+    // exchange's duration); whole answers do not.
+    let ttfc = h
+        .get(sc::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK)
+        .and_then(|v| match v {
+            egret::record::AttrValue::Float(f) => Some(*f),
+            _ => None,
+        })
+        .expect("time to first chunk");
+    let duration_ms = match h.get(sc::DURATION_MS) {
+        Some(egret::record::AttrValue::Float(f)) => *f,
+        other => panic!("duration {other:?}"),
+    };
+    assert!(
+        ttfc > 0.0 && ttfc * 1e3 <= duration_ms,
+        "{ttfc} s, {duration_ms} ms"
+    );
+    assert_eq!(chat.get(sc::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK), None);
     assert!(i(h, sc::GEN_AI_USAGE_OUTPUT_TOKENS) > 0);
     assert_eq!(
         call("chat_stream")["usage"],

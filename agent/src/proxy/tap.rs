@@ -359,6 +359,16 @@ impl Transaction {
             );
         }
         self.exchange.finish(&mut self.rec);
+        // A streamed response's first chunk is its first body byte.
+        if let (Some(t), Some(true)) = (
+            self.first_byte,
+            self.rec.get_bool(sc::GEN_AI_REQUEST_STREAM),
+        ) {
+            self.rec.set(
+                sc::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK,
+                t.duration_since(self.started).as_secs_f64(),
+            );
+        }
         {
             let mut req = self.request.lock().unwrap_or_else(|p| p.into_inner());
             self.rec.set(sc::REQ_BYTES, req.total);
