@@ -296,11 +296,18 @@ pub fn span_name(rec: &Record) -> String {
         .filter(|s| !s.is_empty());
     let tool = rec.get_str(sc::GEN_AI_TOOL_NAME).filter(|s| !s.is_empty());
     let mcp = rec.get_str(sc::MCP_METHOD_NAME).filter(|s| !s.is_empty());
+    // MCP: `{mcp.method.name} {target}`, the target a tool or prompt name.
+    let target = tool.or_else(|| {
+        rec.get_str(sc::GEN_AI_PROMPT_NAME)
+            .filter(|s| !s.is_empty())
+    });
     match (op, model, tool, mcp) {
+        (_, _, _, Some(m)) => match target {
+            Some(t) => format!("{m} {t}"),
+            None => m.to_owned(),
+        },
         (Some(op), Some(model), _, _) => format!("{op} {model}"),
         (Some(op), None, Some(tool), _) => format!("{op} {tool}"),
-        (_, _, Some(tool), Some(m)) => format!("{m} {tool}"),
-        (_, _, None, Some(m)) => m.to_owned(),
         _ => match rec
             .get_str(sc::HTTP_REQUEST_METHOD)
             .filter(|s| !s.is_empty())
@@ -922,6 +929,16 @@ pub(crate) mod tests {
         m.set(sc::MCP_METHOD_NAME, "tools/call");
         m.set(sc::GEN_AI_TOOL_NAME, "search");
         assert_eq!(span_name(&m), "tools/call search");
+        // The MCP name wins over the GenAI operation tools/call also has.
+        m.set(sc::GEN_AI_OPERATION_NAME, "execute_tool");
+        assert_eq!(span_name(&m), "tools/call search");
+        let mut p = Record::new(sc::KIND_TRANSACTION);
+        p.set(sc::MCP_METHOD_NAME, "prompts/get");
+        p.set(sc::GEN_AI_PROMPT_NAME, "summarize");
+        assert_eq!(span_name(&p), "prompts/get summarize");
+        p.set(sc::MCP_METHOD_NAME, "initialize");
+        p.remove(sc::GEN_AI_PROMPT_NAME);
+        assert_eq!(span_name(&p), "initialize");
         assert_eq!(
             span_name(&Record::new(sc::KIND_TRANSACTION)),
             "egret.transaction"
