@@ -142,12 +142,60 @@ struct TailArgs {
 struct RecordsArgs {
     #[arg(long)]
     invocation_id: Option<String>,
-    /// Only records that ended within this long ago (e.g. 15m, 2h).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    since: Option<Duration>,
-    /// One JSON object per line.
+    /// Only records that ended at or after this: a duration ago (`15m`,
+    /// `2h`) or a time (`2026-12-03T10:00:00Z`).
+    #[arg(long, value_parser = parse_time_bound)]
+    since: Option<i64>,
+    /// Only records that started before this: a duration ago or a time.
+    #[arg(long, value_parser = parse_time_bound)]
+    until: Option<i64>,
     #[arg(long)]
+    agent_name: Option<String>,
+    #[arg(long)]
+    agent_namespace: Option<String>,
+    /// `transaction` or `flow`.
+    #[arg(long)]
+    kind: Option<String>,
+    /// The response model (else the request model), exactly.
+    #[arg(long)]
+    model: Option<String>,
+    /// `gen_ai.provider.name`, exactly (`openai`, `azure.ai.openai`, …).
+    #[arg(long)]
+    provider: Option<String>,
+    /// HTTP response status code.
+    #[arg(long)]
+    status: Option<i64>,
+    /// `error.type`, exactly (`budget_exhausted`, `upstream_timeout`, …).
+    #[arg(long)]
+    error_type: Option<String>,
+    /// Only the newest N records.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// table, json (one array) or ndjson (one object per line).
+    #[arg(long, value_enum, default_value_t = records::Output::Table)]
+    output: records::Output,
+    /// Same as `--output ndjson`.
+    #[arg(long, conflicts_with = "output")]
     json: bool,
+    /// Keep printing records as they are written, until interrupted
+    /// (json output is printed as ndjson).
+    #[arg(long)]
+    follow: bool,
+}
+
+/// `--since` / `--until`: a duration ago or an RFC 3339 time → Unix ns.
+fn parse_time_bound(s: &str) -> Result<i64, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        let ago = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        return Ok(egret::record::now_unix_nanos().saturating_sub(ago));
+    }
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?} is neither a duration (15m) nor a time (RFC 3339): {e}"))?;
+    let ns = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{s:?} is before 1970"))?
+        .as_nanos();
+    i64::try_from(ns).map_err(|_| format!("{s:?} is too far ahead"))
 }
 
 #[derive(Args)]
@@ -256,16 +304,33 @@ async fn real_main(cli: Cli) -> Result<i32> {
             Ok(code)
         }
         Command::Records(args) => {
-            let since_ns = args.since.map(|d| {
-                egret::record::now_unix_nanos() - i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
-            });
-            let recs = records::load(&cfg, args.invocation_id.as_deref(), since_ns).await?;
-            let mut out = std::io::stdout().lock();
-            if args.json {
-                records::print_json(&mut out, &recs)?;
+            let filter = egret::record::Filter {
+                invocation_id: args.invocation_id,
+                agent_name: args.agent_name,
+                agent_namespace: args.agent_namespace,
+                kind: args.kind,
+                model: args.model,
+                provider: args.provider,
+                status: args.status,
+                error_type: args.error_type,
+                since_ns: args.since,
+                until_ns: args.until,
+            };
+            let output = if args.json {
+                records::Output::Ndjson
             } else {
-                records::print_table(&mut out, &recs)?;
+                args.output
+            };
+            if args.follow {
+                let stop = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                records::follow(&cfg, &filter, output, Duration::from_secs(1), stop).await?;
+                return Ok(0);
             }
+            let mut recs = records::load(&cfg, &filter).await?;
+            records::keep_last(&mut recs, args.limit);
+            records::print(&mut std::io::stdout().lock(), &recs, output)?;
             Ok(0)
         }
         Command::Sandbox(cmd) => {

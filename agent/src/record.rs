@@ -274,8 +274,96 @@ impl crate::admin::Report for RecordStats {
     }
 }
 
+/// Which records a reader wants (`egret records` flags); an unset field
+/// matches everything. Matching is exact, on the attributes as recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub invocation_id: Option<String>,
+    pub agent_name: Option<String>,
+    pub agent_namespace: Option<String>,
+    /// `transaction` or `flow`.
+    pub kind: Option<String>,
+    /// The response model, else the request model.
+    pub model: Option<String>,
+    /// `gen_ai.provider.name`.
+    pub provider: Option<String>,
+    /// `http.response.status_code`.
+    pub status: Option<i64>,
+    /// `error.type`.
+    pub error_type: Option<String>,
+    /// Records that ended at or after this (Unix ns).
+    pub since_ns: Option<i64>,
+    /// Records that started before this (Unix ns).
+    pub until_ns: Option<i64>,
+}
+
+impl Filter {
+    pub fn matches(&self, r: &Record) -> bool {
+        let eq = |want: &Option<String>, got: Option<&str>| {
+            want.as_deref().is_none_or(|w| got == Some(w))
+        };
+        eq(&self.invocation_id, r.invocation_id())
+            && eq(&self.agent_name, r.get_str(sc::AGENT_NAME))
+            && eq(&self.agent_namespace, r.get_str(sc::AGENT_NAMESPACE))
+            && eq(&self.kind, Some(r.kind()))
+            && eq(
+                &self.model,
+                r.get_str(sc::GEN_AI_RESPONSE_MODEL)
+                    .or_else(|| r.get_str(sc::GEN_AI_REQUEST_MODEL)),
+            )
+            && eq(&self.provider, r.get_str(sc::GEN_AI_PROVIDER_NAME))
+            && self
+                .status
+                .is_none_or(|s| r.get_i64(sc::HTTP_RESPONSE_STATUS_CODE) == Some(s))
+            && eq(&self.error_type, r.get_str(sc::ERROR_TYPE))
+            && self.since_ns.is_none_or(|t| r.end_ns() >= t)
+            && self.until_ns.is_none_or(|t| r.start_ns() < t)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn filters_match_exactly_and_unset_fields_match_all() {
+        let mut r = Record::new(sc::KIND_TRANSACTION);
+        r.set(sc::INVOCATION_ID, "inv-1");
+        r.set(sc::AGENT_NAME, "coder");
+        r.set(sc::GEN_AI_REQUEST_MODEL, "gpt-4o");
+        r.set(sc::GEN_AI_RESPONSE_MODEL, "gpt-4o-2024-11-20");
+        r.set(sc::GEN_AI_PROVIDER_NAME, "openai");
+        r.set(sc::HTTP_RESPONSE_STATUS_CODE, 429i64);
+        r.set(sc::ERROR_TYPE, "rate_limit_exceeded");
+        r.set(sc::START_TIME, 100i64);
+        r.set(sc::END_TIME, 200i64);
+        assert!(Filter::default().matches(&r));
+        let f = |g: fn(&mut Filter)| {
+            let mut f = Filter::default();
+            g(&mut f);
+            f.matches(&r)
+        };
+        assert!(f(|f| f.invocation_id = Some("inv-1".into())));
+        assert!(!f(|f| f.invocation_id = Some("inv-2".into())));
+        assert!(f(|f| f.model = Some("gpt-4o-2024-11-20".into())));
+        assert!(
+            !f(|f| f.model = Some("gpt-4o".into())),
+            "the response model wins"
+        );
+        assert!(f(|f| f.provider = Some("openai".into())));
+        assert!(
+            !f(|f| f.agent_namespace = Some("ns".into())),
+            "absent never matches"
+        );
+        assert!(f(|f| f.status = Some(429)));
+        assert!(!f(|f| f.status = Some(200)));
+        assert!(f(|f| f.error_type = Some("rate_limit_exceeded".into())));
+        assert!(f(|f| f.kind = Some("transaction".into())));
+        assert!(!f(|f| f.kind = Some("flow".into())));
+        assert!(f(|f| f.since_ns = Some(200)));
+        assert!(!f(|f| f.since_ns = Some(201)));
+        assert!(f(|f| f.until_ns = Some(101)));
+        assert!(!f(|f| f.until_ns = Some(100)));
+    }
+
     use super::*;
 
     #[test]

@@ -1,7 +1,11 @@
 //! `egret records`: reading records back for people and tools.
 use std::io::Write;
 
-use crate::{config::Config, record::Record, semconv as sc, store};
+use crate::{
+    config::Config,
+    record::{Filter, Record},
+    semconv as sc, store,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordsError {
@@ -13,14 +17,11 @@ pub enum RecordsError {
     Io(#[from] std::io::Error),
 }
 
-/// Records from the local store, filtered, oldest first.
-pub async fn load(
-    cfg: &Config,
-    invocation_id: Option<&str>,
-    since_ns: Option<i64>,
-) -> Result<Vec<Record>, RecordsError> {
+/// Records `filter` matches, from ClickHouse when configured, else the
+/// local store; oldest first (by start time).
+pub async fn load(cfg: &Config, filter: &Filter) -> Result<Vec<Record>, RecordsError> {
     if let Some(ch) = &cfg.store.clickhouse {
-        return Ok(crate::sink::query_records(ch, invocation_id, since_ns).await?);
+        return Ok(crate::sink::query_records(ch, filter).await?);
     }
     let dir = cfg.store.spool_or_default(&cfg.node.state_dir).dir;
     let mut out = Vec::new();
@@ -29,26 +30,97 @@ pub async fn load(
     }
     for rec in store::read_records(&dir)? {
         let rec = rec?;
-        if matches(&rec, invocation_id, since_ns) {
+        if filter.matches(&rec) {
             out.push(rec);
         }
     }
-    out.sort_by_key(Record::start_ns);
+    out.sort_by(|a, b| (a.start_ns(), a.id()).cmp(&(b.start_ns(), b.id())));
     Ok(out)
 }
 
-pub fn matches(rec: &Record, invocation_id: Option<&str>, since_ns: Option<i64>) -> bool {
-    if let Some(id) = invocation_id {
-        if rec.invocation_id() != Some(id) {
-            return false;
+/// The newest `limit` of `recs` (sorted oldest first), still oldest first.
+pub fn keep_last(recs: &mut Vec<Record>, limit: Option<usize>) {
+    if let Some(n) = limit {
+        let cut = recs.len().saturating_sub(n);
+        recs.drain(..cut);
+    }
+}
+
+/// How records are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns, one line per record.
+    Table,
+    /// One JSON array of record objects.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+/// Prints `recs` as `output` says (`Json`: the array, so `--follow` uses
+/// `Ndjson` or `Table` for what comes later).
+pub fn print(out: &mut impl Write, recs: &[Record], output: Output) -> Result<(), RecordsError> {
+    match output {
+        Output::Table => print_table(out, recs),
+        Output::Ndjson => print_json(out, recs),
+        Output::Json => {
+            write!(out, "[")?;
+            for (i, r) in recs.iter().enumerate() {
+                if i > 0 {
+                    write!(out, ",")?;
+                }
+                write!(out, "\n{}", r.to_json_line())?;
+            }
+            writeln!(out, "\n]")?;
+            Ok(())
         }
     }
-    if let Some(since) = since_ns {
-        if rec.end_ns() < since {
-            return false;
+}
+
+/// Prints, then keeps printing records as they are written (`--follow`):
+/// every `interval` the store is read again for records that `filter`
+/// matches and that ended after the last one printed (ids already printed
+/// are skipped), until `stop` resolves. Table output prints the header
+/// once; NDJSON one line per record.
+pub async fn follow(
+    cfg: &Config,
+    filter: &Filter,
+    output: Output,
+    interval: std::time::Duration,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), RecordsError> {
+    let mut out = std::io::stdout().lock();
+    let mut seen = std::collections::HashSet::new();
+    let mut f = filter.clone();
+    let mut first = true;
+    tokio::pin!(stop);
+    loop {
+        let recs = load(cfg, &f).await?;
+        let fresh: Vec<Record> = recs
+            .into_iter()
+            .filter(|r| !seen.contains(r.id()))
+            .collect();
+        if first && output == Output::Table {
+            print_header(&mut out)?;
+        }
+        first = false;
+        for r in &fresh {
+            match output {
+                Output::Table => print_row(&mut out, r)?,
+                Output::Json | Output::Ndjson => writeln!(out, "{}", r.to_json_line())?,
+            }
+            seen.insert(r.id().to_owned());
+            // Only records that end later can be new: read less next time
+            // (a second of slack for records written out of order).
+            let since = r.end_ns().saturating_sub(1_000_000_000);
+            f.since_ns = Some(f.since_ns.map_or(since, |s| s.max(since)));
+        }
+        out.flush()?;
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(interval) => {}
         }
     }
-    true
 }
 
 pub fn print_json(out: &mut impl Write, recs: &[Record]) -> Result<(), RecordsError> {

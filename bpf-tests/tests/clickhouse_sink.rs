@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bpf_tests::clickhouse_rig::ClickHouseRig;
 use egret::config::{ClickHouseConfig, SpoolConfig};
-use egret::record::{AttrValue, Record};
+use egret::record::{AttrValue, Filter, Record};
 use egret::semconv as sc;
 use egret::sink::clickhouse::{
     query_records, ClickHouseSink, ColKind, DeadLetter, FlowRow, SinkState, StatusHandle,
@@ -204,7 +204,7 @@ async fn schema_create_and_migrate_is_idempotent() {
         .unwrap();
     assert_eq!(old.trim(), "old-1\t\\N\t2025-11-13");
     // The old row reads back through the typed path too.
-    let recs = query_records(&cfg, Some("inv-old"), None).await.unwrap();
+    let recs = query_records(&cfg, &inv_filter("inv-old")).await.unwrap();
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].id(), "old-1");
     assert_eq!(recs[0].kind(), sc::KIND_TRANSACTION);
@@ -238,7 +238,7 @@ async fn round_trip_both_tables_every_column() {
     let counts = sink.insert([&t, &f, &t2]).await.unwrap();
     assert_eq!((counts.transactions, counts.flows), (2, 1));
 
-    let back = query_records(&cfg, Some("inv-rt"), None).await.unwrap();
+    let back = query_records(&cfg, &inv_filter("inv-rt")).await.unwrap();
     assert_eq!(back.len(), 3);
     assert_eq!(back[0], t);
     assert_eq!(back[1], f);
@@ -322,7 +322,7 @@ async fn spool_to_clickhouse_is_exactly_once_after_duplicate_delivery_and_restar
     );
     assert_eq!(count(&rig, db, "count()", true), 1000, "FINAL sees one");
     assert_eq!(count(&rig, db, "uniqExact(egret_record_id)", false), 1000);
-    let recs = query_records(&cfg, None, None).await.unwrap();
+    let recs = query_records(&cfg, &Filter::default()).await.unwrap();
     assert_eq!(recs.len(), 1000);
     let mut sorted = all.clone();
     sorted.sort_by(|a, b| (a.start_ns(), a.id()).cmp(&(b.start_ns(), b.id())));
@@ -427,7 +427,9 @@ async fn clickhouse_outage_loses_and_duplicates_nothing() {
     assert_eq!(count(&rig, db, "uniqExact(egret_record_id)", false), 3000);
     let raw = count(&rig, db, "count()", false);
     eprintln!("outage: {raw} physical rows for 3000 records (duplicates collapse under FINAL)");
-    let recs = query_records(&cfg, Some("inv-o"), None).await.unwrap();
+    let recs = query_records(&cfg, &filt(Some("inv-o"), None))
+        .await
+        .unwrap();
     assert_eq!(recs.len(), 3000, "zero duplicated through query_records");
     stop.cancel();
     task.await.unwrap().unwrap();
@@ -588,7 +590,9 @@ async fn query_records_filters_by_invocation_and_time() {
         .await
         .unwrap();
 
-    let b = query_records(&cfg, Some("inv-b"), None).await.unwrap();
+    let b = query_records(&cfg, &filt(Some("inv-b"), None))
+        .await
+        .unwrap();
     assert_eq!(b.len(), 7);
     assert!(b.iter().all(|r| r.invocation_id() == Some("inv-b")));
     assert!(b.windows(2).all(|w| w[0].start_ns() <= w[1].start_ns()));
@@ -601,24 +605,52 @@ async fn query_records_filters_by_invocation_and_time() {
         assert!(b.contains(r), "missing {r:?}");
     }
 
-    assert_eq!(query_records(&cfg, None, None).await.unwrap().len(), 21);
+    assert_eq!(
+        query_records(&cfg, &Filter::default()).await.unwrap().len(),
+        21
+    );
     let since = BASE_NS + 150 * 1_000_000; // inv-b's flows and all of inv-c
-    let late = query_records(&cfg, None, Some(since)).await.unwrap();
+    let late = query_records(&cfg, &filt(None, Some(since))).await.unwrap();
     assert_eq!(late.len(), 2 + 7, "{late:?}");
     assert!(late.iter().all(|r| r.end_ns() >= since));
     assert_eq!(
-        query_records(&cfg, Some("inv-a"), Some(since))
+        query_records(&cfg, &filt(Some("inv-a"), Some(since)))
             .await
             .unwrap()
             .len(),
         0
     );
-    assert!(query_records(&cfg, Some("nope"), None)
+    assert!(query_records(&cfg, &filt(Some("nope"), None))
         .await
         .unwrap()
         .is_empty());
+    // Kind and time bounds, in SQL; the other fields on the rows read back.
+    let flows = query_records(
+        &cfg,
+        &Filter {
+            kind: Some(sc::KIND_FLOW.into()),
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(flows.len(), 6);
+    assert!(flows.iter().all(|r| r.kind() == sc::KIND_FLOW));
+    let early = query_records(
+        &cfg,
+        &Filter {
+            until_ns: Some(since),
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
+    let want = recs.iter().filter(|r| r.start_ns() < since).count();
+    assert!(want > 0 && want < 21);
+    assert_eq!(early.len(), want, "{early:?}");
+    assert!(early.iter().all(|r| r.start_ns() < since));
     // Values with quotes and '?' are bound safely.
-    assert!(query_records(&cfg, Some("x' OR 1 = 1 --?"), None)
+    assert!(query_records(&cfg, &filt(Some("x' OR 1 = 1 --?"), None))
         .await
         .unwrap()
         .is_empty());
@@ -703,7 +735,9 @@ async fn timings_100k_records() {
     let n = egret::store::read_records(dir.path()).unwrap().count();
     let read_local = t.elapsed();
     let t = Instant::now();
-    let back = query_records(&cfg, Some("inv-p"), None).await.unwrap();
+    let back = query_records(&cfg, &filt(Some("inv-p"), None))
+        .await
+        .unwrap();
     let query = t.elapsed();
     assert_eq!((n, back.len()), (100_000, 100_000));
     assert_eq!(count(&rig, db, "count()", true), 100_000);
@@ -713,4 +747,21 @@ async fn timings_100k_records() {
          query_records FINAL {query:?}",
         bytes as f64 / 1e6
     );
+}
+
+/// The records of one invocation.
+fn inv_filter(id: &str) -> Filter {
+    Filter {
+        invocation_id: Some(id.to_owned()),
+        ..Filter::default()
+    }
+}
+
+/// An invocation and a `since` bound.
+fn filt(invocation: Option<&str>, since_ns: Option<i64>) -> Filter {
+    Filter {
+        invocation_id: invocation.map(str::to_owned),
+        since_ns,
+        ..Filter::default()
+    }
 }

@@ -216,4 +216,94 @@ fn ollama_and_a_self_hosted_server_over_plain_http() {
     let embed = calls.iter().find(|c| c["call"] == "embed").unwrap();
     let r = record_of(&recs, embed);
     assert_eq!(r.get_str(sc::GEN_AI_OPERATION_NAME), Some("embeddings"));
+
+    // `egret records` filters what it prints.
+    let cli = |args: &[&str]| -> String {
+        let out = w.agent.cli(&[&["records"][..], args].concat());
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let array: Vec<Value> =
+        serde_json::from_str(&cli(&["--provider", "ollama", "--output", "json"])).unwrap();
+    assert_eq!(array.len(), 4, "{array:?}");
+    assert!(array.iter().all(|r| r["gen_ai.provider.name"] == "ollama"));
+    let lines = cli(&[
+        "--provider",
+        "vllm",
+        "--kind",
+        "transaction",
+        "--output",
+        "ndjson",
+    ]);
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+    let newest = recs.iter().map(Record::start_ns).max().unwrap();
+    let last = cli(&["--invocation-id", &inv, "--limit", "1", "--json"]);
+    let last: Value = serde_json::from_str(last.trim()).unwrap();
+    assert_eq!(last["egret.start_time_unix_nano"].as_i64(), Some(newest));
+    assert_eq!(
+        cli(&["--model", "no-such-model", "--output", "ndjson"]),
+        String::new()
+    );
+    let table = cli(&["--status", "200", "--agent-namespace", "tests"]);
+    assert!(table.starts_with("END "), "{table}");
+    assert!(table.lines().count() > calls.len(), "{table}");
+
+    // `--follow` prints a record written after it started.
+    let inv2 = unique("inv-follow-");
+    /// Killed on drop, so a failing assertion leaves no follower behind.
+    struct Follower(std::process::Child);
+    impl Drop for Follower {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut follow = Follower(
+        std::process::Command::new(egret_bin())
+            .arg("--config")
+            .arg(&w.agent.config)
+            .args([
+                "records",
+                "--follow",
+                "--output",
+                "ndjson",
+                "--kind",
+                "transaction",
+                "--invocation-id",
+                &inv2,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = follow.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let cg2 = w.sandbox(&inv2, None);
+    w.curl(
+        &cg2,
+        &[
+            "http://ollama.local:11434/api/generate",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"model":"llama3.2","prompt":"hi","stream":false}"#,
+        ],
+    );
+    let line = rx
+        .recv_timeout(patience(std::time::Duration::from_secs(30)))
+        .expect("--follow printed the new record");
+    let rec: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(rec["invocation.id"], inv2.as_str(), "{line}");
+    assert_eq!(rec["egret.record.kind"], "transaction", "{line}");
+    assert_eq!(rec["gen_ai.operation.name"], "text_completion", "{line}");
+    drop(follow);
 }
