@@ -1033,8 +1033,7 @@ impl Exchange {
                 let (anthropic, end) = bedrock::scan_request(body);
                 self.bedrock_anthropic = anthropic;
                 // Invoke bodies are the vendor's: only Converse is known JSON.
-                matches!(self.api, Api::BedrockConverse | Api::BedrockConverseStream)
-                    .then_some(end)
+                matches!(self.api, Api::BedrockConverse | Api::BedrockConverseStream).then_some(end)
             }
             Api::Mcp | Api::Other => None,
         };

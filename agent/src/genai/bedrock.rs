@@ -394,8 +394,7 @@ impl State {
     pub fn end(&mut self, f: &mut Findings) {
         if self.anthropic_seen {
             self.anthropic.end(f);
-        } else if self.input.is_some() || self.cache_read.is_some() || self.cache_write.is_some()
-        {
+        } else if self.input.is_some() || self.cache_read.is_some() || self.cache_write.is_some() {
             f.input_tokens = Some(
                 self.input
                     .unwrap_or(0)
@@ -420,3 +419,6 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
