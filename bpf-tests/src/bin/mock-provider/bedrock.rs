@@ -24,7 +24,7 @@
 //!   `metadata`), headers `:event-type`, `:content-type`,
 //!   `:message-type`, payloads padded with `p` as Bedrock pads them.
 //! * InvokeModel for Anthropic models: the Messages body without `model`
-//!   and with `anthropic_version`; answered with the Anthropic message
+//!   and with a non-empty `anthropic_version`; answered with the Anthropic message
 //!   (model = the model id), and `X-Amzn-Bedrock-Input-Token-Count` /
 //!   `-Output-Token-Count` / `-Invocation-Latency` headers.
 //!   InvokeModelWithResponseStream: each Anthropic stream event (but
@@ -507,7 +507,13 @@ fn invoke(
             "mock-provider: InvokeModel speaks only Anthropic models, not {model}"
         )));
     }
-    if body.get("anthropic_version").and_then(Value::as_str) != Some("bedrock-2023-05-31") {
+    // Bedrock documents `bedrock-2023-05-31`; newer Anthropic SDKs send
+    // their own API version: any non-empty string is taken.
+    if body
+        .get("anthropic_version")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
         return Err(validation(
             "Malformed input request: #: required key [anthropic_version] not found, please reformat your input and try again.",
         ));
