@@ -92,6 +92,7 @@ use http::{HeaderMap, Method};
 use crate::record::Record;
 use crate::semconv as sc;
 
+pub use bedrock::sigv4_signs;
 pub use decode::Encoding;
 pub use include_usage::{rewrite_request_for_usage, UsageChunkFilter};
 pub use sse::{Block, SseEvent, SseParser};

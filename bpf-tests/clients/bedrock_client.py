@@ -8,7 +8,8 @@ One JSON line per call, what the SDK parsed: boto3 `converse` (system prompt
 with a cachePoint), `converse_stream`, `invoke_model`,
 `invoke_model_with_response_stream`, a `converse_tampered` call whose body
 is changed after signing (it must be refused 403 InvalidSignatureException:
-proof that the signature check bites), then `AnthropicBedrock`
+proof that the signature check bites), a `converse_signed_traceparent` call
+whose `traceparent` header is signed (egret must not replace it), then `AnthropicBedrock`
 `messages.create` and `messages.stream`. Exits non-zero on the first
 failure.
 """
@@ -155,6 +156,43 @@ def main() -> None:
                 error_code=e.response["Error"]["Code"],
             )
         client.meta.events.unregister("before-send.bedrock-runtime.Converse", tamper)
+
+        call = "converse_signed_traceparent"
+        # A signer that signs the trace context. botocore lists
+        # `traceparent` / `tracestate` as unsignable (proxies rewrite
+        # them); other SigV4 signers sign every header they are given.
+        # Emulated by taking them off botocore's list for this one call:
+        # egret must then leave the header exactly as signed.
+        tp_model = "anthropic.claude-3-haiku-20240307-v1:0"
+        traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+        def add_traceparent(request, **_):
+            request.headers["traceparent"] = traceparent
+
+        def check_signed(request, **_):
+            auth = request.headers["Authorization"]
+            auth = auth.decode() if isinstance(auth, bytes) else auth
+            if "traceparent" not in auth.split("SignedHeaders=")[1].split(",")[0].split(";"):
+                raise RuntimeError("traceparent was not signed: " + auth)
+
+        import botocore.auth
+
+        unsignable = botocore.auth.SIGNED_HEADERS_BLACKLIST
+        saved = list(unsignable)
+        unsignable[:] = [h for h in unsignable if h not in ("traceparent", "tracestate")]
+        client.meta.events.register("before-sign.bedrock-runtime.Converse", add_traceparent)
+        client.meta.events.register("before-send.bedrock-runtime.Converse", check_signed)
+        try:
+            r = client.converse(modelId=tp_model, messages=messages, inferenceConfig={"maxTokens": 4})
+        finally:
+            unsignable[:] = saved
+            client.meta.events.unregister("before-sign.bedrock-runtime.Converse", add_traceparent)
+            client.meta.events.unregister("before-send.bedrock-runtime.Converse", check_signed)
+        emit(
+            sdk="boto3", call=call, ok=True, model=tp_model, stream=False,
+            text="".join(b.get("text", "") for b in r["output"]["message"]["content"]),
+            stop_reason=r["stopReason"], usage=converse_usage(r["usage"]), traceparent=traceparent,
+        )
 
         a_kwargs = {
             "aws_access_key": os.environ["AWS_ACCESS_KEY_ID"],

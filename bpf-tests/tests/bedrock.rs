@@ -167,7 +167,7 @@ fn boto3_and_anthropic_bedrock_through_egret() {
             .find(|c| c["call"] == name)
             .unwrap_or_else(|| panic!("no {name} in {calls:?}"))
     };
-    assert_eq!(calls.len(), 7, "{calls:?}");
+    assert_eq!(calls.len(), 8, "{calls:?}");
     let recs = w.transactions(&inv, calls.len());
     let recs: Vec<&Record> = recs.iter().collect();
     assert_eq!(recs.len(), calls.len(), "{}", dump(&recs));
@@ -222,6 +222,15 @@ fn boto3_and_anthropic_bedrock_through_egret() {
     );
     assert_eq!(r.get(sc::PARSE_ERROR), None, "{}", r.to_json_line());
     assert_eq!(r.get(sc::GEN_AI_USAGE_INPUT_TOKENS), None);
+
+    // A signed `traceparent` reaches the stand-in as the client signed it
+    // (egret otherwise sets its own): the call succeeded, and the record
+    // is a normal one.
+    let c = call("converse_signed_traceparent");
+    converse(
+        find(&recs, c["model"].as_str().unwrap(), "converse", 200),
+        c,
+    );
 
     // AnthropicBedrock: an inference profile id, `:` left unencoded.
     let c = call("anthropic_bedrock_messages");

@@ -33,7 +33,8 @@
 //! `gen_ai.usage.input_tokens = inputTokens + cacheReadInputTokens +
 //! cacheWriteInputTokens`; `cacheReadInputTokens` →
 //! `gen_ai.usage.cache_read.input_tokens`, `cacheWriteInputTokens` →
-//! `gen_ai.usage.cache_creation.input_tokens` (the attribute the Anthropic
+//! `gen_ai.usage.cache_write.input_tokens` (and the older
+//! `gen_ai.usage.cache_creation.input_tokens`: the attributes the Anthropic
 //! parser uses for `cache_creation_input_tokens`). `stopReason` →
 //! `gen_ai.response.finish_reasons` as sent (`end_turn`, `tool_use`,
 //! `max_tokens`, `stop_sequence`, `guardrail_intervened`,
@@ -76,6 +77,27 @@ use serde::Deserialize;
 use super::de::BStr;
 use super::eventstream::{FrameError, Message};
 use super::{anthropic, json_error, json_scan, salvage_value, Api, Findings, ParseError};
+
+/// True when `headers` carry an AWS SigV4 `Authorization` whose
+/// `SignedHeaders` include `name`: the proxy must then leave that header
+/// alone (changing it would void the signature). Presigned URLs sign in
+/// the query and are not looked at.
+pub fn sigv4_signs(headers: &HeaderMap, name: &str) -> bool {
+    let Some(auth) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(fields) = auth.trim_start().strip_prefix("AWS4-HMAC-SHA256") else {
+        return false;
+    };
+    fields
+        .split(',')
+        .filter_map(|f| f.trim().strip_prefix("SignedHeaders="))
+        .flat_map(|list| list.split(';'))
+        .any(|h| h.trim().eq_ignore_ascii_case(name))
+}
 
 /// The media type of an AWS event stream.
 pub const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";

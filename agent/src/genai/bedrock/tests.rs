@@ -221,6 +221,20 @@ fn detection_and_model_from_path() {
 }
 
 #[test]
+fn sigv4_signed_headers_are_found() {
+    let h = headers(&[(
+        "authorization",
+        "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;Traceparent;x-amz-date, Signature=abc",
+    )]);
+    assert!(super::sigv4_signs(&h, "traceparent"));
+    assert!(super::sigv4_signs(&h, "host"));
+    assert!(!super::sigv4_signs(&h, "tracestate"));
+    let bearer = headers(&[("authorization", "Bearer SignedHeaders=traceparent")]);
+    assert!(!super::sigv4_signs(&bearer, "traceparent"));
+    assert!(!super::sigv4_signs(&HeaderMap::new(), "traceparent"));
+}
+
+#[test]
 fn converse_json() {
     let body = r#"{"metrics":{"latencyMs":301},"output":{"message":{"content":[{"text":"Hi"}],"role":"assistant"}},"stopReason":"end_turn","usage":{"cacheReadInputTokens":7,"cacheWriteInputTokens":3,"inputTokens":12,"outputTokens":4,"totalTokens":26}}"#;
     let r = run(
