@@ -1033,6 +1033,15 @@ impl Exchange {
                 ));
                 let (anthropic, end) = bedrock::scan_request(body);
                 self.bedrock_anthropic = anthropic;
+                // Request parameters: Converse's `inferenceConfig`, or an
+                // Anthropic body's own.
+                let as_api = if anthropic {
+                    Api::AnthropicMessages
+                } else {
+                    self.api
+                };
+                let params = &mut self.params;
+                json_scan::scan(body, |h| params.hit(as_api, h, body));
                 // Invoke bodies are the vendor's: only Converse is known JSON.
                 matches!(self.api, Api::BedrockConverse | Api::BedrockConverseStream).then_some(end)
             }

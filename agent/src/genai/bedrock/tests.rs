@@ -260,6 +260,11 @@ fn converse_json() {
     assert_eq!(r.get(sc::GEN_AI_RESPONSE_ID), None);
     assert_eq!(r.get(sc::PARSE_ERROR), None);
     assert_eq!(r.get_bool(sc::BODY_USAGE_VISIBLE), Some(true));
+    assert_eq!(r.get_i64(sc::GEN_AI_REQUEST_MAX_TOKENS), Some(2));
+    assert_eq!(
+        r.get_i64(sc::GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS),
+        Some(3)
+    );
     // Without cache fields: input is inputTokens.
     let body = r#"{"output":{"message":{"content":[],"role":"assistant"}},"stopReason":"tool_use","usage":{"inputTokens":12,"outputTokens":4,"totalTokens":16}}"#;
     let r = run(
@@ -460,6 +465,7 @@ fn invoke_anthropic_json() {
         Some(2)
     );
     assert_eq!(r.get(sc::PARSE_ERROR), None);
+    assert_eq!(r.get_i64(sc::GEN_AI_REQUEST_MAX_TOKENS), Some(64));
 }
 
 #[test]
