@@ -103,6 +103,11 @@ fn converse(r: &Record, call: &Value) {
         write,
         "{line}"
     );
+    assert_eq!(
+        i(r, sc::GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS),
+        write,
+        "{line}"
+    );
     // totalTokens counts the cached tokens once: the same total.
     assert_eq!(
         Some(input + n(&u["output_tokens"]).unwrap()),
