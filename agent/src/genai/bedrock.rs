@@ -27,8 +27,8 @@
 //! once it arrived).
 //!
 //! Usage mapping: Bedrock reports `inputTokens` *without* the prompt-cache
-//! tokens (`totalTokens = inputTokens + outputTokens + cacheReadInputTokens
-//! + cacheWriteInputTokens`), as Anthropic does. The semantic conventions
+//! tokens (`totalTokens` = `inputTokens` + `outputTokens` +
+//! `cacheReadInputTokens` + `cacheWriteInputTokens`), as Anthropic does. The semantic conventions
 //! want `gen_ai.usage.input_tokens` to include cached tokens, so
 //! `gen_ai.usage.input_tokens = inputTokens + cacheReadInputTokens +
 //! cacheWriteInputTokens`; `cacheReadInputTokens` →
