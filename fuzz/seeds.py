@@ -103,6 +103,75 @@ for k, v in cases.items():
     write("genai_exchange", k, v)
 
 
+# --- eventstream: [bound/8][plan][stream]; AWS event-stream messages ---------
+def es_frame(headers, payload):
+    """One event-stream message (string headers, type 7)."""
+    h = b"".join(bytes([len(n)]) + n.encode() + b"\x07" + len(v).to_bytes(2, "big") + v.encode()
+                 for n, v in headers)
+    total = 16 + len(h) + len(payload)
+    prelude = total.to_bytes(4, "big") + len(h).to_bytes(4, "big")
+    msg = prelude + zlib.crc32(prelude).to_bytes(4, "big") + h + payload
+    return msg + zlib.crc32(msg).to_bytes(4, "big")
+
+
+def es_event(name, payload):
+    return es_frame([(":event-type", name), (":content-type", "application/json"),
+                     (":message-type", "event")], payload.encode())
+
+
+def es_chunk(event):
+    import base64
+    return es_event("chunk", '{"bytes":"%s","p":"abcd"}' % base64.b64encode(event.encode()).decode())
+
+
+CONVERSE_STREAM = b"".join([
+    es_event("messageStart", '{"p":"abcdefghij","role":"assistant"}'),
+    es_event("contentBlockDelta", '{"contentBlockIndex":0,"delta":{"text":"Hello"},"p":"abc"}'),
+    es_event("contentBlockStop", '{"contentBlockIndex":0,"p":"ab"}'),
+    es_event("messageStop", '{"p":"abcdefg","stopReason":"end_turn"}'),
+    es_event("metadata", '{"metrics":{"latencyMs":42},"p":"a","usage":{"cacheReadInputTokens":5,'
+             '"cacheWriteInputTokens":0,"inputTokens":8,"outputTokens":1,"totalTokens":14}}'),
+])
+INVOKE_STREAM = b"".join([
+    es_chunk('{"type":"message_start","message":{"id":"msg_bdrk_01","type":"message","role":"assistant",'
+             '"model":"claude-3-5-haiku-20241022","content":[],"stop_reason":null,'
+             '"usage":{"input_tokens":8,"cache_read_input_tokens":0,"output_tokens":1}}}'),
+    es_chunk('{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}'),
+    es_chunk('{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":1}}'),
+    es_chunk('{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":8,'
+             '"outputTokenCount":1,"invocationLatency":42,"firstByteLatency":21}}'),
+])
+EXCEPTION = es_frame([(":exception-type", "throttlingException"), (":content-type", "application/json"),
+                      (":message-type", "exception")], b'{"message":"Too many requests"}')
+write("eventstream", "converse-stream", b"\x00" + ONE + CONVERSE_STREAM)
+write("eventstream", "converse-stream-bytewise-bound32", bytes([32]) + plan(1) + CONVERSE_STREAM)
+write("eventstream", "invoke-stream-split7", b"\x00" + plan(7) + INVOKE_STREAM)
+write("eventstream", "exception-after-event", b"\x00" + plan(13, 0) + CONVERSE_STREAM[:120] + EXCEPTION)
+write("eventstream", "crc-flip", b"\x00" + ONE + CONVERSE_STREAM[:60] + bytes([CONVERSE_STREAM[60] ^ 1])
+      + CONVERSE_STREAM[61:])
+
+# Bedrock through genai_exchange: provider byte 1 (detect) with host 8
+# (bedrock-runtime.us-east-1.amazonaws.com), paths 17-20, content type 9.
+BEDROCK = 1 | (8 << 4)
+ES_T = 9
+
+
+def bedrock(path, req, resp, *, rtype=ES_T, status=0, chunks=ONE):
+    head = bytes([BEDROCK, path, 0, 0, 0, status, rtype, 0]) + LIMITS + b"\x00"
+    return head + chunks + req + SEP + resp
+
+
+CONVERSE_REQ = b'{"messages":[{"role":"user","content":[{"text":"Hello"}]}],"inferenceConfig":{"maxTokens":8}}'
+INVOKE_REQ = b'{"anthropic_version":"bedrock-2023-05-31","max_tokens":8,"messages":[{"role":"user","content":"Hello"}]}'
+write("genai_exchange", "bedrock-converse", bedrock(17, CONVERSE_REQ, b'{"output":{"message":{"role":"assistant",'
+      b'"content":[{"text":"Hi"}]}},"stopReason":"end_turn","usage":{"inputTokens":8,"outputTokens":1,'
+      b'"totalTokens":9},"metrics":{"latencyMs":42}}', rtype=JSON_T))
+write("genai_exchange", "bedrock-converse-stream", bedrock(18, CONVERSE_REQ, CONVERSE_STREAM, chunks=plan(11)))
+write("genai_exchange", "bedrock-invoke-json", bedrock(19, INVOKE_REQ, fx("anthropic_message.json"), rtype=JSON_T))
+write("genai_exchange", "bedrock-invoke-stream", bedrock(20, INVOKE_REQ, INVOKE_STREAM))
+write("genai_exchange", "bedrock-stream-exception", bedrock(18, CONVERSE_REQ, CONVERSE_STREAM[:200] + EXCEPTION))
+
+
 # --- mcp: [provider][resp type][status][flags], plan, request SEP response --
 def mcp(req, resp, *, routed=False, rtype=JSON_T, status=0, flags=0, chunks=ONE):
     return bytes([1 if routed else 0, rtype, status, flags]) + chunks + req + SEP + resp

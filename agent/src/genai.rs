@@ -70,8 +70,10 @@
 //! keep it; OTLP sends it only with the gateway's `otlp.emitGenAiSystem`).
 
 mod anthropic;
+mod bedrock;
 mod de;
 pub mod decode;
+pub mod eventstream;
 mod google;
 mod include_usage;
 mod json_scan;
@@ -90,6 +92,7 @@ use http::{HeaderMap, Method};
 use crate::record::Record;
 use crate::semconv as sc;
 
+pub use bedrock::sigv4_signs;
 pub use decode::Encoding;
 pub use include_usage::{rewrite_request_for_usage, UsageChunkFilter};
 pub use sse::{Block, SseEvent, SseParser};
@@ -125,6 +128,14 @@ pub enum Api {
     OllamaEmbed,
     /// Any request to an MCP server.
     Mcp,
+    /// Bedrock `/model/{id}/converse`.
+    BedrockConverse,
+    /// Bedrock `/model/{id}/converse-stream`.
+    BedrockConverseStream,
+    /// Bedrock `/model/{id}/invoke`.
+    BedrockInvoke,
+    /// Bedrock `/model/{id}/invoke-with-response-stream`.
+    BedrockInvokeStream,
     /// Not an endpoint egret parses.
     Other,
 }
@@ -165,6 +176,7 @@ impl Api {
                 _ => Api::Other,
             },
             Provider::Mcp => Api::Mcp,
+            Provider::Bedrock => bedrock::classify(path),
             _ => Api::Other,
         }
     }
@@ -172,12 +184,17 @@ impl Api {
     /// `gen_ai.operation.name` (MCP: decided by the JSON-RPC method).
     pub fn operation(self) -> Option<&'static str> {
         match self {
-            Api::AnthropicMessages | Api::OpenAiChat | Api::OpenAiResponses | Api::OllamaChat => {
-                Some("chat")
-            }
+            Api::AnthropicMessages
+            | Api::OpenAiChat
+            | Api::OpenAiResponses
+            | Api::OllamaChat
+            | Api::BedrockConverse
+            | Api::BedrockConverseStream => Some("chat"),
             Api::OpenAiCompletions | Api::OllamaGenerate => Some("text_completion"),
             Api::OpenAiEmbeddings | Api::GoogleEmbed | Api::OllamaEmbed => Some("embeddings"),
             Api::GoogleGenerate | Api::GoogleStreamGenerate => Some("generate_content"),
+            // Invoke: decided by the body (`bedrock` module docs).
+            Api::BedrockInvoke | Api::BedrockInvokeStream => None,
             Api::Mcp | Api::Other => None,
         }
     }
@@ -194,6 +211,10 @@ impl Api {
                 | Api::GoogleStreamGenerate
                 | Api::OllamaChat
                 | Api::OllamaGenerate
+                | Api::BedrockConverse
+                | Api::BedrockConverseStream
+                | Api::BedrockInvoke
+                | Api::BedrockInvokeStream
         )
     }
 }
@@ -253,6 +274,14 @@ pub enum ParseError {
     /// an event stream.
     #[error("unsupported_content_type")]
     UnsupportedContentType,
+    /// An AWS event-stream message exceeded [`Limits::max_event_bytes`]
+    /// (skipped; the stream goes on being parsed).
+    #[error("eventstream_frame_too_large")]
+    FrameTooLarge,
+    /// An AWS event-stream message with a wrong CRC, malformed headers or
+    /// an impossible length (or an invoke chunk that is not base64).
+    #[error("eventstream_invalid_frame")]
+    InvalidFrame,
 }
 
 impl ParseError {
@@ -267,6 +296,8 @@ impl ParseError {
             ParseError::DecodedTooLarge => "decoded_too_large",
             ParseError::UnsupportedEncoding => "unsupported_content_encoding",
             ParseError::UnsupportedContentType => "unsupported_content_type",
+            ParseError::FrameTooLarge => "eventstream_frame_too_large",
+            ParseError::InvalidFrame => "eventstream_invalid_frame",
         }
     }
 }
@@ -343,6 +374,9 @@ pub(crate) struct Findings {
     pub complete: bool,
     /// A Chat Completions usage-only chunk (`choices: []`) was seen.
     pub usage_only_chunk: bool,
+    /// `gen_ai.operation.name` decided by the response's parser (Bedrock
+    /// invoke), over [`Api::operation`].
+    pub operation: Option<&'static str>,
     pub error: Option<ParseError>,
 }
 
@@ -380,6 +414,7 @@ enum Parser {
     Google(google::State),
     Ollama(ollama::State),
     Mcp(mcp::State),
+    Bedrock(bedrock::State),
 }
 
 impl Parser {
@@ -391,6 +426,8 @@ impl Parser {
             Parser::Google(s) => s.event(data, f),
             Parser::Ollama(s) => s.event(data, f),
             Parser::Mcp(s) => s.event(data, f),
+            // Bedrock streams are event streams, never SSE.
+            Parser::Bedrock(_) => {}
         }
     }
 
@@ -402,6 +439,7 @@ impl Parser {
             Parser::Google(s) => s.json(body, f),
             Parser::Ollama(s) => s.json(body, f),
             Parser::Mcp(s) => s.json(body, f),
+            Parser::Bedrock(s) => s.json(body, f),
         }
     }
 
@@ -409,6 +447,7 @@ impl Parser {
         match self {
             Parser::Anthropic(s) => s.end(f),
             Parser::Google(s) => s.end(f),
+            Parser::Bedrock(s) => s.end(f),
             Parser::Chat(_) | Parser::Responses(_) | Parser::Ollama(_) | Parser::Mcp(_) => {}
         }
     }
@@ -440,6 +479,7 @@ impl Parser {
             Parser::Anthropic(s) => s.salvage(tail, f),
             Parser::Chat(_) | Parser::Responses(_) => openai::salvage(tail, f),
             Parser::Google(s) => s.salvage(tail, f),
+            Parser::Bedrock(s) => s.salvage(tail, f),
             Parser::Ollama(_) => {
                 if let Some(n) = salvage_value::<u64>(tail, "prompt_eval_count") {
                     f.input_tokens = Some(n);
@@ -469,6 +509,8 @@ enum Mode {
     Sse,
     /// Newline-delimited JSON (Ollama's streams).
     Ndjson,
+    /// AWS event stream (Bedrock).
+    EventStream,
     /// Not parsed (unsupported type, or given up).
     Off,
 }
@@ -479,6 +521,7 @@ enum Mode {
 struct Sink {
     mode: Mode,
     sse: SseParser,
+    frames: eventstream::Decoder,
     body: Vec<u8>,
     /// The JSON body outgrew `max_json_bytes`: only its tail is kept.
     over_cap: bool,
@@ -542,6 +585,21 @@ impl Sink {
                 });
             }
             Mode::Ndjson => self.ndjson(buf),
+            Mode::EventStream => {
+                let Sink {
+                    frames,
+                    parser: Parser::Bedrock(s),
+                    findings,
+                    ..
+                } = self
+                else {
+                    return;
+                };
+                frames.feed(buf, |m| match m {
+                    Ok(m) => s.message(m, findings),
+                    Err(e) => s.frame_error(e, findings),
+                });
+            }
             Mode::Sniff | Mode::Off => {}
         }
     }
@@ -616,6 +674,9 @@ impl Sink {
                 if !self.line_skip {
                     self.ndjson_line(&line);
                 }
+            }
+            Mode::EventStream if self.frames.has_pending() => {
+                self.findings.flag(ParseError::Truncated);
             }
             Mode::Json if self.over_cap => {
                 let tail = std::mem::take(&mut self.tail);
@@ -751,6 +812,8 @@ pub struct Exchange {
     mcp: Option<mcp::Request>,
     mcp_session_id: Option<String>,
     mcp_protocol_version: Option<String>,
+    /// A Bedrock invoke request carried an Anthropic Messages body.
+    bedrock_anthropic: bool,
     /// The request body prefix was cut before the JSON ended.
     request_truncated: bool,
     request_error: Option<ParseError>,
@@ -788,6 +851,7 @@ impl Exchange {
             mcp: None,
             mcp_session_id: None,
             mcp_protocol_version: None,
+            bedrock_anthropic: false,
             request_truncated: false,
             request_error: None,
             rewritten: false,
@@ -957,6 +1021,30 @@ impl Exchange {
                 self.mcp = Some(r);
                 Some(end)
             }
+            Api::BedrockConverse
+            | Api::BedrockConverseStream
+            | Api::BedrockInvoke
+            | Api::BedrockInvokeStream => {
+                let path = path_and_query.split('?').next().unwrap_or("");
+                self.request_model = bedrock::model_from_path(path);
+                self.request_stream = Some(matches!(
+                    self.api,
+                    Api::BedrockConverseStream | Api::BedrockInvokeStream
+                ));
+                let (anthropic, end) = bedrock::scan_request(body);
+                self.bedrock_anthropic = anthropic;
+                // Request parameters: Converse's `inferenceConfig`, or an
+                // Anthropic body's own.
+                let as_api = if anthropic {
+                    Api::AnthropicMessages
+                } else {
+                    self.api
+                };
+                let params = &mut self.params;
+                json_scan::scan(body, |h| params.hit(as_api, h, body));
+                // Invoke bodies are the vendor's: only Converse is known JSON.
+                matches!(self.api, Api::BedrockConverse | Api::BedrockConverseStream).then_some(end)
+            }
             Api::Mcp | Api::Other => None,
         };
         match end {
@@ -1040,6 +1128,15 @@ impl Exchange {
                 }
                 None => return,
             },
+            Api::BedrockConverse
+            | Api::BedrockConverseStream
+            | Api::BedrockInvoke
+            | Api::BedrockInvokeStream => Parser::Bedrock(bedrock::State::new(
+                self.api,
+                self.bedrock_anthropic,
+                status,
+                headers,
+            )),
             Api::Other => return,
         };
         let ok = (200..300).contains(&status);
@@ -1047,6 +1144,12 @@ impl Exchange {
             None | Some("") => Mode::Sniff,
             Some(t) if t.eq_ignore_ascii_case("text/event-stream") => Mode::Sse,
             Some(t) if t.eq_ignore_ascii_case("application/x-ndjson") => Mode::Ndjson,
+            Some(t)
+                if t.eq_ignore_ascii_case(bedrock::EVENT_STREAM)
+                    && matches!(parser, Parser::Bedrock(_)) =>
+            {
+                Mode::EventStream
+            }
             Some(t) if is_json_type(t) => Mode::Json,
             Some(_) => {
                 if ok && status != 204 {
@@ -1065,6 +1168,7 @@ impl Exchange {
         let sink = Sink {
             mode,
             sse: SseParser::new(self.limits.max_event_bytes),
+            frames: eventstream::Decoder::new(self.limits.max_event_bytes),
             body: Vec::new(),
             over_cap: false,
             tail: Vec::new(),
@@ -1169,7 +1273,7 @@ impl Exchange {
             (Api::Mcp, Some(r)) if r.method.as_deref() == Some("tools/call") => {
                 Some("execute_tool")
             }
-            (api, _) => api.operation(),
+            (api, _) => f.operation.or(api.operation()),
         };
         record.set_opt(sc::GEN_AI_OPERATION_NAME, operation);
         record.set_opt(sc::GEN_AI_REQUEST_MODEL, self.request_model.take());

@@ -36,15 +36,20 @@ pub enum Provider {
     Ollama,
     /// An MCP server (Streamable HTTP transport).
     Mcp,
+    /// AWS Bedrock Runtime: Converse / ConverseStream, InvokeModel /
+    /// InvokeModelWithResponseStream (`/model/{id}/…`; AWS event-stream
+    /// framing for streams).
+    Bedrock,
 }
 
 impl Provider {
-    pub const ALL: [Provider; 5] = [
+    pub const ALL: [Provider; 6] = [
         Provider::Anthropic,
         Provider::OpenAi,
         Provider::Google,
         Provider::Ollama,
         Provider::Mcp,
+        Provider::Bedrock,
     ];
 
     /// The format's name in config (`format:`), accepted by
@@ -56,6 +61,7 @@ impl Provider {
             Provider::Google => "google",
             Provider::Ollama => "ollama",
             Provider::Mcp => "mcp",
+            Provider::Bedrock => "bedrock",
         }
     }
 
@@ -81,6 +87,7 @@ impl Provider {
             Provider::OpenAi => Some("openai"),
             Provider::Google => Some("gcp.gemini"),
             Provider::Ollama => Some("ollama"),
+            Provider::Bedrock => Some("aws.bedrock"),
             Provider::Mcp => None,
         }
     }
@@ -127,6 +134,13 @@ impl Provider {
             .any(|m| last.ends_with(m))
         {
             Some(Provider::Google)
+        } else if path.contains("/model/")
+            && matches!(
+                last,
+                "converse" | "converse-stream" | "invoke" | "invoke-with-response-stream"
+            )
+        {
+            Some(Provider::Bedrock)
         } else {
             None
         }
@@ -185,6 +199,16 @@ pub const KNOWN: &[Known] = &[
         aliases: &["vertex", "vertex_ai", "vertex-ai"],
         format: Provider::Google,
         hosts: &["aiplatform.googleapis.com", "*-aiplatform.googleapis.com"],
+    },
+    Known {
+        name: "aws.bedrock",
+        aliases: &["bedrock", "aws-bedrock"],
+        format: Provider::Bedrock,
+        hosts: &[
+            "bedrock-runtime.*.amazonaws.com",
+            "bedrock-runtime-fips.*.amazonaws.com",
+            "bedrock-runtime.*.amazonaws.com.cn",
+        ],
     },
     Known {
         name: "groq",
@@ -323,7 +347,7 @@ pub enum RouteProvider {
 /// A route's `provider` names nothing egret knows and gives no `format`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteProviderError {
-    #[error("provider {0:?} is not one egret knows (see docs/attributes.md, \"Provider table\"): set `format` (anthropic, openai, google, ollama) to parse it")]
+    #[error("provider {0:?} is not one egret knows (see docs/attributes.md, \"Provider table\"): set `format` (anthropic, openai, google, ollama, bedrock) to parse it")]
     Unknown(String),
     #[error("provider {0:?} with a format: name the provider to parse it as {1}")]
     FormatWithoutName(String, &'static str),

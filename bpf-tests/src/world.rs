@@ -17,7 +17,9 @@ pub const NAMES: &str = concat!(
     "api.anthropic.com,api.openai.com,generativelanguage.googleapis.com,mcp.local,denied.example,localhost,",
     // Clouds and OpenAI-compatible servers (bpf-tests/tests/providers.rs).
     "egret-test.openai.azure.com,api.groq.com,api.mistral.ai,api.deepseek.com,api.x.ai,openrouter.ai,",
-    "us-east5-aiplatform.googleapis.com,us-central1-aiplatform.googleapis.com,ollama.local,vllm.local"
+    "us-east5-aiplatform.googleapis.com,us-central1-aiplatform.googleapis.com,ollama.local,vllm.local,",
+    // AWS Bedrock Runtime (bpf-tests/tests/bedrock.rs).
+    "bedrock-runtime.us-east-1.amazonaws.com"
 );
 
 /// The mock-provider process; killed (and its directory removed) on drop.

@@ -63,6 +63,10 @@ pub const PATHS: &[&str] = &[
     "/api/embed",
     "/v1/projects/p/locations/l/publishers/anthropic/models/c%40v:streamRawPredict",
     "/openai/deployments/d/chat/completions?api-version=2024-10-21",
+    "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse",
+    "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse-stream",
+    "/model/us.anthropic.claude-3-5-haiku-20241022-v1:0/invoke",
+    "/model/meta.llama3-8b-instruct-v1%3A0/invoke-with-response-stream",
 ];
 
 const HOSTS: &[&str] = &[
@@ -74,6 +78,7 @@ const HOSTS: &[&str] = &[
     "ollama.com",
     "us-east5-aiplatform.googleapis.com",
     "egret.openai.azure.com",
+    "bedrock-runtime.us-east-1.amazonaws.com",
 ];
 
 /// `(header value, how to really encode the body)`.
@@ -104,6 +109,7 @@ pub const CONTENT_TYPES: &[Option<&str>] = &[
     Some(""),
     Some("TEXT/EVENT-STREAM"),
     Some("application/x-ndjson"),
+    Some("application/vnd.amazon.eventstream"),
 ];
 
 const REQUEST_TYPES: &[Option<&str>] = &[
@@ -262,6 +268,8 @@ const PARSE_ERRORS: &[&str] = &[
     "decoded_too_large",
     "unsupported_content_encoding",
     "unsupported_content_type",
+    "eventstream_frame_too_large",
+    "eventstream_invalid_frame",
 ];
 
 /// Checks that hold for every exchange.

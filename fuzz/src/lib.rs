@@ -14,6 +14,7 @@
 pub mod body_tap;
 pub mod config;
 pub mod credentials;
+pub mod eventstream;
 pub mod exchange;
 pub mod input;
 pub mod oracle;
@@ -26,6 +27,7 @@ pub mod usage_filter;
 pub use body_tap::body_tap;
 pub use config::config;
 pub use credentials::credentials;
+pub use eventstream::eventstream;
 pub use exchange::{genai_exchange, mcp};
 pub use proxy_protocol::proxy_protocol;
 pub use sniff::sniff_clienthello;

@@ -110,12 +110,12 @@ pub struct RouteConfig {
     /// Who the hosts are: `http` (the default: egret finds the provider
     /// from the host, the path and the body), `mcp`, a provider egret
     /// knows (`openai`, `anthropic`, `google`, `azure.ai.openai`,
-    /// `gcp.vertex_ai`, `groq`, `ollama`, … — docs/attributes.md,
+    /// `gcp.vertex_ai`, `aws.bedrock`, `groq`, `ollama`, … — docs/attributes.md,
     /// "Provider table"), or any other name with a `format`.
     #[serde(default = "default_provider")]
     pub provider: String,
     /// The wire format to parse (`anthropic`, `openai`, `google`,
-    /// `ollama`): required for a provider egret does not know (e.g.
+    /// `ollama`, `bedrock`): required for a provider egret does not know (e.g.
     /// `provider: vllm, format: openai`); for a known one it fixes the
     /// format instead of finding it from the path.
     #[serde(default)]

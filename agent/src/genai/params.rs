@@ -17,6 +17,8 @@
 //!   candidateCount, responseMimeType}`.
 //! - Ollama: `options.{num_predict, temperature, top_p, top_k, seed, stop,
 //!   frequency_penalty, presence_penalty}`; `format` (`"json"` or a schema).
+//! - Bedrock Converse: `inferenceConfig.{maxTokens, temperature, topP,
+//!   stopSequences}`; Bedrock invoke with an Anthropic body: as Anthropic.
 //!
 //! Only what the request says is written: a parameter the client left to
 //! the provider's default is absent, never the default guessed.
@@ -50,6 +52,7 @@ enum Family {
     Anthropic,
     Google,
     Ollama,
+    Converse,
 }
 
 fn num(v: &Value<'_>) -> Option<f64> {
@@ -105,6 +108,7 @@ impl Params {
             Api::AnthropicMessages => Family::Anthropic,
             Api::GoogleGenerate | Api::GoogleStreamGenerate => Family::Google,
             Api::OllamaChat | Api::OllamaGenerate => Family::Ollama,
+            Api::BedrockConverse | Api::BedrockConverseStream => Family::Converse,
             _ => return,
         };
         let v = &h.value;
@@ -157,6 +161,13 @@ impl Params {
                 b"responseMimeType" | b"response_mime_type" => {
                     self.output_type = v.as_str().and_then(|t| output_type(&t))
                 }
+                _ => {}
+            },
+            (Family::Converse, Some(b"inferenceConfig")) => match key {
+                b"maxTokens" => self.max_tokens = int(v),
+                b"temperature" => self.temperature = num(v),
+                b"topP" => self.top_p = num(v),
+                b"stopSequences" => self.stop_sequences = strings(v, span),
                 _ => {}
             },
             (Family::Ollama, Some(b"options")) => match key {

@@ -373,7 +373,7 @@ fn provider_detection_needs_host_and_endpoint() {
     }
     assert_eq!(Provider::from_name("Gemini"), Some(Google));
     assert_eq!(Provider::from_name("gcp.gemini"), Some(Google));
-    assert_eq!(Provider::from_name("bedrock"), None);
+    assert_eq!(Provider::from_name("not-a-provider"), None);
     assert_eq!(Google.semconv_name(), Some("gcp.gemini"));
     assert_eq!(Mcp.semconv_name(), None);
     // Routes may mount an API under a prefix.

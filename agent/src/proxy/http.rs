@@ -912,10 +912,17 @@ async fn prepare(
 
     let (mut parts, body) = req.into_parts();
     parts.headers.remove(http::header::EXPECT);
-    if let Ok(v) = HeaderValue::from_str(&header) {
-        parts.headers.insert("traceparent", v);
+    // A SigV4-signed request (AWS: Bedrock) that signed the trace headers
+    // keeps them as sent: changing one would void the signature.
+    // (Neither is touched then: the upstream sees the client's context.)
+    let keep_trace = crate::genai::sigv4_signs(&parts.headers, "traceparent")
+        || crate::genai::sigv4_signs(&parts.headers, "tracestate");
+    if !keep_trace {
+        if let Ok(v) = HeaderValue::from_str(&header) {
+            parts.headers.insert("traceparent", v);
+        }
     }
-    if incoming_tp.is_none() {
+    if incoming_tp.is_none() && !keep_trace {
         if let Some(ts) = attr.and_then(|a| a.tracestate.as_deref()) {
             if let Ok(v) = HeaderValue::from_str(ts) {
                 parts.headers.insert("tracestate", v);

@@ -42,8 +42,33 @@ fn count_input(body: &Value) -> (u64, u64) {
 }
 
 pub fn messages(state: &State, call: &Call) -> Result<Response<RespBody>, Reject> {
+    let model = model_of(&call.body)?;
+    let reply = reply(state, call, &model)?;
+    if !is_stream(&call.body) {
+        return Ok(json_response(StatusCode::OK, &reply.message));
+    }
+    let events = reply
+        .events
+        .iter()
+        .map(|e| sse_event(e["type"].as_str().unwrap_or("message"), e))
+        .collect();
+    Ok(sse_response(events, call.delay))
+}
+
+/// One answer to a Messages request: the non-streaming message, the
+/// streaming events (each with its `type`) and the counts.
+pub(crate) struct Reply {
+    pub(crate) message: Value,
+    pub(crate) events: Vec<Value>,
+    /// Uncached input tokens (`input_tokens`).
+    pub(crate) input: u64,
+    pub(crate) output: u64,
+}
+
+/// Validates a Messages body (without looking at `model`) and answers it
+/// as `model`. Anthropic-on-Bedrock uses it too.
+pub(crate) fn reply(state: &State, call: &Call, model: &str) -> Result<Reply, Reject> {
     let body = &call.body;
-    let model = model_of(body)?;
     let max_tokens =
         u64_field(body, "max_tokens")?.ok_or_else(|| bad_request("max_tokens: field required"))?;
     match body.get("messages") {
@@ -60,77 +85,66 @@ pub fn messages(state: &State, call: &Call) -> Result<Response<RespBody>, Reject
     let stop_reason = if cut { "max_tokens" } else { "end_turn" };
     let id = state.id("msg_01");
 
-    if !is_stream(body) {
-        let msg = json!({
+    let message = json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": reply_text(output)}],
+        "stop_reason": stop_reason,
+        "stop_sequence": null,
+        "usage": {
+            "input_tokens": input,
+            "cache_creation_input_tokens": cache_creation,
+            "cache_read_input_tokens": cache_read,
+            "output_tokens": output,
+            "service_tier": "standard",
+        },
+    });
+
+    let mut events = Vec::new();
+    events.push(json!({
+        "type": "message_start",
+        "message": {
             "id": id,
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": reply_text(output)}],
-            "stop_reason": stop_reason,
+            "content": [],
+            "stop_reason": null,
             "stop_sequence": null,
             "usage": {
                 "input_tokens": input,
                 "cache_creation_input_tokens": cache_creation,
                 "cache_read_input_tokens": cache_read,
-                "output_tokens": output,
+                "output_tokens": output.min(1),
                 "service_tier": "standard",
             },
-        });
-        return Ok(json_response(StatusCode::OK, &msg));
-    }
-
-    let mut events = Vec::new();
-    events.push(sse_event(
-        "message_start",
-        &json!({
-            "type": "message_start",
-            "message": {
-                "id": id,
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": [],
-                "stop_reason": null,
-                "stop_sequence": null,
-                "usage": {
-                    "input_tokens": input,
-                    "cache_creation_input_tokens": cache_creation,
-                    "cache_read_input_tokens": cache_read,
-                    "output_tokens": output.min(1),
-                    "service_tier": "standard",
-                },
-            },
-        }),
-    ));
-    events.push(sse_event(
-        "content_block_start",
-        &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-    ));
-    events.push(sse_event("ping", &json!({"type": "ping"})));
+        },
+    }));
+    events.push(
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    );
+    events.push(json!({"type": "ping"}));
     for delta in reply_deltas(output) {
-        events.push(sse_event(
-            "content_block_delta",
-            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": delta}}),
-        ));
+        events.push(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": delta}}));
     }
-    events.push(sse_event(
-        "content_block_stop",
-        &json!({"type": "content_block_stop", "index": 0}),
-    ));
-    events.push(sse_event(
-        "message_delta",
-        &json!({
-            "type": "message_delta",
-            "delta": {"stop_reason": stop_reason, "stop_sequence": null},
-            "usage": {
-                "input_tokens": input,
-                "cache_creation_input_tokens": cache_creation,
-                "cache_read_input_tokens": cache_read,
-                "output_tokens": output,
-            },
-        }),
-    ));
-    events.push(sse_event("message_stop", &json!({"type": "message_stop"})));
-    Ok(sse_response(events, call.delay))
+    events.push(json!({"type": "content_block_stop", "index": 0}));
+    events.push(json!({
+        "type": "message_delta",
+        "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+        "usage": {
+            "input_tokens": input,
+            "cache_creation_input_tokens": cache_creation,
+            "cache_read_input_tokens": cache_read,
+            "output_tokens": output,
+        },
+    }));
+    events.push(json!({"type": "message_stop"}));
+    Ok(Reply {
+        message,
+        events,
+        input,
+        output,
+    })
 }

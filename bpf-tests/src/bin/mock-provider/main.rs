@@ -11,7 +11,9 @@
 //! * `--listen-plain ADDR` (repeatable): plain HTTP listener.
 //! * `--names a,b,c`: SANs of the server certificate (DNS names or IPs).
 //!   Default: api.anthropic.com, api.openai.com,
-//!   generativelanguage.googleapis.com, mcp.local, localhost, 127.0.0.1, ::1.
+//!   generativelanguage.googleapis.com,
+//!   bedrock-runtime.us-east-1.amazonaws.com, mcp.local, localhost,
+//!   127.0.0.1, ::1.
 //! * `--ca-dir DIR`: where the mock's own CA lives (`ca.crt`, `ca.key`
 //!   mode 0600). Created when absent, reused otherwise. Clients trust
 //!   `DIR/ca.crt`. The server leaf is minted fresh at every start.
@@ -40,6 +42,11 @@
 //!   `/v1*/projects/{p}/locations/{l}/publishers/google/models/{m}:{method}`,
 //!   `…/publishers/anthropic/models/{m}:rawPredict|streamRawPredict`
 //!   (requires `anthropic_version`) and `…/endpoints/openapi/chat/completions`.
+//! * AWS Bedrock Runtime: `POST /model/{modelId}/converse`,
+//!   `/converse-stream` (AWS event-stream framing), `/invoke` and
+//!   `/invoke-with-response-stream` (Anthropic models), each request
+//!   SigV4-verified with fixed test credentials (403 on a mismatch, as AWS
+//!   answers); see `bedrock.rs` for the token rule and the wire details.
 //! * MCP streamable HTTP at `/mcp`: POST `initialize` (answers with an
 //!   `Mcp-Session-Id` header), notifications and client responses (202),
 //!   `ping`, `tools/list`, `tools/call` (tools `echo` and `add`); DELETE ends
@@ -87,6 +94,7 @@
 //!   decoded before they are read.
 
 mod anthropic;
+mod bedrock;
 mod encoding;
 mod google;
 mod mcp;
@@ -117,7 +125,7 @@ use crate::server::serve;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type RespBody = BoxBody<Bytes, BoxError>;
 
-const DEFAULT_NAMES: &str = "api.anthropic.com,api.openai.com,generativelanguage.googleapis.com,mcp.local,localhost,127.0.0.1,::1";
+const DEFAULT_NAMES: &str = "api.anthropic.com,api.openai.com,generativelanguage.googleapis.com,bedrock-runtime.us-east-1.amazonaws.com,mcp.local,localhost,127.0.0.1,::1";
 /// Largest request body read by the JSON endpoints.
 const MAX_REQUEST_BODY: usize = 64 << 20;
 /// Largest `/bytes/{n}` and `/json/{n}` body.
@@ -130,7 +138,7 @@ const MCP_DEFAULT_VERSION: &str = "2025-06-18";
 #[derive(Parser, Debug)]
 #[command(
     name = "mock-provider",
-    about = "Local HTTPS stand-in for the Anthropic, OpenAI and Google GenAI APIs and an MCP server"
+    about = "Local HTTPS stand-in for the Anthropic, OpenAI, Google GenAI and AWS Bedrock APIs and an MCP server"
 )]
 struct Args {
     /// HTTPS listen address (repeatable), e.g. 127.0.0.1:8443.

@@ -14,7 +14,7 @@ use crate::shared::{header_u64, json_response, respond, State};
 use crate::utility::{
     bytes_endpoint, echo_endpoint, headers_endpoint, json_endpoint, sse_endpoint,
 };
-use crate::{anthropic, google, mcp, ollama, openai, RespBody, MAX_REQUEST_BODY};
+use crate::{anthropic, bedrock, google, mcp, ollama, openai, RespBody, MAX_REQUEST_BODY};
 
 /// What the provider handlers need from the request.
 pub(crate) struct Call {
@@ -67,6 +67,10 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
         (&Method::POST, ["echo"]) => echo_endpoint(req),
         (&Method::GET, ["headers"]) => headers_endpoint(&req),
         (_, ["mcp"]) => mcp::handle(&state, req, query.as_deref()).await,
+        (_, ["model", model, op]) => {
+            let (model, op) = (model.to_string(), op.to_string());
+            bedrock::handle(&state, req, &model, &op).await
+        }
         (&Method::POST, ["v1", "messages"]) => {
             with_json(&state, req, query, Provider::Anthropic, anthropic::messages).await
         }
