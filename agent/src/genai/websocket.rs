@@ -50,6 +50,19 @@ pub enum FrameError {
     BadLength,
 }
 
+impl FrameError {
+    /// The value of `egret.parse.error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameError::ReservedOpcode => "reserved_opcode",
+            FrameError::ReservedBits => "reserved_bits",
+            FrameError::BadControlFrame => "bad_control_frame",
+            FrameError::BadFragmentation => "bad_fragmentation",
+            FrameError::BadLength => "bad_length",
+        }
+    }
+}
+
 /// What one fed chunk completed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
