@@ -154,7 +154,9 @@ fn realtime_and_responses_over_websocket_are_recorded_per_response() {
             i(s, sc::L4_BYTES_SANDBOX_RX) >= i(s, sc::RESP_BYTES),
             "{line}"
         );
-        assert!(s.get_i64(sc::WEBSOCKET_CLOSE_CODE).is_some(), "{line}");
+        // Closed with the close handshake: no error.
+        assert_eq!(i(s, sc::WEBSOCKET_CLOSE_CODE), 1000, "{line}");
+        assert!(s.get(sc::ERROR_TYPE).is_none(), "{line}");
     }
     let realtime: Vec<&Value> = calls.iter().filter(|c| c["call"] == "realtime").collect();
     assert_eq!(realtime.len(), 2, "two responses in one session");

@@ -163,6 +163,9 @@ struct Parse {
     session: Option<Session>,
     skipped: u64,
     close_code: Option<u16>,
+    /// A close frame went each way (client, server): the session ended
+    /// cleanly, whatever the transports did after.
+    closed: (bool, bool),
     frame_error: Option<&'static str>,
 }
 
@@ -176,6 +179,7 @@ impl Parse {
             session,
             skipped,
             close_code,
+            closed,
             frame_error,
         } = self;
         let parser = match side {
@@ -209,6 +213,10 @@ impl Parse {
             }
             Event::Close { code, wire } => {
                 close_code.get_or_insert(code.unwrap_or(1005));
+                match side {
+                    Side::Client => closed.0 = true,
+                    Side::Server => closed.1 = true,
+                }
                 if let (Some(s), Side::Server) = (session.as_mut(), side) {
                     s.on_server_other(wire);
                 }
@@ -240,6 +248,7 @@ async fn relay(
         session: up.flavor.map(|f| Session::new(f, &up.path_and_query)),
         skipped: 0,
         close_code: None,
+        closed: (false, false),
         frame_error: None,
     });
     let emit = |turns: Vec<Turn>| {
@@ -267,9 +276,13 @@ async fn relay(
             };
             let idle = conn.l7.admission.limits().idle_timeout;
             let ended = tokio::select! {
-                r = both => r.err().map(|e| {
+                r = both => r.err().and_then(|e| {
                     tracing::debug!("WebSocket session ended: {e}");
-                    "websocket_io_error"
+                    // After the close handshake, a transport that ends
+                    // without its own close (no TLS close_notify, a reset)
+                    // is not an error of the session.
+                    let clean = parse.lock().unwrap_or_else(|p| p.into_inner()).closed == (true, true);
+                    (!clean).then_some("websocket_io_error")
                 }),
                 () = idle_watch(&conn.downstream, idle) => None,
                 _ = conn.l7.drain.forced.cancelled() => Some("agent_shutdown"),
@@ -289,7 +302,11 @@ async fn relay(
         (turns, p)
     };
     emit(turns);
-    txn.request.lock().unwrap_or_else(|p| p.into_inner()).total = client_total;
+    // The session's bytes, per direction (its frames are not captured).
+    let mut sent = Capture::new(0, false);
+    sent.total = client_total;
+    *txn.request.lock().unwrap_or_else(|p| p.into_inner()) = sent;
+    txn.response = Capture::new(0, false);
     txn.response.total = server_total;
     let rec = &mut txn.rec;
     rec.set(sc::WEBSOCKET_MESSAGES_SKIPPED, parse.skipped);

@@ -159,7 +159,11 @@ async fn next_text(ws: &mut Ws) -> Result<Option<Value>, tokio_tungstenite::tung
                 ))
             }
             Message::Binary(_) => return Ok(Some(Value::Null)),
-            Message::Close(_) => return Ok(None),
+            Message::Close(_) => {
+                // Sends the close reply tungstenite queued.
+                let _ = ws.flush().await;
+                return Ok(None);
+            }
             _ => {}
         }
     }
