@@ -36,7 +36,8 @@ use serde::Deserialize;
 
 use super::de::BStr;
 use super::openai::Responses;
-use super::{Findings, ParseError, Provider};
+use super::{Findings, ParseError, Provider, Target};
+use crate::providers::Known;
 use crate::record::{now_unix_nanos, Record};
 use crate::semconv as sc;
 
@@ -57,25 +58,34 @@ pub enum Flavor {
 }
 
 impl Flavor {
-    /// The API of a WebSocket upgrade to `path` (query allowed) at a
-    /// provider egret parses (`provider`: the route's, else detected);
-    /// `None` when the session is only relayed.
-    pub fn detect(provider: Option<Provider>, host: &str, path: &str) -> Option<Flavor> {
-        let openai = provider == Some(Provider::OpenAi)
-            || (provider.is_none()
-                && Provider::detect(host, "/v1/responses") == Some(Provider::OpenAi));
-        if !openai {
-            return None;
-        }
+    /// The API of a WebSocket upgrade to `path` (query allowed), and the
+    /// `gen_ai.provider.name` to report: the route's target when it has one
+    /// in the OpenAI format, else a known provider of that format at
+    /// `host` (OpenAI, Azure OpenAI, …). `None` when the session is only
+    /// relayed.
+    pub fn detect(
+        target: Option<&Target>,
+        host: &str,
+        path: &str,
+    ) -> Option<(Flavor, Option<String>)> {
+        let name = match target {
+            Some(t) if t.format == Provider::OpenAi => t.name.as_deref().map(str::to_owned),
+            Some(_) => return None,
+            None => match Known::by_host(host) {
+                Some(k) if k.format == Provider::OpenAi => Some(k.name.to_owned()),
+                _ => return None,
+            },
+        };
         let p = path.split(['?', '#']).next().unwrap_or("");
         let p = p.strip_suffix('/').unwrap_or(p);
-        if p.ends_with("/realtime") {
-            Some(Flavor::Realtime)
+        let flavor = if p.ends_with("/realtime") {
+            Flavor::Realtime
         } else if p.ends_with("/responses") {
-            Some(Flavor::Responses)
+            Flavor::Responses
         } else {
-            None
-        }
+            return None;
+        };
+        Some((flavor, name))
     }
 }
 
@@ -93,6 +103,8 @@ struct Request {
 #[derive(Debug)]
 pub struct Turn {
     pub(crate) findings: Findings,
+    /// `gen_ai.provider.name` (the session's).
+    provider: Option<String>,
     /// The model the request named (Responses), else the session's.
     pub request_model: Option<String>,
     /// Bytes of the frames that made up the response, per direction.
@@ -112,6 +124,7 @@ impl Turn {
         };
         Turn {
             findings: Findings::default(),
+            provider: None,
             request_model: model,
             client_bytes,
             server_bytes: 0,
@@ -132,8 +145,10 @@ impl Turn {
     /// error code as `error.type` (when the record has none).
     pub fn write(mut self, rec: &mut Record) {
         let f = &mut self.findings;
-        rec.set(sc::GEN_AI_PROVIDER_NAME, "openai");
-        rec.set(sc::GEN_AI_SYSTEM, "openai");
+        if let Some(p) = self.provider.take() {
+            rec.set(sc::GEN_AI_SYSTEM, p.clone());
+            rec.set(sc::GEN_AI_PROVIDER_NAME, p);
+        }
         rec.set(sc::GEN_AI_OPERATION_NAME, "chat");
         rec.set_opt(sc::GEN_AI_REQUEST_MODEL, self.request_model.take());
         rec.set(sc::GEN_AI_REQUEST_STREAM, true);
@@ -281,6 +296,7 @@ impl RtResponse<'_> {
 #[derive(Debug)]
 pub struct Session {
     flavor: Flavor,
+    provider: Option<String>,
     /// `?model=` of the upgrade (Realtime).
     query_model: Option<String>,
     /// The model `session.created` / `session.updated` named.
@@ -300,8 +316,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session of `flavor` upgraded at `path_and_query`.
-    pub fn new(flavor: Flavor, path_and_query: &str) -> Session {
+    /// A session of `flavor` with `provider` (`gen_ai.provider.name`),
+    /// upgraded at `path_and_query`.
+    pub fn new(flavor: Flavor, provider: Option<String>, path_and_query: &str) -> Session {
         let query_model = path_and_query
             .split_once('?')
             .and_then(|(_, q)| {
@@ -312,6 +329,7 @@ impl Session {
             .filter(|m| !m.is_empty());
         Session {
             flavor,
+            provider,
             query_model,
             session_model: None,
             requested: VecDeque::new(),
@@ -503,6 +521,7 @@ impl Session {
     }
 
     fn emit(&mut self, mut t: Turn, done: &mut impl FnMut(Turn)) {
+        t.provider.clone_from(&self.provider);
         if t.request_model.is_none() {
             t.request_model = self
                 .query_model
@@ -565,7 +584,7 @@ mod tests {
     use super::*;
 
     fn run(flavor: Flavor, path: &str, script: &[(bool, &str)]) -> (Vec<Record>, Session) {
-        let mut s = Session::new(flavor, path);
+        let mut s = Session::new(flavor, Some("openai".into()), path);
         let mut turns = Vec::new();
         let mut done = |t: Turn| turns.push(t);
         for (client, msg) in script {
@@ -728,7 +747,7 @@ mod tests {
 
     #[test]
     fn oversized_messages_flag_their_response() {
-        let mut s = Session::new(Flavor::Realtime, "/v1/realtime?model=m%2Dx");
+        let mut s = Session::new(Flavor::Realtime, None, "/v1/realtime?model=m%2Dx");
         let mut turns = Vec::new();
         s.on_client(true, br#"{"type":"response.create"}"#, 30, &mut |t| {
             turns.push(t)
@@ -761,25 +780,35 @@ mod tests {
     }
 
     #[test]
-    fn flavors_are_detected_for_openai_only() {
-        let d = Flavor::detect;
+    fn flavors_are_detected_for_openai_format_providers_only() {
+        let d = |t: Option<Target>, host: &str, path: &str| Flavor::detect(t.as_ref(), host, path);
+        let openai = Some("openai".to_owned());
         assert_eq!(
             d(None, "api.openai.com", "/v1/realtime?model=x"),
-            Some(Flavor::Realtime)
+            Some((Flavor::Realtime, openai.clone()))
         );
         assert_eq!(
             d(None, "api.openai.com:443", "/v1/responses"),
-            Some(Flavor::Responses)
+            Some((Flavor::Responses, openai.clone()))
         );
         assert_eq!(d(None, "example.com", "/v1/realtime"), None);
         assert_eq!(
-            d(Some(Provider::OpenAi), "gw.local", "/openai/v1/realtime"),
-            Some(Flavor::Realtime)
+            d(
+                Some(Target::from(Provider::OpenAi)),
+                "gw.local",
+                "/openai/v1/realtime"
+            ),
+            Some((Flavor::Realtime, openai))
         );
         assert_eq!(
-            d(Some(Provider::Anthropic), "api.openai.com", "/v1/realtime"),
+            d(
+                Some(Target::from(Provider::Anthropic)),
+                "api.openai.com",
+                "/v1/realtime"
+            ),
             None
         );
         assert_eq!(d(None, "api.openai.com", "/v1/chat/completions"), None);
+        assert_eq!(d(None, "api.anthropic.com", "/v1/realtime"), None);
     }
 }

@@ -683,7 +683,8 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     // records); the upgrade's record has no provider attributes.
     let (mut req, mut upgrade) = (req, None);
     let provider = if websocket::is_websocket_upgrade(&req) {
-        let flavor = crate::genai::realtime::Flavor::detect(provider, &route.host, path_q_of(&req));
+        let flavor =
+            crate::genai::realtime::Flavor::detect(provider.as_ref(), &route.host, path_q_of(&req));
         upgrade = Some(Upgrade::take(&mut req, flavor));
         None
     } else {

@@ -83,15 +83,16 @@ pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
 pub struct Upgrade {
     /// The sandbox's side, once the 101 is written.
     pub downstream: OnUpgrade,
-    /// What the session speaks, when egret parses it.
-    pub flavor: Option<Flavor>,
+    /// What the session speaks and its `gen_ai.provider.name`, when
+    /// egret parses it.
+    pub flavor: Option<(Flavor, Option<String>)>,
     pub path_and_query: String,
 }
 
 impl Upgrade {
     /// Takes the sandbox's connection from `req` (before the request is
     /// consumed).
-    pub fn take<B>(req: &mut Request<B>, flavor: Option<Flavor>) -> Upgrade {
+    pub fn take<B>(req: &mut Request<B>, flavor: Option<(Flavor, Option<String>)>) -> Upgrade {
         let path_and_query = req
             .uri()
             .path_and_query()
@@ -245,7 +246,9 @@ async fn relay(
     let parse = Mutex::new(Parse {
         client: FrameParser::new(MAX_MESSAGE),
         server: FrameParser::new(MAX_MESSAGE),
-        session: up.flavor.map(|f| Session::new(f, &up.path_and_query)),
+        session: up
+            .flavor
+            .map(|(f, name)| Session::new(f, name, &up.path_and_query)),
         skipped: 0,
         close_code: None,
         closed: (false, false),
