@@ -457,10 +457,10 @@ impl Session {
             let mut t = match at.and_then(|i| self.open.remove(i)) {
                 Some(t) => t,
                 // Never saw it start: the request it answers, if any.
-                None => Turn::new(
-                    self.requested.pop_front(),
-                    std::mem::take(&mut self.client_bytes),
-                ),
+                None => match self.requested.pop_front() {
+                    Some(r) => Turn::new(Some(r), 0),
+                    None => Turn::new(None, std::mem::take(&mut self.client_bytes)),
+                },
             };
             t.server_bytes += wire;
             self.apply(&mut t, kind, data, ev.response.as_ref());
