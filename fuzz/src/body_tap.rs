@@ -24,7 +24,9 @@ use std::time::Instant;
 use base64::Engine;
 use bytes::Bytes;
 use egret::genai::{Exchange, Limits};
-use egret::proxy::tap::{Capture, Finisher, ResponseTap, Transaction, RESPONSE_KEYS};
+use egret::proxy::tap::{
+    Capture, Finisher, ResponseTap, Transaction, RESPONSE_KEYS,
+};
 use egret::record::Record;
 use egret::semconv as sc;
 use http_body::{Body, Frame};
