@@ -13,6 +13,8 @@ One JSON line per model response:
 With --denied-host HOST: only tries a Realtime upgrade to HOST (with
 --model as given, empty included) and reports the HTTP status it was
 refused with (call realtime_denied).
+With --big: one Realtime response after a 5 MiB conversation item (larger
+than egret parses; relayed all the same), reports it (call realtime_big).
 With --cut: only starts a Realtime response (the mock streams it slowly),
 closes the session once `response.created` arrived and reports its id
 (call realtime_cut).
@@ -150,10 +152,31 @@ def cut(host: str, model: str) -> None:
     emit(call="realtime_cut", ok=True, id=event["response"]["id"])
 
 
+def big(host: str, model: str) -> None:
+    url = f"wss://{host}/v1/realtime?model={model}"
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    text = "heron " * (1 << 20)
+    # The server echoes the item back (conversation.item.added / .done).
+    with websockets.sync.client.connect(url, additional_headers=headers, ssl=tls_context(),
+                                        max_size=None) as ws:
+        ws.send(json.dumps({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}}))
+        ws.send(json.dumps({"type": "response.create"}))
+        while True:
+            event = json.loads(ws.recv())
+            if event["type"] == "response.done":
+                break
+    r = event["response"]
+    emit(call="realtime_big", ok=True, id=r["id"], status=r["status"], sent=len(text),
+         usage={"input_tokens": r["usage"]["input_tokens"],
+                "output_tokens": r["usage"]["output_tokens"]})
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--denied-host", default=None)
     p.add_argument("--cut", action="store_true")
+    p.add_argument("--big", action="store_true")
     args = p.parse_args()
     model = args.model or "gpt-realtime"
     if args.denied_host:
@@ -161,6 +184,12 @@ def main() -> None:
             denied(args.denied_host, "gpt-realtime" if args.model is None else args.model)
         except Exception as exc:  # noqa: BLE001
             fail("realtime_denied", exc)
+        return
+    if args.big:
+        try:
+            big("api.openai.com", model)
+        except Exception as exc:  # noqa: BLE001
+            fail("realtime_big", exc)
         return
     if args.cut:
         try:

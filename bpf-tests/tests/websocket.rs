@@ -218,6 +218,32 @@ fn websocket_refusals_and_cut_sessions_are_recorded() {
     assert_eq!(r.get_bool(sc::POLICY_DENIED), Some(false));
     assert!(r.get(sc::WEBSOCKET_KIND).is_none());
 
+    // A message larger than egret parses is relayed whole (the provider
+    // counted every word of it), counted, and flags the response.
+    let inv = unique("inv-wsbig-");
+    let cg = w.sandbox(&inv, None);
+    let out = client(&w, &cg, &["--big"]);
+    let c = &out[0];
+    assert_eq!(c["usage"]["input_tokens"], 1 << 20, "{c}");
+    let recs = w.transactions(&inv, 2);
+    let resp = recs
+        .iter()
+        .find(|r| r.get_str(sc::WEBSOCKET_KIND) == Some("response"))
+        .unwrap_or_else(|| panic!("{}", dump(&recs)));
+    assert_eq!(resp.get_str(sc::GEN_AI_RESPONSE_ID), c["id"].as_str());
+    assert_eq!(i(resp, sc::GEN_AI_USAGE_INPUT_TOKENS), 1 << 20);
+    assert_eq!(
+        resp.get_str(sc::PARSE_ERROR),
+        Some("websocket_message_too_large")
+    );
+    assert!(i(resp, sc::REQ_BYTES) > c["sent"].as_i64().unwrap());
+    let session = recs
+        .iter()
+        .find(|r| r.get_str(sc::WEBSOCKET_KIND) == Some("session"))
+        .unwrap();
+    // The item, and the server's two echoes of it.
+    assert_eq!(i(session, sc::WEBSOCKET_MESSAGES_SKIPPED), 3);
+
     // The client leaves mid-response: the response still gets its record,
     // marked truncated, beside the session's.
     let inv = unique("inv-wscut-");

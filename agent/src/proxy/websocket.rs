@@ -271,21 +271,25 @@ async fn relay(
             let (ur, uw) = tokio::io::split(TokioIo::new(upc));
             let counted_c = std::sync::atomic::AtomicU64::new(0);
             let counted_s = std::sync::atomic::AtomicU64::new(0);
+            // A direction that fails stops the other at its next read, not
+            // mid-chunk: every chunk forwarded is also parsed.
+            let stop = tokio_util::sync::CancellationToken::new();
             let both = async {
-                tokio::try_join!(
-                    pump(dr, uw, Side::Client, &parse, &counted_c, &emit),
-                    pump(ur, dw, Side::Server, &parse, &counted_s, &emit),
-                )
+                let (c, s) = tokio::join!(
+                    pump(dr, uw, Side::Client, &parse, &counted_c, &emit, &stop),
+                    pump(ur, dw, Side::Server, &parse, &counted_s, &emit, &stop),
+                );
+                c.and(s)
             };
             let idle = conn.l7.admission.limits().idle_timeout;
             let ended = tokio::select! {
                 r = both => r.err().and_then(|e| {
                     tracing::debug!("WebSocket session ended: {e}");
-                    // After the close handshake, a transport that ends
-                    // without its own close (no TLS close_notify, a reset)
-                    // is not an error of the session.
-                    let clean = parse.lock().unwrap_or_else(|p| p.into_inner()).closed == (true, true);
-                    (!clean).then_some("websocket_io_error")
+                    // Once a close frame went either way, a transport that
+                    // ends without its own close (no TLS close_notify, a
+                    // reset) is not an error of the session.
+                    let closed = parse.lock().unwrap_or_else(|p| p.into_inner()).closed;
+                    (closed == (false, false)).then_some("websocket_io_error")
                 }),
                 () = idle_watch(&conn.downstream, idle) => None,
                 _ = conn.l7.drain.forced.cancelled() => Some("agent_shutdown"),
@@ -323,7 +327,10 @@ async fn relay(
     fin.finish(txn);
 }
 
-/// One direction: every read is written on at once, then parsed.
+/// One direction: every read is written on at once, then parsed. Ends at
+/// the source's end (the other direction goes on: half-close), at an I/O
+/// error (which stops the other direction at its next read), or when
+/// `stop` is cancelled while waiting for bytes.
 async fn pump<R, W>(
     mut r: R,
     mut w: W,
@@ -331,21 +338,28 @@ async fn pump<R, W>(
     parse: &Mutex<Parse>,
     total: &std::sync::atomic::AtomicU64,
     emit: &impl Fn(Vec<Turn>),
+    stop: &tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; CHUNK];
+    let failed = |e: std::io::Error| {
+        stop.cancel();
+        e
+    };
     loop {
-        let n = r.read(&mut buf).await?;
+        let n = tokio::select! {
+            r = r.read(&mut buf) => r.map_err(failed)?,
+            () = stop.cancelled() => return Ok(()),
+        };
         if n == 0 {
-            // Half-close: the other direction goes on until it ends.
             let _ = w.shutdown().await;
             return Ok(());
         }
-        w.write_all(&buf[..n]).await?;
-        w.flush().await?;
+        w.write_all(&buf[..n]).await.map_err(failed)?;
+        w.flush().await.map_err(failed)?;
         total.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         let turns = parse
             .lock()
