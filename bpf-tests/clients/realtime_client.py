@@ -33,6 +33,8 @@ import websockets.sync.client
 from websockets.exceptions import InvalidStatus
 
 API_KEY = "sk-test-not-a-real-key"
+# Slow machines (a loaded CI runner): the handshake may take a while.
+OPEN_TIMEOUT = 30
 PROMPTS = ["Name a wading bird", "And one that dives for fish in deep water"]
 
 
@@ -105,10 +107,17 @@ def tls_context() -> ssl.SSLContext:
     return ctx
 
 
+def ws_connect(url: str, headers: dict, **options):
+    """The `websockets` library's client, as it comes (permessage-deflate offered)."""
+    return websockets.sync.client.connect(
+        url, additional_headers=headers, ssl=tls_context(), open_timeout=OPEN_TIMEOUT, **options
+    )
+
+
 def websockets_deflate(host: str, model: str) -> None:
     url = f"wss://{host}/v1/responses"
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    with websockets.sync.client.connect(url, additional_headers=headers, ssl=tls_context()) as ws:
+    with ws_connect(url, headers) as ws:
         offered = ws.response.headers.get("x-mock-extensions-offered")
         extensions = [type(e).__name__ for e in ws.protocol.extensions]
         ws.send(json.dumps({"type": "response.create", "model": model, "input": PROMPTS[1],
@@ -131,7 +140,7 @@ def denied(host: str, model: str) -> None:
     url = f"wss://{host}/v1/realtime?model={model}"
     headers = {"Authorization": f"Bearer {API_KEY}"}
     try:
-        with websockets.sync.client.connect(url, additional_headers=headers, ssl=tls_context()):
+        with ws_connect(url, headers):
             emit(call="realtime_denied", ok=False, error="the upgrade was accepted")
     except InvalidStatus as exc:
         emit(call="realtime_denied", ok=True, status=exc.response.status_code)
@@ -140,7 +149,7 @@ def denied(host: str, model: str) -> None:
 def cut(host: str, model: str) -> None:
     url = f"wss://{host}/v1/realtime?model={model}"
     headers = {"Authorization": f"Bearer {API_KEY}", "x-mock-delay-ms": "200"}
-    ws = websockets.sync.client.connect(url, additional_headers=headers, ssl=tls_context())
+    ws = ws_connect(url, headers)
     ws.send(json.dumps({"type": "response.create"}))
     while True:
         event = json.loads(ws.recv())
@@ -157,8 +166,7 @@ def big(host: str, model: str) -> None:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     text = "heron " * (1 << 20)
     # The server echoes the item back (conversation.item.added / .done).
-    with websockets.sync.client.connect(url, additional_headers=headers, ssl=tls_context(),
-                                        max_size=None) as ws:
+    with ws_connect(url, headers, max_size=None) as ws:
         ws.send(json.dumps({"type": "conversation.item.create", "item": {
             "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}}))
         ws.send(json.dumps({"type": "response.create"}))
