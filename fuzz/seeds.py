@@ -62,7 +62,7 @@ PATH = {
     "chat": 0, "completions": 1, "responses": 2, "embeddings": 3, "messages": 4,
     "generate": 5, "stream_generate": 6, "embed": 7, "mcp": 8,
 }
-PROV = {"anthropic": 2, "openai": 3, "google": 4, "mcp": 5}
+PROV = {"anthropic": 2, "openai": 3, "google": 4, "ollama": 5, "mcp": 6}
 SSE_T, JSON_T = 0, 1
 ENC = {"identity": 0, "gzip": 1 | 0x10, "deflate": 2 | 0x10, "raw-deflate": 3 | 0x10, "br": 4 | 0x10}
 LIMITS = bytes([14, 13, 18])  # 1 MiB json, 128 KiB events, 64 MiB decoded
@@ -275,3 +275,48 @@ write("proxy_protocol", "tcp6-noop-unknown", v2(1, 0x21, TCP6, tlv(0x04, b"\x00"
       + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 write("proxy_protocol", "unix-unique-id", v2(1, 0x31, UNIX, tlv(0x05, b"u-123") + ATTR))
 write("proxy_protocol", "local", v2(0, 0x00, b""))
+
+
+# --- websocket: [bound][flags][plan][stream] ----------------------------------
+def ws_frame(fin, op, payload, mask=None):
+    n = len(payload)
+    m = 0x80 if mask else 0
+    head = bytes([(0x80 if fin else 0) | op])
+    if n < 126:
+        head += bytes([m | n])
+    elif n <= 0xFFFF:
+        head += bytes([m | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([m | 127]) + n.to_bytes(8, "big")
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        head += mask
+    return head + payload
+
+
+KEY = b"\x37\xfa\x21\x3d"
+RT_SERVER = [
+    b'{"type":"session.created","event_id":"e1","session":{"type":"realtime","model":"gpt-realtime"}}',
+    b'{"type":"response.created","event_id":"e2","response":{"id":"resp_1","status":"in_progress"}}',
+    b'{"type":"response.output_text.delta","event_id":"e3","response_id":"resp_1","delta":"Hi"}',
+    b'{"type":"response.done","event_id":"e4","response":{"id":"resp_1","status":"completed","usage":{"total_tokens":7,"input_tokens":4,"output_tokens":3,"input_token_details":{"cached_tokens":1}}}}',
+]
+RESP_SERVER = [
+    b'{"type":"response.created","sequence_number":0,"response":{"id":"resp_a","model":"gpt-4.1-mini","status":"in_progress"}}',
+    b'{"type":"response.completed","sequence_number":1,"response":{"id":"resp_a","model":"gpt-4.1-mini","status":"completed","usage":{"input_tokens":2,"output_tokens":1,"input_tokens_details":{"cached_tokens":0}}}}',
+]
+server = b"".join(ws_frame(True, 1, m) for m in RT_SERVER)
+write("websocket", "realtime-server", b"\x00\x00" + ONE + server)
+write("websocket", "realtime-server-split5", b"\x00\x00" + plan(5, 1, 0) + server)
+write("websocket", "responses-server", b"\x00\x01" + plan(3) + b"".join(ws_frame(True, 1, m) for m in RESP_SERVER))
+client = (
+    ws_frame(True, 1, b'{"type":"response.create","model":"gpt-4.1-mini","input":"hi"}', KEY)
+    + ws_frame(False, 1, b'{"type":"respo', KEY)
+    + ws_frame(True, 9, b"ping", KEY)
+    + ws_frame(True, 0, b'nse.create"}', KEY)
+    + ws_frame(True, 2, bytes(300), KEY)
+    + ws_frame(True, 8, b"\x03\xe8bye", KEY)
+)
+write("websocket", "client-fragmented-masked", b"\x00\x03" + plan(7) + client)
+write("websocket", "oversized-skipped", b"\x02\x00" + ONE + ws_frame(True, 1, b"x" * 40) + ws_frame(True, 1, b"{}"))
+write("websocket", "reserved-bits", b"\x00\x00" + ONE + b"\xc1\x02{}")

@@ -81,9 +81,11 @@ mod mcp;
 mod ollama;
 mod openai;
 mod params;
+pub mod realtime;
 pub mod sse;
 #[cfg(test)]
 mod tests;
+pub mod websocket;
 
 use std::io::{self, Write};
 

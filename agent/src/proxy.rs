@@ -16,6 +16,8 @@
 //! * [`http`] — one transaction per request, [`refusal`] the answers egret
 //!   gives itself; [`upstream`] the provider leg, dialled inside the
 //!   sandbox's netns so the original destination means what it meant there;
+//! * [`websocket`] — WebSocket upgrades: relayed frame by frame after the
+//!   provider's 101, parsed on the side into one record per model response;
 //! * [`drain`] — graceful shutdown of every connection.
 //!
 //! This module holds what the stages share: [`L7`], [`Origin`], [`Proxy`].
@@ -30,6 +32,7 @@ pub mod refusal;
 pub mod tap;
 pub mod trusted;
 pub mod upstream;
+pub mod websocket;
 
 use std::{
     collections::HashMap,

@@ -144,6 +144,17 @@ pub const RESPONSE_CONTENT_ENCODING: &str = "egret.response.content_encoding";
 pub const REQUEST_BODY_DECODE_ERROR: &str = "egret.request.body_decode_error";
 pub const RESPONSE_BODY_DECODE_ERROR: &str = "egret.response.body_decode_error";
 pub const GATEWAY_NAME: &str = "egret.gateway.name";
+/// WebSocket sessions (`proxy::websocket`): `session` on the upgrade's
+/// record, `response` on each model response's.
+pub const WEBSOCKET_KIND: &str = "egret.websocket.kind";
+/// The upgrade record's `egret.record.id`, on it and on its responses.
+pub const WEBSOCKET_SESSION_ID: &str = "egret.websocket.session_id";
+/// Response records the session produced (on the session record).
+pub const WEBSOCKET_RESPONSES: &str = "egret.websocket.responses";
+/// Messages relayed but not parsed for their size (on the session record).
+pub const WEBSOCKET_MESSAGES_SKIPPED: &str = "egret.websocket.messages_skipped";
+/// The status code of the first close frame (1005: none given).
+pub const WEBSOCKET_CLOSE_CODE: &str = "egret.websocket.close_code";
 
 /// Values of [`RECORD_KIND`].
 pub const KIND_FLOW: &str = "flow";
@@ -320,6 +331,11 @@ pub const DEFINED: &[(&str, AttrType)] = {
         (REQUEST_BODY_DECODE_ERROR, S),
         (RESPONSE_BODY_DECODE_ERROR, S),
         (GATEWAY_NAME, S),
+        (WEBSOCKET_KIND, S),
+        (WEBSOCKET_SESSION_ID, S),
+        (WEBSOCKET_RESPONSES, I),
+        (WEBSOCKET_MESSAGES_SKIPPED, I),
+        (WEBSOCKET_CLOSE_CODE, I),
         (HTTP_STATUS_CLASS, S),
         (OTLP_SIGNAL, S),
         (OTEL_METRIC_OVERFLOW, B),

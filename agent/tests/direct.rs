@@ -608,12 +608,15 @@ async fn a_request_body_cut_short_gets_400_and_a_client_body_error_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protocol_upgrade_is_refused_with_501() {
+    // WebSocket upgrades are relayed (bpf-tests/tests/websocket.rs); any
+    // other protocol switch, h2c here, is refused.
     let mut h = Harness::new(GATEWAY).await;
     let mut c = h.tls_client("api.openai.com", H1).await;
     let req = c
-        .request("GET", "/v1/realtime")
-        .header(http::header::CONNECTION, "upgrade")
-        .header(http::header::UPGRADE, "websocket")
+        .request("GET", "/v1/models")
+        .header(http::header::CONNECTION, "Upgrade, HTTP2-Settings")
+        .header(http::header::UPGRADE, "h2c")
+        .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
         .body(empty())
         .unwrap();
     let (head, body) = c.exchange(req).await;

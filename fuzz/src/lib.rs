@@ -23,6 +23,7 @@ pub mod sniff;
 pub mod sse;
 pub mod track;
 pub mod usage_filter;
+pub mod websocket;
 
 pub use body_tap::body_tap;
 pub use config::config;
@@ -33,6 +34,7 @@ pub use proxy_protocol::proxy_protocol;
 pub use sniff::sniff_clienthello;
 pub use sse::sse;
 pub use usage_filter::usage_filter;
+pub use websocket::websocket;
 
 #[global_allocator]
 static ALLOC: track::Tracking = track::Tracking;

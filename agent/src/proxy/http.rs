@@ -29,6 +29,7 @@ use super::{
     refusal::Refusal,
     tap::{capturable, Capture, Finisher, RequestTap, ResponseTap, Transaction},
     upstream::{full, ProxyBody, Target, Upstream},
+    websocket::{self, Upgrade},
     AttributionSource, Origin, L7,
 };
 use crate::{
@@ -70,6 +71,9 @@ pub struct Conn {
     next_txn: std::sync::atomic::AtomicU64,
     /// Where the last L4 window ended (see [`Ledger`]).
     ledger: Mutex<Ledger>,
+    /// WebSocket sessions relayed after an upgrade (`proxy::websocket`):
+    /// the connection ends when they do.
+    pub(super) relays: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The connection's byte streams cut into per-transaction windows.
@@ -143,6 +147,7 @@ where
         sealing: Mutex::new(()),
         pending: Mutex::new(Vec::new()),
         next_txn: Default::default(),
+        relays: Mutex::default(),
         ledger: Mutex::new(Ledger {
             cut: (handshake.0, handshake.1, 0),
             handshake: Some(handshake),
@@ -177,6 +182,7 @@ where
         sealing: Mutex::new(()),
         pending: Mutex::new(Vec::new()),
         next_txn: Default::default(),
+        relays: Mutex::default(),
         ledger: Mutex::default(),
     });
     serve_http(TokioIo::new(io), conn).await;
@@ -212,7 +218,9 @@ where
         .keep_alive_timeout(H2_KEEPALIVE);
     let drain = &conn.l7.drain;
     let started = Instant::now();
-    let mut served = Box::pin(builder.serve_connection(io, svc));
+    // With upgrades: a WebSocket upgrade ends the HTTP connection and
+    // hands its stream to the session's relay.
+    let mut served = Box::pin(builder.serve_connection_with_upgrades(io, svc));
     let idle = idle_watch(&conn.downstream, limits.idle_timeout);
     tokio::pin!(idle);
     let ended = tokio::select! {
@@ -249,6 +257,14 @@ where
     // Dropping the connection finishes the transactions still in flight
     // (their taps write the records) before the pending ones are flushed.
     drop(served);
+    // A relayed WebSocket session owns the stream now: the connection
+    // (its admission slot, its last records) ends with it.
+    let relays = std::mem::take(&mut *conn.relays.lock().unwrap_or_else(|p| p.into_inner()));
+    for r in relays {
+        if let Err(e) = r.await {
+            tracing::debug!("WebSocket relay task: {e}");
+        }
+    }
     conn.flush_pending(None);
 }
 
@@ -274,7 +290,7 @@ fn malformed_status(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
 const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Resolves once no byte has crossed `counts` for `bound`.
-async fn idle_watch(counts: &ByteCounts, bound: Duration) {
+pub(super) async fn idle_watch(counts: &ByteCounts, bound: Duration) {
     let step = (bound / 4).max(Duration::from_millis(100));
     let mut last = counts.snapshot();
     let mut quiet = Duration::ZERO;
@@ -602,6 +618,11 @@ fn trace_context(
     }
 }
 
+/// A new span id (hex), for records egret starts itself.
+pub(super) fn new_span_id() -> String {
+    format!("{:016x}", rand_u64())
+}
+
 /// Random ids for trace context: SplitMix64 over a per-thread state seeded
 /// once from the OS. Ids must be unique and unguessable enough, not
 /// cryptographic (OpenTelemetry SDKs use the same kind of generator); a
@@ -658,6 +679,17 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         .as_ref()
         .map(|g| g.capture_body.clone())
         .unwrap_or_default();
+    // A WebSocket upgrade: the session is parsed per response (its own
+    // records); the upgrade's record has no provider attributes.
+    let (mut req, mut upgrade) = (req, None);
+    let provider = if websocket::is_websocket_upgrade(&req) {
+        let flavor =
+            crate::genai::realtime::Flavor::detect(provider.as_ref(), &route.host, path_q_of(&req));
+        upgrade = Some(Upgrade::take(&mut req, flavor));
+        None
+    } else {
+        provider
+    };
     let Prepared {
         req,
         exchange,
@@ -689,6 +721,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
         &route.host,
         route.host_header.as_deref(),
         &capture,
+        upgrade,
     )
     .await;
     // A body held whole leaves the buffer budgets once the response head
@@ -813,8 +846,13 @@ fn authorize(
     if let Some(refusal) = route.misdirected.take() {
         return Err(refusal);
     }
-    // Upgrades (WebSocket, h2c) and CONNECT are not proxied.
-    if req.method() == http::Method::CONNECT || req.headers().contains_key(http::header::UPGRADE) {
+    // WebSocket upgrades are relayed (`proxy::websocket`); other
+    // upgrades (h2c) and CONNECT (RFC 8441 extended CONNECT included) are
+    // not.
+    if req.method() == http::Method::CONNECT
+        || (req.headers().contains_key(http::header::UPGRADE)
+            && !websocket::is_websocket_upgrade(req))
+    {
         return Err(Refusal::Upgrade);
     }
     let decision = &route.decision;
@@ -991,8 +1029,8 @@ async fn prepare(
 
 /// A forwarded request's transaction until its response (or its failure)
 /// completes it.
-struct Outbound {
-    rec: Record,
+pub(super) struct Outbound {
+    pub(super) rec: Record,
     exchange: Exchange,
     started: Instant,
     request: Arc<Mutex<Capture>>,
@@ -1001,7 +1039,11 @@ struct Outbound {
 
 impl Outbound {
     /// The transaction, with `response` capturing the response body.
-    fn into_transaction(self, response: Capture, error: Option<&'static str>) -> Transaction {
+    pub(super) fn into_transaction(
+        self,
+        response: Capture,
+        error: Option<&'static str>,
+    ) -> Transaction {
         Transaction {
             rec: self.rec,
             exchange: self.exchange,
@@ -1018,12 +1060,13 @@ impl Outbound {
 /// Step 4: sends the request upstream; the response goes back to the
 /// sandbox through a tap that completes the transaction.
 async fn forward(
-    conn: &Conn,
-    req: Request<ProxyBody>,
+    conn: &Arc<Conn>,
+    mut req: Request<ProxyBody>,
     mut out: Outbound,
     host: &str,
     host_header: Option<&str>,
     capture: &CaptureBodyConfig,
+    upgrade: Option<Upgrade>,
 ) -> Response<ProxyBody> {
     let authority = match (&conn.sni, host_header) {
         (Some(sni), _) if conn.origin.dst.port() == 443 => sni.clone(),
@@ -1031,7 +1074,14 @@ async fn forward(
         (None, Some(h)) => h.to_owned(),
         (None, None) => conn.origin.dst.to_string(),
     };
-    let resp = match conn.upstream.send(req, &authority).await {
+    let sent = match &upgrade {
+        Some(_) => {
+            let u = Upgrade::prepare(req.headers_mut());
+            conn.upstream.send_upgrade(req, &authority, u).await
+        }
+        None => conn.upstream.send(req, &authority).await,
+    };
+    let resp = match sent {
         Ok(r) => r,
         Err(e) => {
             crate::limited!(UpstreamRequest, info, dst = %conn.origin.dst, %host, "upstream failed: {e}");
@@ -1047,6 +1097,12 @@ async fn forward(
             return refusal.response();
         }
     };
+    if let Some(up) = upgrade {
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return websocket::accepted(conn, resp, out, up);
+        }
+        // Refused upstream: answered and recorded like any response.
+    }
     let (mut rparts, rbody) = resp.into_parts();
     super::upstream::strip_hop_by_hop(&mut rparts.headers);
     out.rec
@@ -1076,6 +1132,11 @@ async fn forward(
         rparts.headers.remove(http::header::CONTENT_LENGTH);
     }
     Response::from_parts(rparts, tap.boxed_unsync())
+}
+
+/// The request's path and query.
+fn path_q_of<B>(req: &Request<B>) -> &str {
+    req.uri().path_and_query().map_or("/", |p| p.as_str())
 }
 
 /// A message's `Content-Encoding` (the capture keeps the decoded body);

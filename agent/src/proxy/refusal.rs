@@ -28,7 +28,8 @@ pub enum Refusal {
     /// not map to the dialled address (`host` is what the connection is
     /// recorded under).
     DestinationUnverified { named: String, host: String },
-    /// CONNECT or a protocol upgrade (WebSocket, h2c): not proxied.
+    /// CONNECT or a protocol upgrade other than WebSocket (h2c): not
+    /// proxied. (WebSocket upgrades are relayed: `proxy::websocket`.)
     Upgrade,
     /// The policy does not allow `host`.
     PolicyDenied { host: String, reason: &'static str },

@@ -175,7 +175,8 @@ impl Upstream {
                     let (s, conn) = hyper::client::conn::http1::handshake(io)
                         .await
                         .map_err(|source| UpstreamError::Handshake { dst, source })?;
-                    tokio::spawn(conn);
+                    // A WebSocket upgrade hands the connection over.
+                    tokio::spawn(conn.with_upgrades());
                     Ok(Sender::H1(s))
                 }
             }
@@ -183,7 +184,7 @@ impl Upstream {
                 let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                     .await
                     .map_err(|source| UpstreamError::Handshake { dst, source })?;
-                tokio::spawn(conn);
+                tokio::spawn(conn.with_upgrades());
                 Ok(Sender::H1(s))
             }
         }
@@ -193,8 +194,30 @@ impl Upstream {
     /// host[:port] the sandbox addressed.
     pub async fn send(
         &self,
+        req: Request<ProxyBody>,
+        authority: &str,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_inner(req, authority, None).await
+    }
+
+    /// Sends a WebSocket upgrade request (HTTP/1.1): like [`Self::send`],
+    /// but `Connection: upgrade` and `Upgrade: {upgrade}` go along. The
+    /// response is the provider's 101 (take its connection with
+    /// `hyper::upgrade::on`) or its refusal.
+    pub async fn send_upgrade(
+        &self,
+        req: Request<ProxyBody>,
+        authority: &str,
+        upgrade: http::HeaderValue,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_inner(req, authority, Some(upgrade)).await
+    }
+
+    async fn send_inner(
+        &self,
         mut req: Request<ProxyBody>,
         authority: &str,
+        upgrade: Option<http::HeaderValue>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut guard = self.sender.lock().await;
         let alive = match guard.as_mut() {
@@ -238,6 +261,14 @@ impl Upstream {
                     }
                 }
                 strip_hop_by_hop(req.headers_mut());
+                if let Some(u) = upgrade {
+                    let h = req.headers_mut();
+                    h.insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("upgrade"),
+                    );
+                    h.insert(http::header::UPGRADE, u);
+                }
                 *req.uri_mut() = pq.parse().unwrap_or_default();
                 // http1: one request at a time on this connection; the lock
                 // is held until the response head arrives.

@@ -29,6 +29,11 @@
 //!   `stream_options.include_usage` is true), `POST /v1/responses` (JSON, or
 //!   SSE `event:`+`data:` pairs ending `response.completed`),
 //!   `POST /v1/embeddings` (float or base64 encoding).
+//! * OpenAI over WebSocket: `GET /v1/realtime?model=…` (Realtime:
+//!   `session.created`, then per `response.create` the `response.created` …
+//!   `response.output_text.delta` … `response.done` sequence with usage) and
+//!   `GET /v1/responses` (Responses WebSocket mode: per `response.create`
+//!   the SSE stream's events as text messages); see `websocket.rs`.
 //! * Google: `POST /v1beta/models/{model}:generateContent` and
 //!   `:streamGenerateContent?alt=sse` (`\r\n\r\n` separators, cumulative
 //!   `usageMetadata` in every chunk). Without `alt=sse` the stream is a JSON
@@ -107,6 +112,7 @@ mod sse;
 mod tls;
 mod tokens;
 mod utility;
+mod websocket;
 
 use std::fs;
 use std::fs::OpenOptions;

@@ -132,6 +132,21 @@ fn responses_input(body: &Value) -> Result<u64, Reject> {
 }
 
 pub fn responses(state: &State, call: &Call) -> Result<Response<RespBody>, Reject> {
+    let (final_response, events) = responses_events(state, call)?;
+    if !is_stream(&call.body) {
+        return Ok(json_response(StatusCode::OK, &final_response));
+    }
+    let events = events
+        .iter()
+        .map(|e| sse_event(e["type"].as_str().unwrap_or("message"), e))
+        .collect();
+    Ok(sse_response(events, call.delay))
+}
+
+/// A Responses answer: the final response object and the stream events
+/// (each with `type` and `sequence_number`) that lead to it — sent as SSE
+/// events over HTTP, as text messages over WebSocket.
+pub fn responses_events(state: &State, call: &Call) -> Result<(Value, Vec<Value>), Reject> {
     let body = &call.body;
     let model = model_of(body)?;
     let input = responses_input(body)?;
@@ -194,17 +209,13 @@ pub fn responses(state: &State, call: &Call) -> Result<Response<RespBody>, Rejec
         usage,
     );
 
-    if !is_stream(body) {
-        return Ok(json_response(StatusCode::OK, &final_response));
-    }
-
     let mut seq = 0u64;
     let mut events = Vec::new();
     let mut push = |name: &str, mut data: Value| {
         data["type"] = json!(name);
         data["sequence_number"] = json!(seq);
         seq += 1;
-        events.push(sse_event(name, &data));
+        events.push(data);
     };
     let in_progress = response("in_progress", json!([]), Value::Null);
     push("response.created", json!({"response": in_progress}));
@@ -242,8 +253,8 @@ pub fn responses(state: &State, call: &Call) -> Result<Response<RespBody>, Rejec
     } else {
         "response.completed"
     };
-    push(last, json!({"response": final_response}));
-    Ok(sse_response(events, call.delay))
+    push(last, json!({"response": final_response.clone()}));
+    Ok((final_response, events))
 }
 
 pub fn embeddings(_state: &State, call: &Call) -> Result<Response<RespBody>, Reject> {

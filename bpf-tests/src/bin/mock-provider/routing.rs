@@ -14,7 +14,9 @@ use crate::shared::{header_u64, json_response, respond, State};
 use crate::utility::{
     bytes_endpoint, echo_endpoint, headers_endpoint, json_endpoint, sse_endpoint,
 };
-use crate::{anthropic, bedrock, google, mcp, ollama, openai, RespBody, MAX_REQUEST_BODY};
+use crate::{
+    anthropic, bedrock, google, mcp, ollama, openai, websocket, RespBody, MAX_REQUEST_BODY,
+};
 
 /// What the provider handlers need from the request.
 pub(crate) struct Call {
@@ -57,6 +59,23 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
             }
             _ => not_found(&path),
         };
+    }
+
+    if method == Method::GET {
+        let api = match segments.as_slice() {
+            ["v1", "realtime"] => Some(websocket::Api::Realtime),
+            ["v1", "responses"] => Some(websocket::Api::Responses),
+            _ => None,
+        };
+        if let Some(api) = api {
+            if !websocket::is_upgrade(&req) {
+                return json_response(
+                    StatusCode::UPGRADE_REQUIRED,
+                    &json!({"error": {"message": "mock-provider: this endpoint speaks WebSocket", "type": "invalid_request_error"}}),
+                );
+            }
+            return websocket::upgrade(state, req, api);
+        }
     }
 
     match (&method, segments.as_slice()) {

@@ -108,7 +108,11 @@ async fn accept_loop(
             let builder = auto::Builder::new(TokioExecutor::new());
             let result = match acceptor {
                 Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(tls) => builder.serve_connection(TokioIo::new(tls), service).await,
+                    Ok(tls) => {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                            .await
+                    }
                     Err(e) => {
                         // A client that connects and leaves (a probe, a
                         // load generator stopping) is routine.
@@ -118,7 +122,11 @@ async fn accept_loop(
                         return;
                     }
                 },
-                None => builder.serve_connection(TokioIo::new(tcp), service).await,
+                None => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                        .await
+                }
             };
             if let Err(e) = result {
                 // Clients closing mid-stream or before our close_notify (load
