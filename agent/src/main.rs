@@ -76,6 +76,7 @@ struct AttributionArgs {
     /// W3C traceparent of the invocation; outbound requests extend that trace.
     #[arg(long)]
     traceparent: Option<String>,
+    /// W3C tracestate sent with that traceparent.
     #[arg(long)]
     tracestate: Option<String>,
 }

@@ -155,6 +155,38 @@ fn second_document_start(text: &str) -> Option<serde_norway::Location> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Every key of the configuration schema is in docs/configuration.md
+    /// (as `key`), so a new key cannot ship undocumented.
+    #[test]
+    fn every_config_key_is_documented() {
+        fn keys(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let Some(serde_json::Value::Object(props)) = m.get("properties") {
+                        out.extend(props.keys().cloned());
+                    }
+                    m.values().for_each(|x| keys(x, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|x| keys(x, out)),
+                _ => {}
+            }
+        }
+        let schema = serde_json::to_value(schemars::schema_for!(Config)).unwrap();
+        let mut all = std::collections::BTreeSet::new();
+        keys(&schema, &mut all);
+        assert!(all.len() > 50, "{all:?}");
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md"),
+        )
+        .unwrap();
+        let missing: Vec<&String> = all
+            .iter()
+            .filter(|k| !doc.contains(&format!("`{k}`")))
+            .collect();
+        assert!(missing.is_empty(), "undocumented config keys: {missing:?}");
+    }
+
     use super::*;
 
     #[test]
