@@ -399,6 +399,62 @@ async fn items_abandoned_at_the_shutdown_deadline_are_counted() {
     silent.abort();
 }
 
+// ---- standard variables ------------------------------------------------------------
+
+/// `OTEL_METRIC_EXPORT_INTERVAL` sets the export period (it was ignored:
+/// nothing arrived within 12 s with 1000). With 300 ms, the receiver sees
+/// three metric exports well before the default 60 s, while the exporter
+/// runs (not the export at shutdown).
+#[tokio::test]
+async fn metric_export_interval_from_the_environment() {
+    let srv = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let cfg = OtlpConfig {
+        endpoint: Some(srv.url()),
+        signals: SignalsConfig {
+            traces: false,
+            logs: false,
+            metrics: true,
+        },
+        ..OtlpConfig::default()
+    };
+    let env = |k: &str| (k == "OTEL_METRIC_EXPORT_INTERVAL").then(|| "300".to_owned());
+    let settings = resolve("gw", &cfg, &env).unwrap().unwrap();
+    assert_eq!(settings.metrics_interval, Duration::from_millis(300));
+    let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
+    exp.offer(&txn(200));
+    let t0 = Instant::now();
+    let metric_posts = || srv.seen().iter().filter(|c| c.path == "/v1/metrics").count();
+    // Three periods plus slack for a loaded machine; far below 60 s.
+    let deadline = Duration::from_millis(300 * 3) + Duration::from_secs(4);
+    while metric_posts() < 3 {
+        assert!(
+            t0.elapsed() < deadline,
+            "{} metric exports after {:?}",
+            metric_posts(),
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = ExportMetricsServiceRequest::decode(
+        gunzip(
+            &srv.seen()
+                .iter()
+                .find(|c| c.path == "/v1/metrics")
+                .unwrap()
+                .body,
+        )
+        .as_slice(),
+    )
+    .unwrap();
+    let names: Vec<&str> = first.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert!(names.contains(&sc::METRIC_TRANSACTIONS), "{names:?}");
+    exp.shutdown(Duration::from_secs(2)).await;
+}
+
 // ---- queueing ---------------------------------------------------------------------
 
 /// On a current-thread runtime the workers cannot run while the test
@@ -409,7 +465,7 @@ async fn full_queue_drops_and_counts() {
     let srv = TestServer::start(|_| (StatusCode::OK, vec![])).await;
     let cfg = OtlpConfig {
         endpoint: Some(srv.url()),
-        queue_capacity: 2,
+        queue_capacity: Some(2),
         signals: SignalsConfig {
             traces: true,
             logs: true,
