@@ -18,7 +18,7 @@ use std::{
 
 use bytes::Bytes;
 use egret::{
-    config::{Convention, OtlpConfig, SignalsConfig},
+    config::{Compression, Convention, OtlpConfig, Protocol, SignalsConfig},
     record::Record,
     semconv as sc,
     sink::otlp::{
@@ -805,10 +805,15 @@ impl Drop for Receiver {
 
 impl Receiver {
     fn start(py: &Path) -> Receiver {
+        Receiver::start_with(py, &[])
+    }
+
+    fn start_with(py: &Path, extra: &[&str]) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("otlp.jsonl");
         let mut child = Command::new(py)
             .arg(repo_root().join("bpf-tests/clients/otlp_receiver.py"))
+            .args(extra)
             .args(["--port", "0", "--out"])
             .arg(&out)
             .stdout(Stdio::piped())
@@ -1062,4 +1067,203 @@ async fn independent_receiver_decodes_traces_logs_and_metrics() {
     assert!(dropped
         .iter()
         .all(|p| p["value"] == 0 && p["monotonic"] == true));
+}
+
+fn venv_or_skip(test: &str) -> Option<PathBuf> {
+    match receiver_python() {
+        Ok(py) => Some(py),
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("CI: the OTLP receiver venv is required: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipping {test}: {why}");
+            None
+        }
+    }
+}
+
+/// The records every protocol run sends (the same objects: same ids).
+fn protocol_records() -> Vec<Record> {
+    let mut ok = txn(200);
+    ok.set(sc::TRACE_ID, TRACE);
+    ok.set(sc::PARENT_SPAN_ID, PARENT);
+    ok.set(sc::SPAN_ID, "b7ad6b7169203331");
+    let failed = txn(503);
+    let mut flow = Record::new(sc::KIND_FLOW);
+    flow.set(sc::INVOCATION_ID, "inv-42");
+    flow.set(sc::L4_BYTES_SANDBOX_TX, 1000i64);
+    flow.set(sc::L4_BYTES_SANDBOX_RX, 5000i64);
+    flow.set(sc::START_TIME, 1_700_000_000_000_000_000i64);
+    flow.set(sc::END_TIME, 1_700_000_001_000_000_000i64);
+    vec![ok, failed, flow]
+}
+
+/// What the receiver decoded, without what differs between runs (export
+/// times), sorted; plus the request lines.
+fn normalized(lines: &[Value]) -> (Vec<String>, Vec<Value>) {
+    let mut items = Vec::new();
+    let mut reqs = Vec::new();
+    for l in lines {
+        let mut l = l.clone();
+        match l["signal"].as_str() {
+            Some("request") => reqs.push(l),
+            Some("metrics") => {
+                let o = l.as_object_mut().unwrap();
+                o.remove("start_time_unix_nano");
+                o.remove("time_unix_nano");
+                items.push(l.to_string());
+            }
+            Some("logs") => {
+                l.as_object_mut().unwrap().remove("observed_time_unix_nano");
+                items.push(l.to_string());
+            }
+            _ => items.push(l.to_string()),
+        }
+    }
+    items.sort();
+    (items, reqs)
+}
+
+/// Runs the exporter with `protocol` against the independent receiver
+/// (`--grpc` for gRPC) and returns what it decoded.
+async fn through_receiver(
+    py: &Path,
+    records: &[Record],
+    protocol: Protocol,
+    compression: Compression,
+) -> Vec<Value> {
+    let grpc = protocol == Protocol::Grpc;
+    let rx = Receiver::start_with(py, if grpc { &["--grpc"] } else { &[] });
+    let cfg = OtlpConfig {
+        endpoint: Some(format!("http://127.0.0.1:{}", rx.port)),
+        headers: [("x-api-key".to_owned(), "s3cret".to_owned())].into(),
+        protocol: Some(protocol),
+        compression: Some(compression),
+        ..OtlpConfig::default()
+    };
+    let settings = resolve("gw", &cfg, &no_env).unwrap().unwrap();
+    let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
+    for r in records {
+        exp.offer(r);
+    }
+    exp.shutdown(Duration::from_secs(10)).await;
+    let st = exp.status();
+    assert!(
+        st.signals
+            .iter()
+            .all(|s| s.state == LinkState::Connected && s.dropped == 0 && s.sent > 0),
+        "{protocol:?}: {st:?}"
+    );
+    rx.lines()
+}
+
+/// The same spans, log records and metric points reach a receiver over
+/// http/protobuf, http/json (OTLP/JSON, parsed strictly by protobuf's
+/// json_format after the hex ids) and grpc (grpcio's server), compressed
+/// or not.
+#[tokio::test]
+async fn same_records_over_every_protocol() {
+    let Some(py) = venv_or_skip("same_records_over_every_protocol") else {
+        return;
+    };
+    let records = protocol_records();
+    let (base, reqs) = normalized(
+        &through_receiver(&py, &records, Protocol::HttpProtobuf, Compression::Gzip).await,
+    );
+    assert!(reqs.iter().all(|r| r["content_type"] == "application/x-protobuf"));
+    // 2 spans, 3 logs, metric points: the baseline is not empty.
+    assert_eq!(
+        base.iter().filter(|l| l.contains(r#""signal":"traces""#)).count(),
+        2
+    );
+    assert_eq!(
+        base.iter().filter(|l| l.contains(r#""signal":"logs""#)).count(),
+        3
+    );
+    assert!(base.iter().any(|l| l.contains(sc::METRIC_GEN_AI_TOKEN_USAGE)));
+    assert!(base.iter().any(|l| l.contains(TRACE) && l.contains("b7ad6b7169203331")));
+    for (protocol, compression, ctype, encoding) in [
+        (Protocol::HttpJson, Compression::Gzip, "application/json", Some("gzip")),
+        (Protocol::HttpJson, Compression::None, "application/json", None),
+        (Protocol::HttpProtobuf, Compression::None, "application/x-protobuf", None),
+        (Protocol::Grpc, Compression::Gzip, "application/grpc", None),
+        (Protocol::Grpc, Compression::None, "application/grpc", None),
+    ] {
+        let (items, reqs) =
+            normalized(&through_receiver(&py, &records, protocol, compression).await);
+        assert!(reqs.len() >= 3, "{protocol:?}: {reqs:?}");
+        for r in &reqs {
+            assert_eq!(r["status"], 200, "{protocol:?}: {r}");
+            assert_eq!(r["content_type"], ctype, "{protocol:?}: {r}");
+            assert_eq!(r["content_encoding"].as_str(), encoding, "{protocol:?}: {r}");
+            assert_eq!(r["headers"]["x-api-key"], "s3cret", "{protocol:?}: {r}");
+        }
+        if protocol == Protocol::Grpc {
+            let paths: Vec<&str> = reqs.iter().filter_map(|r| r["path"].as_str()).collect();
+            assert!(paths.contains(&"/v1/traces") && paths.contains(&"/v1/metrics"));
+        }
+        let differ: Vec<_> = items.iter().filter(|i| !base.contains(i)).collect();
+        assert!(
+            items == base,
+            "{protocol:?}/{compression:?} differs from http/protobuf: {} vs {} items; not in the baseline: {differ:?}",
+            items.len(),
+            base.len()
+        );
+    }
+}
+
+/// gRPC errors from a real gRPC server: UNAVAILABLE is retried (then
+/// accepted), INVALID_ARGUMENT is not (the batch is dropped and counted).
+#[tokio::test]
+async fn grpc_error_statuses_from_grpcio() {
+    let Some(py) = venv_or_skip("grpc_error_statuses_from_grpcio") else {
+        return;
+    };
+    for (code, accepted) in [("UNAVAILABLE", true), ("INVALID_ARGUMENT", false)] {
+        let rx = Receiver::start_with(
+            &py,
+            &["--grpc", "--fail-first", "1", "--fail-grpc-code", code],
+        );
+        let cfg = OtlpConfig {
+            protocol: Some(Protocol::Grpc),
+            ..traces_only(&format!("http://127.0.0.1:{}", rx.port))
+        };
+        let exp = OtlpExporter::start(
+            resolve("gw", &cfg, &no_env).unwrap().unwrap(),
+            fast_opts(),
+            client(),
+        )
+        .unwrap();
+        exp.offer(&txn(200));
+        wait_for("the batch to settle", || {
+            let st = exp.status();
+            let t = signal(&st.signals, "traces");
+            t.sent + t.dropped == 1
+        })
+        .await;
+        let st = exp.status();
+        let t = signal(&st.signals, "traces");
+        let err = t.last_error.clone().unwrap_or_default();
+        assert!(err.contains(code), "{code}: {t:?}");
+        if accepted {
+            assert_eq!((t.sent, t.dropped, t.retries), (1, 0, 1), "{t:?}");
+            assert_eq!(t.state, LinkState::Connected);
+        } else {
+            assert_eq!((t.sent, t.dropped, t.retries), (0, 1, 0), "{t:?}");
+            assert_eq!(t.state, LinkState::Error);
+        }
+        exp.shutdown(Duration::from_secs(2)).await;
+        let statuses: Vec<Value> = rx
+            .lines()
+            .into_iter()
+            .filter(|l| l["signal"] == "request")
+            .map(|l| l["status"].clone())
+            .collect();
+        let want = if accepted {
+            vec![Value::from(code), Value::from(200)]
+        } else {
+            vec![Value::from(code)]
+        };
+        assert_eq!(statuses, want);
+    }
 }
