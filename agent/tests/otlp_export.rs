@@ -1267,3 +1267,454 @@ async fn grpc_error_statuses_from_grpcio() {
         assert_eq!(statuses, want);
     }
 }
+
+// ---- gRPC statuses and TLS against an in-process server ----------------------------
+
+/// What the in-process server answers to call `i`: an HTTP status, and for
+/// gRPC calls a `grpc-status` with optional `grpc-status-details-bin`.
+#[derive(Clone)]
+struct Answer {
+    grpc_status: u32,
+    details: Option<String>,
+}
+
+/// A loopback server speaking HTTP/1.1 and HTTP/2 (h2c, or TLS with ALPN
+/// when given a config): OTLP/HTTP calls get 200, gRPC calls (by
+/// `content-type`) the trailers of `reply(i)`.
+struct H2Server {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(http::Version, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H2Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl H2Server {
+    async fn start(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        reply: impl Fn(usize) -> Answer + Send + Sync + 'static,
+    ) -> H2Server {
+        use http_body_util::{combinators::BoxBody, StreamBody};
+        use hyper::body::Frame;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let reply = Arc::new(reply);
+        let seen2 = seen.clone();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen2.clone();
+                let reply = reply.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let seen = seen.clone();
+                        let reply = reply.clone();
+                        async move {
+                            let grpc = req
+                                .headers()
+                                .get("content-type")
+                                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                            let version = req.version();
+                            let path = req.uri().path().to_owned();
+                            let _ = req.into_body().collect().await;
+                            let i = {
+                                let mut s = seen.lock().unwrap();
+                                s.push((version, path));
+                                s.len() - 1
+                            };
+                            let body: BoxBody<Bytes, Infallible> = if grpc {
+                                let a = reply(i);
+                                let mut trailers = HeaderMap::new();
+                                trailers.insert(
+                                    "grpc-status",
+                                    a.grpc_status.to_string().parse().unwrap(),
+                                );
+                                if let Some(d) = a.details {
+                                    trailers.insert("grpc-status-details-bin", d.parse().unwrap());
+                                }
+                                let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![];
+                                if a.grpc_status == 0 {
+                                    // An empty Export*ServiceResponse.
+                                    frames.push(Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))));
+                                }
+                                frames.push(Ok(Frame::trailers(trailers)));
+                                StreamBody::new(futures_util::stream::iter(frames)).boxed()
+                            } else {
+                                Full::new(Bytes::new()).boxed()
+                            };
+                            let mut resp = Response::builder().status(StatusCode::OK);
+                            if grpc {
+                                resp = resp.header("content-type", "application/grpc");
+                            }
+                            Ok::<_, Infallible>(resp.body(body).unwrap())
+                        }
+                    });
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    match acceptor {
+                        Some(acc) => {
+                            if let Ok(tls) = acc.accept(sock).await {
+                                let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(sock), svc).await;
+                        }
+                    }
+                });
+            }
+        });
+        H2Server { addr, seen, task }
+    }
+
+    fn seen(&self) -> Vec<(http::Version, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn grpc_traces(endpoint: String) -> OtlpConfig {
+    OtlpConfig {
+        protocol: Some(Protocol::Grpc),
+        ..traces_only(&endpoint)
+    }
+}
+
+/// `google.rpc.Status{code, details: [RetryInfo{retry_delay: secs}]}`,
+/// base64 without padding, as gRPC servers send it.
+fn retry_info_details(code: i32, secs: i64) -> String {
+    use base64::Engine as _;
+    fn field(tag: u32, wire: u8, out: &mut Vec<u8>) {
+        prost::encoding::encode_key(
+            tag,
+            match wire {
+                0 => prost::encoding::WireType::Varint,
+                _ => prost::encoding::WireType::LengthDelimited,
+            },
+            out,
+        );
+    }
+    let mut duration = Vec::new();
+    field(1, 0, &mut duration);
+    prost::encoding::encode_varint(secs as u64, &mut duration);
+    let mut retry_info = Vec::new();
+    field(1, 2, &mut retry_info);
+    prost::encoding::encode_varint(duration.len() as u64, &mut retry_info);
+    retry_info.extend(&duration);
+    let type_url = b"type.googleapis.com/google.rpc.RetryInfo";
+    let mut any = Vec::new();
+    field(1, 2, &mut any);
+    prost::encoding::encode_varint(type_url.len() as u64, &mut any);
+    any.extend(type_url);
+    field(2, 2, &mut any);
+    prost::encoding::encode_varint(retry_info.len() as u64, &mut any);
+    any.extend(&retry_info);
+    let mut status = Vec::new();
+    field(1, 0, &mut status);
+    prost::encoding::encode_varint(code as u64, &mut status);
+    field(3, 2, &mut status);
+    prost::encoding::encode_varint(any.len() as u64, &mut status);
+    status.extend(&any);
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(status)
+}
+
+/// RESOURCE_EXHAUSTED with a RetryInfo delay is retried after that delay
+/// (like Retry-After), over HTTP/2 with prior knowledge (h2c).
+#[tokio::test]
+async fn grpc_resource_exhausted_honours_retry_info() {
+    let srv = H2Server::start(None, |i| Answer {
+        grpc_status: if i == 0 { 8 } else { 0 },
+        details: (i == 0).then(|| retry_info_details(8, 1)),
+    })
+    .await;
+    let cfg = grpc_traces(format!("http://{}", srv.addr));
+    let exp = OtlpExporter::start(
+        resolve("gw", &cfg, &no_env).unwrap().unwrap(),
+        fast_opts(),
+        client(),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    exp.offer(&txn(200));
+    wait_for("the span to be accepted", || {
+        signal(&exp.status().signals, "traces").sent == 1
+    })
+    .await;
+    // The 10 ms backoff would retry at once: ~1 s is the RetryInfo delay.
+    assert!(t0.elapsed() >= Duration::from_millis(950), "{:?}", t0.elapsed());
+    let st = exp.status();
+    let t = signal(&st.signals, "traces");
+    assert_eq!((t.retries, t.dropped, t.state), (1, 0, LinkState::Connected));
+    assert!(
+        t.last_error.as_deref().unwrap_or("").contains("RESOURCE_EXHAUSTED"),
+        "{t:?}"
+    );
+    let seen = srv.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|(v, p)| *v == http::Version::HTTP_2
+        && p == "/opentelemetry.proto.collector.trace.v1.TraceService/Export"));
+    exp.shutdown(Duration::from_secs(2)).await;
+}
+
+/// RESOURCE_EXHAUSTED without RetryInfo, and UNAUTHENTICATED, are not
+/// retried: the batch is dropped and counted at once.
+#[tokio::test]
+async fn grpc_non_retryable_statuses_drop_the_batch() {
+    for code in [8u32, 16] {
+        let srv = H2Server::start(None, move |_| Answer {
+            grpc_status: code,
+            details: None,
+        })
+        .await;
+        let cfg = grpc_traces(format!("http://{}", srv.addr));
+        let exp = OtlpExporter::start(
+            resolve("gw", &cfg, &no_env).unwrap().unwrap(),
+            fast_opts(),
+            client(),
+        )
+        .unwrap();
+        exp.offer(&txn(200));
+        wait_for("the batch to be dropped", || {
+            signal(&exp.status().signals, "traces").dropped == 1
+        })
+        .await;
+        let st = exp.status();
+        let t = signal(&st.signals, "traces");
+        assert_eq!((t.retries, t.sent, t.state), (0, 0, LinkState::Error), "{t:?}");
+        assert!(t.last_error.as_deref().unwrap_or("").contains(&code.to_string()));
+        assert_eq!(srv.seen().len(), 1);
+        exp.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+/// `OTEL_BSP_EXPORT_TIMEOUT` bounds a batch's whole export: when the
+/// server asks for a 30 s wait (UNAVAILABLE with RetryInfo) and the budget
+/// is 2 s, the batch is given up and counted at once instead of held.
+#[tokio::test]
+async fn export_timeout_bounds_retries() {
+    let srv = H2Server::start(None, |_| Answer {
+        grpc_status: 14,
+        details: Some(retry_info_details(14, 30)),
+    })
+    .await;
+    let env = |k: &str| match k {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(format!("http://{}", srv.addr)),
+        "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("grpc".to_owned()),
+        "OTEL_BSP_EXPORT_TIMEOUT" => Some("2000".to_owned()),
+        "OTEL_LOGS_EXPORTER" | "OTEL_METRICS_EXPORTER" => Some("none".to_owned()),
+        _ => None,
+    };
+    let settings = resolve("gw", &OtlpConfig::default(), &env).unwrap().unwrap();
+    assert!(settings.logs.is_none() && settings.metrics.is_none());
+    let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
+    let t0 = Instant::now();
+    exp.offer(&txn(200));
+    wait_for("the batch to be dropped", || {
+        signal(&exp.status().signals, "traces").dropped == 1
+    })
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(srv.seen().len(), 1, "no retry past the budget");
+    exp.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate,
+/// written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl Pki {
+    fn new(require_client_cert: bool) -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            SanType,
+        };
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "egret test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let srv_key = KeyPair::generate().unwrap();
+        let mut srv_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        srv_params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        srv_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let srv = srv_params.signed_by(&srv_key, &ca, &ca_key).unwrap();
+        let cli_key = KeyPair::generate().unwrap();
+        let mut cli_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        cli_params
+            .distinguished_name
+            .push(DnType::CommonName, "egret exporter");
+        cli_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cli = cli_params.signed_by(&cli_key, &ca, &ca_key).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("client.pem"), cli.pem()).unwrap();
+        std::fs::write(dir.path().join("client-key.pem"), cli_key.serialize_pem()).unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if require_client_cert {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der().clone()).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut server = builder
+            .with_single_cert(
+                vec![CertificateDer::from(srv.der().to_vec())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(srv_key.serialize_der())),
+            )
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Pki {
+            dir,
+            server: Arc::new(server),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+async fn export_once(settings: egret::sink::otlp::ExportSettings) -> SignalStatus {
+    let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
+    exp.offer(&txn(200));
+    wait_for("the batch to settle", || {
+        let st = exp.status();
+        let t = signal(&st.signals, "traces");
+        t.sent + t.dropped == 1
+    })
+    .await;
+    let st = exp.status();
+    exp.shutdown(Duration::from_secs(1)).await;
+    signal(&st.signals, "traces").clone()
+}
+
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` makes egret trust a private CA, over
+/// OTLP/HTTP and OTLP/gRPC (TLS with ALPN h2); without it the server is
+/// not trusted (system roots) and the batch is dropped.
+#[tokio::test]
+async fn custom_ca_from_the_environment() {
+    let pki = Pki::new(false);
+    let srv = H2Server::start(Some(pki.server.clone()), |_| Answer {
+        grpc_status: 0,
+        details: None,
+    })
+    .await;
+    let ca = pki.path("ca.pem");
+    for protocol in ["http/protobuf", "grpc"] {
+        for with_ca in [true, false] {
+            let env = |k: &str| match k {
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" if protocol == "grpc" => {
+                    Some(format!("https://{}", srv.addr))
+                }
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => {
+                    Some(format!("https://{}/v1/traces", srv.addr))
+                }
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" => Some(protocol.to_owned()),
+                "OTEL_EXPORTER_OTLP_CERTIFICATE" if with_ca => Some(ca.clone()),
+                _ => None,
+            };
+            let cfg = OtlpConfig {
+                signals: SignalsConfig {
+                    traces: true,
+                    logs: false,
+                    metrics: false,
+                },
+                ..OtlpConfig::default()
+            };
+            let t = export_once(resolve("gw", &cfg, &env).unwrap().unwrap()).await;
+            if with_ca {
+                assert_eq!((t.sent, t.state), (1, LinkState::Connected), "{protocol}: {t:?}");
+            } else {
+                assert_eq!((t.dropped, t.state), (1, LinkState::Disconnected), "{protocol}: {t:?}");
+                let err = t.last_error.unwrap_or_default();
+                assert!(err.contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+            }
+        }
+    }
+    let seen = srv.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].0, http::Version::HTTP_11);
+    assert_eq!(seen[1].0, http::Version::HTTP_2);
+}
+
+/// mTLS: a server that requires a client certificate accepts egret's with
+/// `clientCertificate`/`clientKey` (config keys, and the environment's
+/// `_CLIENT_CERTIFICATE`/`_CLIENT_KEY`), and refuses it without.
+#[tokio::test]
+async fn mtls_with_a_client_certificate() {
+    let pki = Pki::new(true);
+    let srv = H2Server::start(Some(pki.server.clone()), |_| Answer {
+        grpc_status: 0,
+        details: None,
+    })
+    .await;
+    for protocol in [Protocol::HttpProtobuf, Protocol::Grpc] {
+        let base = OtlpConfig {
+            certificate: Some(pki.path("ca.pem")),
+            protocol: Some(protocol),
+            ..traces_only(&format!("https://{}", srv.addr))
+        };
+        let with_cert = OtlpConfig {
+            client_certificate: Some(pki.path("client.pem")),
+            client_key: Some(pki.path("client-key.pem")),
+            ..base.clone()
+        };
+        let t = export_once(resolve("gw", &with_cert, &no_env).unwrap().unwrap()).await;
+        assert_eq!((t.sent, t.state), (1, LinkState::Connected), "{protocol:?}: {t:?}");
+        let t = export_once(resolve("gw", &base, &no_env).unwrap().unwrap()).await;
+        assert_eq!(t.dropped, 1, "{protocol:?} without a client certificate: {t:?}");
+    }
+    // The environment's pair, with an environment endpoint.
+    let env = |k: &str| match k {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(format!("https://{}", srv.addr)),
+        "OTEL_EXPORTER_OTLP_CERTIFICATE" => Some(pki.path("ca.pem")),
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE" => Some(pki.path("client.pem")),
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY" => Some(pki.path("client-key.pem")),
+        "OTEL_LOGS_EXPORTER" | "OTEL_METRICS_EXPORTER" => Some("none".to_owned()),
+        _ => None,
+    };
+    let t = export_once(resolve("gw", &OtlpConfig::default(), &env).unwrap().unwrap()).await;
+    assert_eq!((t.sent, t.state), (1, LinkState::Connected), "{t:?}");
+    // A missing key file is a startup error naming the key and the file.
+    let bad = OtlpConfig {
+        certificate: Some(pki.path("ca.pem")),
+        client_certificate: Some(pki.path("client.pem")),
+        client_key: Some(pki.path("nope.pem")),
+        ..traces_only(&format!("https://{}", srv.addr))
+    };
+    let err = OtlpExporter::start(
+        resolve("gw", &bad, &no_env).unwrap().unwrap(),
+        fast_opts(),
+        client(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("otlp.clientKey") && err.contains("nope.pem"), "{err}");
+}
