@@ -1718,3 +1718,60 @@ async fn mtls_with_a_client_certificate() {
     .to_string();
     assert!(err.contains("otlp.clientKey") && err.contains("nope.pem"), "{err}");
 }
+
+// ---- status --------------------------------------------------------------------------
+
+/// `/status` lists every exporter, with signals the environment switched
+/// off, an overall state, last success and last error per signal.
+#[tokio::test]
+async fn status_shows_every_exporter_and_switched_off_signals() {
+    let ok = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let bad = TestServer::start(|_| (StatusCode::UNAUTHORIZED, vec![])).await;
+    let yaml = format!(
+        "gateways:\n  - name: a\n    otlp:\n      endpoint: {}\n  - name: b\n    otlp:\n      endpoint: {}\n      protocol: http/json\n  - name: c\n",
+        ok.url(),
+        bad.url()
+    );
+    let cfg = egret::config::Config::parse(&yaml, Path::new("t.yaml")).unwrap();
+    let env = |k: &str| (k == "OTEL_LOGS_EXPORTER").then(|| "none".to_owned());
+    let (sinks, _) = OtlpSinks::from_config(&cfg, None, &env, fast_opts()).unwrap();
+    let st = sinks.status();
+    assert_eq!(st.len(), 2, "gateway c exports nothing: {st:?}");
+    assert!(st.iter().all(|e| e.state == LinkState::Disconnected));
+    assert!(st
+        .iter()
+        .all(|e| e.switched_off == vec![egret::sink::otlp::Signal::Logs]));
+    sinks.offer("a", &txn(200));
+    sinks.offer("b", &txn(200));
+    sinks.shutdown(Duration::from_secs(5)).await;
+    let st = serde_json::to_value(sinks.status()).unwrap();
+    let a = &st[0];
+    assert_eq!(a["name"], "a");
+    assert_eq!(a["state"], "connected", "{a}");
+    assert_eq!(a["switched_off"], serde_json::json!(["logs"]));
+    for s in a["signals"].as_array().unwrap() {
+        assert_eq!(s["protocol"], "http/protobuf");
+        assert_eq!(s["queued"], 0);
+        let when = s["last_success"].as_str().unwrap_or_else(|| panic!("{s}"));
+        humantime::parse_rfc3339(when).unwrap();
+    }
+    let b = &st[1];
+    assert_eq!(b["state"], "error", "{b}");
+    let t = &b["signals"][0];
+    assert_eq!(t["protocol"], "http/json");
+    assert!(t["last_success"].is_null());
+    assert!(t["last_error"].as_str().unwrap().contains("401"), "{t}");
+
+    // Everything switched off: the exporter is still listed.
+    let env = |k: &str| (k == "OTEL_SDK_DISABLED").then(|| "true".to_owned());
+    let (sinks, _) = OtlpSinks::from_config(&cfg, None, &env, fast_opts()).unwrap();
+    let st = serde_json::to_value(sinks.status()).unwrap();
+    assert_eq!(st.as_array().unwrap().len(), 2, "{st}");
+    assert_eq!(st[0]["state"], "disconnected");
+    assert_eq!(st[0]["signals"], serde_json::json!([]));
+    assert_eq!(
+        st[0]["switched_off"],
+        serde_json::json!(["traces", "logs", "metrics"])
+    );
+    sinks.shutdown(Duration::from_secs(1)).await;
+}

@@ -64,8 +64,12 @@ pub struct SignalStatus {
     pub signal: Signal,
     /// Full URL the signal is posted to (headers are never shown).
     pub endpoint: String,
+    /// `http/protobuf`, `http/json` or `grpc`.
+    pub protocol: &'static str,
     pub state: LinkState,
     pub last_error: Option<String>,
+    /// When the receiver last accepted an export (RFC 3339, UTC).
+    pub last_success: Option<String>,
     /// Spans / log records / data points the receiver accepted.
     pub sent: u64,
     /// Records (or points) dropped: queue full, gave up, rejected.
@@ -81,12 +85,39 @@ pub struct SignalStatus {
 pub struct ExporterStatus {
     /// Gateway name, or `dev-tee`.
     pub name: String,
+    /// `error` when a signal's endpoint answered with an error, `connected`
+    /// when every signal's last export was accepted, else `disconnected`
+    /// (nothing exported yet, a transport failure, or no signal at all).
+    pub state: LinkState,
     pub signals: Vec<SignalStatus>,
+    /// Signals the environment switched off (`OTEL_SDK_DISABLED=true`,
+    /// `OTEL_<SIGNAL>_EXPORTER=none`) although an endpoint is configured.
+    pub switched_off: Vec<Signal>,
+}
+
+impl ExporterStatus {
+    fn new(name: String, signals: Vec<SignalStatus>, switched_off: Vec<Signal>) -> Self {
+        let state = if signals.iter().any(|s| s.state == LinkState::Error) {
+            LinkState::Error
+        } else if !signals.is_empty() && signals.iter().all(|s| s.state == LinkState::Connected)
+        {
+            LinkState::Connected
+        } else {
+            LinkState::Disconnected
+        };
+        ExporterStatus {
+            name,
+            state,
+            signals,
+            switched_off,
+        }
+    }
 }
 
 struct Pipe {
     tx: mpsc::Sender<Item>,
     stats: Arc<SignalStats>,
+    protocol: &'static str,
     capacity: usize,
     /// Records accepted into the queue and not yet sent or dropped (queued,
     /// batched, or in a request): what shutdown gives up at its deadline.
@@ -99,7 +130,8 @@ struct Inner {
     tee: bool,
     traces: Option<Pipe>,
     logs: Option<Pipe>,
-    metrics: Option<(Arc<Mutex<Aggregator>>, Arc<SignalStats>)>,
+    metrics: Option<(Arc<Mutex<Aggregator>>, Arc<SignalStats>, &'static str)>,
+    switched_off: Vec<Signal>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -177,6 +209,7 @@ impl OtlpExporter {
                 return Ok(None);
             };
             let client = client_for(&target, signal)?;
+            let protocol = target.protocol.as_str();
             let stats = Arc::new(SignalStats::new(signal, endpoint_text(&target)));
             let capacity = target.queue_capacity.max(1);
             let (tx, rx) = mpsc::channel(capacity);
@@ -196,6 +229,7 @@ impl OtlpExporter {
             Ok(Some(Pipe {
                 tx,
                 stats,
+                protocol,
                 capacity,
                 in_hand,
             }))
@@ -219,6 +253,7 @@ impl OtlpExporter {
         all_stats.extend(logs.as_ref().map(|p| p.stats.clone()));
         let metrics = metrics.map(|(agg, stats, target, client)| {
             all_stats.push(stats.clone());
+            let protocol = target.protocol.as_str();
             let task = MetricsTask {
                 agg: agg.clone(),
                 stats: stats.clone(),
@@ -232,7 +267,7 @@ impl OtlpExporter {
                 delta: settings.temporality == Temporality::Delta,
             };
             tasks.push(rt.spawn(task.run(cancel.clone())));
-            (agg, stats)
+            (agg, stats, protocol)
         });
         Ok(OtlpExporter {
             inner: Arc::new(Inner {
@@ -242,6 +277,7 @@ impl OtlpExporter {
                 traces,
                 logs,
                 metrics,
+                switched_off: settings.switched_off.clone(),
                 cancel,
                 tasks: Mutex::new(tasks),
             }),
@@ -271,7 +307,7 @@ impl OtlpExporter {
     ) {
         let inner = &*self.inner;
         let gateway = if inner.tee { gateway } else { None };
-        if let Some((agg, _)) = &inner.metrics {
+        if let Some((agg, _, _)) = &inner.metrics {
             agg.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .record(rec, gateway.map(|g| &**g));
@@ -310,16 +346,14 @@ impl OtlpExporter {
         for pipe in [&inner.traces, &inner.logs].into_iter().flatten() {
             signals.push(signal_status(
                 &pipe.stats,
+                pipe.protocol,
                 pipe.capacity.saturating_sub(pipe.tx.capacity()),
             ));
         }
-        if let Some((_, stats)) = &inner.metrics {
-            signals.push(signal_status(stats, 0));
+        if let Some((_, stats, protocol)) = &inner.metrics {
+            signals.push(signal_status(stats, protocol, 0));
         }
-        ExporterStatus {
-            name: inner.name.clone(),
-            signals,
-        }
+        ExporterStatus::new(inner.name.clone(), signals, inner.switched_off.clone())
     }
 
     /// Stops the exporter: queued records are flushed and metrics exported
@@ -356,12 +390,16 @@ impl OtlpExporter {
     }
 }
 
-fn signal_status(stats: &SignalStats, queued: usize) -> SignalStatus {
+fn signal_status(stats: &SignalStats, protocol: &'static str, queued: usize) -> SignalStatus {
     SignalStatus {
         signal: stats.signal,
         endpoint: stats.endpoint.clone(),
+        protocol,
         state: stats.state(),
         last_error: stats.last_error(),
+        last_success: stats
+            .last_success()
+            .map(|t| humantime::format_rfc3339_millis(t).to_string()),
         sent: stats.sent(),
         dropped: stats.dropped(),
         retries: stats.retries(),

@@ -582,7 +582,10 @@ impl EnvReader<'_> {
 }
 
 /// Resolves one gateway's effective export settings. `Ok(None)` means no
-/// signal has an endpoint (or all are switched off): nothing to start.
+/// signal has an endpoint: nothing to start. Signals with an endpoint that
+/// the environment switched off are listed in
+/// [`ExportSettings::switched_off`] (shown in the status; when every one
+/// is, the exporter starts with no signal).
 pub fn resolve(
     gateway: &str,
     cfg: &OtlpConfig,
@@ -744,7 +747,10 @@ pub fn resolve(
         if !enabled_in_cfg {
             continue;
         }
-        if sdk_disabled || off_by_var {
+        let has_endpoint = cfg_endpoint.is_some()
+            || rd.get(&signal.var("ENDPOINT")).is_some()
+            || rd.get(ENV_ENDPOINT).is_some();
+        if has_endpoint && (sdk_disabled || off_by_var) {
             settings.switched_off.push(signal);
             continue;
         }
@@ -909,7 +915,7 @@ pub fn resolve(
         });
     }
     let mut warnings = std::mem::take(&mut rd.warnings);
-    if !settings.any() {
+    if !settings.any() && settings.switched_off.is_empty() {
         return Ok(None);
     }
     settings.resource = resource_from_env(env, &mut warnings);
@@ -942,11 +948,13 @@ pub fn dev_tee(
         metrics_interval: (!interval_from_env).then_some(Duration::from_secs(10)),
         ..OtlpConfig::default()
     };
-    let mut s = resolve("dev-tee", &cfg, env)?.ok_or_else(|| SettingsError::Invalid {
-        gateway: "dev-tee".into(),
-        field: "signals".into(),
-        reason: "every signal is switched off by the environment".into(),
-    })?;
+    let mut s = resolve("dev-tee", &cfg, env)?
+        .filter(ExportSettings::any)
+        .ok_or_else(|| SettingsError::Invalid {
+            gateway: "dev-tee".into(),
+            field: "signals".into(),
+            reason: "every signal is switched off by the environment".into(),
+        })?;
     s.tee = true;
     s.resource.remove(sc::GATEWAY_NAME);
     s.resource.remove(sc::OPENINFERENCE_PROJECT_NAME);
@@ -1089,10 +1097,15 @@ mod tests {
             ("OTEL_LOGS_EXPORTER", "none"),
             ("OTEL_METRICS_EXPORTER", "none"),
         ]);
-        assert!(resolve("g", &OtlpConfig::default(), &env)
-            .unwrap()
-            .is_none());
+        let s = resolve("g", &OtlpConfig::default(), &env).unwrap().unwrap();
+        assert!(!s.any());
+        assert_eq!(s.switched_off, Signal::ALL.to_vec());
         let env = env_of(&[(ENV_ENDPOINT, "http://c:4318"), (ENV_SDK_DISABLED, "true")]);
+        let s = resolve("g", &OtlpConfig::default(), &env).unwrap().unwrap();
+        assert!(!s.any());
+        assert_eq!(s.switched_off, Signal::ALL.to_vec());
+        // Without an endpoint there is nothing to switch off.
+        let env = env_of(&[(ENV_SDK_DISABLED, "true")]);
         assert!(resolve("g", &OtlpConfig::default(), &env)
             .unwrap()
             .is_none());

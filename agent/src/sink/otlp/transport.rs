@@ -128,6 +128,8 @@ pub struct SignalStats {
     sent: AtomicU64,
     dropped: AtomicU64,
     retries: AtomicU64,
+    /// Unix milliseconds of the last accepted export (0: none yet).
+    last_success_ms: AtomicU64,
 }
 
 impl SignalStats {
@@ -140,7 +142,22 @@ impl SignalStats {
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            last_success_ms: AtomicU64::new(0),
         }
+    }
+    /// When the receiver last accepted an export.
+    pub fn last_success(&self) -> Option<SystemTime> {
+        match self.last_success_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+    fn set_success(&self) {
+        let ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(1);
+        self.last_success_ms.store(ms.max(1), Ordering::Relaxed);
     }
     pub fn state(&self) -> LinkState {
         match self.state.load(Ordering::Relaxed) {
@@ -615,6 +632,7 @@ impl HttpClient {
                     let (rejected, msg) = partial_success(stats.signal, target.protocol, &resp);
                     let rejected = rejected.min(items);
                     stats.add_sent(items - rejected);
+                    stats.set_success();
                     if rejected > 0 {
                         stats.add_dropped(rejected);
                         stats.set_error(
