@@ -423,7 +423,12 @@ async fn metric_export_interval_from_the_environment() {
     let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
     exp.offer(&txn(200));
     let t0 = Instant::now();
-    let metric_posts = || srv.seen().iter().filter(|c| c.path == "/v1/metrics").count();
+    let metric_posts = || {
+        srv.seen()
+            .iter()
+            .filter(|c| c.path == "/v1/metrics")
+            .count()
+    };
     // Three periods plus slack for a loaded machine; far below 60 s.
     let deadline = Duration::from_millis(300 * 3) + Duration::from_secs(4);
     while metric_posts() < 3 {
@@ -1170,22 +1175,47 @@ async fn same_records_over_every_protocol() {
     let (base, reqs) = normalized(
         &through_receiver(&py, &records, Protocol::HttpProtobuf, Compression::Gzip).await,
     );
-    assert!(reqs.iter().all(|r| r["content_type"] == "application/x-protobuf"));
+    assert!(reqs
+        .iter()
+        .all(|r| r["content_type"] == "application/x-protobuf"));
     // 2 spans, 3 logs, metric points: the baseline is not empty.
     assert_eq!(
-        base.iter().filter(|l| l.contains(r#""signal":"traces""#)).count(),
+        base.iter()
+            .filter(|l| l.contains(r#""signal":"traces""#))
+            .count(),
         2
     );
     assert_eq!(
-        base.iter().filter(|l| l.contains(r#""signal":"logs""#)).count(),
+        base.iter()
+            .filter(|l| l.contains(r#""signal":"logs""#))
+            .count(),
         3
     );
-    assert!(base.iter().any(|l| l.contains(sc::METRIC_GEN_AI_TOKEN_USAGE)));
-    assert!(base.iter().any(|l| l.contains(TRACE) && l.contains("b7ad6b7169203331")));
+    assert!(base
+        .iter()
+        .any(|l| l.contains(sc::METRIC_GEN_AI_TOKEN_USAGE)));
+    assert!(base
+        .iter()
+        .any(|l| l.contains(TRACE) && l.contains("b7ad6b7169203331")));
     for (protocol, compression, ctype, encoding) in [
-        (Protocol::HttpJson, Compression::Gzip, "application/json", Some("gzip")),
-        (Protocol::HttpJson, Compression::None, "application/json", None),
-        (Protocol::HttpProtobuf, Compression::None, "application/x-protobuf", None),
+        (
+            Protocol::HttpJson,
+            Compression::Gzip,
+            "application/json",
+            Some("gzip"),
+        ),
+        (
+            Protocol::HttpJson,
+            Compression::None,
+            "application/json",
+            None,
+        ),
+        (
+            Protocol::HttpProtobuf,
+            Compression::None,
+            "application/x-protobuf",
+            None,
+        ),
         (Protocol::Grpc, Compression::Gzip, "application/grpc", None),
         (Protocol::Grpc, Compression::None, "application/grpc", None),
     ] {
@@ -1195,7 +1225,11 @@ async fn same_records_over_every_protocol() {
         for r in &reqs {
             assert_eq!(r["status"], 200, "{protocol:?}: {r}");
             assert_eq!(r["content_type"], ctype, "{protocol:?}: {r}");
-            assert_eq!(r["content_encoding"].as_str(), encoding, "{protocol:?}: {r}");
+            assert_eq!(
+                r["content_encoding"].as_str(),
+                encoding,
+                "{protocol:?}: {r}"
+            );
             assert_eq!(r["headers"]["x-api-key"], "s3cret", "{protocol:?}: {r}");
         }
         if protocol == Protocol::Grpc {
@@ -1344,7 +1378,9 @@ impl H2Server {
                                 let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![];
                                 if a.grpc_status == 0 {
                                     // An empty Export*ServiceResponse.
-                                    frames.push(Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))));
+                                    frames.push(Ok(Frame::data(Bytes::from_static(&[
+                                        0, 0, 0, 0, 0,
+                                    ]))));
                                 }
                                 frames.push(Ok(Frame::trailers(trailers)));
                                 StreamBody::new(futures_util::stream::iter(frames)).boxed()
@@ -1450,12 +1486,22 @@ async fn grpc_resource_exhausted_honours_retry_info() {
     })
     .await;
     // The 10 ms backoff would retry at once: ~1 s is the RetryInfo delay.
-    assert!(t0.elapsed() >= Duration::from_millis(950), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        t0.elapsed()
+    );
     let st = exp.status();
     let t = signal(&st.signals, "traces");
-    assert_eq!((t.retries, t.dropped, t.state), (1, 0, LinkState::Connected));
+    assert_eq!(
+        (t.retries, t.dropped, t.state),
+        (1, 0, LinkState::Connected)
+    );
     assert!(
-        t.last_error.as_deref().unwrap_or("").contains("RESOURCE_EXHAUSTED"),
+        t.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("RESOURCE_EXHAUSTED"),
         "{t:?}"
     );
     let seen = srv.seen();
@@ -1489,8 +1535,16 @@ async fn grpc_non_retryable_statuses_drop_the_batch() {
         .await;
         let st = exp.status();
         let t = signal(&st.signals, "traces");
-        assert_eq!((t.retries, t.sent, t.state), (0, 0, LinkState::Error), "{t:?}");
-        assert!(t.last_error.as_deref().unwrap_or("").contains(&code.to_string()));
+        assert_eq!(
+            (t.retries, t.sent, t.state),
+            (0, 0, LinkState::Error),
+            "{t:?}"
+        );
+        assert!(t
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains(&code.to_string()));
         assert_eq!(srv.seen().len(), 1);
         exp.shutdown(Duration::from_secs(1)).await;
     }
@@ -1513,7 +1567,9 @@ async fn export_timeout_bounds_retries() {
         "OTEL_LOGS_EXPORTER" | "OTEL_METRICS_EXPORTER" => Some("none".to_owned()),
         _ => None,
     };
-    let settings = resolve("gw", &OtlpConfig::default(), &env).unwrap().unwrap();
+    let settings = resolve("gw", &OtlpConfig::default(), &env)
+        .unwrap()
+        .unwrap();
     assert!(settings.logs.is_none() && settings.metrics.is_none());
     let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
     let t0 = Instant::now();
@@ -1575,10 +1631,12 @@ impl Pki {
         let builder = if require_client_cert {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(ca.der().clone()).unwrap();
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()
@@ -1650,11 +1708,22 @@ async fn custom_ca_from_the_environment() {
             };
             let t = export_once(resolve("gw", &cfg, &env).unwrap().unwrap()).await;
             if with_ca {
-                assert_eq!((t.sent, t.state), (1, LinkState::Connected), "{protocol}: {t:?}");
+                assert_eq!(
+                    (t.sent, t.state),
+                    (1, LinkState::Connected),
+                    "{protocol}: {t:?}"
+                );
             } else {
-                assert_eq!((t.dropped, t.state), (1, LinkState::Disconnected), "{protocol}: {t:?}");
+                assert_eq!(
+                    (t.dropped, t.state),
+                    (1, LinkState::Disconnected),
+                    "{protocol}: {t:?}"
+                );
                 let err = t.last_error.unwrap_or_default();
-                assert!(err.contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+                assert!(
+                    err.contains("certificate") || err.contains("UnknownIssuer"),
+                    "{err}"
+                );
             }
         }
     }
@@ -1687,9 +1756,16 @@ async fn mtls_with_a_client_certificate() {
             ..base.clone()
         };
         let t = export_once(resolve("gw", &with_cert, &no_env).unwrap().unwrap()).await;
-        assert_eq!((t.sent, t.state), (1, LinkState::Connected), "{protocol:?}: {t:?}");
+        assert_eq!(
+            (t.sent, t.state),
+            (1, LinkState::Connected),
+            "{protocol:?}: {t:?}"
+        );
         let t = export_once(resolve("gw", &base, &no_env).unwrap().unwrap()).await;
-        assert_eq!(t.dropped, 1, "{protocol:?} without a client certificate: {t:?}");
+        assert_eq!(
+            t.dropped, 1,
+            "{protocol:?} without a client certificate: {t:?}"
+        );
     }
     // The environment's pair, with an environment endpoint.
     let env = |k: &str| match k {
@@ -1700,7 +1776,12 @@ async fn mtls_with_a_client_certificate() {
         "OTEL_LOGS_EXPORTER" | "OTEL_METRICS_EXPORTER" => Some("none".to_owned()),
         _ => None,
     };
-    let t = export_once(resolve("gw", &OtlpConfig::default(), &env).unwrap().unwrap()).await;
+    let t = export_once(
+        resolve("gw", &OtlpConfig::default(), &env)
+            .unwrap()
+            .unwrap(),
+    )
+    .await;
     assert_eq!((t.sent, t.state), (1, LinkState::Connected), "{t:?}");
     // A missing key file is a startup error naming the key and the file.
     let bad = OtlpConfig {
@@ -1716,7 +1797,10 @@ async fn mtls_with_a_client_certificate() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("otlp.clientKey") && err.contains("nope.pem"), "{err}");
+    assert!(
+        err.contains("otlp.clientKey") && err.contains("nope.pem"),
+        "{err}"
+    );
 }
 
 // ---- status --------------------------------------------------------------------------

@@ -50,7 +50,7 @@ pub enum OtlpError {
         exporter: String,
         signal: Signal,
         #[source]
-        source: transport::TlsSetupError,
+        source: Box<transport::TlsSetupError>,
     },
 }
 

@@ -99,8 +99,7 @@ impl ExporterStatus {
     fn new(name: String, signals: Vec<SignalStatus>, switched_off: Vec<Signal>) -> Self {
         let state = if signals.iter().any(|s| s.state == LinkState::Error) {
             LinkState::Error
-        } else if !signals.is_empty() && signals.iter().all(|s| s.state == LinkState::Connected)
-        {
+        } else if !signals.is_empty() && signals.iter().all(|s| s.state == LinkState::Connected) {
             LinkState::Connected
         } else {
             LinkState::Disconnected
@@ -124,13 +123,21 @@ struct Pipe {
     in_hand: Arc<AtomicU64>,
 }
 
+/// The metrics signal of an exporter: the aggregation the capture path
+/// records into, and the stats of its export task.
+struct MetricsPipe {
+    agg: Arc<Mutex<Aggregator>>,
+    stats: Arc<SignalStats>,
+    protocol: &'static str,
+}
+
 struct Inner {
     name: String,
     sampling: f64,
     tee: bool,
     traces: Option<Pipe>,
     logs: Option<Pipe>,
-    metrics: Option<(Arc<Mutex<Aggregator>>, Arc<SignalStats>, &'static str)>,
+    metrics: Option<MetricsPipe>,
     switched_off: Vec<Signal>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -240,14 +247,18 @@ impl OtlpExporter {
             Some(t) => Some(client_for(t, Signal::Metrics)?),
             None => None,
         };
-        let metrics = settings.metrics.clone().zip(metrics_client).map(|(target, client)| {
-            let stats = Arc::new(SignalStats::new(Signal::Metrics, endpoint_text(&target)));
-            let agg = Arc::new(Mutex::new(Aggregator::new(
-                u64::try_from(now_unix_nanos()).unwrap_or(0),
-                opts.max_series,
-            )));
-            (agg, stats, target, client)
-        });
+        let metrics = settings
+            .metrics
+            .clone()
+            .zip(metrics_client)
+            .map(|(target, client)| {
+                let stats = Arc::new(SignalStats::new(Signal::Metrics, endpoint_text(&target)));
+                let agg = Arc::new(Mutex::new(Aggregator::new(
+                    u64::try_from(now_unix_nanos()).unwrap_or(0),
+                    opts.max_series,
+                )));
+                (agg, stats, target, client)
+            });
         let mut all_stats: Vec<Arc<SignalStats>> = Vec::new();
         all_stats.extend(traces.as_ref().map(|p| p.stats.clone()));
         all_stats.extend(logs.as_ref().map(|p| p.stats.clone()));
@@ -267,7 +278,11 @@ impl OtlpExporter {
                 delta: settings.temporality == Temporality::Delta,
             };
             tasks.push(rt.spawn(task.run(cancel.clone())));
-            (agg, stats, protocol)
+            MetricsPipe {
+                agg,
+                stats,
+                protocol,
+            }
         });
         Ok(OtlpExporter {
             inner: Arc::new(Inner {
@@ -307,7 +322,7 @@ impl OtlpExporter {
     ) {
         let inner = &*self.inner;
         let gateway = if inner.tee { gateway } else { None };
-        if let Some((agg, _, _)) = &inner.metrics {
+        if let Some(MetricsPipe { agg, .. }) = &inner.metrics {
             agg.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .record(rec, gateway.map(|g| &**g));
@@ -350,8 +365,8 @@ impl OtlpExporter {
                 pipe.capacity.saturating_sub(pipe.tx.capacity()),
             ));
         }
-        if let Some((_, stats, protocol)) = &inner.metrics {
-            signals.push(signal_status(stats, protocol, 0));
+        if let Some(m) = &inner.metrics {
+            signals.push(signal_status(&m.stats, m.protocol, 0));
         }
         ExporterStatus::new(inner.name.clone(), signals, inner.switched_off.clone())
     }

@@ -509,11 +509,7 @@ impl Aggregator {
 
     /// Every instrument with data, plus `egret.otlp.dropped` per signal.
     pub fn metrics(&self, now_ns: u64, dropped: &[(Signal, u64)]) -> Vec<Metric> {
-        self.metrics_with(
-            now_ns,
-            dropped,
-            AggregationTemporality::Cumulative as i32,
-        )
+        self.metrics_with(now_ns, dropped, AggregationTemporality::Cumulative as i32)
     }
 
     fn metrics_with(
@@ -609,7 +605,10 @@ impl Aggregator {
         Self::wrap(ctx, self.metrics(now_ns, dropped))
     }
 
-    fn wrap(ctx: &encode::EncodeContext, metrics: Vec<Metric>) -> (ExportMetricsServiceRequest, usize) {
+    fn wrap(
+        ctx: &encode::EncodeContext,
+        metrics: Vec<Metric>,
+    ) -> (ExportMetricsServiceRequest, usize) {
         let n = metrics.iter().map(points_in).sum();
         let req = ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
@@ -883,13 +882,22 @@ mod tests {
         let Some(Data::Sum(sum)) = &flows.data else {
             panic!("{flows:?}")
         };
-        assert_eq!(sum.aggregation_temporality, AggregationTemporality::Delta as i32);
-        assert_eq!(sum.data_points[0].value, Some(number_data_point::Value::AsInt(2)));
+        assert_eq!(
+            sum.aggregation_temporality,
+            AggregationTemporality::Delta as i32
+        );
+        assert_eq!(
+            sum.data_points[0].value,
+            Some(number_data_point::Value::AsInt(2))
+        );
         assert_eq!(sum.data_points[0].start_time_unix_nano, 1);
         let Some(Data::Sum(d)) = &find(ms, sc::METRIC_OTLP_DROPPED).data else {
             panic!()
         };
-        assert_eq!(d.data_points[0].value, Some(number_data_point::Value::AsInt(4)));
+        assert_eq!(
+            d.data_points[0].value,
+            Some(number_data_point::Value::AsInt(4))
+        );
         // The next export holds only what came after, from the last export on.
         agg.record(&flow, None);
         let (req, _) = agg.take_delta(&ctx, 200, &[(Signal::Traces, 5)]);
@@ -897,15 +905,24 @@ mod tests {
         let Some(Data::Sum(sum)) = &find(ms, sc::METRIC_FLOWS).data else {
             panic!()
         };
-        assert_eq!(sum.data_points[0].value, Some(number_data_point::Value::AsInt(1)));
+        assert_eq!(
+            sum.data_points[0].value,
+            Some(number_data_point::Value::AsInt(1))
+        );
         assert_eq!(sum.data_points[0].start_time_unix_nano, 100);
         let Some(Data::Sum(d)) = &find(ms, sc::METRIC_OTLP_DROPPED).data else {
             panic!()
         };
-        assert_eq!(d.data_points[0].value, Some(number_data_point::Value::AsInt(1)));
+        assert_eq!(
+            d.data_points[0].value,
+            Some(number_data_point::Value::AsInt(1))
+        );
         let (req, _) = agg.take_delta(&ctx, 300, &[(Signal::Traces, 5)]);
         let ms = &req.resource_metrics[0].scope_metrics[0].metrics;
-        assert!(ms.iter().all(|m| m.name == sc::METRIC_OTLP_DROPPED), "{ms:?}");
+        assert!(
+            ms.iter().all(|m| m.name == sc::METRIC_OTLP_DROPPED),
+            "{ms:?}"
+        );
     }
 
     #[test]

@@ -662,12 +662,13 @@ pub fn resolve(
         }
     };
     let cfg_endpoint = expand_opt("endpoint", &cfg.endpoint)?;
-    let cfg_file = |field: &str, v: &Option<String>| -> Result<Option<FileSetting>, SettingsError> {
-        Ok(expand_opt(field, v)?.map(|p| FileSetting {
-            path: PathBuf::from(p),
-            source: format!("otlp.{field}"),
-        }))
-    };
+    let cfg_file =
+        |field: &str, v: &Option<String>| -> Result<Option<FileSetting>, SettingsError> {
+            Ok(expand_opt(field, v)?.map(|p| FileSetting {
+                path: PathBuf::from(p),
+                source: format!("otlp.{field}"),
+            }))
+        };
     let cfg_tls = TlsFiles {
         ca: cfg_file("certificate", &cfg.certificate)?,
         client_cert: cfg_file("clientCertificate", &cfg.client_certificate)?,
@@ -835,7 +836,13 @@ pub fn resolve(
         let generic_endpoint = rd.get(ENV_ENDPOINT);
         let (endpoint, per_signal, source_name, mut headers, tls) =
             if let Some(base) = &cfg_endpoint {
-                (base.clone(), false, "otlp.endpoint".to_owned(), vec![], cfg_tls.clone())
+                (
+                    base.clone(),
+                    false,
+                    "otlp.endpoint".to_owned(),
+                    vec![],
+                    cfg_tls.clone(),
+                )
             } else if let Some(url) = specific_endpoint {
                 let mut h = generic_env_headers.clone();
                 h.extend(env_headers(&mut rd, &signal.var("HEADERS")));
@@ -1292,7 +1299,10 @@ mod tests {
         let s = resolve("g", &base, &env_of(&[(ENV_TIMEOUT, "2500")]))
             .unwrap()
             .unwrap();
-        assert_eq!(s.traces.as_ref().unwrap().timeout, Duration::from_millis(2500));
+        assert_eq!(
+            s.traces.as_ref().unwrap().timeout,
+            Duration::from_millis(2500)
+        );
         let cfg = OtlpConfig {
             timeout: Some(Duration::from_secs(1)),
             ..base
@@ -1330,15 +1340,15 @@ mod tests {
         let s = resolve("g", &cfg, &env).unwrap().unwrap();
         assert_eq!(s.metrics_interval, Duration::from_secs(5));
         // Malformed: a warning and the default; below the floor: the floor.
-        let s = resolve(
-            "g",
-            &base,
-            &env_of(&[(ENV_METRIC_EXPORT_INTERVAL, "soon")]),
-        )
-        .unwrap()
-        .unwrap();
+        let s = resolve("g", &base, &env_of(&[(ENV_METRIC_EXPORT_INTERVAL, "soon")]))
+            .unwrap()
+            .unwrap();
         assert_eq!(s.metrics_interval, DEFAULT_METRICS_INTERVAL);
-        assert!(s.warnings[0].contains(ENV_METRIC_EXPORT_INTERVAL), "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].contains(ENV_METRIC_EXPORT_INTERVAL),
+            "{:?}",
+            s.warnings
+        );
         let s = resolve("g", &base, &env_of(&[(ENV_METRIC_EXPORT_INTERVAL, "5")]))
             .unwrap()
             .unwrap();
@@ -1418,7 +1428,10 @@ mod tests {
             (ENV_ENDPOINT, "collector:4317"),
             (ENV_PROTOCOL, "grpc"),
             ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/json"),
-            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://logs:4318/custom"),
+            (
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                "http://logs:4318/custom",
+            ),
             (ENV_COMPRESSION, "none"),
             ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
             (ENV_TIMEOUT, "3000"),

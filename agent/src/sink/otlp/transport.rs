@@ -457,19 +457,18 @@ impl HttpClient {
     /// The client for `tls`: this one when the files are the defaults,
     /// else a new one trusting the CA file (instead of the system roots)
     /// and presenting the client certificate.
-    pub fn for_tls(&self, tls: &TlsFiles) -> Result<HttpClient, TlsSetupError> {
+    pub fn for_tls(&self, tls: &TlsFiles) -> Result<HttpClient, Box<TlsSetupError>> {
         if tls.is_default() {
             return Ok(self.clone());
         }
         let roots = match &tls.ca {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
-                let certs = crate::tls::load_pem_certs(&ca.path).map_err(|source| {
-                    TlsSetupError::File {
+                let certs =
+                    crate::tls::load_pem_certs(&ca.path).map_err(|source| TlsSetupError::File {
                         file: ca.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 for c in certs {
                     roots.add(c).map_err(|e| TlsSetupError::BadKey {
                         file: ca.clone(),
@@ -493,8 +492,8 @@ impl HttpClient {
                     reason: e.to_string(),
                 })?;
                 use rustls::pki_types::pem::PemObject;
-                let k = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-                    match e {
+                let k = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem).map_err(
+                    |e| match e {
                         rustls::pki_types::pem::Error::NoItemsFound => {
                             TlsSetupError::NoKey { file: key.clone() }
                         }
@@ -502,13 +501,13 @@ impl HttpClient {
                             file: key.clone(),
                             reason: e.to_string(),
                         },
-                    }
-                })?;
+                    },
+                )?;
                 Some((chain, k))
             }
             _ => None,
         };
-        Ok(HttpClient::build(roots, client_auth)?)
+        HttpClient::build(roots, client_auth).map_err(|e| Box::new(TlsSetupError::from(e)))
     }
 
     /// One request of an already encoded body. `Ok` carries the response
@@ -649,8 +648,7 @@ impl HttpClient {
                         Some(ra) => ra.min(retry.max_retry_after),
                         None => retry.backoff(attempt),
                     };
-                    let out_of_time =
-                        budget.is_some_and(|b| started.elapsed() + wait >= b);
+                    let out_of_time = budget.is_some_and(|b| started.elapsed() + wait >= b);
                     let give_up = !e.retryable() || attempt == attempts || out_of_time;
                     stats.set_error(e.state(), e.to_string());
                     tracing::debug!(signal = %stats.signal, endpoint = %stats.endpoint,
