@@ -2,9 +2,9 @@
 //! overflow accounting, the dev tee, and an independent receiver built on
 //! PyPI's `opentelemetry-proto` (`bpf-tests/clients/otlp_receiver.py`).
 //!
-//! The Python test needs a venv (`$EGRET_VENV`, default `<repo>/.venv`)
-//! with `opentelemetry-proto`; without it the test prints why it skips, or
-//! fails when `CI` is set.
+//! The Python tests need a venv (`$EGRET_VENV`, default `<repo>/.venv`)
+//! with `opentelemetry-proto` and `grpcio`; without it they print why they
+//! skip, or fail when `CI` is set.
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -460,6 +460,65 @@ async fn metric_export_interval_from_the_environment() {
     exp.shutdown(Duration::from_secs(2)).await;
 }
 
+/// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta`: sums and
+/// histograms are delta, and an export after an idle period carries no
+/// points of the counts sent before.
+#[tokio::test]
+async fn delta_temporality_from_the_environment() {
+    use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
+    let srv = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let cfg = OtlpConfig {
+        endpoint: Some(srv.url()),
+        signals: SignalsConfig {
+            traces: false,
+            logs: false,
+            metrics: true,
+        },
+        ..OtlpConfig::default()
+    };
+    let env = |k: &str| match k {
+        "OTEL_METRIC_EXPORT_INTERVAL" => Some("200".to_owned()),
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE" => Some("delta".to_owned()),
+        _ => None,
+    };
+    let exp = OtlpExporter::start(
+        resolve("gw", &cfg, &env).unwrap().unwrap(),
+        fast_opts(),
+        client(),
+    )
+    .unwrap();
+    exp.offer(&txn(200));
+    let exports = || -> Vec<ExportMetricsServiceRequest> {
+        srv.seen()
+            .iter()
+            .filter(|c| c.path == "/v1/metrics")
+            .map(|c| ExportMetricsServiceRequest::decode(gunzip(&c.body).as_slice()).unwrap())
+            .collect()
+    };
+    wait_for("two metric exports", || exports().len() >= 2).await;
+    exp.shutdown(Duration::from_secs(2)).await;
+    let all = exports();
+    let transactions = |r: &ExportMetricsServiceRequest| {
+        r.resource_metrics[0].scope_metrics[0]
+            .metrics
+            .iter()
+            .find(|m| m.name == sc::METRIC_TRANSACTIONS)
+            .cloned()
+    };
+    let first = transactions(&all[0]).expect("the transaction in the first export");
+    let Some(Data::Sum(sum)) = first.data else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        sum.aggregation_temporality,
+        AggregationTemporality::Delta as i32
+    );
+    assert!(
+        all[1..].iter().all(|r| transactions(r).is_none()),
+        "later exports repeat nothing"
+    );
+}
+
 // ---- queueing ---------------------------------------------------------------------
 
 /// On a current-thread runtime the workers cannot run while the test
@@ -778,7 +837,7 @@ fn receiver_python() -> Result<PathBuf, String> {
     let ok = Command::new(&py)
         .args([
             "-c",
-            "import opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+            "import opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -787,7 +846,7 @@ fn receiver_python() -> Result<PathBuf, String> {
         .unwrap_or(false);
     if !ok {
         return Err(format!(
-            "{} cannot import opentelemetry.proto (pip install opentelemetry-proto)",
+            "{} cannot import opentelemetry.proto and grpc (pip install opentelemetry-proto grpcio)",
             py.display()
         ));
     }

@@ -940,8 +940,8 @@ pub fn resolve(
 }
 
 /// Settings of the dev tee: every signal of every gateway to `base_url`
-/// (+ `/v1/<signal>`), nothing sampled away, metrics every 10 s unless
-/// `OTEL_METRIC_EXPORT_INTERVAL` says otherwise. The standard signal
+/// (+ `/v1/<signal>`, `http/protobuf` always), nothing sampled away,
+/// metrics every 10 s unless `OTEL_METRIC_EXPORT_INTERVAL` says otherwise. The standard signal
 /// switches (`OTEL_*_EXPORTER=none`) and resource variables still apply.
 pub fn dev_tee(
     base_url: &str,
@@ -953,6 +953,9 @@ pub fn dev_tee(
         endpoint: Some(base_url.to_owned()),
         conventions: conventions.to_vec(),
         metrics_interval: (!interval_from_env).then_some(Duration::from_secs(10)),
+        // A development receiver speaks OTLP/HTTP, whatever the
+        // environment's collector does.
+        protocol: Some(Protocol::HttpProtobuf),
         ..OtlpConfig::default()
     };
     let mut s = resolve("dev-tee", &cfg, env)?
@@ -1358,6 +1361,8 @@ mod tests {
         assert_eq!(t.metrics_interval, Duration::from_secs(1));
         let t = dev_tee("http://t", &[], &env_of(&[])).unwrap();
         assert_eq!(t.metrics_interval, Duration::from_secs(10));
+        let t = dev_tee("http://t", &[], &env_of(&[(ENV_PROTOCOL, "grpc")])).unwrap();
+        assert_eq!(t.traces.unwrap().protocol, Protocol::HttpProtobuf);
     }
 
     /// Every variable `resolve` reads is in `ENV_VARS` and every entry is

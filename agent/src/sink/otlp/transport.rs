@@ -541,7 +541,8 @@ impl HttpClient {
             h.insert("grpc-accept-encoding", HeaderValue::from_static("gzip"));
             h.insert(
                 "grpc-timeout",
-                HeaderValue::from_str(&format!("{}m", timeout.as_millis().max(1)))
+                // At most 8 digits (the gRPC wire format).
+                HeaderValue::from_str(&format!("{}m", timeout.as_millis().clamp(1, 99_999_999)))
                     .map_err(|e| AttemptError::Request(e.to_string()))?,
             );
         } else {
