@@ -875,6 +875,9 @@ pub fn resolve(
         };
         let uri = match protocol {
             Protocol::Grpc => {
+                // `INSECURE` belongs to the environment's endpoint; a
+                // gateway's scheme-less endpoint is TLS.
+                let insecure = insecure && cfg_endpoint.is_none();
                 grpc_url(&endpoint, signal, insecure).map_err(|e| url_err(&endpoint, e))?
             }
             _ => {
@@ -1482,6 +1485,16 @@ mod tests {
             "http://c:4317/opentelemetry.proto.collector.logs.v1.LogsService/Export"
         );
         assert_eq!(l.compression, Compression::None, "config wins");
+        // INSECURE is the environment endpoint's: not for a gateway's.
+        let cfg = OtlpConfig {
+            endpoint: Some("c:4317".into()),
+            protocol: Some(Protocol::Grpc),
+            ..Default::default()
+        };
+        let s = resolve("g", &cfg, &env_of(&[(ENV_INSECURE, "true")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.traces.as_ref().unwrap().url.scheme_str(), Some("https"));
         // Unknown values: warnings and the defaults.
         let env = env_of(&[
             (ENV_ENDPOINT, "http://c"),
