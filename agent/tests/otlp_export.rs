@@ -2,9 +2,9 @@
 //! overflow accounting, the dev tee, and an independent receiver built on
 //! PyPI's `opentelemetry-proto` (`bpf-tests/clients/otlp_receiver.py`).
 //!
-//! The Python test needs a venv (`$EGRET_VENV`, default `<repo>/.venv`)
-//! with `opentelemetry-proto`; without it the test prints why it skips, or
-//! fails when `CI` is set.
+//! The Python tests need a venv (`$EGRET_VENV`, default `<repo>/.venv`)
+//! with `opentelemetry-proto` and `grpcio`; without it they print why they
+//! skip, or fail when `CI` is set.
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -18,7 +18,7 @@ use std::{
 
 use bytes::Bytes;
 use egret::{
-    config::{Convention, OtlpConfig, SignalsConfig},
+    config::{Compression, Convention, OtlpConfig, Protocol, SignalsConfig},
     record::Record,
     semconv as sc,
     sink::otlp::{
@@ -399,6 +399,126 @@ async fn items_abandoned_at_the_shutdown_deadline_are_counted() {
     silent.abort();
 }
 
+// ---- standard variables ------------------------------------------------------------
+
+/// `OTEL_METRIC_EXPORT_INTERVAL` sets the export period (it was ignored:
+/// nothing arrived within 12 s with 1000). With 300 ms, the receiver sees
+/// three metric exports well before the default 60 s, while the exporter
+/// runs (not the export at shutdown).
+#[tokio::test]
+async fn metric_export_interval_from_the_environment() {
+    let srv = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let cfg = OtlpConfig {
+        endpoint: Some(srv.url()),
+        signals: SignalsConfig {
+            traces: false,
+            logs: false,
+            metrics: true,
+        },
+        ..OtlpConfig::default()
+    };
+    let env = |k: &str| (k == "OTEL_METRIC_EXPORT_INTERVAL").then(|| "300".to_owned());
+    let settings = resolve("gw", &cfg, &env).unwrap().unwrap();
+    assert_eq!(settings.metrics_interval, Duration::from_millis(300));
+    let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
+    exp.offer(&txn(200));
+    let t0 = Instant::now();
+    let metric_posts = || {
+        srv.seen()
+            .iter()
+            .filter(|c| c.path == "/v1/metrics")
+            .count()
+    };
+    // Three periods plus slack for a loaded machine; far below 60 s.
+    let deadline = Duration::from_millis(300 * 3) + Duration::from_secs(4);
+    while metric_posts() < 3 {
+        assert!(
+            t0.elapsed() < deadline,
+            "{} metric exports after {:?}",
+            metric_posts(),
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = ExportMetricsServiceRequest::decode(
+        gunzip(
+            &srv.seen()
+                .iter()
+                .find(|c| c.path == "/v1/metrics")
+                .unwrap()
+                .body,
+        )
+        .as_slice(),
+    )
+    .unwrap();
+    let names: Vec<&str> = first.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert!(names.contains(&sc::METRIC_TRANSACTIONS), "{names:?}");
+    exp.shutdown(Duration::from_secs(2)).await;
+}
+
+/// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta`: sums and
+/// histograms are delta, and an export after an idle period carries no
+/// points of the counts sent before.
+#[tokio::test]
+async fn delta_temporality_from_the_environment() {
+    use opentelemetry_proto::tonic::metrics::v1::AggregationTemporality;
+    let srv = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let cfg = OtlpConfig {
+        endpoint: Some(srv.url()),
+        signals: SignalsConfig {
+            traces: false,
+            logs: false,
+            metrics: true,
+        },
+        ..OtlpConfig::default()
+    };
+    let env = |k: &str| match k {
+        "OTEL_METRIC_EXPORT_INTERVAL" => Some("200".to_owned()),
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE" => Some("delta".to_owned()),
+        _ => None,
+    };
+    let exp = OtlpExporter::start(
+        resolve("gw", &cfg, &env).unwrap().unwrap(),
+        fast_opts(),
+        client(),
+    )
+    .unwrap();
+    exp.offer(&txn(200));
+    let exports = || -> Vec<ExportMetricsServiceRequest> {
+        srv.seen()
+            .iter()
+            .filter(|c| c.path == "/v1/metrics")
+            .map(|c| ExportMetricsServiceRequest::decode(gunzip(&c.body).as_slice()).unwrap())
+            .collect()
+    };
+    wait_for("two metric exports", || exports().len() >= 2).await;
+    exp.shutdown(Duration::from_secs(2)).await;
+    let all = exports();
+    let transactions = |r: &ExportMetricsServiceRequest| {
+        r.resource_metrics[0].scope_metrics[0]
+            .metrics
+            .iter()
+            .find(|m| m.name == sc::METRIC_TRANSACTIONS)
+            .cloned()
+    };
+    let first = transactions(&all[0]).expect("the transaction in the first export");
+    let Some(Data::Sum(sum)) = first.data else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        sum.aggregation_temporality,
+        AggregationTemporality::Delta as i32
+    );
+    assert!(
+        all[1..].iter().all(|r| transactions(r).is_none()),
+        "later exports repeat nothing"
+    );
+}
+
 // ---- queueing ---------------------------------------------------------------------
 
 /// On a current-thread runtime the workers cannot run while the test
@@ -409,7 +529,7 @@ async fn full_queue_drops_and_counts() {
     let srv = TestServer::start(|_| (StatusCode::OK, vec![])).await;
     let cfg = OtlpConfig {
         endpoint: Some(srv.url()),
-        queue_capacity: 2,
+        queue_capacity: Some(2),
         signals: SignalsConfig {
             traces: true,
             logs: true,
@@ -717,7 +837,7 @@ fn receiver_python() -> Result<PathBuf, String> {
     let ok = Command::new(&py)
         .args([
             "-c",
-            "import opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+            "import opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -726,7 +846,7 @@ fn receiver_python() -> Result<PathBuf, String> {
         .unwrap_or(false);
     if !ok {
         return Err(format!(
-            "{} cannot import opentelemetry.proto (pip install opentelemetry-proto)",
+            "{} cannot import opentelemetry.proto and grpc (pip install opentelemetry-proto grpcio)",
             py.display()
         ));
     }
@@ -749,10 +869,15 @@ impl Drop for Receiver {
 
 impl Receiver {
     fn start(py: &Path) -> Receiver {
+        Receiver::start_with(py, &[])
+    }
+
+    fn start_with(py: &Path, extra: &[&str]) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("otlp.jsonl");
         let mut child = Command::new(py)
             .arg(repo_root().join("bpf-tests/clients/otlp_receiver.py"))
+            .args(extra)
             .args(["--port", "0", "--out"])
             .arg(&out)
             .stdout(Stdio::piped())
@@ -1006,4 +1131,790 @@ async fn independent_receiver_decodes_traces_logs_and_metrics() {
     assert!(dropped
         .iter()
         .all(|p| p["value"] == 0 && p["monotonic"] == true));
+}
+
+fn venv_or_skip(test: &str) -> Option<PathBuf> {
+    match receiver_python() {
+        Ok(py) => Some(py),
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("CI: the OTLP receiver venv is required: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipping {test}: {why}");
+            None
+        }
+    }
+}
+
+/// The records every protocol run sends (the same objects: same ids).
+fn protocol_records() -> Vec<Record> {
+    let mut ok = txn(200);
+    ok.set(sc::TRACE_ID, TRACE);
+    ok.set(sc::PARENT_SPAN_ID, PARENT);
+    ok.set(sc::SPAN_ID, "b7ad6b7169203331");
+    let failed = txn(503);
+    let mut flow = Record::new(sc::KIND_FLOW);
+    flow.set(sc::INVOCATION_ID, "inv-42");
+    flow.set(sc::L4_BYTES_SANDBOX_TX, 1000i64);
+    flow.set(sc::L4_BYTES_SANDBOX_RX, 5000i64);
+    flow.set(sc::START_TIME, 1_700_000_000_000_000_000i64);
+    flow.set(sc::END_TIME, 1_700_000_001_000_000_000i64);
+    vec![ok, failed, flow]
+}
+
+/// What the receiver decoded, without what differs between runs (export
+/// times), sorted; plus the request lines.
+fn normalized(lines: &[Value]) -> (Vec<String>, Vec<Value>) {
+    let mut items = Vec::new();
+    let mut reqs = Vec::new();
+    for l in lines {
+        let mut l = l.clone();
+        match l["signal"].as_str() {
+            Some("request") => reqs.push(l),
+            Some("metrics") => {
+                let o = l.as_object_mut().unwrap();
+                o.remove("start_time_unix_nano");
+                o.remove("time_unix_nano");
+                items.push(l.to_string());
+            }
+            Some("logs") => {
+                l.as_object_mut().unwrap().remove("observed_time_unix_nano");
+                items.push(l.to_string());
+            }
+            _ => items.push(l.to_string()),
+        }
+    }
+    items.sort();
+    (items, reqs)
+}
+
+/// Runs the exporter with `protocol` against the independent receiver
+/// (`--grpc` for gRPC) and returns what it decoded.
+async fn through_receiver(
+    py: &Path,
+    records: &[Record],
+    protocol: Protocol,
+    compression: Compression,
+) -> Vec<Value> {
+    let grpc = protocol == Protocol::Grpc;
+    let rx = Receiver::start_with(py, if grpc { &["--grpc"] } else { &[] });
+    let cfg = OtlpConfig {
+        endpoint: Some(format!("http://127.0.0.1:{}", rx.port)),
+        headers: [("x-api-key".to_owned(), "s3cret".to_owned())].into(),
+        protocol: Some(protocol),
+        compression: Some(compression),
+        ..OtlpConfig::default()
+    };
+    let settings = resolve("gw", &cfg, &no_env).unwrap().unwrap();
+    let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
+    for r in records {
+        exp.offer(r);
+    }
+    exp.shutdown(Duration::from_secs(10)).await;
+    let st = exp.status();
+    assert!(
+        st.signals
+            .iter()
+            .all(|s| s.state == LinkState::Connected && s.dropped == 0 && s.sent > 0),
+        "{protocol:?}: {st:?}"
+    );
+    rx.lines()
+}
+
+/// The same spans, log records and metric points reach a receiver over
+/// http/protobuf, http/json (OTLP/JSON, parsed strictly by protobuf's
+/// json_format after the hex ids) and grpc (grpcio's server), compressed
+/// or not.
+#[tokio::test]
+async fn same_records_over_every_protocol() {
+    let Some(py) = venv_or_skip("same_records_over_every_protocol") else {
+        return;
+    };
+    let records = protocol_records();
+    let (base, reqs) = normalized(
+        &through_receiver(&py, &records, Protocol::HttpProtobuf, Compression::Gzip).await,
+    );
+    assert!(reqs
+        .iter()
+        .all(|r| r["content_type"] == "application/x-protobuf"));
+    // 2 spans, 3 logs, metric points: the baseline is not empty.
+    assert_eq!(
+        base.iter()
+            .filter(|l| l.contains(r#""signal":"traces""#))
+            .count(),
+        2
+    );
+    assert_eq!(
+        base.iter()
+            .filter(|l| l.contains(r#""signal":"logs""#))
+            .count(),
+        3
+    );
+    assert!(base
+        .iter()
+        .any(|l| l.contains(sc::METRIC_GEN_AI_TOKEN_USAGE)));
+    assert!(base
+        .iter()
+        .any(|l| l.contains(TRACE) && l.contains("b7ad6b7169203331")));
+    for (protocol, compression, ctype, encoding) in [
+        (
+            Protocol::HttpJson,
+            Compression::Gzip,
+            "application/json",
+            Some("gzip"),
+        ),
+        (
+            Protocol::HttpJson,
+            Compression::None,
+            "application/json",
+            None,
+        ),
+        (
+            Protocol::HttpProtobuf,
+            Compression::None,
+            "application/x-protobuf",
+            None,
+        ),
+        (Protocol::Grpc, Compression::Gzip, "application/grpc", None),
+        (Protocol::Grpc, Compression::None, "application/grpc", None),
+    ] {
+        let (items, reqs) =
+            normalized(&through_receiver(&py, &records, protocol, compression).await);
+        assert!(reqs.len() >= 3, "{protocol:?}: {reqs:?}");
+        for r in &reqs {
+            assert_eq!(r["status"], 200, "{protocol:?}: {r}");
+            assert_eq!(r["content_type"], ctype, "{protocol:?}: {r}");
+            assert_eq!(
+                r["content_encoding"].as_str(),
+                encoding,
+                "{protocol:?}: {r}"
+            );
+            assert_eq!(r["headers"]["x-api-key"], "s3cret", "{protocol:?}: {r}");
+        }
+        if protocol == Protocol::Grpc {
+            let paths: Vec<&str> = reqs.iter().filter_map(|r| r["path"].as_str()).collect();
+            assert!(paths.contains(&"/v1/traces") && paths.contains(&"/v1/metrics"));
+        }
+        let differ: Vec<_> = items.iter().filter(|i| !base.contains(i)).collect();
+        assert!(
+            items == base,
+            "{protocol:?}/{compression:?} differs from http/protobuf: {} vs {} items; not in the baseline: {differ:?}",
+            items.len(),
+            base.len()
+        );
+    }
+}
+
+/// gRPC errors from a real gRPC server: UNAVAILABLE is retried (then
+/// accepted), INVALID_ARGUMENT is not (the batch is dropped and counted).
+#[tokio::test]
+async fn grpc_error_statuses_from_grpcio() {
+    let Some(py) = venv_or_skip("grpc_error_statuses_from_grpcio") else {
+        return;
+    };
+    for (code, accepted) in [("UNAVAILABLE", true), ("INVALID_ARGUMENT", false)] {
+        let rx = Receiver::start_with(
+            &py,
+            &["--grpc", "--fail-first", "1", "--fail-grpc-code", code],
+        );
+        let cfg = OtlpConfig {
+            protocol: Some(Protocol::Grpc),
+            ..traces_only(&format!("http://127.0.0.1:{}", rx.port))
+        };
+        let exp = OtlpExporter::start(
+            resolve("gw", &cfg, &no_env).unwrap().unwrap(),
+            fast_opts(),
+            client(),
+        )
+        .unwrap();
+        exp.offer(&txn(200));
+        wait_for("the batch to settle", || {
+            let st = exp.status();
+            let t = signal(&st.signals, "traces");
+            t.sent + t.dropped == 1
+        })
+        .await;
+        let st = exp.status();
+        let t = signal(&st.signals, "traces");
+        let err = t.last_error.clone().unwrap_or_default();
+        assert!(err.contains(code), "{code}: {t:?}");
+        if accepted {
+            assert_eq!((t.sent, t.dropped, t.retries), (1, 0, 1), "{t:?}");
+            assert_eq!(t.state, LinkState::Connected);
+        } else {
+            assert_eq!((t.sent, t.dropped, t.retries), (0, 1, 0), "{t:?}");
+            assert_eq!(t.state, LinkState::Error);
+        }
+        exp.shutdown(Duration::from_secs(2)).await;
+        let statuses: Vec<Value> = rx
+            .lines()
+            .into_iter()
+            .filter(|l| l["signal"] == "request")
+            .map(|l| l["status"].clone())
+            .collect();
+        let want = if accepted {
+            vec![Value::from(code), Value::from(200)]
+        } else {
+            vec![Value::from(code)]
+        };
+        assert_eq!(statuses, want);
+    }
+}
+
+// ---- gRPC statuses and TLS against an in-process server ----------------------------
+
+/// What the in-process server answers to call `i`: an HTTP status, and for
+/// gRPC calls a `grpc-status` with optional `grpc-status-details-bin`.
+#[derive(Clone)]
+struct Answer {
+    grpc_status: u32,
+    details: Option<String>,
+}
+
+/// A loopback server speaking HTTP/1.1 and HTTP/2 (h2c, or TLS with ALPN
+/// when given a config): OTLP/HTTP calls get 200, gRPC calls (by
+/// `content-type`) the trailers of `reply(i)`.
+struct H2Server {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(http::Version, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H2Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl H2Server {
+    async fn start(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        reply: impl Fn(usize) -> Answer + Send + Sync + 'static,
+    ) -> H2Server {
+        use http_body_util::{combinators::BoxBody, StreamBody};
+        use hyper::body::Frame;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let reply = Arc::new(reply);
+        let seen2 = seen.clone();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen2.clone();
+                let reply = reply.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let seen = seen.clone();
+                        let reply = reply.clone();
+                        async move {
+                            let grpc = req
+                                .headers()
+                                .get("content-type")
+                                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                            let version = req.version();
+                            let path = req.uri().path().to_owned();
+                            let _ = req.into_body().collect().await;
+                            let i = {
+                                let mut s = seen.lock().unwrap();
+                                s.push((version, path));
+                                s.len() - 1
+                            };
+                            let body: BoxBody<Bytes, Infallible> = if grpc {
+                                let a = reply(i);
+                                let mut trailers = HeaderMap::new();
+                                trailers.insert(
+                                    "grpc-status",
+                                    a.grpc_status.to_string().parse().unwrap(),
+                                );
+                                if let Some(d) = a.details {
+                                    trailers.insert("grpc-status-details-bin", d.parse().unwrap());
+                                }
+                                let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![];
+                                if a.grpc_status == 0 {
+                                    // An empty Export*ServiceResponse.
+                                    frames.push(Ok(Frame::data(Bytes::from_static(&[
+                                        0, 0, 0, 0, 0,
+                                    ]))));
+                                }
+                                frames.push(Ok(Frame::trailers(trailers)));
+                                StreamBody::new(futures_util::stream::iter(frames)).boxed()
+                            } else {
+                                Full::new(Bytes::new()).boxed()
+                            };
+                            let mut resp = Response::builder().status(StatusCode::OK);
+                            if grpc {
+                                resp = resp.header("content-type", "application/grpc");
+                            }
+                            Ok::<_, Infallible>(resp.body(body).unwrap())
+                        }
+                    });
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    match acceptor {
+                        Some(acc) => {
+                            if let Ok(tls) = acc.accept(sock).await {
+                                let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(sock), svc).await;
+                        }
+                    }
+                });
+            }
+        });
+        H2Server { addr, seen, task }
+    }
+
+    fn seen(&self) -> Vec<(http::Version, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn grpc_traces(endpoint: String) -> OtlpConfig {
+    OtlpConfig {
+        protocol: Some(Protocol::Grpc),
+        ..traces_only(&endpoint)
+    }
+}
+
+/// `google.rpc.Status{code, details: [RetryInfo{retry_delay: secs}]}`,
+/// base64 without padding, as gRPC servers send it.
+fn retry_info_details(code: i32, secs: i64) -> String {
+    use base64::Engine as _;
+    fn field(tag: u32, wire: u8, out: &mut Vec<u8>) {
+        prost::encoding::encode_key(
+            tag,
+            match wire {
+                0 => prost::encoding::WireType::Varint,
+                _ => prost::encoding::WireType::LengthDelimited,
+            },
+            out,
+        );
+    }
+    let mut duration = Vec::new();
+    field(1, 0, &mut duration);
+    prost::encoding::encode_varint(secs as u64, &mut duration);
+    let mut retry_info = Vec::new();
+    field(1, 2, &mut retry_info);
+    prost::encoding::encode_varint(duration.len() as u64, &mut retry_info);
+    retry_info.extend(&duration);
+    let type_url = b"type.googleapis.com/google.rpc.RetryInfo";
+    let mut any = Vec::new();
+    field(1, 2, &mut any);
+    prost::encoding::encode_varint(type_url.len() as u64, &mut any);
+    any.extend(type_url);
+    field(2, 2, &mut any);
+    prost::encoding::encode_varint(retry_info.len() as u64, &mut any);
+    any.extend(&retry_info);
+    let mut status = Vec::new();
+    field(1, 0, &mut status);
+    prost::encoding::encode_varint(code as u64, &mut status);
+    field(3, 2, &mut status);
+    prost::encoding::encode_varint(any.len() as u64, &mut status);
+    status.extend(&any);
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(status)
+}
+
+/// RESOURCE_EXHAUSTED with a RetryInfo delay is retried after that delay
+/// (like Retry-After), over HTTP/2 with prior knowledge (h2c).
+#[tokio::test]
+async fn grpc_resource_exhausted_honours_retry_info() {
+    let srv = H2Server::start(None, |i| Answer {
+        grpc_status: if i == 0 { 8 } else { 0 },
+        details: (i == 0).then(|| retry_info_details(8, 1)),
+    })
+    .await;
+    let cfg = grpc_traces(format!("http://{}", srv.addr));
+    let exp = OtlpExporter::start(
+        resolve("gw", &cfg, &no_env).unwrap().unwrap(),
+        fast_opts(),
+        client(),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    exp.offer(&txn(200));
+    wait_for("the span to be accepted", || {
+        signal(&exp.status().signals, "traces").sent == 1
+    })
+    .await;
+    // The 10 ms backoff would retry at once: ~1 s is the RetryInfo delay.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        t0.elapsed()
+    );
+    let st = exp.status();
+    let t = signal(&st.signals, "traces");
+    assert_eq!(
+        (t.retries, t.dropped, t.state),
+        (1, 0, LinkState::Connected)
+    );
+    assert!(
+        t.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("RESOURCE_EXHAUSTED"),
+        "{t:?}"
+    );
+    let seen = srv.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|(v, p)| *v == http::Version::HTTP_2
+        && p == "/opentelemetry.proto.collector.trace.v1.TraceService/Export"));
+    exp.shutdown(Duration::from_secs(2)).await;
+}
+
+/// RESOURCE_EXHAUSTED without RetryInfo, and UNAUTHENTICATED, are not
+/// retried: the batch is dropped and counted at once.
+#[tokio::test]
+async fn grpc_non_retryable_statuses_drop_the_batch() {
+    for code in [8u32, 16] {
+        let srv = H2Server::start(None, move |_| Answer {
+            grpc_status: code,
+            details: None,
+        })
+        .await;
+        let cfg = grpc_traces(format!("http://{}", srv.addr));
+        let exp = OtlpExporter::start(
+            resolve("gw", &cfg, &no_env).unwrap().unwrap(),
+            fast_opts(),
+            client(),
+        )
+        .unwrap();
+        exp.offer(&txn(200));
+        wait_for("the batch to be dropped", || {
+            signal(&exp.status().signals, "traces").dropped == 1
+        })
+        .await;
+        let st = exp.status();
+        let t = signal(&st.signals, "traces");
+        assert_eq!(
+            (t.retries, t.sent, t.state),
+            (0, 0, LinkState::Error),
+            "{t:?}"
+        );
+        assert!(t
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains(&code.to_string()));
+        assert_eq!(srv.seen().len(), 1);
+        exp.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+/// `OTEL_BSP_EXPORT_TIMEOUT` bounds a batch's whole export: when the
+/// server asks for a 30 s wait (UNAVAILABLE with RetryInfo) and the budget
+/// is 2 s, the batch is given up and counted at once instead of held.
+#[tokio::test]
+async fn export_timeout_bounds_retries() {
+    let srv = H2Server::start(None, |_| Answer {
+        grpc_status: 14,
+        details: Some(retry_info_details(14, 30)),
+    })
+    .await;
+    let env = |k: &str| match k {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(format!("http://{}", srv.addr)),
+        "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("grpc".to_owned()),
+        "OTEL_BSP_EXPORT_TIMEOUT" => Some("2000".to_owned()),
+        "OTEL_LOGS_EXPORTER" | "OTEL_METRICS_EXPORTER" => Some("none".to_owned()),
+        _ => None,
+    };
+    let settings = resolve("gw", &OtlpConfig::default(), &env)
+        .unwrap()
+        .unwrap();
+    assert!(settings.logs.is_none() && settings.metrics.is_none());
+    let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
+    let t0 = Instant::now();
+    exp.offer(&txn(200));
+    wait_for("the batch to be dropped", || {
+        signal(&exp.status().signals, "traces").dropped == 1
+    })
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(srv.seen().len(), 1, "no retry past the budget");
+    exp.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate,
+/// written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl Pki {
+    fn new(require_client_cert: bool) -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            SanType,
+        };
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "egret test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let srv_key = KeyPair::generate().unwrap();
+        let mut srv_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        srv_params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        srv_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let srv = srv_params.signed_by(&srv_key, &ca, &ca_key).unwrap();
+        let cli_key = KeyPair::generate().unwrap();
+        let mut cli_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        cli_params
+            .distinguished_name
+            .push(DnType::CommonName, "egret exporter");
+        cli_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cli = cli_params.signed_by(&cli_key, &ca, &ca_key).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("client.pem"), cli.pem()).unwrap();
+        std::fs::write(dir.path().join("client-key.pem"), cli_key.serialize_pem()).unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if require_client_cert {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der().clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut server = builder
+            .with_single_cert(
+                vec![CertificateDer::from(srv.der().to_vec())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(srv_key.serialize_der())),
+            )
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Pki {
+            dir,
+            server: Arc::new(server),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+async fn export_once(settings: egret::sink::otlp::ExportSettings) -> SignalStatus {
+    let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
+    exp.offer(&txn(200));
+    wait_for("the batch to settle", || {
+        let st = exp.status();
+        let t = signal(&st.signals, "traces");
+        t.sent + t.dropped == 1
+    })
+    .await;
+    let st = exp.status();
+    exp.shutdown(Duration::from_secs(1)).await;
+    signal(&st.signals, "traces").clone()
+}
+
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` makes egret trust a private CA, over
+/// OTLP/HTTP and OTLP/gRPC (TLS with ALPN h2); without it the server is
+/// not trusted (system roots) and the batch is dropped.
+#[tokio::test]
+async fn custom_ca_from_the_environment() {
+    let pki = Pki::new(false);
+    let srv = H2Server::start(Some(pki.server.clone()), |_| Answer {
+        grpc_status: 0,
+        details: None,
+    })
+    .await;
+    let ca = pki.path("ca.pem");
+    for protocol in ["http/protobuf", "grpc"] {
+        for with_ca in [true, false] {
+            let env = |k: &str| match k {
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" if protocol == "grpc" => {
+                    Some(format!("https://{}", srv.addr))
+                }
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" => {
+                    Some(format!("https://{}/v1/traces", srv.addr))
+                }
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" => Some(protocol.to_owned()),
+                "OTEL_EXPORTER_OTLP_CERTIFICATE" if with_ca => Some(ca.clone()),
+                _ => None,
+            };
+            let cfg = OtlpConfig {
+                signals: SignalsConfig {
+                    traces: true,
+                    logs: false,
+                    metrics: false,
+                },
+                ..OtlpConfig::default()
+            };
+            let t = export_once(resolve("gw", &cfg, &env).unwrap().unwrap()).await;
+            if with_ca {
+                assert_eq!(
+                    (t.sent, t.state),
+                    (1, LinkState::Connected),
+                    "{protocol}: {t:?}"
+                );
+            } else {
+                assert_eq!(
+                    (t.dropped, t.state),
+                    (1, LinkState::Disconnected),
+                    "{protocol}: {t:?}"
+                );
+                let err = t.last_error.unwrap_or_default();
+                assert!(
+                    err.contains("certificate") || err.contains("UnknownIssuer"),
+                    "{err}"
+                );
+            }
+        }
+    }
+    let seen = srv.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].0, http::Version::HTTP_11);
+    assert_eq!(seen[1].0, http::Version::HTTP_2);
+}
+
+/// mTLS: a server that requires a client certificate accepts egret's with
+/// `clientCertificate`/`clientKey` (config keys, and the environment's
+/// `_CLIENT_CERTIFICATE`/`_CLIENT_KEY`), and refuses it without.
+#[tokio::test]
+async fn mtls_with_a_client_certificate() {
+    let pki = Pki::new(true);
+    let srv = H2Server::start(Some(pki.server.clone()), |_| Answer {
+        grpc_status: 0,
+        details: None,
+    })
+    .await;
+    for protocol in [Protocol::HttpProtobuf, Protocol::Grpc] {
+        let base = OtlpConfig {
+            certificate: Some(pki.path("ca.pem")),
+            protocol: Some(protocol),
+            ..traces_only(&format!("https://{}", srv.addr))
+        };
+        let with_cert = OtlpConfig {
+            client_certificate: Some(pki.path("client.pem")),
+            client_key: Some(pki.path("client-key.pem")),
+            ..base.clone()
+        };
+        let t = export_once(resolve("gw", &with_cert, &no_env).unwrap().unwrap()).await;
+        assert_eq!(
+            (t.sent, t.state),
+            (1, LinkState::Connected),
+            "{protocol:?}: {t:?}"
+        );
+        let t = export_once(resolve("gw", &base, &no_env).unwrap().unwrap()).await;
+        assert_eq!(
+            t.dropped, 1,
+            "{protocol:?} without a client certificate: {t:?}"
+        );
+    }
+    // The environment's pair, with an environment endpoint.
+    let env = |k: &str| match k {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(format!("https://{}", srv.addr)),
+        "OTEL_EXPORTER_OTLP_CERTIFICATE" => Some(pki.path("ca.pem")),
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE" => Some(pki.path("client.pem")),
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY" => Some(pki.path("client-key.pem")),
+        "OTEL_LOGS_EXPORTER" | "OTEL_METRICS_EXPORTER" => Some("none".to_owned()),
+        _ => None,
+    };
+    let t = export_once(
+        resolve("gw", &OtlpConfig::default(), &env)
+            .unwrap()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((t.sent, t.state), (1, LinkState::Connected), "{t:?}");
+    // A missing key file is a startup error naming the key and the file.
+    let bad = OtlpConfig {
+        certificate: Some(pki.path("ca.pem")),
+        client_certificate: Some(pki.path("client.pem")),
+        client_key: Some(pki.path("nope.pem")),
+        ..traces_only(&format!("https://{}", srv.addr))
+    };
+    let err = OtlpExporter::start(
+        resolve("gw", &bad, &no_env).unwrap().unwrap(),
+        fast_opts(),
+        client(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("otlp.clientKey") && err.contains("nope.pem"),
+        "{err}"
+    );
+}
+
+// ---- status --------------------------------------------------------------------------
+
+/// `/status` lists every exporter, with signals the environment switched
+/// off, an overall state, last success and last error per signal.
+#[tokio::test]
+async fn status_shows_every_exporter_and_switched_off_signals() {
+    let ok = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let bad = TestServer::start(|_| (StatusCode::UNAUTHORIZED, vec![])).await;
+    let yaml = format!(
+        "gateways:\n  - name: a\n    otlp:\n      endpoint: {}\n  - name: b\n    otlp:\n      endpoint: {}\n      protocol: http/json\n  - name: c\n",
+        ok.url(),
+        bad.url()
+    );
+    let cfg = egret::config::Config::parse(&yaml, Path::new("t.yaml")).unwrap();
+    let env = |k: &str| (k == "OTEL_LOGS_EXPORTER").then(|| "none".to_owned());
+    let (sinks, _) = OtlpSinks::from_config(&cfg, None, &env, fast_opts()).unwrap();
+    let st = sinks.status();
+    assert_eq!(st.len(), 2, "gateway c exports nothing: {st:?}");
+    assert!(st.iter().all(|e| e.state == LinkState::Disconnected));
+    assert!(st
+        .iter()
+        .all(|e| e.switched_off == vec![egret::sink::otlp::Signal::Logs]));
+    sinks.offer("a", &txn(200));
+    sinks.offer("b", &txn(200));
+    sinks.shutdown(Duration::from_secs(5)).await;
+    let st = serde_json::to_value(sinks.status()).unwrap();
+    let a = &st[0];
+    assert_eq!(a["name"], "a");
+    assert_eq!(a["state"], "connected", "{a}");
+    assert_eq!(a["switched_off"], serde_json::json!(["logs"]));
+    for s in a["signals"].as_array().unwrap() {
+        assert_eq!(s["protocol"], "http/protobuf");
+        assert_eq!(s["queued"], 0);
+        let when = s["last_success"].as_str().unwrap_or_else(|| panic!("{s}"));
+        humantime::parse_rfc3339(when).unwrap();
+    }
+    let b = &st[1];
+    assert_eq!(b["state"], "error", "{b}");
+    let t = &b["signals"][0];
+    assert_eq!(t["protocol"], "http/json");
+    assert!(t["last_success"].is_null());
+    assert!(t["last_error"].as_str().unwrap().contains("401"), "{t}");
+
+    // Everything switched off: the exporter is still listed.
+    let env = |k: &str| (k == "OTEL_SDK_DISABLED").then(|| "true".to_owned());
+    let (sinks, _) = OtlpSinks::from_config(&cfg, None, &env, fast_opts()).unwrap();
+    let st = serde_json::to_value(sinks.status()).unwrap();
+    assert_eq!(st.as_array().unwrap().len(), 2, "{st}");
+    assert_eq!(st[0]["state"], "disconnected");
+    assert_eq!(st[0]["signals"], serde_json::json!([]));
+    assert_eq!(
+        st[0]["switched_off"],
+        serde_json::json!(["traces", "logs", "metrics"])
+    );
+    sinks.shutdown(Duration::from_secs(1)).await;
 }

@@ -115,6 +115,8 @@ pub struct AgentOptions {
     /// claims), bind-mounted in a mount namespace that still receives the
     /// host's mounts (new netns files).
     pub hosts: Option<PathBuf>,
+    /// Environment variables of the agent process (e.g. `OTEL_*`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for AgentOptions {
@@ -129,6 +131,7 @@ impl Default for AgentOptions {
             node_yaml: String::new(),
             admin_ip: None,
             hosts: None,
+            env: Vec::new(),
         }
     }
 }
@@ -151,6 +154,7 @@ pub struct Agent {
     log: PathBuf,
     nofile_soft: Option<u64>,
     hosts: Option<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 /// A free TCP port on loopback (bound then released), never the same one
@@ -219,6 +223,7 @@ impl Agent {
             port_retried: false,
             nofile_soft: opts.nofile_soft,
             hosts: opts.hosts.clone(),
+            env: opts.env.clone(),
         };
         agent.spawn();
         agent
@@ -246,6 +251,7 @@ impl Agent {
             .arg(&self.config)
             .arg("run")
             .env("EGRET_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
         if let Some(soft) = self.nofile_soft {

@@ -496,9 +496,15 @@ struct Receiver {
 
 impl Receiver {
     fn start() -> Receiver {
+        Receiver::start_with(&[])
+    }
+
+    /// With more receiver arguments (`--grpc`).
+    fn start_with(args: &[&str]) -> Receiver {
         let out = std::env::temp_dir().join(format!("{}.jsonl", unique("egret-otlp-")));
         let mut child = Command::new(venv_python().expect("venv"))
             .arg(clients_dir().join("otlp_receiver.py"))
+            .args(args)
             .arg("--out")
             .arg(&out)
             .stdout(Stdio::piped())
@@ -616,6 +622,95 @@ fn otlp_traces_logs_and_metrics_reach_an_independent_receiver() {
     );
     let all = serde_json::to_string(&lines).unwrap();
     assert!(!all.contains("sk-ant-secret"), "credential exported");
+}
+
+/// The agent configured by the standard variables alone (no `otlp` key):
+/// OTLP/gRPC to grpcio's server, metrics every second. The measured bug:
+/// with `OTEL_METRIC_EXPORT_INTERVAL=1000` no metric arrived within 12 s
+/// (the 60 s default applied); now the token metric of a call arrives
+/// within a few intervals of it.
+#[test]
+fn otlp_standard_variables_grpc_and_metric_interval() {
+    if !require_privileges("otlp_env_grpc") || !require_venv("otlp_env_grpc") {
+        return;
+    }
+    let rx = Receiver::start_with(&["--grpc"]);
+    let env = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("127.0.0.1:{}", rx.port),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+        ("OTEL_EXPORTER_OTLP_INSECURE", "true".to_owned()),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=t%2042".to_owned()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1000".to_owned()),
+        ("OTEL_SERVICE_NAME", "egret-e2e".to_owned()),
+        ("OTEL_LOGS_EXPORTER", "none".to_owned()),
+    ];
+    let w = World::with(WorldOptions {
+        extra_yaml: "gateways:\n- name: env-gw\n  routes:\n  - {name: openai, hosts: [api.openai.com], provider: openai}\n".into(),
+        agent: AgentOptions {
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+            ..AgentOptions::default()
+        },
+        ..WorldOptions::default()
+    });
+    let inv = unique("inv-otlp-env-");
+    let cg = w.sandbox(&inv, None);
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"herons?"}]}"#;
+    w.curl(
+        &cg,
+        &[
+            "-o",
+            "/dev/null",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "authorization: Bearer sk-secret",
+            "-d",
+            body,
+            "https://api.openai.com/v1/chat/completions",
+        ],
+    );
+    let called = Instant::now();
+    w.transactions(&inv, 1);
+    let inv_v = Value::String(inv.clone());
+    let lines = rx.wait("span and token metric over gRPC", |l| {
+        l.iter()
+            .any(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
+            && l.iter()
+                .any(|x| x["signal"] == "metrics" && x["name"] == "gen_ai.client.token.usage")
+    });
+    let waited = called.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the token metric took {waited:?}: the 1 s interval is not applied"
+    );
+    let span = lines
+        .iter()
+        .find(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
+        .unwrap();
+    assert_eq!(span["resource"]["service.name"], "egret-e2e", "{span}");
+    assert_eq!(span["attributes"]["gen_ai.provider.name"], "openai");
+    let reqs: Vec<&Value> = lines.iter().filter(|x| x["signal"] == "request").collect();
+    assert!(reqs
+        .iter()
+        .all(|r| r["content_type"] == "application/grpc" && r["headers"]["x-tenant"] == "t 42"));
+    assert!(
+        !lines.iter().any(|x| x["signal"] == "logs"),
+        "OTEL_LOGS_EXPORTER=none"
+    );
+    // /status: the exporter over gRPC, logs switched off.
+    let st = w.agent.status();
+    let e = &st["otlp"][0];
+    assert_eq!(e["name"], "env-gw", "{st}");
+    assert_eq!(e["switched_off"], serde_json::json!(["logs"]), "{e}");
+    assert!(e["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["protocol"] == "grpc"));
+    assert!(!serde_json::to_string(&lines).unwrap().contains("sk-secret"));
 }
 
 #[test]

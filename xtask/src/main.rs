@@ -121,6 +121,8 @@ const PY_PACKAGES: &[&str] = &[
     "google-genai",
     "mcp",
     "opentelemetry-proto",
+    // The OTLP/gRPC side of bpf-tests/clients/otlp_receiver.py.
+    "grpcio",
 ];
 
 fn root() -> PathBuf {
@@ -305,7 +307,7 @@ fn setup(no_apt: bool) -> Result<()> {
     let have = Command::new(&py)
         .args([
             "-c",
-            "import openai, anthropic, google.genai, mcp, opentelemetry.proto",
+            "import openai, anthropic, google.genai, mcp, opentelemetry.proto, grpc",
         ])
         // A fresh venv lacks them: that is what this probe finds out, not
         // an error to print.

@@ -38,7 +38,7 @@ pub use gateway::{
     Selector,
 };
 pub use node::{LimitsConfig, NodeConfig, ProxyProtocolConfig};
-pub use otlp::{Convention, OtlpConfig, SignalsConfig};
+pub use otlp::{Compression, Convention, OtlpConfig, Protocol, SignalsConfig};
 pub use store::{SpoolConfig, StoreConfig};
 pub use validate::ValidationError;
 

@@ -42,12 +42,79 @@ pub struct OtlpConfig {
     #[serde(deserialize_with = "duration::de_opt")]
     #[schemars(with = "Option<String>")]
     pub timeout: Option<Duration>,
-    /// Records waiting per signal; when full, new ones are dropped and counted.
-    pub queue_capacity: usize,
-    /// How often cumulative metrics are exported (e.g. `60s`).
-    #[serde(deserialize_with = "duration::de")]
-    #[schemars(with = "String")]
-    pub metrics_interval: Duration,
+    /// Records waiting per signal; when full, new ones are dropped and
+    /// counted. Default `OTEL_BSP_MAX_QUEUE_SIZE` (traces) /
+    /// `OTEL_BLRP_MAX_QUEUE_SIZE` (logs), else 10000.
+    pub queue_capacity: Option<usize>,
+    /// How often cumulative metrics are exported (e.g. `60s`); default
+    /// `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds), else 60s.
+    #[serde(deserialize_with = "duration::de_opt")]
+    #[schemars(with = "Option<String>")]
+    pub metrics_interval: Option<Duration>,
+    /// Wire protocol: `http/protobuf` (default), `http/json` or `grpc`.
+    /// Unset: `OTEL_EXPORTER_OTLP_[<SIGNAL>_]PROTOCOL` for endpoints from the
+    /// environment, else `http/protobuf`.
+    pub protocol: Option<Protocol>,
+    /// Request compression: `gzip` (default) or `none`. Unset:
+    /// `OTEL_EXPORTER_OTLP_[<SIGNAL>_]COMPRESSION`, else `gzip`.
+    pub compression: Option<Compression>,
+    /// PEM file of the CA certificate(s) that verify the endpoint (instead of
+    /// the system roots). `${ENV}` expanded.
+    pub certificate: Option<String>,
+    /// PEM client certificate (chain) for mTLS; needs `clientKey`.
+    pub client_certificate: Option<String>,
+    /// PEM private key of `clientCertificate`.
+    pub client_key: Option<String>,
+}
+
+/// The OTLP wire protocol of an exporter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
+pub enum Protocol {
+    /// OTLP/HTTP, binary protobuf bodies (`/v1/<signal>`, port 4318).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// OTLP/HTTP, JSON bodies (the OTLP/JSON mapping).
+    #[serde(rename = "http/json")]
+    HttpJson,
+    /// OTLP/gRPC (unary `Export` calls over HTTP/2, port 4317).
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+impl Protocol {
+    /// The standard name (`OTEL_EXPORTER_OTLP_PROTOCOL` value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::HttpProtobuf => "http/protobuf",
+            Protocol::HttpJson => "http/json",
+            Protocol::Grpc => "grpc",
+        }
+    }
+    /// Parses a standard name (case-insensitive).
+    pub fn parse(s: &str) -> Option<Protocol> {
+        [Protocol::HttpProtobuf, Protocol::HttpJson, Protocol::Grpc]
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+/// Request body compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Gzip,
+    None,
+}
+
+impl Compression {
+    /// Parses `gzip` / `none` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Compression> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "gzip" => Some(Compression::Gzip),
+            "none" => Some(Compression::None),
+            _ => None,
+        }
+    }
 }
 
 impl Default for OtlpConfig {
@@ -61,8 +128,13 @@ impl Default for OtlpConfig {
             emit_gen_ai_system: false,
             emit_legacy_cache_creation: true,
             timeout: None,
-            queue_capacity: 10_000,
-            metrics_interval: Duration::from_secs(60),
+            queue_capacity: None,
+            metrics_interval: None,
+            protocol: None,
+            compression: None,
+            certificate: None,
+            client_certificate: None,
+            client_key: None,
         }
     }
 }
@@ -111,7 +183,8 @@ mod tests {
         let cfg: OtlpConfig = serde_norway::from_str(
             "endpoint: http://c:4318\nheaders: {a: b}\nsignals: {logs: false}\nsampling: 0.5\n\
              conventions: [openinference, mlflow]\nemitGenAiSystem: true\ntimeout: 3s\nqueueCapacity: 5\n\
-             metricsInterval: 1m\n",
+             metricsInterval: 1m\nprotocol: grpc\ncompression: none\ncertificate: /ca.pem\n\
+             clientCertificate: /c.pem\nclientKey: /k.pem\n",
         )
         .unwrap();
         assert_eq!(cfg.endpoint.as_deref(), Some("http://c:4318"));
@@ -123,8 +196,17 @@ mod tests {
         );
         assert!(cfg.emit_gen_ai_system);
         assert_eq!(cfg.timeout, Some(Duration::from_secs(3)));
-        assert_eq!(cfg.queue_capacity, 5);
-        assert_eq!(cfg.metrics_interval, Duration::from_secs(60));
+        assert_eq!(cfg.queue_capacity, Some(5));
+        assert_eq!(cfg.metrics_interval, Some(Duration::from_secs(60)));
+        assert_eq!(cfg.protocol, Some(Protocol::Grpc));
+        assert_eq!(cfg.compression, Some(Compression::None));
+        assert_eq!(cfg.certificate.as_deref(), Some("/ca.pem"));
+        assert_eq!(cfg.client_certificate.as_deref(), Some("/c.pem"));
+        assert_eq!(cfg.client_key.as_deref(), Some("/k.pem"));
+        let json: OtlpConfig = serde_norway::from_str("protocol: http/json").unwrap();
+        assert_eq!(json.protocol, Some(Protocol::HttpJson));
+        assert!(serde_norway::from_str::<OtlpConfig>("protocol: thrift").is_err());
+        assert!(serde_norway::from_str::<OtlpConfig>("compression: zstd").is_err());
         let d: OtlpConfig = serde_norway::from_str("{}").unwrap();
         assert_eq!(d, OtlpConfig::default());
         assert!(!d.emit_gen_ai_system, "gen_ai.system is off by default");
@@ -150,6 +232,13 @@ mod tests {
             "timeout",
             "queueCapacity",
             "metricsInterval",
+            "protocol",
+            "compression",
+            "certificate",
+            "clientCertificate",
+            "clientKey",
+            "http/json",
+            "grpc",
             "openinference",
             "mlflow",
         ] {

@@ -1,4 +1,5 @@
-//! OTLP/HTTP export of flow and transaction records: traces, logs, metrics.
+//! OTLP export (HTTP/protobuf, HTTP/JSON, gRPC) of flow and transaction
+//! records: traces, logs, metrics.
 //!
 //! Best effort by design: records always reach the local spool and
 //! ClickHouse first; this sink never blocks the capture path. Each gateway
@@ -11,7 +12,8 @@
 //! - [`encode`]: records → spans and log records, ids, sampling,
 //!   convention profiles (OpenInference, MLflow).
 //! - [`metrics`]: cumulative in-memory aggregation with bounded cardinality.
-//! - [`transport`]: gzip'd protobuf POSTs with retry, backoff, `Retry-After`.
+//! - [`transport`]: the three protocols, TLS (CA, mTLS), retry, backoff,
+//!   `Retry-After` and gRPC `RetryInfo`.
 //! - [`export`]: per-signal bounded queues, batching, status.
 //!
 //! Semantic conventions: OpenTelemetry semantic conventions **v1.41.1**
@@ -29,7 +31,7 @@ pub mod settings;
 pub mod transport;
 
 pub use export::{ExportOptions, ExporterStatus, OtlpExporter, OtlpSinks, SignalStatus};
-pub use settings::{dev_tee, resolve, ExportSettings, SettingsError, Signal};
+pub use settings::{dev_tee, resolve, ExportSettings, SettingsError, Signal, ENV_VARS};
 pub use transport::{HttpClient, LinkState, RetryPolicy};
 
 use crate::config::Config;
@@ -43,6 +45,13 @@ pub enum OtlpError {
     NoRuntime,
     #[error("OTLP TLS setup: {0}")]
     Tls(#[source] rustls::Error),
+    #[error("OTLP exporter {exporter:?}, {signal}: {source}")]
+    TlsSetup {
+        exporter: String,
+        signal: Signal,
+        #[source]
+        source: Box<transport::TlsSetupError>,
+    },
 }
 
 /// The node's exporters for `cfg`, resolved against the process

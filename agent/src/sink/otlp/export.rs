@@ -9,8 +9,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use prost::Message;
 use serde::Serialize;
 use tokio::{
     sync::mpsc::{self, error::TrySendError},
@@ -22,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::{
     encode::{self, EncodeContext, Item},
     metrics::{Aggregator, DEFAULT_MAX_SERIES},
-    settings::{self, ExportSettings, Signal, SignalTarget},
-    transport::{gzip, HttpClient, LinkState, RetryPolicy, SignalStats},
+    settings::{self, ExportSettings, Signal, SignalTarget, Temporality},
+    transport::{encode_body, ExportRequest, HttpClient, LinkState, RetryPolicy, SignalStats},
     OtlpError,
 };
 use crate::{
@@ -33,7 +31,8 @@ use crate::{
 };
 
 /// Batching, retry and cardinality knobs (not in the config file; the
-/// defaults suit production, tests shorten them).
+/// defaults suit production, tests shorten them). `OTEL_BSP_*` /
+/// `OTEL_BLRP_*` override the batch size and flush interval per signal.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
     /// Records per request at most.
@@ -65,8 +64,12 @@ pub struct SignalStatus {
     pub signal: Signal,
     /// Full URL the signal is posted to (headers are never shown).
     pub endpoint: String,
+    /// `http/protobuf`, `http/json` or `grpc`.
+    pub protocol: &'static str,
     pub state: LinkState,
     pub last_error: Option<String>,
+    /// When the receiver last accepted an export (RFC 3339, UTC).
+    pub last_success: Option<String>,
     /// Spans / log records / data points the receiver accepted.
     pub sent: u64,
     /// Records (or points) dropped: queue full, gave up, rejected.
@@ -82,16 +85,50 @@ pub struct SignalStatus {
 pub struct ExporterStatus {
     /// Gateway name, or `dev-tee`.
     pub name: String,
+    /// `error` when a signal's endpoint answered with an error, `connected`
+    /// when every signal's last export was accepted, else `disconnected`
+    /// (nothing exported yet, a transport failure, or no signal at all).
+    pub state: LinkState,
     pub signals: Vec<SignalStatus>,
+    /// Signals the environment switched off (`OTEL_SDK_DISABLED=true`,
+    /// `OTEL_<SIGNAL>_EXPORTER=none`) although an endpoint is configured.
+    pub switched_off: Vec<Signal>,
+}
+
+impl ExporterStatus {
+    fn new(name: String, signals: Vec<SignalStatus>, switched_off: Vec<Signal>) -> Self {
+        let state = if signals.iter().any(|s| s.state == LinkState::Error) {
+            LinkState::Error
+        } else if !signals.is_empty() && signals.iter().all(|s| s.state == LinkState::Connected) {
+            LinkState::Connected
+        } else {
+            LinkState::Disconnected
+        };
+        ExporterStatus {
+            name,
+            state,
+            signals,
+            switched_off,
+        }
+    }
 }
 
 struct Pipe {
     tx: mpsc::Sender<Item>,
     stats: Arc<SignalStats>,
+    protocol: &'static str,
     capacity: usize,
     /// Records accepted into the queue and not yet sent or dropped (queued,
     /// batched, or in a request): what shutdown gives up at its deadline.
     in_hand: Arc<AtomicU64>,
+}
+
+/// The metrics signal of an exporter: the aggregation the capture path
+/// records into, and the stats of its export task.
+struct MetricsPipe {
+    agg: Arc<Mutex<Aggregator>>,
+    stats: Arc<SignalStats>,
+    protocol: &'static str,
 }
 
 struct Inner {
@@ -100,7 +137,8 @@ struct Inner {
     tee: bool,
     traces: Option<Pipe>,
     logs: Option<Pipe>,
-    metrics: Option<(Arc<Mutex<Aggregator>>, Arc<SignalStats>)>,
+    metrics: Option<MetricsPipe>,
+    switched_off: Vec<Signal>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -164,57 +202,87 @@ impl OtlpExporter {
         });
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
-        let mut pipe = |signal: Signal| -> Option<Pipe> {
-            let target = settings.target(signal)?.clone();
+        let client_for = |target: &SignalTarget, signal: Signal| {
+            client
+                .for_tls(&target.tls)
+                .map_err(|source| OtlpError::TlsSetup {
+                    exporter: settings.name.clone(),
+                    signal,
+                    source,
+                })
+        };
+        let mut pipe = |signal: Signal| -> Result<Option<Pipe>, OtlpError> {
+            let Some(target) = settings.target(signal).cloned() else {
+                return Ok(None);
+            };
+            let client = client_for(&target, signal)?;
+            let protocol = target.protocol.as_str();
             let stats = Arc::new(SignalStats::new(signal, endpoint_text(&target)));
-            let (tx, rx) = mpsc::channel(settings.queue_capacity);
+            let capacity = target.queue_capacity.max(1);
+            let (tx, rx) = mpsc::channel(capacity);
             let in_hand = Arc::new(AtomicU64::new(0));
             let worker = Worker {
                 in_hand: in_hand.clone(),
                 signal,
+                flush_interval: target.batch.schedule_delay.unwrap_or(opts.flush_interval),
+                max_batch: target.batch.max_batch.unwrap_or(opts.max_batch).max(1),
                 target,
                 stats: stats.clone(),
                 ctx: ctx.clone(),
-                client: client.clone(),
+                client,
                 opts: opts.clone(),
-                timeout: settings.timeout,
             };
             tasks.push(rt.spawn(worker.run(rx, cancel.clone())));
-            Some(Pipe {
+            Ok(Some(Pipe {
                 tx,
                 stats,
-                capacity: settings.queue_capacity,
+                protocol,
+                capacity,
                 in_hand,
-            })
+            }))
         };
-        let traces = pipe(Signal::Traces);
-        let logs = pipe(Signal::Logs);
-        let metrics = settings.metrics.clone().map(|target| {
-            let stats = Arc::new(SignalStats::new(Signal::Metrics, endpoint_text(&target)));
-            let agg = Arc::new(Mutex::new(Aggregator::new(
-                u64::try_from(now_unix_nanos()).unwrap_or(0),
-                opts.max_series,
-            )));
-            (agg, stats, target)
-        });
+        let traces = pipe(Signal::Traces)?;
+        let logs = pipe(Signal::Logs)?;
+        let metrics_client = match &settings.metrics {
+            Some(t) => Some(client_for(t, Signal::Metrics)?),
+            None => None,
+        };
+        let metrics = settings
+            .metrics
+            .clone()
+            .zip(metrics_client)
+            .map(|(target, client)| {
+                let stats = Arc::new(SignalStats::new(Signal::Metrics, endpoint_text(&target)));
+                let agg = Arc::new(Mutex::new(Aggregator::new(
+                    u64::try_from(now_unix_nanos()).unwrap_or(0),
+                    opts.max_series,
+                )));
+                (agg, stats, target, client)
+            });
         let mut all_stats: Vec<Arc<SignalStats>> = Vec::new();
         all_stats.extend(traces.as_ref().map(|p| p.stats.clone()));
         all_stats.extend(logs.as_ref().map(|p| p.stats.clone()));
-        let metrics = metrics.map(|(agg, stats, target)| {
+        let metrics = metrics.map(|(agg, stats, target, client)| {
             all_stats.push(stats.clone());
+            let protocol = target.protocol.as_str();
             let task = MetricsTask {
                 agg: agg.clone(),
                 stats: stats.clone(),
                 all_stats,
                 target,
                 ctx: ctx.clone(),
-                client: client.clone(),
+                client,
                 retry: opts.retry,
-                timeout: settings.timeout,
                 interval: settings.metrics_interval,
+                budget: settings.metrics_timeout,
+                delta: settings.temporality == Temporality::Delta,
             };
             tasks.push(rt.spawn(task.run(cancel.clone())));
-            (agg, stats)
+            MetricsPipe {
+                agg,
+                stats,
+                protocol,
+            }
         });
         Ok(OtlpExporter {
             inner: Arc::new(Inner {
@@ -224,6 +292,7 @@ impl OtlpExporter {
                 traces,
                 logs,
                 metrics,
+                switched_off: settings.switched_off.clone(),
                 cancel,
                 tasks: Mutex::new(tasks),
             }),
@@ -253,7 +322,7 @@ impl OtlpExporter {
     ) {
         let inner = &*self.inner;
         let gateway = if inner.tee { gateway } else { None };
-        if let Some((agg, _)) = &inner.metrics {
+        if let Some(MetricsPipe { agg, .. }) = &inner.metrics {
             agg.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .record(rec, gateway.map(|g| &**g));
@@ -292,16 +361,14 @@ impl OtlpExporter {
         for pipe in [&inner.traces, &inner.logs].into_iter().flatten() {
             signals.push(signal_status(
                 &pipe.stats,
+                pipe.protocol,
                 pipe.capacity.saturating_sub(pipe.tx.capacity()),
             ));
         }
-        if let Some((_, stats)) = &inner.metrics {
-            signals.push(signal_status(stats, 0));
+        if let Some(m) = &inner.metrics {
+            signals.push(signal_status(&m.stats, m.protocol, 0));
         }
-        ExporterStatus {
-            name: inner.name.clone(),
-            signals,
-        }
+        ExporterStatus::new(inner.name.clone(), signals, inner.switched_off.clone())
     }
 
     /// Stops the exporter: queued records are flushed and metrics exported
@@ -338,12 +405,16 @@ impl OtlpExporter {
     }
 }
 
-fn signal_status(stats: &SignalStats, queued: usize) -> SignalStatus {
+fn signal_status(stats: &SignalStats, protocol: &'static str, queued: usize) -> SignalStatus {
     SignalStatus {
         signal: stats.signal,
         endpoint: stats.endpoint.clone(),
+        protocol,
         state: stats.state(),
         last_error: stats.last_error(),
+        last_success: stats
+            .last_success()
+            .map(|t| humantime::format_rfc3339_millis(t).to_string()),
         sent: stats.sent(),
         dropped: stats.dropped(),
         retries: stats.retries(),
@@ -375,15 +446,15 @@ struct Worker {
     ctx: Arc<EncodeContext>,
     client: HttpClient,
     opts: ExportOptions,
-    timeout: Duration,
+    flush_interval: Duration,
+    max_batch: usize,
 }
 
 impl Worker {
     async fn run(self, mut rx: mpsc::Receiver<Item>, cancel: CancellationToken) {
         let mut batch: Vec<Item> = Vec::new();
         let mut bytes = 0usize;
-        let mut tick =
-            tokio::time::interval(self.opts.flush_interval.max(Duration::from_millis(1)));
+        let mut tick = tokio::time::interval(self.flush_interval.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -393,7 +464,7 @@ impl Worker {
                     while let Ok(it) = rx.try_recv() {
                         bytes += approx_size(&it.rec);
                         batch.push(it);
-                        if batch.len() >= self.opts.max_batch || bytes >= self.opts.max_batch_bytes {
+                        if batch.len() >= self.max_batch || bytes >= self.opts.max_batch_bytes {
                             self.flush(&mut batch).await;
                             bytes = 0;
                         }
@@ -405,7 +476,7 @@ impl Worker {
                     Some(it) => {
                         bytes += approx_size(&it.rec);
                         batch.push(it);
-                        if batch.len() >= self.opts.max_batch || bytes >= self.opts.max_batch_bytes {
+                        if batch.len() >= self.max_batch || bytes >= self.opts.max_batch_bytes {
                             self.flush(&mut batch).await;
                             bytes = 0;
                         }
@@ -430,16 +501,16 @@ impl Worker {
             return;
         }
         let now = u64::try_from(now_unix_nanos()).unwrap_or(0);
-        let (raw, n) = match self.signal {
+        let (req, n) = match self.signal {
             Signal::Traces => {
                 let (req, n) = encode::traces_request(batch, &self.ctx, now);
-                (req.encode_to_vec(), n)
+                (ExportRequest::Traces(req), n)
             }
             Signal::Logs => {
                 let (req, n) = encode::logs_request(batch, &self.ctx, now);
-                (req.encode_to_vec(), n)
+                (ExportRequest::Logs(req), n)
             }
-            Signal::Metrics => (Vec::new(), 0),
+            Signal::Metrics => (ExportRequest::Metrics(Default::default()), 0),
         };
         let records = batch.len() as u64;
         batch.clear();
@@ -451,24 +522,24 @@ impl Worker {
             settle(records);
             return;
         }
-        let body = match gzip(&raw) {
-            Ok(b) => Bytes::from(b),
+        let body = match encode_body(&req, &self.target) {
+            Ok(b) => b,
             Err(e) => {
-                tracing::warn!(signal = %self.signal, error = %e, "otlp: gzip failed; batch dropped");
+                tracing::warn!(signal = %self.signal, error = %e, "otlp: encoding failed; batch dropped");
                 self.stats.add_dropped(records);
                 settle(records);
                 return;
             }
         };
-        drop(raw);
+        drop(req);
         self.client
             .export(
                 &self.target,
                 body,
                 n as u64,
-                self.timeout,
                 &self.opts.retry,
                 &self.stats,
+                self.target.batch.export_timeout,
             )
             .await;
         settle(records);
@@ -483,13 +554,17 @@ struct MetricsTask {
     ctx: Arc<EncodeContext>,
     client: HttpClient,
     retry: RetryPolicy,
-    timeout: Duration,
     interval: Duration,
+    /// `OTEL_METRIC_EXPORT_TIMEOUT`: bound of one export, retries included.
+    budget: Option<Duration>,
+    /// Delta temporality: each export carries what was counted since the
+    /// previous one (and resets the aggregation).
+    delta: bool,
 }
 
 impl MetricsTask {
     async fn run(self, cancel: CancellationToken) {
-        let interval = self.interval.max(Duration::from_millis(100));
+        let interval = self.interval.max(settings::MIN_METRICS_INTERVAL);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -512,13 +587,17 @@ impl MetricsTask {
             .map(|s| (s.signal, s.dropped()))
             .collect();
         let (req, n) = {
-            let agg = self.agg.lock().unwrap_or_else(|e| e.into_inner());
-            agg.request(&self.ctx, now, &dropped)
+            let mut agg = self.agg.lock().unwrap_or_else(|e| e.into_inner());
+            if self.delta {
+                agg.take_delta(&self.ctx, now, &dropped)
+            } else {
+                agg.request(&self.ctx, now, &dropped)
+            }
         };
-        let body = match gzip(&req.encode_to_vec()) {
-            Ok(b) => Bytes::from(b),
+        let body = match encode_body(&ExportRequest::Metrics(req), &self.target) {
+            Ok(b) => b,
             Err(e) => {
-                tracing::warn!(error = %e, "otlp: gzip failed; metrics not sent");
+                tracing::warn!(error = %e, "otlp: encoding failed; metrics not sent");
                 self.stats.add_dropped(n as u64);
                 return;
             }
@@ -528,9 +607,9 @@ impl MetricsTask {
                 &self.target,
                 body,
                 n as u64,
-                self.timeout,
                 &self.retry,
                 &self.stats,
+                self.budget,
             )
             .await;
     }

@@ -252,7 +252,7 @@ impl Instrument {
         }
     }
 
-    fn to_metric(&self, start_ns: u64, now_ns: u64) -> Option<Metric> {
+    fn to_metric(&self, start_ns: u64, now_ns: u64, temporality: i32) -> Option<Metric> {
         if self.series.is_empty() && self.overflow.is_none() {
             return None;
         }
@@ -286,7 +286,7 @@ impl Instrument {
                     .into_iter()
                     .map(|(attributes, p)| number_point(attributes, p, start_ns, now_ns))
                     .collect(),
-                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                aggregation_temporality: temporality,
                 is_monotonic: true,
             }),
             Some(bounds) => Data::Histogram(Histogram {
@@ -314,7 +314,7 @@ impl Instrument {
                         Point::Sum(_) => None,
                     })
                     .collect(),
-                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                aggregation_temporality: temporality,
             }),
         };
         Some(Metric {
@@ -350,6 +350,8 @@ pub struct Aggregator {
     transactions: Instrument,
     flows: Instrument,
     l4_bytes: Instrument,
+    /// Drop totals at the previous delta export.
+    dropped_before: Vec<(Signal, u64)>,
 }
 
 fn status_class(code: Option<i64>) -> &'static str {
@@ -411,6 +413,7 @@ impl Aggregator {
                 "By",
                 None,
             ),
+            dropped_before: Vec::new(),
         }
     }
 
@@ -506,6 +509,15 @@ impl Aggregator {
 
     /// Every instrument with data, plus `egret.otlp.dropped` per signal.
     pub fn metrics(&self, now_ns: u64, dropped: &[(Signal, u64)]) -> Vec<Metric> {
+        self.metrics_with(now_ns, dropped, AggregationTemporality::Cumulative as i32)
+    }
+
+    fn metrics_with(
+        &self,
+        now_ns: u64,
+        dropped: &[(Signal, u64)],
+        temporality: i32,
+    ) -> Vec<Metric> {
         let mut out: Vec<Metric> = [
             &self.token_usage,
             &self.duration,
@@ -514,7 +526,7 @@ impl Aggregator {
             &self.l4_bytes,
         ]
         .into_iter()
-        .filter_map(|i| i.to_metric(self.start_ns, now_ns))
+        .filter_map(|i| i.to_metric(self.start_ns, now_ns, temporality))
         .collect();
         out.push(Metric {
             name: sc::METRIC_OTLP_DROPPED.to_owned(),
@@ -537,12 +549,50 @@ impl Aggregator {
                         ..Default::default()
                     })
                     .collect(),
-                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                aggregation_temporality: temporality,
                 is_monotonic: true,
             })),
             ..Default::default()
         });
         out
+    }
+
+    /// The export request with delta temporality: what was counted since
+    /// the previous call (or the start), `dropped` as the increase over the
+    /// totals of the previous call. Resets the aggregation, so a request
+    /// that is not delivered loses its points (counted as dropped by the
+    /// transport).
+    pub fn take_delta(
+        &mut self,
+        ctx: &encode::EncodeContext,
+        now_ns: u64,
+        dropped: &[(Signal, u64)],
+    ) -> (ExportMetricsServiceRequest, usize) {
+        let increase: Vec<(Signal, u64)> = dropped
+            .iter()
+            .map(|(sig, n)| {
+                let before = self
+                    .dropped_before
+                    .iter()
+                    .find(|(s, _)| s == sig)
+                    .map_or(0, |(_, b)| *b);
+                (*sig, n.saturating_sub(before))
+            })
+            .collect();
+        let metrics = self.metrics_with(now_ns, &increase, AggregationTemporality::Delta as i32);
+        self.dropped_before = dropped.to_vec();
+        for i in [
+            &mut self.token_usage,
+            &mut self.duration,
+            &mut self.transactions,
+            &mut self.flows,
+            &mut self.l4_bytes,
+        ] {
+            i.series.clear();
+            i.overflow = None;
+        }
+        self.start_ns = now_ns;
+        Self::wrap(ctx, metrics)
     }
 
     /// The export request, and how many data points it holds.
@@ -552,7 +602,13 @@ impl Aggregator {
         now_ns: u64,
         dropped: &[(Signal, u64)],
     ) -> (ExportMetricsServiceRequest, usize) {
-        let metrics = self.metrics(now_ns, dropped);
+        Self::wrap(ctx, self.metrics(now_ns, dropped))
+    }
+
+    fn wrap(
+        ctx: &encode::EncodeContext,
+        metrics: Vec<Metric>,
+    ) -> (ExportMetricsServiceRequest, usize) {
         let n = metrics.iter().map(points_in).sum();
         let req = ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
@@ -806,6 +862,67 @@ mod tests {
         assert_eq!(over.count, 7);
         // Transactions (one series) are unaffected.
         assert_eq!(agg.transactions.series.len(), 1);
+    }
+
+    #[test]
+    fn delta_temporality_resets_between_exports() {
+        let ctx = encode::EncodeContext {
+            resource: Default::default(),
+            conventions: Default::default(),
+        };
+        let mut agg = Aggregator::new(1, DEFAULT_MAX_SERIES);
+        let mut flow = Record::new(sc::KIND_FLOW);
+        flow.set(sc::L4_BYTES_SANDBOX_TX, 10i64);
+        agg.record(&flow, None);
+        agg.record(&flow, None);
+        let dropped = [(Signal::Traces, 4u64)];
+        let (req, _) = agg.take_delta(&ctx, 100, &dropped);
+        let ms = &req.resource_metrics[0].scope_metrics[0].metrics;
+        let flows = find(ms, sc::METRIC_FLOWS);
+        let Some(Data::Sum(sum)) = &flows.data else {
+            panic!("{flows:?}")
+        };
+        assert_eq!(
+            sum.aggregation_temporality,
+            AggregationTemporality::Delta as i32
+        );
+        assert_eq!(
+            sum.data_points[0].value,
+            Some(number_data_point::Value::AsInt(2))
+        );
+        assert_eq!(sum.data_points[0].start_time_unix_nano, 1);
+        let Some(Data::Sum(d)) = &find(ms, sc::METRIC_OTLP_DROPPED).data else {
+            panic!()
+        };
+        assert_eq!(
+            d.data_points[0].value,
+            Some(number_data_point::Value::AsInt(4))
+        );
+        // The next export holds only what came after, from the last export on.
+        agg.record(&flow, None);
+        let (req, _) = agg.take_delta(&ctx, 200, &[(Signal::Traces, 5)]);
+        let ms = &req.resource_metrics[0].scope_metrics[0].metrics;
+        let Some(Data::Sum(sum)) = &find(ms, sc::METRIC_FLOWS).data else {
+            panic!()
+        };
+        assert_eq!(
+            sum.data_points[0].value,
+            Some(number_data_point::Value::AsInt(1))
+        );
+        assert_eq!(sum.data_points[0].start_time_unix_nano, 100);
+        let Some(Data::Sum(d)) = &find(ms, sc::METRIC_OTLP_DROPPED).data else {
+            panic!()
+        };
+        assert_eq!(
+            d.data_points[0].value,
+            Some(number_data_point::Value::AsInt(1))
+        );
+        let (req, _) = agg.take_delta(&ctx, 300, &[(Signal::Traces, 5)]);
+        let ms = &req.resource_metrics[0].scope_metrics[0].metrics;
+        assert!(
+            ms.iter().all(|m| m.name == sc::METRIC_OTLP_DROPPED),
+            "{ms:?}"
+        );
     }
 
     #[test]

@@ -2,22 +2,31 @@
 //! standard `OTEL_*` environment variables, into what one exporter does.
 //!
 //! [`resolve`] is pure: the environment comes in as a lookup closure, so
-//! every rule below is unit-tested without touching the process env.
+//! every rule below is unit-tested without touching the process env. Every
+//! variable it reads is in [`ENV_VARS`] (a test keeps that list, what
+//! `resolve` reads and the table in `docs/otlp.md` equal).
 //!
 //! Endpoint rules, per signal (`traces`, `logs`, `metrics`):
 //! 1. the gateway's `endpoint` (a base URL, `${ENV}` expanded) + `/v1/<signal>`;
-//!    the environment's endpoints and headers are then ignored, so a
-//!    credential from `OTEL_EXPORTER_OTLP_HEADERS` never goes to an endpoint
-//!    it was not set for;
+//!    the environment's endpoints, headers and TLS files are then ignored,
+//!    so a credential from `OTEL_EXPORTER_OTLP_HEADERS` never goes to an
+//!    endpoint it was not set for;
 //! 2. else `OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`, a full URL used as is;
 //! 3. else `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/<signal>`;
 //! 4. else the signal is off for that gateway.
 //!
-//! Headers: the gateway's `headers` (`${ENV}` expanded) win over
-//! `OTEL_EXPORTER_OTLP_<SIGNAL>_HEADERS`, which win over
-//! `OTEL_EXPORTER_OTLP_HEADERS` (both `k=v,k2=v2`, values URL-decoded; only
-//! used with an endpoint from the environment).
-use std::{collections::BTreeMap, time::Duration};
+//! With `grpc`, the endpoint names the server (scheme, host, port) and the
+//! path is the signal's service method. Headers: the gateway's `headers`
+//! (`${ENV}` expanded) win over `OTEL_EXPORTER_OTLP_<SIGNAL>_HEADERS`,
+//! which win over `OTEL_EXPORTER_OTLP_HEADERS` (both `k=v,k2=v2`, values
+//! URL-decoded; only used with an endpoint from the environment).
+//!
+//! Everything else (protocol, compression, timeout, batching, metric
+//! interval): the gateway's key when set, else the signal's variable, else
+//! the generic variable, else egret's default. Malformed values in the
+//! environment are warned about and ignored (the OpenTelemetry rule);
+//! malformed config values are errors.
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use http::{
     header::{HeaderName, InvalidHeaderName, InvalidHeaderValue},
@@ -25,6 +34,7 @@ use http::{
     HeaderMap, HeaderValue,
 };
 
+pub use crate::config::{Compression, Protocol};
 use crate::{
     config::{expand_env, Convention, ExpandError, OtlpConfig},
     record::AttrValue,
@@ -34,11 +44,81 @@ use crate::{
 pub const ENV_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub const ENV_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
 pub const ENV_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+pub const ENV_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+pub const ENV_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+pub const ENV_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+pub const ENV_CLIENT_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE";
+pub const ENV_CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_CLIENT_KEY";
+pub const ENV_INSECURE: &str = "OTEL_EXPORTER_OTLP_INSECURE";
 pub const ENV_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 pub const ENV_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 pub const ENV_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
+pub const ENV_METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
+pub const ENV_METRIC_EXPORT_TIMEOUT: &str = "OTEL_METRIC_EXPORT_TIMEOUT";
+pub const ENV_TEMPORALITY: &str = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
 pub const ENV_K8S_NODE_NAME: &str = "K8S_NODE_NAME";
 pub const ENV_NODE_NAME: &str = "NODE_NAME";
+
+/// Every environment variable the OTLP exporters read (besides `${NAME}`s
+/// the configuration names itself). `docs/otlp.md` has one row per entry.
+pub const ENV_VARS: &[&str] = &[
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_LOGS_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "K8S_NODE_NAME",
+    "NODE_NAME",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+    "OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY",
+    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+    "OTEL_EXPORTER_OTLP_INSECURE",
+    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+    "OTEL_EXPORTER_OTLP_LOGS_INSECURE",
+    "OTEL_EXPORTER_OTLP_METRICS_INSECURE",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_EXPORT_TIMEOUT",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BLRP_SCHEDULE_DELAY",
+    "OTEL_BLRP_EXPORT_TIMEOUT",
+    "OTEL_BLRP_MAX_QUEUE_SIZE",
+    "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_METRIC_EXPORT_INTERVAL",
+    "OTEL_METRIC_EXPORT_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+];
+
 /// Header MLflow needs on `/v1/traces` (422 without it).
 pub const MLFLOW_EXPERIMENT_HEADER: &str = "x-mlflow-experiment-id";
 /// Experiment used when the `mlflow` profile is on and the header is not set.
@@ -48,6 +128,14 @@ pub const MLFLOW_DEFAULT_EXPERIMENT: &str = "0";
 pub const DEFAULT_SERVICE_NAME: &str = "egret";
 /// Per-request timeout when neither the config nor `OTEL_EXPORTER_OTLP_TIMEOUT` sets one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records waiting per signal when neither `queueCapacity` nor
+/// `OTEL_BSP_MAX_QUEUE_SIZE` / `OTEL_BLRP_MAX_QUEUE_SIZE` sets it.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
+/// Metrics export period when neither `metricsInterval` nor
+/// `OTEL_METRIC_EXPORT_INTERVAL` sets it.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
+/// The shortest metrics export period.
+pub const MIN_METRICS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Why a gateway's `otlp` section (or the environment) cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +174,12 @@ pub enum SettingsError {
         source_name: String,
         #[source]
         source: HeaderError,
+    },
+    #[error("gateway {gateway:?}: {source_name} is set but {missing} is not (mTLS needs both)")]
+    ClientAuthHalf {
+        gateway: String,
+        source_name: String,
+        missing: String,
     },
 }
 
@@ -138,25 +232,34 @@ impl Signal {
             Signal::Metrics => "/v1/metrics",
         }
     }
-    fn env_endpoint(self) -> &'static str {
+    /// The OTLP/gRPC method path.
+    pub fn grpc_path(self) -> &'static str {
         match self {
-            Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            Signal::Logs => "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
-            Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+            Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
         }
     }
-    fn env_headers(self) -> &'static str {
+    fn upper(self) -> &'static str {
         match self {
-            Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-            Signal::Logs => "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
-            Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+            Signal::Traces => "TRACES",
+            Signal::Logs => "LOGS",
+            Signal::Metrics => "METRICS",
         }
     }
-    fn env_exporter(self) -> &'static str {
+    /// `OTEL_EXPORTER_OTLP_<SIGNAL>_<key>`.
+    fn var(self, key: &str) -> String {
+        format!("OTEL_EXPORTER_OTLP_{}_{key}", self.upper())
+    }
+    fn env_exporter(self) -> String {
+        format!("OTEL_{}_EXPORTER", self.upper())
+    }
+    /// `OTEL_BSP_<key>` (traces) / `OTEL_BLRP_<key>` (logs).
+    fn batch_var(self, key: &str) -> Option<String> {
         match self {
-            Signal::Traces => "OTEL_TRACES_EXPORTER",
-            Signal::Logs => "OTEL_LOGS_EXPORTER",
-            Signal::Metrics => "OTEL_METRICS_EXPORTER",
+            Signal::Traces => Some(format!("OTEL_BSP_{key}")),
+            Signal::Logs => Some(format!("OTEL_BLRP_{key}")),
+            Signal::Metrics => None,
         }
     }
 }
@@ -167,13 +270,67 @@ impl std::fmt::Display for Signal {
     }
 }
 
-/// Where one signal goes.
+/// A file setting and where it came from (for error messages).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileSetting {
+    pub path: PathBuf,
+    /// `otlp.certificate`, `OTEL_EXPORTER_OTLP_CERTIFICATE`, …
+    pub source: String,
+}
+
+/// TLS material of one signal's endpoint (files, read when the exporter starts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsFiles {
+    /// CA certificates trusted instead of the system roots.
+    pub ca: Option<FileSetting>,
+    /// Client certificate chain and key (mTLS); both or neither.
+    pub client_cert: Option<FileSetting>,
+    pub client_key: Option<FileSetting>,
+}
+
+impl TlsFiles {
+    /// True when the system roots and no client certificate are used.
+    pub fn is_default(&self) -> bool {
+        self.ca.is_none() && self.client_cert.is_none()
+    }
+}
+
+/// Batching of one signal (traces, logs). `None`: egret's default
+/// ([`ExportOptions`](super::ExportOptions)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchSettings {
+    /// A non-empty batch is sent at least this often.
+    pub schedule_delay: Option<Duration>,
+    /// Longest time one batch may take to export, retries included.
+    pub export_timeout: Option<Duration>,
+    /// Records per request at most.
+    pub max_batch: Option<usize>,
+}
+
+/// Where one signal goes and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignalTarget {
-    /// Full URL (`…/v1/traces` etc.), validated `http`/`https` with a host.
+    /// Full URL (`…/v1/traces`, or the gRPC method path), validated
+    /// `http`/`https` with a host.
     pub url: http::Uri,
     /// Headers sent with every request (besides content type/encoding).
     pub headers: HeaderMap,
+    pub protocol: Protocol,
+    pub compression: Compression,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    pub tls: TlsFiles,
+    /// Queue capacity (traces, logs).
+    pub queue_capacity: usize,
+    pub batch: BatchSettings,
+}
+
+/// Aggregation temporality of the exported sums and histograms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Temporality {
+    #[default]
+    Cumulative,
+    Delta,
 }
 
 /// Convention profiles in force (GenAI is always on), and whether the
@@ -226,15 +383,19 @@ pub struct ExportSettings {
     /// Ratio of invocations kept for traces and logs.
     pub sampling: f64,
     pub conventions: Conventions,
-    pub timeout: Duration,
-    pub queue_capacity: usize,
     pub metrics_interval: Duration,
+    /// Longest time one metrics export may take, retries included.
+    pub metrics_timeout: Option<Duration>,
+    pub temporality: Temporality,
     /// Resource attributes (besides `host.name`, filled in at start when absent,
     /// and, for the dev tee, the per-record gateway).
     pub resource: BTreeMap<String, AttrValue>,
     /// The dev tee: records of every gateway, grouped by gateway in the
     /// resource (`egret.gateway.name`), metrics split by that attribute.
     pub tee: bool,
+    /// Signals the environment switched off (`OTEL_<SIGNAL>_EXPORTER=none`,
+    /// `OTEL_SDK_DISABLED=true`): shown in the status.
+    pub switched_off: Vec<Signal>,
     /// Environment entries that were ignored (malformed); log them.
     pub warnings: Vec<String>,
 }
@@ -320,27 +481,111 @@ fn parse_url(url: &str) -> Result<http::Uri, UrlError> {
     Ok(uri)
 }
 
-fn is_none_value(v: &str) -> bool {
-    let mut any = false;
-    for part in v.split(',') {
-        let p = part.trim();
-        if p.is_empty() {
-            continue;
+/// The gRPC method URL of `signal` on the server `endpoint` names
+/// (`http(s)://host:port[/ignored]`, or `host:port` whose scheme
+/// `insecure` decides).
+fn grpc_url(endpoint: &str, signal: Signal, insecure: bool) -> Result<http::Uri, UrlError> {
+    let with_scheme = if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else if insecure {
+        format!("http://{endpoint}")
+    } else {
+        format!("https://{endpoint}")
+    };
+    let base = parse_url(&with_scheme)?;
+    let authority = base.authority().ok_or(UrlError::NoHost)?;
+    let url = format!(
+        "{}://{}{}",
+        base.scheme_str().unwrap_or("https"),
+        authority,
+        signal.grpc_path()
+    );
+    Ok(url.parse()?)
+}
+
+/// What an `OTEL_<SIGNAL>_EXPORTER` list asks of egret.
+fn exporter_switch(name: &str, v: &str, warnings: &mut Vec<String>) -> bool {
+    let mut none = false;
+    let mut otlp = false;
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if part.eq_ignore_ascii_case("none") {
+            none = true;
+        } else if part.eq_ignore_ascii_case("otlp") {
+            otlp = true;
+        } else {
+            warnings.push(format!(
+                "{name}: ignoring {part:?} (egret exports OTLP only: otlp or none)"
+            ));
         }
-        if !p.eq_ignore_ascii_case("none") {
-            return false;
-        }
-        any = true;
     }
-    any
+    // Off only when `none` is asked for and `otlp` is not.
+    none && !otlp
 }
 
 fn non_empty(v: Option<String>) -> Option<String> {
     v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
 
+/// Reads the environment, collecting warnings about malformed values.
+struct EnvReader<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    warnings: Vec<String>,
+}
+
+impl EnvReader<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        non_empty((self.env)(name))
+    }
+    /// The signal's variable, else the generic one; with the name read.
+    fn layered(&self, signal: Signal, key: &str) -> Option<(String, String)> {
+        let specific = signal.var(key);
+        if let Some(v) = self.get(&specific) {
+            return Some((specific, v));
+        }
+        let generic = format!("OTEL_EXPORTER_OTLP_{key}");
+        self.get(&generic).map(|v| (generic, v))
+    }
+    /// A boolean: `true` (any case) is true; `false`, empty and unset are
+    /// false; anything else is false with a warning.
+    fn bool(&mut self, name: &str, v: Option<String>) -> bool {
+        match v {
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(v) => {
+                self.warnings
+                    .push(format!("{name}: {v:?} is not true or false; using false"));
+                false
+            }
+            None => false,
+        }
+    }
+    /// A positive integer, else a warning and `None`.
+    fn positive(&mut self, name: &str) -> Option<u64> {
+        let v = self.get(name)?;
+        match v.parse::<u64>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                self.warnings.push(format!(
+                    "{name}: ignoring {v:?} (a positive integer expected)"
+                ));
+                None
+            }
+        }
+    }
+    fn millis(&mut self, name: &str) -> Option<Duration> {
+        self.positive(name).map(Duration::from_millis)
+    }
+    fn count(&mut self, name: &str) -> Option<usize> {
+        self.positive(name)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}
+
 /// Resolves one gateway's effective export settings. `Ok(None)` means no
-/// signal has an endpoint (or all are switched off): nothing to start.
+/// signal has an endpoint: nothing to start. Signals with an endpoint that
+/// the environment switched off are listed in
+/// [`ExportSettings::switched_off`] (shown in the status; when every one
+/// is, the exporter starts with no signal).
 pub fn resolve(
     gateway: &str,
     cfg: &OtlpConfig,
@@ -357,18 +602,38 @@ pub fn resolve(
             format!("{} is not a ratio between 0.0 and 1.0", cfg.sampling),
         ));
     }
-    if cfg.queue_capacity == 0 {
+    if cfg.queue_capacity == Some(0) {
         return Err(invalid("queueCapacity", "must be at least 1".into()));
     }
-    if cfg.metrics_interval < Duration::from_millis(100) {
+    if cfg
+        .metrics_interval
+        .is_some_and(|i| i < MIN_METRICS_INTERVAL)
+    {
         return Err(invalid("metricsInterval", "must be at least 100ms".into()));
     }
     if cfg.timeout.is_some_and(|t| t.is_zero()) {
         return Err(invalid("timeout", "must not be 0".into()));
     }
-    let mut warnings = Vec::new();
-    let sdk_disabled =
-        non_empty(env(ENV_SDK_DISABLED)).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if cfg.client_certificate.is_some() != cfg.client_key.is_some() {
+        let (set, missing) = if cfg.client_certificate.is_some() {
+            ("otlp.clientCertificate", "otlp.clientKey")
+        } else {
+            ("otlp.clientKey", "otlp.clientCertificate")
+        };
+        return Err(SettingsError::ClientAuthHalf {
+            gateway: gateway.to_owned(),
+            source_name: set.into(),
+            missing: missing.into(),
+        });
+    }
+    let mut rd = EnvReader {
+        env,
+        warnings: Vec::new(),
+    };
+    let sdk_disabled = {
+        let v = rd.get(ENV_SDK_DISABLED);
+        rd.bool(ENV_SDK_DISABLED, v)
+    };
 
     let expand_err = |field: String, e: ExpandError| match e {
         ExpandError::Unset(var) => SettingsError::MissingEnv {
@@ -388,41 +653,70 @@ pub fn resolve(
         let value = expand_env(v, env).map_err(|e| expand_err(format!("headers.{k}"), e))?;
         cfg_headers.push((k.clone(), value));
     }
-    let cfg_endpoint = match cfg.endpoint.as_deref().map(str::trim) {
-        Some(e) if !e.is_empty() => {
-            Some(expand_env(e, env).map_err(|err| expand_err("endpoint".into(), err))?)
+    let expand_opt = |field: &str, v: &Option<String>| -> Result<Option<String>, SettingsError> {
+        match v.as_deref().map(str::trim) {
+            Some(e) if !e.is_empty() => Ok(Some(
+                expand_env(e, env).map_err(|err| expand_err(field.into(), err))?,
+            )),
+            _ => Ok(None),
         }
-        _ => None,
     };
-    let env_headers = |name: &str, warnings: &mut Vec<String>| -> Vec<(String, String)> {
-        match non_empty(env(name)) {
+    let cfg_endpoint = expand_opt("endpoint", &cfg.endpoint)?;
+    let cfg_file =
+        |field: &str, v: &Option<String>| -> Result<Option<FileSetting>, SettingsError> {
+            Ok(expand_opt(field, v)?.map(|p| FileSetting {
+                path: PathBuf::from(p),
+                source: format!("otlp.{field}"),
+            }))
+        };
+    let cfg_tls = TlsFiles {
+        ca: cfg_file("certificate", &cfg.certificate)?,
+        client_cert: cfg_file("clientCertificate", &cfg.client_certificate)?,
+        client_key: cfg_file("clientKey", &cfg.client_key)?,
+    };
+    let env_headers = |rd: &mut EnvReader<'_>, name: &str| -> Vec<(String, String)> {
+        match rd.get(name) {
             Some(v) => {
                 let (kv, bad) = parse_kv_list(&v);
                 for b in bad {
-                    warnings.push(format!("{name}: ignoring malformed entry {b:?}"));
+                    rd.warnings
+                        .push(format!("{name}: ignoring malformed entry {b:?}"));
                 }
                 kv
             }
             None => vec![],
         }
     };
-    let generic_env_headers = env_headers(ENV_HEADERS, &mut warnings);
+    let generic_env_headers = env_headers(&mut rd, ENV_HEADERS);
     let conventions = Conventions::from_config(cfg);
 
-    let timeout = match cfg.timeout {
-        Some(t) => t,
-        None => match non_empty(env(ENV_TIMEOUT)) {
-            Some(v) => match v.parse::<u64>() {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms),
-                _ => {
-                    warnings.push(format!(
-                        "{ENV_TIMEOUT}: ignoring {v:?} (milliseconds expected)"
-                    ));
-                    DEFAULT_TIMEOUT
-                }
-            },
-            None => DEFAULT_TIMEOUT,
+    let metrics_interval = match cfg.metrics_interval {
+        Some(i) => i,
+        None => match rd.millis(ENV_METRIC_EXPORT_INTERVAL) {
+            Some(i) if i < MIN_METRICS_INTERVAL => {
+                rd.warnings.push(format!(
+                    "{ENV_METRIC_EXPORT_INTERVAL}: {} ms is below the 100 ms floor; using 100 ms",
+                    i.as_millis()
+                ));
+                MIN_METRICS_INTERVAL
+            }
+            Some(i) => i,
+            None => DEFAULT_METRICS_INTERVAL,
         },
+    };
+    let metrics_timeout = rd.millis(ENV_METRIC_EXPORT_TIMEOUT);
+    let temporality = match rd.get(ENV_TEMPORALITY) {
+        None => Temporality::Cumulative,
+        Some(v) if v.eq_ignore_ascii_case("cumulative") => Temporality::Cumulative,
+        Some(v) if v.eq_ignore_ascii_case("delta") || v.eq_ignore_ascii_case("lowmemory") => {
+            Temporality::Delta
+        }
+        Some(v) => {
+            rd.warnings.push(format!(
+                "{ENV_TEMPORALITY}: ignoring {v:?} (cumulative, delta or lowmemory); using cumulative"
+            ));
+            Temporality::Cumulative
+        }
     };
 
     let mut settings = ExportSettings {
@@ -432,11 +726,12 @@ pub fn resolve(
         metrics: None,
         sampling: cfg.sampling,
         conventions,
-        timeout,
-        queue_capacity: cfg.queue_capacity,
-        metrics_interval: cfg.metrics_interval,
+        metrics_interval,
+        metrics_timeout,
+        temporality,
         resource: BTreeMap::new(),
         tee: false,
+        switched_off: vec![],
         warnings: vec![],
     };
     for signal in Signal::ALL {
@@ -445,31 +740,155 @@ pub fn resolve(
             Signal::Logs => cfg.signals.logs,
             Signal::Metrics => cfg.signals.metrics,
         };
-        let disabled_by_env = sdk_disabled
-            || non_empty(env(signal.env_exporter())).is_some_and(|v| is_none_value(&v));
-        if !enabled_in_cfg || disabled_by_env {
+        let exporter_var = signal.env_exporter();
+        let off_by_var = match rd.get(&exporter_var) {
+            Some(v) => exporter_switch(&exporter_var, &v, &mut rd.warnings),
+            None => false,
+        };
+        if !enabled_in_cfg {
             continue;
         }
-        let (url, source_name, mut headers) = if let Some(base) = &cfg_endpoint {
-            (join_base(base, signal), "otlp.endpoint", vec![])
-        } else if let Some(url) = non_empty(env(signal.env_endpoint())) {
-            let mut h = generic_env_headers.clone();
-            h.extend(env_headers(signal.env_headers(), &mut warnings));
-            (url, signal.env_endpoint(), h)
-        } else if let Some(base) = non_empty(env(ENV_ENDPOINT)) {
-            let mut h = generic_env_headers.clone();
-            h.extend(env_headers(signal.env_headers(), &mut warnings));
-            (join_base(&base, signal), ENV_ENDPOINT, h)
-        } else {
+        let has_endpoint = cfg_endpoint.is_some()
+            || rd.get(&signal.var("ENDPOINT")).is_some()
+            || rd.get(ENV_ENDPOINT).is_some();
+        if has_endpoint && (sdk_disabled || off_by_var) {
+            settings.switched_off.push(signal);
             continue;
+        }
+
+        // Behaviour: config key > signal variable > generic variable > default.
+        let protocol = match cfg.protocol {
+            Some(p) => p,
+            None => match rd.layered(signal, "PROTOCOL") {
+                Some((name, v)) => Protocol::parse(&v).unwrap_or_else(|| {
+                    rd.warnings.push(format!(
+                        "{name}: ignoring {v:?} (http/protobuf, http/json or grpc); using http/protobuf"
+                    ));
+                    Protocol::HttpProtobuf
+                }),
+                None => Protocol::HttpProtobuf,
+            },
         };
+        let compression = match cfg.compression {
+            Some(c) => c,
+            None => match rd.layered(signal, "COMPRESSION") {
+                Some((name, v)) => Compression::parse(&v).unwrap_or_else(|| {
+                    rd.warnings
+                        .push(format!("{name}: ignoring {v:?} (gzip or none); using gzip"));
+                    Compression::Gzip
+                }),
+                None => Compression::Gzip,
+            },
+        };
+        let timeout = match cfg.timeout {
+            Some(t) => t,
+            None => {
+                let specific = signal.var("TIMEOUT");
+                rd.millis(&specific)
+                    .or_else(|| rd.millis(ENV_TIMEOUT))
+                    .unwrap_or(DEFAULT_TIMEOUT)
+            }
+        };
+        let mut batch = BatchSettings::default();
+        let mut queue_capacity = cfg.queue_capacity.unwrap_or(DEFAULT_QUEUE_CAPACITY);
+        if signal == Signal::Metrics {
+            batch.schedule_delay = Some(metrics_interval);
+            batch.export_timeout = metrics_timeout;
+        } else {
+            let var = |k: &str| signal.batch_var(k).unwrap_or_default();
+            batch.schedule_delay = rd.millis(&var("SCHEDULE_DELAY"));
+            batch.export_timeout = rd.millis(&var("EXPORT_TIMEOUT"));
+            let queue_var = var("MAX_QUEUE_SIZE");
+            if cfg.queue_capacity.is_none() {
+                if let Some(q) = rd.count(&queue_var) {
+                    queue_capacity = q;
+                }
+            }
+            let batch_var = var("MAX_EXPORT_BATCH_SIZE");
+            batch.max_batch = rd.count(&batch_var);
+            if let Some(b) = batch.max_batch.filter(|b| *b > queue_capacity) {
+                rd.warnings.push(format!(
+                    "{batch_var}: {b} is more than the queue ({queue_capacity}); using {queue_capacity}"
+                ));
+                batch.max_batch = Some(queue_capacity);
+            }
+        }
+        // Connection: from where the endpoint comes.
+        let insecure = {
+            let v = rd.layered(signal, "INSECURE");
+            match v {
+                Some((name, v)) => rd.bool(&name, Some(v)),
+                None => false,
+            }
+        };
+        let env_file = |rd: &EnvReader<'_>, key: &str| {
+            rd.layered(signal, key).map(|(source, v)| FileSetting {
+                path: PathBuf::from(v),
+                source,
+            })
+        };
+        let env_tls = TlsFiles {
+            ca: env_file(&rd, "CERTIFICATE"),
+            client_cert: env_file(&rd, "CLIENT_CERTIFICATE"),
+            client_key: env_file(&rd, "CLIENT_KEY"),
+        };
+        let specific_endpoint = rd.get(&signal.var("ENDPOINT"));
+        let generic_endpoint = rd.get(ENV_ENDPOINT);
+        let (endpoint, per_signal, source_name, mut headers, tls) =
+            if let Some(base) = &cfg_endpoint {
+                (
+                    base.clone(),
+                    false,
+                    "otlp.endpoint".to_owned(),
+                    vec![],
+                    cfg_tls.clone(),
+                )
+            } else if let Some(url) = specific_endpoint {
+                let mut h = generic_env_headers.clone();
+                h.extend(env_headers(&mut rd, &signal.var("HEADERS")));
+                (url, true, signal.var("ENDPOINT"), h, env_tls)
+            } else if let Some(base) = generic_endpoint {
+                let mut h = generic_env_headers.clone();
+                h.extend(env_headers(&mut rd, &signal.var("HEADERS")));
+                (base, false, ENV_ENDPOINT.to_owned(), h, env_tls)
+            } else {
+                continue;
+            };
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            let (set, missing) = match (&tls.client_cert, &tls.client_key) {
+                (Some(c), None) => (c.source.clone(), "a client key".to_owned()),
+                (None, Some(k)) => (k.source.clone(), "a client certificate".to_owned()),
+                _ => unreachable!("exactly one is set"),
+            };
+            return Err(SettingsError::ClientAuthHalf {
+                gateway: gateway.to_owned(),
+                source_name: set,
+                missing,
+            });
+        }
         headers.extend(cfg_headers.iter().cloned());
-        let uri = parse_url(&url).map_err(|source| SettingsError::Endpoint {
+        let url_err = |url: &str, source: UrlError| SettingsError::Endpoint {
             gateway: gateway.to_owned(),
-            url: url.clone(),
-            source_name: source_name.to_owned(),
+            url: url.to_owned(),
+            source_name: source_name.clone(),
             source,
-        })?;
+        };
+        let uri = match protocol {
+            Protocol::Grpc => {
+                // `INSECURE` belongs to the environment's endpoint; a
+                // gateway's scheme-less endpoint is TLS.
+                let insecure = insecure && cfg_endpoint.is_none();
+                grpc_url(&endpoint, signal, insecure).map_err(|e| url_err(&endpoint, e))?
+            }
+            _ => {
+                let url = if per_signal {
+                    endpoint.clone()
+                } else {
+                    join_base(&endpoint, signal)
+                };
+                parse_url(&url).map_err(|e| url_err(&url, e))?
+            }
+        };
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             let header_err = |source: HeaderError| SettingsError::Header {
@@ -497,9 +916,16 @@ pub fn resolve(
         *settings.target_mut(signal) = Some(SignalTarget {
             url: uri,
             headers: map,
+            protocol,
+            compression,
+            timeout,
+            tls,
+            queue_capacity,
+            batch,
         });
     }
-    if !settings.any() {
+    let mut warnings = std::mem::take(&mut rd.warnings);
+    if !settings.any() && settings.switched_off.is_empty() {
         return Ok(None);
     }
     settings.resource = resource_from_env(env, &mut warnings);
@@ -517,24 +943,31 @@ pub fn resolve(
 }
 
 /// Settings of the dev tee: every signal of every gateway to `base_url`
-/// (+ `/v1/<signal>`), nothing sampled away. The standard signal switches
-/// (`OTEL_*_EXPORTER=none`) and resource variables still apply.
+/// (+ `/v1/<signal>`, `http/protobuf` always), nothing sampled away,
+/// metrics every 10 s unless `OTEL_METRIC_EXPORT_INTERVAL` says otherwise. The standard signal
+/// switches (`OTEL_*_EXPORTER=none`) and resource variables still apply.
 pub fn dev_tee(
     base_url: &str,
     conventions: &[Convention],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<ExportSettings, SettingsError> {
+    let interval_from_env = non_empty(env(ENV_METRIC_EXPORT_INTERVAL)).is_some();
     let cfg = OtlpConfig {
         endpoint: Some(base_url.to_owned()),
         conventions: conventions.to_vec(),
-        metrics_interval: Duration::from_secs(10),
+        metrics_interval: (!interval_from_env).then_some(Duration::from_secs(10)),
+        // A development receiver speaks OTLP/HTTP, whatever the
+        // environment's collector does.
+        protocol: Some(Protocol::HttpProtobuf),
         ..OtlpConfig::default()
     };
-    let mut s = resolve("dev-tee", &cfg, env)?.ok_or_else(|| SettingsError::Invalid {
-        gateway: "dev-tee".into(),
-        field: "signals".into(),
-        reason: "every signal is switched off by the environment".into(),
-    })?;
+    let mut s = resolve("dev-tee", &cfg, env)?
+        .filter(ExportSettings::any)
+        .ok_or_else(|| SettingsError::Invalid {
+            gateway: "dev-tee".into(),
+            field: "signals".into(),
+            reason: "every signal is switched off by the environment".into(),
+        })?;
     s.tee = true;
     s.resource.remove(sc::GATEWAY_NAME);
     s.resource.remove(sc::OPENINFERENCE_PROJECT_NAME);
@@ -677,10 +1110,15 @@ mod tests {
             ("OTEL_LOGS_EXPORTER", "none"),
             ("OTEL_METRICS_EXPORTER", "none"),
         ]);
-        assert!(resolve("g", &OtlpConfig::default(), &env)
-            .unwrap()
-            .is_none());
+        let s = resolve("g", &OtlpConfig::default(), &env).unwrap().unwrap();
+        assert!(!s.any());
+        assert_eq!(s.switched_off, Signal::ALL.to_vec());
         let env = env_of(&[(ENV_ENDPOINT, "http://c:4318"), (ENV_SDK_DISABLED, "true")]);
+        let s = resolve("g", &OtlpConfig::default(), &env).unwrap().unwrap();
+        assert!(!s.any());
+        assert_eq!(s.switched_off, Signal::ALL.to_vec());
+        // Without an endpoint there is nothing to switch off.
+        let env = env_of(&[(ENV_SDK_DISABLED, "true")]);
         assert!(resolve("g", &OtlpConfig::default(), &env)
             .unwrap()
             .is_none());
@@ -825,7 +1263,7 @@ mod tests {
                 ..base.clone()
             },
             OtlpConfig {
-                queue_capacity: 0,
+                queue_capacity: Some(0),
                 ..base.clone()
             },
             OtlpConfig {
@@ -863,11 +1301,14 @@ mod tests {
             ..Default::default()
         };
         let s = resolve("g", &base, &env_of(&[])).unwrap().unwrap();
-        assert_eq!(s.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(s.traces.as_ref().unwrap().timeout, DEFAULT_TIMEOUT);
         let s = resolve("g", &base, &env_of(&[(ENV_TIMEOUT, "2500")]))
             .unwrap()
             .unwrap();
-        assert_eq!(s.timeout, Duration::from_millis(2500));
+        assert_eq!(
+            s.traces.as_ref().unwrap().timeout,
+            Duration::from_millis(2500)
+        );
         let cfg = OtlpConfig {
             timeout: Some(Duration::from_secs(1)),
             ..base
@@ -875,7 +1316,309 @@ mod tests {
         let s = resolve("g", &cfg, &env_of(&[(ENV_TIMEOUT, "2500")]))
             .unwrap()
             .unwrap();
-        assert_eq!(s.timeout, Duration::from_secs(1));
+        assert_eq!(s.traces.as_ref().unwrap().timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn metric_export_interval_and_timeout_from_env() {
+        let base = OtlpConfig {
+            endpoint: Some("http://c".into()),
+            ..Default::default()
+        };
+        let s = resolve("g", &base, &env_of(&[])).unwrap().unwrap();
+        assert_eq!(s.metrics_interval, DEFAULT_METRICS_INTERVAL);
+        assert_eq!(s.metrics_timeout, None);
+        let env = env_of(&[
+            (ENV_METRIC_EXPORT_INTERVAL, "1000"),
+            (ENV_METRIC_EXPORT_TIMEOUT, "700"),
+        ]);
+        let s = resolve("g", &base, &env).unwrap().unwrap();
+        assert_eq!(s.metrics_interval, Duration::from_secs(1));
+        assert_eq!(s.metrics_timeout, Some(Duration::from_millis(700)));
+        let m = s.metrics.as_ref().unwrap();
+        assert_eq!(m.batch.schedule_delay, Some(Duration::from_secs(1)));
+        assert_eq!(m.batch.export_timeout, Some(Duration::from_millis(700)));
+        // The config key wins over the variable.
+        let cfg = OtlpConfig {
+            metrics_interval: Some(Duration::from_secs(5)),
+            ..base.clone()
+        };
+        let s = resolve("g", &cfg, &env).unwrap().unwrap();
+        assert_eq!(s.metrics_interval, Duration::from_secs(5));
+        // Malformed: a warning and the default; below the floor: the floor.
+        let s = resolve("g", &base, &env_of(&[(ENV_METRIC_EXPORT_INTERVAL, "soon")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.metrics_interval, DEFAULT_METRICS_INTERVAL);
+        assert!(
+            s.warnings[0].contains(ENV_METRIC_EXPORT_INTERVAL),
+            "{:?}",
+            s.warnings
+        );
+        let s = resolve("g", &base, &env_of(&[(ENV_METRIC_EXPORT_INTERVAL, "5")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.metrics_interval, MIN_METRICS_INTERVAL);
+        // The dev tee's 10 s default yields to the variable too.
+        let t = dev_tee("http://t", &[], &env).unwrap();
+        assert_eq!(t.metrics_interval, Duration::from_secs(1));
+        let t = dev_tee("http://t", &[], &env_of(&[])).unwrap();
+        assert_eq!(t.metrics_interval, Duration::from_secs(10));
+        let t = dev_tee("http://t", &[], &env_of(&[(ENV_PROTOCOL, "grpc")])).unwrap();
+        assert_eq!(t.traces.unwrap().protocol, Protocol::HttpProtobuf);
+    }
+
+    /// Every variable `resolve` reads is in `ENV_VARS` and every entry is
+    /// read (with endpoints from the environment, all signals on).
+    #[test]
+    fn env_vars_list_is_what_resolve_reads() {
+        let read = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let env = |k: &str| {
+            read.lock().unwrap().insert(k.to_owned());
+            (k == ENV_ENDPOINT).then(|| "http://c:4318".to_owned())
+        };
+        resolve("g", &OtlpConfig::default(), &env).unwrap().unwrap();
+        let read = read.into_inner().unwrap();
+        let listed: std::collections::BTreeSet<String> =
+            ENV_VARS.iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(read, listed);
+        assert_eq!(listed.len(), ENV_VARS.len(), "duplicates in ENV_VARS");
+    }
+
+    /// Expands `A{,B_,C_}D` into `AD`, `AB_D`, `AC_D` (one brace group).
+    fn expand_braces(s: &str) -> Vec<String> {
+        match (s.find('{'), s.find('}')) {
+            (Some(a), Some(b)) if a < b => s[a + 1..b]
+                .split(',')
+                .map(|alt| format!("{}{}{}", &s[..a], alt, &s[b + 1..]))
+                .collect(),
+            _ => vec![s.to_owned()],
+        }
+    }
+
+    /// The variable table of docs/otlp.md names exactly `ENV_VARS`.
+    #[test]
+    fn docs_table_lists_every_variable() {
+        let doc = include_str!("../../../../docs/otlp.md");
+        let start = doc
+            .find("<!-- otlp-env-table -->")
+            .expect("docs/otlp.md: the env table marker");
+        let mut documented = std::collections::BTreeSet::new();
+        for line in doc[start..].lines().skip(1) {
+            if line.trim().is_empty() {
+                if documented.is_empty() {
+                    continue;
+                }
+                break;
+            }
+            let Some(first) = line.split('|').nth(1) else {
+                continue;
+            };
+            for name in first.split('`').skip(1).step_by(2) {
+                for n in expand_braces(name) {
+                    assert!(documented.insert(n.clone()), "{n} is documented twice");
+                }
+            }
+        }
+        let listed: std::collections::BTreeSet<String> =
+            ENV_VARS.iter().map(|s| (*s).to_owned()).collect();
+        let missing: Vec<_> = listed.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&listed).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "docs/otlp.md table: missing {missing:?}, not read by egret {extra:?}"
+        );
+    }
+
+    #[test]
+    fn protocol_compression_and_timeout_layering() {
+        let env = env_of(&[
+            (ENV_ENDPOINT, "collector:4317"),
+            (ENV_PROTOCOL, "grpc"),
+            ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/json"),
+            (
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                "http://logs:4318/custom",
+            ),
+            (ENV_COMPRESSION, "none"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+            (ENV_TIMEOUT, "3000"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "4000"),
+            (ENV_INSECURE, "true"),
+        ]);
+        let s = resolve("g", &OtlpConfig::default(), &env).unwrap().unwrap();
+        let t = s.traces.as_ref().unwrap();
+        assert_eq!(t.protocol, Protocol::Grpc);
+        assert_eq!(
+            t.url.to_string(),
+            "http://collector:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        );
+        assert_eq!(t.compression, Compression::Gzip);
+        assert_eq!(t.timeout, Duration::from_secs(3));
+        let l = s.logs.as_ref().unwrap();
+        assert_eq!(l.protocol, Protocol::HttpJson);
+        assert_eq!(l.url.to_string(), "http://logs:4318/custom");
+        assert_eq!(l.compression, Compression::None);
+        let m = s.metrics.as_ref().unwrap();
+        assert_eq!(m.timeout, Duration::from_secs(4));
+        assert_eq!(
+            m.url.path(),
+            "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+        );
+        // Without INSECURE a scheme-less gRPC endpoint is TLS.
+        let env = env_of(&[(ENV_ENDPOINT, "collector:4317"), (ENV_PROTOCOL, "GRPC")]);
+        let s = resolve("g", &OtlpConfig::default(), &env).unwrap().unwrap();
+        assert_eq!(s.traces.as_ref().unwrap().url.scheme_str(), Some("https"));
+        // A gRPC URL's path is not the method's: replaced.
+        let cfg = OtlpConfig {
+            endpoint: Some("http://c:4317/ignored".into()),
+            protocol: Some(Protocol::Grpc),
+            compression: Some(Compression::None),
+            ..Default::default()
+        };
+        let s = resolve("g", &cfg, &env_of(&[(ENV_COMPRESSION, "gzip")]))
+            .unwrap()
+            .unwrap();
+        let l = s.logs.as_ref().unwrap();
+        assert_eq!(
+            l.url.to_string(),
+            "http://c:4317/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+        );
+        assert_eq!(l.compression, Compression::None, "config wins");
+        // INSECURE is the environment endpoint's: not for a gateway's.
+        let cfg = OtlpConfig {
+            endpoint: Some("c:4317".into()),
+            protocol: Some(Protocol::Grpc),
+            ..Default::default()
+        };
+        let s = resolve("g", &cfg, &env_of(&[(ENV_INSECURE, "true")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.traces.as_ref().unwrap().url.scheme_str(), Some("https"));
+        // Unknown values: warnings and the defaults.
+        let env = env_of(&[
+            (ENV_ENDPOINT, "http://c"),
+            (ENV_PROTOCOL, "thrift"),
+            (ENV_COMPRESSION, "zstd"),
+            (ENV_INSECURE, "yes"),
+            (ENV_SDK_DISABLED, "maybe"),
+            ("OTEL_TRACES_EXPORTER", "zipkin"),
+            (ENV_TEMPORALITY, "sometimes"),
+        ]);
+        let s = resolve("g", &OtlpConfig::default(), &env).unwrap().unwrap();
+        let t = s.traces.as_ref().unwrap();
+        assert_eq!(
+            (t.protocol, t.compression),
+            (Protocol::HttpProtobuf, Compression::Gzip)
+        );
+        let w = s.warnings.join("\n");
+        for name in [
+            ENV_PROTOCOL,
+            ENV_COMPRESSION,
+            ENV_INSECURE,
+            ENV_SDK_DISABLED,
+            "OTEL_TRACES_EXPORTER",
+            ENV_TEMPORALITY,
+        ] {
+            assert!(w.contains(name), "no warning naming {name}: {w}");
+        }
+        assert_eq!(s.temporality, Temporality::Cumulative);
+        let s = resolve(
+            "g",
+            &OtlpConfig::default(),
+            &env_of(&[(ENV_ENDPOINT, "http://c"), (ENV_TEMPORALITY, "Delta")]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.temporality, Temporality::Delta);
+    }
+
+    #[test]
+    fn batch_variables_per_signal() {
+        let env = env_of(&[
+            (ENV_ENDPOINT, "http://c"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "9000"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "500"),
+            ("OTEL_BLRP_MAX_QUEUE_SIZE", "-1"),
+            ("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "7"),
+        ]);
+        let s = resolve("g", &OtlpConfig::default(), &env).unwrap().unwrap();
+        let t = s.traces.as_ref().unwrap();
+        assert_eq!(t.queue_capacity, 100);
+        assert_eq!(t.batch.schedule_delay, Some(Duration::from_millis(250)));
+        assert_eq!(t.batch.export_timeout, Some(Duration::from_secs(9)));
+        assert_eq!(t.batch.max_batch, Some(100), "cut to the queue");
+        let l = s.logs.as_ref().unwrap();
+        assert_eq!(l.queue_capacity, DEFAULT_QUEUE_CAPACITY);
+        assert_eq!(l.batch.max_batch, Some(7));
+        assert_eq!(l.batch.schedule_delay, None);
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        // queueCapacity wins.
+        let cfg = OtlpConfig {
+            queue_capacity: Some(3),
+            ..Default::default()
+        };
+        let s = resolve("g", &cfg, &env).unwrap().unwrap();
+        assert_eq!(s.traces.as_ref().unwrap().queue_capacity, 3);
+    }
+
+    #[test]
+    fn tls_files_follow_the_endpoint() {
+        let env = env_of(&[
+            (ENV_ENDPOINT, "https://c"),
+            (ENV_CERTIFICATE, "/etc/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE", "/etc/logs-ca.pem"),
+            (ENV_CLIENT_CERTIFICATE, "/etc/c.pem"),
+            (ENV_CLIENT_KEY, "/etc/k.pem"),
+        ]);
+        let s = resolve("g", &OtlpConfig::default(), &env).unwrap().unwrap();
+        let t = &s.traces.as_ref().unwrap().tls;
+        assert_eq!(t.ca.as_ref().unwrap().path, PathBuf::from("/etc/ca.pem"));
+        assert_eq!(t.client_key.as_ref().unwrap().source, ENV_CLIENT_KEY);
+        let l = &s.logs.as_ref().unwrap().tls;
+        assert_eq!(
+            l.ca.as_ref().unwrap().source,
+            "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE"
+        );
+        // A gateway endpoint takes the gateway's files only.
+        let cfg = OtlpConfig {
+            endpoint: Some("https://mine".into()),
+            certificate: Some("/mine/ca.pem".into()),
+            ..Default::default()
+        };
+        let s = resolve("g", &cfg, &env).unwrap().unwrap();
+        let t = &s.traces.as_ref().unwrap().tls;
+        assert_eq!(t.ca.as_ref().unwrap().source, "otlp.certificate");
+        assert!(t.client_cert.is_none());
+        // Half of mTLS is an error naming what is set.
+        let err = resolve(
+            "g",
+            &OtlpConfig::default(),
+            &env_of(&[(ENV_ENDPOINT, "https://c"), (ENV_CLIENT_KEY, "/k.pem")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(ENV_CLIENT_KEY), "{err}");
+        let cfg = OtlpConfig {
+            endpoint: Some("https://mine".into()),
+            client_certificate: Some("/c.pem".into()),
+            ..Default::default()
+        };
+        let err = resolve("g", &cfg, &env_of(&[])).unwrap_err();
+        assert!(err.to_string().contains("otlp.clientKey"), "{err}");
+    }
+
+    #[test]
+    fn switched_off_signals_are_listed() {
+        let env = env_of(&[
+            (ENV_ENDPOINT, "http://c"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+            ("OTEL_LOGS_EXPORTER", "none,otlp"),
+        ]);
+        let s = resolve("g", &OtlpConfig::default(), &env).unwrap().unwrap();
+        assert_eq!(s.switched_off, vec![Signal::Metrics]);
+        assert!(s.logs.is_some());
     }
 
     #[test]
