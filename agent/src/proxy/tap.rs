@@ -274,34 +274,39 @@ impl Capture {
 
     /// Writes the captured body: UTF-8 as is, anything else base64, with
     /// its direction's flags (truncated, base64, content encoding, decode
-    /// error).
-    pub fn write(&mut self, rec: &mut Record, keys: &BodyKeys) {
+    /// error). Returns the body bytes kept (before any base64: what
+    /// `egret.body.bytes` counts).
+    pub fn write(&mut self, rec: &mut Record, keys: &BodyKeys) -> u64 {
         self.finish_decoding();
         if let Some(e) = &self.encoding {
             rec.set(keys.content_encoding, e.as_str());
         }
         rec.set(keys.truncated, self.truncated());
         if !self.enabled {
-            return;
+            return 0;
         }
         let (buf, error) = match &self.kind {
             Kind::Plain(k) => (&k.buf, None),
             Kind::Decoded { kept, error } => (&kept.buf, *error),
             Kind::Raw { raw, error } => (&raw.buf, Some(*error)),
-            Kind::Decoding { .. } => return,
+            Kind::Decoding { .. } => return 0,
         };
         if let Some(e) = error {
             rec.set(keys.decode_error, e.as_str());
         }
         if buf.is_empty() {
-            return;
+            return 0;
         }
-        match std::str::from_utf8(buf) {
-            Ok(s) => rec.set(keys.body, s),
+        let kept = match std::str::from_utf8(buf) {
+            Ok(s) => {
+                rec.set(keys.body, s);
+                buf.len()
+            }
             Err(e) if self.truncated() && e.error_len().is_none() => {
                 // Cut inside a multi-byte character: keep the valid prefix.
                 let valid = &buf[..e.valid_up_to()];
                 rec.set(keys.body, String::from_utf8_lossy(valid).into_owned());
+                valid.len()
             }
             Err(_) => {
                 rec.set(
@@ -309,10 +314,11 @@ impl Capture {
                     base64::engine::general_purpose::STANDARD.encode(buf),
                 );
                 rec.set(keys.b64, true);
-                return;
+                return buf.len() as u64;
             }
-        }
+        };
         rec.set(keys.b64, false);
+        kept as u64
     }
 }
 
@@ -369,19 +375,18 @@ impl Transaction {
                 t.duration_since(self.started).as_secs_f64(),
             );
         }
-        {
+        let req_kept = {
             let mut req = self.request.lock().unwrap_or_else(|p| p.into_inner());
             self.rec.set(sc::REQ_BYTES, req.total);
-            req.write(&mut self.rec, &REQUEST_KEYS);
-        }
+            req.write(&mut self.rec, &REQUEST_KEYS)
+        };
         self.rec.set(sc::RESP_BYTES, self.response.total);
-        self.response.write(&mut self.rec, &RESPONSE_KEYS);
+        let resp_kept = self.response.write(&mut self.rec, &RESPONSE_KEYS);
         let req_trunc = self.rec.get_bool(sc::REQ_TRUNCATED).unwrap_or(false);
         self.rec
             .set(sc::BODY_TRUNCATED, req_trunc || self.response.truncated());
-        let captured = self.rec.get_str(sc::REQUEST_BODY).map_or(0, str::len)
-            + self.rec.get_str(sc::RESPONSE_BODY).map_or(0, str::len);
-        self.rec.set(sc::BODY_BYTES, captured as u64);
+        // Body bytes kept, not the length of their text (base64 is 4/3).
+        self.rec.set(sc::BODY_BYTES, req_kept + resp_kept);
         if let Some(e) = self.error {
             if self.rec.get(sc::ERROR_TYPE).is_none() {
                 self.rec.set(sc::ERROR_TYPE, e);
@@ -846,8 +851,11 @@ mod tests {
         let mut req = capture(1024, None, &[br#"{"model":"m"}"#]);
         let mut resp = capture(1024, Some("zstd"), &[&[0x28, 0xb5, 0x2f, 0xfd, 0xff, 0xff]]);
         let mut r = Record::new("transaction");
-        req.write(&mut r, &REQUEST_KEYS);
-        resp.write(&mut r, &RESPONSE_KEYS);
+        // What is kept counts in bytes, base64 or not (6 bytes are 8
+        // base64 characters).
+        assert_eq!(req.write(&mut r, &REQUEST_KEYS), 13);
+        assert_eq!(resp.write(&mut r, &RESPONSE_KEYS), 6);
+        assert_eq!(r.get_str(sc::RESPONSE_BODY).map(str::len), Some(8));
         assert_eq!(r.get_str(sc::REQUEST_BODY), Some(r#"{"model":"m"}"#));
         assert_eq!(r.get_bool(sc::REQUEST_BODY_B64), Some(false));
         assert_eq!(r.get_bool(sc::RESPONSE_BODY_B64), Some(true));
