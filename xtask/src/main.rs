@@ -115,15 +115,35 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
 ];
 
-const PY_PACKAGES: &[&str] = &[
-    "openai",
-    "anthropic",
-    "google-genai",
-    "mcp",
-    "opentelemetry-proto",
-    // The OTLP/gRPC side of bpf-tests/clients/otlp_receiver.py.
-    "grpcio",
+/// The SDK venv's packages: bpf-tests/clients/requirements.txt, the one
+/// list (setup installs it with `pip install -r`).
+const REQUIREMENTS: &str = "bpf-tests/clients/requirements.txt";
+
+/// What setup imports to tell whether the venv has every requirement:
+/// one module per requirement line, extras included (`openai[realtime]`
+/// needs `websockets`, `anthropic[bedrock,vertex]` boto3 and google-auth).
+/// A unit test keeps it in step with the requirements file.
+const PY_IMPORTS: &[(&str, &[&str])] = &[
+    ("openai[realtime]", &["openai", "websockets"]),
+    (
+        "anthropic[bedrock,vertex]",
+        &["anthropic", "boto3", "google.auth"],
+    ),
+    ("google-genai", &["google.genai"]),
+    ("mcp", &["mcp"]),
+    ("boto3", &["boto3"]),
+    ("ollama", &["ollama"]),
+    ("grpcio", &["grpc"]),
+    ("opentelemetry-proto", &["opentelemetry.proto"]),
 ];
+
+/// The requirement lines of `text` (comments and blanks aside).
+fn requirement_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -304,11 +324,12 @@ fn setup(no_apt: bool) -> Result<()> {
     if !py.exists() {
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
     }
+    let imports: Vec<&str> = PY_IMPORTS
+        .iter()
+        .flat_map(|(_, m)| m.iter().copied())
+        .collect();
     let have = Command::new(&py)
-        .args([
-            "-c",
-            "import openai, anthropic, google.genai, mcp, opentelemetry.proto, grpc",
-        ])
+        .args(["-c", &format!("import {}", imports.join(", "))])
         // A fresh venv lacks them: that is what this probe finds out, not
         // an error to print.
         .stderr(std::process::Stdio::null())
@@ -319,8 +340,15 @@ fn setup(no_apt: bool) -> Result<()> {
         println!("python SDKs: present in {}", venv.display());
     } else {
         run(Command::new(&py)
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-            .args(PY_PACKAGES))?;
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(root().join(REQUIREMENTS)))?;
     }
     Ok(())
 }
@@ -618,5 +646,19 @@ fn main() -> ExitCode {
             eprintln!("xtask: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// setup's import probe covers exactly the requirements file's lines.
+    #[test]
+    fn the_venv_probe_covers_every_requirement() {
+        let text = std::fs::read_to_string(root().join(REQUIREMENTS)).unwrap();
+        let lines = requirement_lines(&text);
+        let probed: Vec<&str> = PY_IMPORTS.iter().map(|(r, _)| *r).collect();
+        assert_eq!(lines, probed);
     }
 }
