@@ -137,14 +137,6 @@ const PY_IMPORTS: &[(&str, &[&str])] = &[
     ("opentelemetry-proto", &["opentelemetry.proto"]),
 ];
 
-/// The requirement lines of `text` (comments and blanks aside).
-fn requirement_lines(text: &str) -> Vec<&str> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -652,6 +644,14 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The requirement lines of `text` (comments and blanks aside).
+    fn requirement_lines(text: &str) -> Vec<&str> {
+        text.lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
 
     /// setup's import probe covers exactly the requirements file's lines.
     #[test]
