@@ -86,18 +86,10 @@ pub struct State {
 impl State {
     fn usage(&mut self, u: Usage) {
         // Counts are cumulative: a later report replaces an earlier one.
-        if u.input_tokens.is_some() {
-            self.input = u.input_tokens;
-        }
-        if u.output_tokens.is_some() {
-            self.output = u.output_tokens;
-        }
-        if u.cache_read_input_tokens.is_some() {
-            self.cache_read = u.cache_read_input_tokens;
-        }
-        if u.cache_creation_input_tokens.is_some() {
-            self.cache_creation = u.cache_creation_input_tokens;
-        }
+        self.input = u.input_tokens.or(self.input);
+        self.output = u.output_tokens.or(self.output);
+        self.cache_read = u.cache_read_input_tokens.or(self.cache_read);
+        self.cache_creation = u.cache_creation_input_tokens.or(self.cache_creation);
     }
 
     fn error(&mut self, e: Option<ErrorBody<'_>>, f: &mut Findings) {

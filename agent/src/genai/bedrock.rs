@@ -256,18 +256,10 @@ impl State {
     }
 
     fn usage(&mut self, u: Usage) {
-        if u.input_tokens.is_some() {
-            self.input = u.input_tokens;
-        }
-        if u.output_tokens.is_some() {
-            self.output = u.output_tokens;
-        }
-        if u.cache_read_input_tokens.is_some() {
-            self.cache_read = u.cache_read_input_tokens;
-        }
-        if u.cache_write_input_tokens.is_some() {
-            self.cache_write = u.cache_write_input_tokens;
-        }
+        self.input = u.input_tokens.or(self.input);
+        self.output = u.output_tokens.or(self.output);
+        self.cache_read = u.cache_read_input_tokens.or(self.cache_read);
+        self.cache_write = u.cache_write_input_tokens.or(self.cache_write);
     }
 
     fn metrics(&mut self, m: InvocationMetrics) {

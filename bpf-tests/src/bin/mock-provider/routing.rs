@@ -235,9 +235,7 @@ async fn with_json<F>(
 where
     F: FnOnce(&State, &Call) -> Result<Response<RespBody>, Reject>,
 {
-    let req_headers = req.headers().clone();
-    let resp = read_json(state, req, query, provider, None, f).await;
-    compress(resp, &req_headers, provider).await
+    answer(state, req, query, provider, None, f).await
 }
 
 /// [`with_json`] for an API whose path names the model: the body's
@@ -253,8 +251,24 @@ async fn with_json_model<F>(
 where
     F: FnOnce(&State, &Call) -> Result<Response<RespBody>, Reject>,
 {
+    answer(state, req, query, provider, Some(model), f).await
+}
+
+/// [`read_json`], then the answer compressed as the provider's front end
+/// would (errors included).
+async fn answer<F>(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    query: Option<String>,
+    provider: Provider,
+    path_model: Option<String>,
+    f: F,
+) -> Response<RespBody>
+where
+    F: FnOnce(&State, &Call) -> Result<Response<RespBody>, Reject>,
+{
     let req_headers = req.headers().clone();
-    let resp = read_json(state, req, query, provider, Some(model), f).await;
+    let resp = read_json(state, req, query, provider, path_model, f).await;
     compress(resp, &req_headers, provider).await
 }
 
