@@ -228,6 +228,30 @@ pub const ATTRIBUTION_SOURCE_KERNEL: &str = "kernel";
 /// Attribution from a trusted dialer's PROXY protocol v2 TLVs.
 pub const ATTRIBUTION_SOURCE_PROXY_PROTOCOL: &str = "proxy-protocol";
 
+/// Record attributes that hold exchanged content (body text and what
+/// describes it): exported only by OTLP exporters with `content: full`.
+pub const CONTENT: &[&str] = &[
+    REQUEST_BODY,
+    RESPONSE_BODY,
+    REQUEST_BODY_B64,
+    RESPONSE_BODY_B64,
+];
+/// Record attributes read from the content that name or identify what was
+/// said (paths, ids, tool and prompt names, stop sequences): dropped by
+/// exporters with `content: none`, which keep the envelope only.
+pub const CONTENT_DETAIL: &[&str] = &[
+    URL_PATH,
+    GEN_AI_RESPONSE_ID,
+    GEN_AI_CONVERSATION_ID,
+    GEN_AI_REQUEST_STOP_SEQUENCES,
+    GEN_AI_TOOL_NAME,
+    GEN_AI_PROMPT_NAME,
+    MCP_RESOURCE_URI,
+    MCP_SESSION_ID,
+    JSONRPC_REQUEST_ID,
+    WEBSOCKET_SESSION_ID,
+];
+
 /// Value type of an attribute, as the semantic-convention YAML names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttrType {
@@ -359,3 +383,48 @@ pub const DEFINED: &[(&str, AttrType)] = {
         (MLFLOW_SPAN_TYPE, S),
     ]
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The content attributes are egret's own, and every defined name
+    /// that carries text of the exchange is in [`CONTENT`] (or produced only
+    /// by the convention profiles, which check the content mode
+    /// themselves), so a new content attribute cannot reach a
+    /// `metadata` or `none` exporter by default.
+    #[test]
+    fn content_lists_cover_the_content_attributes() {
+        let defined = |n: &str| DEFINED.iter().any(|(d, _)| *d == n);
+        for n in CONTENT {
+            assert!(defined(n), "{n} is not defined");
+        }
+        let profile_values = [
+            INPUT_VALUE,
+            OUTPUT_VALUE,
+            MLFLOW_SPAN_INPUTS,
+            MLFLOW_SPAN_OUTPUTS,
+        ];
+        for (n, _) in DEFINED {
+            let looks_like_content = [
+                ".body",
+                "_b64",
+                ".messages",
+                "instructions",
+                "definitions",
+                "arguments",
+                ".value",
+                "spanInputs",
+                "spanOutputs",
+            ]
+            .iter()
+            .any(|p| n.ends_with(p));
+            if looks_like_content {
+                assert!(
+                    CONTENT.contains(n) || profile_values.contains(n),
+                    "{n} looks like content but is not in semconv::CONTENT"
+                );
+            }
+        }
+    }
+}

@@ -624,6 +624,82 @@ fn otlp_traces_logs_and_metrics_reach_an_independent_receiver() {
     assert!(!all.contains("sk-ant-secret"), "credential exported");
 }
 
+/// Fan-out through the running agent: one gateway with the operator's
+/// exporter (`content: full`) and a tenant's (`exporters[]`, gRPC,
+/// `content: none`), each an independent receiver. One real call reaches
+/// both as a span and a log record; only the operator's carries the
+/// prompt and the response body.
+#[test]
+fn otlp_fan_out_to_two_receivers_with_different_content_modes() {
+    if !require_privileges("otlp_fan_out") || !require_venv("otlp_fan_out") {
+        return;
+    }
+    let operator = Receiver::start();
+    let tenant = Receiver::start_with(&["--grpc"]);
+    let w = World::start(&format!(
+        "gateways:\n- name: fan-gw\n  routes:\n  - {{name: anthropic, hosts: [api.anthropic.com], provider: anthropic}}\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    signals: {{metrics: false}}\n  exporters:\n  - name: tenant\n    endpoint: http://127.0.0.1:{}\n    protocol: grpc\n    content: none\n    serviceName: tenant-agents\n    signals: {{metrics: false}}\n",
+        operator.port, tenant.port
+    ));
+    let inv = unique("inv-fan-");
+    let cg = w.sandbox(&inv, None);
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"tell me about egrets"}]}"#;
+    w.curl(
+        &cg,
+        &[
+            "-o",
+            "/dev/null",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "x-api-key: sk-ant-secret",
+            "-H",
+            "anthropic-version: 2023-06-01",
+            "-d",
+            body,
+            "https://api.anthropic.com/v1/messages",
+        ],
+    );
+    let rec = &w.transactions(&inv, 1)[0];
+    let inv_v = Value::String(inv.clone());
+    let both = |l: &[Value]| {
+        l.iter()
+            .any(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
+            && l.iter()
+                .any(|x| x["signal"] == "logs" && x["attributes"]["invocation.id"] == inv_v)
+    };
+    let op = operator.wait("operator span and log", both);
+    let te = tenant.wait("tenant span and log", both);
+    let text = |l: &[Value]| serde_json::to_string(l).unwrap();
+    let (op_text, te_text) = (text(&op), text(&te));
+    assert!(
+        op_text.contains("tell me about egrets"),
+        "operator gets the prompt"
+    );
+    assert!(op_text.contains("msg_"), "operator gets the response body");
+    for gone in ["tell me about egrets", "msg_", "/v1/messages"] {
+        assert!(
+            !te_text.contains(gone),
+            "tenant received {gone:?}: {te_text}"
+        );
+    }
+    let span = te
+        .iter()
+        .find(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
+        .unwrap();
+    assert_eq!(span["name"], "chat claude-sonnet-4-5", "{span}");
+    assert_eq!(
+        span["attributes"]["gen_ai.usage.output_tokens"],
+        i(rec, sc::GEN_AI_USAGE_OUTPUT_TOKENS)
+    );
+    assert!(
+        te_text.contains("tenant-agents"),
+        "tenant service.name: {te_text}"
+    );
+    for t in [&op_text, &te_text] {
+        assert!(!t.contains("sk-ant-secret"), "credential exported");
+    }
+}
+
 /// The agent configured by the standard variables alone (no `otlp` key):
 /// OTLP/gRPC to grpcio's server, metrics every second. The measured bug:
 /// with `OTEL_METRIC_EXPORT_INTERVAL=1000` no metric arrived within 12 s

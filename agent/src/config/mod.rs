@@ -38,7 +38,7 @@ pub use gateway::{
     Selector,
 };
 pub use node::{LimitsConfig, NodeConfig, ProxyProtocolConfig};
-pub use otlp::{Compression, Convention, OtlpConfig, Protocol, SignalsConfig};
+pub use otlp::{Compression, ContentMode, Convention, OtlpConfig, Protocol, SignalsConfig};
 pub use store::{SpoolConfig, StoreConfig};
 pub use validate::ValidationError;
 
@@ -103,6 +103,7 @@ impl Config {
                 rewrite_stream_usage: true,
                 non_http: NonHttpPolicy::Passthrough,
                 otlp: OtlpConfig::default(),
+                exporters: vec![],
             }],
         }
     }
@@ -274,6 +275,38 @@ mod tests {
             )
             .unwrap_err()
             .to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn exporters_need_unique_names_and_their_own_endpoints() {
+        let gw = |extra: &str| format!("gateways:\n- name: g\n{extra}");
+        let cfg = Config::parse(
+            &gw("  otlp: {endpoint: 'http://op:4318'}\n  exporters:\n  - {name: tenant, endpoint: 'http://t:4318', content: none}\n"),
+            Path::new("x.yaml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.gateways[0].exporters[0].content, ContentMode::None);
+        for (bad, why) in [
+            (
+                "  exporters:\n  - {endpoint: 'http://t:4318'}\n",
+                "exporters[0].name",
+            ),
+            (
+                "  exporters:\n  - {name: 'a b', endpoint: 'http://t:4318'}\n",
+                "exporters[0].name",
+            ),
+            ("  otlp: {name: ''}\n", "otlp.name"),
+            ("  exporters:\n  - {name: t}\n", "needs its own endpoint"),
+            (
+                "  otlp: {name: t}\n  exporters:\n  - {name: t, endpoint: 'http://t:4318'}\n",
+                "duplicate exporter name \"t\"",
+            ),
+        ] {
+            let err = Config::parse(&gw(bad), Path::new("x.yaml"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
     }

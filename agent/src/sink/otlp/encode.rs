@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::settings::Conventions;
 use crate::{
+    config::ContentMode,
     record::{AttrValue, Record},
     semconv as sc,
 };
@@ -288,18 +289,27 @@ pub fn span_ids(rec: &Record) -> Option<SpanIds> {
 /// `{operation} {tool}`; else `{mcp.method.name} [{tool}]`; else the HTTP
 /// method; else the record kind.
 pub fn span_name(rec: &Record) -> String {
+    span_name_with(rec, true)
+}
+
+/// [`span_name`], without tool and prompt names unless `details` (an
+/// exporter with `content: none` sends no content details, in names
+/// neither).
+fn span_name_with(rec: &Record, details: bool) -> String {
     let op = rec
         .get_str(sc::GEN_AI_OPERATION_NAME)
         .filter(|s| !s.is_empty());
     let model = rec
         .get_str(sc::GEN_AI_REQUEST_MODEL)
         .filter(|s| !s.is_empty());
-    let tool = rec.get_str(sc::GEN_AI_TOOL_NAME).filter(|s| !s.is_empty());
+    let tool = rec
+        .get_str(sc::GEN_AI_TOOL_NAME)
+        .filter(|s| details && !s.is_empty());
     let mcp = rec.get_str(sc::MCP_METHOD_NAME).filter(|s| !s.is_empty());
     // MCP: `{mcp.method.name} {target}`, the target a tool or prompt name.
     let target = tool.or_else(|| {
         rec.get_str(sc::GEN_AI_PROMPT_NAME)
-            .filter(|s| !s.is_empty())
+            .filter(|s| details && !s.is_empty())
     });
     match (op, model, tool, mcp) {
         (_, _, _, Some(m)) => match target {
@@ -384,6 +394,7 @@ fn record_attributes(rec: &Record, skip: &[&str], conventions: Conventions) -> V
         .filter(|(k, _)| {
             conventions.legacy_cache_creation || *k != sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS
         })
+        .filter(|(k, _)| conventions.keeps(k))
         .map(|(k, v)| kv(k, any_value(v)))
         .collect();
     for (from, to) in [
@@ -416,7 +427,7 @@ pub fn span(rec: &Record, conventions: Conventions, now_ns: u64) -> Option<Span>
         span_id: ids.span_id.to_vec(),
         parent_span_id: ids.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
         flags: ids.flags(),
-        name: span_name(rec),
+        name: span_name_with(rec, conventions.content != ContentMode::None),
         kind: SpanKind::Client as i32,
         start_time_unix_nano: start,
         end_time_unix_nano: end,
@@ -497,8 +508,9 @@ fn add_convention_attributes(rec: &Record, conv: Conventions, out: &mut Vec<KeyV
         return;
     }
     let kind = step_kind(rec);
-    let request = convention_body(rec, sc::REQUEST_BODY, sc::REQUEST_BODY_B64);
-    let response = convention_body(rec, sc::RESPONSE_BODY, sc::RESPONSE_BODY_B64);
+    let full = conv.content == ContentMode::Full;
+    let request = convention_body(rec, sc::REQUEST_BODY, sc::REQUEST_BODY_B64).filter(|_| full);
+    let response = convention_body(rec, sc::RESPONSE_BODY, sc::RESPONSE_BODY_B64).filter(|_| full);
     if let Some(inv) = rec.invocation_id() {
         out.push(kv_str(sc::SESSION_ID, inv));
     }
@@ -543,7 +555,7 @@ fn add_convention_attributes(rec: &Record, conv: Conventions, out: &mut Vec<KeyV
         {
             out.push(kv_i64(sc::LLM_TOKEN_COUNT_PROMPT_CACHE_WRITE, c));
         }
-        if kind == StepKind::Tool {
+        if kind == StepKind::Tool && conv.keeps(sc::GEN_AI_TOOL_NAME) {
             if let Some(t) = rec.get_str(sc::GEN_AI_TOOL_NAME) {
                 out.push(kv_str(sc::TOOL_NAME, t));
             }
@@ -615,7 +627,7 @@ pub fn log_record(rec: &Record, conventions: Conventions, now_ns: u64) -> Option
     let (_, end) = times(rec, now_ns);
     let attributes = record_attributes(rec, LOG_SKIP, conventions);
     let mut body_kv = Vec::new();
-    if rec.kind() == sc::KIND_TRANSACTION {
+    if rec.kind() == sc::KIND_TRANSACTION && conventions.content == ContentMode::Full {
         for (name, key) in [
             ("request", sc::REQUEST_BODY),
             ("response", sc::RESPONSE_BODY),
@@ -1063,6 +1075,66 @@ pub(crate) mod tests {
         );
     }
 
+    /// `content: metadata` drops every body, `none` also the details read
+    /// from the content (path, ids, tool name, also in the span name);
+    /// both keep the envelope, the model and the token counts.
+    #[test]
+    fn content_modes_keep_what_they_promise() {
+        let mut r = txn(200);
+        r.set(sc::URL_PATH, "/v1/chat/completions");
+        r.set(sc::GEN_AI_CONVERSATION_ID, "conv_secret");
+        r.set(sc::MCP_METHOD_NAME, "tools/call");
+        r.set(sc::GEN_AI_TOOL_NAME, "delete_everything");
+        r.set(sc::REQUEST_BODY_B64, false);
+        let text = |content: ContentMode| {
+            let conv = Conventions {
+                openinference: true,
+                mlflow: true,
+                content,
+                ..Conventions::default()
+            };
+            let span = span(&r, conv, 0).unwrap();
+            let log = log_record(&r, conv, 0).unwrap();
+            (format!("{span:?}"), format!("{log:?}"), span.name)
+        };
+        let (span, log, name) = text(ContentMode::Full);
+        assert!(log.contains("\\\"messages\\\"") && span.contains("input.value"));
+        assert!(span.contains("conv_secret") && name == "tools/call delete_everything");
+        for mode in [ContentMode::Metadata, ContentMode::None] {
+            let (span, log, name) = text(mode);
+            for gone in [
+                "messages",
+                "choices",
+                sc::INPUT_VALUE,
+                sc::OUTPUT_VALUE,
+                sc::MLFLOW_SPAN_INPUTS,
+                sc::REQUEST_BODY_B64,
+            ] {
+                assert!(
+                    !span.contains(gone) && !log.contains(gone),
+                    "{mode:?}: {gone}"
+                );
+            }
+            for kept in [sc::GEN_AI_USAGE_OUTPUT_TOKENS, "gpt-4o", "invocation.id"] {
+                assert!(
+                    span.contains(kept) && log.contains(kept),
+                    "{mode:?}: {kept}"
+                );
+            }
+            let details = mode == ContentMode::Metadata;
+            for d in ["conv_secret", "/v1/chat/completions", "delete_everything"] {
+                assert_eq!(span.contains(d), details, "{mode:?}: {d} in span");
+                assert_eq!(log.contains(d), details, "{mode:?}: {d} in log");
+            }
+            let want = if details {
+                "tools/call delete_everything"
+            } else {
+                "tools/call"
+            };
+            assert_eq!(name, want);
+        }
+    }
+
     #[test]
     fn openinference_profile() {
         let mut r = txn(200);
@@ -1072,6 +1144,7 @@ pub(crate) mod tests {
             mlflow: false,
             gen_ai_system: false,
             legacy_cache_creation: true,
+            content: ContentMode::Full,
         };
         let s = span(&r, conv, 0).unwrap();
         let a = &s.attributes;
@@ -1158,6 +1231,7 @@ pub(crate) mod tests {
             mlflow: true,
             gen_ai_system: false,
             legacy_cache_creation: true,
+            content: ContentMode::Full,
         };
         let mut r = txn(200);
         r.set(sc::RESPONSE_BODY, "event: message_start\ndata: {}\n\n");
