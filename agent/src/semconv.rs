@@ -48,6 +48,13 @@ pub const GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: &str =
     "gen_ai.usage.cache_creation.input_tokens";
 pub const GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: &str = "gen_ai.usage.cache_write.input_tokens";
 pub const GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: &str = "gen_ai.usage.reasoning.output_tokens";
+/// Of `gen_ai.usage.cache_write.input_tokens`, those written with a one-hour
+/// time-to-live (priced above five-minute writes).
+pub const USAGE_CACHE_WRITE_1H_INPUT_TOKENS: &str = "egret.usage.cache_write_1h.input_tokens";
+/// What the transaction cost, in USD, from the price table.
+pub const COST_USD: &str = "egret.cost.usd";
+/// Which price table priced it: `default:<date>` or `config`.
+pub const COST_SOURCE: &str = "egret.cost.source";
 // Request parameters, as the client sent them.
 pub const GEN_AI_REQUEST_MAX_TOKENS: &str = "gen_ai.request.max_tokens";
 pub const GEN_AI_REQUEST_TEMPERATURE: &str = "gen_ai.request.temperature";
@@ -159,6 +166,9 @@ pub const WEBSOCKET_CLOSE_CODE: &str = "egret.websocket.close_code";
 /// Values of [`RECORD_KIND`].
 pub const KIND_FLOW: &str = "flow";
 pub const KIND_TRANSACTION: &str = "transaction";
+/// An invocation, from its first registration to its last unregistration:
+/// the `invoke_agent` span that parents every call it made.
+pub const KIND_INVOCATION: &str = "invocation";
 
 /// Values of [`COMPONENT`].
 pub const COMPONENT_PROXY: &str = "egress-proxy";
@@ -178,6 +188,7 @@ pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";
 // OTLP export (sink::otlp). Names a backend reads, beside the record's own.
 /// Event names: the LogRecord `event_name` field of each record's log.
 pub const EVENT_TRANSACTION: &str = "egret.transaction";
+pub const EVENT_INVOCATION: &str = "egret.invocation";
 pub const EVENT_FLOW: &str = "egret.flow";
 // Resource.
 pub const SERVICE_NAME: &str = "service.name";
@@ -289,6 +300,9 @@ pub const DEFINED: &[(&str, AttrType)] = {
         // semantic-conventions-genai v0.1.0 names the core registry lacks.
         (GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS, I),
         (GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, I),
+        (USAGE_CACHE_WRITE_1H_INPUT_TOKENS, I),
+        (COST_USD, D),
+        (COST_SOURCE, S),
         (RECORD_KIND, S),
         (RECORD_ID, S),
         (START_TIME, I),

@@ -28,6 +28,7 @@ mod expand;
 mod gateway;
 mod node;
 mod otlp;
+mod pricing;
 mod store;
 mod validate;
 
@@ -39,6 +40,7 @@ pub use gateway::{
 };
 pub use node::{LimitsConfig, NodeConfig, ProxyProtocolConfig};
 pub use otlp::{Compression, ContentMode, Convention, OtlpConfig, Protocol, SignalsConfig};
+pub use pricing::{LongContextPrice, ModelPrice, PricingConfig, Rates};
 pub use store::{SpoolConfig, StoreConfig};
 pub use validate::ValidationError;
 
@@ -67,6 +69,8 @@ pub struct Config {
     pub node: NodeConfig,
     pub store: StoreConfig,
     pub gateways: Vec<GatewayConfig>,
+    /// The price table behind `egret.cost.usd` (`docs/cost.md`).
+    pub pricing: PricingConfig,
 }
 
 impl Default for Config {
@@ -93,6 +97,7 @@ impl Config {
         Config {
             node: NodeConfig::default(),
             store: StoreConfig::default(),
+            pricing: PricingConfig::default(),
             gateways: vec![GatewayConfig {
                 name: "default".to_owned(),
                 selector: Selector::default(),

@@ -47,6 +47,8 @@ pub enum ValidationError {
     DuplicateExporter { gateway: String, name: String },
     #[error("gateway {gateway:?} exporter {name:?}: needs its own endpoint (the OTEL_* endpoint variables apply to `otlp` only)")]
     ExporterEndpoint { gateway: String, name: String },
+    #[error("pricing.models: {provider} {model}: prices must be finite and not negative, provider and model not empty")]
+    Price { provider: String, model: String },
     #[error("gateway {gateway:?} route {route:?}: {source}")]
     RouteProvider {
         gateway: String,
@@ -107,6 +109,27 @@ impl Config {
             }
             if *p == n.api_socket {
                 return Err(ValidationError::UnixSocketIsApiSocket);
+            }
+        }
+        for p in &self.pricing.models {
+            let rates = std::iter::once(p.rates())
+                .chain(p.long_context.as_ref().map(|l| l.rates()))
+                .flat_map(|r| {
+                    [
+                        Some(r.input),
+                        r.output,
+                        r.cache_read,
+                        r.cache_write,
+                        r.cache_write_1h,
+                    ]
+                })
+                .flatten();
+            let bad_rate = rates.into_iter().any(|v| !v.is_finite() || v < 0.0);
+            if bad_rate || p.provider.trim().is_empty() || p.model.trim().is_empty() {
+                return Err(ValidationError::Price {
+                    provider: p.provider.clone(),
+                    model: p.model.clone(),
+                });
             }
         }
         let mut names = std::collections::HashSet::new();

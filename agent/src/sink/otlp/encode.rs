@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::settings::Conventions;
 use crate::{
+    attribution::{invocation_span_id, OPERATION_INVOKE_AGENT},
     config::ContentMode,
     record::{AttrValue, Record},
     semconv as sc,
@@ -257,15 +258,29 @@ fn transaction_seed(rec: &Record) -> Option<&str> {
 /// Flows with `egret.transaction.id`: the trace of that transaction and,
 /// unless the proxy set ids, a child of the transaction's span.
 pub fn span_ids(rec: &Record) -> Option<SpanIds> {
-    let txn = transaction_seed(rec)?;
     let explicit_trace = hex_attr::<16>(rec, sc::TRACE_ID);
     let explicit_parent = hex_attr::<8>(rec, sc::PARENT_SPAN_ID);
+    if rec.kind() == sc::KIND_INVOCATION {
+        // Its parent, when it has one, is the orchestrator's registered span.
+        return Some(SpanIds {
+            trace_id: explicit_trace?,
+            span_id: hex_attr::<8>(rec, sc::SPAN_ID)?,
+            parent_span_id: explicit_parent,
+            remote_parent: explicit_parent.is_some(),
+        });
+    }
+    let txn = transaction_seed(rec)?;
     if rec.kind() == sc::KIND_TRANSACTION {
+        // The parent is egret's own invocation span (local), or the
+        // sandbox's traceparent (remote).
+        let invocation_span = rec
+            .invocation_id()
+            .and_then(|inv| parse_hex_id::<8>(&invocation_span_id(inv)));
         return Some(SpanIds {
             trace_id: explicit_trace.unwrap_or_else(|| derive_trace_id(txn)),
             span_id: hex_attr::<8>(rec, sc::SPAN_ID).unwrap_or_else(|| derive_span_id(txn)),
             parent_span_id: explicit_parent,
-            remote_parent: explicit_parent.is_some(),
+            remote_parent: explicit_parent.is_some() && explicit_parent != invocation_span,
         });
     }
     if rec.kind() == sc::KIND_FLOW && rec.get_str(sc::TRANSACTION_ID).is_some() {
@@ -296,6 +311,12 @@ pub fn span_name(rec: &Record) -> String {
 /// exporter with `content: none` sends no content details, in names
 /// neither).
 fn span_name_with(rec: &Record, details: bool) -> String {
+    if rec.kind() == sc::KIND_INVOCATION {
+        return match rec.get_str(sc::AGENT_NAME).filter(|s| !s.is_empty()) {
+            Some(agent) => format!("{} {agent}", OPERATION_INVOKE_AGENT),
+            None => OPERATION_INVOKE_AGENT.to_owned(),
+        };
+    }
     let op = rec
         .get_str(sc::GEN_AI_OPERATION_NAME)
         .filter(|s| !s.is_empty());
@@ -421,6 +442,14 @@ pub fn span(rec: &Record, conventions: Conventions, now_ns: u64) -> Option<Span>
         if let Some(inv) = rec.invocation_id() {
             attributes.push(kv_str(sc::SESSION_ID, inv));
         }
+        if rec.kind() == sc::KIND_INVOCATION {
+            if conventions.openinference {
+                attributes.push(kv_str(sc::OPENINFERENCE_SPAN_KIND, "AGENT"));
+            }
+            if conventions.mlflow {
+                attributes.push(kv_str(sc::MLFLOW_SPAN_TYPE, &json_string("AGENT")));
+            }
+        }
     }
     Some(Span {
         trace_id: ids.trace_id.to_vec(),
@@ -428,7 +457,12 @@ pub fn span(rec: &Record, conventions: Conventions, now_ns: u64) -> Option<Span>
         parent_span_id: ids.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
         flags: ids.flags(),
         name: span_name_with(rec, conventions.content != ContentMode::None),
-        kind: SpanKind::Client as i32,
+        // An invocation runs inside the node (INTERNAL); calls leave it.
+        kind: if rec.kind() == sc::KIND_INVOCATION {
+            SpanKind::Internal as i32
+        } else {
+            SpanKind::Client as i32
+        },
         start_time_unix_nano: start,
         end_time_unix_nano: end,
         attributes,
@@ -622,6 +656,7 @@ pub fn log_record(rec: &Record, conventions: Conventions, now_ns: u64) -> Option
     let (event, (sev, sev_text)) = match rec.kind() {
         sc::KIND_TRANSACTION => (sc::EVENT_TRANSACTION, severity(rec)),
         sc::KIND_FLOW => (sc::EVENT_FLOW, (SeverityNumber::Info, "INFO")),
+        sc::KIND_INVOCATION => (sc::EVENT_INVOCATION, (SeverityNumber::Info, "INFO")),
         _ => return None,
     };
     let (_, end) = times(rec, now_ns);
@@ -744,7 +779,7 @@ pub fn logs_request(
 /// transaction id).
 pub fn has_span(rec: &Record) -> bool {
     match rec.kind() {
-        sc::KIND_TRANSACTION => true,
+        sc::KIND_TRANSACTION | sc::KIND_INVOCATION => true,
         sc::KIND_FLOW => rec.get_str(sc::TRANSACTION_ID).is_some(),
         _ => false,
     }
@@ -752,7 +787,10 @@ pub fn has_span(rec: &Record) -> bool {
 
 /// Whether a record becomes a log record.
 pub fn has_log(rec: &Record) -> bool {
-    matches!(rec.kind(), sc::KIND_TRANSACTION | sc::KIND_FLOW)
+    matches!(
+        rec.kind(),
+        sc::KIND_TRANSACTION | sc::KIND_FLOW | sc::KIND_INVOCATION
+    )
 }
 
 #[cfg(test)]
@@ -924,6 +962,49 @@ pub(crate) mod tests {
         );
         assert_eq!(n, 1);
         assert_eq!(req.resource_spans[0].scope_spans[0].spans.len(), 1);
+    }
+
+    /// An invocation record becomes an INTERNAL `invoke_agent {agent}` span
+    /// and its log; a call of that invocation is its local child, and a
+    /// call under the sandbox's own traceparent keeps a remote parent.
+    #[test]
+    fn invocation_span_parents_the_calls() {
+        let a = crate::attribution::Attribution {
+            invocation_id: "inv-1".into(),
+            agent_name: "coder".into(),
+            ..Default::default()
+        };
+        let root = a.trace_root();
+        let mut inv = Record::new(sc::KIND_INVOCATION);
+        a.apply(&mut inv);
+        inv.set(sc::GEN_AI_OPERATION_NAME, OPERATION_INVOKE_AGENT);
+        inv.set(sc::TRACE_ID, root.trace_id.as_str());
+        inv.set(sc::SPAN_ID, root.span_id.as_str());
+        inv.set(sc::START_TIME, 1i64);
+        inv.set(sc::END_TIME, 9i64);
+        let s = span(&inv, Conventions::default(), 0).unwrap();
+        assert_eq!(s.name, "invoke_agent coder");
+        assert_eq!(s.kind, SpanKind::Internal as i32);
+        assert!(s.parent_span_id.is_empty());
+        assert!(has_log(&inv) && log_record(&inv, Conventions::default(), 0).is_some());
+
+        let mut call = txn(200);
+        call.set(sc::TRACE_ID, root.trace_id.as_str());
+        call.set(sc::SPAN_ID, "00f067aa0ba902b7");
+        call.set(sc::PARENT_SPAN_ID, root.span_id.as_str());
+        let c = span(&call, Conventions::default(), 0).unwrap();
+        assert_eq!(
+            (c.trace_id.clone(), c.parent_span_id.clone()),
+            (s.trace_id.clone(), s.span_id.clone())
+        );
+        assert_eq!(
+            c.flags & FLAG_IS_REMOTE,
+            0,
+            "egret's own span is a local parent"
+        );
+        call.set(sc::PARENT_SPAN_ID, "b7ad6b7169203331");
+        let c = span(&call, Conventions::default(), 0).unwrap();
+        assert_ne!(c.flags & FLAG_IS_REMOTE, 0, "the sandbox's span is remote");
     }
 
     #[test]
