@@ -88,6 +88,7 @@ use crate::config::{expand_process_env, ClickHouseConfig};
 mod dead_letter;
 mod error;
 mod query;
+mod retention;
 mod row;
 mod schema;
 mod status;
@@ -96,8 +97,9 @@ mod writer;
 pub use dead_letter::{DeadLetter, DEAD_LETTER_FILE, DEAD_LETTER_MAX_BYTES};
 pub use error::{InvalidConfig, SinkError};
 pub use query::query_records;
+pub use retention::{DroppedPartition, MIN_RETENTION, RETENTION_INTERVAL};
 pub use row::{column_type, ColKind, Column, FlowRow, TransactionRow};
-pub use schema::schema_ddl;
+pub use schema::{schema_ddl, ZOOKEEPER_PREFIX};
 pub use status::{ClickHouseReport, SinkState, SinkStatus, StatusHandle};
 pub use writer::InsertCounts;
 
@@ -134,6 +136,9 @@ impl ClickHouseSink {
         let names = Names::new(cfg)?;
         if cfg.batch_rows == 0 {
             return Err(InvalidConfig::ZeroBatchRows.into());
+        }
+        if let Some(r) = cfg.retention.filter(|r| *r < MIN_RETENTION) {
+            return Err(InvalidConfig::RetentionTooShort(r).into());
         }
         // No default database on the client: every statement is fully
         // qualified, so DDL works before the database exists.
@@ -218,5 +223,17 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("EGRET_TEST_SURELY_UNSET"), "{err}");
+        // Retention shorter than a day is refused (partitions are days).
+        let err = ClickHouseSink::new(&ClickHouseConfig {
+            retention: Some(std::time::Duration::from_secs(1800)),
+            ..ClickHouseConfig::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("retention"), "{err}");
+        assert!(ClickHouseSink::new(&ClickHouseConfig {
+            retention: Some(MIN_RETENTION),
+            ..ClickHouseConfig::default()
+        })
+        .is_ok());
     }
 }
