@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bpf_tests::clickhouse_cluster::ClickHouseCluster;
@@ -27,12 +27,9 @@ use tokio_util::sync::CancellationToken;
 const BASE_NS: i64 = 1_763_000_000_000_000_000; // Nov 2025
 const DAY_NS: i64 = 86_400 * 1_000_000_000;
 
-/// One cluster at a time: each is five JVM/server processes.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// One cluster at a time: each is five JVM/server processes. (A tokio
+/// mutex: the guard is held across awaits; a test that panics releases it.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn shape() -> (usize, usize) {
     let s = std::env::var("EGRET_CH_CLUSTER").unwrap_or_else(|_| "2x2".into());
@@ -183,7 +180,7 @@ impl Producer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_survives_a_replica_crash_and_a_shard_restart_exactly_once() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let (shards, replicas) = shape();
     let t_start = Instant::now();
     let Some(mut c) = ClickHouseCluster::start_or_skip("clickhouse_cluster", shards, replicas)
@@ -320,6 +317,14 @@ async fn cluster_survives_a_replica_crash_and_a_shard_restart_exactly_once() {
         || status.get().rows_inserted >= rows_at_kill + 2000,
     )
     .await;
+    // An agent (re)starting now migrates without waiting for the dead
+    // node (an ON CLUSTER statement would, past insertTimeout): a current
+    // schema needs none.
+    ClickHouseSink::new(&cfg)
+        .unwrap()
+        .migrate()
+        .await
+        .expect("migrate with a replica down");
     c.node_mut(victim.0, victim.1)
         .start_again()
         .expect("the killed replica restarts");
@@ -495,7 +500,7 @@ async fn cluster_survives_a_replica_crash_and_a_shard_restart_exactly_once() {
 /// are kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_retention_drops_old_days_everywhere_and_keeps_the_rest() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let (shards, replicas) = shape();
     let Some(c) =
         ClickHouseCluster::start_or_skip("clickhouse_cluster_retention", shards, replicas)
@@ -596,4 +601,197 @@ async fn cluster_retention_drops_old_days_everywhere_and_keeps_the_rest() {
     // A pass with nothing to drop drops nothing.
     let sink = ClickHouseSink::new(&cfg).unwrap();
     assert!(sink.enforce_retention_at(now).await.unwrap().is_empty());
+}
+
+/// Text that compresses about like prose: words drawn from a few hundred
+/// made-up ones (a fixed LCG, so every run writes the same bytes).
+fn prose(seed: u64, bytes: usize) -> String {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut out = String::with_capacity(bytes + 16);
+    while out.len() < bytes {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let w = (x >> 33) % 400;
+        let len = 2 + (w % 9) as usize;
+        for k in 0..len {
+            out.push((b'a' + ((w as usize * 7 + k * 13) % 26) as u8) as char);
+        }
+        out.push(if x.is_multiple_of(11) { '\n' } else { ' ' });
+    }
+    out
+}
+
+/// A transaction as the proxy writes one for a chat completion: the
+/// attribution and GenAI columns plus `body` bytes of captured request and
+/// response (a quarter request, the rest response); or a flow.
+fn sized_record(i: i64, body: usize) -> Record {
+    let inv = format!("inv-{:04}", i % 1000);
+    let start = BASE_NS + i * 1_000_000;
+    let mut r = if i % 2 == 1 {
+        let mut r = Record::new(sc::KIND_FLOW);
+        r.set(sc::L4_BYTES_SANDBOX_TX, 1000 + i % 5000);
+        r.set(sc::SOCKET_COOKIE, 1_000_000 + i);
+        r.set(sc::SERVER_ADDRESS, "api.anthropic.com");
+        r.set(sc::PROCESS_PID, 4000 + i % 300);
+        r
+    } else {
+        let mut r = Record::new(sc::KIND_TRANSACTION);
+        r.set(sc::AGENT_NAME, format!("agent-{}", i % 20));
+        r.set(sc::AGENT_NAMESPACE, "team-a");
+        r.set(sc::GEN_AI_PROVIDER_NAME, "anthropic");
+        r.set(sc::GEN_AI_REQUEST_MODEL, "claude-sonnet-4-5");
+        r.set(sc::GEN_AI_RESPONSE_MODEL, "claude-sonnet-4-5-20250929");
+        r.set(sc::GEN_AI_USAGE_INPUT_TOKENS, 500 + i % 3000);
+        r.set(sc::GEN_AI_USAGE_OUTPUT_TOKENS, 50 + i % 700);
+        r.set(sc::HTTP_RESPONSE_STATUS_CODE, 200i64);
+        r.set(sc::SERVER_ADDRESS, "api.anthropic.com");
+        r.set(sc::PROCESS_PID, 4000 + i % 300);
+        if body > 0 {
+            r.set(sc::REQUEST_BODY, prose(i as u64, body / 4));
+            r.set(sc::RESPONSE_BODY, prose(!(i as u64), body - body / 4));
+        }
+        r
+    };
+    r.set(sc::INVOCATION_ID, inv);
+    r.set(sc::START_TIME, start);
+    r.set(sc::END_TIME, start + 800_000_000);
+    r
+}
+
+/// Sizing figures for docs/operations.md (`--ignored --nocapture`): for one
+/// server and for the 2×2 cluster, per record shape (transactions with 0
+/// and 4 KiB of captured body, flows; half each), the rate egret's sink
+/// sustains spool → ClickHouse (10,000 rows per INSERT), the rate the
+/// servers alone sustain for the same rows (`INSERT ... SELECT` through
+/// the same table), and the bytes per record on disk after merges
+/// (`system.parts`, one replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement for docs/operations.md; minutes"]
+async fn cluster_sizing() {
+    let _serial = SERIAL.lock().await;
+    let n: i64 = std::env::var("EGRET_CH_SIZING_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let single = bpf_tests::clickhouse_rig::ClickHouseRig::start().expect("clickhouse-server");
+    let cluster = ClickHouseCluster::start(2, 2).expect("cluster");
+    for body in [0usize, 4096] {
+        for (what, url, name) in [
+            ("1 server", single.url(), None),
+            (
+                "2x2 cluster",
+                cluster.node(0, 0).url(),
+                Some(cluster.name()),
+            ),
+        ] {
+            let db = format!("sizing_{body}_{}", if name.is_some() { "c" } else { "s" });
+            let cfg = ClickHouseConfig {
+                url: url.clone(),
+                database: db.clone(),
+                cluster: name.map(str::to_owned),
+                batch_rows: 10_000,
+                flush_interval: Duration::from_millis(200),
+                insert_timeout: Duration::from_secs(60),
+                ..ClickHouseConfig::default()
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let mut spool = Spool::open(&SpoolConfig {
+                segment_bytes: 64 << 20,
+                max_bytes: 8 << 30,
+                ..spool_cfg(dir.path())
+            })
+            .unwrap();
+            let handle = spool.handle();
+            drop(handle.cursor(CURSOR_NAME).unwrap());
+            for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
+                let recs: Vec<Record> = chunk.iter().map(|i| sized_record(*i, body)).collect();
+                spool.append(&recs).unwrap();
+            }
+            let spool_bytes = spool.stats().bytes_on_disk;
+            let sink = ClickHouseSink::new(&cfg).unwrap();
+            sink.migrate().await.unwrap();
+            let t = Instant::now();
+            let (status, stop, task) = spawn_sink(sink, &handle);
+            wait_for("delivery", Duration::from_secs(1200), || {
+                status.get().rows_inserted == n as u64 && lag(&handle) == 0
+            })
+            .await;
+            let egret_secs = t.elapsed().as_secs_f64();
+            stop.cancel();
+            task.await.unwrap().unwrap();
+
+            // The servers alone: the same rows again through the same
+            // table (synchronous, as egret inserts), into a second database.
+            let node = if name.is_some() {
+                cluster.node(0, 0)
+            } else {
+                &single
+            };
+            let copy = ClickHouseConfig {
+                database: format!("{db}_copy"),
+                ..cfg.clone()
+            };
+            ClickHouseSink::new(&copy).unwrap().migrate().await.unwrap();
+            let mut server_secs = 0.0;
+            for t in ["transactions", "flows"] {
+                let cols = node
+                    .query(&format!(
+                        "SELECT arrayStringConcat(groupArray(name), ', ') FROM system.columns \
+                         WHERE database = '{db}' AND table = '{t}' AND default_kind = ''"
+                    ))
+                    .unwrap();
+                let cols = cols.trim();
+                let start = Instant::now();
+                node.query(&format!(
+                    "INSERT INTO {db}_copy.{t} ({cols}) SELECT {cols} FROM {db}.{t} \
+                     SETTINGS insert_distributed_sync = 1"
+                ))
+                .unwrap();
+                server_secs += start.elapsed().as_secs_f64();
+            }
+
+            // Bytes per record on disk after merges, on one replica of
+            // each shard (the other replicas hold the same again).
+            let data_nodes: Vec<&bpf_tests::clickhouse_rig::ClickHouseRig> = if name.is_some() {
+                (0..cluster.shards()).map(|s| cluster.node(s, 0)).collect()
+            } else {
+                vec![&single]
+            };
+            let suffix = if name.is_some() { "_local" } else { "" };
+            let (mut rows, mut disk, mut raw) = (0u64, 0u64, 0u64);
+            for dn in &data_nodes {
+                for t in ["transactions", "flows"] {
+                    dn.query(&format!("OPTIMIZE TABLE {db}.{t}{suffix} FINAL"))
+                        .unwrap();
+                }
+                let line = dn
+                    .query(&format!(
+                        "SELECT sum(rows), sum(bytes_on_disk), sum(data_uncompressed_bytes) \
+                         FROM system.parts WHERE database = '{db}' AND active"
+                    ))
+                    .unwrap();
+                let v: Vec<u64> = line
+                    .split_whitespace()
+                    .map(|x| x.parse().unwrap())
+                    .collect();
+                rows += v[0];
+                disk += v[1];
+                raw += v[2];
+            }
+            assert_eq!(rows, n as u64, "{what}: rows after merges");
+            eprintln!(
+                "MEASURED sizing {what}, {n} records (half transactions with {body} B of body, half flows): \
+                 egret spool→ClickHouse {:.0} records/s ({egret_secs:.1} s); servers alone (INSERT SELECT) \
+                 {:.0} records/s; on disk {:.0} B/record per replica (uncompressed {:.0} B, spool {:.0} B)",
+                n as f64 / egret_secs,
+                n as f64 / server_secs,
+                disk as f64 / n as f64,
+                raw as f64 / n as f64,
+                spool_bytes as f64 / n as f64,
+            );
+        }
+    }
 }

@@ -196,11 +196,39 @@ fn create_distributed_table(n: &Names, t: &str, cols: &[Column]) -> String {
     )
 }
 
+/// Why a table with `existing` (name, default kind) columns does not match
+/// `want` — a column missing, or a computed one not of kind `computed` —
+/// or `None`.
+fn stale_columns(
+    want: &[(&str, String)],
+    existing: &[(String, String)],
+    computed: &str,
+) -> Option<String> {
+    want.iter().find_map(|(name, _)| {
+        let kind = existing.iter().find(|(e, _)| e == name).map(|(_, k)| k);
+        let is_computed = COMPUTED_COLUMNS.iter().any(|(c, ..)| c == name);
+        match kind {
+            None => Some(format!("column {name} missing")),
+            Some(k) if is_computed && k != computed => Some(format!("column {name} is {k}")),
+            Some(_) => None,
+        }
+    })
+}
+
 impl ClickHouseSink {
     /// Creates the database and tables if needed and adds missing columns.
     /// Idempotent; safe to run from several agents at once.
     pub async fn migrate(&self) -> Result<(), SinkError> {
         let n = &self.names;
+        if n.cluster.is_some() && self.cluster_schema_current().await? {
+            // Nothing to do: no `ON CLUSTER` statement, which would wait for
+            // every node — an agent (re)starting while a node is down still
+            // gets to insert.
+            for (t, _) in tables() {
+                self.check_replicated(&n.data_table(t)).await?;
+            }
+            return Ok(());
+        }
         self.exec(&format!(
             "CREATE DATABASE IF NOT EXISTS `{}`{}",
             n.db, n.on_cluster
@@ -242,16 +270,7 @@ impl ClickHouseSink {
         let n = &self.names;
         self.exec(&create_distributed_table(n, t, cols)).await?;
         let existing = self.columns(t).await?;
-        let stale = distributed_columns(cols).iter().find_map(|(name, _)| {
-            let kind = existing.iter().find(|(e, _)| e == name).map(|(_, k)| k);
-            let computed = COMPUTED_COLUMNS.iter().any(|(c, ..)| c == name);
-            match kind {
-                None => Some(format!("column {name} missing")),
-                Some(k) if computed && k != "ALIAS" => Some(format!("column {name} is {k}")),
-                Some(_) => None,
-            }
-        });
-        if let Some(why) = stale {
+        if let Some(why) = stale_columns(&distributed_columns(cols), &existing, "ALIAS") {
             tracing::info!(table = %t, %why, "re-creating the ClickHouse Distributed table");
             self.exec(&format!(
                 "DROP TABLE IF EXISTS `{}`.`{t}`{}",
@@ -261,6 +280,22 @@ impl ClickHouseSink {
             self.exec(&create_distributed_table(n, t, cols)).await?;
         }
         Ok(())
+    }
+
+    /// In cluster mode: whether the node the agent talks to has both
+    /// tables of both kinds with every column as this version makes them.
+    async fn cluster_schema_current(&self) -> Result<bool, SinkError> {
+        for (t, cols) in tables() {
+            let local = self.columns(&self.names.data_table(t)).await?;
+            if stale_columns(&all_columns(cols), &local, "MATERIALIZED").is_some() {
+                return Ok(false);
+            }
+            let dist = self.columns(t).await?;
+            if stale_columns(&distributed_columns(cols), &dist, "ALIAS").is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// (name, default kind) of `table`'s columns, as the server the agent
