@@ -33,7 +33,7 @@ impl fmt::Display for RigError {
 
 impl std::error::Error for RigError {}
 
-fn err(msg: impl Into<String>) -> RigError {
+pub(crate) fn err(msg: impl Into<String>) -> RigError {
     RigError(msg.into())
 }
 
@@ -43,6 +43,13 @@ pub struct ClickHouseRig {
     dir: PathBuf,
     http_port: u16,
     tcp_port: u16,
+    /// Replica-to-replica part fetches (cluster nodes only).
+    interserver_port: Option<u16>,
+    /// More top-level config elements (cluster nodes: remote_servers,
+    /// zookeeper, macros, distributed_ddl).
+    extra_config: String,
+    /// Seconds the server keeps an idle HTTP connection open.
+    keep_alive_secs: u32,
     child: Option<Child>,
 }
 
@@ -110,10 +117,39 @@ impl ClickHouseRig {
             dir,
             http_port: free_port()?,
             tcp_port: free_port()?,
+            interserver_port: None,
+            extra_config: String::new(),
+            keep_alive_secs: 1,
             child: None,
         };
         rig.write_config()?;
         rig.start_again()?;
+        Ok(rig)
+    }
+
+    /// A server not started yet, on the given ports, with `extra_config`
+    /// added to its config (a cluster node; see [`crate::clickhouse_cluster`]).
+    pub(crate) fn prepare(
+        http_port: u16,
+        tcp_port: u16,
+        interserver_port: u16,
+        extra_config: String,
+    ) -> Result<ClickHouseRig, RigError> {
+        let binary = Self::find_binary().ok_or_else(|| err("clickhouse-server not found"))?;
+        let rig = ClickHouseRig {
+            binary,
+            dir: unique_temp_dir()?,
+            http_port,
+            tcp_port,
+            interserver_port: Some(interserver_port),
+            extra_config,
+            // Longer than the clickhouse crate's 2 s pool idle timeout: ON
+            // CLUSTER statements leave pooled connections idle long enough
+            // for a shorter server timeout to close one as it is reused.
+            keep_alive_secs: 3,
+            child: None,
+        };
+        rig.write_config()?;
         Ok(rig)
     }
 
@@ -142,6 +178,12 @@ impl ClickHouseRig {
     /// (Re)starts the server on the same ports and data directory and waits
     /// until `/ping` answers.
     pub fn start_again(&mut self) -> Result<(), RigError> {
+        self.spawn()?;
+        self.wait_ready(Duration::from_secs(60))
+    }
+
+    /// Starts the process (if not running) without waiting for it.
+    pub(crate) fn spawn(&mut self) -> Result<(), RigError> {
         if self.is_running() {
             return Ok(());
         }
@@ -166,8 +208,13 @@ impl ClickHouseRig {
             .spawn()
             .map_err(|e| err(format!("spawn {}: {e}", self.binary.display())))?;
         self.child = Some(child);
+        Ok(())
+    }
 
-        let deadline = Instant::now() + Duration::from_secs(60);
+    /// Waits until the process started by [`spawn`](Self::spawn) answers
+    /// `/ping`; stops it and fails after `timeout` or if it exits.
+    pub(crate) fn wait_ready(&mut self, timeout: Duration) -> Result<(), RigError> {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 self.child = None;
@@ -184,7 +231,7 @@ impl ClickHouseRig {
             if Instant::now() > deadline {
                 self.stop();
                 return Err(err(format!(
-                    "clickhouse-server not ready after 60 s:\n{}",
+                    "clickhouse-server not ready after {timeout:?}:\n{}",
                     self.log_tail()
                 )));
             }
@@ -214,6 +261,17 @@ impl ClickHouseRig {
                     return;
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Sends SIGTERM without waiting (so several servers stop in parallel;
+    /// [`stop`](Self::stop) then waits).
+    pub(crate) fn terminate(&mut self) {
+        if let Some(pid) = self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok()) {
+            // SAFETY: signalling our own child process.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
             }
         }
     }
@@ -266,7 +324,7 @@ impl ClickHouseRig {
         Ok((code, body.to_owned()))
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let mut out = String::new();
         for name in ["server.out", "server.err.log"] {
             if let Ok(text) = fs::read_to_string(self.dir.join(name)) {
@@ -284,6 +342,15 @@ impl ClickHouseRig {
             fs::create_dir_all(self.dir.join(sub))
                 .map_err(|e| err(format!("create {d}/{sub}: {e}")))?;
         }
+        let interserver = self
+            .interserver_port
+            .map(|p| {
+                format!(
+                    "<interserver_http_port>{p}</interserver_http_port>\n  \
+                     <interserver_http_host>127.0.0.1</interserver_http_host>"
+                )
+            })
+            .unwrap_or_default();
         let config = format!(
             r#"<?xml version="1.0"?>
 <yandex>
@@ -307,15 +374,19 @@ impl ClickHouseRig {
   <mlock_executable>false</mlock_executable>
   <!-- Tests stop servers often: don't wait 5 s for idle keep-alive clients. -->
   <shutdown_wait_unfinished>1</shutdown_wait_unfinished>
-  <keep_alive_timeout>1</keep_alive_timeout>
+  <keep_alive_timeout>{keep_alive}</keep_alive_timeout>
   <timezone>UTC</timezone>
   <default_profile>default</default_profile>
   <default_database>default</default_database>
   <users_config>{d}/users.xml</users_config>
+  {interserver}
+{extra}
 </yandex>
 "#,
             http = self.http_port,
             tcp = self.tcp_port,
+            extra = self.extra_config,
+            keep_alive = self.keep_alive_secs,
         );
         let users = r#"<?xml version="1.0"?>
 <yandex>
@@ -346,14 +417,14 @@ impl Drop for ClickHouseRig {
     }
 }
 
-fn free_port() -> Result<u16, RigError> {
+pub(crate) fn free_port() -> Result<u16, RigError> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| err(format!("find a free port: {e}")))
 }
 
-fn unique_temp_dir() -> Result<PathBuf, RigError> {
+pub(crate) fn unique_temp_dir() -> Result<PathBuf, RigError> {
     static N: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -6,6 +6,7 @@
 //! panic rather than return `Result`. A test that needs something the kernel
 //! or machine lacks prints why and returns — except when `CI` is set, where
 //! it fails instead: CI never silently skips.
+pub mod clickhouse_cluster;
 pub mod clickhouse_rig;
 pub mod world;
 

@@ -665,6 +665,111 @@ async fn query_records_filters_by_invocation_and_time() {
         .is_empty());
 }
 
+/// `retention` on one server: a pass drops the days entirely older than
+/// it from both tables (partitions gone from `system.parts`), keeps the
+/// rest, and the sink's own loop runs one right after its migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_whole_old_days_and_keeps_the_rest() {
+    let Some(rig) = ClickHouseRig::start_or_skip("clickhouse_retention") else {
+        return;
+    };
+    let db = "egret_retention";
+    let cfg = ClickHouseConfig {
+        retention: Some(Duration::from_secs(7 * 86_400)),
+        ..cfg(&rig, db)
+    };
+    const DAY: i64 = 86_400 * 1_000_000_000;
+    let now = egret::record::now_unix_nanos();
+    let sink = ClickHouseSink::new(&cfg).unwrap();
+    sink.migrate().await.unwrap();
+    let at = |age_days: i64, i: i64| now - age_days * DAY - i * 1_000_000;
+    let mut recs = Vec::new();
+    for (a, age) in [30, 8, 6, 0].iter().enumerate() {
+        for i in 0..10 {
+            let k = a as i64 * 100 + i;
+            let mut r = if i % 2 == 0 {
+                tx("inv-r", k)
+            } else {
+                flow("inv-r", k)
+            };
+            r.set(sc::START_TIME, at(*age, i));
+            r.set(sc::END_TIME, at(*age, i) + 1);
+            recs.push(r);
+        }
+    }
+    sink.insert(recs.iter()).await.unwrap();
+    let parts = || {
+        rig.query(&format!(
+            "SELECT table, toString(partition) FROM system.parts \
+             WHERE database = '{db}' AND active GROUP BY table, partition ORDER BY table, partition"
+        ))
+        .unwrap()
+    };
+    let day = |age: i64| {
+        rig.query(&format!(
+            "SELECT toString(toDate(toDateTime(intDiv({}, 1000000000), 'UTC')))",
+            now - age * DAY
+        ))
+        .unwrap()
+        .trim()
+        .to_owned()
+    };
+    let expect = |ages: &[i64]| {
+        let mut out = String::new();
+        for t in ["flows", "transactions"] {
+            for a in ages {
+                out.push_str(&format!("{t}\t{}\n", day(*a)));
+            }
+        }
+        out
+    };
+    assert_eq!(parts(), expect(&[30, 8, 6, 0]));
+
+    // A pass as of now: the days of 30 and 8 days ago go, in both tables.
+    let dropped = sink.enforce_retention_at(now).await.unwrap();
+    let mut got: Vec<(String, String)> = dropped.into_iter().map(|d| (d.table, d.day)).collect();
+    got.sort();
+    let mut want = Vec::new();
+    for t in ["flows", "transactions"] {
+        for a in [30, 8] {
+            want.push((t.to_owned(), day(a)));
+        }
+    }
+    assert_eq!(got, want);
+    assert_eq!(parts(), expect(&[6, 0]));
+    assert_eq!(count(&rig, db, "count()", true), 20);
+    let left = query_records(&cfg, &Filter::default()).await.unwrap();
+    assert_eq!(left.len(), 20);
+    assert!(left.iter().all(|r| r.start_ns() > now - 7 * DAY));
+    assert_eq!(sink.status().retention_partitions_dropped, 4);
+
+    // The sink's loop: a late record for an expired day is dropped by the
+    // pass that follows its migration.
+    sink.insert([&recs[0]]).await.unwrap();
+    assert!(parts().contains(&format!("transactions\t{}\n", day(30))));
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&spool_cfg(dir.path())).unwrap();
+    let handle = spool.handle();
+    let (status, stop, task) = spawn_sink(ClickHouseSink::new(&cfg).unwrap(), &handle);
+    wait_for("a retention pass", Duration::from_secs(30), || {
+        let s = status.get();
+        s.retention_last_run_unix_nano.is_some() || s.retention_failures > 0
+    })
+    .await;
+    let st = status.get();
+    assert_eq!(
+        (
+            st.retention_partitions_dropped,
+            st.retention_failures,
+            st.retention_last_error
+        ),
+        (1, 0, None)
+    );
+    assert_eq!(parts(), expect(&[6, 0]));
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
 /// Throughput figures for the report (run with `--nocapture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timings_100k_records() {

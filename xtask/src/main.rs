@@ -103,6 +103,9 @@ enum Cmd {
 const APT_PACKAGES: &[&str] = &[
     "clickhouse-server",
     "clickhouse-client",
+    // The ClickHouse cluster suite's coordinator (bpf-tests/tests/clickhouse_cluster.rs);
+    // pulls in default-jre (OpenJDK 17), which it runs on.
+    "zookeeper",
     "iproute2",
     "nftables",
     "iperf3",

@@ -27,13 +27,20 @@ pub struct ClickHouseConfig {
     #[serde(with = "duration::text")]
     #[schemars(with = "String")]
     pub flush_interval: Duration,
-    /// Cluster name: DDL runs `ON CLUSTER` and inserts go through
-    /// `Distributed` tables.
+    /// Cluster name: DDL runs `ON CLUSTER`, the data lives in
+    /// `ReplicatedReplacingMergeTree` tables on every node, inserts (made
+    /// synchronous) and reads go through `Distributed` tables.
     pub cluster: Option<String>,
     /// Timeout of one INSERT or query, e.g. `30s`.
     #[serde(with = "duration::text")]
     #[schemars(with = "String")]
     pub insert_timeout: Duration,
+    /// Keep records this long, e.g. `30d` (at least a day): whole days
+    /// (`event_date` partitions) older than this are dropped, hourly.
+    /// Unset: kept forever.
+    #[serde(with = "duration::opt_text")]
+    #[schemars(with = "Option<String>")]
+    pub retention: Option<Duration>,
 }
 
 impl Default for ClickHouseConfig {
@@ -48,6 +55,7 @@ impl Default for ClickHouseConfig {
             flush_interval: Duration::from_secs(1),
             cluster: None,
             insert_timeout: Duration::from_secs(30),
+            retention: None,
         }
     }
 }
@@ -67,6 +75,13 @@ mod tests {
         assert_eq!(cfg.flush_interval, Duration::from_millis(250));
         assert_eq!(cfg.insert_timeout, Duration::from_secs(30));
         assert!(!cfg.validation);
+        assert_eq!(cfg.retention, None);
+        let cfg: ClickHouseConfig = serde_json::from_str(r#"{"retention": "30d"}"#).unwrap();
+        assert_eq!(cfg.retention, Some(Duration::from_secs(30 * 86_400)));
+        let back: ClickHouseConfig =
+            serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+        assert!(serde_json::from_str::<ClickHouseConfig>(r#"{"retention": "a while"}"#).is_err());
         assert!(serde_json::from_str::<ClickHouseConfig>(r#"{"flushInterval": "soon"}"#).is_err());
         assert!(serde_json::from_str::<ClickHouseConfig>(r#"{"nope": 1}"#).is_err());
         let text = serde_json::to_string(&schemars::schema_for!(ClickHouseConfig)).unwrap();

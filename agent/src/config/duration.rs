@@ -31,3 +31,19 @@ pub(super) mod text {
         super::de(d)
     }
 }
+
+/// `#[serde(with = "duration::opt_text")]`: null or a duration, both ways.
+pub(super) mod opt_text {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::de_opt(d)
+    }
+}

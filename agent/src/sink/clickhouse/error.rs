@@ -31,6 +31,8 @@ pub enum InvalidConfig {
     Identifier { what: &'static str, value: String },
     #[error("batchRows must be > 0")]
     ZeroBatchRows,
+    #[error("retention {0:?} is shorter than a day (records are kept and dropped by whole days)")]
+    RetentionTooShort(Duration),
 }
 
 /// ClickHouse error codes that are about the data sent, not the server or

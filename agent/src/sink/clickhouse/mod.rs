@@ -64,13 +64,73 @@
 //!
 //! # Cluster
 //!
-//! With `cluster` set, DDL runs `ON CLUSTER` (the server needs
-//! `distributed_ddl`, i.e. ZooKeeper), the data lives in `<table>_local`
-//! and `<table>` is a `Distributed` table sharded by
-//! `cityHash64(invocation_id)` — every copy of a record goes to the same
-//! shard, so per-shard `FINAL` still deduplicates. Use `Replicated*` engines
-//! by creating the local tables yourself beforehand (`IF NOT EXISTS` keeps
-//! them).
+//! With `cluster` set (a name from the servers' `remote_servers`):
+//!
+//! * DDL runs `ON CLUSTER` (the servers need `distributed_ddl`, i.e.
+//!   ZooKeeper or ClickHouse Keeper);
+//! * the data lives in `<table>_local` on every node:
+//!   `ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/<database>/<table>_local',
+//!   '{replica}')`, same partition and sorting key as above. Every server
+//!   must define the macros `shard` (the same on the replicas of a shard,
+//!   different between shards) and `replica` (unique within its shard), and
+//!   its cluster definition should set `internal_replication` (a write
+//!   reaches one replica; replication copies it);
+//! * `<table>` is `Distributed(<cluster>, <database>, <table>_local,
+//!   cityHash64(invocation_id))`, with the computed columns (`event_time`,
+//!   `event_date`) as `ALIAS` there (18.16 cannot forward `MATERIALIZED`
+//!   ones in a synchronous insert); inserts and queries use it.
+//!
+//! **Exactly once on a cluster.** The sharding key is a function of the
+//! record (its invocation id), so every copy of a record — a spool
+//! re-delivery, a retried batch — goes to the same shard, where
+//! `ReplacingMergeTree` (and `FINAL`, applied per shard) keeps one;
+//! replicas of a shard converge to the same parts. Replicated tables also
+//! drop a retried block identical to one already written
+//! (`insert_deduplicate`), which removes most re-sent copies before any
+//! merge; batches retried with newer records joined are not identical and
+//! are left to `FINAL`/merges, as on one server.
+//!
+//! **Inserts are synchronous** (`insert_distributed_sync=1` on every
+//! INSERT): the `Distributed` table writes each shard's rows to one of its
+//! replicas before it answers, so the agent commits its spool cursor only
+//! for rows a shard has stored. The default (asynchronous) mode answers
+//! once the receiving node queued the rows in its local directory: losing
+//! that node's disk before it forwarded them loses rows the agent already
+//! dropped from its spool, and a read right after the ack may miss them.
+//! The cost: an INSERT fails when a shard has no replica up (the agent
+//! retries; records wait in the spool), and takes as long as the slowest
+//! shard. A partly applied INSERT (one shard written, another down) is
+//! retried whole; the shard that had it deduplicates as above. Durability
+//! beyond one replica (`insert_quorum`) is left to the server profile of
+//! the user egret writes as: 18.16 allows one quorum insert at a time per
+//! shard, which many agents would serialize on.
+//!
+//! **Migrations on a cluster.** Columns are added to the replicated
+//! `_local` tables `ON CLUSTER` (each shard applies it once; replicas
+//! follow). 18.16 refuses `ALTER ... ON CLUSTER` on a table that is not
+//! replicated when the shards are, so a `Distributed` table lacking a
+//! column, or with `MATERIALIZED` computed columns (as egret made them
+//! before), is dropped and created again `ON CLUSTER`; it holds no data of
+//! its own with synchronous inserts. Local tables made by an older egret
+//! as plain `ReplacingMergeTree` are kept (with a warning in the log).
+//! When the node the agent talks to already has the current schema, no
+//! statement is sent at all: an `ON CLUSTER` statement waits for every
+//! node, so an agent (re)starting while a node is down would otherwise not
+//! insert until it is back. (A node added to the cluster later gets the
+//! tables from its operator: `SHOW CREATE TABLE` on another node.)
+//!
+//! # Retention
+//!
+//! `retention` (unset: keep forever) drops whole days: every `event_date`
+//! partition whose day (UTC) ends before now − `retention`, in both
+//! tables, with `ALTER TABLE <table>[_local] [ON CLUSTER ...] DROP
+//! PARTITION`, right after the migration and then every
+//! [`RETENTION_INTERVAL`]. Partition dropping works on every server
+//! version (table TTL only exists from 19.6 on) and costs a metadata
+//! operation per day, not a rewrite. Which days exist is read through
+//! the table queries use (`SELECT DISTINCT event_date ... WHERE event_date
+//! < cut-off`: partition pruning reads only the old days, on every shard).
+//! A failed pass is logged and counted and does not affect inserts.
 //!
 //! # Code
 //!
@@ -78,6 +138,7 @@
 //! - `schema`: DDL and migrations;
 //! - `writer`: the delivery loop (batches, retries, splitting);
 //! - `dead_letter`: where rejected records are set aside;
+//! - `retention`: dropping days older than `retention`;
 //! - `status`: state and counters for the admin endpoints;
 //! - `query`: reading records back;
 //! - `error`: [`SinkError`] and which errors are about the data.
@@ -88,6 +149,7 @@ use crate::config::{expand_process_env, ClickHouseConfig};
 mod dead_letter;
 mod error;
 mod query;
+mod retention;
 mod row;
 mod schema;
 mod status;
@@ -96,8 +158,9 @@ mod writer;
 pub use dead_letter::{DeadLetter, DEAD_LETTER_FILE, DEAD_LETTER_MAX_BYTES};
 pub use error::{InvalidConfig, SinkError};
 pub use query::query_records;
+pub use retention::{DroppedPartition, MIN_RETENTION, RETENTION_INTERVAL};
 pub use row::{column_type, ColKind, Column, FlowRow, InvocationRow, TransactionRow};
-pub use schema::schema_ddl;
+pub use schema::{schema_ddl, ZOOKEEPER_PREFIX};
 pub use status::{ClickHouseReport, SinkState, SinkStatus, StatusHandle};
 pub use writer::InsertCounts;
 
@@ -135,6 +198,9 @@ impl ClickHouseSink {
         let names = Names::new(cfg)?;
         if cfg.batch_rows == 0 {
             return Err(InvalidConfig::ZeroBatchRows.into());
+        }
+        if let Some(r) = cfg.retention.filter(|r| *r < MIN_RETENTION) {
+            return Err(InvalidConfig::RetentionTooShort(r).into());
         }
         // No default database on the client: every statement is fully
         // qualified, so DDL works before the database exists.
@@ -220,5 +286,17 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("EGRET_TEST_SURELY_UNSET"), "{err}");
+        // Retention shorter than a day is refused (partitions are days).
+        let err = ClickHouseSink::new(&ClickHouseConfig {
+            retention: Some(std::time::Duration::from_secs(1800)),
+            ..ClickHouseConfig::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("retention"), "{err}");
+        assert!(ClickHouseSink::new(&ClickHouseConfig {
+            retention: Some(MIN_RETENTION),
+            ..ClickHouseConfig::default()
+        })
+        .is_ok());
     }
 }

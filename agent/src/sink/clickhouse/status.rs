@@ -39,6 +39,13 @@ pub struct SinkStatus {
     /// Of those, records not written to the dead-letter file (file full
     /// or not writable): lost, and counted here.
     pub dead_letter_overflow: u64,
+    /// Days (partitions, per table) dropped by retention.
+    pub retention_partitions_dropped: u64,
+    /// Retention passes that failed (retried at the next interval).
+    pub retention_failures: u64,
+    /// The last failed pass's error; cleared by a pass that succeeds.
+    pub retention_last_error: Option<String>,
+    pub retention_last_run_unix_nano: Option<i64>,
 }
 
 impl Default for SinkStatus {
@@ -54,6 +61,10 @@ impl Default for SinkStatus {
             pending_rows: 0,
             dead_lettered: 0,
             dead_letter_overflow: 0,
+            retention_partitions_dropped: 0,
+            retention_failures: 0,
+            retention_last_error: None,
+            retention_last_run_unix_nano: None,
         }
     }
 }
@@ -117,6 +128,11 @@ impl crate::admin::Report for ClickHouseReport {
             "egret_clickhouse_dead_letter_overflow",
             "Rejected records not written to the dead-letter file (full or failing): lost",
             &[(vec![], st.dead_letter_overflow)],
+        )?;
+        m.counter(
+            "egret_clickhouse_retention_failures",
+            "ClickHouse retention passes (dropping days older than store.clickhouse.retention) that failed",
+            &[(vec![], st.retention_failures)],
         )?;
         let up = matches!(st.state, SinkState::Connected);
         m.gauge(

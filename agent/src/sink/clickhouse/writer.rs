@@ -19,6 +19,11 @@ use crate::store::{Cursor, Position};
 /// trouble, not bad records): retried, nothing set aside.
 const MAX_REJECTED_BEFORE_ANY_ACCEPTED: usize = 8;
 
+/// The setting making an INSERT into a `Distributed` table synchronous
+/// (its current name, `distributed_foreground_insert`, is an alias only
+/// newer servers know; this one is understood by 18.16 and current ones).
+const INSERT_DISTRIBUTED_SYNC: &str = "insert_distributed_sync";
+
 /// Outcome of inserting a batch record by record where needed.
 #[derive(Debug, Default)]
 struct Isolated {
@@ -57,13 +62,14 @@ impl ClickHouseSink {
                 let mine = $mine;
                 let n = records.iter().filter(|r| mine(r)).count();
                 if n > 0 {
-                    let mut ins = self
-                        .timed(
+                    let mut ins = self.insert_settings(
+                        self.timed(
                             "INSERT",
                             self.client.insert_unescaped::<$row<'static>>($table),
                         )
                         .await?
-                        .with_timeouts(t, t);
+                        .with_timeouts(t, t),
+                    );
                     for r in records.iter().filter(|r| mine(r)) {
                         ins.write(&$row::from_record(r)).await?;
                     }
@@ -81,6 +87,20 @@ impl ClickHouseSink {
             invocations: insert_kind!(InvocationRow, &self.inv_table, |r: &Record| r.kind()
                 == sc::KIND_INVOCATION),
         })
+    }
+
+    /// Per-INSERT settings: in cluster mode the `Distributed` table
+    /// forwards the rows to their shards before answering (see "Cluster"
+    /// in the module docs for why).
+    fn insert_settings<T>(
+        &self,
+        ins: ::clickhouse::insert::Insert<T>,
+    ) -> ::clickhouse::insert::Insert<T> {
+        if self.names.is_cluster() {
+            ins.with_setting(INSERT_DISTRIBUTED_SYNC, "1")
+        } else {
+            ins
+        }
     }
 
     /// The delivery loop: migrate, then read batches from `cursor`, insert,
@@ -112,6 +132,9 @@ impl ClickHouseSink {
             }
         }
         backoff.reset();
+        if self.cfg.retention.is_some() {
+            tokio::spawn(self.clone().retention_loop(shutdown.child_token()));
+        }
 
         let batch_rows = self.cfg.batch_rows;
         let mut pending: Vec<(Position, Record)> = Vec::with_capacity(batch_rows.min(100_000));
