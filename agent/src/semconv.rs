@@ -105,6 +105,14 @@ pub const TTFB_MS: &str = "egret.ttfb_ms";
 pub const BUDGET_DENIED: &str = "egret.budget.denied";
 pub const BUDGET_DAILY_USED: &str = "egret.budget.daily_used";
 pub const BUDGET_DAILY_MAX: &str = "egret.budget.daily_max";
+/// USD used today against the agent's daily USD budget (after this
+/// transaction, or before a refused request).
+pub const BUDGET_DAILY_USED_USD: &str = "egret.budget.daily_used_usd";
+/// The agent's daily USD budget.
+pub const BUDGET_DAILY_MAX_USD: &str = "egret.budget.daily_max_usd";
+/// A transaction with usage and no price, under a USD budget (which it
+/// exhausts: fail closed).
+pub const BUDGET_UNPRICED: &str = "egret.budget.unpriced";
 pub const POLICY_DENIED: &str = "egret.policy.denied";
 pub const L4_BYTES_SANDBOX_TX: &str = "egret.l4.bytes_sandbox_tx";
 pub const L4_BYTES_SANDBOX_RX: &str = "egret.l4.bytes_sandbox_rx";
@@ -333,6 +341,9 @@ pub const DEFINED: &[(&str, AttrType)] = {
         (BUDGET_DENIED, B),
         (BUDGET_DAILY_USED, I),
         (BUDGET_DAILY_MAX, I),
+        (BUDGET_DAILY_USED_USD, D),
+        (BUDGET_DAILY_MAX_USD, D),
+        (BUDGET_UNPRICED, B),
         (POLICY_DENIED, B),
         (L4_BYTES_SANDBOX_TX, I),
         (L4_BYTES_SANDBOX_RX, I),

@@ -328,6 +328,72 @@ async fn a_host_header_that_is_not_the_sni_gets_421() {
     assert!(h.upstream.seen().is_empty());
 }
 
+/// A USD budget: the first call's price (12 × $3 + 16 × $15 per 1M =
+/// $0.000276) exhausts $0.0002, so the next is refused in the provider's
+/// format; and, fail closed, a call with usage and no price exhausts it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usd_budget_counts_cost_and_an_unpriced_model_cannot_get_around_it() {
+    let cfg = format!(
+        "{GATEWAY}  budgets:\n  - {{namespace: tests, name: '', dailyUsd: 0.0002}}\n{}",
+        "pricing:\n  includeDefaults: false\n  models:\n  \
+         - {provider: anthropic, model: claude-sonnet-4-5, input: 3, output: 15}\n"
+    );
+    let mut h = Harness::new(&cfg).await;
+    let mut c = h.tls_client("api.anthropic.com", H1).await;
+    let (head, _) = c.exchange(anthropic_request(&c, ANTHROPIC_REQUEST)).await;
+    assert_eq!(head.status, 200);
+    let first = h.record().await;
+    let f = |r: &Record, k: &str| match r.get(k) {
+        Some(egret::record::AttrValue::Float(v)) => *v,
+        other => panic!("{k}: {other:?} in {}", r.to_json_line()),
+    };
+    assert!((f(&first, sc::COST_USD) - 0.000276).abs() < 1e-12);
+    assert_eq!(s(&first, sc::COST_SOURCE), "config");
+    assert!((f(&first, sc::BUDGET_DAILY_USED_USD) - 0.000276).abs() < 1e-12);
+    assert!((f(&first, sc::BUDGET_DAILY_MAX_USD) - 0.0002).abs() < 1e-12);
+    assert!(first.get(sc::BUDGET_DAILY_MAX).is_none(), "no token budget");
+    let (head, body) = c.exchange(anthropic_request(&c, ANTHROPIC_REQUEST)).await;
+    assert_eq!(head.status, 429);
+    let v = json(&body);
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("USD budget exhausted ($0.000276 of $0.000200 used)"));
+    c.close().await;
+    let refused = h.record().await;
+    assert_eq!(s(&refused, sc::ERROR_TYPE), "budget_exhausted");
+    assert_eq!(h.upstream.seen().len(), 1);
+
+    // A fresh day's budget, and a model the table does not price.
+    let mut h = Harness::new(&cfg.replace("0.0002", "5")).await;
+    let mut c = h.tls_client("api.openai.com", H1).await;
+    let openai = |c: &Client| {
+        c.request("POST", "/v1/chat/completions")
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer sk-direct-not-a-real-key")
+            .body(full(
+                r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+            ))
+            .unwrap()
+    };
+    let (head, _) = c.exchange(openai(&c)).await;
+    assert_eq!(head.status, 200);
+    let r = h.record().await;
+    assert!(r.get(sc::COST_USD).is_none(), "unpriced, not 0");
+    assert_eq!(r.get_bool(sc::BUDGET_UNPRICED), Some(true));
+    let (head, body) = c.exchange(openai(&c)).await;
+    assert_eq!(head.status, 429);
+    let v = json(&body);
+    assert_eq!(v["error"]["code"], "insufficient_quota", "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("without a price"));
+    c.close().await;
+    h.record().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_token_budget_refuses_with_429_in_the_providers_format() {
     let mut h = Harness::new(&format!(

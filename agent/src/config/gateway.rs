@@ -78,8 +78,8 @@ pub enum NonHttpPolicy {
     Refuse,
 }
 
-/// A daily token budget (input + output tokens, UTC day) for one agent.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+/// A daily budget for one agent (UTC day): tokens, USD, or both.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BudgetConfig {
     /// Agent namespace; empty matches any.
@@ -88,7 +88,14 @@ pub struct BudgetConfig {
     /// Agent name; empty matches any.
     #[serde(default)]
     pub name: String,
-    pub daily_tokens: u64,
+    /// Input + output tokens per UTC day.
+    #[serde(default)]
+    pub daily_tokens: Option<u64>,
+    /// USD per UTC day, from `egret.cost.usd` (`docs/cost.md`). A
+    /// transaction with usage that cannot be priced exhausts it (fail
+    /// closed: an unpriced model is no way around the budget).
+    #[serde(default)]
+    pub daily_usd: Option<f64>,
 }
 
 /// Body capture per direction.

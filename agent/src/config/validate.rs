@@ -49,6 +49,8 @@ pub enum ValidationError {
     ExporterEndpoint { gateway: String, name: String },
     #[error("pricing.models: {provider} {model}: prices must be finite and not negative, provider and model not empty")]
     Price { provider: String, model: String },
+    #[error("gateway {gateway:?}: a budget needs dailyTokens, dailyUsd (finite, above 0) or both")]
+    Budget { gateway: String },
     #[error("gateway {gateway:?} route {route:?}: {source}")]
     RouteProvider {
         gateway: String,
@@ -169,6 +171,14 @@ impl Config {
                     return Err(ValidationError::ExporterEndpoint {
                         gateway: g.name.clone(),
                         name: name.clone(),
+                    });
+                }
+            }
+            for b in &g.budgets {
+                let usd_ok = b.daily_usd.is_none_or(|u| u.is_finite() && u > 0.0);
+                if !usd_ok || (b.daily_tokens.is_none() && b.daily_usd.is_none()) {
+                    return Err(ValidationError::Budget {
+                        gateway: g.name.clone(),
                     });
                 }
             }

@@ -399,18 +399,14 @@ impl Conn {
             }
             txn.seal();
             self.l7.prices.load().apply(&mut txn.rec);
-            // Saturating: provider-supplied counts cannot wrap the budget.
-            let tokens = budget::transaction_tokens(
-                txn.rec.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS),
-                txn.rec.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS),
-            );
             if let (Some(gw), Some(a)) = (&gateway, &self.origin.attribution) {
+                let charge = budget::charge_of(&txn.rec);
                 if let Some(st) = self
                     .l7
                     .budgets
-                    .add(gw, &a.agent_namespace, &a.agent_name, tokens)
+                    .add(gw, &a.agent_namespace, &a.agent_name, charge)
                 {
-                    txn.rec.set(sc::BUDGET_DAILY_USED, st.used);
+                    budget::annotate(&mut txn.rec, &st, Some(charge));
                 }
             }
             self.pending
@@ -868,8 +864,7 @@ fn authorize(
             .budgets
             .status(gw, &a.agent_namespace, &a.agent_name)
         {
-            route.rec.set(sc::BUDGET_DAILY_USED, st.used);
-            route.rec.set(sc::BUDGET_DAILY_MAX, st.max);
+            budget::annotate(&mut route.rec, &st, None);
             route.rec.set(sc::BUDGET_DENIED, st.exhausted());
             if st.exhausted() {
                 return Err(Refusal::BudgetExhausted {

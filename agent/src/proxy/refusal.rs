@@ -165,7 +165,8 @@ mod tests {
                 provider: None,
                 status: BudgetStatus {
                     used: 120,
-                    max: 100,
+                    max: Some(100),
+                    ..BudgetStatus::default()
                 },
             },
             Refusal::ClientBody,

@@ -384,10 +384,7 @@ fn emit_turn(conn: &Conn, base: &Record, turn: Turn) {
     rec.set(sc::WEBSOCKET_KIND, "response");
     turn.write(&mut rec);
     conn.l7.prices.load().apply(&mut rec);
-    let tokens = budget::transaction_tokens(
-        rec.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS),
-        rec.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS),
-    );
+    let charge = budget::charge_of(&rec);
     let decision = conn
         .l7
         .policy
@@ -397,9 +394,9 @@ fn emit_turn(conn: &Conn, base: &Record, turn: Turn) {
         if let Some(st) = conn
             .l7
             .budgets
-            .add(gw, &a.agent_namespace, &a.agent_name, tokens)
+            .add(gw, &a.agent_namespace, &a.agent_name, charge)
         {
-            rec.set(sc::BUDGET_DAILY_USED, st.used);
+            budget::annotate(&mut rec, &st, Some(charge));
         }
     }
     conn.l7.emit(rec);
