@@ -1049,6 +1049,7 @@ impl Outbound {
             exchange: self.exchange,
             started: self.started,
             first_byte: None,
+            chunks: Default::default(),
             request: self.request,
             response,
             error,
