@@ -982,22 +982,41 @@ fn request_and_streaming_metrics_reach_prometheus_and_otlp_under_a_series_cap() 
         if prom_value(&text, "egret_requests_total{", &overflow) == Some(3.0) {
             break text;
         }
-        assert!(Instant::now() < deadline, "no overflow of 3 on /metrics:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "no overflow of 3 on /metrics:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(prom_value(&text, "egret_requests_total{", &ok), Some(1.0), "{text}");
-    assert_eq!(prom_value(&text, "egret_requests_total{", &denied), Some(1.0), "{text}");
+    assert_eq!(
+        prom_value(&text, "egret_requests_total{", &ok),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        prom_value(&text, "egret_requests_total{", &denied),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(
         prom_value(&text, "egret_request_duration_seconds_count{", &denied),
         Some(1.0)
     );
     assert_eq!(
-        prom_value(&text, "egret_metric_series{", &[("instrument", "egret.requests")]),
+        prom_value(
+            &text,
+            "egret_metric_series{",
+            &[("instrument", "egret.requests")]
+        ),
         Some(3.0),
         "the cap of 3 series"
     );
     assert_eq!(
-        prom_value(&text, "egret_requests_total{", &[("gen_ai_request_model", "m-1")]),
+        prom_value(
+            &text,
+            "egret_requests_total{",
+            &[("gen_ai_request_model", "m-1")]
+        ),
         Some(1.0),
         "the third label set is kept"
     );
@@ -1048,12 +1067,12 @@ fn request_and_streaming_metrics_reach_prometheus_and_otlp_under_a_series_cap() 
     let attr_is = |p: &Value, k: &str, v: Value| p["attributes"][k] == v;
     let lines = rx.wait("request and streaming metrics", |l| {
         let named = |p: &&Value, name: &str| p["name"] == name;
-        l.iter().filter(|p| named(p, sc::METRIC_REQUESTS)).any(|p| {
-            attr_is(p, "otel.metric.overflow", Value::Bool(true)) && p["value"] == 3
-        }) && l
-            .iter()
-            .filter(|p| named(p, sc::METRIC_GEN_AI_TIME_PER_OUTPUT_CHUNK))
-            .any(|p| p["count"].as_u64() >= Some(3))
+        l.iter()
+            .filter(|p| named(p, sc::METRIC_REQUESTS))
+            .any(|p| attr_is(p, "otel.metric.overflow", Value::Bool(true)) && p["value"] == 3)
+            && l.iter()
+                .filter(|p| named(p, sc::METRIC_GEN_AI_TIME_PER_OUTPUT_CHUNK))
+                .any(|p| p["count"].as_u64() >= Some(3))
     });
     let ok_point = lines
         .iter()
