@@ -7,6 +7,7 @@
 //! or machine lacks prints why and returns — except when `CI` is set, where
 //! it fails instead: CI never silently skips.
 pub mod clickhouse_rig;
+pub mod prometheus_rig;
 pub mod world;
 
 use std::{

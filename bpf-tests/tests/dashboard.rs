@@ -5,11 +5,13 @@
 //! Altinity plugin's macros and the dashboard's variables substituted as
 //! `deploy/grafana/README.md` describes, runs against that server and must
 //! return the rows those transactions imply, and every PromQL expression's
-//! metric and label names must exist in the agent's `/metrics` text.
+//! metric and label names must exist in the agent's `/metrics` text, and
+//! evaluate without error and with a result on a real Prometheus (Debian's
+//! `prometheus`) scraping that agent.
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use bpf_tests::{clickhouse_rig::ClickHouseRig, world::*, *};
+use bpf_tests::{clickhouse_rig::ClickHouseRig, prometheus_rig::PrometheusRig, world::*, *};
 use egret::{
     record::{AttrValue, Record},
     semconv as sc,
@@ -227,6 +229,24 @@ fn exposed(text: &str) -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
+/// An expression as Grafana would send it to Prometheus: `$namespace` (all)
+/// → `.*`, `$__rate_interval` → `1m`; the variable function
+/// `label_values(m, l)` as the series query it stands for.
+fn promql_for_prometheus(expr: &str) -> String {
+    let e = expr
+        .replace("$namespace", ".*")
+        .replace("$__rate_interval", "1m");
+    if let Some(args) = e
+        .strip_prefix("label_values(")
+        .and_then(|a| a.strip_suffix(')'))
+    {
+        let (m, l) = args.split_once(',').expect("label_values(metric, label)");
+        return format!("count by ({}) ({})", l.trim(), m.trim());
+    }
+    assert!(!e.contains('$'), "an unknown variable is left: {e}");
+    e
+}
+
 #[test]
 fn promql_names_are_extracted() {
     let (m, l) = promql_names(
@@ -280,16 +300,17 @@ fn grafana_dashboard_queries_run_on_real_egret_data() {
         return;
     };
     let db = "egret_dashboard";
-    // A cap of 2 series per instrument: the third request label set lands
-    // in the overflow series, so its label exists for the overflow panel.
+    // A budget of 1 token (the streamed call uses it up) and a cap of 3
+    // series per instrument: the fourth request label set lands in the
+    // overflow series, so every panel's series exist.
     let w = World::with(WorldOptions {
         extra_yaml: format!(
             "store:\n  clickhouse:\n    url: {}\n    database: {db}\n    flushInterval: 200ms\n\
-             gateways:\n- name: dash-gw\n  defaultPolicy: deny-all\n  routes:\n  - {{name: anthropic, hosts: [api.anthropic.com], provider: anthropic}}\n  budgets:\n  - {{namespace: tests, name: '', dailyTokens: 1000000}}\n",
+             gateways:\n- name: dash-gw\n  defaultPolicy: deny-all\n  routes:\n  - {{name: anthropic, hosts: [api.anthropic.com], provider: anthropic}}\n  - {{name: openai, hosts: [api.openai.com], provider: openai}}\n  budgets:\n  - {{namespace: tests, name: '', dailyTokens: 1}}\n",
             ch.url()
         ),
         agent: AgentOptions {
-            node_yaml: "metrics:\n  maxSeries: 2\n".into(),
+            node_yaml: "metrics:\n  maxSeries: 3\n".into(),
             ..AgentOptions::default()
         },
         ..WorldOptions::default()
@@ -319,23 +340,45 @@ fn grafana_dashboard_queries_run_on_real_egret_data() {
             ],
         );
     };
-    // In this order (each recorded before the next): the policy refusal and
-    // the streamed call keep their series, the third call overflows.
+    // In this order (each recorded before the next): a policy refusal, a
+    // streamed call (which uses the budget up), a call the budget refuses
+    // — their label sets are kept — and another budget refusal, through
+    // another route, that goes to the overflow series.
     w.curl(&cg, &["-o", "/dev/null", "https://denied.example/"]);
     w.transactions(&inv, 1);
     call("claude-sonnet-4-5", true);
     w.transactions(&inv, 2);
     call("claude-haiku-4-5", false);
-    let mut recs = w.transactions(&inv, 3);
+    w.transactions(&inv, 3);
+    w.curl(
+        &cg,
+        &[
+            "-o",
+            "/dev/null",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+            "https://api.openai.com/v1/chat/completions",
+        ],
+    );
+    let mut recs = w.transactions(&inv, 4);
     recs.sort_by_key(Record::start_ns);
-    assert_eq!(recs.len(), 3);
+    assert_eq!(recs.len(), 4);
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r.get_bool(sc::BUDGET_DENIED) == Some(true))
+            .count(),
+        2,
+        "two calls refused by the budget"
+    );
     let flows = w
         .agent
         .wait_records("the invocation's flows", |r| {
             r.iter()
                 .filter(|x| x.kind() == sc::KIND_FLOW && x.invocation_id() == Some(&inv))
                 .count()
-                >= 3
+                >= 4
         })
         .into_iter()
         .filter(|x| x.kind() == sc::KIND_FLOW && x.invocation_id() == Some(&inv))
@@ -349,7 +392,7 @@ fn grafana_dashboard_queries_run_on_real_egret_data() {
             ch.query_u64(&sql("transactions")).unwrap_or(0),
             ch.query_u64(&sql("flows")).unwrap_or(0),
         );
-        if t == 3 && f == flows as u64 {
+        if t == 4 && f == flows as u64 {
             break;
         }
         assert!(
@@ -416,6 +459,33 @@ fn grafana_dashboard_queries_run_on_real_egret_data() {
             other => panic!("{}: unexpected datasource {other:?}", q.at),
         }
     }
+    // The same expressions on a real Prometheus scraping the agent: each
+    // must parse, evaluate and have a result (every panel's series exist).
+    let target = format!("{}:{}", w.agent.admin_ip, w.agent.admin_port);
+    if let Some(prom) = PrometheusRig::start_or_skip("grafana_dashboard", &target) {
+        let deadline = Instant::now() + patience(Duration::from_secs(60));
+        // Two scrapes at least, so rate() has samples.
+        loop {
+            let r = prom
+                .query("count_over_time(egret_requests_total[1m])")
+                .unwrap();
+            if r.iter().any(|s| num(&s["value"][1]).is_some_and(|n| n >= 2.0)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "Prometheus did not scrape twice: {r:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for q in all.iter().filter(|q| q.datasource == "prometheus") {
+            let expr = promql_for_prometheus(&q.text);
+            let result = prom
+                .query(&expr)
+                .unwrap_or_else(|e| panic!("{}: Prometheus: {e}", q.at));
+            assert!(!result.is_empty(), "{}: no series for {expr}", q.at);
+            if q.at == "variable namespace" {
+                assert_eq!(result[0]["metric"]["agent_namespace"], "tests");
+            }
+        }
+    }
     assert!(sql_run >= 8, "{sql_run} SQL queries");
     assert_eq!(
         checked.len(),
@@ -425,8 +495,8 @@ fn grafana_dashboard_queries_run_on_real_egret_data() {
     assert!(promql_checked >= 10, "{promql_checked} PromQL expressions");
 }
 
-/// What each ClickHouse panel must show for the three calls (a policy
-/// refusal, a streamed call, a plain call) of `inv`.
+/// What each ClickHouse panel must show for the four calls (a policy
+/// refusal, a streamed call, two budget refusals) of `inv`.
 fn check_rows(
     at: &str,
     rows: &[serde_json::Map<String, Value>],
@@ -444,8 +514,8 @@ fn check_rows(
             .sum()
     };
     if at.contains("Calls, tokens, errors") {
-        assert_eq!(col_sum("calls"), 3.0, "{at}: {rows:?}");
-        assert_eq!(col_sum("errors"), 1.0, "{at}: {rows:?}");
+        assert_eq!(col_sum("calls"), 4.0, "{at}: {rows:?}");
+        assert_eq!(col_sum("errors"), 3.0, "{at}: {rows:?}");
         assert_eq!(col_sum("input_tokens"), in_tokens as f64, "{at}");
         let sonnet = rows
             .iter()
@@ -457,27 +527,33 @@ fn check_rows(
             (t - (ttfb * 10.0).round() / 10.0).abs() < 0.06,
             "{t} vs {ttfb}"
         );
-        let haiku = rows
+        // The refusals: no provider, no model, no usage (NULL, not 0).
+        let refused = rows
             .iter()
-            .find(|r| r["model"] == "claude-haiku-4-5")
-            .unwrap();
-        assert!(
-            haiku["ttft_p95_ms"].is_null(),
-            "an unstreamed call has no TTFT: {haiku:?}"
-        );
-        let refused = rows.iter().find(|r| r["model"].is_null()).unwrap();
+            .find(|r| r["provider"].is_null())
+            .unwrap_or_else(|| panic!("{at}: the refusals: {rows:?}"));
+        assert_eq!(num(&refused["calls"]), Some(3.0), "{at}: {rows:?}");
         assert!(refused["input_tokens"].is_null(), "no usage is NULL, not 0");
+        assert!(refused["ttft_p95_ms"].is_null(), "unstreamed calls have no TTFT");
         return Some("per agent and model");
     } else if at.contains("Calls per model") {
-        assert_eq!(series_sum(), 3.0, "{at}: {rows:?}");
+        assert_eq!(series_sum(), 4.0, "{at}: {rows:?}");
         return Some("calls per model");
     } else if at.contains("Tokens per model") && at.ends_with('A') {
         assert_eq!(series_sum(), in_tokens as f64, "{at}: {rows:?}");
         return Some("input tokens per model");
     } else if at.contains("Errors by type") {
-        assert_eq!(rows.len(), 1, "{at}: {rows:?}");
-        assert_eq!(rows[0]["error_type"], "policy_denied");
-        assert_eq!(num(&rows[0]["status"]), Some(403.0));
+        assert_eq!(col_sum("calls"), 3.0, "{at}: {rows:?}");
+        let policy = rows.iter().find(|r| r["error_type"] == "policy_denied").unwrap();
+        assert_eq!(num(&policy["status"]), Some(403.0));
+        // Budget refusals carry no provider or model (the request is not
+        // parsed): one group of two.
+        let budget = rows
+            .iter()
+            .find(|r| r["error_type"] == "budget_exhausted")
+            .unwrap();
+        assert_eq!(num(&budget["status"]), Some(429.0));
+        assert_eq!(num(&budget["calls"]), Some(2.0), "{at}: {rows:?}");
         return Some("errors");
     } else if at.contains("Every call of invocation") {
         let ids: Vec<&str> = rows

@@ -103,6 +103,8 @@ enum Cmd {
 const APT_PACKAGES: &[&str] = &[
     "clickhouse-server",
     "clickhouse-client",
+    // The Grafana dashboard's PromQL runs on it (bpf-tests/tests/dashboard.rs).
+    "prometheus",
     "iproute2",
     "nftables",
     "iperf3",
