@@ -76,7 +76,10 @@ impl PrometheusRig {
         let log = std::fs::File::create(dir.join("prometheus.log"))?;
         let child = Command::new(bin)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -88,8 +91,8 @@ impl PrometheusRig {
                 return Ok(rig);
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(rig.dir.join("prometheus.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(rig.dir.join("prometheus.log")).unwrap_or_default();
                 return Err(PromError::NotReady(log));
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -469,10 +469,15 @@ fn grafana_dashboard_queries_run_on_real_egret_data() {
             let r = prom
                 .query("count_over_time(egret_requests_total[1m])")
                 .unwrap();
-            if r.iter().any(|s| num(&s["value"][1]).is_some_and(|n| n >= 2.0)) {
+            if r.iter()
+                .any(|s| num(&s["value"][1]).is_some_and(|n| n >= 2.0))
+            {
                 break;
             }
-            assert!(Instant::now() < deadline, "Prometheus did not scrape twice: {r:?}");
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus did not scrape twice: {r:?}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         for q in all.iter().filter(|q| q.datasource == "prometheus") {
@@ -534,7 +539,10 @@ fn check_rows(
             .unwrap_or_else(|| panic!("{at}: the refusals: {rows:?}"));
         assert_eq!(num(&refused["calls"]), Some(3.0), "{at}: {rows:?}");
         assert!(refused["input_tokens"].is_null(), "no usage is NULL, not 0");
-        assert!(refused["ttft_p95_ms"].is_null(), "unstreamed calls have no TTFT");
+        assert!(
+            refused["ttft_p95_ms"].is_null(),
+            "unstreamed calls have no TTFT"
+        );
         return Some("per agent and model");
     } else if at.contains("Calls per model") {
         assert_eq!(series_sum(), 4.0, "{at}: {rows:?}");
@@ -544,7 +552,10 @@ fn check_rows(
         return Some("input tokens per model");
     } else if at.contains("Errors by type") {
         assert_eq!(col_sum("calls"), 3.0, "{at}: {rows:?}");
-        let policy = rows.iter().find(|r| r["error_type"] == "policy_denied").unwrap();
+        let policy = rows
+            .iter()
+            .find(|r| r["error_type"] == "policy_denied")
+            .unwrap();
         assert_eq!(num(&policy["status"]), Some(403.0));
         // Budget refusals carry no provider or model (the request is not
         // parsed): one group of two.
