@@ -53,6 +53,9 @@ pub struct ApiState {
     pub tail: tokio::sync::broadcast::Sender<Arc<crate::record::Record>>,
     pub tail_lagged: Arc<crate::record::RecordStats>,
     pub registry: Arc<Registry>,
+    /// Where the invocation record goes when an unregistration ends an
+    /// invocation (the recorder's queue).
+    pub records: tokio::sync::mpsc::Sender<crate::record::Record>,
     pub kernel: Arc<Kernel>,
     pub proxy: Arc<Proxy>,
     /// Absolute sandbox root cgroup path relative to the cgroup mount, e.g. `/egret.slice`.
@@ -196,6 +199,23 @@ fn record_stream(state: &ApiState, query: Option<&str>) -> Response<ApiBody> {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
+/// Writes the invocation record when `un` ended its invocation. The
+/// recorder's queue is bounded: the caller waits for room rather than the
+/// record being lost.
+async fn emit_invocation(state: &ApiState, un: &crate::attribution::Unregistered) {
+    let Some(rec) = un.invocation_record(crate::record::now_unix_nanos()) else {
+        return;
+    };
+    state.tail_lagged.queue.admit_always(&rec);
+    if let Err(e) = state.records.send(rec).await {
+        state.tail_lagged.queue.release(&e.0);
+        tracing::warn!(
+            invocation = %un.sandbox.attribution.invocation_id,
+            "recorder stopped; invocation record not written"
+        );
+    }
+}
+
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<ApiBody> {
     json(status, serde_json::json!({ "error": message.to_string() }))
 }
@@ -246,10 +266,15 @@ async fn handle(
                 .and_then(|s| s.netns);
             // Validated (and persisted) first; listeners only for a
             // registration that stands.
-            let sb = match state.registry.register(&id, spec, &state.kernel.maps) {
-                Ok(sb) => sb,
+            let (sb, replaced) = match state.registry.register(&id, spec, &state.kernel.maps) {
+                Ok(r) => r,
                 Err(e) => return error(StatusCode::BAD_REQUEST, e),
             };
+            // Re-registered for another invocation: the one it replaced may
+            // be over.
+            if let Some(un) = replaced {
+                emit_invocation(state, &un).await;
+            }
             if let Some(ns) = &netns {
                 if let Err(e) = state.proxy.ensure_listeners(Some(ns), &id) {
                     let _ = state.registry.unregister(&id, &state.kernel.maps);
@@ -267,11 +292,13 @@ async fn handle(
             json(StatusCode::OK, serde_json::json!(sb))
         }
         (Method::DELETE, _, Some(id)) => match state.registry.unregister(&id, &state.kernel.maps) {
-            Ok(sb) => {
+            Ok(un) => {
+                let sb = &un.sandbox;
                 if let Some(ns) = &sb.netns {
                     state.proxy.release_listeners(ns, &sb.id);
                 }
                 tracing::info!(sandbox = %sb.id, "sandbox unregistered");
+                emit_invocation(state, &un).await;
                 json(StatusCode::OK, serde_json::json!(sb))
             }
             Err(e) => error(StatusCode::NOT_FOUND, e),

@@ -63,6 +63,8 @@ pub const STATE_DIR_MODE: u32 = 0o711;
 pub enum RunError {
     #[error("egret run needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")]
     NotRoot,
+    #[error(transparent)]
+    Pricing(#[from] crate::cost::CostError),
     #[error("cgroup v2: {0}")]
     Cgroup(#[source] std::io::Error),
     #[error("the agent itself is inside the sandbox root {0}; run it outside (its sockets would be redirected to itself)")]
@@ -263,6 +265,7 @@ fn build_l7(
     })?;
     Ok(Arc::new(L7 {
         policy: arc_swap::ArcSwap::from_pointee(Policy::new(cfg)),
+        prices: arc_swap::ArcSwap::from_pointee(crate::cost::Prices::new(&cfg.pricing)?),
         budgets: Arc::new(Budgets::open(Some(state_dir.join("budgets.json")))),
         terminator,
         upstream_tls,
@@ -394,7 +397,18 @@ impl App {
             record_stats.clone(),
             closes_stop.clone(),
         ));
-        let api_task = start_api(&cfg, &host, &kernel, &registry, &proxy, tail, &record_stats);
+        let api_task = start_api(
+            &cfg,
+            &host,
+            &kernel,
+            &registry,
+            &proxy,
+            RecordOutlets {
+                records: tx.clone(),
+                tail,
+                stats: record_stats.clone(),
+            },
+        );
 
         let reload_status = Arc::new(ReloadStatus::default());
         reload_status.generation.store(1, Ordering::Relaxed);
@@ -524,6 +538,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Where the attribution API's records go: the recorder's queue (invocation
+/// records), live viewers, and the record counters.
+struct RecordOutlets {
+    records: mpsc::Sender<Record>,
+    tail: broadcast::Sender<Arc<Record>>,
+    stats: Arc<RecordStats>,
+}
+
 /// The attribution API on its unix socket.
 fn start_api(
     cfg: &Config,
@@ -531,16 +553,21 @@ fn start_api(
     kernel: &Arc<Kernel>,
     registry: &Arc<Registry>,
     proxy: &Arc<Proxy>,
-    tail: broadcast::Sender<Arc<Record>>,
-    record_stats: &Arc<RecordStats>,
+    outlets: RecordOutlets,
 ) -> JoinHandle<Result<(), api::ApiError>> {
+    let RecordOutlets {
+        records,
+        tail,
+        stats: record_stats,
+    } = outlets;
     let state = Arc::new(api::ApiState {
         registry: registry.clone(),
+        records,
         kernel: kernel.clone(),
         proxy: proxy.clone(),
         sandbox_root_rel: host.paths.sandbox_root_rel(),
         tail,
-        tail_lagged: record_stats.clone(),
+        tail_lagged: record_stats,
     });
     let path = cfg.node.api_socket.clone();
     tokio::spawn(async move { api::serve(&path, state).await })

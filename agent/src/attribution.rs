@@ -66,6 +66,90 @@ impl Attribution {
     }
 }
 
+/// Where an invocation's calls hang in a trace: the invocation's own span
+/// (`invoke_agent {agent.name}`) and what it continues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceRoot {
+    /// 32 hex digits: the registered traceparent's trace, else derived
+    /// from the invocation id (so every call of the invocation, on every
+    /// node and across restarts, is in one trace).
+    pub trace_id: String,
+    /// 16 hex digits: the invocation span, derived from the invocation id;
+    /// the parent of every call the invocation makes.
+    pub span_id: String,
+    /// The registered traceparent's span (the orchestrator's), if any: the
+    /// invocation span's parent.
+    pub parent_span_id: Option<String>,
+    /// Trace flags (2 hex digits) of the registered traceparent, else `01`.
+    pub flags: String,
+}
+
+/// A W3C `traceparent` (version 00 layout) split into trace id, parent
+/// span id and flags, lowercase; `None` when malformed or all-zero.
+pub fn parse_traceparent(tp: &str) -> Option<(String, String, String)> {
+    let p: Vec<&str> = tp.trim().split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (p.len() >= 4
+        && hex(p[1], 32)
+        && hex(p[2], 16)
+        && hex(p[3], 2)
+        && p[1].bytes().any(|b| b != b'0')
+        && p[2].bytes().any(|b| b != b'0'))
+    .then(|| {
+        (
+            p[1].to_ascii_lowercase(),
+            p[2].to_ascii_lowercase(),
+            p[3].to_ascii_lowercase(),
+        )
+    })
+}
+
+/// Hex of the first `n` bytes of SHA-256(`domain` NUL `seed`).
+fn derived_hex(domain: &str, seed: &str, n: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(domain.as_bytes());
+    h.update([0]);
+    h.update(seed.as_bytes());
+    h.finalize()[..n]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `gen_ai.operation.name` of an invocation record (the GenAI
+/// conventions' agent invocation operation).
+pub const OPERATION_INVOKE_AGENT: &str = "invoke_agent";
+
+/// The span id of an invocation's `invoke_agent` span (16 hex digits).
+pub fn invocation_span_id(invocation_id: &str) -> String {
+    derived_hex("egret.invocation.span", invocation_id, 8)
+}
+
+impl Attribution {
+    /// The invocation's place in a trace: a registered traceparent wins
+    /// (its trace, its span as the invocation span's parent); without one
+    /// the trace id is derived from the invocation id. The invocation span
+    /// id is always derived from the invocation id.
+    pub fn trace_root(&self) -> TraceRoot {
+        let span_id = invocation_span_id(&self.invocation_id);
+        match self.traceparent.as_deref().and_then(parse_traceparent) {
+            Some((trace_id, parent, flags)) => TraceRoot {
+                trace_id,
+                span_id,
+                parent_span_id: Some(parent),
+                flags,
+            },
+            None => TraceRoot {
+                trace_id: derived_hex("egret.invocation.trace", &self.invocation_id, 16),
+                span_id,
+                parent_span_id: None,
+                flags: "01".to_owned(),
+            },
+        }
+    }
+}
+
 /// Body of `PUT /v1/sandboxes/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +173,45 @@ pub struct Sandbox {
     pub slot: u32,
     pub generation: u32,
     pub attribution: Attribution,
+    /// When this registration was made (Unix ns; 0 in registries written
+    /// before egret recorded it).
+    #[serde(default)]
+    pub registered_unix_nano: i64,
+}
+
+impl Unregistered {
+    /// The invocation's record (kind `invocation`, the `invoke_agent`
+    /// span) when this unregistration ended it, ending at `end_unix_nano`.
+    pub fn invocation_record(&self, end_unix_nano: i64) -> Option<Record> {
+        let start = self.invocation_ended?;
+        let a = &self.sandbox.attribution;
+        let root = a.trace_root();
+        let mut rec = Record::new(sc::KIND_INVOCATION);
+        a.apply(&mut rec);
+        rec.set(sc::GEN_AI_OPERATION_NAME, OPERATION_INVOKE_AGENT);
+        rec.set(sc::SANDBOX_ID, self.sandbox.id.as_str());
+        rec.set(sc::TRACE_ID, root.trace_id);
+        rec.set(sc::SPAN_ID, root.span_id);
+        rec.set_opt(sc::PARENT_SPAN_ID, root.parent_span_id);
+        if start > 0 {
+            rec.set(sc::START_TIME, start);
+            rec.set(
+                sc::DURATION_MS,
+                end_unix_nano.saturating_sub(start).max(0) as f64 / 1e6,
+            );
+        }
+        rec.set(sc::END_TIME, end_unix_nano);
+        Some(rec)
+    }
+}
+
+/// What an unregistration ended.
+#[derive(Debug, Clone)]
+pub struct Unregistered {
+    pub sandbox: Sandbox,
+    /// When no other registered sandbox carries the invocation: the
+    /// invocation is over; this is when its first registration was made.
+    pub invocation_ended: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +266,10 @@ struct State {
     sandboxes: BTreeMap<String, Sandbox>,
     /// (slot, generation) → attribution, oldest first.
     history: VecDeque<(u32, u32, Attribution)>,
+    /// Invocation id → when its first live registration was made (Unix
+    /// ns); removed when its last sandbox is unregistered.
+    #[serde(default)]
+    invocations: BTreeMap<String, i64>,
 }
 
 /// What the registry needs from the kernel half (kept abstract so the
@@ -322,12 +449,15 @@ impl Registry {
         Ok(canon)
     }
 
+    /// Registers (or re-registers) sandbox `id`. When a re-registration
+    /// replaces the last sandbox of another invocation, that invocation
+    /// ended: it is returned beside the new registration.
     pub fn register(
         &self,
         id: &str,
         spec: SandboxSpec,
         kernel: &dyn AttrMap,
-    ) -> Result<Sandbox, RegistryError> {
+    ) -> Result<(Sandbox, Option<Unregistered>), RegistryError> {
         if !valid_id(id) {
             return Err(RegistryError::BadId);
         }
@@ -347,6 +477,7 @@ impl Registry {
             index,
             kernel_high,
         } = &mut *guard;
+        let old = state.sandboxes.get(id).cloned();
         let (slot, generation) = match state.sandboxes.get(id) {
             Some(old) => {
                 if old.cgroup_id != cgroup_id {
@@ -362,6 +493,7 @@ impl Registry {
                 (state.next_slot, 1)
             }
         };
+        let now = crate::record::now_unix_nanos();
         let sb = Sandbox {
             id: id.to_owned(),
             cgroup,
@@ -370,7 +502,12 @@ impl Registry {
             slot,
             generation,
             attribution: spec.attribution,
+            registered_unix_nano: now,
         };
+        state
+            .invocations
+            .entry(sb.attribution.invocation_id.clone())
+            .or_insert(now);
         state
             .history
             .push_back((slot, generation, sb.attribution.clone()));
@@ -381,15 +518,47 @@ impl Registry {
             }
         }
         state.sandboxes.insert(id.to_owned(), sb.clone());
+        let replaced = old
+            .filter(|o| o.attribution.invocation_id != sb.attribution.invocation_id)
+            .map(|o| {
+                let invocation_ended = Self::end_if_last(state, &o);
+                Unregistered {
+                    sandbox: o,
+                    invocation_ended,
+                }
+            });
         self.persist(state)?;
         // Kernel last: once sockets get the new tag, it resolves.
         kernel
             .set(cgroup_id, AttrRef { slot, generation })
             .map_err(RegistryError::Kernel)?;
-        Ok(sb)
+        Ok((sb, replaced))
     }
 
-    pub fn unregister(&self, id: &str, kernel: &dyn AttrMap) -> Result<Sandbox, RegistryError> {
+    /// When no registered sandbox carries `gone`'s invocation any more:
+    /// forgets it and returns when it started.
+    fn end_if_last(state: &mut State, gone: &Sandbox) -> Option<i64> {
+        let inv = &gone.attribution.invocation_id;
+        if state
+            .sandboxes
+            .values()
+            .any(|o| o.attribution.invocation_id == *inv)
+        {
+            return None;
+        }
+        Some(
+            state
+                .invocations
+                .remove(inv)
+                .unwrap_or(gone.registered_unix_nano),
+        )
+    }
+
+    pub fn unregister(
+        &self,
+        id: &str,
+        kernel: &dyn AttrMap,
+    ) -> Result<Unregistered, RegistryError> {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let state = &mut guard.state;
         let sb = state
@@ -397,8 +566,12 @@ impl Registry {
             .remove(id)
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
         kernel.clear(sb.cgroup_id);
+        let invocation_ended = Self::end_if_last(state, &sb);
         self.persist(state)?;
-        Ok(sb)
+        Ok(Unregistered {
+            sandbox: sb,
+            invocation_ended,
+        })
     }
 
     pub fn list(&self) -> Vec<Sandbox> {
@@ -532,8 +705,8 @@ mod tests {
         let map = FakeMap::default();
         let reg = Registry::open(f.root.clone(), f.file.clone()).unwrap();
         reg.restore(&map).unwrap();
-        let a = reg.register("sb1", spec("sb1", "inv-a"), &map).unwrap();
-        let b = reg.register("sb1", spec("sb1", "inv-b"), &map).unwrap();
+        let a = reg.register("sb1", spec("sb1", "inv-a"), &map).unwrap().0;
+        let b = reg.register("sb1", spec("sb1", "inv-b"), &map).unwrap().0;
         assert_eq!(a.slot, b.slot);
         assert_ne!(a.generation, b.generation);
         let old = AttrRef {
@@ -549,14 +722,59 @@ mod tests {
         ));
     }
 
+    /// An invocation ends when its last sandbox is unregistered, or
+    /// re-registered for another invocation; its record spans from its
+    /// first registration and carries the invocation span's ids.
+    #[test]
+    fn invocation_ends_with_its_last_sandbox() {
+        let f = fixture(&["sb1", "sb2", "sb3"]);
+        let map = FakeMap::default();
+        let reg = Registry::open(f.root.clone(), f.file.clone()).unwrap();
+        reg.restore(&map).unwrap();
+        let (first, none) = reg.register("sb1", spec("sb1", "inv-a"), &map).unwrap();
+        assert!(none.is_none());
+        reg.register("sb2", spec("sb2", "inv-a"), &map).unwrap();
+        let un = reg.unregister("sb1", &map).unwrap();
+        assert_eq!(un.invocation_ended, None, "sb2 still runs inv-a");
+        assert!(un.invocation_record(1).is_none());
+        // Survives a restart of the agent (the registry file).
+        let reg = Registry::open(f.root.clone(), f.file.clone()).unwrap();
+        reg.restore(&map).unwrap();
+        let un = reg.unregister("sb2", &map).unwrap();
+        assert_eq!(un.invocation_ended, Some(first.registered_unix_nano));
+        let end = first.registered_unix_nano + 2_000_000;
+        let rec = un.invocation_record(end).unwrap();
+        assert_eq!(rec.kind(), sc::KIND_INVOCATION);
+        assert_eq!(rec.invocation_id(), Some("inv-a"));
+        assert_eq!(rec.get_str(sc::GEN_AI_OPERATION_NAME), Some("invoke_agent"));
+        assert_eq!(
+            rec.get_i64(sc::START_TIME),
+            Some(first.registered_unix_nano)
+        );
+        assert_eq!(rec.get_i64(sc::END_TIME), Some(end));
+        let root = first.attribution.trace_root();
+        assert_eq!(rec.get_str(sc::TRACE_ID), Some(root.trace_id.as_str()));
+        assert_eq!(rec.get_str(sc::SPAN_ID), Some(root.span_id.as_str()));
+        assert!(rec.get(sc::PARENT_SPAN_ID).is_none());
+        // Re-registering a sandbox for another invocation ends the old one.
+        reg.register("sb3", spec("sb3", "inv-x"), &map).unwrap();
+        let (_, replaced) = reg.register("sb3", spec("sb3", "inv-y"), &map).unwrap();
+        let replaced = replaced.expect("inv-x ended");
+        assert_eq!(replaced.sandbox.attribution.invocation_id, "inv-x");
+        assert!(replaced.invocation_ended.is_some());
+        // The same invocation again: nothing ended.
+        let (_, same) = reg.register("sb3", spec("sb3", "inv-y"), &map).unwrap();
+        assert!(same.is_none());
+    }
+
     #[test]
     fn durable_write_round_trips_0600_without_a_tmp_file() {
         let f = fixture(&["sb1", "sb2"]);
         let map = FakeMap::default();
         let reg = Registry::open(f.root.clone(), f.file.clone()).unwrap();
         reg.restore(&map).unwrap();
-        let a = reg.register("sb1", spec("sb1", "inv-a"), &map).unwrap();
-        let b = reg.register("sb2", spec("sb2", "inv-b"), &map).unwrap();
+        let a = reg.register("sb1", spec("sb1", "inv-a"), &map).unwrap().0;
+        let b = reg.register("sb2", spec("sb2", "inv-b"), &map).unwrap().0;
         reg.unregister("sb2", &map).unwrap();
         assert_eq!(crate::statefile::tests::mode_of(&f.file), 0o600);
         assert!(!crate::statefile::tmp_path(&f.file).exists());
@@ -628,8 +846,8 @@ mod tests {
         let reg = Registry::open(f.root.clone(), f.file.clone()).unwrap();
         reg.restore(&map).unwrap();
         let held = [sock1, sock2];
-        let fresh = reg.register("sb3", spec("sb3", "inv-3"), &map).unwrap();
-        let again = reg.register("sb1", spec("sb1", "inv-1c"), &map).unwrap();
+        let fresh = reg.register("sb3", spec("sb3", "inv-3"), &map).unwrap().0;
+        let again = reg.register("sb1", spec("sb1", "inv-1c"), &map).unwrap().0;
         for sb in [&fresh, &again] {
             let pair = AttrRef {
                 slot: sb.slot,

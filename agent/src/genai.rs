@@ -366,6 +366,9 @@ pub(crate) struct Findings {
     /// Tokens written to the provider's prompt cache
     /// (`gen_ai.usage.cache_write.input_tokens`).
     pub cache_creation_input_tokens: Option<u64>,
+    /// Of those, the ones written with a one-hour time-to-live (Anthropic's
+    /// `usage.cache_creation.ephemeral_1h_input_tokens`).
+    pub cache_write_1h_input_tokens: Option<u64>,
     /// Reasoning ("thinking") tokens, part of `output_tokens`.
     pub reasoning_output_tokens: Option<u64>,
     /// Provider / JSON-RPC error code, for `error.type`.
@@ -1310,6 +1313,10 @@ impl Exchange {
         record.set_opt(
             sc::GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
             f.reasoning_output_tokens,
+        );
+        record.set_opt(
+            sc::USAGE_CACHE_WRITE_1H_INPUT_TOKENS,
+            f.cache_write_1h_input_tokens,
         );
 
         if let Some(r) = self.mcp.take() {

@@ -9,6 +9,7 @@ pub mod bpf;
 pub mod budget;
 pub mod cgroup;
 pub mod config;
+pub mod cost;
 pub mod credentials;
 pub mod doctor;
 pub mod flow;

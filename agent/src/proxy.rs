@@ -64,6 +64,8 @@ use crate::{
 /// Everything the L7 path shares across connections.
 pub struct L7 {
     pub policy: arc_swap::ArcSwap<Policy>,
+    /// The price table behind `egret.cost.usd` (swapped on reload).
+    pub prices: arc_swap::ArcSwap<crate::cost::Prices>,
     pub budgets: Arc<Budgets>,
     pub terminator: Arc<Terminator>,
     pub upstream_tls: Arc<UpstreamTls>,

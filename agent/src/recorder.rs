@@ -295,7 +295,7 @@ mod tests {
         )
         .unwrap();
         let mut sinks = OtlpSinks::default();
-        sinks.add(exp.clone());
+        sinks.add("gw", exp.clone());
         let (tail, mut viewer) = broadcast::channel(TAIL_BUFFER);
         let stats = Arc::new(RecordStats::default());
         let (tx, rx) = mpsc::channel(QUEUE);

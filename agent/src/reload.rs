@@ -59,6 +59,8 @@ pub enum ReloadError {
     Otlp(#[from] OtlpError),
     #[error("updating kernel settings: {0}")]
     Kernel(#[source] BpfError),
+    #[error(transparent)]
+    Pricing(#[from] crate::cost::CostError),
 }
 
 /// Everything a reload updates.
@@ -115,6 +117,7 @@ impl Targets {
     /// Loads and applies the file; Err keeps the running config.
     pub async fn reload(&mut self) -> Result<(), ReloadError> {
         let new = Config::load(&self.path)?;
+        let prices = crate::cost::Prices::new(&new.pricing)?;
         let sinks = otlp::sinks_from_env(&new, self.dev_tee.as_deref())?;
         let n = &new.node;
         self.kernel
@@ -133,6 +136,7 @@ impl Targets {
             })
             .map_err(ReloadError::Kernel)?;
         self.l7.policy.store(Arc::new(Policy::new(&new)));
+        self.l7.prices.store(Arc::new(prices));
         let old = self.otlp.swap(Arc::new(sinks));
         tokio::spawn(async move { old.shutdown(Duration::from_secs(5)).await });
         for key in restart_only(&self.running, &new) {

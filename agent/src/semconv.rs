@@ -48,6 +48,13 @@ pub const GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: &str =
     "gen_ai.usage.cache_creation.input_tokens";
 pub const GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: &str = "gen_ai.usage.cache_write.input_tokens";
 pub const GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: &str = "gen_ai.usage.reasoning.output_tokens";
+/// Of `gen_ai.usage.cache_write.input_tokens`, those written with a one-hour
+/// time-to-live (priced above five-minute writes).
+pub const USAGE_CACHE_WRITE_1H_INPUT_TOKENS: &str = "egret.usage.cache_write_1h.input_tokens";
+/// What the transaction cost, in USD, from the price table.
+pub const COST_USD: &str = "egret.cost.usd";
+/// Which price table priced it: `default:<date>` or `config`.
+pub const COST_SOURCE: &str = "egret.cost.source";
 // Request parameters, as the client sent them.
 pub const GEN_AI_REQUEST_MAX_TOKENS: &str = "gen_ai.request.max_tokens";
 pub const GEN_AI_REQUEST_TEMPERATURE: &str = "gen_ai.request.temperature";
@@ -159,6 +166,9 @@ pub const WEBSOCKET_CLOSE_CODE: &str = "egret.websocket.close_code";
 /// Values of [`RECORD_KIND`].
 pub const KIND_FLOW: &str = "flow";
 pub const KIND_TRANSACTION: &str = "transaction";
+/// An invocation, from its first registration to its last unregistration:
+/// the `invoke_agent` span that parents every call it made.
+pub const KIND_INVOCATION: &str = "invocation";
 
 /// Values of [`COMPONENT`].
 pub const COMPONENT_PROXY: &str = "egress-proxy";
@@ -178,6 +188,7 @@ pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";
 // OTLP export (sink::otlp). Names a backend reads, beside the record's own.
 /// Event names: the LogRecord `event_name` field of each record's log.
 pub const EVENT_TRANSACTION: &str = "egret.transaction";
+pub const EVENT_INVOCATION: &str = "egret.invocation";
 pub const EVENT_FLOW: &str = "egret.flow";
 // Resource.
 pub const SERVICE_NAME: &str = "service.name";
@@ -236,6 +247,30 @@ pub const ATTRIBUTION_SOURCE_KERNEL: &str = "kernel";
 /// Attribution from a trusted dialer's PROXY protocol v2 TLVs.
 pub const ATTRIBUTION_SOURCE_PROXY_PROTOCOL: &str = "proxy-protocol";
 
+/// Record attributes that hold exchanged content (body text and what
+/// describes it): exported only by OTLP exporters with `content: full`.
+pub const CONTENT: &[&str] = &[
+    REQUEST_BODY,
+    RESPONSE_BODY,
+    REQUEST_BODY_B64,
+    RESPONSE_BODY_B64,
+];
+/// Record attributes read from the content that name or identify what was
+/// said (paths, ids, tool and prompt names, stop sequences): dropped by
+/// exporters with `content: none`, which keep the envelope only.
+pub const CONTENT_DETAIL: &[&str] = &[
+    URL_PATH,
+    GEN_AI_RESPONSE_ID,
+    GEN_AI_CONVERSATION_ID,
+    GEN_AI_REQUEST_STOP_SEQUENCES,
+    GEN_AI_TOOL_NAME,
+    GEN_AI_PROMPT_NAME,
+    MCP_RESOURCE_URI,
+    MCP_SESSION_ID,
+    JSONRPC_REQUEST_ID,
+    WEBSOCKET_SESSION_ID,
+];
+
 /// Value type of an attribute, as the semantic-convention YAML names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttrType {
@@ -273,6 +308,9 @@ pub const DEFINED: &[(&str, AttrType)] = {
         // semantic-conventions-genai v0.1.0 names the core registry lacks.
         (GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS, I),
         (GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, I),
+        (USAGE_CACHE_WRITE_1H_INPUT_TOKENS, I),
+        (COST_USD, D),
+        (COST_SOURCE, S),
         (RECORD_KIND, S),
         (RECORD_ID, S),
         (START_TIME, I),
@@ -367,3 +405,48 @@ pub const DEFINED: &[(&str, AttrType)] = {
         (MLFLOW_SPAN_TYPE, S),
     ]
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The content attributes are egret's own, and every defined name
+    /// that carries text of the exchange is in [`CONTENT`] (or produced only
+    /// by the convention profiles, which check the content mode
+    /// themselves), so a new content attribute cannot reach a
+    /// `metadata` or `none` exporter by default.
+    #[test]
+    fn content_lists_cover_the_content_attributes() {
+        let defined = |n: &str| DEFINED.iter().any(|(d, _)| *d == n);
+        for n in CONTENT {
+            assert!(defined(n), "{n} is not defined");
+        }
+        let profile_values = [
+            INPUT_VALUE,
+            OUTPUT_VALUE,
+            MLFLOW_SPAN_INPUTS,
+            MLFLOW_SPAN_OUTPUTS,
+        ];
+        for (n, _) in DEFINED {
+            let looks_like_content = [
+                ".body",
+                "_b64",
+                ".messages",
+                "instructions",
+                "definitions",
+                "arguments",
+                ".value",
+                "spanInputs",
+                "spanOutputs",
+            ]
+            .iter()
+            .any(|p| n.ends_with(p));
+            if looks_like_content {
+                assert!(
+                    CONTENT.contains(n) || profile_values.contains(n),
+                    "{n} looks like content but is not in semconv::CONTENT"
+                );
+            }
+        }
+    }
+}

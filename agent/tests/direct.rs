@@ -372,7 +372,9 @@ async fn trace_context_is_created_or_extended_and_sent_upstream() {
     let mut h = Harness::new(GATEWAY).await;
     let mut c = h.tls_client("api.openai.com", H1).await;
 
-    // No trace context anywhere: a new trace, sampled.
+    // No trace context from the sandbox: the invocation's own trace, the
+    // call a child of the invocation span (both derived from the
+    // invocation id, the same for every call), sampled.
     let (_, body) = c
         .exchange(c.request("GET", "/headers").body(empty()).unwrap())
         .await;
@@ -381,7 +383,27 @@ async fn trace_context_is_created_or_extended_and_sent_upstream() {
     let (trace, span) = (s(&r, sc::TRACE_ID), s(&r, sc::SPAN_ID));
     assert_eq!((trace.len(), span.len()), (32, 16));
     assert_eq!(sent, format!("00-{trace}-{span}-01"));
-    assert!(r.get(sc::PARENT_SPAN_ID).is_none());
+    let root = egret::attribution::Attribution {
+        invocation_id: r.invocation_id().unwrap().to_owned(),
+        ..Default::default()
+    }
+    .trace_root();
+    assert_eq!(
+        (trace, s(&r, sc::PARENT_SPAN_ID)),
+        (root.trace_id.as_str(), root.span_id.as_str())
+    );
+    let (_, body) = c
+        .exchange(c.request("GET", "/headers").body(empty()).unwrap())
+        .await;
+    let again = json(&body)["traceparent"].as_str().unwrap().to_owned();
+    let r2 = h.record().await;
+    assert_eq!(
+        s(&r2, sc::TRACE_ID),
+        root.trace_id,
+        "one trace per invocation"
+    );
+    assert_ne!(s(&r2, sc::SPAN_ID), span);
+    assert!(again.contains(&root.trace_id));
 
     // The sandbox's own traceparent is the parent; its flags are kept.
     let theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
@@ -405,7 +427,8 @@ async fn trace_context_is_created_or_extended_and_sent_upstream() {
     c.close().await;
 
     // The invocation's registered trace context, when the sandbox sends
-    // none: traceparent extended, tracestate passed on.
+    // none: its trace, the call under the invocation span (whose parent is
+    // the registered span), tracestate passed on.
     let mut a = attribution();
     a.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
     a.tracestate = Some("egret=direct".into());
@@ -417,7 +440,10 @@ async fn trace_context_is_created_or_extended_and_sent_upstream() {
     let seen = json(&body);
     let r = h.record().await;
     assert_eq!(s(&r, sc::TRACE_ID), "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(s(&r, sc::PARENT_SPAN_ID), "00f067aa0ba902b7");
+    assert_eq!(
+        s(&r, sc::PARENT_SPAN_ID),
+        egret::attribution::invocation_span_id(r.invocation_id().unwrap())
+    );
     assert_eq!(
         seen["traceparent"],
         format!(

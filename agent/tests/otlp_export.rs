@@ -636,7 +636,7 @@ async fn dev_tee_receives_every_gateway() {
     let (sinks, warnings) =
         OtlpSinks::from_config(&cfg, Some(&tee_srv.url()), &no_env, fast_opts()).unwrap();
     assert!(warnings.is_empty());
-    assert!(sinks.gateway("a").is_some() && sinks.gateway("b").is_none());
+    assert!(sinks.gateway("a").len() == 1 && sinks.gateway("b").is_empty());
     sinks.offer("a", &txn(200));
     sinks.offer("b", &txn(500));
     sinks.shutdown(Duration::from_secs(5)).await;
@@ -1917,4 +1917,243 @@ async fn status_shows_every_exporter_and_switched_off_signals() {
         serde_json::json!(["traces", "logs", "metrics"])
     );
     sinks.shutdown(Duration::from_secs(1)).await;
+}
+
+// ---- fan-out: several exporters per gateway ------------------------------------
+
+/// Every request a receiver got, decompressed, as one text to search.
+fn wire_text(seen: &[Captured]) -> String {
+    seen.iter()
+        .map(|c| String::from_utf8_lossy(&gunzip(&c.body)).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn resource_service_names(seen: &[Captured]) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in seen.iter().filter(|c| c.path == "/v1/traces") {
+        let r = ExportTraceServiceRequest::decode(gunzip(&c.body).as_slice()).unwrap();
+        for rs in &r.resource_spans {
+            if let Some(res) = &rs.resource {
+                out.extend(str_attr(&res.attributes, sc::SERVICE_NAME).map(str::to_owned));
+                out.extend(str_attr(&res.attributes, "team").map(|t| format!("team={t}")));
+            }
+        }
+    }
+    out
+}
+
+/// One gateway, two exporters: the operator's (primary, from the
+/// environment's endpoint and headers, `content: full`) and a tenant's
+/// (`exporters[]`, `content: none`, its own service name and resource). Each
+/// gets every record; the tenant's receiver gets no body, no content
+/// detail and none of the environment's headers (the operator's API key).
+#[tokio::test]
+async fn fan_out_reaches_every_exporter_with_its_own_content_mode() {
+    let operator = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let tenant = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let yaml = format!(
+        "gateways:
+  - name: gw
+    otlp: {{signals: {{metrics: false}}}}
+    exporters:
+      - name: tenant
+        endpoint: {}
+        content: none
+        headers: {{x-tenant: t-1}}
+        serviceName: tenant-agents
+        resourceAttributes: {{team: a}}
+        signals: {{metrics: false}}
+",
+        tenant.url()
+    );
+    let cfg = egret::config::Config::parse(&yaml, Path::new("t.yaml")).unwrap();
+    let operator_url = operator.url();
+    let env = move |k: &str| match k {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(operator_url.clone()),
+        "OTEL_EXPORTER_OTLP_HEADERS" => Some("x-operator-key=op-secret".to_owned()),
+        "OTEL_SERVICE_NAME" => Some("operator-egret".to_owned()),
+        _ => None,
+    };
+    let (sinks, warnings) = OtlpSinks::from_config(&cfg, None, &env, fast_opts()).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(sinks.gateway("gw").len(), 2);
+    let mut rec = txn(200);
+    rec.set(sc::GEN_AI_CONVERSATION_ID, "conv_tenant_private");
+    sinks.offer("gw", &rec);
+    sinks.offer("other-gateway", &txn(200));
+    sinks.shutdown(Duration::from_secs(5)).await;
+
+    let status = sinks.status();
+    let names: Vec<&str> = status.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["gw", "gw/tenant"]);
+    for s in &status {
+        assert_eq!(signal(&s.signals, "traces").sent, 1, "{}", s.name);
+        assert_eq!(signal(&s.signals, "logs").sent, 1, "{}", s.name);
+    }
+
+    let op_seen = operator.seen();
+    let op = wire_text(&op_seen);
+    assert!(
+        op.contains("\"content\":\"hi\""),
+        "operator gets the request body"
+    );
+    assert!(op.contains("conv_tenant_private") && op.contains("/v1/chat/completions"));
+    assert!(op_seen.iter().all(|c| c
+        .headers
+        .get("x-operator-key")
+        .is_some_and(|v| v == "op-secret")));
+    assert_eq!(resource_service_names(&op_seen), ["operator-egret"]);
+
+    let t_seen = tenant.seen();
+    assert!(t_seen.iter().any(|c| c.path == "/v1/traces"));
+    assert!(t_seen.iter().any(|c| c.path == "/v1/logs"));
+    let t = wire_text(&t_seen);
+    for gone in [
+        "hi\"",
+        "hello",
+        "messages",
+        "conv_tenant_private",
+        "/v1/chat/completions",
+    ] {
+        assert!(!t.contains(gone), "tenant received {gone:?}");
+    }
+    for kept in [
+        "inv-42",
+        "gpt-4o",
+        sc::GEN_AI_USAGE_OUTPUT_TOKENS,
+        "api.openai.com",
+    ] {
+        assert!(t.contains(kept), "tenant lacks {kept:?}");
+    }
+    for c in &t_seen {
+        assert!(
+            c.headers.get("x-operator-key").is_none(),
+            "operator key leaked"
+        );
+        assert_eq!(c.headers.get("x-tenant").unwrap(), "t-1");
+    }
+    assert_eq!(resource_service_names(&t_seen), ["tenant-agents", "team=a"]);
+}
+
+// ---- OTEL_BSP_* / OTEL_BLRP_* -----------------------------------------------
+
+/// Spans / log records per request a receiver got, in arrival order.
+fn items_per_request(seen: &[Captured], path: &str) -> Vec<usize> {
+    seen.iter()
+        .filter(|c| c.path == path)
+        .map(|c| {
+            let body = gunzip(&c.body);
+            if path == "/v1/traces" {
+                ExportTraceServiceRequest::decode(body.as_slice())
+                    .unwrap()
+                    .resource_spans
+                    .iter()
+                    .flat_map(|r| &r.scope_spans)
+                    .map(|s| s.spans.len())
+                    .sum()
+            } else {
+                ExportLogsServiceRequest::decode(body.as_slice())
+                    .unwrap()
+                    .resource_logs
+                    .iter()
+                    .flat_map(|r| &r.scope_logs)
+                    .map(|s| s.log_records.len())
+                    .sum()
+            }
+        })
+        .collect()
+}
+
+/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` and `OTEL_BLRP_MAX_EXPORT_BATCH_SIZE`
+/// bound the items per request, each for its own signal, and
+/// `OTEL_BSP_SCHEDULE_DELAY` / `OTEL_BLRP_SCHEDULE_DELAY` set how long a
+/// partial batch waits: the exporter's own flush interval here is an hour,
+/// so a record that arrives at all arrived by the variable's delay.
+#[tokio::test]
+async fn batch_size_and_schedule_delay_per_signal() {
+    let srv = TestServer::start(|_| (StatusCode::OK, vec![])).await;
+    let url = srv.url();
+    let env = move |k: &str| match k {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(url.clone()),
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" => Some("3".to_owned()),
+        "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE" => Some("4".to_owned()),
+        "OTEL_BSP_SCHEDULE_DELAY" => Some("50".to_owned()),
+        "OTEL_BLRP_SCHEDULE_DELAY" => Some("50".to_owned()),
+        "OTEL_METRICS_EXPORTER" => Some("none".to_owned()),
+        _ => None,
+    };
+    let settings = resolve("gw", &OtlpConfig::default(), &env)
+        .unwrap()
+        .unwrap();
+    let opts = ExportOptions {
+        flush_interval: Duration::from_secs(3600),
+        ..fast_opts()
+    };
+    let exp = OtlpExporter::start(settings, opts, client()).unwrap();
+    for _ in 0..10 {
+        exp.offer(&txn(200));
+    }
+    wait_for("10 spans and 10 log records", || {
+        let s = srv.seen();
+        items_per_request(&s, "/v1/traces").iter().sum::<usize>() == 10
+            && items_per_request(&s, "/v1/logs").iter().sum::<usize>() == 10
+    })
+    .await;
+    let seen = srv.seen();
+    let spans = items_per_request(&seen, "/v1/traces");
+    let logs = items_per_request(&seen, "/v1/logs");
+    assert!(spans.iter().all(|n| *n <= 3), "spans per request {spans:?}");
+    assert!(logs.iter().all(|n| *n <= 4), "logs per request {logs:?}");
+    assert!(spans.len() >= 4 && logs.len() >= 3, "{spans:?} {logs:?}");
+    exp.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `OTEL_BSP_MAX_QUEUE_SIZE` / `OTEL_BLRP_MAX_QUEUE_SIZE` bound the records
+/// waiting per signal: with the receiver not answering, offers beyond the
+/// queue (and the one batch in flight) are dropped and counted, per signal.
+#[tokio::test]
+async fn queue_size_per_signal_drops_and_counts() {
+    // Accepts connections, never answers: the first batch stays in flight.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut socks = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            socks.push(s);
+        }
+    });
+    let env = move |k: &str| match k {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(format!("http://{addr}")),
+        "OTEL_BSP_MAX_QUEUE_SIZE" => Some("2".to_owned()),
+        "OTEL_BLRP_MAX_QUEUE_SIZE" => Some("5".to_owned()),
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" => Some("1".to_owned()),
+        "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE" => Some("1".to_owned()),
+        "OTEL_EXPORTER_OTLP_TIMEOUT" => Some("60000".to_owned()),
+        "OTEL_METRICS_EXPORTER" => Some("none".to_owned()),
+        _ => None,
+    };
+    let settings = resolve("gw", &OtlpConfig::default(), &env)
+        .unwrap()
+        .unwrap();
+    assert_eq!(settings.traces.as_ref().unwrap().queue_capacity, 2);
+    assert_eq!(settings.logs.as_ref().unwrap().queue_capacity, 5);
+    let exp = OtlpExporter::start(settings, fast_opts(), client()).unwrap();
+    // One record taken by each worker (in flight, unanswered), then the
+    // queues fill: traces hold 2, logs 5.
+    exp.offer(&txn(200));
+    wait_for("the first batch in flight", || {
+        let st = exp.status();
+        signal(&st.signals, "traces").queued == 0 && signal(&st.signals, "logs").queued == 0
+    })
+    .await;
+    for _ in 0..20 {
+        exp.offer(&txn(200));
+    }
+    let st = exp.status();
+    let (t, l) = (signal(&st.signals, "traces"), signal(&st.signals, "logs"));
+    assert_eq!((t.queued, t.dropped), (2, 18), "traces {t:?}");
+    assert_eq!((l.queued, l.dropped), (5, 15), "logs {l:?}");
+    hold.abort();
+    exp.shutdown(Duration::from_millis(200)).await;
 }

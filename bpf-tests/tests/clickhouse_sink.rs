@@ -9,8 +9,8 @@ use egret::config::{ClickHouseConfig, SpoolConfig};
 use egret::record::{AttrValue, Filter, Record};
 use egret::semconv as sc;
 use egret::sink::clickhouse::{
-    query_records, ClickHouseSink, ColKind, DeadLetter, FlowRow, SinkState, StatusHandle,
-    TransactionRow, CURSOR_NAME,
+    query_records, ClickHouseSink, ColKind, DeadLetter, FlowRow, InvocationRow, SinkState,
+    StatusHandle, TransactionRow, CURSOR_NAME,
 };
 use egret::store::{Spool, SpoolHandle};
 use tokio_util::sync::CancellationToken;
@@ -62,10 +62,10 @@ fn flow(inv: &str, i: i64) -> Record {
 
 /// A record with every typed column of its table populated, plus extras.
 fn full(kind: &'static str, inv: &str, i: i64) -> Record {
-    let cols = if kind == sc::KIND_FLOW {
-        FlowRow::COLUMNS
-    } else {
-        TransactionRow::COLUMNS
+    let cols = match kind {
+        sc::KIND_FLOW => FlowRow::COLUMNS,
+        sc::KIND_INVOCATION => InvocationRow::COLUMNS,
+        _ => TransactionRow::COLUMNS,
     };
     let mut r = Record::new(kind);
     for c in cols {
@@ -211,8 +211,8 @@ async fn schema_create_and_migrate_is_idempotent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn round_trip_both_tables_every_column() {
-    let Some(rig) = ClickHouseRig::start_or_skip("round_trip_both_tables_every_column") else {
+async fn round_trip_every_table_every_column() {
+    let Some(rig) = ClickHouseRig::start_or_skip("round_trip_every_table_every_column") else {
         return;
     };
     let cfg = cfg(&rig, "egret_rt");
@@ -235,14 +235,23 @@ async fn round_trip_both_tables_every_column() {
         sc::RESPONSE_BODY,
         "data: {\"type\":\"message_stop\"}\n\n".repeat(100),
     );
-    let counts = sink.insert([&t, &f, &t2]).await.unwrap();
-    assert_eq!((counts.transactions, counts.flows), (2, 1));
+    let inv = full(sc::KIND_INVOCATION, "inv-rt", 4);
+    let counts = sink.insert([&t, &f, &t2, &inv]).await.unwrap();
+    assert_eq!(
+        (counts.transactions, counts.flows, counts.invocations),
+        (2, 1, 1)
+    );
 
     let back = query_records(&cfg, &inv_filter("inv-rt")).await.unwrap();
-    assert_eq!(back.len(), 3);
+    assert_eq!(back.len(), 4);
     assert_eq!(back[0], t);
     assert_eq!(back[1], f);
     assert_eq!(back[2], t2);
+    assert_eq!(back[3], inv);
+    let inv_row = rig
+        .query("SELECT egret_span_id, egret_duration_ms FROM egret_rt.invocations")
+        .unwrap();
+    assert!(inv_row.starts_with("egret_span_id-4-"), "{inv_row}");
 
     // The typed columns really hold the values (not just the arrays).
     let row = rig

@@ -170,6 +170,30 @@ fn anthropic_google_and_mcp_sdks_through_egret() {
     let ams = by_path(&recs, "/v1/messages", true);
     assert_eq!(tokens(ams).1, usage(&a[1]).1);
     assert!(ams.get(sc::GEN_AI_RESPONSE_FINISH_REASONS).is_some());
+    // Priced at the shipped table's claude-haiku-4-5 rates (USD per 1M:
+    // input 1, cache read 0.1, cache write 1.25, output 5), streamed or not.
+    for r in [am, ams] {
+        let n = |k: &str| r.get_i64(k).unwrap_or(0) as f64;
+        let (cr, cw) = (
+            n(sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
+            n(sc::GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS),
+        );
+        let want = ((n(sc::GEN_AI_USAGE_INPUT_TOKENS) - cr - cw) * 1.0
+            + cr * 0.1
+            + cw * 1.25
+            + n(sc::GEN_AI_USAGE_OUTPUT_TOKENS) * 5.0)
+            / 1e6;
+        let got = match r.get(sc::COST_USD) {
+            Some(egret::record::AttrValue::Float(f)) => *f,
+            other => panic!("egret.cost.usd: {other:?}: {}", r.to_json_line()),
+        };
+        assert!(
+            (got - want).abs() < 1e-12,
+            "cost {got} != {want}: {}",
+            r.to_json_line()
+        );
+        assert!(r.get_str(sc::COST_SOURCE).unwrap().starts_with("default:"));
+    }
 
     let gj = by_path(&recs, ":generateContent", false);
     assert_eq!(gj.get_str(sc::GEN_AI_PROVIDER_NAME), Some("gcp.gemini"));
@@ -345,11 +369,15 @@ fn policy_budget_trace_context_streaming_and_h2() {
     let denied = w.transactions(&inv, 1);
     assert_eq!(denied[0].get_bool(sc::POLICY_DENIED), Some(true));
 
-    // Trace context: the registered traceparent is the parent of the span
-    // whose id is sent upstream.
+    // Trace context: the registered traceparent's trace; the call's span
+    // (its id sent upstream) is a child of the invocation span, which is a
+    // child of the registered span and is written when the invocation
+    // ends (its sandbox unregistered).
     let inv = unique("inv-trace-");
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let cg = w.sandbox(&inv, Some(parent));
+    let sb_id = unique("sb");
+    let cg = w.agent.cgroup(&sb_id);
+    w.agent.register_with(&sb_id, None, &inv, Some(parent));
     let seen: Value =
         serde_json::from_str(&w.curl(&cg, &["https://api.openai.com/headers"])).unwrap();
     let rec = &w.transactions(&inv, 1)[0];
@@ -361,12 +389,36 @@ fn policy_budget_trace_context_streaming_and_h2() {
         sent,
         format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{span}-01")
     );
-    assert_eq!(rec.get_str(sc::PARENT_SPAN_ID), Some("00f067aa0ba902b7"));
+    let invocation_span = egret::attribution::invocation_span_id(&inv);
+    assert_eq!(
+        rec.get_str(sc::PARENT_SPAN_ID),
+        Some(invocation_span.as_str())
+    );
     assert_eq!(
         rec.get_str(sc::TRACE_ID),
         Some("4bf92f3577b34da6a3ce929d0e0e4736")
     );
     assert!(seen.get("authorization").is_none());
+    w.agent.unregister(&sb_id);
+    let recs = w.agent.wait_records("the invocation record", |r| {
+        r.iter()
+            .any(|x| x.kind() == sc::KIND_INVOCATION && x.invocation_id() == Some(inv.as_str()))
+    });
+    let invocation: Vec<&Record> = recs
+        .iter()
+        .filter(|x| x.kind() == sc::KIND_INVOCATION && x.invocation_id() == Some(inv.as_str()))
+        .collect();
+    assert_eq!(invocation.len(), 1, "one invocation record");
+    let ir = invocation[0];
+    assert_eq!(ir.get_str(sc::SPAN_ID), Some(invocation_span.as_str()));
+    assert_eq!(ir.get_str(sc::PARENT_SPAN_ID), Some("00f067aa0ba902b7"));
+    assert_eq!(ir.get_str(sc::TRACE_ID), rec.get_str(sc::TRACE_ID));
+    assert_eq!(ir.get_str(sc::GEN_AI_OPERATION_NAME), Some("invoke_agent"));
+    let (start, end) = (i(ir, sc::START_TIME), i(ir, sc::END_TIME));
+    assert!(
+        start <= i(rec, sc::START_TIME) && i(rec, sc::END_TIME) <= end,
+        "the invocation span covers its call"
+    );
 
     // Streaming is forwarded as it arrives: the first event reaches the
     // client long before the last (10 events, 150 ms apart).
@@ -604,7 +656,10 @@ fn otlp_traces_logs_and_metrics_reach_an_independent_receiver() {
     assert_eq!(span["name"], "chat claude-sonnet-4-5", "{span}");
     assert_eq!(span["kind"], 3, "CLIENT");
     assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(span["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(
+        span["parent_span_id"].as_str(),
+        Some(egret::attribution::invocation_span_id(&inv).as_str())
+    );
     assert_eq!(span["span_id"].as_str(), rec.get_str(sc::SPAN_ID));
     assert_eq!(span["attributes"]["gen_ai.provider.name"], "anthropic");
     assert_eq!(
@@ -622,6 +677,82 @@ fn otlp_traces_logs_and_metrics_reach_an_independent_receiver() {
     );
     let all = serde_json::to_string(&lines).unwrap();
     assert!(!all.contains("sk-ant-secret"), "credential exported");
+}
+
+/// Fan-out through the running agent: one gateway with the operator's
+/// exporter (`content: full`) and a tenant's (`exporters[]`, gRPC,
+/// `content: none`), each an independent receiver. One real call reaches
+/// both as a span and a log record; only the operator's carries the
+/// prompt and the response body.
+#[test]
+fn otlp_fan_out_to_two_receivers_with_different_content_modes() {
+    if !require_privileges("otlp_fan_out") || !require_venv("otlp_fan_out") {
+        return;
+    }
+    let operator = Receiver::start();
+    let tenant = Receiver::start_with(&["--grpc"]);
+    let w = World::start(&format!(
+        "gateways:\n- name: fan-gw\n  routes:\n  - {{name: anthropic, hosts: [api.anthropic.com], provider: anthropic}}\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    signals: {{metrics: false}}\n  exporters:\n  - name: tenant\n    endpoint: http://127.0.0.1:{}\n    protocol: grpc\n    content: none\n    serviceName: tenant-agents\n    signals: {{metrics: false}}\n",
+        operator.port, tenant.port
+    ));
+    let inv = unique("inv-fan-");
+    let cg = w.sandbox(&inv, None);
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"tell me about egrets"}]}"#;
+    w.curl(
+        &cg,
+        &[
+            "-o",
+            "/dev/null",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "x-api-key: sk-ant-secret",
+            "-H",
+            "anthropic-version: 2023-06-01",
+            "-d",
+            body,
+            "https://api.anthropic.com/v1/messages",
+        ],
+    );
+    let rec = &w.transactions(&inv, 1)[0];
+    let inv_v = Value::String(inv.clone());
+    let both = |l: &[Value]| {
+        l.iter()
+            .any(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
+            && l.iter()
+                .any(|x| x["signal"] == "logs" && x["attributes"]["invocation.id"] == inv_v)
+    };
+    let op = operator.wait("operator span and log", both);
+    let te = tenant.wait("tenant span and log", both);
+    let text = |l: &[Value]| serde_json::to_string(l).unwrap();
+    let (op_text, te_text) = (text(&op), text(&te));
+    assert!(
+        op_text.contains("tell me about egrets"),
+        "operator gets the prompt"
+    );
+    assert!(op_text.contains("msg_"), "operator gets the response body");
+    for gone in ["tell me about egrets", "msg_", "/v1/messages"] {
+        assert!(
+            !te_text.contains(gone),
+            "tenant received {gone:?}: {te_text}"
+        );
+    }
+    let span = te
+        .iter()
+        .find(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
+        .unwrap();
+    assert_eq!(span["name"], "chat claude-sonnet-4-5", "{span}");
+    assert_eq!(
+        span["attributes"]["gen_ai.usage.output_tokens"],
+        i(rec, sc::GEN_AI_USAGE_OUTPUT_TOKENS)
+    );
+    assert!(
+        te_text.contains("tenant-agents"),
+        "tenant service.name: {te_text}"
+    );
+    for t in [&op_text, &te_text] {
+        assert!(!t.contains("sk-ant-secret"), "credential exported");
+    }
 }
 
 /// The agent configured by the standard variables alone (no `otlp` key):

@@ -35,7 +35,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("values", &["config", "record"]),
     (
         "kernel and codecs",
-        &["bpf", "tls", "store", "genai", "credentials"],
+        &["bpf", "tls", "store", "genai", "credentials", "cost"],
     ),
     ("attribution", &["attribution"]),
     (

@@ -39,9 +39,31 @@ pub struct GatewayConfig {
     /// `passthrough` (splice, flow record only) or `refuse`.
     #[serde(default)]
     pub non_http: NonHttpPolicy,
-    /// OTLP/HTTP export of this gateway's records (see `docs/otlp.md`).
+    /// The gateway's primary OTLP exporter (see `docs/otlp.md`); the
+    /// standard `OTEL_*` variables fill in what it leaves unset.
     #[serde(default)]
     pub otlp: OtlpConfig,
+    /// More OTLP exporters (a tenant's beside the operator's, say), each
+    /// with its own `name`, `endpoint`, headers, signals, sampling and
+    /// content mode; every record of the gateway reaches each of them.
+    /// Variables naming where or with which credentials
+    /// (`OTEL_EXPORTER_OTLP_*ENDPOINT`, `*HEADERS`, `*CERTIFICATE`,
+    /// `*CLIENT_*`) never apply to these.
+    #[serde(default)]
+    pub exporters: Vec<OtlpConfig>,
+}
+
+impl GatewayConfig {
+    /// Every OTLP exporter section with its config path: the primary
+    /// (`otlp`) then `exporters[i]`.
+    pub fn otlp_exporters(&self) -> impl Iterator<Item = (String, &OtlpConfig)> {
+        std::iter::once(("otlp".to_owned(), &self.otlp)).chain(
+            self.exporters
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (format!("exporters[{i}]"), e)),
+        )
+    }
 }
 
 fn yes() -> bool {

@@ -28,6 +28,7 @@ mod expand;
 mod gateway;
 mod node;
 mod otlp;
+mod pricing;
 mod store;
 mod validate;
 
@@ -38,7 +39,8 @@ pub use gateway::{
     Selector,
 };
 pub use node::{LimitsConfig, MetricsConfig, NodeConfig, ProxyProtocolConfig, DEFAULT_MAX_SERIES};
-pub use otlp::{Compression, Convention, OtlpConfig, Protocol, SignalsConfig};
+pub use otlp::{Compression, ContentMode, Convention, OtlpConfig, Protocol, SignalsConfig};
+pub use pricing::{LongContextPrice, ModelPrice, PricingConfig, Rates};
 pub use store::{SpoolConfig, StoreConfig};
 pub use validate::ValidationError;
 
@@ -67,6 +69,8 @@ pub struct Config {
     pub node: NodeConfig,
     pub store: StoreConfig,
     pub gateways: Vec<GatewayConfig>,
+    /// The price table behind `egret.cost.usd` (`docs/cost.md`).
+    pub pricing: PricingConfig,
 }
 
 impl Default for Config {
@@ -93,6 +97,7 @@ impl Config {
         Config {
             node: NodeConfig::default(),
             store: StoreConfig::default(),
+            pricing: PricingConfig::default(),
             gateways: vec![GatewayConfig {
                 name: "default".to_owned(),
                 selector: Selector::default(),
@@ -103,6 +108,7 @@ impl Config {
                 rewrite_stream_usage: true,
                 non_http: NonHttpPolicy::Passthrough,
                 otlp: OtlpConfig::default(),
+                exporters: vec![],
             }],
         }
     }
@@ -294,6 +300,38 @@ mod tests {
             )
             .unwrap_err()
             .to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn exporters_need_unique_names_and_their_own_endpoints() {
+        let gw = |extra: &str| format!("gateways:\n- name: g\n{extra}");
+        let cfg = Config::parse(
+            &gw("  otlp: {endpoint: 'http://op:4318'}\n  exporters:\n  - {name: tenant, endpoint: 'http://t:4318', content: none}\n"),
+            Path::new("x.yaml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.gateways[0].exporters[0].content, ContentMode::None);
+        for (bad, why) in [
+            (
+                "  exporters:\n  - {endpoint: 'http://t:4318'}\n",
+                "exporters[0].name",
+            ),
+            (
+                "  exporters:\n  - {name: 'a b', endpoint: 'http://t:4318'}\n",
+                "exporters[0].name",
+            ),
+            ("  otlp: {name: ''}\n", "otlp.name"),
+            ("  exporters:\n  - {name: t}\n", "needs its own endpoint"),
+            (
+                "  otlp: {name: t}\n  exporters:\n  - {name: t, endpoint: 'http://t:4318'}\n",
+                "duplicate exporter name \"t\"",
+            ),
+        ] {
+            let err = Config::parse(&gw(bad), Path::new("x.yaml"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
     }

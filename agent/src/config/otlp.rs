@@ -1,4 +1,5 @@
-//! `gateways[].otlp`: one gateway's OTLP/HTTP export, as configured.
+//! `gateways[].otlp` and `gateways[].exporters[]`: a gateway's OTLP
+//! exporters, as configured.
 //!
 //! How it combines with the standard `OTEL_*` environment variables into
 //! what an exporter does is the OTLP sink's business
@@ -10,10 +11,24 @@ use serde::Deserialize;
 
 use super::duration;
 
-/// One gateway's OTLP export (`gateways[].otlp`).
+/// One OTLP exporter of a gateway: its primary one (`gateways[].otlp`) or
+/// one more (`gateways[].exporters[]`).
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct OtlpConfig {
+    /// The exporter's name, unique within its gateway; required in
+    /// `exporters[]`. It is shown as `<gateway>/<name>` in `/status` and
+    /// metrics (the primary exporter is shown as `<gateway>`).
+    pub name: Option<String>,
+    /// How much of what the sandbox sent and received this exporter
+    /// carries: `full` (default), `metadata` or `none`; see `docs/otlp.md`.
+    pub content: ContentMode,
+    /// `service.name` of this exporter's resource (over `OTEL_SERVICE_NAME`
+    /// and the default `egret`).
+    pub service_name: Option<String>,
+    /// More resource attributes (over `OTEL_RESOURCE_ATTRIBUTES`);
+    /// `${ENV}` expanded.
+    pub resource_attributes: BTreeMap<String, String>,
     /// Base URL (`http://` or `https://`, `${ENV}` expanded); egret appends
     /// `/v1/traces`, `/v1/logs` and `/v1/metrics`. Unset: the standard
     /// `OTEL_EXPORTER_OTLP_*ENDPOINT` variables, else no export.
@@ -117,9 +132,30 @@ impl Compression {
     }
 }
 
+/// What an exporter carries of the exchanged content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentMode {
+    /// Everything: attributes, bodies (log body), convention input/output
+    /// values.
+    #[default]
+    Full,
+    /// Every attribute, no body text: no log body, no `input.value` /
+    /// `output.value` / `mlflow.spanInputs` / `mlflow.spanOutputs`.
+    Metadata,
+    /// The envelope only: who, when, where, how much, the outcome, the
+    /// model and token counts; nothing read from the content besides those
+    /// (no paths, ids, tool or prompt names, stop sequences).
+    None,
+}
+
 impl Default for OtlpConfig {
     fn default() -> Self {
         OtlpConfig {
+            name: None,
+            content: ContentMode::Full,
+            service_name: None,
+            resource_attributes: BTreeMap::new(),
             endpoint: None,
             headers: BTreeMap::new(),
             signals: SignalsConfig::default(),
@@ -215,6 +251,16 @@ mod tests {
             "the old cache name is on by default"
         );
         assert!(serde_norway::from_str::<OtlpConfig>("bogus: 1").is_err());
+        assert_eq!(d.content, ContentMode::Full, "full content by default");
+        let named: OtlpConfig = serde_norway::from_str(
+            "name: tenant\ncontent: none\nserviceName: svc\nresourceAttributes: {team: a}\n",
+        )
+        .unwrap();
+        assert_eq!(named.name.as_deref(), Some("tenant"));
+        assert_eq!(named.content, ContentMode::None);
+        assert_eq!(named.service_name.as_deref(), Some("svc"));
+        assert_eq!(named.resource_attributes["team"], "a");
+        assert!(serde_norway::from_str::<OtlpConfig>("content: some").is_err());
         assert!(serde_norway::from_str::<OtlpConfig>("conventions: [zipkin]").is_err());
         assert!(serde_norway::from_str::<OtlpConfig>("metricsInterval: soon").is_err());
     }
@@ -237,6 +283,11 @@ mod tests {
             "certificate",
             "clientCertificate",
             "clientKey",
+            "name",
+            "content",
+            "serviceName",
+            "resourceAttributes",
+            "metadata",
             "http/json",
             "grpc",
             "openinference",

@@ -43,6 +43,14 @@ pub enum ValidationError {
     MaxSeriesZero,
     #[error("gateways: duplicate name {0:?}")]
     DuplicateGateway(String),
+    #[error("gateway {gateway:?}: {field}.name must be letters, digits, '.', '_' or '-' (and is required in exporters[])")]
+    ExporterName { gateway: String, field: String },
+    #[error("gateway {gateway:?}: duplicate exporter name {name:?}")]
+    DuplicateExporter { gateway: String, name: String },
+    #[error("gateway {gateway:?} exporter {name:?}: needs its own endpoint (the OTEL_* endpoint variables apply to `otlp` only)")]
+    ExporterEndpoint { gateway: String, name: String },
+    #[error("pricing.models: {provider} {model}: prices must be finite and not negative, provider and model not empty")]
+    Price { provider: String, model: String },
     #[error("gateway {gateway:?} route {route:?}: {source}")]
     RouteProvider {
         gateway: String,
@@ -108,10 +116,66 @@ impl Config {
                 return Err(ValidationError::UnixSocketIsApiSocket);
             }
         }
+        for p in &self.pricing.models {
+            let rates = std::iter::once(p.rates())
+                .chain(p.long_context.as_ref().map(|l| l.rates()))
+                .flat_map(|r| {
+                    [
+                        Some(r.input),
+                        r.output,
+                        r.cache_read,
+                        r.cache_write,
+                        r.cache_write_1h,
+                    ]
+                })
+                .flatten();
+            let bad_rate = rates.into_iter().any(|v| !v.is_finite() || v < 0.0);
+            if bad_rate || p.provider.trim().is_empty() || p.model.trim().is_empty() {
+                return Err(ValidationError::Price {
+                    provider: p.provider.clone(),
+                    model: p.model.clone(),
+                });
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for g in &self.gateways {
             if !names.insert(g.name.as_str()) {
                 return Err(ValidationError::DuplicateGateway(g.name.clone()));
+            }
+            let mut exporters = std::collections::HashSet::new();
+            for (field, e) in g.otlp_exporters() {
+                let name = match (&e.name, field.as_str()) {
+                    (Some(n), _) => n,
+                    (None, "otlp") => continue,
+                    (None, _) => {
+                        return Err(ValidationError::ExporterName {
+                            gateway: g.name.clone(),
+                            field,
+                        })
+                    }
+                };
+                let ok = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                if !ok {
+                    return Err(ValidationError::ExporterName {
+                        gateway: g.name.clone(),
+                        field,
+                    });
+                }
+                if !exporters.insert(name.as_str()) {
+                    return Err(ValidationError::DuplicateExporter {
+                        gateway: g.name.clone(),
+                        name: name.clone(),
+                    });
+                }
+                if field != "otlp" && e.endpoint.as_deref().is_none_or(|u| u.trim().is_empty()) {
+                    return Err(ValidationError::ExporterEndpoint {
+                        gateway: g.name.clone(),
+                        name: name.clone(),
+                    });
+                }
             }
             for r in &g.routes {
                 RouteProvider::parse(&r.provider, r.format).map_err(|source| {

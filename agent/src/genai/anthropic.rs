@@ -27,6 +27,13 @@ struct Usage {
     output_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
+    /// The cache writes split by time-to-live (priced differently).
+    cache_creation: Option<CacheCreation>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+struct CacheCreation {
+    ephemeral_1h_input_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +88,7 @@ pub struct State {
     output: Option<u64>,
     cache_read: Option<u64>,
     cache_creation: Option<u64>,
+    cache_creation_1h: Option<u64>,
 }
 
 impl State {
@@ -90,6 +98,10 @@ impl State {
         self.output = u.output_tokens.or(self.output);
         self.cache_read = u.cache_read_input_tokens.or(self.cache_read);
         self.cache_creation = u.cache_creation_input_tokens.or(self.cache_creation);
+        self.cache_creation_1h = u
+            .cache_creation
+            .and_then(|c| c.ephemeral_1h_input_tokens)
+            .or(self.cache_creation_1h);
     }
 
     fn error(&mut self, e: Option<ErrorBody<'_>>, f: &mut Findings) {
@@ -188,5 +200,6 @@ impl State {
         f.output_tokens = self.output;
         f.cache_read_input_tokens = self.cache_read;
         f.cache_creation_input_tokens = self.cache_creation;
+        f.cache_write_1h_input_tokens = self.cache_creation_1h;
     }
 }

@@ -455,9 +455,25 @@ fn anthropic_cases() {
                 (sc::GEN_AI_USAGE_OUTPUT_TOKENS, Int(15)),
                 (sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, Int(300)),
                 (sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, Int(1500)),
+                (sc::USAGE_CACHE_WRITE_1H_INPUT_TOKENS, Absent),
                 (sc::BODY_USAGE_VISIBLE, Bool(true)),
                 (sc::PARSE_ERROR, Absent),
                 (sc::BODY_REQUEST_REWRITTEN, Absent),
+            ],
+        },
+        Row {
+            name: "anthropic_cache_writes_split_by_ttl",
+            case: anthropic(br#"{"model":"claude-haiku-4-5","max_tokens":8}"#).respond(
+                200,
+                JSON,
+                br#"{"id":"msg_2","type":"message","model":"claude-haiku-4-5-20251001","stop_reason":"end_turn","usage":{"input_tokens":10,"cache_creation_input_tokens":3000,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":1000,"ephemeral_1h_input_tokens":2000},"output_tokens":4}}"#,
+            ),
+            feed: AnySplit,
+            expect: &[
+                (sc::GEN_AI_USAGE_INPUT_TOKENS, Int(3010)),
+                (sc::GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS, Int(3000)),
+                (sc::USAGE_CACHE_WRITE_1H_INPUT_TOKENS, Int(2000)),
+                (sc::PARSE_ERROR, Absent),
             ],
         },
         Row {

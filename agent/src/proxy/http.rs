@@ -33,6 +33,7 @@ use super::{
     AttributionSource, Origin, L7,
 };
 use crate::{
+    attribution::{parse_traceparent, TraceRoot},
     budget,
     config::CaptureBodyConfig,
     credentials,
@@ -397,6 +398,7 @@ impl Conn {
                 txn.error = Some("agent_shutdown");
             }
             txn.seal();
+            self.l7.prices.load().apply(&mut txn.rec);
             // Saturating: provider-supplied counts cannot wrap the budget.
             let tokens = budget::transaction_tokens(
                 txn.rec.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS),
@@ -579,36 +581,24 @@ fn base_record(conn: &Conn, req: &Request<Incoming>, host: &str, decision: &Deci
 }
 
 /// W3C trace context for the outbound request: the sandbox's own header is
-/// the parent when present, else the invocation's registered traceparent,
-/// else a new trace. Returns (trace id, span id, parent span id, header).
+/// the parent when present; else the invocation's span (`root`: in the
+/// registered trace, or the one derived from the invocation id), so every
+/// call of an invocation is in one trace under its `invoke_agent` span;
+/// else (no attribution) a new trace. Returns (trace id, span id, parent
+/// span id, header).
 fn trace_context(
     incoming: Option<&str>,
-    registered: Option<&str>,
+    root: Option<&TraceRoot>,
 ) -> (String, String, Option<String>, String) {
-    let parse = |tp: &str| -> Option<(String, String, String)> {
-        let p: Vec<&str> = tp.trim().split('-').collect();
-        (p.len() >= 4
-            && p[1].len() == 32
-            && p[2].len() == 16
-            && p[1].bytes().all(|b| b.is_ascii_hexdigit())
-            && p[2].bytes().all(|b| b.is_ascii_hexdigit())
-            && p[1] != "00000000000000000000000000000000")
-            .then(|| {
-                (
-                    p[1].to_ascii_lowercase(),
-                    p[2].to_ascii_lowercase(),
-                    p[3].to_owned(),
-                )
-            })
-    };
     let span = format!("{:016x}", rand_u64());
-    match incoming
-        .and_then(parse)
-        .or_else(|| registered.and_then(parse))
-    {
-        Some((trace, parent, flags)) => {
-            let header = format!("00-{trace}-{span}-{flags}");
-            (trace, span, Some(parent), header)
+    if let Some((trace, parent, flags)) = incoming.and_then(parse_traceparent) {
+        let header = format!("00-{trace}-{span}-{flags}");
+        return (trace, span, Some(parent), header);
+    }
+    match root {
+        Some(r) => {
+            let header = format!("00-{}-{span}-{}", r.trace_id, r.flags);
+            (r.trace_id.clone(), span, Some(r.span_id.clone()), header)
         }
         None => {
             let trace = format!("{:016x}{:016x}", rand_u64(), rand_u64());
@@ -940,10 +930,8 @@ async fn prepare(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (trace_id, span_id, parent, header) = trace_context(
-        incoming_tp.as_deref(),
-        attr.and_then(|a| a.traceparent.as_deref()),
-    );
+    let root = attr.map(|a| a.trace_root());
+    let (trace_id, span_id, parent, header) = trace_context(incoming_tp.as_deref(), root.as_ref());
     rec.set(sc::TRACE_ID, trace_id);
     rec.set(sc::SPAN_ID, span_id);
     rec.set_opt(sc::PARENT_SPAN_ID, parent);
@@ -1154,19 +1142,51 @@ fn content_encoding(headers: &http::HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attribution::Attribution;
 
     #[test]
-    fn trace_context_extends_the_sandbox_or_registered_trace() {
+    fn trace_context_extends_the_sandbox_or_the_invocation_trace() {
         let client = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let (t, s, p, h) = trace_context(Some(client), None);
         assert_eq!(t, "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(p.as_deref(), Some("b7ad6b7169203331"));
         assert_eq!(h, format!("00-{t}-{s}-01"));
-        let reg = "00-11111111111111111111111111111111-2222222222222222-00";
-        let (t, _, p, _) = trace_context(None, Some(reg));
+        // A registered traceparent: its trace, under the invocation span.
+        let mut a = Attribution {
+            invocation_id: "inv-7".into(),
+            traceparent: Some("00-11111111111111111111111111111111-2222222222222222-00".into()),
+            ..Attribution::default()
+        };
+        let root = a.trace_root();
+        assert_eq!(root.parent_span_id.as_deref(), Some("2222222222222222"));
+        let (t, s, p, h) = trace_context(None, Some(&root));
         assert_eq!(t, "11111111111111111111111111111111");
-        assert_eq!(p.as_deref(), Some("2222222222222222"));
-        let (t, s, p, h) = trace_context(Some("garbage"), None);
+        assert_eq!(p.as_deref(), Some(root.span_id.as_str()));
+        assert_eq!(h, format!("00-{t}-{s}-00"), "the registered flags");
+        // The sandbox's own header still wins over the invocation.
+        let (t, _, p, _) = trace_context(Some(client), Some(&root));
+        assert_eq!(
+            (t.as_str(), p.as_deref()),
+            ("0af7651916cd43dd8448eb211c80319c", Some("b7ad6b7169203331"))
+        );
+        // No registered traceparent: the trace is the invocation's own,
+        // the same for every call and derived from the invocation id only.
+        a.traceparent = None;
+        let root = a.trace_root();
+        let (t1, s1, p1, _) = trace_context(None, Some(&root));
+        let (t2, s2, p2, _) = trace_context(Some("garbage"), Some(&root));
+        assert_eq!((t1.len(), s1.len()), (32, 16));
+        assert_eq!((&t1, &p1), (&t2, &p2));
+        assert_ne!(s1, s2, "each call its own span");
+        assert_eq!(p1.as_deref(), Some(root.span_id.as_str()));
+        assert_eq!(root.parent_span_id, None);
+        let other = Attribution {
+            invocation_id: "inv-8".into(),
+            ..Attribution::default()
+        };
+        assert_ne!(other.trace_root().trace_id, t1);
+        // Unattributed: a new trace each time.
+        let (t, s, p, h) = trace_context(None, None);
         assert_eq!((t.len(), s.len(), p), (32, 16, None));
         assert!(h.ends_with("-01"));
     }

@@ -383,6 +383,7 @@ fn emit_turn(conn: &Conn, base: &Record, turn: Turn) {
     rec.set(sc::SPAN_ID, new_span_id());
     rec.set(sc::WEBSOCKET_KIND, "response");
     turn.write(&mut rec);
+    conn.l7.prices.load().apply(&mut rec);
     let tokens = budget::transaction_tokens(
         rec.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS),
         rec.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS),

@@ -439,6 +439,9 @@ impl Harness {
         let (tx, records) = mpsc::channel(1024);
         let l7 = Arc::new(L7 {
             policy: arc_swap::ArcSwap::from_pointee(Policy::new(&cfg)),
+            prices: arc_swap::ArcSwap::from_pointee(
+                egret::cost::Prices::new(&cfg.pricing).unwrap(),
+            ),
             budgets: Arc::new(Budgets::open(None)),
             terminator: Arc::new(Terminator::with_ca(ca).unwrap()),
             upstream_tls: Arc::new(upstream_tls),

@@ -96,7 +96,7 @@ mod writer;
 pub use dead_letter::{DeadLetter, DEAD_LETTER_FILE, DEAD_LETTER_MAX_BYTES};
 pub use error::{InvalidConfig, SinkError};
 pub use query::query_records;
-pub use row::{column_type, ColKind, Column, FlowRow, TransactionRow};
+pub use row::{column_type, ColKind, Column, FlowRow, InvocationRow, TransactionRow};
 pub use schema::schema_ddl;
 pub use status::{ClickHouseReport, SinkState, SinkStatus, StatusHandle};
 pub use writer::InsertCounts;
@@ -111,6 +111,7 @@ pub struct ClickHouseSink {
     names: Names,
     tx_table: String,
     flow_table: String,
+    inv_table: String,
     status: StatusHandle,
     dead_letter: Option<DeadLetter>,
 }
@@ -150,6 +151,7 @@ impl ClickHouseSink {
         Ok(ClickHouseSink {
             tx_table: names.table(TransactionRow::TABLE),
             flow_table: names.table(FlowRow::TABLE),
+            inv_table: names.table(InvocationRow::TABLE),
             names,
             cfg: cfg.clone(),
             client,

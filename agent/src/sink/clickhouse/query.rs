@@ -1,6 +1,6 @@
 //! Reading records back (`egret records` with ClickHouse configured):
-//! both tables, deduplicated with `FINAL`, as the local store returns them.
-use super::row::{FlowRow, TransactionRow};
+//! every table, deduplicated with `FINAL`, as the local store returns them.
+use super::row::{FlowRow, InvocationRow, TransactionRow};
 use super::{ClickHouseSink, SinkError};
 use crate::config::ClickHouseConfig;
 use crate::record::{Filter, Record};
@@ -31,6 +31,18 @@ impl ClickHouseSink {
                 .select_table::<FlowRow<'static>>(&self.flow_table, filter, |r| r.into_record())
                 .await?;
             out.extend(flows);
+        }
+        if filter
+            .kind
+            .as_deref()
+            .is_none_or(|k| k == crate::semconv::KIND_INVOCATION)
+        {
+            let invocations = self
+                .select_table::<InvocationRow<'static>>(&self.inv_table, filter, |r| {
+                    r.into_record()
+                })
+                .await?;
+            out.extend(invocations);
         }
         // The invocation and the time bounds are in the SQL; the other
         // fields are matched here, on the records as read back (the same

@@ -332,6 +332,26 @@ table_row! {
     ]
 }
 
+table_row! {
+    /// A row of `invocations` (one invocation, from its first registration
+    /// to its last unregistration: the `invoke_agent` span).
+    InvocationRow, table = "invocations", kind = sc::KIND_INVOCATION,
+    [
+        invocation_id: Text = sc::INVOCATION_ID,
+        agent_kind: Str = sc::AGENT_KIND,
+        agent_namespace: Str = sc::AGENT_NAMESPACE,
+        agent_name: Str = sc::AGENT_NAME,
+        agent_uid: Str = sc::AGENT_UID,
+        agent_revision: Str = sc::AGENT_REVISION,
+        gen_ai_operation_name: Str = sc::GEN_AI_OPERATION_NAME,
+        egret_sandbox_id: Str = sc::SANDBOX_ID,
+        egret_trace_id: Str = sc::TRACE_ID,
+        egret_span_id: Str = sc::SPAN_ID,
+        egret_parent_span_id: Str = sc::PARENT_SPAN_ID,
+        egret_duration_ms: Float = sc::DURATION_MS,
+    ]
+}
+
 /// The ClickHouse type of the column holding `attr` in the `transactions`
 /// table (a superset of `flows`), if it has one. Producers should emit these
 /// value types; a value of another type is kept in the generic arrays.

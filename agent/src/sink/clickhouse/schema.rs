@@ -1,7 +1,7 @@
 //! The tables' DDL, generated from the row layout, and the idempotent
 //! migration that creates them and adds missing columns (see "Migrations"
 //! and "Cluster" in the module docs).
-use super::row::{Column, FlowRow, TransactionRow, ATTR_TYPES_SQL};
+use super::row::{Column, FlowRow, InvocationRow, TransactionRow, ATTR_TYPES_SQL};
 use super::{ClickHouseSink, InvalidConfig, SinkError};
 use crate::config::ClickHouseConfig;
 
@@ -93,10 +93,11 @@ pub fn schema_ddl(cfg: &ClickHouseConfig) -> Result<Vec<String>, SinkError> {
     Ok(out)
 }
 
-fn tables() -> [(&'static str, &'static [Column]); 2] {
+fn tables() -> [(&'static str, &'static [Column]); 3] {
     [
         (TransactionRow::TABLE, TransactionRow::COLUMNS),
         (FlowRow::TABLE, FlowRow::COLUMNS),
+        (InvocationRow::TABLE, InvocationRow::COLUMNS),
     ]
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::write_dead_letters;
-use super::row::{FlowRow, TransactionRow};
+use super::row::{FlowRow, InvocationRow, TransactionRow};
 use super::status::SinkState;
 use super::{ClickHouseSink, SinkError};
 use crate::record::{now_unix_nanos, Record};
@@ -32,6 +32,7 @@ struct Isolated {
 pub struct InsertCounts {
     pub transactions: usize,
     pub flows: usize,
+    pub invocations: usize,
 }
 
 impl ClickHouseSink {
@@ -48,48 +49,38 @@ impl ClickHouseSink {
     }
 
     async fn insert_refs(&self, records: &[&Record]) -> Result<InsertCounts, SinkError> {
-        fn is_flow(r: &Record) -> bool {
-            r.kind() == sc::KIND_FLOW
-        }
         let t = Some(self.cfg.insert_timeout);
-        let mut counts = InsertCounts::default();
-        let flows = records.iter().filter(|r| is_flow(r)).count();
-
-        if flows < records.len() {
-            let mut ins = self
-                .timed(
-                    "INSERT",
-                    self.client
-                        .insert_unescaped::<TransactionRow<'static>>(&self.tx_table),
-                )
-                .await?
-                .with_timeouts(t, t);
-            for r in records {
-                if !is_flow(r) {
-                    ins.write(&TransactionRow::from_record(r)).await?;
-                    counts.transactions += 1;
+        // One INSERT per table, of the records of its kind (none: no
+        // statement); how many.
+        macro_rules! insert_kind {
+            ($row:ident, $table:expr, $mine:expr) => {{
+                let mine = $mine;
+                let n = records.iter().filter(|r| mine(r)).count();
+                if n > 0 {
+                    let mut ins = self
+                        .timed(
+                            "INSERT",
+                            self.client.insert_unescaped::<$row<'static>>($table),
+                        )
+                        .await?
+                        .with_timeouts(t, t);
+                    for r in records.iter().filter(|r| mine(r)) {
+                        ins.write(&$row::from_record(r)).await?;
+                    }
+                    ins.end().await?;
                 }
-            }
-            ins.end().await?;
+                n
+            }};
         }
-        if flows > 0 {
-            let mut ins = self
-                .timed(
-                    "INSERT",
-                    self.client
-                        .insert_unescaped::<FlowRow<'static>>(&self.flow_table),
-                )
-                .await?
-                .with_timeouts(t, t);
-            for r in records {
-                if is_flow(r) {
-                    ins.write(&FlowRow::from_record(r)).await?;
-                    counts.flows += 1;
-                }
-            }
-            ins.end().await?;
-        }
-        Ok(counts)
+        Ok(InsertCounts {
+            transactions: insert_kind!(TransactionRow, &self.tx_table, |r: &Record| {
+                r.kind() != sc::KIND_FLOW && r.kind() != sc::KIND_INVOCATION
+            }),
+            flows: insert_kind!(FlowRow, &self.flow_table, |r: &Record| r.kind()
+                == sc::KIND_FLOW),
+            invocations: insert_kind!(InvocationRow, &self.inv_table, |r: &Record| r.kind()
+                == sc::KIND_INVOCATION),
+        })
     }
 
     /// The delivery loop: migrate, then read batches from `cursor`, insert,

@@ -16,6 +16,8 @@ use sha2::{Digest, Sha256};
 
 use super::settings::Conventions;
 use crate::{
+    attribution::{invocation_span_id, OPERATION_INVOKE_AGENT},
+    config::ContentMode,
     record::{AttrValue, Record},
     semconv as sc,
 };
@@ -256,15 +258,29 @@ fn transaction_seed(rec: &Record) -> Option<&str> {
 /// Flows with `egret.transaction.id`: the trace of that transaction and,
 /// unless the proxy set ids, a child of the transaction's span.
 pub fn span_ids(rec: &Record) -> Option<SpanIds> {
-    let txn = transaction_seed(rec)?;
     let explicit_trace = hex_attr::<16>(rec, sc::TRACE_ID);
     let explicit_parent = hex_attr::<8>(rec, sc::PARENT_SPAN_ID);
+    if rec.kind() == sc::KIND_INVOCATION {
+        // Its parent, when it has one, is the orchestrator's registered span.
+        return Some(SpanIds {
+            trace_id: explicit_trace?,
+            span_id: hex_attr::<8>(rec, sc::SPAN_ID)?,
+            parent_span_id: explicit_parent,
+            remote_parent: explicit_parent.is_some(),
+        });
+    }
+    let txn = transaction_seed(rec)?;
     if rec.kind() == sc::KIND_TRANSACTION {
+        // The parent is egret's own invocation span (local), or the
+        // sandbox's traceparent (remote).
+        let invocation_span = rec
+            .invocation_id()
+            .and_then(|inv| parse_hex_id::<8>(&invocation_span_id(inv)));
         return Some(SpanIds {
             trace_id: explicit_trace.unwrap_or_else(|| derive_trace_id(txn)),
             span_id: hex_attr::<8>(rec, sc::SPAN_ID).unwrap_or_else(|| derive_span_id(txn)),
             parent_span_id: explicit_parent,
-            remote_parent: explicit_parent.is_some(),
+            remote_parent: explicit_parent.is_some() && explicit_parent != invocation_span,
         });
     }
     if rec.kind() == sc::KIND_FLOW && rec.get_str(sc::TRANSACTION_ID).is_some() {
@@ -288,18 +304,33 @@ pub fn span_ids(rec: &Record) -> Option<SpanIds> {
 /// `{operation} {tool}`; else `{mcp.method.name} [{tool}]`; else the HTTP
 /// method; else the record kind.
 pub fn span_name(rec: &Record) -> String {
+    span_name_with(rec, true)
+}
+
+/// [`span_name`], without tool and prompt names unless `details` (an
+/// exporter with `content: none` sends no content details, in names
+/// neither).
+fn span_name_with(rec: &Record, details: bool) -> String {
+    if rec.kind() == sc::KIND_INVOCATION {
+        return match rec.get_str(sc::AGENT_NAME).filter(|s| !s.is_empty()) {
+            Some(agent) => format!("{} {agent}", OPERATION_INVOKE_AGENT),
+            None => OPERATION_INVOKE_AGENT.to_owned(),
+        };
+    }
     let op = rec
         .get_str(sc::GEN_AI_OPERATION_NAME)
         .filter(|s| !s.is_empty());
     let model = rec
         .get_str(sc::GEN_AI_REQUEST_MODEL)
         .filter(|s| !s.is_empty());
-    let tool = rec.get_str(sc::GEN_AI_TOOL_NAME).filter(|s| !s.is_empty());
+    let tool = rec
+        .get_str(sc::GEN_AI_TOOL_NAME)
+        .filter(|s| details && !s.is_empty());
     let mcp = rec.get_str(sc::MCP_METHOD_NAME).filter(|s| !s.is_empty());
     // MCP: `{mcp.method.name} {target}`, the target a tool or prompt name.
     let target = tool.or_else(|| {
         rec.get_str(sc::GEN_AI_PROMPT_NAME)
-            .filter(|s| !s.is_empty())
+            .filter(|s| details && !s.is_empty())
     });
     match (op, model, tool, mcp) {
         (_, _, _, Some(m)) => match target {
@@ -384,6 +415,7 @@ fn record_attributes(rec: &Record, skip: &[&str], conventions: Conventions) -> V
         .filter(|(k, _)| {
             conventions.legacy_cache_creation || *k != sc::GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS
         })
+        .filter(|(k, _)| conventions.keeps(k))
         .map(|(k, v)| kv(k, any_value(v)))
         .collect();
     for (from, to) in [
@@ -410,14 +442,27 @@ pub fn span(rec: &Record, conventions: Conventions, now_ns: u64) -> Option<Span>
         if let Some(inv) = rec.invocation_id() {
             attributes.push(kv_str(sc::SESSION_ID, inv));
         }
+        if rec.kind() == sc::KIND_INVOCATION {
+            if conventions.openinference {
+                attributes.push(kv_str(sc::OPENINFERENCE_SPAN_KIND, "AGENT"));
+            }
+            if conventions.mlflow {
+                attributes.push(kv_str(sc::MLFLOW_SPAN_TYPE, &json_string("AGENT")));
+            }
+        }
     }
     Some(Span {
         trace_id: ids.trace_id.to_vec(),
         span_id: ids.span_id.to_vec(),
         parent_span_id: ids.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
         flags: ids.flags(),
-        name: span_name(rec),
-        kind: SpanKind::Client as i32,
+        name: span_name_with(rec, conventions.content != ContentMode::None),
+        // An invocation runs inside the node (INTERNAL); calls leave it.
+        kind: if rec.kind() == sc::KIND_INVOCATION {
+            SpanKind::Internal as i32
+        } else {
+            SpanKind::Client as i32
+        },
         start_time_unix_nano: start,
         end_time_unix_nano: end,
         attributes,
@@ -497,8 +542,9 @@ fn add_convention_attributes(rec: &Record, conv: Conventions, out: &mut Vec<KeyV
         return;
     }
     let kind = step_kind(rec);
-    let request = convention_body(rec, sc::REQUEST_BODY, sc::REQUEST_BODY_B64);
-    let response = convention_body(rec, sc::RESPONSE_BODY, sc::RESPONSE_BODY_B64);
+    let full = conv.content == ContentMode::Full;
+    let request = convention_body(rec, sc::REQUEST_BODY, sc::REQUEST_BODY_B64).filter(|_| full);
+    let response = convention_body(rec, sc::RESPONSE_BODY, sc::RESPONSE_BODY_B64).filter(|_| full);
     if let Some(inv) = rec.invocation_id() {
         out.push(kv_str(sc::SESSION_ID, inv));
     }
@@ -543,7 +589,7 @@ fn add_convention_attributes(rec: &Record, conv: Conventions, out: &mut Vec<KeyV
         {
             out.push(kv_i64(sc::LLM_TOKEN_COUNT_PROMPT_CACHE_WRITE, c));
         }
-        if kind == StepKind::Tool {
+        if kind == StepKind::Tool && conv.keeps(sc::GEN_AI_TOOL_NAME) {
             if let Some(t) = rec.get_str(sc::GEN_AI_TOOL_NAME) {
                 out.push(kv_str(sc::TOOL_NAME, t));
             }
@@ -610,12 +656,13 @@ pub fn log_record(rec: &Record, conventions: Conventions, now_ns: u64) -> Option
     let (event, (sev, sev_text)) = match rec.kind() {
         sc::KIND_TRANSACTION => (sc::EVENT_TRANSACTION, severity(rec)),
         sc::KIND_FLOW => (sc::EVENT_FLOW, (SeverityNumber::Info, "INFO")),
+        sc::KIND_INVOCATION => (sc::EVENT_INVOCATION, (SeverityNumber::Info, "INFO")),
         _ => return None,
     };
     let (_, end) = times(rec, now_ns);
     let attributes = record_attributes(rec, LOG_SKIP, conventions);
     let mut body_kv = Vec::new();
-    if rec.kind() == sc::KIND_TRANSACTION {
+    if rec.kind() == sc::KIND_TRANSACTION && conventions.content == ContentMode::Full {
         for (name, key) in [
             ("request", sc::REQUEST_BODY),
             ("response", sc::RESPONSE_BODY),
@@ -732,7 +779,7 @@ pub fn logs_request(
 /// transaction id).
 pub fn has_span(rec: &Record) -> bool {
     match rec.kind() {
-        sc::KIND_TRANSACTION => true,
+        sc::KIND_TRANSACTION | sc::KIND_INVOCATION => true,
         sc::KIND_FLOW => rec.get_str(sc::TRANSACTION_ID).is_some(),
         _ => false,
     }
@@ -740,7 +787,10 @@ pub fn has_span(rec: &Record) -> bool {
 
 /// Whether a record becomes a log record.
 pub fn has_log(rec: &Record) -> bool {
-    matches!(rec.kind(), sc::KIND_TRANSACTION | sc::KIND_FLOW)
+    matches!(
+        rec.kind(),
+        sc::KIND_TRANSACTION | sc::KIND_FLOW | sc::KIND_INVOCATION
+    )
 }
 
 #[cfg(test)]
@@ -914,6 +964,49 @@ pub(crate) mod tests {
         assert_eq!(req.resource_spans[0].scope_spans[0].spans.len(), 1);
     }
 
+    /// An invocation record becomes an INTERNAL `invoke_agent {agent}` span
+    /// and its log; a call of that invocation is its local child, and a
+    /// call under the sandbox's own traceparent keeps a remote parent.
+    #[test]
+    fn invocation_span_parents_the_calls() {
+        let a = crate::attribution::Attribution {
+            invocation_id: "inv-1".into(),
+            agent_name: "coder".into(),
+            ..Default::default()
+        };
+        let root = a.trace_root();
+        let mut inv = Record::new(sc::KIND_INVOCATION);
+        a.apply(&mut inv);
+        inv.set(sc::GEN_AI_OPERATION_NAME, OPERATION_INVOKE_AGENT);
+        inv.set(sc::TRACE_ID, root.trace_id.as_str());
+        inv.set(sc::SPAN_ID, root.span_id.as_str());
+        inv.set(sc::START_TIME, 1i64);
+        inv.set(sc::END_TIME, 9i64);
+        let s = span(&inv, Conventions::default(), 0).unwrap();
+        assert_eq!(s.name, "invoke_agent coder");
+        assert_eq!(s.kind, SpanKind::Internal as i32);
+        assert!(s.parent_span_id.is_empty());
+        assert!(has_log(&inv) && log_record(&inv, Conventions::default(), 0).is_some());
+
+        let mut call = txn(200);
+        call.set(sc::TRACE_ID, root.trace_id.as_str());
+        call.set(sc::SPAN_ID, "00f067aa0ba902b7");
+        call.set(sc::PARENT_SPAN_ID, root.span_id.as_str());
+        let c = span(&call, Conventions::default(), 0).unwrap();
+        assert_eq!(
+            (c.trace_id.clone(), c.parent_span_id.clone()),
+            (s.trace_id.clone(), s.span_id.clone())
+        );
+        assert_eq!(
+            c.flags & FLAG_IS_REMOTE,
+            0,
+            "egret's own span is a local parent"
+        );
+        call.set(sc::PARENT_SPAN_ID, "b7ad6b7169203331");
+        let c = span(&call, Conventions::default(), 0).unwrap();
+        assert_ne!(c.flags & FLAG_IS_REMOTE, 0, "the sandbox's span is remote");
+    }
+
     #[test]
     fn span_names_and_status() {
         let mut r = Record::new(sc::KIND_TRANSACTION);
@@ -1063,6 +1156,66 @@ pub(crate) mod tests {
         );
     }
 
+    /// `content: metadata` drops every body, `none` also the details read
+    /// from the content (path, ids, tool name, also in the span name);
+    /// both keep the envelope, the model and the token counts.
+    #[test]
+    fn content_modes_keep_what_they_promise() {
+        let mut r = txn(200);
+        r.set(sc::URL_PATH, "/v1/chat/completions");
+        r.set(sc::GEN_AI_CONVERSATION_ID, "conv_secret");
+        r.set(sc::MCP_METHOD_NAME, "tools/call");
+        r.set(sc::GEN_AI_TOOL_NAME, "delete_everything");
+        r.set(sc::REQUEST_BODY_B64, false);
+        let text = |content: ContentMode| {
+            let conv = Conventions {
+                openinference: true,
+                mlflow: true,
+                content,
+                ..Conventions::default()
+            };
+            let span = span(&r, conv, 0).unwrap();
+            let log = log_record(&r, conv, 0).unwrap();
+            (format!("{span:?}"), format!("{log:?}"), span.name)
+        };
+        let (span, log, name) = text(ContentMode::Full);
+        assert!(log.contains("\\\"messages\\\"") && span.contains("input.value"));
+        assert!(span.contains("conv_secret") && name == "tools/call delete_everything");
+        for mode in [ContentMode::Metadata, ContentMode::None] {
+            let (span, log, name) = text(mode);
+            for gone in [
+                "messages",
+                "choices",
+                sc::INPUT_VALUE,
+                sc::OUTPUT_VALUE,
+                sc::MLFLOW_SPAN_INPUTS,
+                sc::REQUEST_BODY_B64,
+            ] {
+                assert!(
+                    !span.contains(gone) && !log.contains(gone),
+                    "{mode:?}: {gone}"
+                );
+            }
+            for kept in [sc::GEN_AI_USAGE_OUTPUT_TOKENS, "gpt-4o", "invocation.id"] {
+                assert!(
+                    span.contains(kept) && log.contains(kept),
+                    "{mode:?}: {kept}"
+                );
+            }
+            let details = mode == ContentMode::Metadata;
+            for d in ["conv_secret", "/v1/chat/completions", "delete_everything"] {
+                assert_eq!(span.contains(d), details, "{mode:?}: {d} in span");
+                assert_eq!(log.contains(d), details, "{mode:?}: {d} in log");
+            }
+            let want = if details {
+                "tools/call delete_everything"
+            } else {
+                "tools/call"
+            };
+            assert_eq!(name, want);
+        }
+    }
+
     #[test]
     fn openinference_profile() {
         let mut r = txn(200);
@@ -1072,6 +1225,7 @@ pub(crate) mod tests {
             mlflow: false,
             gen_ai_system: false,
             legacy_cache_creation: true,
+            content: ContentMode::Full,
         };
         let s = span(&r, conv, 0).unwrap();
         let a = &s.attributes;
@@ -1158,6 +1312,7 @@ pub(crate) mod tests {
             mlflow: true,
             gen_ai_system: false,
             legacy_cache_creation: true,
+            content: ContentMode::Full,
         };
         let mut r = txn(200);
         r.set(sc::RESPONSE_BODY, "event: message_start\ndata: {}\n\n");

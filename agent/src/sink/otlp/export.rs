@@ -83,7 +83,8 @@ pub struct SignalStatus {
 /// One exporter, for the status endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExporterStatus {
-    /// Gateway name, or `dev-tee`.
+    /// `<gateway>` for a gateway's primary exporter, `<gateway>/<name>`
+    /// for one of its `exporters[]`, or `dev-tee`.
     pub name: String,
     /// `error` when a signal's endpoint answered with an error, `connected`
     /// when every signal's last export was accepted, else `disconnected`
@@ -615,16 +616,17 @@ impl MetricsTask {
     }
 }
 
-/// Every exporter of the node: one per gateway with an effective OTLP
-/// endpoint, plus the optional dev tee that receives every record.
+/// Every exporter of the node: each gateway's (its primary `otlp` with an
+/// effective endpoint, then its `exporters[]`), plus the optional dev tee
+/// that receives every record.
 #[derive(Debug, Default, Clone)]
 pub struct OtlpSinks {
-    gateways: BTreeMap<String, (Arc<str>, Option<OtlpExporter>)>,
+    gateways: BTreeMap<String, (Arc<str>, Vec<OtlpExporter>)>,
     tee: Option<OtlpExporter>,
 }
 
 impl OtlpSinks {
-    /// Resolves every gateway's `otlp` section against `env` and starts
+    /// Resolves every gateway's exporter sections against `env` and starts
     /// the exporters that have somewhere to send (on the current runtime).
     /// `dev_tee` is a base URL receiving every signal of every gateway.
     /// Returns the sinks and warnings to log (ignored malformed env entries).
@@ -637,13 +639,11 @@ impl OtlpSinks {
         let mut resolved = Vec::new();
         let mut warnings = Vec::new();
         for g in &cfg.gateways {
-            if let Some(s) = settings::resolve(&g.name, &g.otlp, env)? {
-                warnings.extend(
-                    s.warnings
-                        .iter()
-                        .map(|w| format!("gateway {}: {w}", g.name)),
-                );
-                resolved.push(s);
+            for (_, section) in g.otlp_exporters() {
+                if let Some(s) = settings::resolve(&g.name, section, env)? {
+                    warnings.extend(s.warnings.iter().map(|w| format!("{}: {w}", s.name)));
+                    resolved.push((g.name.clone(), s));
+                }
             }
         }
         let tee = match dev_tee {
@@ -658,8 +658,11 @@ impl OtlpSinks {
         for g in &cfg.gateways {
             sinks.add_gateway_name(&g.name);
         }
-        for s in resolved {
-            sinks.add(OtlpExporter::start(s, opts.clone(), client.clone())?);
+        for (gateway, s) in resolved {
+            sinks.add(
+                &gateway,
+                OtlpExporter::start(s, opts.clone(), client.clone())?,
+            );
         }
         if let Some(t) = tee {
             sinks.set_tee(OtlpExporter::start(t, opts, client)?);
@@ -667,11 +670,13 @@ impl OtlpSinks {
         Ok((sinks, warnings))
     }
 
-    /// Adds (or replaces) the exporter of gateway `exporter.name()`.
-    pub fn add(&mut self, exporter: OtlpExporter) {
-        let name = exporter.name().to_owned();
-        let arc: Arc<str> = Arc::from(name.as_str());
-        self.gateways.insert(name, (arc, Some(exporter)));
+    /// Adds an exporter to `gateway` (replacing one of the same name).
+    pub fn add(&mut self, gateway: &str, exporter: OtlpExporter) {
+        self.add_gateway_name(gateway);
+        if let Some((_, list)) = self.gateways.get_mut(gateway) {
+            list.retain(|e| e.name() != exporter.name());
+            list.push(exporter);
+        }
     }
 
     /// Registers a gateway without an exporter, so the dev tee can name it
@@ -679,7 +684,7 @@ impl OtlpSinks {
     pub fn add_gateway_name(&mut self, name: &str) {
         self.gateways
             .entry(name.to_owned())
-            .or_insert_with(|| (Arc::from(name), None));
+            .or_insert_with(|| (Arc::from(name), Vec::new()));
     }
 
     /// Sets the dev tee (an exporter started from [`settings::dev_tee`]).
@@ -694,22 +699,25 @@ impl OtlpSinks {
     fn exporters(&self) -> impl Iterator<Item = &OtlpExporter> {
         self.gateways
             .values()
-            .filter_map(|(_, e)| e.as_ref())
+            .flat_map(|(_, e)| e.iter())
             .chain(self.tee.iter())
     }
 
-    /// The exporter of `gateway`, if it exports.
-    pub fn gateway(&self, gateway: &str) -> Option<&OtlpExporter> {
-        self.gateways.get(gateway).and_then(|(_, e)| e.as_ref())
+    /// The exporters of `gateway`, primary first.
+    pub fn gateway(&self, gateway: &str) -> &[OtlpExporter] {
+        self.gateways
+            .get(gateway)
+            .map(|(_, e)| e.as_slice())
+            .unwrap_or_default()
     }
 
-    /// Offers a record of `gateway` to that gateway's exporter and to the
-    /// dev tee. Non-blocking; the record is cloned at most once.
+    /// Offers a record of `gateway` to each of that gateway's exporters and
+    /// to the dev tee. Non-blocking; the record is cloned at most once.
     pub fn offer(&self, gateway: &str, rec: &Record) {
         let mut shared = None;
         let name = match self.gateways.get(gateway) {
-            Some((name, exp)) => {
-                if let Some(exp) = exp {
+            Some((name, exporters)) => {
+                for exp in exporters {
                     exp.offer_shared(rec, None, &mut shared);
                 }
                 Some(name.clone())

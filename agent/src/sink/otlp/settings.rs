@@ -36,7 +36,7 @@ use http::{
 
 pub use crate::config::{Compression, Protocol};
 use crate::{
-    config::{expand_env, Convention, ExpandError, OtlpConfig},
+    config::{expand_env, ContentMode, Convention, ExpandError, OtlpConfig},
     record::AttrValue,
     semconv as sc,
 };
@@ -345,6 +345,8 @@ pub struct Conventions {
     /// `otlp.emitLegacyCacheCreation`: keep
     /// `gen_ai.usage.cache_creation.input_tokens` beside its new name.
     pub legacy_cache_creation: bool,
+    /// `otlp.content`: how much of the exchanged content is exported.
+    pub content: ContentMode,
 }
 
 impl Default for Conventions {
@@ -360,6 +362,17 @@ impl Conventions {
             mlflow: list.contains(&Convention::Mlflow),
             gen_ai_system: false,
             legacy_cache_creation: true,
+            content: ContentMode::Full,
+        }
+    }
+    /// Whether a record attribute goes out under the content mode
+    /// (`semconv::CONTENT` needs `full`; `semconv::CONTENT_DETAIL` needs
+    /// `metadata` or `full`).
+    pub fn keeps(&self, key: &str) -> bool {
+        match self.content {
+            ContentMode::Full => true,
+            ContentMode::Metadata => !sc::CONTENT.contains(&key),
+            ContentMode::None => !sc::CONTENT.contains(&key) && !sc::CONTENT_DETAIL.contains(&key),
         }
     }
     /// The conventions of a gateway's `otlp` section.
@@ -367,6 +380,7 @@ impl Conventions {
         Conventions {
             gen_ai_system: cfg.emit_gen_ai_system,
             legacy_cache_creation: cfg.emit_legacy_cache_creation,
+            content: cfg.content,
             ..Conventions::from_list(&cfg.conventions)
         }
     }
@@ -591,6 +605,14 @@ pub fn resolve(
     cfg: &OtlpConfig,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<ExportSettings>, SettingsError> {
+    // Errors, status and metrics name the exporter: `<gateway>` for the
+    // primary one, `<gateway>/<name>` for a named one.
+    let gateway_name = gateway;
+    let display = match cfg.name.as_deref() {
+        Some(n) => format!("{gateway}/{n}"),
+        None => gateway.to_owned(),
+    };
+    let gateway = display.as_str();
     let invalid = |field: &str, reason: String| SettingsError::Invalid {
         gateway: gateway.to_owned(),
         field: field.to_owned(),
@@ -929,13 +951,26 @@ pub fn resolve(
         return Ok(None);
     }
     settings.resource = resource_from_env(env, &mut warnings);
+    // The exporter's own resource keys win over the environment's.
+    for (k, v) in &cfg.resource_attributes {
+        let value =
+            expand_env(v, env).map_err(|e| expand_err(format!("resourceAttributes.{k}"), e))?;
+        settings
+            .resource
+            .insert(k.trim().to_owned(), AttrValue::from(value));
+    }
+    if let Some(name) = cfg.service_name.as_deref().filter(|n| !n.trim().is_empty()) {
+        settings
+            .resource
+            .insert(sc::SERVICE_NAME.to_owned(), AttrValue::from(name.trim()));
+    }
     settings
         .resource
-        .insert(sc::GATEWAY_NAME.to_owned(), AttrValue::from(gateway));
+        .insert(sc::GATEWAY_NAME.to_owned(), AttrValue::from(gateway_name));
     if conventions.openinference {
         settings.resource.insert(
             sc::OPENINFERENCE_PROJECT_NAME.to_owned(),
-            AttrValue::from(gateway),
+            AttrValue::from(gateway_name),
         );
     }
     settings.warnings = warnings;
