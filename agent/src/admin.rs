@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
+    encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric, NoLabelSet},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry as PromRegistry,
 };
@@ -112,11 +112,11 @@ impl Metrics<'_, '_> {
 
 impl Metrics<'_, '_> {
     /// A counter family whose label names are built at scrape time.
-    pub fn counter_owned(
+    pub fn counter_owned<N: EncodeCounterValue + Copy + std::fmt::Debug>(
         &mut self,
         name: &str,
         help: &str,
-        series: &[(OwnedLabels, u64)],
+        series: &[(OwnedLabels, N)],
     ) -> std::fmt::Result {
         let mut m = self
             .enc

@@ -206,6 +206,7 @@ pub const METRIC_OTLP_DROPPED: &str = "egret.otlp.dropped";
 pub const METRIC_REQUESTS: &str = "egret.requests";
 pub const METRIC_REQUEST_DURATION: &str = "egret.request.duration";
 pub const METRIC_REQUEST_TOKENS: &str = "egret.request.tokens";
+pub const METRIC_REQUEST_COST: &str = "egret.request.cost";
 // semantic-conventions-genai v0.1.0 streaming metrics (client inference).
 pub const METRIC_GEN_AI_TIME_TO_FIRST_CHUNK: &str = "gen_ai.client.inference.time_to_first_chunk";
 pub const METRIC_GEN_AI_TIME_PER_OUTPUT_CHUNK: &str =

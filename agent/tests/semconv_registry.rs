@@ -524,6 +524,7 @@ fn registry_parses_with_every_required_field() {
         sc::METRIC_REQUESTS,
         sc::METRIC_REQUEST_DURATION,
         sc::METRIC_REQUEST_TOKENS,
+        sc::METRIC_REQUEST_COST,
         sc::METRIC_GEN_AI_TIME_TO_FIRST_CHUNK,
         sc::METRIC_GEN_AI_TIME_PER_OUTPUT_CHUNK,
     ] {
@@ -659,6 +660,7 @@ fn exported_metrics_match_the_registry() {
     t.set(sc::BUDGET_DENIED, false);
     t.set(sc::AGENT_NAMESPACE, "ns");
     t.set(sc::GEN_AI_REQUEST_STREAM, true);
+    t.set(sc::COST_USD, 0.01);
     t.set(sc::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, 0.2);
     let mut gaps = egret::record::ChunkGaps::default();
     gaps.observe(0.01);

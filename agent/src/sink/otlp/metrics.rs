@@ -205,6 +205,8 @@ impl<'a> Attrs<'a> {
 #[derive(Debug, Clone)]
 enum Point {
     Sum(i64),
+    /// A sum of fractional values (cost in USD).
+    FSum(f64),
     Hist {
         count: u64,
         sum: f64,
@@ -215,8 +217,9 @@ enum Point {
 }
 
 impl Point {
-    fn new(bounds: Option<&[f64]>) -> Point {
+    fn new(bounds: Option<&[f64]>, float: bool) -> Point {
         match bounds {
+            None if float => Point::FSum(0.0),
             None => Point::Sum(0),
             Some(b) => Point::Hist {
                 count: 0,
@@ -230,6 +233,7 @@ impl Point {
     fn add(&mut self, bounds: Option<&[f64]>, v: f64) {
         match self {
             Point::Sum(s) => *s = s.saturating_add(v as i64),
+            Point::FSum(s) => *s += v,
             Point::Hist {
                 count,
                 sum,
@@ -288,6 +292,8 @@ struct Instrument {
     description: &'static str,
     unit: &'static str,
     bounds: Option<&'static [f64]>,
+    /// A counter of fractional values (else integer).
+    float: bool,
     /// By [`Attrs::key`], already a hash: not hashed again.
     series: HashMap<u64, Series, BuildHasherDefault<KeyIsHash>>,
     overflow: Option<Point>,
@@ -305,16 +311,23 @@ impl Instrument {
             description,
             unit,
             bounds,
+            float: false,
             series: HashMap::default(),
             overflow: None,
         }
+    }
+
+    /// A counter of fractional values.
+    fn float(mut self) -> Self {
+        self.float = true;
+        self
     }
 
     /// The point of `attrs`' series: created while there is room, else
     /// the overflow series (also for a hash collision between different
     /// sets, which are never merged).
     fn point(&mut self, attrs: &Attrs<'_>, max_series: usize) -> &mut Point {
-        let bounds = self.bounds;
+        let (bounds, float) = (self.bounds, self.float);
         let room = self.series.len() < max_series;
         match self.series.entry(attrs.key()) {
             Entry::Occupied(e) if attrs.same_as(&e.get().attrs) => &mut e.into_mut().point,
@@ -322,11 +335,13 @@ impl Instrument {
                 &mut e
                     .insert(Series {
                         attrs: attrs.owned_attrs(),
-                        point: Point::new(bounds),
+                        point: Point::new(bounds, float),
                     })
                     .point
             }
-            _ => self.overflow.get_or_insert_with(|| Point::new(bounds)),
+            _ => self
+                .overflow
+                .get_or_insert_with(|| Point::new(bounds, float)),
         }
     }
 
@@ -376,11 +391,22 @@ impl Instrument {
         let name = self.prometheus_name();
         match self.bounds {
             None => {
+                if self.float {
+                    let series: Vec<(admin::OwnedLabels, f64)> = points
+                        .into_iter()
+                        .map(|(l, p)| match p {
+                            Point::FSum(s) => (l, *s),
+                            _ => (l, 0.0),
+                        })
+                        .collect();
+                    return m.counter_owned(&name, self.description, &series);
+                }
                 let series: Vec<(admin::OwnedLabels, u64)> = points
                     .into_iter()
                     .map(|(l, p)| {
                         let v = match p {
                             Point::Sum(s) => u64::try_from(*s).unwrap_or(0),
+                            Point::FSum(s) => *s as u64,
                             Point::Hist { count, .. } => *count,
                         };
                         (l, v)
@@ -404,7 +430,7 @@ impl Instrument {
                             count: *count,
                             sum: *sum,
                         }),
-                        Point::Sum(_) => None,
+                        Point::Sum(_) | Point::FSum(_) => None,
                     })
                     .collect();
                 m.histogram(&name, self.description, &series)
@@ -471,7 +497,7 @@ impl Instrument {
                             max: (*count > 0).then_some(*max),
                             ..Default::default()
                         }),
-                        Point::Sum(_) => None,
+                        Point::Sum(_) | Point::FSum(_) => None,
                     })
                     .collect(),
                 aggregation_temporality: temporality,
@@ -489,14 +515,17 @@ impl Instrument {
 
 fn number_point(attributes: Vec<KeyValue>, p: &Point, start: u64, now: u64) -> NumberDataPoint {
     let v = match p {
-        Point::Sum(s) => *s,
-        Point::Hist { count, .. } => i64::try_from(*count).unwrap_or(i64::MAX),
+        Point::Sum(s) => number_data_point::Value::AsInt(*s),
+        Point::FSum(s) => number_data_point::Value::AsDouble(*s),
+        Point::Hist { count, .. } => {
+            number_data_point::Value::AsInt(i64::try_from(*count).unwrap_or(i64::MAX))
+        }
     };
     NumberDataPoint {
         attributes,
         start_time_unix_nano: start,
         time_unix_nano: now,
-        value: Some(number_data_point::Value::AsInt(v)),
+        value: Some(v),
         ..Default::default()
     }
 }
@@ -513,6 +542,7 @@ pub struct Aggregator {
     requests: Instrument,
     request_duration: Instrument,
     request_tokens: Instrument,
+    request_cost: Instrument,
     time_to_first_chunk: Instrument,
     time_per_output_chunk: Instrument,
     /// Drop totals at the previous delta export.
@@ -596,6 +626,13 @@ impl Aggregator {
                 "{token}",
                 None,
             ),
+            request_cost: Instrument::new(
+                sc::METRIC_REQUEST_COST,
+                "Cost of the transactions egret could price (egret.cost.usd)",
+                "USD",
+                None,
+            )
+            .float(),
             time_to_first_chunk: Instrument::new(
                 sc::METRIC_GEN_AI_TIME_TO_FIRST_CHUNK,
                 "Time to receive the first chunk of a streamed response",
@@ -717,7 +754,7 @@ impl Aggregator {
         }
     }
 
-    fn instruments(&self) -> [&Instrument; 10] {
+    fn instruments(&self) -> [&Instrument; 11] {
         [
             &self.token_usage,
             &self.duration,
@@ -726,13 +763,14 @@ impl Aggregator {
             &self.requests,
             &self.request_duration,
             &self.request_tokens,
+            &self.request_cost,
             &self.transactions,
             &self.flows,
             &self.l4_bytes,
         ]
     }
 
-    fn instruments_mut(&mut self) -> [&mut Instrument; 10] {
+    fn instruments_mut(&mut self) -> [&mut Instrument; 11] {
         [
             &mut self.token_usage,
             &mut self.duration,
@@ -741,6 +779,7 @@ impl Aggregator {
             &mut self.requests,
             &mut self.request_duration,
             &mut self.request_tokens,
+            &mut self.request_cost,
             &mut self.transactions,
             &mut self.flows,
             &mut self.l4_bytes,
@@ -778,6 +817,12 @@ impl Aggregator {
         if let Some(secs) = duration_seconds(rec) {
             self.request_duration.add(&a, secs, max);
         }
+        // Only what was priced: an unpriced transaction adds nothing (never 0).
+        if let Some(AttrValue::Float(usd)) = rec.get(sc::COST_USD) {
+            if usd.is_finite() && *usd >= 0.0 {
+                self.request_cost.add(&a, *usd, max);
+            }
+        }
         for (key, ty) in [
             (sc::GEN_AI_USAGE_INPUT_TOKENS, "input"),
             (sc::GEN_AI_USAGE_OUTPUT_TOKENS, "output"),
@@ -806,6 +851,7 @@ impl Aggregator {
             .map(|i| {
                 let over = match &i.overflow {
                     Some(Point::Sum(s)) => u64::try_from(*s).unwrap_or(0),
+                    Some(Point::FSum(s)) => *s as u64,
                     Some(Point::Hist { count, .. }) => *count,
                     None => 0,
                 };
@@ -1460,6 +1506,19 @@ mod tests {
             .unwrap();
         assert_eq!(ok_in.value, Some(number_data_point::Value::AsInt(24)));
         assert_eq!(tok.len(), 4, "input/output for 200 and 429 only");
+
+        // Cost: only priced transactions, as a fractional sum.
+        let mut agg = Aggregator::new(0, 100);
+        let mut priced = keyed(200);
+        priced.set(sc::COST_USD, 0.25);
+        agg.record(&priced, None);
+        agg.record(&priced, None);
+        agg.record(&keyed(429), None);
+        let ms = agg.metrics(1, &[]);
+        let cost = sum_points(&ms, sc::METRIC_REQUEST_COST);
+        assert_eq!(cost.len(), 1, "the unpriced one adds no series: {cost:?}");
+        assert_eq!(cost[0].value, Some(number_data_point::Value::AsDouble(0.5)));
+        assert_eq!(find(&ms, sc::METRIC_REQUEST_COST).unit, "USD");
     }
 
     #[test]
@@ -1565,6 +1624,17 @@ mod tests {
         );
         assert!(inf.ends_with(" 3"), "{inf}");
         line("egret_request_tokens_total{");
+        // A fractional counter on /metrics.
+        let mut priced = keyed(200);
+        priced.set(sc::COST_USD, 0.125);
+        let m2 = Arc::new(PromMetrics::new(2));
+        m2.record_all([&priced, &priced]);
+        let t2 = prometheus_text(m2);
+        let cost = t2
+            .lines()
+            .find(|l| l.starts_with("egret_request_cost_total{"))
+            .unwrap_or_else(|| panic!("{t2}"));
+        assert!(cost.ends_with(" 0.25"), "{cost}");
         line("gen_ai_client_inference_time_to_first_chunk_seconds_count{");
         line("gen_ai_client_operation_duration_seconds_bucket{");
         line("gen_ai_client_token_usage_sum{");
@@ -1574,6 +1644,7 @@ mod tests {
             "egret_requests",
             "egret_request_duration_seconds",
             "egret_request_tokens",
+            "egret_request_cost",
             "gen_ai_client_inference_time_to_first_chunk_seconds",
             "gen_ai_client_inference_time_per_output_chunk_seconds",
             "gen_ai_client_operation_duration_seconds",
