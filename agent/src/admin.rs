@@ -25,13 +25,28 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric, NoLabelSet},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry as PromRegistry,
 };
 
 /// Label pairs of one series.
 pub type Labels<'a> = Vec<(&'a str, String)>;
+
+/// Label pairs of one series, names owned (built at scrape time).
+pub type OwnedLabels = Vec<(String, String)>;
+
+/// One series of a histogram family.
+#[derive(Debug)]
+pub struct HistogramSeries<'a> {
+    pub labels: OwnedLabels,
+    /// Upper bounds of the buckets but the last (which is `+Inf`).
+    pub bounds: &'a [f64],
+    /// Count per bucket (not cumulative): `bounds.len() + 1` of them.
+    pub buckets: &'a [u64],
+    pub count: u64,
+    pub sum: f64,
+}
 
 /// What a component reports on the admin endpoints.
 pub trait Report: Send + Sync {
@@ -95,6 +110,49 @@ impl Metrics<'_, '_> {
     }
 }
 
+impl Metrics<'_, '_> {
+    /// A counter family whose label names are built at scrape time.
+    pub fn counter_owned<N: EncodeCounterValue + Copy + std::fmt::Debug>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: &[(OwnedLabels, N)],
+    ) -> std::fmt::Result {
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, v) in series {
+            ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    /// A histogram family (`_bucket` with `le`, `_sum`, `_count`).
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: &[HistogramSeries<'_>],
+    ) -> std::fmt::Result {
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for s in series {
+            // The encoder writes `f64::MAX` as `+Inf`.
+            let buckets: Vec<(f64, u64)> = s
+                .bounds
+                .iter()
+                .copied()
+                .chain(std::iter::once(f64::MAX))
+                .zip(s.buckets.iter().copied())
+                .collect();
+            m.encode_family(&s.labels)?
+                .encode_histogram::<NoLabelSet>(s.sum, s.count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
 fn owned(labels: &Labels<'_>) -> Vec<(String, String)> {
     labels
         .iter()
@@ -133,6 +191,15 @@ impl Admin {
     /// `/readyz` answers 200 while set.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The `/metrics` text (OpenMetrics).
+    pub fn metrics_text(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
+        let mut prom = PromRegistry::default();
+        prom.register_collector(Box::new(Collect(self.clone())));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &prom)?;
+        Ok(out)
     }
 
     /// The `/status` document.

@@ -43,7 +43,12 @@ use crate::{
     recorder::{self, Recorder},
     reload::{self, ReloadStatus},
     semconv as sc,
-    sink::{self, clickhouse::ClickHouseReport, otlp::OtlpSinks, ClickHouseSink},
+    sink::{
+        self,
+        clickhouse::ClickHouseReport,
+        otlp::{metrics::PromMetrics, OtlpSinks},
+        ClickHouseSink,
+    },
     store::Spool,
     tls::{self, Ca, LeafCache, LeafCacheOptions, Terminator, UpstreamTls, UpstreamTlsOptions},
 };
@@ -360,6 +365,7 @@ impl App {
         let (tx, rx) = mpsc::channel::<Record>(recorder::QUEUE);
         let (tail, _) = broadcast::channel::<Arc<Record>>(recorder::TAIL_BUFFER);
         let record_stats = Arc::new(RecordStats::default());
+        let metrics = Arc::new(PromMetrics::new(cfg.node.metrics.max_series));
         let l7 = build_l7(&cfg, tx.clone(), record_stats.clone())?;
         let recorder = recorder::spawn(
             outputs.spool,
@@ -370,6 +376,7 @@ impl App {
                     Box::new(move |rec: &mut Record| stamp_gateway(&l7, rec))
                 },
                 otlp: outputs.otlp.clone(),
+                metrics: metrics.clone(),
                 tail: tail.clone(),
                 stats: record_stats.clone(),
             },
@@ -427,6 +434,7 @@ impl App {
             Arc::new(spool_handle),
             Arc::new(outputs.clickhouse),
             outputs.otlp.clone(),
+            metrics,
             reload_status,
         ];
         let admin = Admin::new(reports);

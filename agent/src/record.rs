@@ -103,6 +103,50 @@ impl AttrValue {
 #[serde(transparent)]
 pub struct Record {
     attrs: BTreeMap<Cow<'static, str>, AttrValue>,
+    /// The gaps between a streamed response's chunks, for the metrics the
+    /// recorder counts; not an attribute (never stored or exported as one).
+    #[serde(skip)]
+    chunk_gaps: Option<Box<ChunkGaps>>,
+}
+
+/// Bucket bounds (seconds) of `gen_ai.client.inference.time_per_output_chunk`
+/// and `time_to_first_chunk`, as semantic-conventions-genai v0.1.0 gives them.
+pub const CHUNK_SECONDS_BOUNDS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+
+/// A streamed response's inter-chunk gaps as a fixed histogram over
+/// [`CHUNK_SECONDS_BOUNDS`]: one observation per chunk after the first,
+/// from the previous chunk's arrival to this one's. Bounded whatever the
+/// stream's length (no list of gaps is kept).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChunkGaps {
+    /// Bucket `i` holds (bound[i-1], bound[i]]; the last one (bound[13], +inf).
+    pub buckets: [u64; CHUNK_SECONDS_BOUNDS.len() + 1],
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl ChunkGaps {
+    /// One gap, in seconds.
+    pub fn observe(&mut self, secs: f64) {
+        if !secs.is_finite() || secs < 0.0 {
+            return;
+        }
+        let i = CHUNK_SECONDS_BOUNDS.partition_point(|b| *b < secs);
+        self.buckets[i] += 1;
+        if self.count == 0 {
+            self.min = secs;
+            self.max = secs;
+        } else {
+            self.min = self.min.min(secs);
+            self.max = self.max.max(secs);
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
 }
 
 impl Record {
@@ -127,6 +171,17 @@ impl Record {
         if let Some(v) = value {
             self.set(key, v);
         }
+    }
+
+    /// Attaches a streamed response's chunk gaps (see [`ChunkGaps`]).
+    pub fn set_chunk_gaps(&mut self, gaps: ChunkGaps) {
+        self.chunk_gaps = Some(Box::new(gaps));
+    }
+
+    /// The chunk gaps the proxy measured, while the record is in memory
+    /// (records read back from storage have none).
+    pub fn chunk_gaps(&self) -> Option<&ChunkGaps> {
+        self.chunk_gaps.as_deref()
     }
 
     pub fn remove(&mut self, key: &str) -> Option<AttrValue> {
@@ -380,6 +435,26 @@ mod tests {
         assert_eq!(back, r);
         assert_eq!(back.kind(), "transaction");
         assert_eq!(back.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(12));
+    }
+
+    #[test]
+    fn chunk_gaps_are_bucketed_and_never_serialized() {
+        let mut g = ChunkGaps::default();
+        for s in [0.01, 0.011, 100.0, -1.0, f64::NAN] {
+            g.observe(s);
+        }
+        assert_eq!(g.count, 3, "negative and NaN gaps are not observations");
+        assert_eq!(g.buckets[0], 1, "0.01 is in (-inf, 0.01]");
+        assert_eq!(g.buckets[1], 1, "0.011 is in (0.01, 0.02]");
+        assert_eq!(g.buckets[CHUNK_SECONDS_BOUNDS.len()], 1, "100 s overflows");
+        assert_eq!((g.min, g.max), (0.01, 100.0));
+        let mut r = Record::new(sc::KIND_TRANSACTION);
+        r.set_chunk_gaps(g.clone());
+        assert_eq!(r.chunk_gaps(), Some(&g));
+        let line = r.to_json_line();
+        assert!(!line.contains("chunk"), "{line}");
+        let back: Record = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.chunk_gaps(), None);
     }
 }
 

@@ -4,7 +4,7 @@
 //! kernel (close events) ─┐
 //!                        ├─► records channel (bounded, per-sandbox shares) ─► recorder
 //! proxy (transactions) ──┘      group commit (≤ 5 ms linger) → spool append (fsync'd)
-//!                               → then OTLP exporters and `egret tail`
+//!                               → then `/metrics`, OTLP exporters and `egret tail`
 //! ```
 //!
 //! Only what the spool kept goes on: everything downstream (ClickHouse,
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     record::{Record, RecordStats},
     semconv as sc,
-    sink::otlp::OtlpSinks,
+    sink::otlp::{metrics::PromMetrics, OtlpSinks},
     store::Spool,
 };
 
@@ -45,6 +45,8 @@ pub struct Recorder {
     /// Sets what the record needs before it is spooled (its gateway).
     pub stamp: Box<dyn Fn(&mut Record) + Send>,
     pub otlp: Arc<arc_swap::ArcSwap<OtlpSinks>>,
+    /// The admin `/metrics` aggregation.
+    pub metrics: Arc<PromMetrics>,
     pub tail: broadcast::Sender<Arc<Record>>,
     pub stats: Arc<RecordStats>,
 }
@@ -74,6 +76,7 @@ impl Recorder {
     /// After the records are durable: exporters and live viewers. Only
     /// records the spool kept may come here.
     fn fan_out(&self, batch: Vec<Record>) {
+        self.metrics.record_all(&batch);
         let otlp = self.otlp.load();
         for rec in batch {
             if rec.kind() == sc::KIND_FLOW {
@@ -300,6 +303,7 @@ mod tests {
         let out = Recorder {
             stamp: Box::new(|_| {}),
             otlp: Arc::new(arc_swap::ArcSwap::from_pointee(sinks.clone())),
+            metrics: Arc::new(PromMetrics::new(100)),
             tail,
             stats: stats.clone(),
         };

@@ -103,6 +103,10 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.drain_timeout != b.drain_timeout {
         v.push("node.drainTimeout");
     }
+    if a.metrics != b.metrics {
+        // The OTLP exporters, rebuilt on reload, take it at once.
+        v.push("node.metrics (for /metrics)");
+    }
     if old.store != new.store {
         v.push("store");
     }
@@ -150,6 +154,7 @@ impl Targets {
         applied.node.upstream_extra_roots = self.running.node.upstream_extra_roots.clone();
         applied.node.proxy_protocol = self.running.node.proxy_protocol.clone();
         applied.node.drain_timeout = self.running.node.drain_timeout;
+        applied.node.metrics = self.running.node.metrics.clone();
         applied.store = self.running.store.clone();
         self.running = applied;
         Ok(())

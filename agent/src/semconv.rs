@@ -210,6 +210,15 @@ pub const METRIC_TRANSACTIONS: &str = "egret.transactions";
 pub const METRIC_FLOWS: &str = "egret.flows";
 pub const METRIC_L4_BYTES: &str = "egret.l4.bytes";
 pub const METRIC_OTLP_DROPPED: &str = "egret.otlp.dropped";
+/// Every transaction, by the request keys (`docs/otlp.md`, "Metrics").
+pub const METRIC_REQUESTS: &str = "egret.requests";
+pub const METRIC_REQUEST_DURATION: &str = "egret.request.duration";
+pub const METRIC_REQUEST_TOKENS: &str = "egret.request.tokens";
+pub const METRIC_REQUEST_COST: &str = "egret.request.cost";
+// semantic-conventions-genai v0.1.0 streaming metrics (client inference).
+pub const METRIC_GEN_AI_TIME_TO_FIRST_CHUNK: &str = "gen_ai.client.inference.time_to_first_chunk";
+pub const METRIC_GEN_AI_TIME_PER_OUTPUT_CHUNK: &str =
+    "gen_ai.client.inference.time_per_output_chunk";
 pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";
 /// `1xx` … `5xx`, or `none` when no response status was seen.
 pub const HTTP_STATUS_CLASS: &str = "egret.http.status_class";

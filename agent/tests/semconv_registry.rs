@@ -521,6 +521,12 @@ fn registry_parses_with_every_required_field() {
         sc::METRIC_FLOWS,
         sc::METRIC_L4_BYTES,
         sc::METRIC_OTLP_DROPPED,
+        sc::METRIC_REQUESTS,
+        sc::METRIC_REQUEST_DURATION,
+        sc::METRIC_REQUEST_TOKENS,
+        sc::METRIC_REQUEST_COST,
+        sc::METRIC_GEN_AI_TIME_TO_FIRST_CHUNK,
+        sc::METRIC_GEN_AI_TIME_PER_OUTPUT_CHUNK,
     ] {
         assert!(reg.metrics.contains_key(m), "{m}");
     }
@@ -647,6 +653,18 @@ fn exported_metrics_match_the_registry() {
     t.set(sc::SERVER_PORT, 443i64);
     t.set(sc::HTTP_RESPONSE_STATUS_CODE, 503i64);
     t.set(sc::DURATION_MS, 20.0);
+    t.set(sc::GATEWAY_NAME, "gw");
+    t.set(sc::ROUTE_NAME, "openai");
+    t.set(sc::ERROR_TYPE, "upstream_error");
+    t.set(sc::POLICY_DENIED, false);
+    t.set(sc::BUDGET_DENIED, false);
+    t.set(sc::AGENT_NAMESPACE, "ns");
+    t.set(sc::GEN_AI_REQUEST_STREAM, true);
+    t.set(sc::COST_USD, 0.01);
+    t.set(sc::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, 0.2);
+    let mut gaps = egret::record::ChunkGaps::default();
+    gaps.observe(0.01);
+    t.set_chunk_gaps(gaps);
     agg.record(&t, Some("gw"));
     let mut f = Record::new(sc::KIND_FLOW);
     f.set(sc::L4_REDIRECTED, true);

@@ -8,6 +8,7 @@
 //! it fails instead: CI never silently skips.
 pub mod clickhouse_cluster;
 pub mod clickhouse_rig;
+pub mod prometheus_rig;
 pub mod world;
 
 use std::{

@@ -643,8 +643,11 @@ fn otlp_traces_logs_and_metrics_reach_an_independent_receiver() {
     let lines = rx.wait("span, log and token metric", |l| {
         l.iter()
             .any(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
-            && l.iter()
-                .any(|x| x["signal"] == "logs" && x["attributes"]["invocation.id"] == inv_v)
+            && l.iter().any(|x| {
+                x["signal"] == "logs"
+                    && x["attributes"]["invocation.id"] == inv_v
+                    && x["attributes"]["egret.record.kind"] == "transaction"
+            })
             && l.iter().any(|x| {
                 x["signal"] == "metrics" && x.to_string().contains("gen_ai.client.token.usage")
             })
@@ -668,7 +671,11 @@ fn otlp_traces_logs_and_metrics_reach_an_independent_receiver() {
     );
     let log = lines
         .iter()
-        .find(|x| x["signal"] == "logs" && x["attributes"]["invocation.id"] == inv_v)
+        .find(|x| {
+            x["signal"] == "logs"
+                && x["attributes"]["invocation.id"] == inv_v
+                && x["attributes"]["egret.record.kind"] == "transaction"
+        })
         .unwrap();
     assert_eq!(log["severity_number"], 9, "2xx is INFO: {log}");
     assert!(
@@ -719,8 +726,11 @@ fn otlp_fan_out_to_two_receivers_with_different_content_modes() {
     let both = |l: &[Value]| {
         l.iter()
             .any(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
-            && l.iter()
-                .any(|x| x["signal"] == "logs" && x["attributes"]["invocation.id"] == inv_v)
+            && l.iter().any(|x| {
+                x["signal"] == "logs"
+                    && x["attributes"]["invocation.id"] == inv_v
+                    && x["attributes"]["egret.record.kind"] == "transaction"
+            })
     };
     let op = operator.wait("operator span and log", both);
     let te = tenant.wait("tenant span and log", both);
@@ -1008,4 +1018,226 @@ fn large_sse_stream_is_relayed_whole_with_bounded_capture_and_untrusting_clients
         ],
     );
     assert_eq!(ok, "200");
+}
+
+/// The value of the one series of `family` (a sample name as exposed, e.g.
+/// `egret_requests_total`) whose labels include every pair of `labels`.
+fn prom_value(text: &str, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(family)?;
+        let (set, value) = rest.rsplit_once(' ')?;
+        let set = set.strip_prefix('{').unwrap_or(set);
+        labels
+            .iter()
+            .all(|(k, v)| set.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
+/// Request metrics and the streaming metrics of real transactions, on the
+/// admin `/metrics` endpoint and over OTLP, with a series cap of 3: the
+/// streamed call, the refused one and the first of four more models keep
+/// their label sets; the other three land in the overflow series, counted,
+/// on both sides.
+#[test]
+fn request_and_streaming_metrics_reach_prometheus_and_otlp_under_a_series_cap() {
+    if !require_privileges("request_metrics") || !require_venv("request_metrics") {
+        return;
+    }
+    let rx = Receiver::start();
+    let w = World::with(WorldOptions {
+        extra_yaml: format!(
+            "gateways:\n- name: metrics-gw\n  defaultPolicy: deny-all\n  routes:\n  - {{name: anthropic, hosts: [api.anthropic.com], provider: anthropic}}\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    metricsInterval: 1s\n    signals: {{traces: false, logs: false, metrics: true}}\n",
+            rx.port
+        ),
+        agent: AgentOptions {
+            node_yaml: "metrics:\n  maxSeries: 3\n".into(),
+            ..AgentOptions::default()
+        },
+        ..WorldOptions::default()
+    });
+    let inv = unique("inv-metrics-");
+    let cg = w.sandbox(&inv, None);
+    let call = |model: &str, stream: bool| {
+        let body = format!(
+            r#"{{"model":"{model}","max_tokens":8,"stream":{stream},"messages":[{{"role":"user","content":"tell me about herons"}}]}}"#
+        );
+        w.curl(
+            &cg,
+            &[
+                "-o",
+                "/dev/null",
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "x-api-key: sk-ant-test",
+                "-H",
+                "anthropic-version: 2023-06-01",
+                "-H",
+                "x-mock-delay-ms: 30",
+                "-d",
+                &body,
+                "https://api.anthropic.com/v1/messages",
+            ],
+        );
+    };
+    // A streamed call (30 ms between chunks) and one the policy refuses.
+    call("claude-sonnet-4-5", true);
+    w.curl(&cg, &["-o", "/dev/null", "https://denied.example/"]);
+    let recs = w.transactions(&inv, 2);
+    let streamed = recs
+        .iter()
+        .find(|r| r.get_bool(sc::GEN_AI_REQUEST_STREAM) == Some(true))
+        .expect("the streamed transaction");
+    let ttfc = match streamed.get(sc::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK) {
+        Some(egret::record::AttrValue::Float(f)) => *f,
+        other => panic!("time to first chunk: {other:?}"),
+    };
+    // Four more models: past the cap of 3 label sets.
+    for m in ["m-1", "m-2", "m-3", "m-4"] {
+        call(m, false);
+    }
+    w.transactions(&inv, 6);
+
+    let ok = [
+        ("egret_gateway_name", "metrics-gw"),
+        ("egret_route_name", "anthropic"),
+        ("gen_ai_provider_name", "anthropic"),
+        ("gen_ai_request_model", "claude-sonnet-4-5"),
+        ("http_response_status_code", "200"),
+        ("egret_policy_denied", "false"),
+        ("agent_namespace", "tests"),
+    ];
+    let denied = [
+        ("egret_gateway_name", "metrics-gw"),
+        ("http_response_status_code", "403"),
+        ("error_type", "policy_denied"),
+        ("egret_policy_denied", "true"),
+        ("agent_namespace", "tests"),
+    ];
+    let overflow = [("otel_metric_overflow", "true")];
+    let deadline = Instant::now() + patience(Duration::from_secs(30));
+    let text = loop {
+        let text = w.agent.metrics();
+        if prom_value(&text, "egret_requests_total{", &overflow) == Some(3.0) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no overflow of 3 on /metrics:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        prom_value(&text, "egret_requests_total{", &ok),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        prom_value(&text, "egret_requests_total{", &denied),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        prom_value(&text, "egret_request_duration_seconds_count{", &denied),
+        Some(1.0)
+    );
+    assert_eq!(
+        prom_value(
+            &text,
+            "egret_metric_series{",
+            &[("instrument", "egret.requests")]
+        ),
+        Some(3.0),
+        "the cap of 3 series"
+    );
+    assert_eq!(
+        prom_value(
+            &text,
+            "egret_requests_total{",
+            &[("gen_ai_request_model", "m-1")]
+        ),
+        Some(1.0),
+        "the third label set is kept"
+    );
+    let model = [("gen_ai_request_model", "claude-sonnet-4-5")];
+    assert_eq!(
+        prom_value(
+            &text,
+            "gen_ai_client_inference_time_to_first_chunk_seconds_count{",
+            &model
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let ttfc_sum = prom_value(
+        &text,
+        "gen_ai_client_inference_time_to_first_chunk_seconds_sum{",
+        &model,
+    )
+    .unwrap();
+    assert!((ttfc_sum - ttfc).abs() < 1e-6, "{ttfc_sum} vs {ttfc}");
+    // One gap per chunk after the first, each about the mock's 30 ms.
+    let gaps = prom_value(
+        &text,
+        "gen_ai_client_inference_time_per_output_chunk_seconds_count{",
+        &model,
+    )
+    .expect("time per output chunk");
+    let gap_sum = prom_value(
+        &text,
+        "gen_ai_client_inference_time_per_output_chunk_seconds_sum{",
+        &model,
+    )
+    .unwrap();
+    assert!(gaps >= 3.0, "{gaps} gaps:\n{text}");
+    let mean = gap_sum / gaps;
+    assert!((0.02..0.5).contains(&mean), "mean gap {mean} s");
+    assert!(
+        prom_value(
+            &text,
+            "gen_ai_client_inference_time_per_output_chunk_seconds_count{",
+            &[("gen_ai_request_model", "m-1")]
+        )
+        .is_none(),
+        "an unstreamed call has no chunk metrics"
+    );
+
+    // OTLP: the same series from the exporter (its own cap of 3).
+    let attr_is = |p: &Value, k: &str, v: Value| p["attributes"][k] == v;
+    let lines = rx.wait("request and streaming metrics", |l| {
+        let named = |p: &&Value, name: &str| p["name"] == name;
+        l.iter()
+            .filter(|p| named(p, sc::METRIC_REQUESTS))
+            .any(|p| attr_is(p, "otel.metric.overflow", Value::Bool(true)) && p["value"] == 3)
+            && l.iter()
+                .filter(|p| named(p, sc::METRIC_GEN_AI_TIME_PER_OUTPUT_CHUNK))
+                .any(|p| p["count"].as_u64() >= Some(3))
+    });
+    let ok_point = lines
+        .iter()
+        .filter(|x| x["name"] == sc::METRIC_REQUESTS)
+        .find(|p| attr_is(p, sc::HTTP_RESPONSE_STATUS_CODE, Value::from(200)))
+        .expect("the 200 series over OTLP");
+    for (k, v) in [
+        (sc::GATEWAY_NAME, Value::from("metrics-gw")),
+        (sc::ROUTE_NAME, Value::from("anthropic")),
+        (sc::GEN_AI_PROVIDER_NAME, Value::from("anthropic")),
+        (sc::GEN_AI_REQUEST_MODEL, Value::from("claude-sonnet-4-5")),
+        (sc::POLICY_DENIED, Value::Bool(false)),
+        (sc::AGENT_NAMESPACE, Value::from("tests")),
+    ] {
+        assert!(attr_is(ok_point, k, v.clone()), "{k}={v} not in {ok_point}");
+    }
+    let ttfc_point = lines
+        .iter()
+        .find(|x| x["name"] == sc::METRIC_GEN_AI_TIME_TO_FIRST_CHUNK)
+        .expect("time to first chunk over OTLP");
+    assert_eq!(ttfc_point["unit"], "s");
+    assert_eq!(ttfc_point["count"], 1);
+    assert_eq!(
+        ttfc_point["explicit_bounds"].as_array().map(Vec::len),
+        Some(14)
+    );
 }

@@ -106,6 +106,8 @@ const APT_PACKAGES: &[&str] = &[
     // The ClickHouse cluster suite's coordinator (bpf-tests/tests/clickhouse_cluster.rs);
     // pulls in default-jre (OpenJDK 17), which it runs on.
     "zookeeper",
+    // The Grafana dashboard's PromQL runs on it (bpf-tests/tests/dashboard.rs).
+    "prometheus",
     "iproute2",
     "nftables",
     "iperf3",

@@ -38,7 +38,7 @@ pub use gateway::{
     BudgetConfig, CaptureBodyConfig, DefaultPolicy, GatewayConfig, NonHttpPolicy, RouteConfig,
     Selector,
 };
-pub use node::{LimitsConfig, NodeConfig, ProxyProtocolConfig};
+pub use node::{LimitsConfig, MetricsConfig, NodeConfig, ProxyProtocolConfig, DEFAULT_MAX_SERIES};
 pub use otlp::{Compression, ContentMode, Convention, OtlpConfig, Protocol, SignalsConfig};
 pub use pricing::{LongContextPrice, ModelPrice, PricingConfig, Rates};
 pub use store::{SpoolConfig, StoreConfig};
@@ -213,6 +213,26 @@ mod tests {
         assert_eq!(cfg.node.listen_port, 16000);
         assert_eq!(cfg.node.capture_ports, vec![80, 443]);
         assert_eq!(cfg.node.sandbox_root, PathBuf::from("egret.slice"));
+    }
+
+    #[test]
+    fn the_metrics_series_cap_defaults_and_is_at_least_one() {
+        let cfg = Config::parse("node: {}\n", Path::new("x.yaml")).unwrap();
+        assert_eq!(cfg.node.metrics.max_series, DEFAULT_MAX_SERIES);
+        let cfg = Config::parse(
+            "node:\n  metrics:\n    maxSeries: 50\n",
+            Path::new("x.yaml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.node.metrics.max_series, 50);
+        let err = Config::parse("node:\n  metrics:\n    maxSeries: 0\n", Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("maxSeries must be at least 1"), "{err}");
+        let err = Config::parse("node:\n  metrics:\n    maxSerie: 5\n", Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field"), "{err}");
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct NodeConfig {
     pub proxy_protocol: ProxyProtocolConfig,
     /// Resource bounds per sandbox and node-wide on the proxy.
     pub limits: LimitsConfig,
+    /// The metrics egret counts from its records (`/metrics`, OTLP).
+    pub metrics: MetricsConfig,
     /// On SIGTERM, how long connections in flight may take to finish (e.g.
     /// `20s`) before they are closed.
     #[serde(deserialize_with = "duration::de")]
@@ -143,6 +145,28 @@ impl Default for NodeConfig {
             proxy_protocol: ProxyProtocolConfig::default(),
             drain_timeout: std::time::Duration::from_secs(20),
             limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// The metrics egret counts from its records, on the admin `/metrics`
+/// endpoint and per OTLP exporter (see `docs/otlp.md`, "Metrics").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct MetricsConfig {
+    /// Series (attribute sets) each instrument keeps; points of further
+    /// sets go to one series marked `otel.metric.overflow=true`. At least 1.
+    pub max_series: usize,
+}
+
+/// Series per instrument by default.
+pub const DEFAULT_MAX_SERIES: usize = 2000;
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            max_series: DEFAULT_MAX_SERIES,
         }
     }
 }

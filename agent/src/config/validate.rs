@@ -39,6 +39,8 @@ pub enum ValidationError {
     UnixSocketRelative,
     #[error("node.proxyProtocol.unixSocket must not be node.apiSocket")]
     UnixSocketIsApiSocket,
+    #[error("node.metrics.maxSeries must be at least 1")]
+    MaxSeriesZero,
     #[error("gateways: duplicate name {0:?}")]
     DuplicateGateway(String),
     #[error("gateway {gateway:?}: {field}.name must be letters, digits, '.', '_' or '-' (and is required in exporters[])")]
@@ -77,6 +79,9 @@ impl Config {
         }
         if n.udp_ports().len() > MAX_CAPTURE_PORTS as usize {
             return Err(ValidationError::TooManyUdpPorts(MAX_CAPTURE_PORTS - 1));
+        }
+        if n.metrics.max_series == 0 {
+            return Err(ValidationError::MaxSeriesZero);
         }
         let pp = &n.proxy_protocol;
         let cidrs = pp.cidrs()?;

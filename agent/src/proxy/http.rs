@@ -1032,6 +1032,7 @@ impl Outbound {
             exchange: self.exchange,
             started: self.started,
             first_byte: None,
+            chunks: Default::default(),
             request: self.request,
             response,
             error,

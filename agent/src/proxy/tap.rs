@@ -18,7 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::{
     genai::{decode::Decoder, Encoding, Exchange, UsageChunkFilter},
-    record::{now_unix_nanos, Record},
+    record::{now_unix_nanos, ChunkGaps, Record},
     semconv as sc,
 };
 
@@ -336,12 +336,32 @@ pub trait Finisher: Send + Sync {
     fn finish(&self, txn: Transaction);
 }
 
+/// When a response's body chunks (data frames from upstream) arrived, as
+/// the gaps between them: bounded whatever the stream's length.
+#[derive(Debug, Default)]
+pub struct Chunks {
+    last: Option<Instant>,
+    gaps: ChunkGaps,
+}
+
+impl Chunks {
+    /// A non-empty chunk arrived `now`.
+    fn arrived(&mut self, now: Instant) {
+        if let Some(last) = self.last.replace(now) {
+            self.gaps
+                .observe(now.saturating_duration_since(last).as_secs_f64());
+        }
+    }
+}
+
 /// One HTTP exchange in flight.
 pub struct Transaction {
     pub rec: Record,
     pub exchange: Exchange,
     pub started: Instant,
     pub first_byte: Option<Instant>,
+    /// The response's chunk arrivals (`time_per_output_chunk`).
+    pub chunks: Chunks,
     pub request: Arc<Mutex<Capture>>,
     pub response: Capture,
     /// Set when the response did not end cleanly.
@@ -374,6 +394,11 @@ impl Transaction {
                 sc::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK,
                 t.duration_since(self.started).as_secs_f64(),
             );
+            // Each later chunk's gap: `time_per_output_chunk`, for the metrics.
+            if self.chunks.gaps.count > 0 {
+                self.rec
+                    .set_chunk_gaps(std::mem::take(&mut self.chunks.gaps));
+            }
         }
         let req_kept = {
             let mut req = self.request.lock().unwrap_or_else(|p| p.into_inner());
@@ -516,8 +541,12 @@ where
                         Err(frame) => return Poll::Ready(Some(Ok(frame))),
                     };
                     if let Some(txn) = this.txn.as_mut() {
+                        let now = Instant::now();
                         if txn.first_byte.is_none() {
-                            txn.first_byte = Some(Instant::now());
+                            txn.first_byte = Some(now);
+                        }
+                        if !frame.is_empty() {
+                            txn.chunks.arrived(now);
                         }
                         txn.exchange.on_response_chunk(&frame);
                         txn.response.push(&frame);
@@ -899,6 +928,7 @@ mod tests {
             exchange: Exchange::new(None, crate::genai::Limits::default()),
             started: Instant::now(),
             first_byte: None,
+            chunks: Chunks::default(),
             request: Arc::new(Mutex::new(Capture::new(1024, true))),
             response: Capture::new(1 << 20, true).with_content_encoding(Some("gzip")),
             error: None,
@@ -923,6 +953,78 @@ mod tests {
         assert_eq!(r.get_i64(sc::RESP_BYTES), Some(wire.len() as i64));
         assert_eq!(r.get_str(sc::RESPONSE_CONTENT_ENCODING), Some("gzip"));
         assert_eq!(r.get_bool(sc::RESPONSE_BODY_B64), Some(false));
+    }
+
+    /// Runs `frames` through a response tap whose record says `stream`.
+    fn tapped(frames: Vec<Bytes>, stream: Option<bool>) -> Record {
+        let collect = Arc::new(Collect::default());
+        let mut rec = Record::new("transaction");
+        rec.set_opt(sc::GEN_AI_REQUEST_STREAM, stream);
+        let txn = Box::new(Transaction {
+            rec,
+            exchange: Exchange::new(None, crate::genai::Limits::default()),
+            started: Instant::now(),
+            first_byte: None,
+            chunks: Chunks::default(),
+            request: Arc::new(Mutex::new(Capture::new(1024, true))),
+            response: Capture::new(1 << 20, true),
+            error: None,
+            finisher: collect.clone(),
+        });
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames
+                .into_iter()
+                .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))),
+        ));
+        let mut tap = ResponseTap::new(body, txn);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while let Poll::Ready(Some(_)) = Pin::new(&mut tap).poll_frame(&mut cx) {}
+        drop(tap);
+        let r = collect.0.lock().unwrap().pop().unwrap();
+        r
+    }
+
+    #[test]
+    fn a_streamed_response_keeps_one_gap_per_chunk_after_the_first() {
+        let frames = |n: usize| {
+            let mut v: Vec<Bytes> = (0..n)
+                .map(|i| Bytes::from(format!("data: {i}\n\n")))
+                .collect();
+            v.insert(1, Bytes::new()); // an empty frame is no chunk
+            v
+        };
+        let r = tapped(frames(5), Some(true));
+        let g = r.chunk_gaps().expect("gaps of a streamed response");
+        assert_eq!(g.count, 4);
+        assert_eq!(g.buckets.iter().sum::<u64>(), 4);
+        assert!(r.get(sc::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK).is_some());
+        // Not streamed (or not known to be): neither TTFC nor gaps.
+        for stream in [Some(false), None] {
+            let r = tapped(frames(5), stream);
+            assert_eq!(r.chunk_gaps(), None);
+            assert!(r.get(sc::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK).is_none());
+        }
+        // One chunk: no gap.
+        assert_eq!(
+            tapped(vec![Bytes::from("x")], Some(true)).chunk_gaps(),
+            None
+        );
+    }
+
+    #[test]
+    fn chunk_gaps_run_from_arrival_to_arrival() {
+        let t0 = Instant::now();
+        let mut c = Chunks::default();
+        for ms in [0u64, 5, 35, 1035] {
+            c.arrived(t0 + std::time::Duration::from_millis(ms));
+        }
+        assert_eq!(c.gaps.count, 3);
+        // 5 ms → (0, 0.01], 30 ms → (0.02, 0.04], 1 s → (0.64, 1.28].
+        assert_eq!(
+            (c.gaps.buckets[0], c.gaps.buckets[2], c.gaps.buckets[7]),
+            (1, 1, 1)
+        );
+        assert!((c.gaps.sum - 1.035).abs() < 1e-9);
     }
 
     #[test]

@@ -60,7 +60,11 @@ pub enum OtlpError {
 /// every reload.
 pub fn sinks_from_env(cfg: &Config, dev_tee: Option<&str>) -> Result<OtlpSinks, OtlpError> {
     let env = |k: &str| std::env::var(k).ok();
-    let (sinks, warnings) = OtlpSinks::from_config(cfg, dev_tee, &env, ExportOptions::default())?;
+    let opts = ExportOptions {
+        max_series: cfg.node.metrics.max_series,
+        ..ExportOptions::default()
+    };
+    let (sinks, warnings) = OtlpSinks::from_config(cfg, dev_tee, &env, opts)?;
     for w in warnings {
         tracing::warn!("otlp: {w}");
     }

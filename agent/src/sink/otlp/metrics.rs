@@ -5,9 +5,14 @@
 //! allocates only when it creates a series, which happens at most
 //! `max_series` times per instrument. Past the cap, points go to one
 //! `otel.metric.overflow=true` series, as the OpenTelemetry SDKs do.
+//!
+//! The same aggregation serves the admin `/metrics` endpoint
+//! ([`PromMetrics`], fed by the recorder with every durable record) and
+//! each OTLP exporter (fed as records are offered to it).
 use std::{
-    collections::HashMap,
-    hash::{DefaultHasher, Hash, Hasher},
+    collections::{hash_map::Entry, HashMap},
+    hash::{BuildHasherDefault, Hash, Hasher},
+    sync::Mutex,
 };
 
 use opentelemetry_proto::tonic::{
@@ -21,7 +26,8 @@ use opentelemetry_proto::tonic::{
 
 use super::{encode, settings::Signal};
 use crate::{
-    record::{AttrValue, Record},
+    admin,
+    record::{AttrValue, ChunkGaps, Record, CHUNK_SECONDS_BOUNDS},
     semconv as sc,
 };
 
@@ -34,10 +40,11 @@ pub const TOKEN_BUCKETS: &[f64] = &[
 pub const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 ];
-/// Series per instrument before points go to the overflow series.
-pub const DEFAULT_MAX_SERIES: usize = 2000;
+/// Series per instrument before points go to the overflow series
+/// (`node.metrics.maxSeries`).
+pub const DEFAULT_MAX_SERIES: usize = crate::config::DEFAULT_MAX_SERIES;
 
-const MAX_ATTRS: usize = 10;
+const MAX_ATTRS: usize = 12;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum ARef<'a> {
@@ -62,6 +69,14 @@ impl AOwned {
             _ => false,
         }
     }
+    /// The value as a Prometheus label value.
+    fn label(&self) -> String {
+        match self {
+            AOwned::Str(s) => s.clone(),
+            AOwned::Bool(b) => b.to_string(),
+            AOwned::Int(i) => i.to_string(),
+        }
+    }
     fn to_any(&self) -> AnyValue {
         AnyValue {
             value: Some(match self {
@@ -70,6 +85,48 @@ impl AOwned {
                 AOwned::Int(i) => any_value::Value::IntValue(*i),
             }),
         }
+    }
+}
+
+/// FNV-1a: a series key is computed for every point on the capture side,
+/// and SipHash's per-byte cost showed. Collisions cost accuracy only (a
+/// set colliding with another's goes to the overflow series, never into
+/// the other).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The hasher of a map keyed by a hash: the key is used as is.
+#[derive(Default)]
+struct KeyIsHash(u64);
+
+impl Hasher for KeyIsHash {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else in.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -102,7 +159,7 @@ impl<'a> Attrs<'a> {
         self.items[..self.len].iter().flatten()
     }
     fn key(&self) -> u64 {
-        let mut h = DefaultHasher::new();
+        let mut h = Fnv::default();
         for (k, v) in self.iter() {
             k.hash(&mut h);
             match v {
@@ -148,6 +205,8 @@ impl<'a> Attrs<'a> {
 #[derive(Debug, Clone)]
 enum Point {
     Sum(i64),
+    /// A sum of fractional values (cost in USD).
+    FSum(f64),
     Hist {
         count: u64,
         sum: f64,
@@ -158,8 +217,9 @@ enum Point {
 }
 
 impl Point {
-    fn new(bounds: Option<&[f64]>) -> Point {
+    fn new(bounds: Option<&[f64]>, float: bool) -> Point {
         match bounds {
+            None if float => Point::FSum(0.0),
             None => Point::Sum(0),
             Some(b) => Point::Hist {
                 count: 0,
@@ -173,6 +233,7 @@ impl Point {
     fn add(&mut self, bounds: Option<&[f64]>, v: f64) {
         match self {
             Point::Sum(s) => *s = s.saturating_add(v as i64),
+            Point::FSum(s) => *s += v,
             Point::Hist {
                 count,
                 sum,
@@ -195,6 +256,32 @@ impl Point {
     }
 }
 
+impl Point {
+    /// Adds a whole histogram over the same bounds (a stream's chunk gaps).
+    fn merge(&mut self, gaps: &ChunkGaps) {
+        let Point::Hist {
+            count,
+            sum,
+            min,
+            max,
+            buckets,
+        } = self
+        else {
+            return;
+        };
+        if gaps.count == 0 || buckets.len() != gaps.buckets.len() {
+            return;
+        }
+        for (b, g) in buckets.iter_mut().zip(gaps.buckets) {
+            *b += g;
+        }
+        *count += gaps.count;
+        *sum += gaps.sum;
+        *min = min.min(gaps.min);
+        *max = max.max(gaps.max);
+    }
+}
+
 struct Series {
     attrs: Vec<(&'static str, AOwned)>,
     point: Point,
@@ -205,7 +292,10 @@ struct Instrument {
     description: &'static str,
     unit: &'static str,
     bounds: Option<&'static [f64]>,
-    series: HashMap<u64, Series>,
+    /// A counter of fractional values (else integer).
+    float: bool,
+    /// By [`Attrs::key`], already a hash: not hashed again.
+    series: HashMap<u64, Series, BuildHasherDefault<KeyIsHash>>,
     overflow: Option<Point>,
 }
 
@@ -221,34 +311,130 @@ impl Instrument {
             description,
             unit,
             bounds,
-            series: HashMap::new(),
+            float: false,
+            series: HashMap::default(),
             overflow: None,
         }
     }
 
-    fn add(&mut self, attrs: &Attrs<'_>, v: f64, max_series: usize) {
-        let key = attrs.key();
-        let bounds = self.bounds;
+    /// A counter of fractional values.
+    fn float(mut self) -> Self {
+        self.float = true;
+        self
+    }
+
+    /// The point of `attrs`' series: created while there is room, else
+    /// the overflow series (also for a hash collision between different
+    /// sets, which are never merged).
+    fn point(&mut self, attrs: &Attrs<'_>, max_series: usize) -> &mut Point {
+        let (bounds, float) = (self.bounds, self.float);
         let room = self.series.len() < max_series;
-        match self.series.get_mut(&key) {
-            Some(s) if attrs.same_as(&s.attrs) => s.point.add(bounds, v),
-            None if room => {
-                let mut point = Point::new(bounds);
-                point.add(bounds, v);
-                self.series.insert(
-                    key,
-                    Series {
+        match self.series.entry(attrs.key()) {
+            Entry::Occupied(e) if attrs.same_as(&e.get().attrs) => &mut e.into_mut().point,
+            Entry::Vacant(e) if room => {
+                &mut e
+                    .insert(Series {
                         attrs: attrs.owned_attrs(),
-                        point,
-                    },
-                );
+                        point: Point::new(bounds, float),
+                    })
+                    .point
             }
-            // Over the cap, or a hash collision between different sets:
-            // counted in the overflow series, never merged into another.
             _ => self
                 .overflow
-                .get_or_insert_with(|| Point::new(bounds))
-                .add(bounds, v),
+                .get_or_insert_with(|| Point::new(bounds, float)),
+        }
+    }
+
+    fn add(&mut self, attrs: &Attrs<'_>, v: f64, max_series: usize) {
+        let bounds = self.bounds;
+        self.point(attrs, max_series).add(bounds, v);
+    }
+
+    fn merge(&mut self, attrs: &Attrs<'_>, gaps: &ChunkGaps, max_series: usize) {
+        self.point(attrs, max_series).merge(gaps);
+    }
+
+    /// The Prometheus name (OpenTelemetry's Prometheus compatibility
+    /// rules): dots become underscores, seconds and bytes get their unit
+    /// suffix; the encoder adds `_total` to counters.
+    fn prometheus_name(&self) -> String {
+        let mut n = self.name.replace('.', "_");
+        match self.unit {
+            "s" if !n.ends_with("_seconds") => n.push_str("_seconds"),
+            "By" if !n.contains("bytes") => n.push_str("_bytes"),
+            _ => {}
+        }
+        n
+    }
+
+    fn write_prometheus(&self, m: &mut admin::Metrics<'_, '_>) -> std::fmt::Result {
+        let labels = |attrs: &[(&'static str, AOwned)]| -> admin::OwnedLabels {
+            attrs
+                .iter()
+                .map(|(k, v)| (prometheus_label(k), v.label()))
+                .collect()
+        };
+        let overflow = || {
+            vec![(
+                prometheus_label(sc::OTEL_METRIC_OVERFLOW),
+                "true".to_owned(),
+            )]
+        };
+        let mut points: Vec<(admin::OwnedLabels, &Point)> = self
+            .series
+            .values()
+            .map(|s| (labels(&s.attrs), &s.point))
+            .collect();
+        // A stable order, so scrapes diff cleanly.
+        points.sort_by(|a, b| a.0.cmp(&b.0));
+        points.extend(self.overflow.as_ref().map(|p| (overflow(), p)));
+        let name = self.prometheus_name();
+        match self.bounds {
+            None => {
+                if self.float {
+                    let series: Vec<(admin::OwnedLabels, f64)> = points
+                        .into_iter()
+                        .map(|(l, p)| match p {
+                            Point::FSum(s) => (l, *s),
+                            _ => (l, 0.0),
+                        })
+                        .collect();
+                    return m.counter_owned(&name, self.description, &series);
+                }
+                let series: Vec<(admin::OwnedLabels, u64)> = points
+                    .into_iter()
+                    .map(|(l, p)| {
+                        let v = match p {
+                            Point::Sum(s) => u64::try_from(*s).unwrap_or(0),
+                            Point::FSum(s) => *s as u64,
+                            Point::Hist { count, .. } => *count,
+                        };
+                        (l, v)
+                    })
+                    .collect();
+                m.counter_owned(&name, self.description, &series)
+            }
+            Some(bounds) => {
+                let series: Vec<admin::HistogramSeries<'_>> = points
+                    .into_iter()
+                    .filter_map(|(labels, p)| match p {
+                        Point::Hist {
+                            count,
+                            sum,
+                            buckets,
+                            ..
+                        } => Some(admin::HistogramSeries {
+                            labels,
+                            bounds,
+                            buckets,
+                            count: *count,
+                            sum: *sum,
+                        }),
+                        Point::Sum(_) | Point::FSum(_) => None,
+                    })
+                    .collect();
+                m.histogram(&name, self.description, &series)
+            }
         }
     }
 
@@ -311,7 +497,7 @@ impl Instrument {
                             max: (*count > 0).then_some(*max),
                             ..Default::default()
                         }),
-                        Point::Sum(_) => None,
+                        Point::Sum(_) | Point::FSum(_) => None,
                     })
                     .collect(),
                 aggregation_temporality: temporality,
@@ -329,14 +515,17 @@ impl Instrument {
 
 fn number_point(attributes: Vec<KeyValue>, p: &Point, start: u64, now: u64) -> NumberDataPoint {
     let v = match p {
-        Point::Sum(s) => *s,
-        Point::Hist { count, .. } => i64::try_from(*count).unwrap_or(i64::MAX),
+        Point::Sum(s) => number_data_point::Value::AsInt(*s),
+        Point::FSum(s) => number_data_point::Value::AsDouble(*s),
+        Point::Hist { count, .. } => {
+            number_data_point::Value::AsInt(i64::try_from(*count).unwrap_or(i64::MAX))
+        }
     };
     NumberDataPoint {
         attributes,
         start_time_unix_nano: start,
         time_unix_nano: now,
-        value: Some(number_data_point::Value::AsInt(v)),
+        value: Some(v),
         ..Default::default()
     }
 }
@@ -350,6 +539,12 @@ pub struct Aggregator {
     transactions: Instrument,
     flows: Instrument,
     l4_bytes: Instrument,
+    requests: Instrument,
+    request_duration: Instrument,
+    request_tokens: Instrument,
+    request_cost: Instrument,
+    time_to_first_chunk: Instrument,
+    time_per_output_chunk: Instrument,
     /// Drop totals at the previous delta export.
     dropped_before: Vec<(Signal, u64)>,
 }
@@ -413,6 +608,43 @@ impl Aggregator {
                 "By",
                 None,
             ),
+            requests: Instrument::new(
+                sc::METRIC_REQUESTS,
+                "Transactions (HTTP exchanges through the proxy, refused ones included)",
+                "{request}",
+                None,
+            ),
+            request_duration: Instrument::new(
+                sc::METRIC_REQUEST_DURATION,
+                "Transaction duration, request start to response end",
+                "s",
+                Some(DURATION_BUCKETS),
+            ),
+            request_tokens: Instrument::new(
+                sc::METRIC_REQUEST_TOKENS,
+                "Tokens the provider reported, by gen_ai.token.type",
+                "{token}",
+                None,
+            ),
+            request_cost: Instrument::new(
+                sc::METRIC_REQUEST_COST,
+                "Cost of the transactions egret could price (egret.cost.usd)",
+                "USD",
+                None,
+            )
+            .float(),
+            time_to_first_chunk: Instrument::new(
+                sc::METRIC_GEN_AI_TIME_TO_FIRST_CHUNK,
+                "Time to receive the first chunk of a streamed response",
+                "s",
+                Some(&CHUNK_SECONDS_BOUNDS),
+            ),
+            time_per_output_chunk: Instrument::new(
+                sc::METRIC_GEN_AI_TIME_PER_OUTPUT_CHUNK,
+                "Time between consecutive chunks of a streamed response",
+                "s",
+                Some(&CHUNK_SECONDS_BOUNDS),
+            ),
             dropped_before: Vec::new(),
         }
     }
@@ -425,6 +657,7 @@ impl Aggregator {
         base.push_str(sc::GATEWAY_NAME, gateway);
         match rec.kind() {
             sc::KIND_TRANSACTION => {
+                self.record_request(rec, gateway);
                 let status = rec.get_i64(sc::HTTP_RESPONSE_STATUS_CODE);
                 let mut t = base;
                 t.push(sc::HTTP_STATUS_CLASS, ARef::Str(status_class(status)));
@@ -474,6 +707,20 @@ impl Aggregator {
                         }
                         self.duration.add(&d, secs, max);
                     }
+                    // Streaming (semantic-conventions-genai v0.1.0): only
+                    // for responses the request asked to stream.
+                    if rec.get_bool(sc::GEN_AI_REQUEST_STREAM) == Some(true) {
+                        if let Some(AttrValue::Float(t)) =
+                            rec.get(sc::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK)
+                        {
+                            if t.is_finite() && *t >= 0.0 {
+                                self.time_to_first_chunk.add(&g, *t, max);
+                            }
+                        }
+                        if let Some(gaps) = rec.chunk_gaps() {
+                            self.time_per_output_chunk.merge(&g, gaps, max);
+                        }
+                    }
                 }
                 for (key, ty) in [
                     (sc::GEN_AI_USAGE_INPUT_TOKENS, "input"),
@@ -507,6 +754,112 @@ impl Aggregator {
         }
     }
 
+    fn instruments(&self) -> [&Instrument; 11] {
+        [
+            &self.token_usage,
+            &self.duration,
+            &self.time_to_first_chunk,
+            &self.time_per_output_chunk,
+            &self.requests,
+            &self.request_duration,
+            &self.request_tokens,
+            &self.request_cost,
+            &self.transactions,
+            &self.flows,
+            &self.l4_bytes,
+        ]
+    }
+
+    fn instruments_mut(&mut self) -> [&mut Instrument; 11] {
+        [
+            &mut self.token_usage,
+            &mut self.duration,
+            &mut self.time_to_first_chunk,
+            &mut self.time_per_output_chunk,
+            &mut self.requests,
+            &mut self.request_duration,
+            &mut self.request_tokens,
+            &mut self.request_cost,
+            &mut self.transactions,
+            &mut self.flows,
+            &mut self.l4_bytes,
+        ]
+    }
+
+    /// The request metrics of a transaction: every transaction counts, by
+    /// gateway, route, provider, model, status code, `error.type`, policy
+    /// and budget outcome and agent namespace. A key the record lacks is
+    /// left out of the set (never a made-up value).
+    fn record_request(&mut self, rec: &Record, gateway: Option<&str>) {
+        let max = self.max_series;
+        let mut a = Attrs::new();
+        a.push_str(sc::GATEWAY_NAME, rec.get_str(sc::GATEWAY_NAME).or(gateway));
+        a.push_str(sc::ROUTE_NAME, rec.get_str(sc::ROUTE_NAME));
+        a.push_str(
+            sc::GEN_AI_PROVIDER_NAME,
+            rec.get_str(sc::GEN_AI_PROVIDER_NAME),
+        );
+        a.push_str(
+            sc::GEN_AI_REQUEST_MODEL,
+            rec.get_str(sc::GEN_AI_REQUEST_MODEL),
+        );
+        if let Some(code) = rec.get_i64(sc::HTTP_RESPONSE_STATUS_CODE) {
+            a.push(sc::HTTP_RESPONSE_STATUS_CODE, ARef::Int(code));
+        }
+        a.push_str(sc::ERROR_TYPE, rec.get_str(sc::ERROR_TYPE));
+        for key in [sc::POLICY_DENIED, sc::BUDGET_DENIED] {
+            if let Some(b) = rec.get_bool(key) {
+                a.push(key, ARef::Bool(b));
+            }
+        }
+        a.push_str(sc::AGENT_NAMESPACE, rec.get_str(sc::AGENT_NAMESPACE));
+        self.requests.add(&a, 1.0, max);
+        if let Some(secs) = duration_seconds(rec) {
+            self.request_duration.add(&a, secs, max);
+        }
+        // Only what was priced: an unpriced transaction adds nothing (never 0).
+        if let Some(AttrValue::Float(usd)) = rec.get(sc::COST_USD) {
+            if usd.is_finite() && *usd >= 0.0 {
+                self.request_cost.add(&a, *usd, max);
+            }
+        }
+        for (key, ty) in [
+            (sc::GEN_AI_USAGE_INPUT_TOKENS, "input"),
+            (sc::GEN_AI_USAGE_OUTPUT_TOKENS, "output"),
+        ] {
+            if let Some(n) = rec.get_i64(key).filter(|n| *n >= 0) {
+                let mut t = a;
+                t.push(sc::GEN_AI_TOKEN_TYPE, ARef::Str(ty));
+                self.request_tokens.add(&t, n as f64, max);
+            }
+        }
+    }
+
+    /// Writes every instrument as a Prometheus family, with or without
+    /// data (so a dashboard finds every name from the start).
+    pub fn write_prometheus(&self, m: &mut admin::Metrics<'_, '_>) -> std::fmt::Result {
+        for i in self.instruments() {
+            i.write_prometheus(m)?;
+        }
+        Ok(())
+    }
+
+    /// Series kept and points in the overflow series, per instrument.
+    fn occupancy(&self) -> Vec<(&'static str, usize, u64)> {
+        self.instruments()
+            .into_iter()
+            .map(|i| {
+                let over = match &i.overflow {
+                    Some(Point::Sum(s)) => u64::try_from(*s).unwrap_or(0),
+                    Some(Point::FSum(s)) => *s as u64,
+                    Some(Point::Hist { count, .. }) => *count,
+                    None => 0,
+                };
+                (i.name, i.series.len(), over)
+            })
+            .collect()
+    }
+
     /// Every instrument with data, plus `egret.otlp.dropped` per signal.
     pub fn metrics(&self, now_ns: u64, dropped: &[(Signal, u64)]) -> Vec<Metric> {
         self.metrics_with(now_ns, dropped, AggregationTemporality::Cumulative as i32)
@@ -518,16 +871,11 @@ impl Aggregator {
         dropped: &[(Signal, u64)],
         temporality: i32,
     ) -> Vec<Metric> {
-        let mut out: Vec<Metric> = [
-            &self.token_usage,
-            &self.duration,
-            &self.transactions,
-            &self.flows,
-            &self.l4_bytes,
-        ]
-        .into_iter()
-        .filter_map(|i| i.to_metric(self.start_ns, now_ns, temporality))
-        .collect();
+        let mut out: Vec<Metric> = self
+            .instruments()
+            .into_iter()
+            .filter_map(|i| i.to_metric(self.start_ns, now_ns, temporality))
+            .collect();
         out.push(Metric {
             name: sc::METRIC_OTLP_DROPPED.to_owned(),
             description: "Records and points the OTLP exporter dropped (queue full, export failed)"
@@ -581,13 +929,7 @@ impl Aggregator {
             .collect();
         let metrics = self.metrics_with(now_ns, &increase, AggregationTemporality::Delta as i32);
         self.dropped_before = dropped.to_vec();
-        for i in [
-            &mut self.token_usage,
-            &mut self.duration,
-            &mut self.transactions,
-            &mut self.flows,
-            &mut self.l4_bytes,
-        ] {
+        for i in self.instruments_mut() {
             i.series.clear();
             i.overflow = None;
         }
@@ -625,6 +967,90 @@ impl Aggregator {
     }
 }
 
+/// An attribute name as a Prometheus label name (dots → underscores).
+fn prometheus_label(key: &str) -> String {
+    key.replace('.', "_")
+}
+
+/// The metrics on the admin `/metrics` endpoint: one aggregation over
+/// every record the spool kept, split by gateway, rendered in Prometheus
+/// names ([`Aggregator::write_prometheus`]). The recorder feeds it once per
+/// batch, on its own thread; allocation happens only for new series.
+pub struct PromMetrics {
+    agg: Mutex<Aggregator>,
+    max_series: usize,
+}
+
+impl std::fmt::Debug for PromMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PromMetrics")
+            .field("max_series", &self.max_series)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PromMetrics {
+    pub fn new(max_series: usize) -> PromMetrics {
+        let max_series = max_series.max(1);
+        PromMetrics {
+            agg: Mutex::new(Aggregator::new(0, max_series)),
+            max_series,
+        }
+    }
+
+    /// Counts durable records (every series split by their gateway).
+    pub fn record_all<'r>(&self, recs: impl IntoIterator<Item = &'r Record>) {
+        let mut agg = self.agg.lock().unwrap_or_else(|e| e.into_inner());
+        for r in recs {
+            agg.record(r, r.get_str(sc::GATEWAY_NAME));
+        }
+    }
+}
+
+impl admin::Report for PromMetrics {
+    fn metrics(&self, m: &mut admin::Metrics<'_, '_>) -> std::fmt::Result {
+        let agg = self.agg.lock().unwrap_or_else(|e| e.into_inner());
+        agg.write_prometheus(m)?;
+        let occupancy = agg.occupancy();
+        drop(agg);
+        let series: Vec<(admin::Labels<'_>, i64)> = occupancy
+            .iter()
+            .map(|(name, n, _)| {
+                (
+                    vec![("instrument", (*name).to_owned())],
+                    admin::gauge_value(*n as u64),
+                )
+            })
+            .collect();
+        m.gauge(
+            "egret_metric_series",
+            "Series each instrument keeps (at most node.metrics.maxSeries; past it points go to the otel_metric_overflow series)",
+            &series,
+        )
+    }
+
+    fn status(&self, s: &mut admin::Status) {
+        let occupancy = self
+            .agg
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .occupancy();
+        let instruments: serde_json::Map<String, serde_json::Value> = occupancy
+            .into_iter()
+            .map(|(name, series, overflow)| {
+                (
+                    name.to_owned(),
+                    serde_json::json!({"series": series, "overflow_points": overflow}),
+                )
+            })
+            .collect();
+        s.insert(
+            "metrics".into(),
+            serde_json::json!({"max_series": self.max_series, "instruments": instruments}),
+        );
+    }
+}
+
 fn points_in(m: &Metric) -> usize {
     match &m.data {
         Some(Data::Sum(s)) => s.data_points.len(),
@@ -650,6 +1076,7 @@ mod tests {
     use super::*;
     use crate::sink::otlp::encode::tests::txn;
     use prost::Message;
+    use std::sync::Arc;
 
     fn find<'a>(ms: &'a [Metric], name: &str) -> &'a Metric {
         ms.iter().find(|m| m.name == name).unwrap()
@@ -942,5 +1369,301 @@ mod tests {
             .find(|p| attr_str(&p.attributes, sc::GATEWAY_NAME) == Some("b"))
             .unwrap();
         assert_eq!(b.value, Some(number_data_point::Value::AsInt(2)));
+    }
+
+    fn attr_int(attrs: &[KeyValue], key: &str) -> Option<i64> {
+        attrs.iter().find(|a| a.key == key).and_then(|a| {
+            match a.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::IntValue(i)) => Some(*i),
+                _ => None,
+            }
+        })
+    }
+
+    fn attr_bool(attrs: &[KeyValue], key: &str) -> Option<bool> {
+        attrs.iter().find(|a| a.key == key).and_then(|a| {
+            match a.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::BoolValue(b)) => Some(*b),
+                _ => None,
+            }
+        })
+    }
+
+    fn sum_points(ms: &[Metric], name: &str) -> Vec<NumberDataPoint> {
+        match &find(ms, name).data {
+            Some(Data::Sum(s)) => s.data_points.clone(),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    fn hist_points(ms: &[Metric], name: &str) -> Vec<HistogramDataPoint> {
+        match &find(ms, name).data {
+            Some(Data::Histogram(h)) => h.data_points.clone(),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    /// A transaction with every request key.
+    fn keyed(status: i64) -> Record {
+        let mut r = txn(status);
+        r.set(sc::GATEWAY_NAME, "gw-a");
+        r.set(sc::ROUTE_NAME, "openai");
+        r.set(sc::POLICY_DENIED, false);
+        r.set(sc::BUDGET_DENIED, status == 429);
+        r.set(sc::AGENT_NAMESPACE, "team-a");
+        if status == 429 {
+            r.set(sc::ERROR_TYPE, "budget_exceeded");
+        }
+        r
+    }
+
+    #[test]
+    fn request_metrics_count_every_transaction_by_the_request_keys() {
+        let mut agg = Aggregator::new(0, 100);
+        agg.record(&keyed(200), None);
+        agg.record(&keyed(200), None);
+        agg.record(&keyed(429), None);
+        // Not GenAI, no route, no namespace: counted, with only what it has.
+        let mut plain = Record::new(sc::KIND_TRANSACTION);
+        plain.set(sc::GATEWAY_NAME, "gw-a");
+        plain.set(sc::HTTP_RESPONSE_STATUS_CODE, 404i64);
+        plain.set(sc::POLICY_DENIED, true);
+        plain.set(sc::DURATION_MS, 30.0);
+        agg.record(&plain, None);
+        // Refused before any response: no status code, no duration.
+        let mut refused = Record::new(sc::KIND_TRANSACTION);
+        refused.set(sc::GATEWAY_NAME, "gw-a");
+        refused.set(sc::ERROR_TYPE, "client_aborted");
+        agg.record(&refused, None);
+        let ms = agg.metrics(1, &[]);
+
+        let req = sum_points(&ms, sc::METRIC_REQUESTS);
+        assert_eq!(req.len(), 4, "{req:?}");
+        let ok = req
+            .iter()
+            .find(|p| attr_int(&p.attributes, sc::HTTP_RESPONSE_STATUS_CODE) == Some(200))
+            .unwrap();
+        assert_eq!(ok.value, Some(number_data_point::Value::AsInt(2)));
+        for (k, v) in [
+            (sc::GATEWAY_NAME, "gw-a"),
+            (sc::ROUTE_NAME, "openai"),
+            (sc::GEN_AI_PROVIDER_NAME, "openai"),
+            (sc::GEN_AI_REQUEST_MODEL, "gpt-4o"),
+            (sc::AGENT_NAMESPACE, "team-a"),
+        ] {
+            assert_eq!(attr_str(&ok.attributes, k), Some(v), "{k}");
+        }
+        assert_eq!(attr_bool(&ok.attributes, sc::POLICY_DENIED), Some(false));
+        assert_eq!(attr_bool(&ok.attributes, sc::BUDGET_DENIED), Some(false));
+        assert_eq!(attr_str(&ok.attributes, sc::ERROR_TYPE), None);
+        let denied = req
+            .iter()
+            .find(|p| attr_int(&p.attributes, sc::HTTP_RESPONSE_STATUS_CODE) == Some(429))
+            .unwrap();
+        assert_eq!(
+            attr_str(&denied.attributes, sc::ERROR_TYPE),
+            Some("budget_exceeded")
+        );
+        assert_eq!(attr_bool(&denied.attributes, sc::BUDGET_DENIED), Some(true));
+        let p = req
+            .iter()
+            .find(|p| attr_int(&p.attributes, sc::HTTP_RESPONSE_STATUS_CODE) == Some(404))
+            .unwrap();
+        let keys: Vec<&str> = p.attributes.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                sc::GATEWAY_NAME,
+                sc::HTTP_RESPONSE_STATUS_CODE,
+                sc::POLICY_DENIED
+            ],
+            "unknown keys are left out, never 0 or empty"
+        );
+        let r = req
+            .iter()
+            .find(|p| attr_str(&p.attributes, sc::ERROR_TYPE) == Some("client_aborted"))
+            .unwrap();
+        assert_eq!(attr_int(&r.attributes, sc::HTTP_RESPONSE_STATUS_CODE), None);
+
+        // Duration: every transaction that has one (not the refused one).
+        let dur = hist_points(&ms, sc::METRIC_REQUEST_DURATION);
+        assert_eq!(dur.iter().map(|p| p.count).sum::<u64>(), 4);
+        assert_eq!(dur[0].explicit_bounds, DURATION_BUCKETS);
+        let plain_dur = dur
+            .iter()
+            .find(|p| attr_int(&p.attributes, sc::HTTP_RESPONSE_STATUS_CODE) == Some(404))
+            .unwrap();
+        assert_eq!(plain_dur.bucket_counts[2], 1, "30 ms falls in (0.02, 0.04]");
+
+        // Tokens: summed by the same keys plus the token type.
+        let tok = sum_points(&ms, sc::METRIC_REQUEST_TOKENS);
+        let ok_in = tok
+            .iter()
+            .find(|p| {
+                attr_int(&p.attributes, sc::HTTP_RESPONSE_STATUS_CODE) == Some(200)
+                    && attr_str(&p.attributes, sc::GEN_AI_TOKEN_TYPE) == Some("input")
+            })
+            .unwrap();
+        assert_eq!(ok_in.value, Some(number_data_point::Value::AsInt(24)));
+        assert_eq!(tok.len(), 4, "input/output for 200 and 429 only");
+
+        // Cost: only priced transactions, as a fractional sum.
+        let mut agg = Aggregator::new(0, 100);
+        let mut priced = keyed(200);
+        priced.set(sc::COST_USD, 0.25);
+        agg.record(&priced, None);
+        agg.record(&priced, None);
+        agg.record(&keyed(429), None);
+        let ms = agg.metrics(1, &[]);
+        let cost = sum_points(&ms, sc::METRIC_REQUEST_COST);
+        assert_eq!(cost.len(), 1, "the unpriced one adds no series: {cost:?}");
+        assert_eq!(cost[0].value, Some(number_data_point::Value::AsDouble(0.5)));
+        assert_eq!(find(&ms, sc::METRIC_REQUEST_COST).unit, "USD");
+    }
+
+    #[test]
+    fn streaming_metrics_come_from_streamed_responses_only() {
+        let mut agg = Aggregator::new(0, 100);
+        let mut r = txn(200);
+        r.set(sc::GEN_AI_REQUEST_STREAM, true);
+        r.set(sc::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, 0.3);
+        let mut gaps = ChunkGaps::default();
+        for s in [0.005, 0.005, 0.05, 3.0] {
+            gaps.observe(s);
+        }
+        r.set_chunk_gaps(gaps);
+        agg.record(&r, None);
+        agg.record(&r, None);
+        // Not streamed: no streaming metric even with the attributes.
+        let mut n = r.clone();
+        n.set(sc::GEN_AI_REQUEST_STREAM, false);
+        agg.record(&n, None);
+        let ms = agg.metrics(1, &[]);
+        let ttfc = hist_points(&ms, sc::METRIC_GEN_AI_TIME_TO_FIRST_CHUNK);
+        assert_eq!(ttfc.len(), 1);
+        assert_eq!(ttfc[0].count, 2);
+        assert_eq!(ttfc[0].explicit_bounds, CHUNK_SECONDS_BOUNDS);
+        assert_eq!(ttfc[0].bucket_counts[5], 2, "0.3 s falls in (0.16, 0.32]");
+        assert_eq!(
+            attr_str(&ttfc[0].attributes, sc::GEN_AI_REQUEST_MODEL),
+            Some("gpt-4o")
+        );
+        assert_eq!(attr_str(&ttfc[0].attributes, sc::ERROR_TYPE), None);
+        let tpoc = hist_points(&ms, sc::METRIC_GEN_AI_TIME_PER_OUTPUT_CHUNK);
+        assert_eq!(tpoc.len(), 1);
+        let p = &tpoc[0];
+        assert_eq!(p.count, 8, "every gap of both streams");
+        assert_eq!(p.bucket_counts[0], 4);
+        assert_eq!(p.bucket_counts[3], 2, "0.05 s falls in (0.04, 0.08]");
+        assert_eq!(p.bucket_counts[9], 2, "3 s falls in (2.56, 5.12]");
+        assert_eq!((p.min, p.max), (Some(0.005), Some(3.0)));
+        assert!((p.sum.unwrap() - 2.0 * 3.06).abs() < 1e-9);
+        // The cap applies to merged histograms too.
+        let mut agg = Aggregator::new(0, 1);
+        for m in ["a", "b"] {
+            let mut x = r.clone();
+            x.set(sc::GEN_AI_REQUEST_MODEL, m);
+            agg.record(&x, None);
+        }
+        assert_eq!(agg.time_per_output_chunk.series.len(), 1);
+        match &agg.time_per_output_chunk.overflow {
+            Some(Point::Hist { count, .. }) => assert_eq!(*count, 4),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The `/metrics` text of an admin endpoint holding `m`.
+    fn prometheus_text(m: Arc<PromMetrics>) -> String {
+        let admin = admin::Admin::new(vec![m]);
+        admin.metrics_text().unwrap()
+    }
+
+    #[test]
+    fn prometheus_text_has_the_names_labels_and_an_overflow_series() {
+        let m = Arc::new(PromMetrics::new(2));
+        let recs: Vec<Record> = (0..5)
+            .map(|i| {
+                let mut r = keyed(200);
+                r.set(sc::GEN_AI_REQUEST_MODEL, format!("model-{i}"));
+                r.set(sc::GEN_AI_REQUEST_STREAM, true);
+                r.set(sc::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, 0.05);
+                r
+            })
+            .collect();
+        m.record_all(&recs);
+        let text = prometheus_text(m.clone());
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no line {prefix}\n{text}"))
+                .to_owned()
+        };
+        // Two label sets kept, three counted in the overflow series.
+        let l = line("egret_requests_total{otel_metric_overflow=\"true\"}");
+        assert!(l.ends_with(" 3"), "{l}");
+        let kept = text
+            .lines()
+            .filter(|l| l.starts_with("egret_requests_total{") && !l.contains("overflow"))
+            .collect::<Vec<_>>();
+        assert_eq!(kept.len(), 2, "{text}");
+        for label in [
+            "egret_gateway_name=\"gw-a\"",
+            "egret_route_name=\"openai\"",
+            "gen_ai_provider_name=\"openai\"",
+            "gen_ai_request_model=\"model-0\"",
+            "http_response_status_code=\"200\"",
+            "egret_policy_denied=\"false\"",
+            "egret_budget_denied=\"false\"",
+            "agent_namespace=\"team-a\"",
+        ] {
+            assert!(kept[0].contains(label), "{label} not in {}", kept[0]);
+        }
+        assert!(text.contains("# TYPE egret_request_duration_seconds histogram"));
+        let inf = line(
+            "egret_request_duration_seconds_bucket{le=\"+Inf\",otel_metric_overflow=\"true\"}",
+        );
+        assert!(inf.ends_with(" 3"), "{inf}");
+        line("egret_request_tokens_total{");
+        // A fractional counter on /metrics.
+        let mut priced = keyed(200);
+        priced.set(sc::COST_USD, 0.125);
+        let m2 = Arc::new(PromMetrics::new(2));
+        m2.record_all([&priced, &priced]);
+        let t2 = prometheus_text(m2);
+        let cost = t2
+            .lines()
+            .find(|l| l.starts_with("egret_request_cost_total{"))
+            .unwrap_or_else(|| panic!("{t2}"));
+        assert!(cost.ends_with(" 0.25"), "{cost}");
+        line("gen_ai_client_inference_time_to_first_chunk_seconds_count{");
+        line("gen_ai_client_operation_duration_seconds_bucket{");
+        line("gen_ai_client_token_usage_sum{");
+        // Every family is there before any data (names for dashboards).
+        let empty = prometheus_text(Arc::new(PromMetrics::new(2)));
+        for family in [
+            "egret_requests",
+            "egret_request_duration_seconds",
+            "egret_request_tokens",
+            "egret_request_cost",
+            "gen_ai_client_inference_time_to_first_chunk_seconds",
+            "gen_ai_client_inference_time_per_output_chunk_seconds",
+            "gen_ai_client_operation_duration_seconds",
+            "gen_ai_client_token_usage",
+            "egret_transactions",
+            "egret_flows",
+            "egret_l4_bytes",
+        ] {
+            assert!(
+                empty.contains(&format!("# TYPE {family} ")),
+                "{family} missing:\n{empty}"
+            );
+        }
+        assert!(line("egret_metric_series{instrument=\"egret.requests\"}").ends_with(" 2"));
+        let mut st = admin::Status::new();
+        admin::Report::status(&*m, &mut st);
+        assert_eq!(
+            st["metrics"]["instruments"][sc::METRIC_REQUESTS]["overflow_points"],
+            3
+        );
     }
 }
