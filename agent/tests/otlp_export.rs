@@ -2157,3 +2157,71 @@ async fn queue_size_per_signal_drops_and_counts() {
     hold.abort();
     exp.shutdown(Duration::from_millis(200)).await;
 }
+
+/// The rest of the variable table through a receiver: a signal switched
+/// off by `OTEL_TRACES_EXPORTER=none`, resource attributes from
+/// `OTEL_RESOURCE_ATTRIBUTES`, uncompressed bodies with
+/// `OTEL_EXPORTER_OTLP_COMPRESSION=none`, and the export budgets of logs
+/// (`OTEL_BLRP_EXPORT_TIMEOUT`) and metrics (`OTEL_METRIC_EXPORT_TIMEOUT`):
+/// the receiver asks for a 30 s wait, the budget gives the batch up at once
+/// (without it, the retries alone would take over 10 s here).
+#[tokio::test]
+async fn remaining_variables_switch_resource_compression_and_budgets() {
+    let srv =
+        TestServer::start(|_| (StatusCode::SERVICE_UNAVAILABLE, vec![("retry-after", "30")])).await;
+    let url = srv.url();
+    let env = move |k: &str| match k {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(url.clone()),
+        "OTEL_TRACES_EXPORTER" => Some("none".to_owned()),
+        "OTEL_RESOURCE_ATTRIBUTES" => {
+            Some("team=herons,deployment.environment.name=prod".to_owned())
+        }
+        "OTEL_EXPORTER_OTLP_COMPRESSION" => Some("none".to_owned()),
+        "OTEL_BLRP_EXPORT_TIMEOUT" => Some("1500".to_owned()),
+        "OTEL_METRIC_EXPORT_INTERVAL" => Some("200".to_owned()),
+        "OTEL_METRIC_EXPORT_TIMEOUT" => Some("1500".to_owned()),
+        _ => None,
+    };
+    let settings = resolve("gw", &OtlpConfig::default(), &env)
+        .unwrap()
+        .unwrap();
+    assert!(settings.traces.is_none(), "traces switched off");
+    assert_eq!(settings.switched_off, [egret::sink::otlp::Signal::Traces]);
+    let opts = ExportOptions {
+        retry: RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+            max_retry_after: Duration::from_secs(30),
+        },
+        ..fast_opts()
+    };
+    let exp = OtlpExporter::start(settings, opts, client()).unwrap();
+    let t0 = Instant::now();
+    exp.offer(&txn(200));
+    wait_for("the log batch and a metrics export given up", || {
+        let st = exp.status();
+        signal(&st.signals, "logs").dropped == 1 && signal(&st.signals, "metrics").dropped >= 1
+    })
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+    let seen = srv.seen();
+    assert!(
+        seen.iter().all(|c| c.path != "/v1/traces"),
+        "no traces sent"
+    );
+    let logs: Vec<&Captured> = seen.iter().filter(|c| c.path == "/v1/logs").collect();
+    assert_eq!(logs.len(), 1, "no retry past the budget");
+    for c in &seen {
+        assert!(c.headers.get("content-encoding").is_none(), "uncompressed");
+    }
+    // Uncompressed protobuf, with the environment's resource attributes.
+    let req = ExportLogsServiceRequest::decode(logs[0].body.as_ref()).unwrap();
+    let res = req.resource_logs[0].resource.as_ref().unwrap();
+    assert_eq!(str_attr(&res.attributes, "team"), Some("herons"));
+    assert_eq!(
+        str_attr(&res.attributes, "deployment.environment.name"),
+        Some("prod")
+    );
+    exp.shutdown(Duration::from_millis(500)).await;
+}
