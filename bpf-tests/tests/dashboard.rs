@@ -518,7 +518,7 @@ fn check_rows(
             .filter_map(|pair| num(&pair[1]))
             .sum()
     };
-    if at.contains("Calls, tokens, errors") {
+    if at.contains("Calls, tokens, cost, errors") {
         assert_eq!(col_sum("calls"), 4.0, "{at}: {rows:?}");
         assert_eq!(col_sum("errors"), 3.0, "{at}: {rows:?}");
         assert_eq!(col_sum("input_tokens"), in_tokens as f64, "{at}");
@@ -527,6 +527,18 @@ fn check_rows(
             .find(|r| r["model"] == "claude-sonnet-4-5")
             .unwrap_or_else(|| panic!("{at}: {rows:?}"));
         assert_eq!(sonnet["agent_namespace"], "tests");
+        // Cost from the records' egret.cost.usd (the shipped table prices
+        // claude-sonnet-4-5); the refusals below have none: NULL, not 0.
+        let cost: f64 = recs
+            .iter()
+            .filter_map(|r| match r.get(sc::COST_USD) {
+                Some(AttrValue::Float(f)) => Some(*f),
+                _ => None,
+            })
+            .sum();
+        assert!(cost > 0.0, "the streamed call is priced");
+        let shown = num(&sonnet["cost_usd"]).expect("cost of the priced call");
+        assert!((shown - cost).abs() < 1e-12, "{shown} vs {cost}");
         let t = num(&sonnet["ttft_p95_ms"]).expect("TTFT of the streamed call");
         assert!(
             (t - (ttfb * 10.0).round() / 10.0).abs() < 0.06,
@@ -539,6 +551,7 @@ fn check_rows(
             .unwrap_or_else(|| panic!("{at}: the refusals: {rows:?}"));
         assert_eq!(num(&refused["calls"]), Some(3.0), "{at}: {rows:?}");
         assert!(refused["input_tokens"].is_null(), "no usage is NULL, not 0");
+        assert!(refused["cost_usd"].is_null(), "no cost is NULL, not 0");
         assert!(
             refused["ttft_p95_ms"].is_null(),
             "unstreamed calls have no TTFT"

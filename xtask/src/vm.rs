@@ -310,6 +310,9 @@ fn fetch_kernel(apt: &PrivateApt, s: &Series) -> Result<Kernel> {
         .to_string();
     let host_modules = Path::new("/lib/modules").join(&release);
     if !host_modules.exists() {
+        // A machine without kernel modules of its own (a container-like
+        // VM) has no /lib/modules at all.
+        fs::create_dir_all("/lib/modules")?;
         let ours = dir.join("lib/modules").join(&release);
         run(Command::new("cp").arg("-a").arg(&ours).arg(&host_modules))?;
     }
