@@ -39,7 +39,9 @@ PROMPTS = ["Name a wading bird", "And one that dives for fish in deep water"]
 
 
 def realtime(client: openai.OpenAI, model: str) -> None:
-    with client.realtime.connect(model=model) as conn:
+    with client.realtime.connect(
+        model=model, websocket_connection_options={"open_timeout": OPEN_TIMEOUT}
+    ) as conn:
         session_model = None
         conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
         for n, prompt in enumerate(PROMPTS):
@@ -76,7 +78,9 @@ def realtime(client: openai.OpenAI, model: str) -> None:
 
 
 def responses_ws(client: openai.OpenAI, model: str) -> None:
-    with client.responses.connect() as conn:
+    with client.responses.connect(
+        websocket_connection_options={"open_timeout": OPEN_TIMEOUT}
+    ) as conn:
         conn.send({"type": "response.create", "model": model, "instructions": "Be brief.",
                    "input": PROMPTS[0]})
         text = ""

@@ -395,23 +395,33 @@ async fn cluster_survives_a_replica_crash_and_a_shard_restart_exactly_once() {
     // on two shards, the shards add up.
     let mut total = 0;
     for s in 0..shards {
-        let mut per_replica = BTreeSet::new();
-        for r in 0..replicas {
-            let node = c.node(s, r);
-            for t in local {
-                node.query(&format!("SYSTEM SYNC REPLICA {db}.{t}"))
-                    .unwrap_or_else(|e| panic!("sync shard {s} replica {r}: {e}"));
+        // A replica back from SIGKILL may answer SYSTEM SYNC REPLICA
+        // before it has loaded its queue: sync both again until they agree
+        // (bounded), rather than comparing one moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let per_replica = loop {
+            let mut per_replica = BTreeSet::new();
+            for r in 0..replicas {
+                let node = c.node(s, r);
+                for t in local {
+                    node.query(&format!("SYSTEM SYNC REPLICA {db}.{t}"))
+                        .unwrap_or_else(|e| panic!("sync shard {s} replica {r}: {e}"));
+                }
+                let finals = count(
+                    node,
+                    [
+                        "egret_cluster.transactions_local FINAL",
+                        "egret_cluster.flows_local FINAL",
+                    ],
+                    "count()",
+                );
+                per_replica.insert(finals);
             }
-            let finals = count(
-                node,
-                [
-                    "egret_cluster.transactions_local FINAL",
-                    "egret_cluster.flows_local FINAL",
-                ],
-                "count()",
-            );
-            per_replica.insert(finals);
-        }
+            if per_replica.len() == 1 || std::time::Instant::now() > deadline {
+                break per_replica;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
         assert_eq!(
             per_replica.len(),
             1,
