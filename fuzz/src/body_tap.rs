@@ -24,9 +24,7 @@ use std::time::Instant;
 use base64::Engine;
 use bytes::Bytes;
 use egret::genai::{Exchange, Limits};
-use egret::proxy::tap::{
-    Capture, Finisher, ResponseTap, Transaction, RESPONSE_KEYS,
-};
+use egret::proxy::tap::{Capture, Chunks, Finisher, ResponseTap, Transaction, RESPONSE_KEYS};
 use egret::record::Record;
 use egret::semconv as sc;
 use http_body::{Body, Frame};
@@ -112,6 +110,7 @@ fn check_tap(chunks: &[&[u8]], body: &[u8], max: usize, enabled: bool, abort_aft
         request: Arc::new(Mutex::new(Capture::new(max, enabled))),
         response: Capture::new(max, enabled),
         error: None,
+        chunks: Chunks::default(),
         finisher,
     });
     let inner = Frames {
