@@ -240,21 +240,59 @@ impl TopLevel {
 /// conditions; the agent additionally requires the chunk to deserialize).
 /// Invalid UTF-8 inside strings is tolerated, as serde_json does in the
 /// fields the agent skips.
+///
+/// An over-approximation: the agent skips the fields it does not read
+/// without building them, so it accepts what a whole-document parse
+/// refuses inside those fields (nesting deeper than serde_json's limit of
+/// 128, numbers out of `f64` range; seen in CI's fuzz smoke). When the
+/// whole-document parse fails, a chunk that names both keys may be one.
 pub fn may_be_usage_only_chunk(data: &[u8]) -> bool {
     let text = String::from_utf8_lossy(data);
-    let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return false;
-    };
-    let empty_choices = m
-        .get("choices")
-        .and_then(|c| c.as_array())
-        .is_some_and(|c| c.is_empty());
-    empty_choices && m.get("usage").is_some_and(|u| u.is_object())
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(m)) => {
+            let empty_choices = m
+                .get("choices")
+                .and_then(|c| c.as_array())
+                .is_some_and(|c| c.is_empty());
+            empty_choices && m.get("usage").is_some_and(|u| u.is_object())
+        }
+        Ok(_) => false,
+        Err(_) => text.contains("\"choices\"") && text.contains("\"usage\""),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_chunk_oracle_covers_what_the_agent_skips() {
+        let deep = format!(
+            "{{\"x\":{}{},\"choices\":[],\"usage\":{{}}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        for d in [
+            deep.as_str(),
+            r#"{"x":1e400,"choices":[],"usage":{}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":1}}"#,
+        ] {
+            assert!(may_be_usage_only_chunk(d.as_bytes()), "{d}");
+            // ...and the agent strips each of them.
+            let mut f = egret::genai::UsageChunkFilter::new(1 << 20);
+            let mut out = Vec::new();
+            f.push(format!("data: {d}\n\n").as_bytes(), &mut out);
+            assert_eq!((f.stripped(), out.len()), (1, 0), "{d}");
+        }
+        for d in [
+            r#"{"choices":[{}],"usage":{}}"#,
+            r#"{"choices":[],"usage":null}"#,
+            r#"[{"choices":[],"usage":{}}]"#,
+            r#"{"x":1e400,"choices":[]}"#,
+        ] {
+            assert!(!may_be_usage_only_chunk(d.as_bytes()), "{d}");
+        }
+    }
 
     #[test]
     fn reference_sse() {
