@@ -78,6 +78,7 @@ mod google;
 mod include_usage;
 mod json_scan;
 mod mcp;
+pub mod messages;
 mod ollama;
 mod openai;
 mod params;
@@ -143,6 +144,55 @@ pub enum Api {
 }
 
 impl Api {
+    /// Every API egret parses, for [`Api::from_name`].
+    const ALL: &'static [Api] = &[
+        Api::AnthropicMessages,
+        Api::OpenAiChat,
+        Api::OpenAiCompletions,
+        Api::OpenAiResponses,
+        Api::OpenAiEmbeddings,
+        Api::GoogleGenerate,
+        Api::GoogleStreamGenerate,
+        Api::GoogleEmbed,
+        Api::OllamaChat,
+        Api::OllamaGenerate,
+        Api::OllamaEmbed,
+        Api::Mcp,
+        Api::BedrockConverse,
+        Api::BedrockConverseStream,
+        Api::BedrockInvoke,
+        Api::BedrockInvokeStream,
+    ];
+
+    /// The API's name on records (`egret.genai.api`); `None` for
+    /// [`Api::Other`].
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Api::AnthropicMessages => "anthropic.messages",
+            Api::OpenAiChat => "openai.chat_completions",
+            Api::OpenAiCompletions => "openai.completions",
+            Api::OpenAiResponses => "openai.responses",
+            Api::OpenAiEmbeddings => "openai.embeddings",
+            Api::GoogleGenerate => "gemini.generate_content",
+            Api::GoogleStreamGenerate => "gemini.stream_generate_content",
+            Api::GoogleEmbed => "gemini.embed_content",
+            Api::OllamaChat => "ollama.chat",
+            Api::OllamaGenerate => "ollama.generate",
+            Api::OllamaEmbed => "ollama.embed",
+            Api::Mcp => "mcp",
+            Api::BedrockConverse => "bedrock.converse",
+            Api::BedrockConverseStream => "bedrock.converse_stream",
+            Api::BedrockInvoke => "bedrock.invoke_model",
+            Api::BedrockInvokeStream => "bedrock.invoke_model_stream",
+            Api::Other => return None,
+        })
+    }
+
+    /// The API a record's `egret.genai.api` names.
+    pub fn from_name(name: &str) -> Option<Api> {
+        Api::ALL.iter().copied().find(|a| a.name() == Some(name))
+    }
+
     /// The endpoint for `path` (query allowed) at `provider`. Paths are
     /// matched by suffix so gateways that mount a provider's API under a
     /// prefix (`/openai/v1/chat/completions`) are recognised.
@@ -1281,6 +1331,7 @@ impl Exchange {
             (api, _) => f.operation.or(api.operation()),
         };
         record.set_opt(sc::GEN_AI_OPERATION_NAME, operation);
+        record.set_opt(sc::GENAI_API, self.api.name());
         record.set_opt(sc::GEN_AI_REQUEST_MODEL, self.request_model.take());
         std::mem::take(&mut self.params).write(record);
         if self.api.streams() {

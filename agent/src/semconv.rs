@@ -144,6 +144,19 @@ pub const RESPONSE_BODY: &str = "egret.response.body";
 pub const REQUEST_CONTENT_TYPE: &str = "egret.request.content_type";
 pub const RESPONSE_CONTENT_TYPE: &str = "egret.response.content_type";
 pub const PARSE_ERROR: &str = "egret.parse.error";
+/// The provider API whose format egret parsed (`openai.chat_completions`,
+/// `anthropic.messages`, …).
+pub const GENAI_API: &str = "egret.genai.api";
+/// Opt-in structured content (GenAI conventions), exported only, assembled
+/// from the captured bodies at encode time.
+/// On spans with structured content: false when it is partial (a body cut
+/// by the capture bound, a stream that did not end, or an attribute over
+/// the export bound and left out).
+pub const MESSAGES_COMPLETE: &str = "egret.messages.complete";
+pub const GEN_AI_INPUT_MESSAGES: &str = "gen_ai.input.messages";
+pub const GEN_AI_OUTPUT_MESSAGES: &str = "gen_ai.output.messages";
+pub const GEN_AI_SYSTEM_INSTRUCTIONS: &str = "gen_ai.system_instructions";
+pub const GEN_AI_TOOL_DEFINITIONS: &str = "gen_ai.tool.definitions";
 pub const TRACE_ID: &str = "egret.trace_id";
 pub const SPAN_ID: &str = "egret.span_id";
 pub const PARENT_SPAN_ID: &str = "egret.parent_span_id";
@@ -244,6 +257,14 @@ pub const INPUT_MIME_TYPE: &str = "input.mime_type";
 pub const OUTPUT_VALUE: &str = "output.value";
 pub const OUTPUT_MIME_TYPE: &str = "output.mime_type";
 pub const TOOL_NAME: &str = "tool.name";
+/// OpenInference messages, flattened:
+/// `llm.input_messages.{i}.message.{role,content,tool_calls.{j}.tool_call.…}`.
+pub const LLM_INPUT_MESSAGES: &str = "llm.input_messages";
+pub const LLM_OUTPUT_MESSAGES: &str = "llm.output_messages";
+/// OpenInference: the request's generation parameters as a JSON object.
+pub const LLM_INVOCATION_PARAMETERS: &str = "llm.invocation_parameters";
+/// OpenInference tools, flattened: `llm.tools.{i}.tool.json_schema`.
+pub const LLM_TOOLS: &str = "llm.tools";
 /// Session grouping (OpenInference, MLflow): the invocation id.
 pub const SESSION_ID: &str = "session.id";
 // MLflow convention profile.
@@ -415,6 +436,12 @@ pub const DEFINED: &[(&str, AttrType)] = {
         (MLFLOW_SPAN_INPUTS, S),
         (MLFLOW_SPAN_OUTPUTS, S),
         (MLFLOW_SPAN_TYPE, S),
+        (GENAI_API, S),
+        (MESSAGES_COMPLETE, B),
+        (LLM_INPUT_MESSAGES, S),
+        (LLM_OUTPUT_MESSAGES, S),
+        (LLM_INVOCATION_PARAMETERS, S),
+        (LLM_TOOLS, S),
     ]
 };
 
@@ -436,6 +463,9 @@ mod tests {
         let profile_values = [
             INPUT_VALUE,
             OUTPUT_VALUE,
+            LLM_INPUT_MESSAGES,
+            LLM_OUTPUT_MESSAGES,
+            LLM_INVOCATION_PARAMETERS,
             MLFLOW_SPAN_INPUTS,
             MLFLOW_SPAN_OUTPUTS,
         ];
@@ -450,6 +480,8 @@ mod tests {
                 ".value",
                 "spanInputs",
                 "spanOutputs",
+                "_messages",
+                "_parameters",
             ]
             .iter()
             .any(|p| n.ends_with(p));

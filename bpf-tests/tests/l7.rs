@@ -1241,3 +1241,177 @@ fn request_and_streaming_metrics_reach_prometheus_and_otlp_under_a_series_cap() 
         Some(14)
     );
 }
+
+/// Structured content through the official SDKs: the OpenAI (Chat
+/// Completions and Responses, JSON and streamed), Anthropic and Gemini
+/// clients call the stand-ins through egret; an exporter with `messages:
+/// true` and the OpenInference and MLflow profiles sends each call's
+/// conversation. The assembled output text is exactly what each SDK
+/// assembled from the same bytes, streams included; the finish reason is
+/// the provider's; the prompt and system instructions are the request's.
+#[test]
+fn structured_content_from_official_sdks_matches_what_each_sdk_assembled() {
+    if !require_privileges("structured_content") || !require_venv("structured_content") {
+        return;
+    }
+    let rx = Receiver::start();
+    let w = World::start(&format!(
+        "gateways:\n- name: content\n  routes:\n  - {{name: anthropic, hosts: [api.anthropic.com], provider: anthropic}}\n  - {{name: openai, hosts: [api.openai.com], provider: openai}}\n  - {{name: google, hosts: [generativelanguage.googleapis.com], provider: google}}\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    messages: true\n    conventions: [openinference, mlflow]\n    signals: {{logs: false, metrics: false}}\n",
+        rx.port
+    ));
+    let inv = unique("inv-content-");
+    let cg = w.sandbox(&inv, None);
+    let mut calls = Vec::new();
+    for client in [
+        "openai_client.py",
+        "anthropic_client.py",
+        "google_client.py",
+    ] {
+        let c = w.sdk(&cg, client);
+        assert!(c.iter().all(|c| c["ok"] == true), "{c:?}");
+        calls.extend(c);
+    }
+    let recs = w.transactions(&inv, calls.len());
+    let inv_v = Value::String(inv.clone());
+    let lines = rx.wait("a span per call", |l| {
+        l.iter()
+            .filter(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
+            .count()
+            >= recs.len()
+    });
+    let span_of = |rec: &Record| -> &Value {
+        lines
+            .iter()
+            .find(|x| x["signal"] == "traces" && x["span_id"].as_str() == rec.get_str(sc::SPAN_ID))
+            .unwrap_or_else(|| panic!("no span for {}", rec.to_json_line()))
+    };
+    let json_attr = |span: &Value, key: &str| -> Value {
+        let s = span["attributes"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} missing: {span}"));
+        serde_json::from_str(s).unwrap_or_else(|e| panic!("{key}: {e}: {s}"))
+    };
+    let text_of = |msgs: &Value| -> String {
+        msgs[0]["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["type"] == "text")
+            .map(|p| p["content"].as_str().unwrap())
+            .collect()
+    };
+    const PROMPT: &str = "Name three birds that wade in shallow water";
+    /// (call, path, streamed, the SDK's finish reason field, system text)
+    type Case<'a> = (&'a str, &'a str, bool, Option<&'a str>, Option<&'a str>);
+    let cases: &[Case] = &[
+        (
+            "chat",
+            "/v1/chat/completions",
+            false,
+            Some("finish_reason"),
+            None,
+        ),
+        ("responses", "/v1/responses", false, None, Some("Be brief.")),
+        (
+            "responses_stream",
+            "/v1/responses",
+            true,
+            None,
+            Some("Be brief."),
+        ),
+        (
+            "messages",
+            "/v1/messages",
+            false,
+            Some("stop_reason"),
+            Some("You are a concise assistant for bird watchers."),
+        ),
+        (
+            "messages_stream",
+            "/v1/messages",
+            true,
+            Some("stop_reason"),
+            None,
+        ),
+        (
+            "generate_content",
+            ":generateContent",
+            false,
+            None,
+            Some("You are a concise assistant."),
+        ),
+        (
+            "generate_content_stream",
+            ":streamGenerateContent",
+            true,
+            None,
+            None,
+        ),
+    ];
+    for &(call, path, streamed, finish_field, system) in cases {
+        let sdk = calls.iter().find(|c| c["call"] == call).unwrap();
+        let rec = by_path(&recs, path, streamed);
+        let span = span_of(rec);
+        let out = json_attr(span, "gen_ai.output.messages");
+        assert_eq!(
+            text_of(&out),
+            sdk["text"].as_str().unwrap(),
+            "{call}: assembled text differs from the SDK's: {out}"
+        );
+        assert_eq!(out[0]["role"], "assistant", "{call}");
+        if let Some(f) = finish_field {
+            assert_eq!(out[0]["finish_reason"], sdk[f], "{call}");
+        }
+        let input = json_attr(span, "gen_ai.input.messages");
+        assert!(
+            input.to_string().contains(PROMPT),
+            "{call}: the prompt is not in the input: {input}"
+        );
+        if let Some(sys) = system {
+            let s = json_attr(span, "gen_ai.system_instructions");
+            assert_eq!(s[0]["content"], sys, "{call}: {s}");
+        }
+        assert_eq!(
+            span["attributes"]["egret.messages.complete"], true,
+            "{call}"
+        );
+        // OpenInference and MLflow read the same assembly.
+        assert_eq!(
+            span["attributes"]["llm.output_messages.0.message.content"], sdk["text"],
+            "{call}"
+        );
+        if streamed {
+            let mlflow = json_attr(span, "mlflow.spanOutputs");
+            assert_eq!(mlflow, out, "{call}: MLflow gets the assembled output");
+        }
+    }
+    // The OpenAI chat streams (with and without the usage chunk egret
+    // asks for): one per stream, both assembled to the SDK's text.
+    let streams: Vec<&Record> = recs
+        .iter()
+        .filter(|r| {
+            r.get_str(sc::URL_PATH) == Some("/v1/chat/completions")
+                && r.get_bool(sc::GEN_AI_REQUEST_STREAM) == Some(true)
+        })
+        .collect();
+    assert_eq!(streams.len(), 2);
+    let sdk_streams: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c["call"] == "chat_stream" || c["call"] == "chat_stream_usage")
+        .collect();
+    for rec in streams {
+        let out = json_attr(span_of(rec), "gen_ai.output.messages");
+        assert!(
+            sdk_streams
+                .iter()
+                .any(|sdk| text_of(&out) == sdk["text"].as_str().unwrap()
+                    && out[0]["finish_reason"] == sdk["finish_reason"]),
+            "{out} is none of the SDK's streams: {sdk_streams:?}"
+        );
+    }
+    // Embeddings have no messages.
+    let emb = by_path(&recs, "/v1/embeddings", false);
+    assert!(span_of(emb)["attributes"]
+        .get("gen_ai.output.messages")
+        .is_none());
+}

@@ -52,6 +52,12 @@ pub struct OtlpConfig {
     /// semantic-conventions-genai v0.1.0) while consumers move. On by
     /// default; records always keep both.
     pub emit_legacy_cache_creation: bool,
+    /// Send the conversation as the GenAI conventions' opt-in content
+    /// attributes (`gen_ai.input.messages`, `gen_ai.output.messages`,
+    /// `gen_ai.system_instructions`, `gen_ai.tool.definitions`), assembled
+    /// from the captured bodies, streams included. Needs `content: full`.
+    /// Off by default (the conventions make them opt-in).
+    pub messages: bool,
     /// Per-request timeout (e.g. `10s`); default `OTEL_EXPORTER_OTLP_TIMEOUT`
     /// (milliseconds) or 10s.
     #[serde(deserialize_with = "duration::de_opt")]
@@ -163,6 +169,7 @@ impl Default for OtlpConfig {
             conventions: vec![],
             emit_gen_ai_system: false,
             emit_legacy_cache_creation: true,
+            messages: false,
             timeout: None,
             queue_capacity: None,
             metrics_interval: None,
@@ -249,6 +256,12 @@ mod tests {
         assert!(
             d.emit_legacy_cache_creation,
             "the old cache name is on by default"
+        );
+        assert!(!d.messages, "structured content is opt-in");
+        assert!(
+            serde_norway::from_str::<OtlpConfig>("messages: true")
+                .unwrap()
+                .messages
         );
         assert!(serde_norway::from_str::<OtlpConfig>("bogus: 1").is_err());
         assert_eq!(d.content, ContentMode::Full, "full content by default");

@@ -18,6 +18,10 @@ use super::settings::Conventions;
 use crate::{
     attribution::{invocation_span_id, OPERATION_INVOKE_AGENT},
     config::ContentMode,
+    genai::{
+        messages::{self, Bodies, Content, Part},
+        Api,
+    },
     record::{AttrValue, Record},
     semconv as sc,
 };
@@ -29,6 +33,11 @@ pub const SCOPE_NAME: &str = "egret";
 pub const SEMCONV_SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.41.1";
 /// Longest `input.value` / `output.value` / `mlflow.span*` value, in bytes.
 pub const MAX_CONVENTION_VALUE_BYTES: usize = 32 * 1024;
+
+/// Longest structured-content attribute (`gen_ai.input.messages`, …), in
+/// bytes of JSON; a longer one is left out and the span says
+/// `egret.messages.complete = false`.
+pub const MAX_MESSAGES_VALUE_BYTES: usize = 4 * MAX_CONVENTION_VALUE_BYTES;
 
 /// Span flags: sampled trace flag + "has is_remote" (+ "is remote").
 const FLAG_SAMPLED: u32 = 0x01;
@@ -437,7 +446,13 @@ pub fn span(rec: &Record, conventions: Conventions, now_ns: u64) -> Option<Span>
     let (start, end) = times(rec, now_ns);
     let mut attributes = record_attributes(rec, SPAN_SKIP, conventions);
     if rec.kind() == sc::KIND_TRANSACTION {
-        add_convention_attributes(rec, conventions, &mut attributes);
+        let content = structured_content(rec, conventions);
+        add_convention_attributes(rec, conventions, content.as_ref(), &mut attributes);
+        if conventions.messages {
+            if let Some(c) = &content {
+                add_messages(c, &mut attributes);
+            }
+        }
     } else if conventions.openinference || conventions.mlflow {
         if let Some(inv) = rec.invocation_id() {
             attributes.push(kv_str(sc::SESSION_ID, inv));
@@ -537,7 +552,133 @@ fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
 
-fn add_convention_attributes(rec: &Record, conv: Conventions, out: &mut Vec<KeyValue>) {
+/// The conversation of a transaction, when an exporter will send it (the
+/// GenAI content attributes, OpenInference messages or MLflow outputs) and
+/// the content mode allows it.
+fn structured_content(rec: &Record, conv: Conventions) -> Option<Content> {
+    if conv.content != ContentMode::Full || !(conv.messages || conv.openinference || conv.mlflow) {
+        return None;
+    }
+    let api = Api::from_name(rec.get_str(sc::GENAI_API)?)?;
+    let body = |key, b64| {
+        (rec.get_bool(b64) != Some(true))
+            .then(|| rec.get_str(key))
+            .flatten()
+    };
+    messages::assemble(
+        api,
+        Bodies {
+            request: body(sc::REQUEST_BODY, sc::REQUEST_BODY_B64),
+            response: body(sc::RESPONSE_BODY, sc::RESPONSE_BODY_B64),
+            truncated: rec.get_bool(sc::BODY_TRUNCATED) == Some(true)
+                || rec.get_bool(sc::REQ_TRUNCATED) == Some(true)
+                || rec.get_bool(sc::RESP_TRUNCATED) == Some(true),
+        },
+    )
+}
+
+/// The GenAI conventions' opt-in content attributes.
+fn add_messages(c: &Content, out: &mut Vec<KeyValue>) {
+    let mut complete = c.complete;
+    for (key, json) in [
+        (sc::GEN_AI_SYSTEM_INSTRUCTIONS, c.system_json()),
+        (sc::GEN_AI_INPUT_MESSAGES, c.input_json()),
+        (sc::GEN_AI_OUTPUT_MESSAGES, c.output_json()),
+        (sc::GEN_AI_TOOL_DEFINITIONS, c.tools_json()),
+    ] {
+        match json {
+            Some(j) if j.len() <= MAX_MESSAGES_VALUE_BYTES => out.push(kv_str(key, &j)),
+            Some(_) => complete = false,
+            None => {}
+        }
+    }
+    out.push(kv(
+        sc::MESSAGES_COMPLETE,
+        AnyValue {
+            value: Some(any_value::Value::BoolValue(complete)),
+        },
+    ));
+}
+
+/// OpenInference's flattened messages:
+/// `llm.{input,output}_messages.{i}.message.{role,content}` and
+/// `….message.tool_calls.{j}.tool_call.{id,function.name,function.arguments}`;
+/// a tool response is a `tool` message with `message.tool_call_id`.
+fn add_openinference_messages(c: &Content, out: &mut Vec<KeyValue>) {
+    let mut flat = |prefix: &str, i: usize, role: &str, parts: &[Part]| {
+        let at = format!("{prefix}.{i}.message");
+        out.push(kv_str(&format!("{at}.role"), role));
+        let mut text = String::new();
+        let mut calls = 0usize;
+        for p in parts {
+            match p {
+                Part::Text { content } => text.push_str(content),
+                Part::ToolCall {
+                    id,
+                    name,
+                    arguments,
+                } => {
+                    let call = format!("{at}.tool_calls.{calls}.tool_call");
+                    if let Some(id) = id {
+                        out.push(kv_str(&format!("{call}.id"), id));
+                    }
+                    out.push(kv_str(&format!("{call}.function.name"), name));
+                    if let Some(a) = arguments {
+                        out.push(kv_str(
+                            &format!("{call}.function.arguments"),
+                            &a.to_string(),
+                        ));
+                    }
+                    calls += 1;
+                }
+                Part::ToolCallResponse { id, response } => {
+                    if let Some(id) = id {
+                        out.push(kv_str(&format!("{at}.tool_call_id"), id));
+                    }
+                    match response {
+                        serde_json::Value::String(t) => text.push_str(t),
+                        other => text.push_str(&other.to_string()),
+                    }
+                }
+                Part::Reasoning { .. } | Part::Blob { .. } | Part::Uri { .. } => {}
+            }
+        }
+        if !text.is_empty() {
+            let (t, _) = truncate_utf8(&text, MAX_CONVENTION_VALUE_BYTES);
+            out.push(kv_str(&format!("{at}.content"), t));
+        }
+    };
+    let mut i = 0;
+    if !c.system_instructions.is_empty() {
+        flat(sc::LLM_INPUT_MESSAGES, i, "system", &c.system_instructions);
+        i += 1;
+    }
+    for m in &c.input {
+        flat(sc::LLM_INPUT_MESSAGES, i, &m.role, &m.parts);
+        i += 1;
+    }
+    for (i, m) in c.output.iter().enumerate() {
+        flat(sc::LLM_OUTPUT_MESSAGES, i, &m.role, &m.parts);
+    }
+    if let Some(p) = c.parameters_json() {
+        out.push(kv_str(sc::LLM_INVOCATION_PARAMETERS, &p));
+    }
+    for (i, t) in c.tool_definitions.iter().enumerate() {
+        if let Ok(j) = serde_json::to_string(t) {
+            out.push(kv_str(
+                &format!("{}.{i}.tool.json_schema", sc::LLM_TOOLS),
+                &j,
+            ));
+        }
+    }
+}
+
+fn add_convention_attributes(
+    rec: &Record,
+    conv: Conventions,
+    content: Option<&Content>,
+    out: &mut Vec<KeyValue>,
+) {
     if !(conv.openinference || conv.mlflow) {
         return;
     }
@@ -609,6 +750,9 @@ fn add_convention_attributes(rec: &Record, conv: Conventions, out: &mut Vec<KeyV
             out.push(kv_str(sc::OUTPUT_VALUE, text));
             out.push(kv_str(sc::OUTPUT_MIME_TYPE, mime(json)));
         }
+        if let Some(c) = content {
+            add_openinference_messages(c, out);
+        }
     }
     if conv.mlflow {
         // MLflow reads its own attributes with json.loads: every value is
@@ -623,7 +767,15 @@ fn add_convention_attributes(rec: &Record, conv: Conventions, out: &mut Vec<KeyV
         if let Some(b) = request {
             out.push(kv_str(sc::MLFLOW_SPAN_INPUTS, &as_json(b)));
         }
-        if let Some(b) = response {
+        // A streamed (not JSON) response: the assembled output messages,
+        // not the raw event stream.
+        let assembled = content
+            .filter(|_| response.is_some_and(|(_, json)| !json))
+            .and_then(Content::output_json)
+            .filter(|j| j.len() <= MAX_CONVENTION_VALUE_BYTES);
+        if let Some(j) = assembled {
+            out.push(kv_str(sc::MLFLOW_SPAN_OUTPUTS, &j));
+        } else if let Some(b) = response {
             out.push(kv_str(sc::MLFLOW_SPAN_OUTPUTS, &as_json(b)));
         }
         let t = match kind {
@@ -1226,6 +1378,7 @@ pub(crate) mod tests {
             gen_ai_system: false,
             legacy_cache_creation: true,
             content: ContentMode::Full,
+            messages: false,
         };
         let s = span(&r, conv, 0).unwrap();
         let a = &s.attributes;
@@ -1313,6 +1466,7 @@ pub(crate) mod tests {
             gen_ai_system: false,
             legacy_cache_creation: true,
             content: ContentMode::Full,
+            messages: false,
         };
         let mut r = txn(200);
         r.set(sc::RESPONSE_BODY, "event: message_start\ndata: {}\n\n");
@@ -1342,6 +1496,90 @@ pub(crate) mod tests {
         assert_eq!(
             attr_str(&s.attributes, sc::MLFLOW_SPAN_TYPE),
             Some("\"UNKNOWN\"")
+        );
+    }
+
+    #[test]
+    fn structured_content_from_a_streamed_chat_under_each_mode() {
+        let mut r = txn(200);
+        r.set(sc::GENAI_API, "openai.chat_completions");
+        r.set(
+            sc::REQUEST_BODY,
+            r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+        );
+        r.set(
+            sc::RESPONSE_BODY,
+            concat!(
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hel\"}}]}\n\n",
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\n\n",
+                "data: [DONE]\n\n"
+            ),
+        );
+        let all = Conventions {
+            openinference: true,
+            mlflow: true,
+            messages: true,
+            ..Conventions::default()
+        };
+        let s = span(&r, all, 0).unwrap();
+        let a = &s.attributes;
+        let json = |k| serde_json::from_str::<serde_json::Value>(attr_str(a, k).unwrap()).unwrap();
+        let output = serde_json::json!([{"role": "assistant", "finish_reason": "stop",
+            "parts": [{"type": "text", "content": "Hello"}]}]);
+        assert_eq!(json(sc::GEN_AI_OUTPUT_MESSAGES), output);
+        assert_eq!(
+            json(sc::GEN_AI_INPUT_MESSAGES),
+            serde_json::json!([{"role": "user", "parts": [{"type": "text", "content": "hi"}]}])
+        );
+        assert_eq!(json(sc::GEN_AI_TOOL_DEFINITIONS)[0]["name"], "f");
+        assert_eq!(
+            attr(a, sc::MESSAGES_COMPLETE),
+            Some(&any_value::Value::BoolValue(true))
+        );
+        assert_eq!(
+            attr_str(a, "llm.output_messages.0.message.content"),
+            Some("Hello")
+        );
+        assert_eq!(
+            attr_str(a, "llm.input_messages.0.message.role"),
+            Some("user")
+        );
+        assert_eq!(
+            json(sc::LLM_INVOCATION_PARAMETERS),
+            serde_json::json!({"model": "gpt-4o", "stream": true})
+        );
+        assert_eq!(json(sc::MLFLOW_SPAN_OUTPUTS), output, "not the raw stream");
+        // Opt-in: without `messages` only the profiles' own attributes.
+        let s = span(
+            &r,
+            Conventions {
+                messages: false,
+                ..all
+            },
+            0,
+        )
+        .unwrap();
+        assert!(attr(&s.attributes, sc::GEN_AI_OUTPUT_MESSAGES).is_none());
+        assert!(attr_str(&s.attributes, "llm.output_messages.0.message.content").is_some());
+        // No content: nothing assembled, whatever else is on.
+        for content in [ContentMode::Metadata, ContentMode::None] {
+            let s = span(&r, Conventions { content, ..all }, 0).unwrap();
+            for kv in &s.attributes {
+                assert!(
+                    !kv.key.contains("messages")
+                        && !kv.key.starts_with("llm.invocation")
+                        && kv.key != sc::MLFLOW_SPAN_OUTPUTS,
+                    "{content:?}: {}",
+                    kv.key
+                );
+            }
+        }
+        // A cut body: sent, and marked partial.
+        r.set(sc::BODY_TRUNCATED, true);
+        let s = span(&r, all, 0).unwrap();
+        assert_eq!(
+            attr(&s.attributes, sc::MESSAGES_COMPLETE),
+            Some(&any_value::Value::BoolValue(false))
         );
     }
 

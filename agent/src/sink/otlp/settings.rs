@@ -347,6 +347,8 @@ pub struct Conventions {
     pub legacy_cache_creation: bool,
     /// `otlp.content`: how much of the exchanged content is exported.
     pub content: ContentMode,
+    /// `otlp.messages`: the GenAI structured content attributes.
+    pub messages: bool,
 }
 
 impl Default for Conventions {
@@ -363,6 +365,7 @@ impl Conventions {
             gen_ai_system: false,
             legacy_cache_creation: true,
             content: ContentMode::Full,
+            messages: false,
         }
     }
     /// Whether a record attribute goes out under the content mode
@@ -381,6 +384,7 @@ impl Conventions {
             gen_ai_system: cfg.emit_gen_ai_system,
             legacy_cache_creation: cfg.emit_legacy_cache_creation,
             content: cfg.content,
+            messages: cfg.messages,
             ..Conventions::from_list(&cfg.conventions)
         }
     }
