@@ -103,6 +103,29 @@ for k, v in cases.items():
     write("genai_exchange", k, v)
 
 
+# --- messages: [api][truncated][request length u16 LE][request][response] ----
+# api: the index into fuzz/src/messages.rs APIS.
+def msgs(api, req, resp, truncated=0):
+    return bytes([api, truncated]) + len(req).to_bytes(2, "little") + req + resp
+
+
+for name, api, req, resp in [
+    ("openai-chat-stream", 0, oa_req, fx("openai_chat_stream.sse")),
+    ("openai-chat-stream-usage", 0, oa_req, fx("openai_chat_stream_usage.sse")),
+    ("openai-chat-json", 0, oa_req, fx("openai_chat.json")),
+    ("openai-completions-stream", 1, oa_req, fx("openai_completions_stream.sse")),
+    ("openai-responses-stream", 2, oa_req, fx("openai_responses_stream.sse")),
+    ("openai-responses-json", 2, oa_req, fx("openai_responses.json")),
+    ("anthropic-stream", 3, an_req, fx("anthropic_stream.sse")),
+    ("anthropic-json", 3, an_req, fx("anthropic_message.json")),
+    ("google-generate", 4, go_req, fx("google_generate.json")),
+    ("google-stream", 5, go_req, fx("google_stream.sse")),
+    ("google-stream-array", 5, go_req, fx("google_stream_array.json")),
+]:
+    write("messages", name, msgs(api, req, resp))
+write("messages", "anthropic-stream-cut", msgs(3, an_req, fx("anthropic_stream.sse")[:300], truncated=1))
+
+
 # --- eventstream: [bound/8][plan][stream]; AWS event-stream messages ---------
 def es_frame(headers, payload):
     """One event-stream message (string headers, type 7)."""

@@ -118,27 +118,47 @@ pub fn reference(stream: &[u8], max: usize) -> Run {
     loop {
         let rest = &stream[at..];
         if rest.is_empty() {
-            return Run { got, pending: false, dead: false };
+            return Run {
+                got,
+                pending: false,
+                dead: false,
+            };
         }
         if rest.len() < 12 {
-            return Run { got, pending: true, dead: false };
+            return Run {
+                got,
+                pending: true,
+                dead: false,
+            };
         }
         let total = be32(rest);
         let hlen = be32(&rest[4..]);
         if crc32(&rest[..8]) != be32(&rest[8..]) as u32 || total < 16 || hlen > total - 16 {
             got.push(Got::Err(FrameError::Invalid));
-            return Run { got, pending: false, dead: true };
+            return Run {
+                got,
+                pending: false,
+                dead: true,
+            };
         }
         if total > max {
             got.push(Got::Err(FrameError::TooLarge));
             if rest.len() < total {
-                return Run { got, pending: true, dead: false };
+                return Run {
+                    got,
+                    pending: true,
+                    dead: false,
+                };
             }
             at += total;
             continue;
         }
         if rest.len() < total {
-            return Run { got, pending: true, dead: false };
+            return Run {
+                got,
+                pending: true,
+                dead: false,
+            };
         }
         let msg = &rest[..total];
         let crc_ok = crc32(&msg[..total - 4]) == be32(&msg[total - 4..]) as u32;
@@ -157,7 +177,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -175,5 +199,9 @@ pub fn eventstream(data: &[u8]) {
     let chunked = run(&plan.split(stream), max);
     let whole = run(&Plan::whole().split(stream), max);
     assert_eq!(chunked, whole, "results depend on chunking");
-    assert_eq!(whole, reference(stream, max), "results differ from the reference");
+    assert_eq!(
+        whole,
+        reference(stream, max),
+        "results differ from the reference"
+    );
 }

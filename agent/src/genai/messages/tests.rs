@@ -313,3 +313,84 @@ fn truncated_bodies_are_marked_incomplete() {
     assert!(!c.complete);
     assert_eq!(v(c.output_json())[0]["finish_reason"], "stop");
 }
+
+/// The provider fixtures (wire captures re-created in the stand-in's
+/// shapes): every chat-like one yields an assistant message with text and
+/// a finish reason, and the request's user prompt.
+#[test]
+fn provider_fixtures_assemble() {
+    let fx = |name: &str| {
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/genai/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    for (api, req, resp) in [
+        (
+            Api::OpenAiChat,
+            "openai_chat_request.json",
+            "openai_chat.json",
+        ),
+        (
+            Api::OpenAiChat,
+            "openai_chat_request.json",
+            "openai_chat_stream.sse",
+        ),
+        (
+            Api::OpenAiChat,
+            "openai_chat_request.json",
+            "openai_chat_stream_usage.sse",
+        ),
+        (
+            Api::OpenAiResponses,
+            "openai_chat_request.json",
+            "openai_responses.json",
+        ),
+        (
+            Api::OpenAiResponses,
+            "openai_chat_request.json",
+            "openai_responses_stream.sse",
+        ),
+        (
+            Api::AnthropicMessages,
+            "anthropic_request.json",
+            "anthropic_message.json",
+        ),
+        (
+            Api::AnthropicMessages,
+            "anthropic_request.json",
+            "anthropic_stream.sse",
+        ),
+        (
+            Api::GoogleGenerate,
+            "google_request.json",
+            "google_generate.json",
+        ),
+        (
+            Api::GoogleStreamGenerate,
+            "google_request.json",
+            "google_stream.sse",
+        ),
+        (
+            Api::GoogleStreamGenerate,
+            "google_request.json",
+            "google_stream_array.json",
+        ),
+    ] {
+        let c = run(api, &fx(req), &fx(resp));
+        let out = v(c.output_json());
+        let text: String = out[0]["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["content"].as_str())
+            .collect();
+        assert!(!text.is_empty(), "{resp}: {out}");
+        assert!(out[0]["finish_reason"].is_string(), "{resp}: {out}");
+        assert!(c.complete, "{resp}");
+        if api != Api::OpenAiResponses {
+            assert!(c.input_json().is_some(), "{req}");
+        }
+    }
+}
