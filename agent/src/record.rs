@@ -247,6 +247,9 @@ pub struct RecordStats {
     /// closed.
     pub flow_dropped: AtomicU64,
     pub tail_lagged: AtomicU64,
+    /// Invocations whose first request and last response were not kept
+    /// for their `invoke_agent` span (too many invocations at once).
+    pub invocation_io_untracked: AtomicU64,
     /// Each sandbox's share of the record queue (also held by the proxy).
     pub queue: Arc<QueueShares>,
 }
@@ -264,6 +267,7 @@ impl Default for RecordStats {
             spool_dropped: AtomicU64::new(0),
             flow_dropped: AtomicU64::new(0),
             tail_lagged: AtomicU64::new(0),
+            invocation_io_untracked: AtomicU64::new(0),
             queue: Arc::new(QueueShares::new(QUEUED_PER_SANDBOX)),
         }
     }
@@ -301,6 +305,11 @@ impl crate::admin::Report for RecordStats {
             "egret_tail_lagged",
             "Records a slow `egret tail` client skipped",
             &[(vec![], self.tail_lagged.load(Relaxed))],
+        )?;
+        m.counter(
+            "egret_invocation_io_untracked",
+            "Transactions whose bodies could not be kept for their invocation's span input/output (too many invocations at once)",
+            &[(vec![], self.invocation_io_untracked.load(Relaxed))],
         )
     }
 

@@ -10,10 +10,14 @@
 //! Only what the spool kept goes on: everything downstream (ClickHouse,
 //! OTLP, viewers) knows only durable records. It runs on its own thread
 //! ([`spawn`]) so the blocking append never lands on the proxy's runtime.
+mod invocation_io;
+
 use std::{
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
+
+use invocation_io::InvocationIo;
 
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -129,6 +133,7 @@ async fn record_loop(
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut io = InvocationIo::default();
     // Since appends started failing: records lost, and when the last
     // append failed (None: appends succeed).
     let mut failing: Option<(u64, std::time::Instant)> = None;
@@ -167,7 +172,11 @@ async fn record_loop(
             // Off the queue: its place is free for its sandbox again.
             out.stats.queue.release(rec);
             (out.stamp)(rec);
+            io.observe(rec);
         }
+        out.stats
+            .invocation_io_untracked
+            .store(io.untracked(), Ordering::Relaxed);
         // Only what the spool kept goes on: a record the spool refused or
         // failed to write is counted as dropped and reaches no exporter and
         // no viewer (nothing downstream may know a record the store lacks).

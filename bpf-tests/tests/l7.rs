@@ -1260,7 +1260,9 @@ fn structured_content_from_official_sdks_matches_what_each_sdk_assembled() {
         rx.port
     ));
     let inv = unique("inv-content-");
-    let cg = w.sandbox(&inv, None);
+    let sb_id = unique("sb");
+    let cg = w.agent.cgroup(&sb_id);
+    w.agent.register_with(&sb_id, None, &inv, None);
     let mut calls = Vec::new();
     for client in [
         "openai_client.py",
@@ -1414,4 +1416,39 @@ fn structured_content_from_official_sdks_matches_what_each_sdk_assembled() {
     assert!(span_of(emb)["attributes"]
         .get("gen_ai.output.messages")
         .is_none());
+
+    // The invocation's root span: its first request as input, its last
+    // response (the Gemini stream, the last call) assembled as output.
+    w.agent.unregister(&sb_id);
+    let lines = rx.wait("the invoke_agent span", |l| {
+        l.iter().any(|x| {
+            x["signal"] == "traces"
+                && x["attributes"]["invocation.id"] == inv_v
+                && x["attributes"]["gen_ai.operation.name"] == "invoke_agent"
+        })
+    });
+    let root = lines
+        .iter()
+        .find(|x| {
+            x["signal"] == "traces"
+                && x["attributes"]["invocation.id"] == inv_v
+                && x["attributes"]["gen_ai.operation.name"] == "invoke_agent"
+        })
+        .unwrap();
+    let first = recs
+        .iter()
+        .min_by_key(|r| r.get_i64(sc::START_TIME))
+        .unwrap();
+    let last = recs.iter().max_by_key(|r| r.get_i64(sc::END_TIME)).unwrap();
+    assert_eq!(
+        json_attr(root, "mlflow.spanInputs"),
+        serde_json::from_str::<Value>(first.get_str(sc::REQUEST_BODY).unwrap()).unwrap(),
+        "the first request: {root}"
+    );
+    assert_eq!(
+        json_attr(root, "mlflow.spanOutputs"),
+        json_attr(span_of(last), "gen_ai.output.messages"),
+        "the last response, assembled: {root}"
+    );
+    assert_eq!(root["attributes"]["openinference.span.kind"], "AGENT");
 }

@@ -464,6 +464,10 @@ pub fn span(rec: &Record, conventions: Conventions, now_ns: u64) -> Option<Span>
             if conventions.mlflow {
                 attributes.push(kv_str(sc::MLFLOW_SPAN_TYPE, &json_string("AGENT")));
             }
+            // Its first request and last response (the recorder put them
+            // on the record): the root span's input and output.
+            let content = structured_content(rec, conventions);
+            add_convention_values(rec, conventions, content.as_ref(), &mut attributes);
         }
     }
     Some(Span {
@@ -673,6 +677,65 @@ fn add_openinference_messages(c: &Content, out: &mut Vec<KeyValue>) {
     }
 }
 
+/// The profiles' input and output values (`input.value` / `output.value`,
+/// `mlflow.spanInputs` / `mlflow.spanOutputs`) from the record's bodies, in
+/// `content: full` only: a transaction's own, or an invocation's first
+/// request and last response.
+fn add_convention_values(
+    rec: &Record,
+    conv: Conventions,
+    content: Option<&Content>,
+    out: &mut Vec<KeyValue>,
+) {
+    if conv.content != ContentMode::Full {
+        return;
+    }
+    let request = convention_body(rec, sc::REQUEST_BODY, sc::REQUEST_BODY_B64);
+    let response = convention_body(rec, sc::RESPONSE_BODY, sc::RESPONSE_BODY_B64);
+    if conv.openinference {
+        let mime = |json: bool| {
+            if json {
+                "application/json"
+            } else {
+                "text/plain"
+            }
+        };
+        if let Some((text, json)) = request {
+            out.push(kv_str(sc::INPUT_VALUE, text));
+            out.push(kv_str(sc::INPUT_MIME_TYPE, mime(json)));
+        }
+        if let Some((text, json)) = response {
+            out.push(kv_str(sc::OUTPUT_VALUE, text));
+            out.push(kv_str(sc::OUTPUT_MIME_TYPE, mime(json)));
+        }
+    }
+    if conv.mlflow {
+        // MLflow reads its own attributes with json.loads: every value is
+        // JSON text (a JSON body as is, anything else as a JSON string).
+        let as_json = |(text, json): (&str, bool)| {
+            if json {
+                text.to_owned()
+            } else {
+                json_string(text)
+            }
+        };
+        if let Some(b) = request {
+            out.push(kv_str(sc::MLFLOW_SPAN_INPUTS, &as_json(b)));
+        }
+        // A streamed (not JSON) response: the assembled output messages,
+        // not the raw event stream.
+        let assembled = content
+            .filter(|_| response.is_some_and(|(_, json)| !json))
+            .and_then(Content::output_json)
+            .filter(|j| j.len() <= MAX_CONVENTION_VALUE_BYTES);
+        if let Some(j) = assembled {
+            out.push(kv_str(sc::MLFLOW_SPAN_OUTPUTS, &j));
+        } else if let Some(b) = response {
+            out.push(kv_str(sc::MLFLOW_SPAN_OUTPUTS, &as_json(b)));
+        }
+    }
+}
+
 fn add_convention_attributes(
     rec: &Record,
     conv: Conventions,
@@ -683,9 +746,6 @@ fn add_convention_attributes(
         return;
     }
     let kind = step_kind(rec);
-    let full = conv.content == ContentMode::Full;
-    let request = convention_body(rec, sc::REQUEST_BODY, sc::REQUEST_BODY_B64).filter(|_| full);
-    let response = convention_body(rec, sc::RESPONSE_BODY, sc::RESPONSE_BODY_B64).filter(|_| full);
     if let Some(inv) = rec.invocation_id() {
         out.push(kv_str(sc::SESSION_ID, inv));
     }
@@ -735,49 +795,12 @@ fn add_convention_attributes(
                 out.push(kv_str(sc::TOOL_NAME, t));
             }
         }
-        let mime = |json: bool| {
-            if json {
-                "application/json"
-            } else {
-                "text/plain"
-            }
-        };
-        if let Some((text, json)) = request {
-            out.push(kv_str(sc::INPUT_VALUE, text));
-            out.push(kv_str(sc::INPUT_MIME_TYPE, mime(json)));
-        }
-        if let Some((text, json)) = response {
-            out.push(kv_str(sc::OUTPUT_VALUE, text));
-            out.push(kv_str(sc::OUTPUT_MIME_TYPE, mime(json)));
-        }
         if let Some(c) = content {
             add_openinference_messages(c, out);
         }
     }
+    add_convention_values(rec, conv, content, out);
     if conv.mlflow {
-        // MLflow reads its own attributes with json.loads: every value is
-        // JSON text (a JSON body as is, anything else as a JSON string).
-        let as_json = |(text, json): (&str, bool)| {
-            if json {
-                text.to_owned()
-            } else {
-                json_string(text)
-            }
-        };
-        if let Some(b) = request {
-            out.push(kv_str(sc::MLFLOW_SPAN_INPUTS, &as_json(b)));
-        }
-        // A streamed (not JSON) response: the assembled output messages,
-        // not the raw event stream.
-        let assembled = content
-            .filter(|_| response.is_some_and(|(_, json)| !json))
-            .and_then(Content::output_json)
-            .filter(|j| j.len() <= MAX_CONVENTION_VALUE_BYTES);
-        if let Some(j) = assembled {
-            out.push(kv_str(sc::MLFLOW_SPAN_OUTPUTS, &j));
-        } else if let Some(b) = response {
-            out.push(kv_str(sc::MLFLOW_SPAN_OUTPUTS, &as_json(b)));
-        }
         let t = match kind {
             StepKind::Llm | StepKind::Embedding => "LLM",
             StepKind::Tool => "TOOL",
@@ -1581,6 +1604,54 @@ pub(crate) mod tests {
             attr(&s.attributes, sc::MESSAGES_COMPLETE),
             Some(&any_value::Value::BoolValue(false))
         );
+    }
+
+    #[test]
+    fn invocation_span_carries_its_first_request_and_last_response() {
+        let mut inv = Record::new(sc::KIND_INVOCATION);
+        inv.set(sc::INVOCATION_ID, "inv-io");
+        inv.set(sc::AGENT_NAME, "planner");
+        inv.set(sc::TRACE_ID, "0af7651916cd43dd8448eb211c80319c");
+        inv.set(sc::SPAN_ID, "b7ad6b7169203331");
+        inv.set(sc::START_TIME, 1_700_000_000_000_000_000i64);
+        inv.set(sc::END_TIME, 1_700_000_009_000_000_000i64);
+        inv.set(
+            sc::REQUEST_BODY,
+            r#"{"messages":[{"role":"user","content":"plan"}]}"#,
+        );
+        inv.set(
+            sc::RESPONSE_BODY,
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"done\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        inv.set(sc::GENAI_API, "anthropic.messages");
+        let conv = Conventions {
+            openinference: true,
+            mlflow: true,
+            ..Conventions::default()
+        };
+        let s = span(&inv, conv, 0).unwrap();
+        let a = &s.attributes;
+        assert_eq!(
+            attr_str(a, sc::MLFLOW_SPAN_INPUTS),
+            Some(r#"{"messages":[{"role":"user","content":"plan"}]}"#)
+        );
+        let out: serde_json::Value =
+            serde_json::from_str(attr_str(a, sc::MLFLOW_SPAN_OUTPUTS).unwrap()).unwrap();
+        assert_eq!(out[0]["parts"][0]["content"], "done");
+        assert_eq!(attr_str(a, sc::INPUT_MIME_TYPE), Some("application/json"));
+        assert!(attr_str(a, sc::OUTPUT_VALUE)
+            .unwrap()
+            .contains("text_delta"));
+        assert!(
+            attr(a, sc::REQUEST_BODY).is_none(),
+            "bodies are not span attributes"
+        );
+        // Not in `metadata` or `none`.
+        for content in [ContentMode::Metadata, ContentMode::None] {
+            let s = span(&inv, Conventions { content, ..conv }, 0).unwrap();
+            assert!(attr(&s.attributes, sc::MLFLOW_SPAN_INPUTS).is_none());
+            assert!(attr(&s.attributes, sc::INPUT_VALUE).is_none());
+        }
     }
 
     #[test]
