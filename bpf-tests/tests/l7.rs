@@ -1452,3 +1452,110 @@ fn structured_content_from_official_sdks_matches_what_each_sdk_assembled() {
     );
     assert_eq!(root["attributes"]["openinference.span.kind"], "AGENT");
 }
+
+/// Tool calls through the official SDKs: the stand-ins answer a request
+/// that offers tools with a tool call (streamed: id and name first, the
+/// arguments in fragments), the SDKs send the tool's result back. The
+/// exported structured content has each call as a `tool_call` part equal
+/// to what the SDK assembled (streamed fragments joined), the result as a
+/// `tool_call_response` with the call's id, and the offered tools as
+/// definitions.
+#[test]
+fn tool_calls_from_official_sdks_are_parts_equal_to_what_each_sdk_assembled() {
+    if !require_privileges("tool_calls") || !require_venv("tool_calls") {
+        return;
+    }
+    let rx = Receiver::start();
+    let w = World::start(&format!(
+        "gateways:\n- name: tools\n  routes:\n  - {{name: anthropic, hosts: [api.anthropic.com], provider: anthropic}}\n  - {{name: openai, hosts: [api.openai.com], provider: openai}}\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    messages: true\n    conventions: [openinference]\n    signals: {{logs: false, metrics: false}}\n",
+        rx.port
+    ));
+    let inv = unique("inv-tools-");
+    let cg = w.sandbox(&inv, None);
+    let calls = w.sdk(&cg, "tools_client.py");
+    assert!(calls.iter().all(|c| c["ok"] == true), "{calls:?}");
+    assert_eq!(calls.len(), 5);
+    let mut recs = w.transactions(&inv, calls.len());
+    recs.sort_by_key(|r| r.get_i64(sc::START_TIME));
+    let inv_v = Value::String(inv.clone());
+    let lines = rx.wait("a span per call", |l| {
+        l.iter()
+            .filter(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
+            .count()
+            >= recs.len()
+    });
+    let attrs = |rec: &Record| -> Value {
+        lines
+            .iter()
+            .find(|x| x["signal"] == "traces" && x["span_id"].as_str() == rec.get_str(sc::SPAN_ID))
+            .unwrap_or_else(|| panic!("no span for {}", rec.to_json_line()))["attributes"]
+            .clone()
+    };
+    let json = |a: &Value, key: &str| -> Value {
+        serde_json::from_str(a[key].as_str().unwrap_or_else(|| panic!("{key}: {a}"))).unwrap()
+    };
+    let tool_part = |out: &Value| -> Value {
+        out[0]["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["type"] == "tool_call")
+            .unwrap_or_else(|| panic!("no tool_call part: {out}"))
+            .clone()
+    };
+    for (n, sdk) in calls.iter().enumerate() {
+        let call = sdk["call"].as_str().unwrap();
+        let a = attrs(&recs[n]);
+        let out = json(&a, "gen_ai.output.messages");
+        let input = json(&a, "gen_ai.input.messages");
+        let tools = json(&a, "gen_ai.tool.definitions");
+        assert_eq!(tools[0]["name"], "search_birds", "{call}: {tools}");
+        assert_eq!(
+            tools[0]["description"], "Search the bird database",
+            "{call}"
+        );
+        assert_eq!(tools[0]["parameters"]["required"][0], "query", "{call}");
+        if let Some(tool) = sdk.get("tool") {
+            let part = tool_part(&out);
+            assert_eq!(part["id"], tool["id"], "{call}: {out}");
+            assert_eq!(part["name"], tool["name"], "{call}: {out}");
+            assert_eq!(part["arguments"], tool["arguments"], "{call}: {out}");
+            let finish = sdk.get("finish_reason").or(sdk.get("stop_reason")).unwrap();
+            assert_eq!(&out[0]["finish_reason"], finish, "{call}");
+            assert_eq!(
+                a["llm.output_messages.0.message.tool_calls.0.tool_call.function.name"],
+                "search_birds",
+                "{call}"
+            );
+        } else {
+            // The second turn: the call and its result in the input, a
+            // text answer out.
+            let id = &sdk["tool_call_id"];
+            let parts: Vec<&Value> = input
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|m| m["parts"].as_array().unwrap())
+                .collect();
+            assert!(
+                parts
+                    .iter()
+                    .any(|p| p["type"] == "tool_call" && &p["id"] == id),
+                "{call}: {input}"
+            );
+            assert!(
+                parts.iter().any(|p| p["type"] == "tool_call_response"
+                    && &p["id"] == id
+                    && p["response"] == "heron, egret, stilt"),
+                "{call}: {input}"
+            );
+            let text: String = out[0]["parts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p["content"].as_str())
+                .collect();
+            assert_eq!(text, sdk["text"].as_str().unwrap(), "{call}");
+        }
+    }
+}

@@ -7,7 +7,8 @@ use crate::routing::{bad_request, Call, Reject};
 use crate::shared::{json_response, State};
 use crate::sse::{sse_event, sse_response};
 use crate::tokens::{
-    is_stream, model_of, output_tokens, reply_deltas, reply_text, text_words, u64_field,
+    is_stream, model_of, output_tokens, reply_deltas, reply_text, text_words, u64_field, words,
+    ToolCall,
 };
 use crate::RespBody;
 
@@ -55,6 +56,61 @@ pub fn messages(state: &State, call: &Call) -> Result<Response<RespBody>, Reject
     Ok(sse_response(events, call.delay))
 }
 
+/// An answer that uses a tool: one `tool_use` block, `stop_reason:
+/// tool_use`; streamed, the block starts with an empty `input` and the
+/// arguments follow as `input_json_delta` fragments, as Anthropic sends
+/// them.
+fn tool_use(state: &State, tool: &ToolCall, id: &str, model: &str, input: u64) -> Reply {
+    let tool_id = state.id("toolu_01");
+    let output = words(&tool.arguments).max(1) + 4;
+    let usage = json!({
+        "input_tokens": input,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": output,
+        "service_tier": "standard",
+    });
+    let args: Value = serde_json::from_str(&tool.arguments).unwrap_or(Value::Null);
+    let message = json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "tool_use", "id": tool_id, "name": tool.name, "input": args}],
+        "stop_reason": "tool_use",
+        "stop_sequence": null,
+        "usage": usage,
+    });
+    let mut start_usage = usage.clone();
+    start_usage["output_tokens"] = json!(1);
+    let mut events = vec![
+        json!({"type": "message_start", "message": {
+            "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": null, "stop_sequence": null, "usage": start_usage,
+        }}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {
+            "type": "tool_use", "id": tool_id, "name": tool.name, "input": {},
+        }}),
+    ];
+    for f in tool.fragments() {
+        events.push(json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": f}}));
+    }
+    events.push(json!({"type": "content_block_stop", "index": 0}));
+    events.push(json!({
+        "type": "message_delta",
+        "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+        "usage": {"output_tokens": output},
+    }));
+    events.push(json!({"type": "message_stop"}));
+    Reply {
+        message,
+        events,
+        input,
+        output,
+    }
+}
+
 /// One answer to a Messages request: the non-streaming message, the
 /// streaming events (each with its `type`) and the counts.
 pub(crate) struct Reply {
@@ -84,6 +140,9 @@ pub(crate) fn reply(state: &State, call: &Call, model: &str) -> Result<Reply, Re
     let (output, cut) = output_tokens(call, Some(max_tokens));
     let stop_reason = if cut { "max_tokens" } else { "end_turn" };
     let id = state.id("msg_01");
+    if let Some(tool) = ToolCall::wanted(body) {
+        return Ok(tool_use(state, &tool, &id, model, input));
+    }
 
     let message = json!({
         "id": id,

@@ -34,6 +34,13 @@
 //!   `response.output_text.delta` … `response.done` sequence with usage) and
 //!   `GET /v1/responses` (Responses WebSocket mode: per `response.create`
 //!   the SSE stream's events as text messages); see `websocket.rs`.
+//! * Tool calls: a Chat Completions or Messages request that offers `tools`
+//!   (and whose last message is not a tool's result) is answered with a
+//!   call of the first tool, arguments `{"query": <first three words of the
+//!   last user text>, "limit": 3}`: OpenAI `tool_calls` / `finish_reason:
+//!   tool_calls` (streamed: id and name first, then the arguments in 7-char
+//!   fragments), Anthropic a `tool_use` block / `stop_reason: tool_use`
+//!   (streamed: `input_json_delta` fragments).
 //! * Google: `POST /v1beta/models/{model}:generateContent` and
 //!   `:streamGenerateContent?alt=sse` (`\r\n\r\n` separators, cumulative
 //!   `usageMetadata` in every chunk). Without `alt=sse` the stream is a JSON

@@ -9,6 +9,7 @@ use crate::shared::{json_response, splitmix64, unix_now, State};
 use crate::sse::{sse_data, sse_event, sse_response};
 use crate::tokens::{
     is_stream, model_of, output_tokens, reply_deltas, reply_text, text_words, u64_field, words,
+    ToolCall,
 };
 use crate::RespBody;
 
@@ -51,6 +52,11 @@ pub fn chat(state: &State, call: &Call) -> Result<Response<RespBody>, Reject> {
     let finish = if cut { "length" } else { "stop" };
     let id = state.id("chatcmpl-");
     let created = unix_now();
+    if let Some(tool) = ToolCall::wanted(body) {
+        return Ok(chat_tool_call(
+            state, call, &tool, &id, created, &model, input,
+        ));
+    }
 
     if !is_stream(body) {
         let resp = json!({
@@ -118,6 +124,75 @@ pub fn chat(state: &State, call: &Call) -> Result<Response<RespBody>, Reject> {
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
     Ok(sse_response(events, call.delay))
+}
+
+/// A Chat Completions answer that calls a tool: `content: null`, one
+/// `tool_calls` entry, `finish_reason: tool_calls`; streamed, the call's
+/// id and name first and its arguments in fragments, as OpenAI sends them.
+fn chat_tool_call(
+    state: &State,
+    call: &Call,
+    tool: &ToolCall,
+    id: &str,
+    created: u64,
+    model: &str,
+    input: u64,
+) -> Response<RespBody> {
+    let call_id = state.id("call_");
+    let output = words(&tool.arguments).max(1) + 4;
+    if !is_stream(&call.body) {
+        let resp = json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": null,
+                    "refusal": null,
+                    "annotations": [],
+                    "tool_calls": [{
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": tool.name, "arguments": tool.arguments},
+                    }],
+                },
+                "logprobs": null,
+                "finish_reason": "tool_calls",
+            }],
+            "usage": chat_usage(input, output),
+            "system_fingerprint": "fp_egret_mock",
+        });
+        return json_response(StatusCode::OK, &resp);
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_egret_mock",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        })
+    };
+    let mut events = vec![sse_data(&chunk(
+        json!({"role": "assistant", "content": null, "tool_calls": [{
+            "index": 0, "id": call_id, "type": "function",
+            "function": {"name": tool.name, "arguments": ""},
+        }]}),
+        Value::Null,
+    ))];
+    for f in tool.fragments() {
+        events.push(sse_data(&chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": f}}]}),
+            Value::Null,
+        )));
+    }
+    events.push(sse_data(&chunk(json!({}), json!("tool_calls"))));
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    sse_response(events, call.delay)
 }
 
 fn responses_input(body: &Value) -> Result<u64, Reject> {

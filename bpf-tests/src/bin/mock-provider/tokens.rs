@@ -97,3 +97,59 @@ pub(crate) fn model_of(body: &Value) -> Result<String, Reject> {
 pub(crate) fn is_stream(body: &Value) -> bool {
     body.get("stream").and_then(Value::as_bool).unwrap_or(false)
 }
+
+/// A tool call the stand-in makes, as the providers do when a request
+/// offers tools and the conversation does not end in a tool's result: the
+/// first offered tool, with arguments derived from the last user text.
+pub(crate) struct ToolCall {
+    pub(crate) name: String,
+    /// The arguments as JSON text.
+    pub(crate) arguments: String,
+}
+
+impl ToolCall {
+    /// For a request with `tools` (OpenAI `{function: {name}}` or Anthropic
+    /// `{name}`) whose last message is not a tool result (OpenAI role
+    /// `tool`, Anthropic a `tool_result` block).
+    pub(crate) fn wanted(body: &Value) -> Option<ToolCall> {
+        let tool = body.get("tools")?.as_array()?.first()?;
+        let name = tool
+            .pointer("/function/name")
+            .or_else(|| tool.get("name"))?
+            .as_str()?
+            .to_owned();
+        if body.get("tool_choice").and_then(Value::as_str) == Some("none") {
+            return None;
+        }
+        let last = body.get("messages")?.as_array()?.last()?;
+        let answered = last.get("role").and_then(Value::as_str) == Some("tool")
+            || last
+                .get("content")
+                .and_then(Value::as_array)
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+                });
+        if answered {
+            return None;
+        }
+        let text = match last.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => String::new(),
+        };
+        let query: Vec<&str> = text.split_whitespace().take(3).collect();
+        let arguments = serde_json::json!({"query": query.join(" "), "limit": 3}).to_string();
+        Some(ToolCall { name, arguments })
+    }
+
+    /// The arguments in the fragments a stream sends them in.
+    pub(crate) fn fragments(&self) -> Vec<String> {
+        let chars: Vec<char> = self.arguments.chars().collect();
+        chars.chunks(7).map(|c| c.iter().collect()).collect()
+    }
+}
