@@ -98,6 +98,9 @@ pub struct Content {
     pub input: Vec<Message>,
     pub output: Vec<OutputMessage>,
     pub tool_definitions: Vec<ToolDefinition>,
+    /// The offered tools as the request wrote them (OpenInference's
+    /// `llm.tools.{i}.tool.json_schema` carries the provider's own object).
+    pub raw_tools: Vec<Value>,
     /// The request's generation parameters (the request object without its
     /// messages, tools and system prompt), for OpenInference's
     /// `llm.invocation_parameters`.
@@ -110,6 +113,22 @@ impl Content {
     /// `gen_ai.input.messages` as JSON (None when empty).
     pub fn input_json(&self) -> Option<String> {
         json_of(&self.input)
+    }
+    /// The input messages with the system instructions first, as a
+    /// `system` message: the whole conversation in one list (what MLflow's
+    /// chat view renders for every API).
+    pub fn conversation_json(&self) -> Option<String> {
+        if self.system_instructions.is_empty() {
+            return self.input_json();
+        }
+        let mut all = Vec::with_capacity(self.input.len() + 1);
+        all.push(Message {
+            role: "system".into(),
+            parts: self.system_instructions.clone(),
+            name: None,
+        });
+        all.extend(self.input.iter().cloned());
+        json_of(&all)
     }
     /// `gen_ai.output.messages` as JSON (None when empty).
     pub fn output_json(&self) -> Option<String> {
@@ -423,6 +442,8 @@ fn openai_tool_calls(calls: &Value, parts: &mut Vec<Part>) {
 }
 
 fn openai_tools(tools: &Value, c: &mut Content) {
+    c.raw_tools
+        .extend(tools.as_array().into_iter().flatten().cloned());
     for t in tools.as_array().into_iter().flatten() {
         // Chat: {type, function: {name, description, parameters}};
         // Responses: {type, name, description, parameters}.
@@ -656,19 +677,14 @@ fn responses_request(r: Map<String, Value>, c: &mut Content) {
 fn responses_output(resp: &Value, c: &mut Content) {
     let messages = responses_items(&resp["output"], "assistant");
     let parts: Vec<Part> = messages.into_iter().flat_map(|m| m.parts).collect();
+    // As `gen_ai.response.finish_reasons` records it: the status, or for
+    // `incomplete` its reason.
     let finish = match resp["status"].as_str() {
-        Some("completed") => {
-            if parts.iter().any(|p| matches!(p, Part::ToolCall { .. })) {
-                "tool_call".to_owned()
-            } else {
-                "stop".to_owned()
-            }
-        }
         Some("incomplete") => {
             s(&resp["incomplete_details"]["reason"]).unwrap_or_else(|| "incomplete".into())
         }
         Some(other) => other.to_owned(),
-        None => "stop".to_owned(),
+        None => "completed".to_owned(),
     };
     if !parts.is_empty() {
         c.output.push(OutputMessage {
@@ -799,6 +815,7 @@ fn anthropic_request(r: Map<String, Value>, c: &mut Content) {
         .into_iter()
         .flatten()
     {
+        c.raw_tools.push(t.clone());
         let Some(name) = s(&t["name"]) else {
             continue;
         };
@@ -993,6 +1010,7 @@ fn gemini_request(r: Map<String, Value>, c: &mut Content) {
             .get("functionDeclarations")
             .or_else(|| t.get("function_declarations"));
         for d in decls.and_then(Value::as_array).into_iter().flatten() {
+            c.raw_tools.push(d.clone());
             let Some(name) = s(&d["name"]) else {
                 continue;
             };
@@ -1227,6 +1245,7 @@ fn converse_request(r: Map<String, Value>, c: &mut Content) {
         .flatten()
     {
         let spec = &t["toolSpec"];
+        c.raw_tools.push(spec.clone());
         let Some(name) = s(&spec["name"]) else {
             continue;
         };

@@ -4,11 +4,13 @@
 //! went in and what came out (MLflow's Request/Response columns, Phoenix's
 //! input/output).
 //!
-//! The recorder sees every record in order; for each transaction with a
-//! text body it keeps, per invocation, the first request body and the
-//! latest response body (with the latest's `egret.genai.api`, so an
-//! exporter can assemble a streamed answer), each cut to [`MAX_BODY`]
-//! bytes. The bodies are the records' own, after redaction. State is
+//! The recorder sees every record; for each transaction with a text body
+//! it keeps, per invocation, the request body of the call that started
+//! first and the response body of the call that ended last (by the calls'
+//! own start and end times, not the order records arrive in: a keep-alive
+//! connection's record can come after a later call's), with that call's
+//! `egret.genai.api` so an exporter can assemble a streamed answer, each
+//! cut to [`MAX_BODY`] bytes. The bodies are the records' own, after redaction. State is
 //! bounded: at most [`MAX_TRACKED`] invocations; when full, entries not
 //! seen for [`IDLE`] are dropped first, and an invocation that finds no
 //! room is counted ([`InvocationIo::untracked`]) and its span simply has
@@ -32,9 +34,10 @@ pub const IDLE: Duration = Duration::from_secs(600);
 
 #[derive(Debug)]
 struct Io {
-    request: Option<String>,
-    response: Option<String>,
-    api: Option<String>,
+    /// The request of the call that started first, and its start.
+    request: Option<(i64, String)>,
+    /// The response of the call that ended last, its end and its API.
+    response: Option<(i64, String, Option<String>)>,
     seen: Instant,
 }
 
@@ -106,19 +109,27 @@ impl InvocationIo {
                 Io {
                     request: None,
                     response: None,
-                    api: None,
                     seen: now,
                 },
             );
         }
         let io = self.map.get_mut(inv).expect("inserted above");
         io.seen = now;
-        if io.request.is_none() {
-            io.request = request.map(cut);
+        // Records arrive in the order their transactions were sealed, which
+        // is not the order the calls ran (a keep-alive connection's record
+        // can come after a later call's): the call's own times decide.
+        let start = rec.get_i64(sc::START_TIME).unwrap_or(i64::MAX);
+        let end = rec.get_i64(sc::END_TIME).unwrap_or(i64::MIN);
+        if let Some(r) = request {
+            if io.request.as_ref().is_none_or(|(t, _)| start < *t) {
+                io.request = Some((start, cut(r)));
+            }
         }
         if let Some(r) = response {
-            io.response = Some(cut(r));
-            io.api = rec.get_str(sc::GENAI_API).map(str::to_owned);
+            if io.response.as_ref().is_none_or(|(t, _, _)| end >= *t) {
+                let api = rec.get_str(sc::GENAI_API).map(str::to_owned);
+                io.response = Some((end, cut(r), api));
+            }
         }
     }
 
@@ -126,12 +137,12 @@ impl InvocationIo {
         let Some(io) = rec.invocation_id().and_then(|inv| self.map.remove(inv)) else {
             return;
         };
-        if let Some(r) = io.request {
+        if let Some((_, r)) = io.request {
             rec.set(sc::REQUEST_BODY, r);
         }
-        if let Some(r) = io.response {
+        if let Some((_, r, api)) = io.response {
             rec.set(sc::RESPONSE_BODY, r);
-            rec.set_opt(sc::GENAI_API, io.api);
+            rec.set_opt(sc::GENAI_API, api);
         }
     }
 }
@@ -141,7 +152,11 @@ mod tests {
     use super::*;
 
     fn txn(inv: &str, req: &str, resp: &str, api: &str) -> Record {
+        static CLOCK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
+        let t = CLOCK.fetch_add(10, std::sync::atomic::Ordering::Relaxed);
         let mut r = Record::new(sc::KIND_TRANSACTION);
+        r.set(sc::START_TIME, t);
+        r.set(sc::END_TIME, t + 5);
         r.set(sc::INVOCATION_ID, inv.to_owned());
         if !req.is_empty() {
             r.set(sc::REQUEST_BODY, req.to_owned());
@@ -184,6 +199,21 @@ mod tests {
         let mut c = ended("c");
         io.observe(&mut c);
         assert!(c.get(sc::REQUEST_BODY).is_none());
+    }
+
+    #[test]
+    fn the_calls_times_decide_not_the_order_records_arrive_in() {
+        let mut io = InvocationIo::default();
+        let mut early = txn("a", "early", "early answer", "openai.chat_completions");
+        let mut late = txn("a", "late", "late answer", "anthropic.messages");
+        // The later call's record arrives first.
+        io.observe(&mut late);
+        io.observe(&mut early);
+        let mut a = ended("a");
+        io.observe(&mut a);
+        assert_eq!(a.get_str(sc::REQUEST_BODY), Some("early"));
+        assert_eq!(a.get_str(sc::RESPONSE_BODY), Some("late answer"));
+        assert_eq!(a.get_str(sc::GENAI_API), Some("anthropic.messages"));
     }
 
     #[test]

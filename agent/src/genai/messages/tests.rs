@@ -232,7 +232,7 @@ fn responses_stream_uses_the_completed_response_and_falls_back_to_deltas() {
     let c = run(Api::OpenAiResponses, req, &body);
     assert_eq!(
         v(c.output_json()),
-        json!([{"role": "assistant", "finish_reason": "tool_call", "parts": [
+        json!([{"role": "assistant", "finish_reason": "completed", "parts": [
             {"type": "reasoning", "content": "think"},
             {"type": "text", "content": "Hello"},
             {"type": "tool_call", "id": "c1", "name": "f", "arguments": {"q": 1}}

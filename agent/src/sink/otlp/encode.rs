@@ -667,13 +667,13 @@ fn add_openinference_messages(c: &Content, out: &mut Vec<KeyValue>) {
     if let Some(p) = c.parameters_json() {
         out.push(kv_str(sc::LLM_INVOCATION_PARAMETERS, &p));
     }
-    for (i, t) in c.tool_definitions.iter().enumerate() {
-        if let Ok(j) = serde_json::to_string(t) {
-            out.push(kv_str(
-                &format!("{}.{i}.tool.json_schema", sc::LLM_TOOLS),
-                &j,
-            ));
-        }
+    // The provider's own tool objects, as OpenInference instrumentations
+    // record them (Phoenix's playground tells the API by their shape).
+    for (i, t) in c.raw_tools.iter().enumerate() {
+        out.push(kv_str(
+            &format!("{}.{i}.tool.json_schema", sc::LLM_TOOLS),
+            &t.to_string(),
+        ));
     }
 }
 
@@ -719,15 +719,29 @@ fn add_convention_values(
                 json_string(text)
             }
         };
-        if let Some(b) = request {
+        let fits = |j: &String| j.len() <= MAX_CONVENTION_VALUE_BYTES;
+        // A call's span: the conversation as messages (system first), which
+        // MLflow's chat view renders for every API; the invocation's root
+        // span keeps the first request as sent (MLflow's Request column
+        // reads the user text out of it).
+        let conversation = content
+            .filter(|_| rec.kind() == sc::KIND_TRANSACTION)
+            .and_then(Content::conversation_json)
+            .filter(fits);
+        if let Some(j) = conversation {
+            out.push(kv_str(sc::MLFLOW_SPAN_INPUTS, &j));
+        } else if let Some(b) = request {
             out.push(kv_str(sc::MLFLOW_SPAN_INPUTS, &as_json(b)));
         }
-        // A streamed (not JSON) response: the assembled output messages,
-        // not the raw event stream.
+        // Output messages for a call; for the root span only when the last
+        // answer was streamed (the raw JSON gives MLflow's Response column
+        // its text, the raw event stream would not).
         let assembled = content
-            .filter(|_| response.is_some_and(|(_, json)| !json))
+            .filter(|_| {
+                rec.kind() == sc::KIND_TRANSACTION || response.is_some_and(|(_, json)| !json)
+            })
             .and_then(Content::output_json)
-            .filter(|j| j.len() <= MAX_CONVENTION_VALUE_BYTES);
+            .filter(fits);
         if let Some(j) = assembled {
             out.push(kv_str(sc::MLFLOW_SPAN_OUTPUTS, &j));
         } else if let Some(b) = response {
