@@ -10,8 +10,16 @@
 //! either `application/json` with the JSON-RPC response, or
 //! `text/event-stream` whose events carry JSON-RPC messages (server
 //! notifications and requests may precede the response whose `id`
-//! matches). Batches (JSON arrays) of protocol revision 2025-03-26 are
-//! accepted: the first request of a batch is recorded.
+//! matches). Batches (JSON arrays) of protocol revision 2025-03-26: the
+//! record's own attributes are the first message's; [`Batch`] lists every
+//! message (up to [`MAX_BATCH_MESSAGES`], the rest counted) and
+//! [`State`] matches each response to its request by id
+//! (`egret.mcp.batch.*`; one OTLP span per message).
+//!
+//! Trace context: [`plan_meta`] / [`MetaPlan::apply`] add the proxy's
+//! `traceparent` (and `tracestate`) to `params._meta` of every message with
+//! a `method`, keeping a `_meta.traceparent` the sandbox supplied (the
+//! first one is then the incoming parent when the request has no header).
 //!
 //! Attributes (OTel MCP semconv): `mcp.method.name`, `jsonrpc.request.id`,
 //! `gen_ai.tool.name` (tools/call), `gen_ai.prompt.name` (prompts/get),
