@@ -1037,8 +1037,8 @@ impl Exchange {
                 self.mcp = Some(r);
                 self.mcp_batch = mcp::Batch::scan(body);
                 // A sandbox-supplied `_meta.traceparent` (read only from a
-                // whole body as sent: the one that may be edited).
-                if whole && std::ptr::eq(body, body_prefix) {
+                // complete body as sent: the one that may be edited).
+                if std::ptr::eq(body, body_prefix) {
                     self.mcp_meta_parent = mcp::plan_meta(body).ok().and_then(|p| p.supplied);
                 }
                 Some(end)
@@ -1194,6 +1194,10 @@ impl Exchange {
             Api::OllamaChat | Api::OllamaGenerate | Api::OllamaEmbed => {
                 Parser::Ollama(ollama::State)
             }
+            // 202 Accepted: nothing of the answer is in this body (a
+            // notification's bare 202, or the legacy HTTP+SSE transport's
+            // `Accepted`, whose answer comes on the session's SSE stream).
+            Api::Mcp if status == 202 => return,
             Api::Mcp => match &self.mcp {
                 Some(r) => {
                     // Only requests get a response; notifications and the

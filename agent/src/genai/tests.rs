@@ -2205,3 +2205,26 @@ fn mcp_trace_context_goes_into_params_meta() {
         .is_none());
     assert_eq!(finish(&mut ex).get(sc::MCP_TRACE_CONTEXT), None);
 }
+
+/// The legacy HTTP+SSE transport answers a POSTed request with `202
+/// Accepted` (text/plain) and sends the JSON-RPC answer on the session's
+/// SSE stream: the POST is recorded with its request, without a parse error.
+#[test]
+fn mcp_legacy_sse_post_accepted_is_not_a_parse_error() {
+    let mut ex = request(
+        Some(Provider::Mcp),
+        "/messages/?session_id=4f2a",
+        &[("content-type", "application/json")],
+        br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo"}}"#,
+    );
+    ex.on_response_head(
+        202,
+        &headers(&[("content-type", "text/plain; charset=utf-8")]),
+    );
+    ex.on_response_chunk(b"Accepted");
+    let r = finish(&mut ex);
+    assert_eq!(r.get_str(sc::MCP_METHOD_NAME), Some("tools/call"));
+    assert_eq!(r.get_str(sc::GEN_AI_TOOL_NAME), Some("echo"));
+    assert_eq!(r.get(sc::PARSE_ERROR), None, "{}", r.to_json_line());
+    assert_eq!(r.get(sc::ERROR_TYPE), None);
+}
