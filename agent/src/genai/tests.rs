@@ -2228,3 +2228,70 @@ fn mcp_legacy_sse_post_accepted_is_not_a_parse_error() {
     assert_eq!(r.get(sc::PARSE_ERROR), None, "{}", r.to_json_line());
     assert_eq!(r.get(sc::ERROR_TYPE), None);
 }
+
+/// Whatever the body, the `_meta` edit either declines or yields valid
+/// JSON in which every message with a method carries a traceparent, and
+/// everything else as it was.
+#[test]
+fn mcp_meta_edit_is_valid_json_or_nothing() {
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let bodies: [&[u8]; 4] = [
+        br#"[{"jsonrpc":"2.0","id":1,"method":"a","params":{"x":{"_meta":1},"_meta":{"k":"\"}"}}},{"jsonrpc":"2.0","method":"b"}, 3, {"id":2,"result":{}}]"#,
+        br#" { "method" : "tools/call" , "params" : { } } "#,
+        br#"{"method":"x","params":{"_meta":{ "tracestate":"a=b" }}}"#,
+        br#"[{"method":"m","params":{"_meta":{"traceparent":"t"}}},{"method":"n"}]"#,
+    ];
+    for body in bodies {
+        let mut variants: Vec<Vec<u8>> = (0..=body.len()).map(|i| body[..i].to_vec()).collect();
+        for i in 0..body.len() {
+            for b in [b'{', b'}', b'"', b',', b'[', b' '] {
+                let mut v = body.to_vec();
+                v[i] = b;
+                variants.push(v);
+            }
+        }
+        for v in variants {
+            let Ok(plan) = mcp::plan_meta(&v) else {
+                continue;
+            };
+            let out = plan.apply(&v, tp, Some("k=v"));
+            let got: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(|e| {
+                panic!(
+                    "{e}: {} -> {}",
+                    String::from_utf8_lossy(&v),
+                    String::from_utf8_lossy(&out)
+                )
+            });
+            let before: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            let (got, before) = match (got, before) {
+                (serde_json::Value::Array(a), serde_json::Value::Array(b)) => (a, b),
+                (a, b) => (vec![a], vec![b]),
+            };
+            assert_eq!(got.len(), before.len());
+            for (g, b) in got.iter().zip(&before) {
+                if b.get("method").is_some() && b.is_object() {
+                    assert!(g["params"]["_meta"]["traceparent"].is_string(), "{g}");
+                    let mut g = g.clone();
+                    let mut b = b.clone();
+                    for m in [&mut g, &mut b] {
+                        if let Some(p) = m.get_mut("params").and_then(|p| p.as_object_mut()) {
+                            if let Some(meta) = p.get_mut("_meta").and_then(|x| x.as_object_mut()) {
+                                meta.remove("traceparent");
+                                meta.remove("tracestate");
+                                if meta.is_empty() {
+                                    p.remove("_meta");
+                                }
+                            }
+                            if p.is_empty() {
+                                m.as_object_mut().unwrap().remove("params");
+                            }
+                        }
+                    }
+                    assert_eq!(g, b);
+                } else {
+                    assert_eq!(g, b);
+                }
+            }
+        }
+    }
+}
