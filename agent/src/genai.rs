@@ -98,6 +98,7 @@ use crate::semconv as sc;
 pub use bedrock::sigv4_signs;
 pub use decode::Encoding;
 pub use include_usage::{rewrite_request_for_usage, UsageChunkFilter};
+pub use mcp::{TRACE_CONTEXT_SKIPPED_SIGNED, TRACE_CONTEXT_SKIPPED_STREAMED};
 pub use sse::{Block, SseEvent, SseParser};
 
 use decode::Decoder;
@@ -865,6 +866,13 @@ pub struct Exchange {
     /// Request parameters (`gen_ai.request.*`, output type, conversation).
     params: params::Params,
     mcp: Option<mcp::Request>,
+    /// The request body was a JSON-RPC batch.
+    mcp_batch: Option<mcp::Batch>,
+    /// The first `params._meta.traceparent` the request body carried.
+    mcp_meta_parent: Option<String>,
+    /// `egret.mcp.trace_context`: what became of the trace context in
+    /// `params._meta`.
+    mcp_trace_context: Option<&'static str>,
     mcp_session_id: Option<String>,
     mcp_protocol_version: Option<String>,
     /// A Bedrock invoke request carried an Anthropic Messages body.
@@ -904,6 +912,9 @@ impl Exchange {
             include_usage: None,
             params: params::Params::default(),
             mcp: None,
+            mcp_batch: None,
+            mcp_meta_parent: None,
+            mcp_trace_context: None,
             mcp_session_id: None,
             mcp_protocol_version: None,
             bedrock_anthropic: false,
@@ -1074,6 +1085,12 @@ impl Exchange {
                     self.mcp_protocol_version.clone_from(&r.protocol_version);
                 }
                 self.mcp = Some(r);
+                self.mcp_batch = mcp::Batch::scan(body);
+                // A sandbox-supplied `_meta.traceparent` (read only from a
+                // complete body as sent: the one that may be edited).
+                if std::ptr::eq(body, body_prefix) {
+                    self.mcp_meta_parent = mcp::plan_meta(body).ok().and_then(|p| p.supplied);
+                }
                 Some(end)
             }
             Api::BedrockConverse
@@ -1146,6 +1163,67 @@ impl Exchange {
         Some(out)
     }
 
+    /// The `params._meta.traceparent` the (whole, identity-encoded)
+    /// request body already carried: the incoming parent when the request
+    /// has no `traceparent` header. After [`Self::on_request`].
+    pub fn mcp_meta_traceparent(&self) -> Option<&str> {
+        self.mcp_meta_parent.as_deref()
+    }
+
+    /// For an MCP POST whose whole body the proxy holds: the body with
+    /// `traceparent` (and `tracestate`) added to the `params._meta` of
+    /// every message that has a `method` and no `_meta.traceparent` of its
+    /// own ([`mcp::plan_meta`]); `None`: send the original (nothing to
+    /// add, not MCP, or it cannot be done safely — recorded in
+    /// `egret.mcp.trace_context`).
+    pub fn inject_mcp_trace_context(
+        &mut self,
+        body: &[u8],
+        encoded: bool,
+        traceparent: &str,
+        tracestate: Option<&str>,
+    ) -> Option<Vec<u8>> {
+        if self.api != Api::Mcp || self.mcp.is_none() {
+            return None;
+        }
+        if encoded {
+            self.mcp_trace_context = Some(mcp::TRACE_CONTEXT_SKIPPED_ENCODED);
+            return None;
+        }
+        match mcp::plan_meta(body) {
+            Ok(plan) if plan.inserts() > 0 => {
+                self.mcp_trace_context = Some(mcp::TRACE_CONTEXT_INJECTED);
+                Some(plan.apply(body, traceparent, tracestate))
+            }
+            Ok(plan) => {
+                if plan.supplied.is_some() {
+                    self.mcp_trace_context = Some(mcp::TRACE_CONTEXT_SUPPLIED);
+                }
+                None
+            }
+            Err(mcp::MetaSkip::Invalid) => {
+                self.mcp_trace_context = Some(mcp::TRACE_CONTEXT_SKIPPED_INVALID);
+                None
+            }
+            Err(mcp::MetaSkip::Unsupported) => {
+                self.mcp_trace_context = Some(mcp::TRACE_CONTEXT_SKIPPED_UNSUPPORTED);
+                None
+            }
+            Err(mcp::MetaSkip::TooManyMessages) => {
+                self.mcp_trace_context = Some(mcp::TRACE_CONTEXT_SKIPPED_TOO_LARGE);
+                None
+            }
+        }
+    }
+
+    /// An MCP POST whose trace context could not go into `params._meta`
+    /// (`why`: one of the `mcp::TRACE_CONTEXT_SKIPPED_*` values).
+    pub fn skip_mcp_trace_context(&mut self, why: &'static str) {
+        if self.api == Api::Mcp {
+            self.mcp_trace_context = Some(why);
+        }
+    }
+
     /// The response status and headers.
     pub fn on_response_head(&mut self, status: u16, headers: &HeaderMap) {
         self.status = Some(status);
@@ -1166,6 +1244,10 @@ impl Exchange {
             Api::OllamaChat | Api::OllamaGenerate | Api::OllamaEmbed => {
                 Parser::Ollama(ollama::State)
             }
+            // 202 Accepted: nothing of the answer is in this body (a
+            // notification's bare 202, or the legacy HTTP+SSE transport's
+            // `Accepted`, whose answer comes on the session's SSE stream).
+            Api::Mcp if status == 202 => return,
             Api::Mcp => match &self.mcp {
                 Some(r) => {
                     // Only requests get a response; notifications and the
@@ -1179,6 +1261,11 @@ impl Exchange {
                         request_id: r.id.clone().filter(|_| request),
                         any_id: request && r.id.is_none() && self.request_truncated,
                         method: r.method.clone(),
+                        batch: self
+                            .mcp_batch
+                            .as_ref()
+                            .map(mcp::State::for_batch)
+                            .unwrap_or_default(),
                     })
                 }
                 None => return,
@@ -1304,6 +1391,7 @@ impl Exchange {
         };
 
         let mut f = Findings::default();
+        let mut batch_outcomes = None;
         if let Some(mut dec) = self.response.take() {
             if !self.response_dead && dec.finish().is_err() {
                 let capped = dec.sink_mut().is_some_and(|s| s.over_decoded_cap());
@@ -1317,6 +1405,9 @@ impl Exchange {
                     .is_some_and(|s| (200..300).contains(&s) && s != 204);
                 sink.end(ok);
                 f = std::mem::take(&mut sink.findings);
+                if let Parser::Mcp(s) = &mut sink.parser {
+                    batch_outcomes = Some(std::mem::take(&mut s.batch));
+                }
             }
         }
 
@@ -1385,6 +1476,13 @@ impl Exchange {
                 .or(f.mcp_protocol_version.take());
             record.set_opt(sc::MCP_PROTOCOL_VERSION, version);
             record.set_opt(sc::RPC_RESPONSE_STATUS_CODE, f.rpc_status_code.take());
+            record.set_opt(sc::MCP_TRACE_CONTEXT, self.mcp_trace_context);
+        }
+        if let Some(b) = self.mcp_batch.take() {
+            let outcomes = batch_outcomes
+                .filter(|o| o.len() == b.messages.len())
+                .unwrap_or_else(|| mcp::State::for_batch(&b));
+            write_batch(record, &b, &outcomes);
         }
 
         if self.rewritten {
@@ -1401,5 +1499,36 @@ impl Exchange {
         if record.get(sc::ERROR_TYPE).is_none() {
             record.set_opt(sc::ERROR_TYPE, f.error_type.take());
         }
+    }
+}
+
+/// `egret.mcp.batch.*` of a batch request: its size, then one entry per
+/// recorded message in each parallel array (`""` where a message has no
+/// such value), and the messages beyond the bound.
+fn write_batch(record: &mut Record, b: &mcp::Batch, outcomes: &[(Option<String>, mcp::Outcome)]) {
+    let col = |f: &dyn Fn(&mcp::Request) -> Option<&str>| -> Vec<String> {
+        b.messages
+            .iter()
+            .map(|m| f(m).unwrap_or("").to_owned())
+            .collect()
+    };
+    record.set(
+        sc::MCP_BATCH_SIZE,
+        i64::try_from(b.size).unwrap_or(i64::MAX),
+    );
+    record.set(sc::MCP_BATCH_METHOD_NAMES, col(&|m| m.method.as_deref()));
+    record.set(sc::MCP_BATCH_REQUEST_IDS, col(&|m| m.id.as_deref()));
+    record.set(sc::MCP_BATCH_TARGETS, col(&|m| m.target()));
+    let errors: Vec<String> = outcomes
+        .iter()
+        .map(|(_, o)| o.error_type().to_owned())
+        .collect();
+    record.set(sc::MCP_BATCH_ERROR_TYPES, errors);
+    let unrecorded = b.size.saturating_sub(b.messages.len());
+    if unrecorded > 0 {
+        record.set(
+            sc::MCP_BATCH_UNRECORDED,
+            i64::try_from(unrecorded).unwrap_or(i64::MAX),
+        );
     }
 }

@@ -206,6 +206,18 @@ pub const GEN_AI_PROMPT_NAME: &str = "gen_ai.prompt.name";
 pub const MCP_RESOURCE_URI: &str = "mcp.resource.uri";
 pub const MCP_PROTOCOL_VERSION: &str = "mcp.protocol.version";
 pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";
+// MCP JSON-RPC batches: one entry per message in each parallel array
+// (bounded; `docs/attributes.md`, "MCP batches").
+pub const MCP_BATCH_SIZE: &str = "egret.mcp.batch.size";
+pub const MCP_BATCH_METHOD_NAMES: &str = "egret.mcp.batch.method_names";
+pub const MCP_BATCH_REQUEST_IDS: &str = "egret.mcp.batch.request_ids";
+pub const MCP_BATCH_TARGETS: &str = "egret.mcp.batch.targets";
+pub const MCP_BATCH_ERROR_TYPES: &str = "egret.mcp.batch.error_types";
+pub const MCP_BATCH_UNRECORDED: &str = "egret.mcp.batch.unrecorded";
+/// On a batch message's own span: its position in the batch.
+pub const MCP_BATCH_INDEX: &str = "egret.mcp.batch.index";
+/// What became of the trace context in `params._meta` of an MCP request.
+pub const MCP_TRACE_CONTEXT: &str = "egret.mcp.trace_context";
 // OTLP export (sink::otlp). Names a backend reads, beside the record's own.
 /// Event names: the LogRecord `event_name` field of each record's log.
 pub const EVENT_TRANSACTION: &str = "egret.transaction";
@@ -299,6 +311,8 @@ pub const CONTENT_DETAIL: &[&str] = &[
     MCP_SESSION_ID,
     JSONRPC_REQUEST_ID,
     WEBSOCKET_SESSION_ID,
+    MCP_BATCH_REQUEST_IDS,
+    MCP_BATCH_TARGETS,
 ];
 
 /// Value type of an attribute, as the semantic-convention YAML names it.
@@ -333,7 +347,7 @@ impl AttrType {
 /// lacks. The other attribute names above
 /// are the core registry's, referenced from egret's.
 pub const DEFINED: &[(&str, AttrType)] = {
-    use AttrType::{Boolean as B, Double as D, Int as I, String as S};
+    use AttrType::{Boolean as B, Double as D, Int as I, String as S, StringArray as SA};
     &[
         // semantic-conventions-genai v0.1.0 names the core registry lacks.
         (GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS, I),
@@ -442,6 +456,14 @@ pub const DEFINED: &[(&str, AttrType)] = {
         (LLM_OUTPUT_MESSAGES, S),
         (LLM_INVOCATION_PARAMETERS, S),
         (LLM_TOOLS, S),
+        (MCP_BATCH_SIZE, I),
+        (MCP_BATCH_METHOD_NAMES, SA),
+        (MCP_BATCH_REQUEST_IDS, SA),
+        (MCP_BATCH_TARGETS, SA),
+        (MCP_BATCH_ERROR_TYPES, SA),
+        (MCP_BATCH_UNRECORDED, I),
+        (MCP_BATCH_INDEX, I),
+        (MCP_TRACE_CONTEXT, S),
     ]
 };
 

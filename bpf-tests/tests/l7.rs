@@ -1559,3 +1559,234 @@ fn tool_calls_from_official_sdks_are_parts_equal_to_what_each_sdk_assembled() {
         }
     }
 }
+
+/// The body of a `curl -D -` answer, and its header `name`.
+fn split_answer(out: &str, name: &str) -> (String, Option<String>) {
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or(("", out));
+    let value = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    });
+    (body.to_owned(), value)
+}
+
+/// The JSON-RPC messages of an MCP answer: a JSON value (an array gives
+/// its elements) or an SSE stream's `data:` lines.
+fn rpc_messages(body: &str) -> Vec<Value> {
+    match serde_json::from_str::<Value>(body) {
+        Ok(Value::Array(v)) => v,
+        Ok(v) => vec![v],
+        Err(_) => body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .collect(),
+    }
+}
+
+fn strs(r: &Record, k: &str) -> Vec<String> {
+    match r.get(k) {
+        Some(egret::record::AttrValue::StrArray(v)) => v.clone(),
+        other => panic!("{k}: {other:?} in {}", r.to_json_line()),
+    }
+}
+
+/// MCP through the agent to the stand-in: a JSON-RPC batch (answered as a
+/// JSON array and as an SSE stream) is recorded per message and reaches a
+/// real OTLP receiver as one child span per message under the exchange's
+/// span; egret's traceparent goes into each request's `params._meta` (the
+/// stand-in reports what it received: the header's value), and a
+/// sandbox-supplied `_meta.traceparent` is kept and becomes the parent.
+#[test]
+fn mcp_batches_become_spans_and_trace_context_goes_into_params_meta() {
+    if !require_privileges("mcp_batch") || !require_venv("mcp_batch") {
+        return;
+    }
+    let rx = Receiver::start();
+    let w = World::start(&format!(
+        "gateways:\n- name: mcp-gw\n  routes:\n  - {{name: tools, hosts: [mcp.local], provider: mcp}}\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    signals: {{metrics: false}}\n",
+        rx.port
+    ));
+    let inv = unique("inv-mcp-batch-");
+    let registered = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let cg = w.sandbox(&inv, Some(registered));
+    let post = |body: &str, sid: Option<&str>, path: &str| -> String {
+        let sid_h = sid.map(|s| format!("mcp-session-id: {s}"));
+        let mut args = vec![
+            "-D",
+            "-",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-H",
+            "mcp-protocol-version: 2025-06-18",
+        ];
+        if let Some(h) = &sid_h {
+            args.extend(["-H", h.as_str()]);
+        }
+        let url = format!("https://mcp.local{path}");
+        args.extend(["-d", body, url.as_str()]);
+        w.curl(&cg, &args)
+    };
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
+    let (_, sid) = split_answer(&post(init, None, "/mcp?format=json"), "mcp-session-id");
+    let sid = sid.expect("a session id");
+
+    let batch = |base: i64| {
+        format!(
+            r#"[{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"hi"}}}}}},
+               {{"jsonrpc":"2.0","method":"notifications/initialized"}},
+               {{"jsonrpc":"2.0","id":{},"method":"nope"}},
+               {{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"add","arguments":{{"a":1}},"_meta":{{"progressToken":"p"}}}}}}]"#,
+            base,
+            base + 1,
+            base + 2
+        )
+    };
+    let json_answer =
+        rpc_messages(&split_answer(&post(&batch(10), Some(&sid), "/mcp?format=json"), "x").0);
+    let sse_answer = rpc_messages(&split_answer(&post(&batch(20), Some(&sid), "/mcp"), "x").0);
+    // A single request carrying its own trace context (no header).
+    let own = "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01";
+    let single = format!(
+        r#"{{"jsonrpc":"2.0","id":30,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"x"}},"_meta":{{"traceparent":"{own}"}}}}}}"#
+    );
+    let single_answer =
+        rpc_messages(&split_answer(&post(&single, Some(&sid), "/mcp?format=json"), "x").0);
+
+    let recs = w.transactions(&inv, 4);
+    let by_first_id = |id: &str| {
+        recs.iter()
+            .find(|r| r.get_str(sc::JSONRPC_REQUEST_ID) == Some(id))
+            .unwrap_or_else(|| panic!("no transaction for id {id}"))
+    };
+
+    // What the stand-in received: each request's `_meta.traceparent` is
+    // the header egret sent, whose span is the record's.
+    for (answer, first, responses) in [(&json_answer, "10", 3), (&sse_answer, "20", 4)] {
+        let rec = by_first_id(first);
+        let line = rec.to_json_line();
+        let results: Vec<&Value> = answer.iter().filter(|m| m.get("id").is_some()).collect();
+        assert_eq!(answer.len(), responses, "{answer:?}");
+        let seen: Vec<&Value> = results
+            .iter()
+            .filter_map(|m| m["result"]["_meta"].get("egret.mock/seen"))
+            .collect();
+        assert_eq!(seen.len(), 2, "both tools/call results report: {answer:?}");
+        for s in seen {
+            let header = s["traceparent"].as_str().expect("header");
+            assert_eq!(s["meta"]["traceparent"].as_str(), Some(header), "{s}");
+            let parts: Vec<&str> = header.split('-').collect();
+            assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(Some(parts[2]), rec.get_str(sc::SPAN_ID), "{line}");
+        }
+        // The sandbox's other `_meta` keys are kept.
+        assert!(results
+            .iter()
+            .any(|m| m["result"]["_meta"]["egret.mock/seen"]["meta"]["progressToken"] == "p"));
+        assert_eq!(
+            rec.get_str(sc::MCP_TRACE_CONTEXT),
+            Some("injected"),
+            "{line}"
+        );
+        assert_eq!(rec.get_i64(sc::MCP_BATCH_SIZE), Some(4), "{line}");
+        assert_eq!(
+            strs(rec, sc::MCP_BATCH_METHOD_NAMES),
+            [
+                "tools/call",
+                "notifications/initialized",
+                "nope",
+                "tools/call"
+            ]
+        );
+        assert_eq!(
+            strs(rec, sc::MCP_BATCH_ERROR_TYPES),
+            ["", "", "-32601", "tool_error"],
+            "{line}"
+        );
+        assert_eq!(rec.get(sc::PARSE_ERROR), None, "{line}");
+    }
+
+    // The sandbox's own `_meta.traceparent`: kept, and the parent.
+    let rec = by_first_id("30");
+    let s = &single_answer[0]["result"]["_meta"]["egret.mock/seen"];
+    assert_eq!(s["meta"]["traceparent"], own, "{single_answer:?}");
+    assert_eq!(
+        s["traceparent"].as_str(),
+        Some(
+            format!(
+                "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-{}-01",
+                rec.get_str(sc::SPAN_ID).unwrap()
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(
+        rec.get_str(sc::TRACE_ID),
+        Some("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+    );
+    assert_eq!(rec.get_str(sc::PARENT_SPAN_ID), Some("bbbbbbbbbbbbbbbb"));
+    assert_eq!(rec.get_str(sc::MCP_TRACE_CONTEXT), Some("supplied"));
+    assert_eq!(rec.get(sc::MCP_BATCH_SIZE), None);
+
+    // The receiver: one child span per batch message under each batch's span.
+    for first in ["10", "20"] {
+        let rec = by_first_id(first);
+        let parent = rec.get_str(sc::SPAN_ID).unwrap().to_owned();
+        let kids_of = |l: &[Value]| -> Vec<Value> {
+            let mut v: Vec<Value> = l
+                .iter()
+                .filter(|x| x["signal"] == "traces" && x["parent_span_id"] == parent.as_str())
+                .cloned()
+                .collect();
+            v.sort_by_key(|x| x["attributes"]["egret.mcp.batch.index"].as_i64());
+            v
+        };
+        let lines = rx.wait("the batch's spans", |l| {
+            kids_of(l).len() >= 4
+                && l.iter()
+                    .any(|x| x["signal"] == "traces" && x["span_id"] == parent.as_str())
+        });
+        let kids = kids_of(&lines);
+        assert_eq!(kids.len(), 4, "{kids:?}");
+        let names: Vec<&str> = kids.iter().map(|k| k["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "tools/call echo",
+                "notifications/initialized",
+                "nope",
+                "tools/call add"
+            ]
+        );
+        let base: i64 = first.parse().unwrap();
+        for (k, id) in [
+            (0, Some(base)),
+            (1, None),
+            (2, Some(base + 1)),
+            (3, Some(base + 2)),
+        ] {
+            let a = &kids[k]["attributes"];
+            assert_eq!(
+                a["jsonrpc.request.id"].as_str(),
+                id.map(|i| i.to_string()).as_deref()
+            );
+            assert_eq!(kids[k]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(a["mcp.session.id"], sid.as_str());
+            assert_eq!(a["invocation.id"], inv.as_str());
+        }
+        assert_eq!(
+            kids[0]["attributes"]["gen_ai.operation.name"],
+            "execute_tool"
+        );
+        assert_eq!(kids[0]["attributes"]["gen_ai.tool.name"], "echo");
+        assert_eq!(kids[0]["status"]["code"], 0);
+        assert_eq!(kids[2]["attributes"]["error.type"], "-32601");
+        assert_eq!(kids[2]["status"]["code"], 2, "ERROR");
+        assert_eq!(kids[3]["attributes"]["error.type"], "tool_error");
+        assert_eq!(kids[3]["attributes"]["gen_ai.tool.name"], "add");
+    }
+}

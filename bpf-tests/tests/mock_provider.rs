@@ -603,6 +603,49 @@ async fn mcp_streamable_http() {
     .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
+    // Batches: one response per request (a JSON array, or one SSE event
+    // each), none for notifications; a request's `_meta` is reported back.
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 10, "method": "tools/call",
+         "params": {"name": "echo", "arguments": {"text": "b"}, "_meta": {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": "x", "method": "nope"},
+        {"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 1}}},
+    ]);
+    let r = call(with_sid(both), "/mcp?format=json", batch.clone()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    let list = v.as_array().expect("an array of responses");
+    assert_eq!(list.len(), 3, "{v}");
+    assert_eq!(list[0]["id"], 10);
+    assert_eq!(list[0]["result"]["content"][0]["text"], "b");
+    assert_eq!(
+        list[0]["result"]["_meta"]["egret.mock/seen"]["meta"]["traceparent"],
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    assert_eq!(list[1]["error"]["code"], -32601);
+    assert_eq!(list[2]["result"]["isError"], true);
+    let r = call(with_sid(both), "/mcp", batch).await;
+    let events = sse_events(&r.text(), "\n\n");
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[1].1["id"], "x");
+    let r = call(
+        with_sid(both),
+        "/mcp",
+        json!([{"jsonrpc": "2.0", "method": "notifications/initialized"}]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let r = call(with_sid(both), "/mcp", json!([])).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = call(
+        h(both),
+        "/mcp",
+        json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "batch without session");
+
     let r = fetch(
         &mock,
         "mcp.local",

@@ -347,6 +347,92 @@ pub fn scan<'a>(bytes: &'a [u8], mut on: impl FnMut(&Hit<'a>)) -> ScanEnd {
     }
 }
 
+/// What [`scan_elements`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elements {
+    pub end: ScanEnd,
+    /// The root was an array (a JSON-RPC batch), not one object.
+    pub array: bool,
+    /// Elements started (an array's elements; 1 for a root object), as
+    /// far as the input goes: the last may be cut.
+    pub count: usize,
+    /// `start..end` (end exclusive) of each of the first `max` elements
+    /// that is an object and closed before the input ended.
+    pub objects: Vec<Option<(usize, usize)>>,
+}
+
+/// Like [`scan`], but for every element of a root array (up to `max` of
+/// them; later ones are counted and skipped), calling `on` with the
+/// element's index. A root object is element 0.
+pub fn scan_elements<'a>(
+    bytes: &'a [u8],
+    max: usize,
+    mut on: impl FnMut(usize, &Hit<'a>),
+) -> Elements {
+    let mut cur = Cur { b: bytes, i: 0 };
+    let mut out = Elements {
+        end: ScanEnd::Invalid,
+        array: false,
+        count: 0,
+        objects: Vec::new(),
+    };
+    let result = (|| -> Result<Option<usize>, Stop> {
+        cur.ws();
+        let close = match cur.peek()? {
+            b'{' => {
+                out.count = 1;
+                let start = cur.i;
+                let close = cur.object(None, &mut |h| on(0, h))?;
+                out.objects.push(Some((start, close + 1)));
+                Some(close)
+            }
+            b'[' => {
+                out.array = true;
+                cur.i += 1;
+                cur.ws();
+                if cur.peek()? != b']' {
+                    loop {
+                        cur.ws();
+                        let index = out.count;
+                        out.count += 1;
+                        let start = cur.i;
+                        if index < max && cur.peek()? == b'{' {
+                            out.objects.push(None);
+                            cur.object(None, &mut |h| on(index, h))?;
+                            out.objects[index] = Some((start, cur.i));
+                        } else {
+                            if index < max {
+                                out.objects.push(None);
+                            }
+                            cur.value()?;
+                        }
+                        cur.ws();
+                        match cur.peek()? {
+                            b',' => cur.i += 1,
+                            b']' => break,
+                            _ => return Err(Stop::Invalid),
+                        }
+                    }
+                }
+                cur.i += 1;
+                None
+            }
+            _ => return Err(Stop::Invalid),
+        };
+        cur.ws();
+        if cur.i != bytes.len() {
+            return Err(Stop::Invalid);
+        }
+        Ok(close)
+    })();
+    out.end = match result {
+        Ok(close) => ScanEnd::Complete { close },
+        Err(Stop::Eof) => ScanEnd::Truncated,
+        Err(Stop::Invalid) => ScanEnd::Invalid,
+    };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +487,46 @@ mod tests {
                 close: Some(doc.len() - 2)
             }
         );
+    }
+
+    #[test]
+    fn elements_of_a_batch() {
+        let doc = br#" [ {"a":1,"p":{"b":"x"}} , 5, {"a":2} ,{"a":3}] "#;
+        let mut hits = Vec::new();
+        let els = scan_elements(doc, 3, |i, h| {
+            if h.parent.is_none() && h.key == b"a" {
+                hits.push((
+                    i,
+                    String::from_utf8_lossy(&doc[h.start..h.end]).into_owned(),
+                ));
+            }
+        });
+        assert!(els.array);
+        assert_eq!(els.count, 4);
+        assert_eq!(els.end, ScanEnd::Complete { close: None });
+        assert_eq!(hits, [(0, "1".to_owned()), (2, "2".to_owned())]);
+        assert_eq!(els.objects.len(), 3);
+        let (s, e) = els.objects[0].unwrap();
+        assert_eq!(&doc[s..e], br#"{"a":1,"p":{"b":"x"}}"#);
+        assert_eq!(els.objects[1], None);
+        let (s, e) = els.objects[2].unwrap();
+        assert_eq!(&doc[s..e], br#"{"a":2}"#);
+        // A root object is element 0; an empty array has none.
+        let els = scan_elements(br#"{"a":1}"#, 3, |_, _| {});
+        assert_eq!(
+            (els.array, els.count, els.objects),
+            (false, 1, vec![Some((0, 7))])
+        );
+        let els = scan_elements(b"[ ]", 3, |_, _| {});
+        assert_eq!((els.array, els.count), (true, 0));
+        assert_eq!(els.end, ScanEnd::Complete { close: None });
+        // Cut and broken batches.
+        for i in 1..doc.len() - 2 {
+            let els = scan_elements(&doc[..i], 3, |_, _| {});
+            assert_eq!(els.end, ScanEnd::Truncated, "prefix {i}");
+        }
+        assert_eq!(scan_elements(b"[1 2]", 3, |_, _| {}).end, ScanEnd::Invalid);
+        assert_eq!(scan_elements(b"[1,]", 3, |_, _| {}).end, ScanEnd::Invalid);
     }
 
     #[test]

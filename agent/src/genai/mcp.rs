@@ -10,8 +10,16 @@
 //! either `application/json` with the JSON-RPC response, or
 //! `text/event-stream` whose events carry JSON-RPC messages (server
 //! notifications and requests may precede the response whose `id`
-//! matches). Batches (JSON arrays) of protocol revision 2025-03-26 are
-//! accepted: the first request of a batch is recorded.
+//! matches). Batches (JSON arrays) of protocol revision 2025-03-26: the
+//! record's own attributes are the first message's; [`Batch`] lists every
+//! message (up to [`MAX_BATCH_MESSAGES`], the rest counted) and
+//! [`State`] matches each response to its request by id
+//! (`egret.mcp.batch.*`; one OTLP span per message).
+//!
+//! Trace context: [`plan_meta`] / [`MetaPlan::apply`] add the proxy's
+//! `traceparent` (and `tracestate`) to `params._meta` of every message with
+//! a `method`, keeping a `_meta.traceparent` the sandbox supplied (the
+//! first one is then the incoming parent when the request has no header).
 //!
 //! Attributes (OTel MCP semconv): `mcp.method.name`, `jsonrpc.request.id`,
 //! `gen_ai.tool.name` (tools/call), `gen_ai.prompt.name` (prompts/get),
@@ -44,25 +52,34 @@ impl Request {
     /// Reads a (possibly truncated) request body.
     pub fn scan(body: &[u8]) -> (Request, ScanEnd) {
         let mut r = Request::default();
-        let end = json_scan::scan(body, |h: &Hit<'_>| {
-            let s = || h.value.as_str().map(|c| c.into_owned());
-            match (h.parent, h.key) {
-                (None, b"jsonrpc") => r.is_jsonrpc = h.value.as_str().as_deref() == Some("2.0"),
-                (None, b"method") => r.method = s(),
-                (None, b"id") => r.id = h.value.as_id(),
-                (Some(b"params"), b"name") => r.tool_name = s(),
-                (Some(b"params"), b"uri") => r.resource_uri = s(),
-                (Some(b"params"), b"protocolVersion") => r.protocol_version = s(),
-                _ => {}
-            }
-        });
-        match r.method.as_deref() {
+        let end = json_scan::scan(body, |h: &Hit<'_>| r.hit(h));
+        r.settle();
+        (r, end)
+    }
+
+    /// One field of the message object (or of its `params`).
+    fn hit(&mut self, h: &Hit<'_>) {
+        let s = || h.value.as_str().map(|c| c.into_owned());
+        match (h.parent, h.key) {
+            (None, b"jsonrpc") => self.is_jsonrpc = h.value.as_str().as_deref() == Some("2.0"),
+            (None, b"method") => self.method = s(),
+            (None, b"id") => self.id = h.value.as_id(),
+            (Some(b"params"), b"name") => self.tool_name = s(),
+            (Some(b"params"), b"uri") => self.resource_uri = s(),
+            (Some(b"params"), b"protocolVersion") => self.protocol_version = s(),
+            _ => {}
+        }
+    }
+
+    /// Keeps the names the method gives meaning to.
+    fn settle(&mut self) {
+        match self.method.as_deref() {
             Some("tools/call") => {}
-            Some("prompts/get") => r.prompt_name = r.tool_name.take(),
-            _ => r.tool_name = None,
+            Some("prompts/get") => self.prompt_name = self.tool_name.take(),
+            _ => self.tool_name = None,
         }
         if !matches!(
-            r.method.as_deref(),
+            self.method.as_deref(),
             Some(
                 "resources/read"
                     | "resources/subscribe"
@@ -70,9 +87,87 @@ impl Request {
                     | "notifications/resources/updated"
             )
         ) {
-            r.resource_uri = None;
+            self.resource_uri = None;
         }
-        (r, end)
+    }
+
+    /// A request the server must answer: it has an id and a method that
+    /// is not a notification's.
+    pub fn expects_response(&self) -> bool {
+        self.id.is_some()
+            && self
+                .method
+                .as_deref()
+                .is_some_and(|m| !m.starts_with("notifications/"))
+    }
+
+    /// The tool (tools/call) or prompt (prompts/get) it names: the
+    /// `{target}` of its span name.
+    pub fn target(&self) -> Option<&str> {
+        self.tool_name.as_deref().or(self.prompt_name.as_deref())
+    }
+}
+
+/// Most messages of one batch recorded one by one
+/// (`egret.mcp.batch.*`); later ones are counted in
+/// `egret.mcp.batch.unrecorded`.
+pub const MAX_BATCH_MESSAGES: usize = 32;
+
+/// A request body that was a JSON-RPC batch (a JSON array).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Messages in the batch, as far as the captured body goes.
+    pub size: usize,
+    /// The first [`MAX_BATCH_MESSAGES`] of them, in order (an element that
+    /// is not an object gives an empty [`Request`]).
+    pub messages: Vec<Request>,
+}
+
+impl Batch {
+    /// Reads a batch body; `None` when the body is not a JSON array.
+    pub fn scan(body: &[u8]) -> Option<Batch> {
+        let mut messages: Vec<Request> = Vec::new();
+        let els = json_scan::scan_elements(body, MAX_BATCH_MESSAGES, |i, h| {
+            if messages.len() <= i {
+                messages.resize(i + 1, Request::default());
+            }
+            messages[i].hit(h);
+        });
+        if !els.array || matches!(els.end, ScanEnd::Invalid) {
+            return None;
+        }
+        messages.resize(els.count.min(MAX_BATCH_MESSAGES), Request::default());
+        messages.iter_mut().for_each(Request::settle);
+        Some(Batch {
+            size: els.count,
+            messages,
+        })
+    }
+}
+
+/// What became of one batch message's response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// No response is due (a notification, or a client response).
+    NotDue,
+    /// Due, not seen.
+    Pending,
+    /// A result without `isError: true`.
+    Ok,
+    /// The JSON-RPC error code, or `tool_error`.
+    Error(String),
+}
+
+impl Outcome {
+    /// The `error.type` it gives (`""` for none), as recorded in
+    /// `egret.mcp.batch.error_types`: a request never answered is
+    /// `unanswered`.
+    pub fn error_type(&self) -> &str {
+        match self {
+            Outcome::NotDue | Outcome::Ok => "",
+            Outcome::Pending => "unanswered",
+            Outcome::Error(e) => e,
+        }
     }
 }
 
@@ -118,12 +213,59 @@ pub struct State {
     /// cut before it): take the first response.
     pub any_id: bool,
     pub method: Option<String>,
+    /// For a batch: each recorded message's id and outcome, in order.
+    pub batch: Vec<(Option<String>, Outcome)>,
 }
 
 impl State {
+    /// The response-side state of a batch.
+    pub fn for_batch(batch: &Batch) -> Vec<(Option<String>, Outcome)> {
+        batch
+            .messages
+            .iter()
+            .map(|m| {
+                let due = if m.expects_response() {
+                    Outcome::Pending
+                } else {
+                    Outcome::NotDue
+                };
+                (m.id.clone(), due)
+            })
+            .collect()
+    }
+
+    /// Records a response against the batch message it answers (a
+    /// null-id error answers every message still pending: the server
+    /// could not read the batch).
+    fn batch_message(&mut self, m: &Message<'_>) {
+        let outcome = match (&m.error, &m.result) {
+            (Some(e), _) => {
+                Outcome::Error(e.code.map_or_else(|| "error".to_owned(), |c| c.to_string()))
+            }
+            (None, Some(r)) if r.is_error == Some(true) => Outcome::Error("tool_error".to_owned()),
+            (None, _) => Outcome::Ok,
+        };
+        for (id, o) in &mut self.batch {
+            if *o != Outcome::Pending {
+                continue;
+            }
+            match &m.id.0 {
+                Some(got) if id.as_deref() == Some(got.as_str()) => {
+                    *o = outcome;
+                    return;
+                }
+                None if m.error.is_some() => *o = outcome.clone(),
+                _ => {}
+            }
+        }
+    }
+
     fn message(&mut self, m: Message<'_>, f: &mut Findings) {
         if m.result.is_none() && m.error.is_none() {
             return; // a request or notification from the server
+        }
+        if !self.batch.is_empty() {
+            self.batch_message(&m);
         }
         let matches = match (&self.request_id, &m.id.0) {
             (Some(want), Some(got)) => want == got,
@@ -183,5 +325,201 @@ impl State {
     /// True when no response is due (a notification, or a response).
     pub fn expects_response(&self) -> bool {
         self.request_id.is_some() || self.any_id
+    }
+}
+
+// ---- trace context in `params._meta` ------------------------------------
+
+/// Values of `egret.mcp.trace_context`.
+pub const TRACE_CONTEXT_INJECTED: &str = "injected";
+pub const TRACE_CONTEXT_SUPPLIED: &str = "supplied";
+pub const TRACE_CONTEXT_SKIPPED_STREAMED: &str = "skipped_streamed";
+pub const TRACE_CONTEXT_SKIPPED_ENCODED: &str = "skipped_encoded";
+pub const TRACE_CONTEXT_SKIPPED_SIGNED: &str = "skipped_signed";
+pub const TRACE_CONTEXT_SKIPPED_INVALID: &str = "skipped_invalid";
+pub const TRACE_CONTEXT_SKIPPED_UNSUPPORTED: &str = "skipped_unsupported";
+pub const TRACE_CONTEXT_SKIPPED_TOO_LARGE: &str = "skipped_too_large";
+
+/// Most messages a body may hold for [`plan_meta`] to edit it.
+pub const MAX_INJECT_MESSAGES: usize = 1024;
+
+/// Where [`MetaPlan::apply`] inserts the trace context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Insert {
+    /// After the message's `{`: no `params`.
+    Params,
+    /// After `params`' `{`: no `_meta` (`empty`: `params` is `{}`).
+    Meta { empty: bool },
+    /// After `_meta`'s `{`: no `traceparent` there (`state`: nor
+    /// `tracestate`).
+    IntoMeta { empty: bool, state: bool },
+}
+
+/// Why the trace context cannot be put in a body's `params._meta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaSkip {
+    /// Not one complete, valid JSON document.
+    Invalid,
+    /// A message's `params` or `params._meta` is not an object.
+    Unsupported,
+    /// More than [`MAX_INJECT_MESSAGES`] messages.
+    TooManyMessages,
+}
+
+/// How to add `_meta.traceparent` to every message of a request body
+/// (one JSON-RPC message or a batch) that has a `method` and lacks one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaPlan {
+    /// The first `params._meta.traceparent` the body already carried (a
+    /// string), in message order.
+    pub supplied: Option<String>,
+    inserts: Vec<(usize, Insert)>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Spots {
+    method: bool,
+    params: Option<(json_scan::Value<'static>, usize, usize)>,
+    meta: Option<(json_scan::Value<'static>, usize, usize)>,
+}
+
+fn kind(v: json_scan::Value<'_>) -> json_scan::Value<'static> {
+    match v {
+        json_scan::Value::Object => json_scan::Value::Object,
+        json_scan::Value::Array => json_scan::Value::Array,
+        json_scan::Value::Null => json_scan::Value::Null,
+        json_scan::Value::Bool(b) => json_scan::Value::Bool(b),
+        json_scan::Value::Num(_) => json_scan::Value::Num(b""),
+        json_scan::Value::Str { .. } => json_scan::Value::Str {
+            raw: b"",
+            escaped: false,
+        },
+    }
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    traceparent: Option<serde_json::Value>,
+    tracestate: Option<serde_json::Value>,
+}
+
+fn is_empty_object(inner: &[u8]) -> bool {
+    inner.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Plans the `_meta` edit of a whole request body; every byte but the
+/// insertions is kept.
+pub fn plan_meta(body: &[u8]) -> Result<MetaPlan, MetaSkip> {
+    // The lax scanner's spans are trusted only on a valid document.
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|_| MetaSkip::Invalid)?;
+    let mut spots: Vec<Spots> = Vec::new();
+    let els = json_scan::scan_elements(body, MAX_INJECT_MESSAGES, |i, h| {
+        if spots.len() <= i {
+            spots.resize(i + 1, Spots::default());
+        }
+        let s = &mut spots[i];
+        match (h.parent, h.key) {
+            (None, b"method") => s.method = true,
+            (None, b"params") => s.params = Some((kind(h.value), h.start, h.end)),
+            (Some(b"params"), b"_meta") => s.meta = Some((kind(h.value), h.start, h.end)),
+            _ => {}
+        }
+    });
+    if !matches!(els.end, ScanEnd::Complete { .. }) {
+        return Err(MetaSkip::Invalid);
+    }
+    if els.count > MAX_INJECT_MESSAGES {
+        return Err(MetaSkip::TooManyMessages);
+    }
+    let mut plan = MetaPlan {
+        supplied: None,
+        inserts: Vec::new(),
+    };
+    for (i, s) in spots.iter().enumerate() {
+        let Some(Some((start, _))) = els.objects.get(i) else {
+            continue;
+        };
+        if !s.method {
+            continue; // a response to a server request: not ours to mark
+        }
+        use json_scan::Value as V;
+        let insert = match (s.params, s.meta) {
+            (None, _) => (start + 1, Insert::Params),
+            (Some((V::Object, ps, pe)), None) => (
+                ps + 1,
+                Insert::Meta {
+                    empty: is_empty_object(&body[ps + 1..pe - 1]),
+                },
+            ),
+            (Some((V::Object, _, _)), Some((V::Object, ms, me))) => {
+                let meta: Meta =
+                    serde_json::from_slice(&body[ms..me]).map_err(|_| MetaSkip::Unsupported)?;
+                match meta.traceparent {
+                    Some(serde_json::Value::String(tp)) => {
+                        plan.supplied.get_or_insert(tp);
+                        continue;
+                    }
+                    Some(_) => return Err(MetaSkip::Unsupported),
+                    None => (
+                        ms + 1,
+                        Insert::IntoMeta {
+                            empty: is_empty_object(&body[ms + 1..me - 1]),
+                            state: meta.tracestate.is_none(),
+                        },
+                    ),
+                }
+            }
+            _ => return Err(MetaSkip::Unsupported),
+        };
+        plan.inserts.push(insert);
+    }
+    Ok(plan)
+}
+
+impl MetaPlan {
+    /// Messages that get the trace context.
+    pub fn inserts(&self) -> usize {
+        self.inserts.len()
+    }
+
+    /// The body with `traceparent` (and `tracestate`, where the message
+    /// has none) added to each planned message's `params._meta`.
+    pub fn apply(&self, body: &[u8], traceparent: &str, tracestate: Option<&str>) -> Vec<u8> {
+        let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned());
+        let tp = format!("\"traceparent\":{}", q(traceparent));
+        let with_state = match tracestate {
+            Some(ts) => format!("{tp},\"tracestate\":{}", q(ts)),
+            None => tp.clone(),
+        };
+        let mut out = Vec::with_capacity(body.len() + self.inserts.len() * (with_state.len() + 24));
+        let mut at = 0;
+        for (pos, insert) in &self.inserts {
+            out.extend_from_slice(&body[at..*pos]);
+            at = *pos;
+            match insert {
+                Insert::Params => {
+                    out.extend_from_slice(b"\"params\":{\"_meta\":{");
+                    out.extend_from_slice(with_state.as_bytes());
+                    out.extend_from_slice(b"}},");
+                }
+                Insert::Meta { empty } => {
+                    out.extend_from_slice(b"\"_meta\":{");
+                    out.extend_from_slice(with_state.as_bytes());
+                    out.push(b'}');
+                    if !empty {
+                        out.push(b',');
+                    }
+                }
+                Insert::IntoMeta { empty, state } => {
+                    let text = if *state { &with_state } else { &tp };
+                    out.extend_from_slice(text.as_bytes());
+                    if !empty {
+                        out.push(b',');
+                    }
+                }
+            }
+        }
+        out.extend_from_slice(&body[at..]);
+        out
     }
 }

@@ -1940,3 +1940,358 @@ fn request_parameters_reasoning_and_cache_write() {
     assert_eq!(r.get_i64(sc::GEN_AI_REQUEST_SEED), Some(7));
     assert_eq!(r.get_str(sc::GEN_AI_OUTPUT_TYPE), Some("json"));
 }
+
+// ---------------------------------------------------------------- mcp batches
+
+fn strs(r: &Record, k: &str) -> Vec<String> {
+    match r.get(k) {
+        Some(AttrValue::StrArray(v)) => v.clone(),
+        other => panic!("{k}: {other:?} in {}", r.to_json_line()),
+    }
+}
+
+/// One exchange of a batch: request body, response (content type, body),
+/// fed in `split`-byte chunks.
+fn batch_exchange(req: &[u8], ct: &str, resp: &[u8], split: usize) -> Record {
+    let mut ex = request(
+        Some(Provider::Mcp),
+        "/mcp",
+        &[("content-type", "application/json")],
+        req,
+    );
+    ex.on_response_head(200, &headers(&[("content-type", ct)]));
+    for c in resp.chunks(split.max(1)) {
+        ex.on_response_chunk(c);
+    }
+    finish(&mut ex)
+}
+
+const BATCH: &[u8] = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}},
+ {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p","progress":1}},
+ {"jsonrpc":"2.0","id":"b","method":"prompts/get","params":{"name":"summarize"}},
+ {"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"add","arguments":{}}},
+ {"jsonrpc":"2.0","id":4,"method":"nope"},
+ {"jsonrpc":"2.0","id":5,"method":"tools/list"}]"#;
+
+#[test]
+fn mcp_batch_messages_are_recorded_one_by_one() {
+    // Responses in another order than the requests, as a JSON array; the
+    // request id 5 gets no answer.
+    let json = br#"[{"jsonrpc":"2.0","id":4,"error":{"code":-32601,"message":"no"}},
+        {"jsonrpc":"2.0","id":3,"result":{"content":[],"isError":true}},
+        {"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}]}},
+        {"jsonrpc":"2.0","id":"b","result":{"messages":[]}}]"#;
+    // The same on an SSE stream, one event each, with a server notification.
+    let mut sse = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{}}\n\n".to_vec();
+    let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+    for m in v.as_array().unwrap() {
+        sse.extend_from_slice(format!("event: message\ndata: {m}\n\n").as_bytes());
+    }
+    for (ct, body) in [
+        ("application/json", &json[..]),
+        ("text/event-stream", &sse[..]),
+    ] {
+        for split in [1, 7, body.len()] {
+            let r = batch_exchange(BATCH, ct, body, split);
+            let line = r.to_json_line();
+            assert_eq!(r.get_i64(sc::MCP_BATCH_SIZE), Some(6), "{line}");
+            assert_eq!(
+                strs(&r, sc::MCP_BATCH_METHOD_NAMES),
+                [
+                    "tools/call",
+                    "notifications/progress",
+                    "prompts/get",
+                    "tools/call",
+                    "nope",
+                    "tools/list"
+                ]
+            );
+            assert_eq!(
+                strs(&r, sc::MCP_BATCH_REQUEST_IDS),
+                ["1", "", "b", "3", "4", "5"]
+            );
+            assert_eq!(
+                strs(&r, sc::MCP_BATCH_TARGETS),
+                ["echo", "", "summarize", "add", "", ""]
+            );
+            assert_eq!(
+                strs(&r, sc::MCP_BATCH_ERROR_TYPES),
+                ["", "", "", "tool_error", "-32601", "unanswered"],
+                "{ct} split {split}"
+            );
+            assert_eq!(r.get(sc::MCP_BATCH_UNRECORDED), None);
+            // The record itself is still the first request's, as before.
+            assert_eq!(r.get_str(sc::MCP_METHOD_NAME), Some("tools/call"));
+            assert_eq!(r.get_str(sc::GEN_AI_TOOL_NAME), Some("echo"));
+            assert_eq!(r.get_str(sc::JSONRPC_REQUEST_ID), Some("1"));
+            assert_eq!(r.get(sc::ERROR_TYPE), None, "{line}");
+        }
+    }
+}
+
+#[test]
+fn mcp_batch_bounds_and_whole_batch_errors() {
+    // Over the bound: the first MAX are listed, the rest counted.
+    let n = mcp::MAX_BATCH_MESSAGES + 5;
+    let msgs: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"ping"}}"#))
+        .collect();
+    let req = format!("[{}]", msgs.join(","));
+    let resp: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"jsonrpc":"2.0","id":{i},"result":{{}}}}"#))
+        .collect();
+    let r = batch_exchange(
+        req.as_bytes(),
+        "application/json",
+        format!("[{}]", resp.join(",")).as_bytes(),
+        4096,
+    );
+    assert_eq!(r.get_i64(sc::MCP_BATCH_SIZE), Some(n as i64));
+    assert_eq!(r.get_i64(sc::MCP_BATCH_UNRECORDED), Some(5));
+    let errors = strs(&r, sc::MCP_BATCH_ERROR_TYPES);
+    assert_eq!(errors.len(), mcp::MAX_BATCH_MESSAGES);
+    assert!(errors.iter().all(String::is_empty), "{errors:?}");
+
+    // The server could not read the batch: one error with a null id
+    // answers every request; notifications stay without error.
+    let r = batch_exchange(
+        br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
+        "application/json",
+        br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid Request"}}"#,
+        64,
+    );
+    assert_eq!(strs(&r, sc::MCP_BATCH_ERROR_TYPES), ["-32600", ""]);
+
+    // A single message (no array) records no batch attributes.
+    let r = batch_exchange(
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+        "application/json",
+        br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+        64,
+    );
+    assert_eq!(r.get(sc::MCP_BATCH_SIZE), None);
+    assert_eq!(r.get(sc::MCP_BATCH_METHOD_NAMES), None);
+
+    // No response at all (upstream failed): every request is unanswered.
+    let mut ex = request(Some(Provider::Mcp), "/mcp", &[], BATCH);
+    let r = finish(&mut ex);
+    assert_eq!(
+        strs(&r, sc::MCP_BATCH_ERROR_TYPES),
+        [
+            "unanswered",
+            "",
+            "unanswered",
+            "unanswered",
+            "unanswered",
+            "unanswered"
+        ]
+    );
+}
+
+#[test]
+fn mcp_trace_context_goes_into_params_meta() {
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let inject = |body: &[u8], ts: Option<&str>| -> (Option<serde_json::Value>, Record) {
+        let mut ex = request(
+            Some(Provider::Mcp),
+            "/mcp",
+            &[
+                ("content-type", "application/json"),
+                ("content-length", &body.len().to_string()),
+            ],
+            body,
+        );
+        let out = ex.inject_mcp_trace_context(body, false, tp, ts);
+        let v = out.map(|b| {
+            serde_json::from_slice::<serde_json::Value>(&b)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&b)))
+        });
+        (v, finish(&mut ex))
+    };
+    // One request without params, one with params but no _meta, one with
+    // an empty _meta, one whose _meta has its own traceparent (kept), a
+    // notification (gets it too), a client response (no method: untouched).
+    let body = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},
+        {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo"}},
+        {"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","_meta":{ }}},
+        {"jsonrpc":"2.0","id":4,"method":"ping","params":{"_meta":{"traceparent":"00-11111111111111111111111111111111-2222222222222222-01","x":1}}},
+        {"jsonrpc":"2.0","method":"notifications/initialized","params":{}},
+        {"jsonrpc":"2.0","id":"s1","result":{}}]"#;
+    let (v, r) = inject(body, Some("vendor=x"));
+    let v = v.expect("rewritten");
+    let meta = |i: usize| v[i]["params"]["_meta"].clone();
+    for i in [0, 1, 2, 4] {
+        assert_eq!(meta(i)["traceparent"], tp, "{i}: {v}");
+        assert_eq!(meta(i)["tracestate"], "vendor=x", "{i}: {v}");
+    }
+    assert_eq!(v[1]["params"]["name"], "echo");
+    assert_eq!(
+        meta(3),
+        serde_json::json!({"traceparent":"00-11111111111111111111111111111111-2222222222222222-01","x":1})
+    );
+    assert_eq!(
+        v[5],
+        serde_json::json!({"jsonrpc":"2.0","id":"s1","result":{}})
+    );
+    assert_eq!(r.get_str(sc::MCP_TRACE_CONTEXT), Some("injected"));
+
+    // The supplied traceparent is offered as the incoming parent.
+    let ex = request(
+        Some(Provider::Mcp),
+        "/mcp",
+        &[("content-length", &body.len().to_string())],
+        body,
+    );
+    assert_eq!(
+        ex.mcp_meta_traceparent(),
+        Some("00-11111111111111111111111111111111-2222222222222222-01")
+    );
+
+    // Single message: every other byte is kept.
+    let single = br#"{"jsonrpc":"2.0", "id":7, "method":"tools/call", "params": {"name":"echo"}}"#;
+    let (v, _) = inject(single, None);
+    let v = v.unwrap();
+    assert_eq!(v["params"]["_meta"], serde_json::json!({"traceparent": tp}));
+    // Already there everywhere: nothing to send differently.
+    let own = br#"{"jsonrpc":"2.0","id":7,"method":"ping","params":{"_meta":{"traceparent":"00-11111111111111111111111111111111-2222222222222222-01"}}}"#;
+    let (v, r) = inject(own, None);
+    assert!(v.is_none());
+    assert_eq!(r.get_str(sc::MCP_TRACE_CONTEXT), Some("supplied"));
+    // Unsafe: skipped and flagged, never a broken body.
+    for (body, why) in [
+        (
+            &br#"{"jsonrpc":"2.0","id":7,"method":"x","params":[1,2]}"#[..],
+            "skipped_unsupported",
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":7,"method":"x","params":{"_meta":null}}"#,
+            "skipped_unsupported",
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":7,"method":"x","params":{"_meta":{"traceparent":5}}}"#,
+            "skipped_unsupported",
+        ),
+        (
+            br#"{"jsonrpc":"2.0","id":7,"method":"x","params":{"a":1}"#,
+            "skipped_invalid",
+        ),
+    ] {
+        let (v, r) = inject(body, None);
+        assert!(v.is_none(), "{}", String::from_utf8_lossy(body));
+        assert_eq!(r.get_str(sc::MCP_TRACE_CONTEXT), Some(why));
+    }
+    // An encoded body is not edited.
+    let mut ex = request(Some(Provider::Mcp), "/mcp", &[], single);
+    assert!(ex
+        .inject_mcp_trace_context(single, true, tp, None)
+        .is_none());
+    assert_eq!(
+        finish(&mut ex).get_str(sc::MCP_TRACE_CONTEXT),
+        Some("skipped_encoded")
+    );
+    // Too many messages to edit.
+    let many = format!(
+        "[{}]",
+        vec![r#"{"jsonrpc":"2.0","method":"notifications/x"}"#; mcp::MAX_INJECT_MESSAGES + 1]
+            .join(",")
+    );
+    let (v, r) = inject(many.as_bytes(), None);
+    assert!(v.is_none());
+    assert_eq!(r.get_str(sc::MCP_TRACE_CONTEXT), Some("skipped_too_large"));
+    // Not MCP: nothing happens, nothing recorded.
+    let mut ex = request(Some(Provider::OpenAi), "/v1/chat/completions", &[], single);
+    assert!(ex
+        .inject_mcp_trace_context(single, false, tp, None)
+        .is_none());
+    assert_eq!(finish(&mut ex).get(sc::MCP_TRACE_CONTEXT), None);
+}
+
+/// The legacy HTTP+SSE transport answers a POSTed request with `202
+/// Accepted` (text/plain) and sends the JSON-RPC answer on the session's
+/// SSE stream: the POST is recorded with its request, without a parse error.
+#[test]
+fn mcp_legacy_sse_post_accepted_is_not_a_parse_error() {
+    let mut ex = request(
+        Some(Provider::Mcp),
+        "/messages/?session_id=4f2a",
+        &[("content-type", "application/json")],
+        br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo"}}"#,
+    );
+    ex.on_response_head(
+        202,
+        &headers(&[("content-type", "text/plain; charset=utf-8")]),
+    );
+    ex.on_response_chunk(b"Accepted");
+    let r = finish(&mut ex);
+    assert_eq!(r.get_str(sc::MCP_METHOD_NAME), Some("tools/call"));
+    assert_eq!(r.get_str(sc::GEN_AI_TOOL_NAME), Some("echo"));
+    assert_eq!(r.get(sc::PARSE_ERROR), None, "{}", r.to_json_line());
+    assert_eq!(r.get(sc::ERROR_TYPE), None);
+}
+
+/// Whatever the body, the `_meta` edit either declines or yields valid
+/// JSON in which every message with a method carries a traceparent, and
+/// everything else as it was.
+#[test]
+fn mcp_meta_edit_is_valid_json_or_nothing() {
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let bodies: [&[u8]; 4] = [
+        br#"[{"jsonrpc":"2.0","id":1,"method":"a","params":{"x":{"_meta":1},"_meta":{"k":"\"}"}}},{"jsonrpc":"2.0","method":"b"}, 3, {"id":2,"result":{}}]"#,
+        br#" { "method" : "tools/call" , "params" : { } } "#,
+        br#"{"method":"x","params":{"_meta":{ "tracestate":"a=b" }}}"#,
+        br#"[{"method":"m","params":{"_meta":{"traceparent":"t"}}},{"method":"n"}]"#,
+    ];
+    for body in bodies {
+        let mut variants: Vec<Vec<u8>> = (0..=body.len()).map(|i| body[..i].to_vec()).collect();
+        for i in 0..body.len() {
+            for b in [b'{', b'}', b'"', b',', b'[', b' '] {
+                let mut v = body.to_vec();
+                v[i] = b;
+                variants.push(v);
+            }
+        }
+        for v in variants {
+            let Ok(plan) = mcp::plan_meta(&v) else {
+                continue;
+            };
+            let out = plan.apply(&v, tp, Some("k=v"));
+            let got: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(|e| {
+                panic!(
+                    "{e}: {} -> {}",
+                    String::from_utf8_lossy(&v),
+                    String::from_utf8_lossy(&out)
+                )
+            });
+            let before: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            let (got, before) = match (got, before) {
+                (serde_json::Value::Array(a), serde_json::Value::Array(b)) => (a, b),
+                (a, b) => (vec![a], vec![b]),
+            };
+            assert_eq!(got.len(), before.len());
+            for (g, b) in got.iter().zip(&before) {
+                if b.get("method").is_some() && b.is_object() {
+                    assert!(g["params"]["_meta"]["traceparent"].is_string(), "{g}");
+                    let mut g = g.clone();
+                    let mut b = b.clone();
+                    for m in [&mut g, &mut b] {
+                        if let Some(p) = m.get_mut("params").and_then(|p| p.as_object_mut()) {
+                            if let Some(meta) = p.get_mut("_meta").and_then(|x| x.as_object_mut()) {
+                                meta.remove("traceparent");
+                                meta.remove("tracestate");
+                                if meta.is_empty() {
+                                    p.remove("_meta");
+                                }
+                            }
+                            if p.is_empty() {
+                                m.as_object_mut().unwrap().remove("params");
+                            }
+                        }
+                    }
+                    assert_eq!(g, b);
+                } else {
+                    assert_eq!(g, b);
+                }
+            }
+        }
+    }
+}

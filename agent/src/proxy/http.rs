@@ -919,37 +919,13 @@ async fn prepare(
     ));
     let mut exchange = Exchange::new(provider, Limits::default());
 
-    // Trace context, set on the outbound request.
     let incoming_tp = req
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let root = attr.map(|a| a.trace_root());
-    let (trace_id, span_id, parent, header) = trace_context(incoming_tp.as_deref(), root.as_ref());
-    rec.set(sc::TRACE_ID, trace_id);
-    rec.set(sc::SPAN_ID, span_id);
-    rec.set_opt(sc::PARENT_SPAN_ID, parent);
-
     let (mut parts, body) = req.into_parts();
     parts.headers.remove(http::header::EXPECT);
-    // A SigV4-signed request (AWS: Bedrock) that signed the trace headers
-    // keeps them as sent: changing one would void the signature.
-    // (Neither is touched then: the upstream sees the client's context.)
-    let keep_trace = crate::genai::sigv4_signs(&parts.headers, "traceparent")
-        || crate::genai::sigv4_signs(&parts.headers, "tracestate");
-    if !keep_trace {
-        if let Ok(v) = HeaderValue::from_str(&header) {
-            parts.headers.insert("traceparent", v);
-        }
-    }
-    if incoming_tp.is_none() && !keep_trace {
-        if let Some(ts) = attr.and_then(|a| a.tracestate.as_deref()) {
-            if let Ok(v) = HeaderValue::from_str(ts) {
-                parts.headers.insert("tracestate", v);
-            }
-        }
-    }
     let path_q = parts
         .uri
         .path_and_query()
@@ -967,7 +943,7 @@ async fn prepare(
     if length.is_some_and(|n| n <= WHOLE_REQUEST_MAX) && buffered.is_none() {
         rec.set(sc::BODY_STREAMED_OVER_BUDGET, true);
     }
-    let out_body: ProxyBody = if buffered.is_some() {
+    let whole = if buffered.is_some() {
         let bytes = match Limited::new(body, WHOLE_REQUEST_MAX as usize)
             .collect()
             .await
@@ -983,24 +959,76 @@ async fn prepare(
             .unwrap_or_else(|p| p.into_inner())
             .push(&bytes);
         exchange.on_request(&parts.method, &path_q, &parts.headers, &bytes);
-        let sent = if rewrite_allowed && exchange.wants_usage_rewrite() {
-            exchange.rewrite_request_body(&bytes).map(Bytes::from)
-        } else {
-            None
-        };
-        match sent {
-            Some(b) => {
-                parts.headers.insert(
-                    http::header::CONTENT_LENGTH,
-                    HeaderValue::from(b.len() as u64),
-                );
-                full(b)
-            }
-            None => full(bytes),
-        }
+        Ok(bytes)
     } else {
         exchange.on_request(&parts.method, &path_q, &parts.headers, &[]);
-        RequestTap::new(body, req_capture.clone()).boxed_unsync()
+        Err(body)
+    };
+
+    // Trace context, set on the outbound request: the sandbox's header, else
+    // the `params._meta.traceparent` its MCP request carried, is the parent.
+    let incoming_tp = incoming_tp.or_else(|| exchange.mcp_meta_traceparent().map(str::to_owned));
+    let root = attr.map(|a| a.trace_root());
+    let (trace_id, span_id, parent, header) = trace_context(incoming_tp.as_deref(), root.as_ref());
+    rec.set(sc::TRACE_ID, trace_id);
+    rec.set(sc::SPAN_ID, span_id);
+    rec.set_opt(sc::PARENT_SPAN_ID, parent);
+    // A SigV4-signed request (AWS: Bedrock) that signed the trace headers
+    // keeps them as sent: changing one would void the signature.
+    // (Neither is touched then: the upstream sees the client's context.)
+    let keep_trace = crate::genai::sigv4_signs(&parts.headers, "traceparent")
+        || crate::genai::sigv4_signs(&parts.headers, "tracestate");
+    if !keep_trace {
+        if let Ok(v) = HeaderValue::from_str(&header) {
+            parts.headers.insert("traceparent", v);
+        }
+    }
+    if incoming_tp.is_none() && !keep_trace {
+        if let Some(ts) = attr.and_then(|a| a.tracestate.as_deref()) {
+            if let Ok(v) = HeaderValue::from_str(ts) {
+                parts.headers.insert("tracestate", v);
+            }
+        }
+    }
+
+    let out_body: ProxyBody = match whole {
+        Ok(bytes) => {
+            let sent = if keep_trace {
+                exchange.skip_mcp_trace_context(crate::genai::TRACE_CONTEXT_SKIPPED_SIGNED);
+                None
+            } else {
+                let encoded = content_encoding(&parts.headers)
+                    .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+                let tracestate = parts
+                    .headers
+                    .get("tracestate")
+                    .and_then(|v| v.to_str().ok());
+                exchange.inject_mcp_trace_context(&bytes, encoded, &header, tracestate)
+            };
+            let sent = match sent {
+                Some(b) => Some(Bytes::from(b)),
+                None if rewrite_allowed && exchange.wants_usage_rewrite() => {
+                    exchange.rewrite_request_body(&bytes).map(Bytes::from)
+                }
+                None => None,
+            };
+            match sent {
+                Some(b) => {
+                    parts.headers.insert(
+                        http::header::CONTENT_LENGTH,
+                        HeaderValue::from(b.len() as u64),
+                    );
+                    full(b)
+                }
+                None => full(bytes),
+            }
+        }
+        Err(body) => {
+            if parts.method == http::Method::POST {
+                exchange.skip_mcp_trace_context(crate::genai::TRACE_CONTEXT_SKIPPED_STREAMED);
+            }
+            RequestTap::new(body, req_capture.clone()).boxed_unsync()
+        }
     };
     Ok(Prepared {
         req: Request::from_parts(parts, out_body),

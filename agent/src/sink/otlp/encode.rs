@@ -490,6 +490,125 @@ pub fn span(rec: &Record, conventions: Conventions, now_ns: u64) -> Option<Span>
     })
 }
 
+fn nonempty(v: &[String], i: usize) -> Option<&str> {
+    v.get(i).map(String::as_str).filter(|s| !s.is_empty())
+}
+
+/// The record attributes a batch message's span repeats (context: who
+/// called whom), when the exporter keeps them.
+const BATCH_SPAN_CONTEXT: &[&str] = &[
+    sc::INVOCATION_ID,
+    sc::AGENT_NAME,
+    sc::SANDBOX_ID,
+    sc::GATEWAY_NAME,
+    sc::GEN_AI_PROVIDER_NAME,
+    sc::SERVER_ADDRESS,
+    sc::SERVER_PORT,
+    sc::MCP_SESSION_ID,
+    sc::MCP_PROTOCOL_VERSION,
+];
+
+fn str_array<'a>(rec: &'a Record, key: &str) -> &'a [String] {
+    match rec.get(key) {
+        Some(AttrValue::StrArray(v)) => v,
+        _ => &[],
+    }
+}
+
+/// One span per message of an MCP JSON-RPC batch (`egret.mcp.batch.*`),
+/// children of the transaction's span, as a single message's span would
+/// be: name `{mcp.method.name} {target}`, `mcp.method.name`,
+/// `jsonrpc.request.id`, `gen_ai.tool.name` / `gen_ai.prompt.name`,
+/// `gen_ai.operation.name = execute_tool` for tools/call, `error.type` (and
+/// `rpc.response.status_code` for a JSON-RPC code), `egret.mcp.batch.index`
+/// and `egret.transaction.id` (the record's id). Ids are derived from the
+/// transaction's span id and the index, so a re-sent record gives the same.
+pub fn batch_spans(rec: &Record, conventions: Conventions, now_ns: u64) -> Vec<Span> {
+    let methods = str_array(rec, sc::MCP_BATCH_METHOD_NAMES);
+    if rec.kind() != sc::KIND_TRANSACTION || methods.is_empty() {
+        return Vec::new();
+    }
+    let Some(parent) = span_ids(rec) else {
+        return Vec::new();
+    };
+    let ids = str_array(rec, sc::MCP_BATCH_REQUEST_IDS);
+    let targets = str_array(rec, sc::MCP_BATCH_TARGETS);
+    let errors = str_array(rec, sc::MCP_BATCH_ERROR_TYPES);
+    let details = conventions.content != ContentMode::None;
+    let (start, end) = times(rec, now_ns);
+    let parent_hex: String = parent.span_id.iter().map(|b| format!("{b:02x}")).collect();
+    let mut out = Vec::with_capacity(methods.len());
+    for (i, method) in methods.iter().enumerate() {
+        let mut attributes = Vec::new();
+        let mut keep = |key: &str, value: AnyValue| {
+            if conventions.keeps(key) {
+                attributes.push(kv(key, value));
+            }
+        };
+        let target = nonempty(targets, i);
+        if !method.is_empty() {
+            keep(sc::MCP_METHOD_NAME, str_value(method));
+        }
+        if let Some(id) = nonempty(ids, i) {
+            keep(sc::JSONRPC_REQUEST_ID, str_value(id));
+        }
+        match (method.as_str(), target) {
+            ("tools/call", Some(t)) => keep(sc::GEN_AI_TOOL_NAME, str_value(t)),
+            ("prompts/get", Some(t)) => keep(sc::GEN_AI_PROMPT_NAME, str_value(t)),
+            _ => {}
+        }
+        if method == "tools/call" {
+            keep(sc::GEN_AI_OPERATION_NAME, str_value("execute_tool"));
+        }
+        let error = nonempty(errors, i);
+        if let Some(e) = error {
+            keep(sc::ERROR_TYPE, str_value(e));
+            if e.parse::<i64>().is_ok() {
+                keep(sc::RPC_RESPONSE_STATUS_CODE, str_value(e));
+            }
+        }
+        keep(
+            sc::MCP_BATCH_INDEX,
+            AnyValue {
+                value: Some(any_value::Value::IntValue(i as i64)),
+            },
+        );
+        if !rec.id().is_empty() {
+            keep(sc::TRANSACTION_ID, str_value(rec.id()));
+        }
+        for key in BATCH_SPAN_CONTEXT {
+            if let Some(v) = rec.get(key) {
+                keep(key, any_value(v));
+            }
+        }
+        let name = match (method.is_empty(), target.filter(|_| details)) {
+            (true, _) => "response".to_owned(),
+            (false, Some(t)) => format!("{method} {t}"),
+            (false, None) => method.clone(),
+        };
+        out.push(Span {
+            trace_id: parent.trace_id.to_vec(),
+            span_id: derive_span_id(&format!("mcp.batch:{parent_hex}:{i}")).to_vec(),
+            parent_span_id: parent.span_id.to_vec(),
+            flags: FLAG_SAMPLED | FLAG_HAS_IS_REMOTE,
+            name,
+            kind: SpanKind::Client as i32,
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            attributes,
+            status: Some(match error {
+                Some(e) => Status {
+                    message: e.to_owned(),
+                    code: StatusCode::Error as i32,
+                },
+                None => Status::default(),
+            }),
+            ..Default::default()
+        });
+    }
+    out
+}
+
 // ---- conventions ----------------------------------------------------------
 
 /// What kind of GenAI step a transaction is (drives OpenInference and
@@ -915,7 +1034,15 @@ pub fn traces_request(
     for (gateway, recs) in by_gateway(items) {
         let spans: Vec<Span> = recs
             .iter()
-            .filter_map(|r| span(r, ctx.conventions, now_ns))
+            .flat_map(|r| {
+                let own = span(r, ctx.conventions, now_ns);
+                let batch = if own.is_some() {
+                    batch_spans(r, ctx.conventions, now_ns)
+                } else {
+                    Vec::new()
+                };
+                own.into_iter().chain(batch)
+            })
             .collect();
         if spans.is_empty() {
             continue;
@@ -1039,6 +1166,111 @@ pub(crate) mod tests {
             gateway: None,
             rec: Arc::new(r),
         }
+    }
+
+    #[test]
+    fn mcp_batch_messages_become_child_spans() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+        let mut r = Record::new(sc::KIND_TRANSACTION);
+        r.set(sc::RECORD_ID, "txn-1");
+        r.set(sc::INVOCATION_ID, "inv-1");
+        r.set(sc::TRACE_ID, "4bf92f3577b34da6a3ce929d0e0e4736");
+        r.set(sc::SPAN_ID, "00f067aa0ba902b7");
+        r.set(sc::MCP_METHOD_NAME, "tools/call");
+        r.set(sc::GEN_AI_TOOL_NAME, "echo");
+        r.set(sc::MCP_SESSION_ID, "sess-1");
+        r.set(sc::MCP_BATCH_SIZE, 4i64);
+        r.set(
+            sc::MCP_BATCH_METHOD_NAMES,
+            v(&[
+                "tools/call",
+                "notifications/progress",
+                "prompts/get",
+                "nope",
+            ]),
+        );
+        r.set(sc::MCP_BATCH_REQUEST_IDS, v(&["1", "", "b", "4"]));
+        r.set(sc::MCP_BATCH_TARGETS, v(&["echo", "", "summarize", ""]));
+        r.set(
+            sc::MCP_BATCH_ERROR_TYPES,
+            v(&["tool_error", "", "", "-32601"]),
+        );
+        let (req, n) = traces_request(&[item(r.clone())], &ctx(Conventions::default()), 5);
+        assert_eq!(n, 5, "the exchange's span and one per message");
+        let spans = &req.resource_spans[0].scope_spans[0].spans;
+        let parent = &spans[0];
+        assert_eq!(parent.name, "tools/call echo");
+        let kids = &spans[1..];
+        let names: Vec<&str> = kids.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "tools/call echo",
+                "notifications/progress",
+                "prompts/get summarize",
+                "nope"
+            ]
+        );
+        for (i, k) in kids.iter().enumerate() {
+            assert_eq!(k.trace_id, parent.trace_id);
+            assert_eq!(k.parent_span_id, parent.span_id);
+            assert_ne!(k.span_id, parent.span_id);
+            assert_eq!(attr_str(&k.attributes, sc::TRANSACTION_ID), Some("txn-1"));
+            assert_eq!(attr_str(&k.attributes, sc::MCP_SESSION_ID), Some("sess-1"));
+            assert_eq!(
+                attr(&k.attributes, sc::MCP_BATCH_INDEX),
+                Some(&any_value::Value::IntValue(i as i64))
+            );
+        }
+        let a = |i: usize, k: &str| attr_str(&kids[i].attributes, k).map(str::to_owned);
+        assert_eq!(
+            a(0, sc::GEN_AI_OPERATION_NAME).as_deref(),
+            Some("execute_tool")
+        );
+        assert_eq!(a(0, sc::GEN_AI_TOOL_NAME).as_deref(), Some("echo"));
+        assert_eq!(a(0, sc::JSONRPC_REQUEST_ID).as_deref(), Some("1"));
+        assert_eq!(a(0, sc::ERROR_TYPE).as_deref(), Some("tool_error"));
+        assert_eq!(a(0, sc::RPC_RESPONSE_STATUS_CODE), None);
+        assert_eq!(
+            kids[0].status.as_ref().unwrap().code,
+            StatusCode::Error as i32
+        );
+        assert_eq!(a(1, sc::JSONRPC_REQUEST_ID), None);
+        assert_eq!(a(1, sc::ERROR_TYPE), None);
+        assert_eq!(
+            kids[1].status.as_ref().unwrap().code,
+            StatusCode::Unset as i32
+        );
+        assert_eq!(a(2, sc::GEN_AI_PROMPT_NAME).as_deref(), Some("summarize"));
+        assert_eq!(a(2, sc::GEN_AI_OPERATION_NAME), None);
+        assert_eq!(a(3, sc::ERROR_TYPE).as_deref(), Some("-32601"));
+        assert_eq!(
+            a(3, sc::RPC_RESPONSE_STATUS_CODE).as_deref(),
+            Some("-32601")
+        );
+        // Deterministic: a re-sent record gives the same ids.
+        let (again, _) = traces_request(&[item(r.clone())], &ctx(Conventions::default()), 9);
+        assert_eq!(
+            again.resource_spans[0].scope_spans[0].spans[1].span_id,
+            kids[0].span_id
+        );
+        // content: none drops names and ids, in span names too.
+        let none = Conventions {
+            content: ContentMode::None,
+            ..Conventions::default()
+        };
+        let (req, _) = traces_request(&[item(r)], &ctx(none), 5);
+        let kids = &req.resource_spans[0].scope_spans[0].spans[1..];
+        assert_eq!(kids[0].name, "tools/call");
+        assert_eq!(attr_str(&kids[0].attributes, sc::GEN_AI_TOOL_NAME), None);
+        assert_eq!(attr_str(&kids[0].attributes, sc::JSONRPC_REQUEST_ID), None);
+        assert_eq!(
+            attr_str(&kids[0].attributes, sc::ERROR_TYPE),
+            Some("tool_error")
+        );
+        // Not a batch: no children.
+        let (_, n) = traces_request(&[item(txn(200))], &ctx(Conventions::default()), 5);
+        assert_eq!(n, 1);
     }
 
     #[test]

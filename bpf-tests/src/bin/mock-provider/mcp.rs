@@ -1,4 +1,12 @@
 //! MCP streamable HTTP.
+//!
+//! Batches (a JSON array of messages, protocol revision 2025-03-26) are
+//! answered per JSON-RPC 2.0: one response per request, in a JSON array
+//! (`?format=json`) or one SSE event each; `202` when the batch holds only
+//! notifications and responses. A result whose request carried
+//! `params._meta` reports what the server received in
+//! `result._meta["egret.mock/seen"]`: that `_meta` and the request's
+//! `traceparent` header (how tests see what a proxy changed).
 
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
@@ -102,6 +110,11 @@ pub async fn handle(
         .get(VERSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
 
     let bytes = match Limited::new(req.into_body(), MAX_REQUEST_BODY)
         .collect()
@@ -128,12 +141,22 @@ pub async fn handle(
             )
         }
     };
+    if let Some(list) = msg.as_array() {
+        return batch(
+            state,
+            list,
+            session.as_deref(),
+            version.as_deref(),
+            use_sse,
+            traceparent.as_deref(),
+        );
+    }
     let Some(obj) = msg.as_object() else {
         return http_error(
             StatusCode::BAD_REQUEST,
             &Value::Null,
             INVALID_REQUEST,
-            "Invalid Request: expected one JSON-RPC message (batches are not supported)",
+            "Invalid Request: expected a JSON-RPC message or a batch",
         );
     };
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
@@ -200,26 +223,12 @@ pub async fn handle(
             if let Err(resp) = check_session(state, session.as_deref(), version.as_deref(), &id) {
                 return *resp;
             }
-            match method.as_str() {
-                "ping" => result(&id, json!({})),
-                "tools/list" => result(&id, json!({"tools": tools()})),
-                "tools/call" => call_tool(&id, &params),
-                other => rpc_error(&id, METHOD_NOT_FOUND, &format!("Method not found: {other}")),
-            }
+            answer(&id, &method, &params)
         }
     };
 
-    let mut messages = Vec::new();
-    if method == "tools/call" {
-        if let Some(token) = params.pointer("/_meta/progressToken") {
-            messages.push(json!({
-                "jsonrpc": "2.0",
-                "method": "notifications/progress",
-                "params": {"progressToken": token, "progress": 1, "total": 1, "message": "done"},
-            }));
-        }
-    }
-    messages.push(reply);
+    let mut messages = progress(&method, &params);
+    messages.push(seen(reply, &params, traceparent.as_deref()));
 
     let mut resp = if use_sse {
         let events = messages
@@ -237,6 +246,106 @@ pub async fn handle(
         }
     }
     resp
+}
+
+/// The reply to a request of a live session.
+fn answer(id: &Value, method: &str, params: &Value) -> Value {
+    match method {
+        "ping" => result(id, json!({})),
+        "tools/list" => result(id, json!({"tools": tools()})),
+        "tools/call" => call_tool(id, params),
+        other => rpc_error(id, METHOD_NOT_FOUND, &format!("Method not found: {other}")),
+    }
+}
+
+/// The progress notification a tools/call with a progress token gets
+/// before its result.
+fn progress(method: &str, params: &Value) -> Vec<Value> {
+    match params.pointer("/_meta/progressToken") {
+        Some(token) if method == "tools/call" => vec![json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/progress",
+            "params": {"progressToken": token, "progress": 1, "total": 1, "message": "done"},
+        })],
+        _ => Vec::new(),
+    }
+}
+
+/// A result for a request that carried `params._meta` reports it, with the
+/// `traceparent` header, in `result._meta["egret.mock/seen"]`.
+fn seen(mut reply: Value, params: &Value, traceparent: Option<&str>) -> Value {
+    let Some(meta) = params.get("_meta") else {
+        return reply;
+    };
+    if let Some(result) = reply.get_mut("result").and_then(Value::as_object_mut) {
+        result.insert(
+            "_meta".into(),
+            json!({"egret.mock/seen": {"meta": meta, "traceparent": traceparent}}),
+        );
+    }
+    reply
+}
+
+/// A JSON-RPC batch: every request answered, in order (notifications and
+/// client responses get none); `initialize` may not be batched.
+fn batch(
+    state: &State,
+    list: &[Value],
+    session: Option<&str>,
+    version: Option<&str>,
+    use_sse: bool,
+    traceparent: Option<&str>,
+) -> Response<RespBody> {
+    if list.is_empty() {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            &Value::Null,
+            INVALID_REQUEST,
+            "Invalid Request: empty batch",
+        );
+    }
+    if let Err(resp) = check_session(state, session, version, &Value::Null) {
+        return *resp;
+    }
+    let mut messages = Vec::new();
+    for msg in list {
+        let Some(obj) = msg
+            .as_object()
+            .filter(|o| o.get("jsonrpc").and_then(Value::as_str) == Some("2.0"))
+        else {
+            messages.push(rpc_error(&Value::Null, INVALID_REQUEST, "Invalid Request"));
+            continue;
+        };
+        let (Some(id), Some(method)) = (obj.get("id"), obj.get("method").and_then(Value::as_str))
+        else {
+            continue; // a notification or a client response
+        };
+        let params = obj.get("params").cloned().unwrap_or(Value::Null);
+        let reply = if method == "initialize" {
+            rpc_error(id, INVALID_REQUEST, "initialize cannot be part of a batch")
+        } else {
+            messages.extend(progress(method, &params));
+            answer(id, method, &params)
+        };
+        messages.push(seen(reply, &params, traceparent));
+    }
+    if messages.is_empty() {
+        return respond(StatusCode::ACCEPTED, "text/plain", "");
+    }
+    if use_sse {
+        let events = messages
+            .iter()
+            .map(|m| Bytes::from(format!("event: message\ndata: {m}\n\n")))
+            .collect();
+        sse_response(events, Duration::ZERO)
+    } else {
+        // JSON mode carries the responses only, as one array.
+        let responses: Vec<Value> = messages
+            .into_iter()
+            .filter(|m| m.get("method").is_none())
+            .collect();
+        json_response(StatusCode::OK, &Value::Array(responses))
+    }
 }
 
 /// Everything after `initialize` needs a live session (400 without the
