@@ -140,17 +140,17 @@ pub fn vm_test(kernels: &[String], full: bool) -> Result<()> {
     let mut failed = Vec::new();
     for (n, s) in series.iter().enumerate() {
         let kernel = fetch_kernel(&apt, s)?;
-        let skip = if full || n == 0 { &[][..] } else { FIRST_KERNEL_ONLY };
+        let skip = if full || n == 0 {
+            &[][..]
+        } else {
+            FIRST_KERNEL_ONLY
+        };
         let results = run_in_guest(&vng, &kernel, suites, &bins, skip)?;
         for r in &results {
             let _ = writeln!(
                 report,
                 "| {} | {} | {} | {} | {} s |",
-                kernel.release,
-                r.suite,
-                r.tests,
-                r.summary,
-                r.secs
+                kernel.release, r.suite, r.tests, r.summary, r.secs
             );
             if !r.ok {
                 failed.push(format!("{} on {}", r.suite, kernel.release));
