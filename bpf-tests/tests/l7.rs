@@ -1492,6 +1492,62 @@ fn redaction_reaches_no_spool_clickhouse_otlp_tail_or_records() {
     for s in secrets {
         assert!(!w.agent.log_text().contains(s), "agent log holds {s}");
     }
+
+    // Reloaded live: a new pattern applies to the next record; a bad one
+    // is refused with the rule named, and the rules in force stay.
+    let generation = |w: &World| w.agent.status()["config"]["generation"].as_u64().unwrap();
+    let base = std::fs::read_to_string(&w.agent.config).unwrap();
+    let ticket_rule = "  - {name: ticket, regex: 'TCK-[0-9]{6}'}\n";
+    assert!(base.contains(ticket_rule), "{base}");
+    let with = |rule: &str| base.replace(ticket_rule, &format!("{ticket_rule}  - {rule}\n"));
+    std::fs::write(
+        &w.agent.config,
+        with("{name: codeword, regex: 'HERON-[A-Z]{4}'}"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + patience(Duration::from_secs(15));
+    while generation(&w) < 2 {
+        assert!(Instant::now() < deadline, "reload: {}", w.agent.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anthropic_post(
+        &w,
+        &cg,
+        "/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"say HERON-WXYZ"}]}"#,
+    );
+    let recs = w.transactions(&inv, 4);
+    let text = recs
+        .iter()
+        .map(Record::to_json_line)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!text.contains("HERON-WXYZ"), "{text}");
+    assert!(text.contains("[REDACTED:codeword]"), "{text}");
+    std::fs::write(
+        &w.agent.config,
+        with("{name: codeword, regex: '(unclosed'}"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + patience(Duration::from_secs(15));
+    loop {
+        let st = w.agent.status();
+        if st["config"]["reloads_rejected"].as_u64() >= Some(1) {
+            let err = st["config"]["last_reload_error"].as_str().unwrap_or("");
+            assert!(
+                err.contains("redaction.patterns[1] (codeword): bad regex"),
+                "{err}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bad reload: {}",
+            w.agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(generation(&w), 2, "the rules in force stay");
 }
 
 /// Content modes of the stores: ClickHouse in `none` mode gets no body
