@@ -94,6 +94,7 @@ struct Body {
     b64: &'static str,
     content_type: &'static str,
     dropped: &'static str,
+    truncated: &'static str,
     direction: &'static str,
 }
 
@@ -103,6 +104,7 @@ const BODIES: [Body; 2] = [
         b64: sc::REQUEST_BODY_B64,
         content_type: sc::REQUEST_CONTENT_TYPE,
         dropped: sc::REQUEST_BODY_REDACTION_DROPPED,
+        truncated: sc::REQ_TRUNCATED,
         direction: "request",
     },
     Body {
@@ -110,6 +112,7 @@ const BODIES: [Body; 2] = [
         b64: sc::RESPONSE_BODY_B64,
         content_type: sc::RESPONSE_CONTENT_TYPE,
         dropped: sc::RESPONSE_BODY_REDACTION_DROPPED,
+        truncated: sc::RESP_TRUNCATED,
         direction: "response",
     },
 ];
@@ -192,12 +195,15 @@ impl Redactor {
             let Some(text) = rec.get_str(b.body) else {
                 continue;
             };
-            let json_type = rec.get_str(b.content_type).is_some_and(is_json_type);
+            let shape = Shape {
+                kind: rec.get_str(b.content_type).map_or(Kind::Unknown, Kind::of),
+                truncated: rec.get_bool(b.truncated) == Some(true),
+            };
             let mut local: Tally = vec![0; tally.len()];
             let outcome = if rec.get_bool(b.b64) == Some(true) {
-                self.redact_b64(text, json_type, &mut local)
+                self.redact_b64(text, shape, &mut local)
             } else {
-                self.redact_body(text, json_type, &mut local)
+                self.redact_body(text, shape, &mut local)
             };
             match outcome {
                 Ok(new) => {
@@ -264,13 +270,13 @@ impl Redactor {
     fn redact_body(
         &self,
         text: &str,
-        json_type: bool,
+        shape: Shape,
         tally: &mut Tally,
     ) -> Result<Option<String>, &'static str> {
         let pointed = if self.pointers.is_empty() {
             None
         } else {
-            self.apply_pointers(text, json_type, tally)?
+            self.apply_pointers(text, shape, tally)?
         };
         let current = pointed.as_deref().unwrap_or(text);
         let ruled = if self.rules.is_empty() {
@@ -286,14 +292,18 @@ impl Redactor {
     fn redact_b64(
         &self,
         text: &str,
-        json_type: bool,
+        shape: Shape,
         tally: &mut Tally,
     ) -> Result<Option<String>, &'static str> {
         let b64 = base64::engine::general_purpose::STANDARD;
         let bytes = b64.decode(text).map_err(|_| UNDECODABLE_BASE64)?;
         let trimmed = bytes.trim_ascii_start();
         if !self.pointers.is_empty()
-            && (json_type || trimmed.starts_with(b"{") || trimmed.starts_with(b"["))
+            && match shape.kind {
+                Kind::Json | Kind::Ndjson | Kind::Sse => true,
+                Kind::Other => false,
+                Kind::Unknown => trimmed.starts_with(b"{") || trimmed.starts_with(b"["),
+            }
         {
             // Looks like JSON but is not valid UTF-8, so not JSON: the
             // pointers cannot be found in it.
@@ -337,34 +347,53 @@ impl Redactor {
         })
     }
 
-    /// The pointers over each JSON unit of `text`.
+    /// The pointers over each JSON unit of `text`: the whole body
+    /// (`application/json`: it must parse), else its lines (NDJSON, SSE
+    /// `data:`). A line that starts like JSON and does not parse is a
+    /// reason to leave the body out only when it may be a cut one: the
+    /// last line of a truncated body.
     fn apply_pointers(
         &self,
         text: &str,
-        json_type: bool,
+        shape: Shape,
         tally: &mut Tally,
     ) -> Result<Option<String>, &'static str> {
         let mut found: Vec<(&str, usize)> = Vec::new();
         let trimmed = text.trim_start();
         let looks_json = trimmed.starts_with('{') || trimmed.starts_with('[');
-        let whole = (looks_json || json_type)
-            .then(|| serde_json::from_str::<&RawValue>(text).ok())
-            .flatten();
+        let whole = match shape.kind {
+            // Pointers name places in JSON; this body is declared not to be.
+            Kind::Other => return Ok(None),
+            Kind::Json => Some(serde_json::from_str::<&RawValue>(text).map_err(|_| UNPARSED_JSON)?),
+            _ if looks_json => serde_json::from_str::<&RawValue>(text).ok(),
+            _ => None,
+        };
         if let Some(doc) = whole {
             self.find_pointers(doc, &mut found);
-        } else if json_type {
-            return Err(UNPARSED_JSON);
         } else {
-            for line in text.lines() {
-                let payload = sse_payload(line).trim();
+            let ndjson = shape.kind == Kind::Ndjson || (shape.kind == Kind::Unknown && looks_json);
+            let last = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, _)| i)
+                .last();
+            for (i, line) in text.lines().enumerate() {
+                let payload = match line.strip_prefix("data:") {
+                    Some(p) => p,
+                    None if ndjson => line,
+                    None => continue,
+                }
+                .trim();
                 // OpenAI's end-of-stream marker is not JSON and holds nothing.
-                if payload == "[DONE]" {
+                if payload == "[DONE]" || !(payload.starts_with('{') || payload.starts_with('[')) {
                     continue;
                 }
-                if payload.starts_with('{') || payload.starts_with('[') {
-                    let doc =
-                        serde_json::from_str::<&RawValue>(payload).map_err(|_| UNPARSED_JSON)?;
-                    self.find_pointers(doc, &mut found);
+                match serde_json::from_str::<&RawValue>(payload) {
+                    Ok(doc) => self.find_pointers(doc, &mut found),
+                    Err(_) if shape.truncated && Some(i) == last => return Err(UNPARSED_JSON),
+                    // Complete and not JSON: nothing a pointer can name.
+                    Err(_) => {}
                 }
             }
         }
@@ -505,15 +534,50 @@ impl Redactor {
     }
 }
 
-/// `application/json` and `…+json` (not NDJSON or SSE: those are lines).
-fn is_json_type(ct: &str) -> bool {
-    let media = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    media == "application/json" || media.ends_with("+json")
+/// What a body is, for the JSON pointers.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    kind: Kind,
+    /// Cut at `captureBody.maxBytes`: its last line may be partial.
+    truncated: bool,
+}
+
+/// A body's kind, from its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `application/json`, `…+json`: one document.
+    Json,
+    /// NDJSON / JSON Lines: one document per line.
+    Ndjson,
+    /// `text/event-stream`: JSON in `data:` lines.
+    Sse,
+    /// Any other declared type: not JSON.
+    Other,
+    /// No content type: told by the body.
+    Unknown,
+}
+
+impl Kind {
+    fn of(ct: &str) -> Kind {
+        let media = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match media.as_str() {
+            "application/json" => Kind::Json,
+            m if m.ends_with("+json") => Kind::Json,
+            "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
+            | "application/x-jsonlines"
+            | "application/json-seq" => Kind::Ndjson,
+            "text/event-stream" => Kind::Sse,
+            "" => Kind::Unknown,
+            _ => Kind::Other,
+        }
+    }
 }
 
 /// Whether `s` is one valid JSON text.

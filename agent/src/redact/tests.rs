@@ -245,3 +245,46 @@ fn a_secret_group_keeps_the_rest_of_the_match_and_anchors_hold_per_string() {
         "cut off: to the end"
     );
 }
+
+/// In line-structured bodies a line that starts like JSON and does not
+/// parse drops the body only when it may be a cut one (the last line of a
+/// truncated body); a declared non-JSON type has nothing to point into.
+#[test]
+fn only_a_cut_last_line_drops_a_line_structured_body() {
+    let red = redactor("jsonPointers: ['/delta/text']");
+    let stats = RedactionStats::default();
+    let sse = "data: {\"delta\":{\"text\":\"a\"}}\n\ndata: [REDACTED:x] not json\n\ndata: {\"delta\":{\"text\":\"cut";
+    let rec = |truncated: bool, ct: &str| {
+        let mut r = Record::new(sc::KIND_TRANSACTION);
+        r.set(sc::RESPONSE_BODY, sse);
+        r.set(sc::RESPONSE_CONTENT_TYPE, ct);
+        r.set(sc::RESP_TRUNCATED, truncated);
+        r
+    };
+    let mut r = rec(false, "text/event-stream");
+    red.apply(&mut r, &stats);
+    assert_eq!(
+        r.get_str(sc::RESPONSE_BODY),
+        Some(
+            "data: {\"delta\":{\"text\":\"[REDACTED:/delta/text]\"}}\n\ndata: [REDACTED:x] not json\n\ndata: {\"delta\":{\"text\":\"cut"
+        )
+    );
+    let mut r = rec(true, "text/event-stream");
+    red.apply(&mut r, &stats);
+    assert_eq!(r.get(sc::RESPONSE_BODY), None);
+    assert_eq!(
+        r.get_str(sc::RESPONSE_BODY_REDACTION_DROPPED),
+        Some(UNPARSED_JSON)
+    );
+    let mut r = rec(true, "text/plain");
+    red.apply(&mut r, &stats);
+    assert_eq!(r.get_str(sc::RESPONSE_BODY), Some(sse));
+    // NDJSON: each line a document.
+    let mut r = rec(false, "application/x-ndjson");
+    r.set(
+        sc::RESPONSE_BODY,
+        "{\"delta\":{\"text\":\"a\"}}\n{\"delta\":{\"text\":\"b\"}}\n",
+    );
+    red.apply(&mut r, &stats);
+    assert_eq!(r.get_i64(sc::REDACTION_COUNT), Some(2));
+}
