@@ -343,3 +343,12 @@ client = (
 write("websocket", "client-fragmented-masked", b"\x00\x03" + plan(7) + client)
 write("websocket", "oversized-skipped", b"\x02\x00" + ONE + ws_frame(True, 1, b"x" * 40) + ws_frame(True, 1, b"{}"))
 write("websocket", "reserved-bits", b"\x00\x00" + ONE + b"\xc1\x02{}")
+
+# --- redact: [control byte][body] --------------------------------------------
+# bit 0 base64, bits 1-2 content type (json, event-stream, plain, none), bit 3 request
+write("redact", "json", b'\x00{"model":"m","metadata":{"user_id":"u-1"},"messages":[{"role":"user","content":"key sk-ant-api03-AAAAAAAAAAAAAAAAAAAAAAAA mail bob@example.com"}],"a":[1,{"b":"pw=abc"}]}')
+write("redact", "json-escapes", b'\x08{"a":["x"],"k":"sk\\u002dant-api03-AAAAAAAAAAAAAAAAAAAAAAAA","pem":"-----BEGIN PRIVATE KEY-----\\nMIIE\\n-----END PRIVATE KEY-----","t":"TOKEN12","q":"x \\"pw=abc\\" y"}')
+write("redact", "sse", b'\x02event: content_block_delta\ndata: {"type":"d","delta":{"text":"AKIAIOSFODNN7EXAMPLE"}}\n\ndata: {"messages":[{"content":"x"}]}\n\ndata: [DONE]\n\n')
+write("redact", "plain", b"\x04Authorization: Bearer abcdefghijklmnop\n-----BEGIN EC PRIVATE KEY-----\nAAAA\n")
+write("redact", "cut", b'\x00{"messages":[{"content":"private words ghp_abcdefghijklmnopqrstuvwxyz0123456789')
+write("redact", "binary", b"\x01\xff\xfe AKIAIOSFODNN7EXAMPLE pw=hunter \x80")

@@ -41,6 +41,7 @@ use crate::{
     },
     record::{Record, RecordStats},
     recorder::{self, Recorder},
+    redact::{RedactionStats, Redactor},
     reload::{self, ReloadStatus},
     semconv as sc,
     sink::{
@@ -101,6 +102,8 @@ pub enum RunError {
     Sink(#[from] sink::SinkError),
     #[error("OTLP: {0}")]
     Otlp(#[from] sink::otlp::OtlpError),
+    #[error(transparent)]
+    Redaction(#[from] crate::redact::RedactError),
     #[error("recorder thread: {0}")]
     Recorder(#[source] std::io::Error),
     #[error("admin listener: {0}")]
@@ -212,6 +215,8 @@ struct Outputs {
     clickhouse: ClickHouseReport,
     sinks: Vec<JoinHandle<Result<(), sink::clickhouse::SinkError>>>,
     otlp: Arc<arc_swap::ArcSwap<OtlpSinks>>,
+    /// The `redaction` rules the recorder applies (swapped on reload).
+    redaction: Arc<arc_swap::ArcSwap<Redactor>>,
 }
 
 fn start_outputs(
@@ -241,11 +246,13 @@ fn start_outputs(
         }
     }
     let otlp = sink::otlp::sinks_from_env(cfg, opts.dev_otlp_fallback_endpoint.as_deref())?;
+    let redaction = Redactor::new(&cfg.redaction)?;
     Ok(Outputs {
         spool,
         clickhouse,
         sinks,
         otlp: Arc::new(arc_swap::ArcSwap::from_pointee(otlp)),
+        redaction: Arc::new(arc_swap::ArcSwap::from_pointee(redaction)),
     })
 }
 
@@ -366,6 +373,7 @@ impl App {
         let (tail, _) = broadcast::channel::<Arc<Record>>(recorder::TAIL_BUFFER);
         let record_stats = Arc::new(RecordStats::default());
         let metrics = Arc::new(PromMetrics::new(cfg.node.metrics.max_series));
+        let redaction_stats = Arc::new(RedactionStats::default());
         let l7 = build_l7(&cfg, tx.clone(), record_stats.clone())?;
         let recorder = recorder::spawn(
             outputs.spool,
@@ -375,6 +383,8 @@ impl App {
                     let l7 = l7.clone();
                     Box::new(move |rec: &mut Record| stamp_gateway(&l7, rec))
                 },
+                redaction: outputs.redaction.clone(),
+                redaction_stats: redaction_stats.clone(),
                 otlp: outputs.otlp.clone(),
                 metrics: metrics.clone(),
                 tail: tail.clone(),
@@ -419,6 +429,7 @@ impl App {
             &kernel,
             &l7,
             &outputs.otlp,
+            &outputs.redaction,
             &reload_status,
             &shutdown,
         );
@@ -435,6 +446,7 @@ impl App {
             Arc::new(outputs.clickhouse),
             outputs.otlp.clone(),
             metrics,
+            redaction_stats,
             reload_status,
         ];
         let admin = Admin::new(reports);
@@ -583,6 +595,7 @@ fn start_background(
     kernel: &Arc<Kernel>,
     l7: &Arc<L7>,
     otlp: &Arc<arc_swap::ArcSwap<OtlpSinks>>,
+    redaction: &Arc<arc_swap::ArcSwap<Redactor>>,
     reload_status: &Arc<ReloadStatus>,
     shutdown: &CancellationToken,
 ) {
@@ -603,6 +616,7 @@ fn start_background(
                 kernel: kernel.clone(),
                 root_level: host.root_level,
                 otlp: otlp.clone(),
+                redaction: redaction.clone(),
                 dev_tee: opts.dev_otlp_fallback_endpoint.clone(),
                 status: reload_status.clone(),
             }

@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod record;
 pub mod recorder;
 pub mod records;
+pub mod redact;
 pub mod reload;
 pub mod sandbox;
 pub mod semconv;

@@ -221,8 +221,48 @@ impl Record {
         self.attrs.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
+    /// Mutable access to a string attribute (absent or not a string: None).
+    pub fn get_str_mut(&mut self, key: &str) -> Option<&mut String> {
+        match self.attrs.get_mut(key) {
+            Some(AttrValue::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Mutable access to a string-array attribute.
+    pub fn get_str_array_mut(&mut self, key: &str) -> Option<&mut Vec<String>> {
+        match self.attrs.get_mut(key) {
+            Some(AttrValue::StrArray(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Keeps only the attributes whose name `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.attrs.retain(|k, _| keep(k));
+    }
+
+    /// The record as it serializes with only the attributes `keep` accepts
+    /// (what a store writes under a content mode), without copying it.
+    pub fn filtered<F: Fn(&str) -> bool>(&self, keep: F) -> Filtered<'_, F> {
+        Filtered { rec: self, keep }
+    }
+
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).expect("record serializes")
+    }
+}
+
+/// A record seen through an attribute filter ([`Record::filtered`]);
+/// serializes like the record would with only the kept attributes.
+pub struct Filtered<'a, F> {
+    rec: &'a Record,
+    keep: F,
+}
+
+impl<F: Fn(&str) -> bool> Serialize for Filtered<'_, F> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.rec.iter().filter(|(k, _)| (self.keep)(k)))
     }
 }
 
@@ -444,6 +484,24 @@ mod tests {
         assert_eq!(back, r);
         assert_eq!(back.kind(), "transaction");
         assert_eq!(back.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(12));
+    }
+
+    #[test]
+    fn a_filtered_view_serializes_like_the_retained_record() {
+        let mut r = Record::new(sc::KIND_TRANSACTION);
+        r.set(sc::REQUEST_BODY, "secret");
+        r.set(sc::GEN_AI_USAGE_INPUT_TOKENS, 3u64);
+        let view = serde_json::to_string(&r.filtered(|k| k != sc::REQUEST_BODY)).unwrap();
+        let mut kept = r.clone();
+        kept.retain(|k| k != sc::REQUEST_BODY);
+        assert_eq!(view, kept.to_json_line());
+        assert!(
+            !view.contains("secret") && view.contains("input_tokens"),
+            "{view}"
+        );
+        r.get_str_mut(sc::REQUEST_BODY).unwrap().push('!');
+        assert_eq!(r.get_str(sc::REQUEST_BODY), Some("secret!"));
+        assert!(r.get_str_mut(sc::GEN_AI_USAGE_INPUT_TOKENS).is_none());
     }
 
     #[test]

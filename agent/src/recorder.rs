@@ -7,6 +7,14 @@
 //!                               → then `/metrics`, OTLP exporters and `egret tail`
 //! ```
 //!
+//! Before the append each record is stamped (its gateway) and redacted
+//! (`redact`, the `redaction` rules): what a rule cuts out is in no batch
+//! that leaves here. The spool writes through its content mode
+//! (`store.spool.content`); the in-memory record goes on to the OTLP
+//! exporters (each with its own content mode) as redacted, and to `egret
+//! tail` through the spool's content mode, so the tail shows no more than
+//! `egret records` can.
+//!
 //! Only what the spool kept goes on: everything downstream (ClickHouse,
 //! OTLP, viewers) knows only durable records. It runs on its own thread
 //! ([`spawn`]) so the blocking append never lands on the proxy's runtime.
@@ -23,7 +31,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    config::ContentMode,
     record::{Record, RecordStats},
+    redact::{RedactionStats, Redactor},
     semconv as sc,
     sink::otlp::{metrics::PromMetrics, OtlpSinks},
     store::Spool,
@@ -48,6 +58,9 @@ const SPOOL_RECOVERY_QUIET: Duration = Duration::from_secs(5);
 pub struct Recorder {
     /// Sets what the record needs before it is spooled (its gateway).
     pub stamp: Box<dyn Fn(&mut Record) + Send>,
+    /// The `redaction` rules in force (swapped on reload).
+    pub redaction: Arc<arc_swap::ArcSwap<Redactor>>,
+    pub redaction_stats: Arc<RedactionStats>,
     pub otlp: Arc<arc_swap::ArcSwap<OtlpSinks>>,
     /// The admin `/metrics` aggregation.
     pub metrics: Arc<PromMetrics>,
@@ -79,7 +92,7 @@ fn durable_only(batch: &mut Vec<Record>, kept: &[usize]) -> Vec<Record> {
 impl Recorder {
     /// After the records are durable: exporters and live viewers. Only
     /// records the spool kept may come here.
-    fn fan_out(&self, batch: Vec<Record>) {
+    fn fan_out(&self, batch: Vec<Record>, spool_content: ContentMode) {
         self.metrics.record_all(&batch);
         let otlp = self.otlp.load();
         for rec in batch {
@@ -92,6 +105,10 @@ impl Recorder {
                 otlp.offer(gw, &rec);
             }
             if self.tail.receiver_count() > 0 {
+                let mut rec = rec;
+                if spool_content != ContentMode::Full {
+                    rec.retain(|k| spool_content.keeps(k));
+                }
                 let _ = self.tail.send(Arc::new(rec));
             }
         }
@@ -168,10 +185,13 @@ async fn record_loop(
             }
         }
         last_append = std::time::Instant::now();
+        let redactor = out.redaction.load();
         for rec in batch.iter_mut() {
             // Off the queue: its place is free for its sandbox again.
             out.stats.queue.release(rec);
             (out.stamp)(rec);
+            // Before the append: nothing downstream sees what it cuts.
+            redactor.apply(rec, &out.redaction_stats);
             io.observe(rec);
         }
         out.stats
@@ -231,7 +251,7 @@ async fn record_loop(
                 Vec::new()
             }
         };
-        out.fan_out(durable);
+        out.fan_out(durable, spool.content());
     }
 }
 
@@ -239,6 +259,7 @@ async fn record_loop(
 mod tests {
     use super::*;
     use crate::config::{OtlpConfig, SignalsConfig, SpoolConfig};
+    use crate::redact::{RedactionStats, Redactor};
     use crate::sink::otlp::{
         settings::resolve, ExportOptions, HttpClient, OtlpExporter, RetryPolicy,
     };
@@ -311,6 +332,8 @@ mod tests {
         let stop = CancellationToken::new();
         let out = Recorder {
             stamp: Box::new(|_| {}),
+            redaction: Arc::default(),
+            redaction_stats: Arc::default(),
             otlp: Arc::new(arc_swap::ArcSwap::from_pointee(sinks.clone())),
             metrics: Arc::new(PromMetrics::new(100)),
             tail,
@@ -349,6 +372,7 @@ mod tests {
             dir: tmp.path().to_owned(),
             max_bytes: 8 << 10,
             segment_bytes: 4 << 10,
+            ..SpoolConfig::default()
         })
         .unwrap();
         // A sink that never acknowledges: nothing may be deleted.
@@ -374,6 +398,78 @@ mod tests {
         );
     }
 
+    /// The redaction rules run before the append: the spool's bytes on
+    /// disk and the tail hold the replacement, never the secret; the
+    /// spool's content mode decides what it writes and what the tail shows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redaction_happens_before_the_spool_and_its_content_mode_bounds_the_tail() {
+        const SECRET: &str = "AKIAIOSFODNN7EXAMPLE";
+        for content in [ContentMode::Full, ContentMode::Metadata] {
+            let tmp = tempfile::tempdir().unwrap();
+            let spool = Spool::open(&SpoolConfig {
+                dir: tmp.path().to_owned(),
+                content,
+                ..SpoolConfig::default()
+            })
+            .unwrap();
+            let cfg: crate::config::RedactionConfig =
+                serde_norway::from_str("builtins: [aws_access_key_id]").unwrap();
+            let (tail, mut viewer) = broadcast::channel(TAIL_BUFFER);
+            let stats = Arc::new(RedactionStats::default());
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let out = Recorder {
+                stamp: Box::new(|_| {}),
+                redaction: Arc::new(arc_swap::ArcSwap::from_pointee(
+                    Redactor::new(&cfg).unwrap(),
+                )),
+                redaction_stats: stats.clone(),
+                otlp: Arc::default(),
+                metrics: Arc::new(PromMetrics::new(100)),
+                tail,
+                stats: Arc::new(RecordStats::default()),
+            };
+            let recorder = tokio::spawn(record_loop(spool, rx, out, CancellationToken::new()));
+            let mut rec = txn(0);
+            rec.set(sc::REQUEST_BODY, format!("{{\"k\":\"{SECRET}\"}}"));
+            rec.set(sc::URL_PATH, "/v1/messages");
+            tx.send(rec).await.unwrap();
+            drop(tx);
+            recorder.await.unwrap();
+            let mut on_disk = Vec::new();
+            for e in std::fs::read_dir(tmp.path()).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_file() {
+                    on_disk.extend(std::fs::read(p).unwrap());
+                }
+            }
+            let on_disk = String::from_utf8_lossy(&on_disk);
+            assert!(!on_disk.contains(SECRET), "{content:?}: {on_disk}");
+            assert!(on_disk.contains("/v1/messages"), "{content:?}: {on_disk}");
+            let seen = viewer.try_recv().unwrap();
+            let spooled: Vec<Record> = crate::store::read_records(tmp.path())
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            assert_eq!(spooled.len(), 1);
+            assert_eq!(*seen, spooled[0], "the tail shows what the spool kept");
+            assert_eq!(seen.get_i64(sc::REDACTION_COUNT), Some(1));
+            match content {
+                ContentMode::Full => {
+                    assert_eq!(
+                        seen.get_str(sc::REQUEST_BODY),
+                        Some("{\"k\":\"[REDACTED:aws_access_key_id]\"}")
+                    );
+                    assert!(on_disk.contains("[REDACTED:aws_access_key_id]"));
+                }
+                _ => {
+                    assert_eq!(seen.get(sc::REQUEST_BODY), None);
+                    assert!(!on_disk.contains("REDACTED"), "{on_disk}");
+                }
+            }
+            assert_eq!(stats.by_rule()["aws_access_key_id"], 1);
+        }
+    }
+
     /// An append that fails (here: the next segment cannot be created)
     /// keeps nothing of its batch, and nothing of it goes downstream.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,6 +480,7 @@ mod tests {
             dir: dir.clone(),
             max_bytes: 1 << 20,
             segment_bytes: 1,
+            ..SpoolConfig::default()
         })
         .unwrap();
         // Fill the first segment; then every append must start a new

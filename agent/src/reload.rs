@@ -61,6 +61,8 @@ pub enum ReloadError {
     Kernel(#[source] BpfError),
     #[error(transparent)]
     Pricing(#[from] crate::cost::CostError),
+    #[error(transparent)]
+    Redaction(#[from] crate::redact::RedactError),
 }
 
 /// Everything a reload updates.
@@ -71,6 +73,8 @@ pub struct Targets {
     pub kernel: Arc<Kernel>,
     pub root_level: u32,
     pub otlp: Arc<ArcSwap<OtlpSinks>>,
+    /// The recorder's `redaction` rules.
+    pub redaction: Arc<ArcSwap<crate::redact::Redactor>>,
     pub dev_tee: Option<String>,
     pub status: Arc<ReloadStatus>,
 }
@@ -119,6 +123,7 @@ impl Targets {
         let new = Config::load(&self.path)?;
         let prices = crate::cost::Prices::new(&new.pricing)?;
         let sinks = otlp::sinks_from_env(&new, self.dev_tee.as_deref())?;
+        let redactor = crate::redact::Redactor::new(&new.redaction)?;
         let n = &new.node;
         self.kernel
             .maps
@@ -137,6 +142,7 @@ impl Targets {
             .map_err(ReloadError::Kernel)?;
         self.l7.policy.store(Arc::new(Policy::new(&new)));
         self.l7.prices.store(Arc::new(prices));
+        self.redaction.store(Arc::new(redactor));
         let old = self.otlp.swap(Arc::new(sinks));
         tokio::spawn(async move { old.shutdown(Duration::from_secs(5)).await });
         for key in restart_only(&self.running, &new) {

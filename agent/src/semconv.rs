@@ -171,6 +171,14 @@ pub const RESPONSE_CONTENT_ENCODING: &str = "egret.response.content_encoding";
 /// (`unsupported_content_encoding`, `decode_failed`, `incomplete`).
 pub const REQUEST_BODY_DECODE_ERROR: &str = "egret.request.body_decode_error";
 pub const RESPONSE_BODY_DECODE_ERROR: &str = "egret.response.body_decode_error";
+/// Replacements `redaction` rules made in the record (absent: none).
+pub const REDACTION_COUNT: &str = "egret.redaction.count";
+/// The names of the rules that made them (sorted).
+pub const REDACTION_RULES: &str = "egret.redaction.rules";
+/// Why the request / response body was left out rather than redacted
+/// (`unparsed_json`: JSON pointer rules and a body that does not parse).
+pub const REQUEST_BODY_REDACTION_DROPPED: &str = "egret.request.body_redaction_dropped";
+pub const RESPONSE_BODY_REDACTION_DROPPED: &str = "egret.response.body_redaction_dropped";
 pub const GATEWAY_NAME: &str = "egret.gateway.name";
 /// WebSocket sessions (`proxy::websocket`): `session` on the upgrade's
 /// record, `response` on each model response's.
@@ -423,6 +431,10 @@ pub const DEFINED: &[(&str, AttrType)] = {
         (RESPONSE_CONTENT_ENCODING, S),
         (REQUEST_BODY_DECODE_ERROR, S),
         (RESPONSE_BODY_DECODE_ERROR, S),
+        (REDACTION_COUNT, I),
+        (REDACTION_RULES, SA),
+        (REQUEST_BODY_REDACTION_DROPPED, S),
+        (RESPONSE_BODY_REDACTION_DROPPED, S),
         (GATEWAY_NAME, S),
         (WEBSOCKET_KIND, S),
         (WEBSOCKET_SESSION_ID, S),

@@ -63,6 +63,7 @@ fn spool_cfg(dir: &Path) -> SpoolConfig {
         dir: dir.to_owned(),
         max_bytes: 512 << 20,
         segment_bytes: 4 << 20,
+        ..SpoolConfig::default()
     }
 }
 

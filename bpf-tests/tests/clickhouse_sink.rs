@@ -33,6 +33,7 @@ fn spool_cfg(dir: &Path) -> SpoolConfig {
         dir: dir.to_owned(),
         max_bytes: 256 << 20,
         segment_bytes: 1 << 20,
+        ..SpoolConfig::default()
     }
 }
 

@@ -1790,3 +1790,431 @@ fn mcp_batches_become_spans_and_trace_context_goes_into_params_meta() {
         assert_eq!(kids[3]["attributes"]["gen_ai.tool.name"], "add");
     }
 }
+
+// ---- redaction and content modes (docs/redaction.md) ----------------------
+
+/// `egret tail --json` for one invocation, writing to a file; killed on drop.
+struct Tail {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Tail {
+    fn start(agent: &Agent, inv: &str) -> Tail {
+        let out = std::env::temp_dir().join(format!("{}.jsonl", unique("egret-tail-")));
+        let child = Command::new(egret_bin())
+            .arg("--config")
+            .arg(&agent.config)
+            .args(["tail", "--json", "--invocation-id", inv])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("egret tail");
+        Tail { child, out }
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// Waits for at least `n` records.
+    fn wait(&self, n: usize) -> String {
+        let deadline = Instant::now() + patience(Duration::from_secs(30));
+        loop {
+            let t = self.text();
+            if t.lines().count() >= n {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "egret tail saw {t:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.out);
+    }
+}
+
+/// Every file under `dir`, concatenated (lossy UTF-8): what is on disk.
+fn files_text(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+    }
+    out
+}
+
+fn anthropic_post(w: &World, cg: &SandboxCgroup, path: &str, body: &str) -> String {
+    w.curl(
+        cg,
+        &[
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "x-api-key: sk-ant-header-credential",
+            "-H",
+            "anthropic-version: 2023-06-01",
+            "-d",
+            body,
+            &format!("https://api.anthropic.com{path}"),
+        ],
+    )
+}
+
+/// A sandboxed curl sends a prompt with an Anthropic-shaped key, an e-mail
+/// address, a ticket number (an operator pattern) and a user id (a JSON
+/// pointer) — streamed to the Messages API, and to `/echo`, which sends it
+/// all back in the response. None of the four appears in the spool's files,
+/// the ClickHouse rows (a real server), the OTLP receiver's payloads, `egret
+/// tail` or `egret records`; the replacements and the record's markers do,
+/// and `/metrics` counts them per rule.
+#[test]
+fn redaction_reaches_no_spool_clickhouse_otlp_tail_or_records() {
+    use bpf_tests::clickhouse_rig::ClickHouseRig;
+    if !require_privileges("redaction_e2e") || !require_venv("redaction_e2e") {
+        return;
+    }
+    let Some(rig) = ClickHouseRig::start_or_skip("redaction_e2e") else {
+        return;
+    };
+    let rx = Receiver::start();
+    let db = unique("redact_");
+    let w = World::start(&format!(
+        "store:\n  clickhouse:\n    url: {}\n    database: {db}\n    flushInterval: 200ms\n\
+         redaction:\n  builtins: [anthropic_api_key, email]\n  patterns:\n  - {{name: ticket, regex: 'TCK-[0-9]{{6}}'}}\n  jsonPointers: [/metadata/user_id]\n\
+         gateways:\n- name: redact-gw\n  routes:\n  - {{name: anthropic, hosts: [api.anthropic.com], provider: anthropic}}\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    conventions: [openinference]\n    signals: {{metrics: false}}\n",
+        rig.url(),
+        rx.port
+    ));
+    let tag = unique("");
+    let key = format!("sk-ant-api03-Leak{tag}QQQQQQQQQQQQQQQQQQQQ");
+    let email = format!("leaky.{tag}@example.com");
+    let ticket = format!("TCK-{:06}", std::process::id() % 1_000_000);
+    let user = format!("user-private-{tag}");
+    let secrets = [key.as_str(), email.as_str(), ticket.as_str(), user.as_str()];
+    let inv = unique("inv-redact-");
+    let cg = w.sandbox(&inv, None);
+    let tail = Tail::start(&w.agent, &inv);
+    // The tail is subscribed once it shows a first (harmless) call.
+    anthropic_post(
+        &w,
+        &cg,
+        "/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"warm up"}]}"#,
+    );
+    tail.wait(1);
+    let body = |stream: bool| {
+        serde_json::json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 8,
+            "stream": stream,
+            "metadata": {"user_id": user},
+            "messages": [{"role": "user", "content": format!(
+                "my key is {key}\nmail me at {email} about {ticket}"
+            )}],
+        })
+        .to_string()
+    };
+    let streamed = anthropic_post(&w, &cg, "/v1/messages", &body(true));
+    assert!(streamed.contains("message_stop"), "{streamed}");
+    let echoed = anthropic_post(&w, &cg, "/echo", &body(false));
+    assert!(
+        echoed.contains(&key),
+        "the sandbox gets its bytes unchanged"
+    );
+
+    // egret records (from ClickHouse, where it is configured).
+    let recs = w.transactions(&inv, 3);
+    let records_text = recs
+        .iter()
+        .map(Record::to_json_line)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let redacted: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.get_i64(sc::REDACTION_COUNT).is_some())
+        .collect();
+    assert_eq!(redacted.len(), 2, "{records_text}");
+    let echo = recs
+        .iter()
+        .find(|r| r.get_str(sc::URL_PATH) == Some("/echo"))
+        .unwrap_or_else(|| panic!("{records_text}"));
+    // Request and response: key, e-mail, ticket, user id each.
+    assert_eq!(echo.get_i64(sc::REDACTION_COUNT), Some(8), "{records_text}");
+    assert_eq!(
+        echo.get(sc::REDACTION_RULES),
+        Some(&egret::record::AttrValue::StrArray(vec![
+            "/metadata/user_id".into(),
+            "anthropic_api_key".into(),
+            "email".into(),
+            "ticket".into()
+        ]))
+    );
+    for dir in [sc::REQUEST_BODY, sc::RESPONSE_BODY] {
+        let v: Value = serde_json::from_str(echo.get_str(dir).unwrap()).unwrap();
+        assert_eq!(v["metadata"]["user_id"], "[REDACTED:/metadata/user_id]");
+        assert_eq!(
+            v["messages"][0]["content"],
+            "my key is [REDACTED:anthropic_api_key]\nmail me at [REDACTED:email] about [REDACTED:ticket]",
+            "{dir}"
+        );
+    }
+    let assert_clean = |what: &str, text: &str| {
+        for s in secrets {
+            assert!(!text.contains(s), "{what} holds {s:?}:\n{text}");
+        }
+        assert!(
+            text.contains("[REDACTED:anthropic_api_key]"),
+            "{what} lacks the replacement:\n{text}"
+        );
+    };
+    assert_clean("egret records", &records_text);
+
+    // The ClickHouse rows themselves.
+    let rows = rig
+        .query(&format!(
+            "SELECT * FROM {db}.transactions WHERE invocation_id = '{inv}' FORMAT JSONEachRow"
+        ))
+        .unwrap();
+    assert_clean("ClickHouse", &rows);
+    assert!(rows.contains("egret.redaction.count"), "{rows}");
+
+    // The spool's segment files on disk.
+    let spool = files_text(&w.agent.state_dir.join("spool"));
+    assert_clean("the spool", &spool);
+
+    // The OTLP receiver: spans (with input.value/output.value) and logs.
+    let inv_v = Value::String(inv.clone());
+    let lines = rx.wait("three transaction logs", |l| {
+        l.iter()
+            .filter(|x| {
+                x["signal"] == "logs"
+                    && x["attributes"]["invocation.id"] == inv_v
+                    && x["attributes"]["egret.record.kind"] == "transaction"
+            })
+            .count()
+            >= 3
+            && l.iter()
+                .filter(|x| {
+                    x["signal"] == "traces"
+                        && x["attributes"]["invocation.id"] == inv_v
+                        && x["attributes"]["egret.record.kind"] == "transaction"
+                })
+                .count()
+                >= 3
+    });
+    let otlp = serde_json::to_string(&lines).unwrap();
+    assert_clean("OTLP", &otlp);
+    assert!(otlp.contains("egret.redaction.count"), "{otlp}");
+    assert!(otlp.contains("input.value"), "{otlp}");
+
+    // egret tail.
+    let tailed = tail.wait(3);
+    assert_clean("egret tail", &tailed);
+
+    // Counted per rule; and the agent's own log never held them either.
+    let metrics = w.agent.metrics();
+    for (rule, n) in [
+        ("anthropic_api_key", 3.0),
+        ("email", 3.0),
+        ("ticket", 3.0),
+        ("/metadata/user_id", 3.0),
+    ] {
+        assert_eq!(
+            prom_value(&metrics, "egret_redactions_total", &[("rule", rule)]),
+            Some(n),
+            "{rule}: {metrics}"
+        );
+    }
+    for s in secrets {
+        assert!(!w.agent.log_text().contains(s), "agent log holds {s}");
+    }
+
+    // Reloaded live: a new pattern applies to the next record; a bad one
+    // is refused with the rule named, and the rules in force stay.
+    let generation = |w: &World| w.agent.status()["config"]["generation"].as_u64().unwrap();
+    let base = std::fs::read_to_string(&w.agent.config).unwrap();
+    let ticket_rule = "  - {name: ticket, regex: 'TCK-[0-9]{6}'}\n";
+    assert!(base.contains(ticket_rule), "{base}");
+    let with = |rule: &str| base.replace(ticket_rule, &format!("{ticket_rule}  - {rule}\n"));
+    std::fs::write(
+        &w.agent.config,
+        with("{name: codeword, regex: 'HERON-[A-Z]{4}'}"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + patience(Duration::from_secs(15));
+    while generation(&w) < 2 {
+        assert!(Instant::now() < deadline, "reload: {}", w.agent.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anthropic_post(
+        &w,
+        &cg,
+        "/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"say HERON-WXYZ"}]}"#,
+    );
+    let recs = w.transactions(&inv, 4);
+    let text = recs
+        .iter()
+        .map(Record::to_json_line)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!text.contains("HERON-WXYZ"), "{text}");
+    assert!(text.contains("[REDACTED:codeword]"), "{text}");
+    std::fs::write(
+        &w.agent.config,
+        with("{name: codeword, regex: '(unclosed'}"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + patience(Duration::from_secs(15));
+    loop {
+        let st = w.agent.status();
+        if st["config"]["reloads_rejected"].as_u64() >= Some(1) {
+            let err = st["config"]["last_reload_error"].as_str().unwrap_or("");
+            assert!(
+                err.contains("redaction.patterns[1] (codeword): bad regex"),
+                "{err}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bad reload: {}",
+            w.agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(generation(&w), 2, "the rules in force stay");
+}
+
+/// Content modes of the stores: ClickHouse in `none` mode gets no body
+/// text and no detail read from the content while the spool (full) keeps
+/// the body; a `metadata` spool bounds ClickHouse (`full`) and `egret
+/// tail`, while an OTLP exporter in `full` mode still gets the body (it is
+/// handed the in-memory record).
+#[test]
+fn content_modes_of_the_spool_and_clickhouse() {
+    use bpf_tests::clickhouse_rig::ClickHouseRig;
+    if !require_privileges("content_modes") || !require_venv("content_modes") {
+        return;
+    }
+    let Some(rig) = ClickHouseRig::start_or_skip("content_modes") else {
+        return;
+    };
+    let routes =
+        "  routes:\n  - {name: anthropic, hosts: [api.anthropic.com], provider: anthropic}\n";
+    let prompt = |tag: &str| {
+        format!(
+            r#"{{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{{"role":"user","content":"tell me about herons {tag}"}}]}}"#
+        )
+    };
+
+    // ClickHouse `none`, spool `full`.
+    let db = unique("content_none_");
+    let w = World::start(&format!(
+        "store:\n  clickhouse:\n    url: {}\n    database: {db}\n    flushInterval: 200ms\n    content: none\ngateways:\n- name: none-gw\n{routes}",
+        rig.url()
+    ));
+    let tag = unique("heron");
+    let inv = unique("inv-none-");
+    let cg = w.sandbox(&inv, None);
+    anthropic_post(&w, &cg, "/v1/messages", &prompt(&tag));
+    let rec = &w.transactions(&inv, 1)[0];
+    for gone in [
+        sc::REQUEST_BODY,
+        sc::RESPONSE_BODY,
+        sc::URL_PATH,
+        sc::GEN_AI_RESPONSE_ID,
+    ] {
+        assert_eq!(rec.get(gone), None, "{gone}: {}", rec.to_json_line());
+    }
+    assert!(
+        i(rec, sc::GEN_AI_USAGE_OUTPUT_TOKENS) > 0,
+        "the envelope stays"
+    );
+    assert_eq!(
+        rec.get_str(sc::GEN_AI_REQUEST_MODEL),
+        Some("claude-sonnet-4-5")
+    );
+    let row = rig
+        .query(&format!(
+            "SELECT egret_request_body, egret_response_body, url_path, gen_ai_response_id \
+             FROM {db}.transactions WHERE invocation_id = '{inv}' FORMAT TSV"
+        ))
+        .unwrap();
+    assert_eq!(row, "\t\t\\N\t\\N\n", "no body text, no details");
+    let all = rig
+        .query(&format!(
+            "SELECT * FROM {db}.transactions FORMAT JSONEachRow"
+        ))
+        .unwrap();
+    assert!(!all.contains(&tag) && !all.contains("msg_"), "{all}");
+    let spool = files_text(&w.agent.state_dir.join("spool"));
+    assert!(spool.contains(&tag), "the full spool keeps the body");
+    drop(w);
+
+    // Spool `metadata`, ClickHouse `full`, an OTLP exporter `full`.
+    let rx = Receiver::start();
+    let spool_dir = tempfile::tempdir().unwrap();
+    let db = unique("content_meta_");
+    let w = World::start(&format!(
+        "store:\n  spool:\n    dir: {}\n    content: metadata\n  clickhouse:\n    url: {}\n    database: {db}\n    flushInterval: 200ms\ngateways:\n- name: meta-gw\n{routes}  otlp:\n    endpoint: http://127.0.0.1:{}\n    signals: {{metrics: false, traces: false}}\n",
+        spool_dir.path().display(),
+        rig.url(),
+        rx.port
+    ));
+    let tag = unique("egret");
+    let inv = unique("inv-meta-");
+    let cg = w.sandbox(&inv, None);
+    let tail = Tail::start(&w.agent, &inv);
+    anthropic_post(&w, &cg, "/v1/messages", &prompt("warm up"));
+    tail.wait(1);
+    anthropic_post(&w, &cg, "/v1/messages", &prompt(&tag));
+    let recs = w.transactions(&inv, 2);
+    for r in &recs {
+        assert_eq!(r.get(sc::REQUEST_BODY), None, "{}", r.to_json_line());
+        assert_eq!(
+            r.get_str(sc::URL_PATH),
+            Some("/v1/messages"),
+            "details stay"
+        );
+    }
+    let all = rig
+        .query(&format!(
+            "SELECT * FROM {db}.transactions FORMAT JSONEachRow"
+        ))
+        .unwrap();
+    assert!(
+        !all.contains(&tag),
+        "ClickHouse has no more than the spool: {all}"
+    );
+    assert!(!files_text(spool_dir.path()).contains(&tag), "spool");
+    assert!(!tail.wait(2).contains(&tag), "tail");
+    let inv_v = Value::String(inv.clone());
+    let logs = rx.wait("both transaction logs", |l| {
+        l.iter()
+            .filter(|x| {
+                x["signal"] == "logs"
+                    && x["attributes"]["invocation.id"] == inv_v
+                    && x["attributes"]["egret.record.kind"] == "transaction"
+            })
+            .count()
+            >= 2
+    });
+    assert!(
+        serde_json::to_string(&logs).unwrap().contains(&tag),
+        "the OTLP exporter (content: full) gets the in-memory record's body"
+    );
+}

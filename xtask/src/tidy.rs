@@ -35,7 +35,15 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("values", &["config", "record"]),
     (
         "kernel and codecs",
-        &["bpf", "tls", "store", "genai", "credentials", "cost"],
+        &[
+            "bpf",
+            "tls",
+            "store",
+            "genai",
+            "credentials",
+            "cost",
+            "redact",
+        ],
     ),
     ("attribution", &["attribution"]),
     (

@@ -4,7 +4,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::duration;
+use super::{duration, ContentMode};
 
 /// ClickHouse sink configuration (embedded in the agent config as `clickhouse`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -41,6 +41,10 @@ pub struct ClickHouseConfig {
     #[serde(with = "duration::opt_text")]
     #[schemars(with = "Option<String>")]
     pub retention: Option<Duration>,
+    /// What is inserted of the exchanged content: `full` (default),
+    /// `metadata` or `none`; never more than the spool kept
+    /// (`store.spool.content`).
+    pub content: ContentMode,
 }
 
 impl Default for ClickHouseConfig {
@@ -56,6 +60,7 @@ impl Default for ClickHouseConfig {
             cluster: None,
             insert_timeout: Duration::from_secs(30),
             retention: None,
+            content: ContentMode::Full,
         }
     }
 }

@@ -6,13 +6,15 @@
 //!
 //! Every deserialized type lives here, one submodule per section; the
 //! components take what they need from it. This module imports nothing of
-//! the crate but `net`.
+//! the crate but `net`, `providers` and `semconv` (the content lists).
 //!
 //! - `node`: `node` (listeners, kernel refusals, limits, PROXY protocol);
 //! - `gateway`: `gateways[]` (selector, routes, budgets, body capture);
 //! - `otlp`: `gateways[].otlp`;
 //! - `store`: `store` and `store.spool`;
 //! - `clickhouse`: `store.clickhouse`;
+//! - `redaction`: `redaction` (secret shapes, patterns, JSON pointers);
+//! - `content`: the content mode of OTLP exporters, the spool and ClickHouse;
 //! - `expand`: the `${NAME}` grammar of credentials and endpoints;
 //! - `validate`: the rules checked after parsing;
 //! - `duration`: humantime durations.
@@ -23,24 +25,31 @@ use serde::Deserialize;
 use crate::net::Cidr;
 
 mod clickhouse;
+mod content;
 mod duration;
 mod expand;
 mod gateway;
 mod node;
 mod otlp;
 mod pricing;
+mod redaction;
 mod store;
 mod validate;
 
 pub use clickhouse::ClickHouseConfig;
+pub use content::ContentMode;
 pub use expand::{expand_env, expand_process_env, ExpandError};
 pub use gateway::{
     BudgetConfig, CaptureBodyConfig, DefaultPolicy, GatewayConfig, NonHttpPolicy, RouteConfig,
     Selector,
 };
 pub use node::{LimitsConfig, MetricsConfig, NodeConfig, ProxyProtocolConfig, DEFAULT_MAX_SERIES};
-pub use otlp::{Compression, ContentMode, Convention, OtlpConfig, Protocol, SignalsConfig};
+pub use otlp::{Compression, Convention, OtlpConfig, Protocol, SignalsConfig};
 pub use pricing::{LongContextPrice, ModelPrice, PricingConfig, Rates};
+pub use redaction::{
+    compile as compile_redaction, parse_pointer, Builtin, PatternRule, PointerToken,
+    RedactionConfig, RedactionError, REGEX_SIZE_LIMIT as REDACTION_REGEX_SIZE_LIMIT,
+};
 pub use store::{SpoolConfig, StoreConfig};
 pub use validate::ValidationError;
 
@@ -71,6 +80,9 @@ pub struct Config {
     pub gateways: Vec<GatewayConfig>,
     /// The price table behind `egret.cost.usd` (`docs/cost.md`).
     pub pricing: PricingConfig,
+    /// What is cut out of bodies before records are stored or exported
+    /// (`docs/redaction.md`).
+    pub redaction: RedactionConfig,
 }
 
 impl Default for Config {
@@ -98,6 +110,7 @@ impl Config {
             node: NodeConfig::default(),
             store: StoreConfig::default(),
             pricing: PricingConfig::default(),
+            redaction: RedactionConfig::default(),
             gateways: vec![GatewayConfig {
                 name: "default".to_owned(),
                 selector: Selector::default(),

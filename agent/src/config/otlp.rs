@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, time::Duration};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::duration;
+use super::{duration, ContentMode};
 
 /// One OTLP exporter of a gateway: its primary one (`gateways[].otlp`) or
 /// one more (`gateways[].exporters[]`).
@@ -136,23 +136,6 @@ impl Compression {
             _ => None,
         }
     }
-}
-
-/// What an exporter carries of the exchanged content.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ContentMode {
-    /// Everything: attributes, bodies (log body), convention input/output
-    /// values.
-    #[default]
-    Full,
-    /// Every attribute, no body text: no log body, no `input.value` /
-    /// `output.value` / `mlflow.spanInputs` / `mlflow.spanOutputs`.
-    Metadata,
-    /// The envelope only: who, when, where, how much, the outcome, the
-    /// model and token counts; nothing read from the content besides those
-    /// (no paths, ids, tool or prompt names, stop sequences).
-    None,
 }
 
 impl Default for OtlpConfig {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::ClickHouseConfig;
+use super::{ClickHouseConfig, ContentMode};
 
 /// Where records are kept: the local spool always, ClickHouse when set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -39,6 +39,10 @@ pub struct SpoolConfig {
     /// Size at which the active segment is closed and a new one started
     /// (default 64 MiB; capped at `maxBytes`).
     pub segment_bytes: u64,
+    /// What the spool keeps of the exchanged content: `full` (default),
+    /// `metadata` (no bodies) or `none` (no bodies, no details read from
+    /// them); ClickHouse, `egret records` and `egret tail` see no more.
+    pub content: ContentMode,
 }
 
 impl Default for SpoolConfig {
@@ -47,6 +51,7 @@ impl Default for SpoolConfig {
             dir: PathBuf::from("/var/lib/egret/spool"),
             max_bytes: 1 << 30,
             segment_bytes: 64 << 20,
+            content: ContentMode::Full,
         }
     }
 }

@@ -53,6 +53,8 @@ pub enum ValidationError {
     Price { provider: String, model: String },
     #[error("gateway {gateway:?}: a budget needs dailyTokens, dailyUsd (finite, above 0) or both")]
     Budget { gateway: String },
+    #[error(transparent)]
+    Redaction(#[from] super::RedactionError),
     #[error("gateway {gateway:?} route {route:?}: {source}")]
     RouteProvider {
         gateway: String,
@@ -118,6 +120,7 @@ impl Config {
                 return Err(ValidationError::UnixSocketIsApiSocket);
             }
         }
+        self.redaction.validate()?;
         for p in &self.pricing.models {
             let rates = std::iter::once(p.rates())
                 .chain(p.long_context.as_ref().map(|l| l.rates()))

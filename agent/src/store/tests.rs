@@ -17,6 +17,7 @@ fn cfg(dir: &Path) -> SpoolConfig {
         dir: dir.to_owned(),
         max_bytes: 1 << 30,
         segment_bytes: 64 << 20,
+        ..SpoolConfig::default()
     }
 }
 
@@ -218,6 +219,7 @@ fn retention_without_cursor_deletes_oldest() {
         dir: tmp.path().to_owned(),
         max_bytes: 32 << 10,
         segment_bytes: 4 << 10,
+        ..SpoolConfig::default()
     };
     let mut spool = Spool::open(&c).unwrap();
     for i in 0..200 {
@@ -243,6 +245,7 @@ fn limit_with_cursor_drops_new_records_and_keeps_old() {
         dir: tmp.path().to_owned(),
         max_bytes: 32 << 10,
         segment_bytes: 4 << 10,
+        ..SpoolConfig::default()
     };
     let mut spool = Spool::open(&c).unwrap();
     let mut cursor = spool.cursor("clickhouse").unwrap();

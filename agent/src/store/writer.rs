@@ -17,7 +17,7 @@ use super::segment::{
     create_segment, list_segments, push_frame, recover_tail, segment_path, HEADER_LEN, READ_BUF,
 };
 use super::StoreError;
-use crate::config::SpoolConfig;
+use crate::config::{ContentMode, SpoolConfig};
 use crate::record::Record;
 use crate::statefile;
 
@@ -47,6 +47,8 @@ pub struct Spool {
     frame_ends: Vec<usize>,
     /// `frame_records[i]`: index in the appended batch of frame `i`.
     frame_records: Vec<usize>,
+    /// What is written of the exchanged content (`store.spool.content`).
+    content: ContentMode,
     _lock: File,
 }
 
@@ -120,8 +122,15 @@ impl Spool {
             buf: Vec::with_capacity(READ_BUF),
             frame_ends: Vec::new(),
             frame_records: Vec::new(),
+            content: cfg.content,
             _lock: lock,
         })
+    }
+
+    /// What the spool keeps of the exchanged content: records are written
+    /// through [`ContentMode::keeps`], so no reader of the spool sees more.
+    pub fn content(&self) -> ContentMode {
+        self.content
     }
 
     /// A handle usable from other tasks (cursors, stats, append notifications).
@@ -257,7 +266,7 @@ impl Spool {
         self.frame_records.clear();
         let mut oversize = 0;
         for (i, r) in records.iter().enumerate() {
-            if !push_frame(&mut self.buf, r) {
+            if !push_frame(&mut self.buf, r, self.content) {
                 oversize += 1;
                 continue;
             }

@@ -9,6 +9,7 @@ use super::dead_letter::write_dead_letters;
 use super::row::{FlowRow, InvocationRow, TransactionRow};
 use super::status::SinkState;
 use super::{ClickHouseSink, SinkError};
+use crate::config::ContentMode;
 use crate::record::{now_unix_nanos, Record};
 use crate::semconv as sc;
 use crate::sink::Backoff;
@@ -152,7 +153,15 @@ impl ClickHouseSink {
                 match res {
                     Ok(batch) if !batch.is_empty() => {
                         oldest_pending.get_or_insert_with(Instant::now);
-                        pending.extend(batch);
+                        // `store.clickhouse.content`: the one content filter
+                        // (the spool's own mode already bounds what is read).
+                        let content = self.cfg.content;
+                        pending.extend(batch.into_iter().map(|(p, mut r)| {
+                            if content != ContentMode::Full {
+                                r.retain(|k| content.keeps(k));
+                            }
+                            (p, r)
+                        }));
                     }
                     Ok(_) => {}
                     Err(e) => {

@@ -372,11 +372,7 @@ impl Conventions {
     /// (`semconv::CONTENT` needs `full`; `semconv::CONTENT_DETAIL` needs
     /// `metadata` or `full`).
     pub fn keeps(&self, key: &str) -> bool {
-        match self.content {
-            ContentMode::Full => true,
-            ContentMode::Metadata => !sc::CONTENT.contains(&key),
-            ContentMode::None => !sc::CONTENT.contains(&key) && !sc::CONTENT_DETAIL.contains(&key),
-        }
+        self.content.keeps(key)
     }
     /// The conventions of a gateway's `otlp` section.
     pub fn from_config(cfg: &OtlpConfig) -> Conventions {

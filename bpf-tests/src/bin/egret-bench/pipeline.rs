@@ -224,6 +224,7 @@ fn spool_ceiling(dir: &std::path::Path, template: &Record, n: usize) -> BenchRes
         dir: dir.join("spool-inject"),
         max_bytes: 2 << 30,
         segment_bytes: 64 << 20,
+        ..SpoolConfig::default()
     })
     .map_err(|e| BenchError::Msg(format!("open spool: {e}")))?;
     let batch: Vec<Record> = (0..4096)
