@@ -178,45 +178,20 @@ pub fn assemble(api: Api, bodies: Bodies<'_>) -> Option<Content> {
         .request
         .and_then(|b| serde_json::from_str::<Value>(b).ok());
     let response = bodies.response.unwrap_or("");
-    match api {
-        Api::OpenAiChat | Api::OpenAiCompletions => {
-            if let Some(Value::Object(r)) = request {
-                openai_chat_request(r, &mut c);
-            }
-            openai_chat_response(response, &mut c);
-        }
-        Api::OpenAiResponses => {
-            if let Some(Value::Object(r)) = request {
-                responses_request(r, &mut c);
-            }
-            responses_response(response, &mut c);
-        }
-        Api::AnthropicMessages => {
-            if let Some(Value::Object(r)) = request {
-                anthropic_request(r, &mut c);
-            }
-            anthropic_response(response, &mut c);
-        }
-        Api::GoogleGenerate | Api::GoogleStreamGenerate => {
-            if let Some(Value::Object(r)) = request {
-                gemini_request(r, &mut c);
-            }
-            gemini_response(response, &mut c);
-        }
-        Api::OllamaChat | Api::OllamaGenerate => {
-            if let Some(Value::Object(r)) = request {
-                ollama_request(r, &mut c);
-            }
-            ollama_response(response, &mut c);
-        }
-        Api::BedrockConverse => {
-            if let Some(Value::Object(r)) = request {
-                converse_request(r, &mut c);
-            }
-            converse_response(response, &mut c);
-        }
+    type Read<T> = fn(T, &mut Content);
+    let (read_request, read_response): (Read<Map<String, Value>>, Read<&str>) = match api {
+        Api::OpenAiChat | Api::OpenAiCompletions => (openai_chat_request, openai_chat_response),
+        Api::OpenAiResponses => (responses_request, responses_response),
+        Api::AnthropicMessages => (anthropic_request, anthropic_response),
+        Api::GoogleGenerate | Api::GoogleStreamGenerate => (gemini_request, gemini_response),
+        Api::OllamaChat | Api::OllamaGenerate => (ollama_request, ollama_response),
+        Api::BedrockConverse => (converse_request, converse_response),
         _ => return None,
+    };
+    if let Some(Value::Object(r)) = request {
+        read_request(r, &mut c);
     }
+    read_response(response, &mut c);
     let empty = c.input.is_empty()
         && c.output.is_empty()
         && c.system_instructions.is_empty()
@@ -324,23 +299,33 @@ struct Choice {
     role: Option<String>,
     text: String,
     reasoning: String,
-    /// (index, id, name, arguments text)
-    calls: Vec<(i64, Option<String>, String, String)>,
+    /// Tool calls by their index.
+    calls: Vec<(i64, Call)>,
     finish: Option<String>,
 }
 
-impl Choice {
-    fn call(&mut self, index: i64) -> &mut (i64, Option<String>, String, String) {
-        let at = match self.calls.iter().position(|c| c.0 == index) {
-            Some(at) => at,
-            None => {
-                self.calls.push((index, None, String::new(), String::new()));
-                self.calls.len() - 1
-            }
-        };
-        &mut self.calls[at]
-    }
+/// A streamed tool call: its id, and its name and arguments text joined.
+#[derive(Default)]
+struct Call {
+    id: Option<String>,
+    name: String,
+    arguments: String,
+}
 
+/// The entry for `index`, added (default) when absent: streams address
+/// choices and tool calls by index, in any order.
+fn by_index<T: Default>(entries: &mut Vec<(i64, T)>, index: i64) -> &mut T {
+    let at = match entries.iter().position(|(i, _)| *i == index) {
+        Some(at) => at,
+        None => {
+            entries.push((index, T::default()));
+            entries.len() - 1
+        }
+    };
+    &mut entries[at].1
+}
+
+impl Choice {
     fn into_message(self, complete: bool) -> OutputMessage {
         let mut parts = Vec::new();
         if !self.reasoning.is_empty() {
@@ -351,11 +336,11 @@ impl Choice {
         if !self.text.is_empty() {
             parts.push(text(self.text));
         }
-        for (_, id, name, args) in self.calls {
+        for (_, call) in self.calls {
             parts.push(Part::ToolCall {
-                id,
-                name,
-                arguments: arguments(&Value::String(args)),
+                id: call.id,
+                name: call.name,
+                arguments: arguments(&Value::String(call.arguments)),
             });
         }
         OutputMessage {
@@ -374,17 +359,6 @@ fn push_choices(choices: Vec<(i64, Choice)>, c: &mut Content) {
     let complete = c.complete;
     c.output
         .extend(choices.into_iter().map(|(_, ch)| ch.into_message(complete)));
-}
-
-fn choice_at(choices: &mut Vec<(i64, Choice)>, index: i64) -> &mut Choice {
-    let at = match choices.iter().position(|(i, _)| *i == index) {
-        Some(at) => at,
-        None => {
-            choices.push((index, Choice::default()));
-            choices.len() - 1
-        }
-    };
-    &mut choices[at].1
 }
 
 // ---- OpenAI Chat Completions / Completions --------------------------------
@@ -545,15 +519,15 @@ fn openai_choice_delta(ch: &mut Choice, delta: &Value) {
         .enumerate()
     {
         let index = call["index"].as_i64().unwrap_or(n as i64);
-        let slot = ch.call(index);
+        let slot = by_index(&mut ch.calls, index);
         if let Some(id) = call["id"].as_str() {
-            slot.1 = Some(id.to_owned());
+            slot.id = Some(id.to_owned());
         }
         if let Some(name) = call["function"]["name"].as_str() {
-            slot.2.push_str(name);
+            slot.name.push_str(name);
         }
         if let Some(a) = call["function"]["arguments"].as_str() {
-            slot.3.push_str(a);
+            slot.arguments.push_str(a);
         }
     }
 }
@@ -561,7 +535,7 @@ fn openai_choice_delta(ch: &mut Choice, delta: &Value) {
 fn openai_chat_choices(v: &Value, choices: &mut Vec<(i64, Choice)>, streamed: bool) {
     for (n, choice) in v["choices"].as_array().into_iter().flatten().enumerate() {
         let index = choice["index"].as_i64().unwrap_or(n as i64);
-        let ch = choice_at(choices, index);
+        let ch = by_index(choices, index);
         if streamed {
             openai_choice_delta(ch, &choice["delta"]);
         } else {
@@ -1036,7 +1010,7 @@ fn gemini_request(r: Map<String, Value>, c: &mut Content) {
 fn gemini_chunk(v: &Value, choices: &mut Vec<(i64, Choice)>, calls: &mut Vec<(i64, Part)>) {
     for (n, cand) in v["candidates"].as_array().into_iter().flatten().enumerate() {
         let index = cand["index"].as_i64().unwrap_or(n as i64);
-        let ch = choice_at(choices, index);
+        let ch = by_index(choices, index);
         for p in gemini_parts(&cand["content"]["parts"]) {
             match p {
                 Part::Text { content } => ch.text.push_str(&content),
@@ -1175,8 +1149,15 @@ fn ollama_response(body: &str, c: &mut Content) {
             } = p
             {
                 let at = ch.calls.len() as i64;
-                let args = arguments.map(|a| a.to_string()).unwrap_or_default();
-                ch.calls.push((at, id, name, args));
+                let arguments = arguments.map(|a| a.to_string()).unwrap_or_default();
+                ch.calls.push((
+                    at,
+                    Call {
+                        id,
+                        name,
+                        arguments,
+                    },
+                ));
             }
         }
         if v["done"] == true {
