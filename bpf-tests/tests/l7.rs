@@ -1242,6 +1242,32 @@ fn request_and_streaming_metrics_reach_prometheus_and_otlp_under_a_series_cap() 
     );
 }
 
+/// The receiver's lines once it holds `n` spans of invocation `inv`.
+fn wait_spans(rx: &Receiver, inv: &str, n: usize) -> Vec<Value> {
+    rx.wait("a span per call", |l| {
+        l.iter()
+            .filter(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv)
+            .count()
+            >= n
+    })
+}
+
+/// The span a record was exported as.
+fn span_of<'a>(lines: &'a [Value], rec: &Record) -> &'a Value {
+    lines
+        .iter()
+        .find(|x| x["signal"] == "traces" && x["span_id"].as_str() == rec.get_str(sc::SPAN_ID))
+        .unwrap_or_else(|| panic!("no span for {}", rec.to_json_line()))
+}
+
+/// A span attribute holding JSON text, parsed.
+fn json_attr(span: &Value, key: &str) -> Value {
+    let s = span["attributes"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} missing: {span}"));
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{key}: {e}: {s}"))
+}
+
 /// Structured content through the official SDKs: the OpenAI (Chat
 /// Completions and Responses, JSON and streamed), Anthropic and Gemini
 /// clients call the stand-ins through egret; an exporter with `messages:
@@ -1275,24 +1301,8 @@ fn structured_content_from_official_sdks_matches_what_each_sdk_assembled() {
     }
     let recs = w.transactions(&inv, calls.len());
     let inv_v = Value::String(inv.clone());
-    let lines = rx.wait("a span per call", |l| {
-        l.iter()
-            .filter(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
-            .count()
-            >= recs.len()
-    });
-    let span_of = |rec: &Record| -> &Value {
-        lines
-            .iter()
-            .find(|x| x["signal"] == "traces" && x["span_id"].as_str() == rec.get_str(sc::SPAN_ID))
-            .unwrap_or_else(|| panic!("no span for {}", rec.to_json_line()))
-    };
-    let json_attr = |span: &Value, key: &str| -> Value {
-        let s = span["attributes"][key]
-            .as_str()
-            .unwrap_or_else(|| panic!("{key} missing: {span}"));
-        serde_json::from_str(s).unwrap_or_else(|e| panic!("{key}: {e}: {s}"))
-    };
+    let lines = wait_spans(&rx, &inv, recs.len());
+    let span_of = |rec: &Record| span_of(&lines, rec);
     let text_of = |msgs: &Value| -> String {
         msgs[0]["parts"]
             .as_array()
@@ -1477,23 +1487,7 @@ fn tool_calls_from_official_sdks_are_parts_equal_to_what_each_sdk_assembled() {
     assert_eq!(calls.len(), 5);
     let mut recs = w.transactions(&inv, calls.len());
     recs.sort_by_key(|r| r.get_i64(sc::START_TIME));
-    let inv_v = Value::String(inv.clone());
-    let lines = rx.wait("a span per call", |l| {
-        l.iter()
-            .filter(|x| x["signal"] == "traces" && x["attributes"]["invocation.id"] == inv_v)
-            .count()
-            >= recs.len()
-    });
-    let attrs = |rec: &Record| -> Value {
-        lines
-            .iter()
-            .find(|x| x["signal"] == "traces" && x["span_id"].as_str() == rec.get_str(sc::SPAN_ID))
-            .unwrap_or_else(|| panic!("no span for {}", rec.to_json_line()))["attributes"]
-            .clone()
-    };
-    let json = |a: &Value, key: &str| -> Value {
-        serde_json::from_str(a[key].as_str().unwrap_or_else(|| panic!("{key}: {a}"))).unwrap()
-    };
+    let lines = wait_spans(&rx, &inv, recs.len());
     let tool_part = |out: &Value| -> Value {
         out[0]["parts"]
             .as_array()
@@ -1505,10 +1499,11 @@ fn tool_calls_from_official_sdks_are_parts_equal_to_what_each_sdk_assembled() {
     };
     for (n, sdk) in calls.iter().enumerate() {
         let call = sdk["call"].as_str().unwrap();
-        let a = attrs(&recs[n]);
-        let out = json(&a, "gen_ai.output.messages");
-        let input = json(&a, "gen_ai.input.messages");
-        let tools = json(&a, "gen_ai.tool.definitions");
+        let span = span_of(&lines, &recs[n]);
+        let a = &span["attributes"];
+        let out = json_attr(span, "gen_ai.output.messages");
+        let input = json_attr(span, "gen_ai.input.messages");
+        let tools = json_attr(span, "gen_ai.tool.definitions");
         assert_eq!(tools[0]["name"], "search_birds", "{call}: {tools}");
         assert_eq!(
             tools[0]["description"], "Search the bird database",
