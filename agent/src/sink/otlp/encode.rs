@@ -1801,6 +1801,12 @@ pub(crate) mod tests {
             serde_json::json!([{"role": "user", "parts": [{"type": "text", "content": "hi"}]}])
         );
         assert_eq!(json(sc::GEN_AI_TOOL_DEFINITIONS)[0]["name"], "f");
+        // OpenInference gets the provider's own tool object, not the flat
+        // definition (Phoenix tells the API by its shape).
+        assert_eq!(
+            json("llm.tools.0.tool.json_schema"),
+            serde_json::json!({"type": "function", "function": {"name": "f"}})
+        );
         assert_eq!(
             attr(a, sc::MESSAGES_COMPLETE),
             Some(&any_value::Value::BoolValue(true))
