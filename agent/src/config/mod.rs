@@ -249,6 +249,35 @@ mod tests {
     }
 
     #[test]
+    fn connection_timeouts_parse_and_zero_is_refused() {
+        let cfg = Config::parse(
+            "node:\n  limits:\n    headerTimeout: 8s\n",
+            Path::new("x.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.node.limits.header_timeout,
+            std::time::Duration::from_secs(8)
+        );
+        assert_eq!(
+            cfg.node.limits.idle_timeout,
+            std::time::Duration::from_secs(120)
+        );
+        for key in ["headerTimeout", "idleTimeout"] {
+            let err = Config::parse(
+                &format!("node:\n  limits:\n    {key}: 0s\n"),
+                Path::new("x.yaml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains(&format!("node.limits.{key} must be above 0")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn proxy_protocol_is_off_by_default_and_validated() {
         let cfg = Config::parse("node: {}\n", Path::new("x.yaml")).unwrap();
         let pp = &cfg.node.proxy_protocol;

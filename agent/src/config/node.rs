@@ -192,6 +192,12 @@ pub struct LimitsConfig {
     #[serde(deserialize_with = "duration::de")]
     #[schemars(with = "String")]
     pub idle_timeout: std::time::Duration,
+    /// An HTTP/1 request head must arrive whole within this, and a
+    /// keep-alive connection waits this long for the next one (slowloris
+    /// bound), e.g. `30s`.
+    #[serde(deserialize_with = "duration::de")]
+    #[schemars(with = "String")]
+    pub header_timeout: std::time::Duration,
 }
 
 impl Default for LimitsConfig {
@@ -203,6 +209,7 @@ impl Default for LimitsConfig {
             buffer_bytes: 256 << 20,
             buffer_bytes_per_sandbox: 32 << 20,
             idle_timeout: std::time::Duration::from_secs(120),
+            header_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

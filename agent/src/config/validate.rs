@@ -41,6 +41,10 @@ pub enum ValidationError {
     UnixSocketIsApiSocket,
     #[error("node.metrics.maxSeries must be at least 1")]
     MaxSeriesZero,
+    #[error(
+        "node.limits.{0} must be above 0 (a zero timeout would close every connection at once)"
+    )]
+    ZeroTimeout(&'static str),
     #[error("gateways: duplicate name {0:?}")]
     DuplicateGateway(String),
     #[error("gateway {gateway:?}: {field}.name must be letters, digits, '.', '_' or '-' (and is required in exporters[])")]
@@ -84,6 +88,12 @@ impl Config {
         }
         if n.metrics.max_series == 0 {
             return Err(ValidationError::MaxSeriesZero);
+        }
+        if n.limits.header_timeout.is_zero() {
+            return Err(ValidationError::ZeroTimeout("headerTimeout"));
+        }
+        if n.limits.idle_timeout.is_zero() {
+            return Err(ValidationError::ZeroTimeout("idleTimeout"));
         }
         let pp = &n.proxy_protocol;
         let cidrs = pp.cidrs()?;

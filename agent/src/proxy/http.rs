@@ -49,9 +49,6 @@ use crate::{
 /// usage rewrite can apply. Larger or unsized bodies are streamed.
 const WHOLE_REQUEST_MAX: u64 = 4 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// An HTTP/1 request head must arrive whole within this (slowloris bound;
-/// also closes keep-alive connections idle this long).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head (h1 read buffer, h2 header list): larger gets 431.
 const MAX_HEAD_BYTES: usize = 256 * 1024;
 
@@ -198,16 +195,17 @@ where
         let conn = conn2.clone();
         async move { Ok::<_, Infallible>(handle(req, conn).await) }
     });
+    let limits = conn.l7.admission.limits().clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // Slowloris bound; also closes keep-alive connections idle this long.
+        .header_read_timeout(limits.header_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         // A client that shuts down its write side after the request still
         // gets the response (hyper would otherwise drop it at EOF).
         .half_close(true);
-    let limits = conn.l7.admission.limits().clone();
     builder
         .http2()
         .max_header_list_size(MAX_HEAD_BYTES as u32)
