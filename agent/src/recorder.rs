@@ -186,13 +186,23 @@ async fn record_loop(
         }
         last_append = std::time::Instant::now();
         let redactor = out.redaction.load();
+        // The invocations' input/output (bodies) only when something
+        // downstream keeps bodies: the spool (and so ClickHouse and the
+        // tail) or an exporter.
+        let io_wanted =
+            spool.content().keeps(sc::REQUEST_BODY) || out.otlp.load().any_sends(sc::REQUEST_BODY);
+        if !io_wanted {
+            io.clear();
+        }
         for rec in batch.iter_mut() {
             // Off the queue: its place is free for its sandbox again.
             out.stats.queue.release(rec);
             (out.stamp)(rec);
             // Before the append: nothing downstream sees what it cuts.
             redactor.apply(rec, &out.redaction_stats);
-            io.observe(rec);
+            if io_wanted {
+                io.observe(rec);
+            }
         }
         out.stats
             .invocation_io_untracked

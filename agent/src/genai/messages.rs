@@ -76,7 +76,10 @@ pub struct Message {
 pub struct OutputMessage {
     pub role: String,
     pub parts: Vec<Part>,
-    pub finish_reason: String,
+    /// The provider's own value; left out when it was not captured (a
+    /// stream cut or a capture truncated before it): never invented.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
 }
 
 /// A tool the request offered the model.
@@ -326,7 +329,7 @@ fn by_index<T: Default>(entries: &mut Vec<(i64, T)>, index: i64) -> &mut T {
 }
 
 impl Choice {
-    fn into_message(self, complete: bool) -> OutputMessage {
+    fn into_message(self) -> OutputMessage {
         let mut parts = Vec::new();
         if !self.reasoning.is_empty() {
             parts.push(Part::Reasoning {
@@ -346,9 +349,7 @@ impl Choice {
         OutputMessage {
             role: self.role.unwrap_or_else(|| "assistant".into()),
             parts,
-            finish_reason: self
-                .finish
-                .unwrap_or_else(|| if complete { "stop" } else { "error" }.into()),
+            finish_reason: self.finish,
         }
     }
 }
@@ -356,9 +357,8 @@ impl Choice {
 fn push_choices(choices: Vec<(i64, Choice)>, c: &mut Content) {
     let mut choices = choices;
     choices.sort_by_key(|(i, _)| *i);
-    let complete = c.complete;
     c.output
-        .extend(choices.into_iter().map(|(_, ch)| ch.into_message(complete)));
+        .extend(choices.into_iter().map(|(_, ch)| ch.into_message()));
 }
 
 // ---- OpenAI Chat Completions / Completions --------------------------------
@@ -655,10 +655,10 @@ fn responses_output(resp: &Value, c: &mut Content) {
     // `incomplete` its reason.
     let finish = match resp["status"].as_str() {
         Some("incomplete") => {
-            s(&resp["incomplete_details"]["reason"]).unwrap_or_else(|| "incomplete".into())
+            Some(s(&resp["incomplete_details"]["reason"]).unwrap_or_else(|| "incomplete".into()))
         }
-        Some(other) => other.to_owned(),
-        None => "completed".to_owned(),
+        Some(other) => Some(other.to_owned()),
+        None => None,
     };
     if !parts.is_empty() {
         c.output.push(OutputMessage {
@@ -696,7 +696,7 @@ fn responses_response(body: &str, c: &mut Content) {
             c.output.push(OutputMessage {
                 role: "assistant".into(),
                 parts: vec![text(t)],
-                finish_reason: "error".into(),
+                finish_reason: None,
             });
         }
     } else if let Ok(v) = serde_json::from_str::<Value>(body) {
@@ -818,7 +818,7 @@ fn anthropic_response(body: &str, c: &mut Content) {
                 c.output.push(OutputMessage {
                     role: s(&v["role"]).unwrap_or_else(|| "assistant".into()),
                     parts,
-                    finish_reason: s(&v["stop_reason"]).unwrap_or_else(|| "stop".into()),
+                    finish_reason: s(&v["stop_reason"]),
                 });
             }
         }
@@ -893,7 +893,7 @@ fn anthropic_response(body: &str, c: &mut Content) {
         c.output.push(OutputMessage {
             role: "assistant".into(),
             parts,
-            finish_reason: stop.unwrap_or_else(|| "error".into()),
+            finish_reason: stop,
         });
     }
 }
@@ -1048,9 +1048,8 @@ fn gemini_response(body: &str, c: &mut Content) {
         c.complete = false;
     }
     choices.sort_by_key(|(i, _)| *i);
-    let complete = c.complete;
     for (i, ch) in choices {
-        let mut m = ch.into_message(complete);
+        let mut m = ch.into_message();
         m.parts.extend(
             other_parts
                 .iter()
@@ -1162,13 +1161,12 @@ fn ollama_response(body: &str, c: &mut Content) {
         }
         if v["done"] == true {
             done = true;
-            ch.finish = s(&v["done_reason"]).or_else(|| Some("stop".into()));
+            ch.finish = s(&v["done_reason"]);
         }
     }
     c.complete &= done;
     if any {
-        let complete = c.complete;
-        c.output.push(ch.into_message(complete));
+        c.output.push(ch.into_message());
     }
 }
 
@@ -1253,7 +1251,7 @@ fn converse_response(body: &str, c: &mut Content) {
         c.output.push(OutputMessage {
             role: s(&m["role"]).unwrap_or_else(|| "assistant".into()),
             parts: converse_blocks(&m["content"]),
-            finish_reason: s(&v["stopReason"]).unwrap_or_else(|| "stop".into()),
+            finish_reason: s(&v["stopReason"]),
         });
     }
 }

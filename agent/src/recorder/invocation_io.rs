@@ -15,7 +15,9 @@
 //! seen for [`IDLE`] are dropped first, and an invocation that finds no
 //! room is counted ([`InvocationIo::untracked`]) and its span simply has
 //! no input/output. After an agent restart the invocations still running
-//! start over from their next transaction.
+//! start over from their next transaction. When neither the spool's
+//! content mode nor any exporter's keeps bodies, the recorder does not
+//! call it at all (no copies for nobody).
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
@@ -68,6 +70,11 @@ impl InvocationIo {
     /// Invocations that found no room (their span has no input/output).
     pub fn untracked(&self) -> u64 {
         self.untracked
+    }
+
+    /// Forgets every invocation (nothing downstream wants bodies now).
+    pub fn clear(&mut self) {
+        self.map.clear();
     }
 
     /// Invocations tracked now.

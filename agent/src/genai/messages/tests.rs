@@ -100,7 +100,8 @@ fn a_cut_stream_is_incomplete_and_says_so() {
     assert!(!c.complete);
     assert_eq!(
         v(c.output_json()),
-        json!([{"role": "assistant", "finish_reason": "error", "parts": [{"type": "text", "content": "Hel"}]}])
+        // No finish_reason: the provider never sent one, egret does not invent it.
+        json!([{"role": "assistant", "parts": [{"type": "text", "content": "Hel"}]}])
     );
 }
 
@@ -251,6 +252,7 @@ fn responses_stream_uses_the_completed_response_and_falls_back_to_deltas() {
     let c = run(Api::OpenAiResponses, req, cut);
     assert!(!c.complete);
     assert_eq!(v(c.output_json())[0]["parts"][0]["content"], "Hel");
+    assert!(v(c.output_json())[0].get("finish_reason").is_none());
 }
 
 #[test]

@@ -25,7 +25,7 @@ use super::{
     OtlpError,
 };
 use crate::{
-    config::Config,
+    config::{Config, ContentMode},
     record::{now_unix_nanos, AttrValue, Record},
     semconv as sc,
 };
@@ -134,6 +134,8 @@ struct MetricsPipe {
 
 struct Inner {
     name: String,
+    /// `content`: what of a record's content this exporter may send.
+    content: ContentMode,
     sampling: f64,
     tee: bool,
     traces: Option<Pipe>,
@@ -288,6 +290,7 @@ impl OtlpExporter {
         Ok(OtlpExporter {
             inner: Arc::new(Inner {
                 name: settings.name.clone(),
+                content: settings.conventions.content,
                 sampling: settings.sampling,
                 tee: settings.tee,
                 traces,
@@ -709,6 +712,16 @@ impl OtlpSinks {
             .get(gateway)
             .map(|(_, e)| e.as_slice())
             .unwrap_or_default()
+    }
+
+    /// Whether any exporter sends spans or logs carrying `key` (a content
+    /// attribute) under its content mode: when none does (and the spool
+    /// does not keep it either), the recorder need not collect it.
+    pub fn any_sends(&self, key: &str) -> bool {
+        self.exporters().any(|e| {
+            let i = &*e.inner;
+            (i.traces.is_some() || i.logs.is_some()) && i.content.keeps(key)
+        })
     }
 
     /// Offers a record of `gateway` to each of that gateway's exporters and
