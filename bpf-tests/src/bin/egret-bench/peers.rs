@@ -286,7 +286,8 @@ http {{
 /// connections reused by any client (`http-reuse always`), and one
 /// `option httplog` line per request written to a file: `log stdout
 /// format raw` with stdout redirected to that file, so each line is its
-/// own write() to a regular file (which never blocks, so none is dropped).
+/// own writev() (seen with strace) to a regular file, which never blocks,
+/// so none is dropped.
 pub struct Haproxy {
     pub proc: Guarded,
     /// The request log (HAProxy's stdout).

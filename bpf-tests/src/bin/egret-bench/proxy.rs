@@ -68,14 +68,14 @@ impl Who {
                 "`proxy_pass` over TLS, certificate verified (`proxy_ssl_verify on`), \
                  keep-alive pool (`keepalive 256`)",
                 "one access-log line (`access_log` to a file, `combined` format, no \
-                 `buffer=`: one write() per request)",
+                 `buffer=`: one `write` per request)",
             ],
             Who::Haproxy => [
                 "terminated (`bind … ssl alpn h2,http/1.1`); HTTP/1.1 or HTTP/2",
                 "TLS, certificate verified (`verify required`, `verifyhost`), idle \
                  connections shared (`http-reuse always`)",
                 "one `option httplog` line (`log stdout format raw`, stdout a file: one \
-                 write() per request)",
+                 `writev` per request)",
             ],
             Who::Mitm => [
                 "terminated (`--mode reverse:`); HTTP/1.1 or HTTP/2",
