@@ -113,7 +113,10 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "wrk",
     "nghttp2-client",
+    // The bench's capturing baselines (egret-bench proxy and pipeline):
+    // nginx with an access log, HAProxy with httplog.
     "nginx",
+    "haproxy",
     "bpftool",
     "curl",
     "python3-venv",

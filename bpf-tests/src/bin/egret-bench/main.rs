@@ -2,7 +2,8 @@
 //!
 //! `egret-bench run [proxy|stream|ebpf|pipeline|all] [--quick]` measures
 //! egret against baselines taken in the same run (direct to the upstream,
-//! nginx, mitmproxy; a sandbox cgroup vs a sibling without programs), prints
+//! nginx with an access log, HAProxy with httplog, mitmproxy; a sandbox
+//! cgroup vs a sibling without programs), prints
 //! markdown and merges it into `docs/benchmarks.md` (sections between
 //! `<!-- bench:ID -->` markers, so a partial run updates only its own).
 //!
@@ -215,6 +216,7 @@ fn machine(wait_note: &str, which: &[Which], quick: bool) -> String {
          | kernel | {kernel} |\n\
          | egret | {egret} (git {rev}, release build) |\n\
          | nginx | {} |\n\
+         | HAProxy | {} |\n\
          | mitmproxy | {} |\n\
          | wrk | {} |\n\
          | h2load | {} |\n\
@@ -226,7 +228,7 @@ fn machine(wait_note: &str, which: &[Which], quick: bool) -> String {
          this run {wait_note}. Each comparison runs baseline and subject back to back in \
          rotated order, several rounds, and reports medians (individual runs are listed). \
          **Pinning**: the system under test (egret's agent — all threads —, nginx's master \
-         and workers, mitmdump) is pinned to CPU {} with `taskset`; the load generators \
+         and workers, HAProxy, mitmdump) is pinned to CPU {} with `taskset`; the load generators \
          (wrk, h2load, the probes, iperf3's client) and the mock upstream to CPU {}. \
          *Direct* therefore measures what the client and upstream can do on their core: the \
          ceiling every proxied row shares.\n{}",
@@ -246,6 +248,7 @@ fn machine(wait_note: &str, which: &[Which], quick: bool) -> String {
         date.format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
         version_of("nginx", &["-v"]),
+        version_of("haproxy", &["-v"]),
         mitm,
         version_of("wrk", &["-v"]),
         version_of("h2load", &["--version"]),

@@ -1,6 +1,12 @@
 //! The processes a bench compares: the mock upstream, egret (agent + a
-//! registered sandbox), nginx and mitmproxy, each on its own loopback address
-//! and port 443 so the load generators use the same URL for all of them.
+//! registered sandbox), nginx, HAProxy and mitmproxy, each on its own
+//! loopback address and port 443 so the load generators use the same URL
+//! for all of them.
+//!
+//! nginx and HAProxy are the capturing baselines: both terminate the
+//! client's TLS, verify the upstream's certificate, keep upstream
+//! connections alive and write one log line per request to a file (nginx:
+//! `access_log`, HAProxy: `option httplog`), which the benches count.
 use std::{
     fs,
     net::{SocketAddr, TcpStream},
@@ -21,6 +27,7 @@ pub const HOST: &str = "api.openai.com";
 pub const MOCK_IP: &str = "127.0.213.1";
 pub const NGINX_IP: &str = "127.0.213.2";
 pub const MITM_IP: &str = "127.0.213.3";
+pub const HAPROXY_IP: &str = "127.0.213.4";
 
 pub fn exe_dir() -> PathBuf {
     std::env::current_exe()
@@ -143,6 +150,23 @@ impl Egret {
     }
 }
 
+/// Lines of the log at `path` that record a request for `request_path`
+/// (nginx's combined format and HAProxy's httplog both quote the request
+/// line; connection-level entries such as a failed handshake don't carry
+/// it). 0 if the file does not exist yet.
+pub fn logged_requests(path: &Path, request_path: &str) -> u64 {
+    use std::io::BufRead;
+    let Ok(f) = fs::File::open(path) else {
+        return 0;
+    };
+    let needle = format!("{request_path} HTTP/");
+    std::io::BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| l.contains(&needle))
+        .count() as u64
+}
+
 /// Self-signed certificate for [`HOST`] (clients here do not verify).
 fn write_self_signed(dir: &Path) -> BenchResult<(PathBuf, PathBuf)> {
     let ck = rcgen::generate_simple_self_signed(vec![HOST.to_owned()])
@@ -165,9 +189,14 @@ fn wait_port(what: &str, addr: SocketAddr, proc: &mut Guarded) -> BenchResult<()
 }
 
 /// nginx as a TLS-terminating reverse proxy with a TLS upstream (keep-alive
-/// pool, upstream certificate verified like egret does).
+/// pool, upstream certificate verified like egret does) and an access log:
+/// `access_log` in the default `combined` format without `buffer=`, so
+/// nginx writes each request's line with its own write() when the request
+/// ends.
 pub struct Nginx {
     pub proc: Guarded,
+    /// The access log.
+    pub log: PathBuf,
     _dir: TempDir,
 }
 
@@ -184,7 +213,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 8192; }}
 http {{
-    access_log off;
+    access_log {d}/access.log;
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;
@@ -243,7 +272,96 @@ http {{
             let log = fs::read_to_string(dir.join("error.log")).unwrap_or_default();
             return err(format!("{e}\n{log}"));
         }
-        Ok(Nginx { proc, _dir: dir })
+        Ok(Nginx {
+            proc,
+            log: dir.join("access.log"),
+            _dir: dir,
+        })
+    }
+}
+
+/// HAProxy (Debian's 2.6) as a TLS-terminating reverse proxy: one thread
+/// (`nbthread 1`), HTTP/2 and HTTP/1.1 to the client (ALPN), TLS to the
+/// mock with its certificate verified (CA file, host name), idle upstream
+/// connections reused by any client (`http-reuse always`), and one
+/// `option httplog` line per request written to a file: `log stdout
+/// format raw` with stdout redirected to that file, so each line is its
+/// own writev() (seen with strace) to a regular file, which never blocks,
+/// so none is dropped.
+pub struct Haproxy {
+    pub proc: Guarded,
+    /// The request log (HAProxy's stdout).
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Haproxy {
+    pub fn start(mock: &Mock) -> BenchResult<Haproxy> {
+        let dir = TempDir::new("egret-bench-haproxy-")?;
+        let (cert, key) = write_self_signed(dir.path())?;
+        // HAProxy wants the certificate and its key in one PEM file.
+        let pem = dir.join("proxy.pem");
+        let mut both = fs::read_to_string(&cert).ctx(|| "read cert".into())?;
+        both.push_str(&fs::read_to_string(&key).ctx(|| "read key".into())?);
+        fs::write(&pem, both).ctx(|| "write proxy.pem".into())?;
+        let conf = format!(
+            r#"global
+    nbthread 1
+    maxconn 4096
+    log stdout format raw local0 info
+    ssl-server-verify required
+
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+    timeout http-keep-alive 120s
+    timeout http-request 30s
+
+frontend bench
+    bind {HAPROXY_IP}:443 ssl crt {pem} alpn h2,http/1.1
+    default_backend mock
+
+backend mock
+    http-reuse always
+    server mock {upstream} ssl verify required ca-file {ca} sni str({HOST}) verifyhost {HOST} alpn http/1.1
+"#,
+            pem = pem.display(),
+            upstream = mock.addr,
+            ca = mock.ca.display(),
+        );
+        let conf_path = dir.join("haproxy.cfg");
+        fs::write(&conf_path, conf).ctx(|| "write haproxy.cfg".into())?;
+        let log = dir.join("requests.log");
+        let errors = dir.join("stderr.log");
+        let out = fs::File::create(&log).ctx(|| format!("create {}", log.display()))?;
+        let err_file = fs::File::create(&errors).ctx(|| format!("create {}", errors.display()))?;
+        // -db: foreground, no master process: the pid we hold is the one
+        // process (and its one thread) that does the work.
+        let child = Command::new("taskset")
+            .args(["-c", SUBJECT_CPU, "haproxy", "-db", "-f"])
+            .arg(&conf_path)
+            .stdout(out)
+            .stderr(err_file)
+            .spawn()
+            .ctx(|| "start haproxy".into())?;
+        let mut proc = Guarded {
+            child,
+            name: "haproxy".into(),
+        };
+        let addr = format!("{HAPROXY_IP}:443").parse().expect("literal");
+        if let Err(e) = wait_port("haproxy", addr, &mut proc) {
+            let text = fs::read_to_string(&errors).unwrap_or_default();
+            return err(format!("{e}\n{text}"));
+        }
+        Ok(Haproxy {
+            proc,
+            log,
+            _dir: dir,
+        })
     }
 }
 
@@ -323,4 +441,31 @@ pub fn helper(sandbox: Option<&SandboxCgroup>, args: &[&str]) -> Command {
     };
     cmd.args(["-c", LOAD_CPU]).arg(exe).args(args);
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_requests_counts_request_lines_of_both_formats() {
+        let dir = TempDir::new("egret-bench-logtest-").expect("tempdir");
+        let log = dir.join("access.log");
+        assert_eq!(logged_requests(&log, "/v1/chat/completions"), 0);
+        fs::write(
+            &log,
+            concat!(
+                // nginx, combined.
+                "127.0.0.1 - - [03/Dec/2026:21:36:00 +0000] \"POST /v1/chat/completions HTTP/2.0\" 200 1040 \"-\" \"h2load nghttp2/1.52.0\"\n",
+                // HAProxy httplog, HTTP/1.1 and HTTP/2 (absolute URI).
+                "127.0.0.1:58652 [03/Dec/2026:21:28:43.934] bench~ mock/mock 0/0/0/1/1 200 822 - - ---- 1/1/0/0/0 0/0 \"POST /v1/chat/completions HTTP/1.1\"\n",
+                "127.0.0.1:58642 [03/Dec/2026:21:28:43.896] bench~ mock/mock 0/0/6/11/17 200 822 - - ---- 1/1/0/0/0 0/0 \"POST https://api.openai.com/v1/chat/completions HTTP/2.0\"\n",
+                // Connection-level entries and other paths are not requests here.
+                "127.0.0.1:40000 [03/Dec/2026:21:28:40.000] bench/1: SSL handshake failure\n",
+                "127.0.0.1 - - [03/Dec/2026:21:36:01 +0000] \"GET /json/16 HTTP/1.1\" 200 80 \"-\" \"-\"\n",
+            ),
+        )
+        .expect("write");
+        assert_eq!(logged_requests(&log, "/v1/chat/completions"), 3);
+    }
 }

@@ -1,7 +1,7 @@
 //! Pipeline bench: records from capture to the spool, ClickHouse and OTLP,
 //! counted where they land (zero loss, no duplicates); the spool's own
 //! append ceiling with records injected through the library; and the
-//! agent's memory with 1,000 idle sandbox connections (vs nginx).
+//! agent's memory with 1,000 idle sandbox connections (vs nginx and HAProxy).
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Seek, SeekFrom},
@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::{
     load::{self, Payload},
-    peers::{self, helper, hosts_file, Egret, Mock, Nginx, HOST},
+    peers::{self, helper, hosts_file, Egret, Haproxy, Mock, Nginx, HOST},
     report::{table, Section, Target},
     util::{err, fmt_num, rss_kib, BenchError, BenchResult, IoContext, TempDir},
     Params,
@@ -375,7 +375,7 @@ pub fn run(p: &Params) -> BenchResult<Section> {
     let inject = spool_ceiling(dir.path(), &template, n_inject)?;
     eprintln!("  pipeline spool ceiling: {inject:.0} records/s");
 
-    // 4. Memory with 1,000 idle sandbox connections, egret vs nginx.
+    // 4. Memory with 1,000 idle sandbox connections, egret vs nginx and HAProxy.
     let idle = |sandbox: Option<&bpf_tests::SandboxCgroup>,
                 addr: &str,
                 pid: u32|
@@ -408,6 +408,13 @@ pub fn run(p: &Params) -> BenchResult<Section> {
     let nginx = Nginx::start(&mock)?;
     let (n0, n1, n_open) = idle(None, &format!("{}:443", peers::NGINX_IP), nginx.proc.pid())?;
     drop(nginx);
+    let haproxy = Haproxy::start(&mock)?;
+    let (h0, h1, h_open) = idle(
+        None,
+        &format!("{}:443", peers::HAPROXY_IP),
+        haproxy.proc.pid(),
+    )?;
+    drop(haproxy);
 
     let mut targets = Vec::new();
     let mut rows = Vec::new();
@@ -518,17 +525,24 @@ pub fn run(p: &Params) -> BenchResult<Section> {
     let per = |a: u64, b: u64, n: u64| (b as f64 - a as f64) / n.max(1) as f64;
     let e_per = per(e0, e1, e_open);
     let n_per = per(n0, n1, n_open);
+    let h_per = per(h0, h1, h_open);
     body.push_str(&format!(
         "\n**Memory with 1,000 idle connections** — `egret-bench idle-conns` opens 1,000 TLS \
          connections, makes one request on each (so egret also holds the upstream connection) \
          and leaves them idle: egret's RSS went from {:.1} to {:.1} MiB ({e_open} open) = \
          **{e_per:.1} KiB per connection**; nginx in the same role from {:.1} to {:.1} MiB \
-         ({n_open} open) = {n_per:.1} KiB per connection ({:.1}× nginx).\n",
+         ({n_open} open) = {n_per:.1} KiB per connection ({:.1}× nginx); HAProxy (`nbthread \
+         1`, `http-reuse always`, so idle upstream connections are shared) from {:.1} to \
+         {:.1} MiB ({h_open} open) = {h_per:.1} KiB per connection ({:.1}× HAProxy). RSS is \
+         read 1 s after the last connection opened; nginx's counts its master and worker.\n",
         e0 as f64 / 1024.0,
         e1 as f64 / 1024.0,
         n0 as f64 / 1024.0,
         n1 as f64 / 1024.0,
-        e_per / n_per
+        e_per / n_per,
+        h0 as f64 / 1024.0,
+        h1 as f64 / 1024.0,
+        e_per / h_per
     ));
     drop(egret);
     drop(rx);

@@ -1,16 +1,25 @@
 //! Proxy bench: HTTPS 1 KiB JSON request/response over keep-alive, direct
 //! to the mock upstream vs through egret (full capture, kernel redirect),
-//! nginx and mitmproxy. Every round runs every subject back to back, in a
-//! rotated order, so background noise hits them alike.
-use std::{collections::BTreeMap, path::PathBuf, process::Stdio};
+//! nginx (access log), HAProxy (httplog) and mitmproxy. Every round runs
+//! every subject back to back, in a rotated order, so background noise hits
+//! them alike. What each subject wrote per request (egret's records, the
+//! baselines' log lines) is counted against the requests completed.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use bpf_tests::SandboxCgroup;
 
 use crate::{
     load::{self, LoadResult, Payload},
-    peers::{self, client, hosts_file, Egret, Mitm, Mock, Nginx},
+    peers::{self, client, hosts_file, logged_requests, Egret, Haproxy, Mitm, Mock, Nginx},
     report::{table, Section, Target},
-    util::{cpu_seconds, err, fmt_num, median, percentile, rss_kib, BenchResult, TempDir},
+    util::{
+        cpu_seconds, err, fmt_num, median, percentile, rss_kib, wait_until, BenchResult, TempDir,
+    },
     Params,
 };
 
@@ -22,6 +31,7 @@ enum Who {
     /// before/after comparisons of a change in one run.
     EgretBaseline,
     Nginx,
+    Haproxy,
     Mitm,
 }
 
@@ -31,8 +41,58 @@ impl Who {
             Who::Direct => "direct (limit)".into(),
             Who::Egret => "egret (full capture)".into(),
             Who::EgretBaseline => baseline_label(),
-            Who::Nginx => "nginx".into(),
+            Who::Nginx => "nginx (access log)".into(),
+            Who::Haproxy => "HAProxy (httplog)".into(),
             Who::Mitm => "mitmproxy".into(),
+        }
+    }
+
+    /// What the subject does for each request, for the report's table:
+    /// (client side, upstream side, work and record per request).
+    fn per_request(self) -> [&'static str; 3] {
+        match self {
+            Who::Direct => [
+                "the client's TLS goes straight to the mock",
+                "—",
+                "nothing: the ceiling every proxied row shares",
+            ],
+            Who::Egret | Who::EgretBaseline => [
+                "terminated (kernel redirect from the sandbox cgroup); HTTP/1.1 or HTTP/2",
+                "TLS, certificate verified, keep-alive pool",
+                "parses the OpenAI request and response bodies, builds a transaction record \
+                 with both bodies (capture up to 64 KiB), policy and trace context, appends it \
+                 to the spool (JSON, CRC-framed, `fdatasync`'d in batches)",
+            ],
+            Who::Nginx => [
+                "terminated (`listen … ssl http2`); HTTP/1.1 or HTTP/2",
+                "`proxy_pass` over TLS, certificate verified (`proxy_ssl_verify on`), \
+                 keep-alive pool (`keepalive 256`)",
+                "one access-log line (`access_log` to a file, `combined` format, no \
+                 `buffer=`: one `write` per request)",
+            ],
+            Who::Haproxy => [
+                "terminated (`bind … ssl alpn h2,http/1.1`); HTTP/1.1 or HTTP/2",
+                "TLS, certificate verified (`verify required`, `verifyhost`), idle \
+                 connections shared (`http-reuse always`)",
+                "one `option httplog` line (`log stdout format raw`, stdout a file: one \
+                 `writev` per request)",
+            ],
+            Who::Mitm => [
+                "terminated (`--mode reverse:`); HTTP/1.1 or HTTP/2",
+                "TLS, certificate verified (`ssl_verify_upstream_trusted_ca`)",
+                "parses the flow in Python; no log line (`-q`, `flow_detail=0`)",
+            ],
+        }
+    }
+
+    /// The worker layout, for the report's table.
+    fn workers(self) -> &'static str {
+        match self {
+            Who::Direct => "—",
+            Who::Egret | Who::EgretBaseline => "one runtime worker thread + the recorder thread",
+            Who::Nginx => "`worker_processes 1` (+ master)",
+            Who::Haproxy => "`nbthread 1`, one process (`-db`)",
+            Who::Mitm => "one Python process",
         }
     }
 }
@@ -48,6 +108,8 @@ struct Subject<'a> {
     sandbox: Option<&'a SandboxCgroup>,
     /// The proxy process (None for direct).
     pid: Option<u32>,
+    /// The request log a baseline writes (nginx, HAProxy).
+    log: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -80,6 +142,10 @@ pub const H2_CONNS: u32 = 16;
 pub const H2_STREAMS: u32 = 10;
 pub const LAT_CLIENTS: u32 = 4;
 pub const LAT_RPS_EACH: u32 = 250;
+
+/// Requests that can be in flight when one round of every run ends (served
+/// and logged, but not counted by the load generators).
+const IN_FLIGHT_PER_ROUND: u64 = (WRK_CONNS + H2_CONNS * H2_STREAMS + 2 * LAT_CLIENTS) as u64;
 
 /// Rotates `v` left by `r`.
 fn rotated<T: Copy>(v: &[T], r: usize) -> Vec<T> {
@@ -121,6 +187,29 @@ fn sanity_check(s: &Subject, payload: &Payload) -> BenchResult<()> {
     Ok(())
 }
 
+/// Waits until the log at `path` has `n` request lines (the sanity
+/// request): a baseline that does not log every request is not the
+/// baseline the report describes.
+fn wait_logged(who: Who, path: &Path, n: u64) -> BenchResult<u64> {
+    let mut have = 0;
+    let r = wait_until(
+        &format!("{}'s log line for the sanity request", who.name()),
+        Duration::from_secs(10),
+        || {
+            have = logged_requests(path, load::PATH);
+            have >= n
+        },
+    );
+    if r.is_err() || have != n {
+        return err(format!(
+            "{} logged {have} request lines in {} for {n} request(s)",
+            who.name(),
+            path.display()
+        ));
+    }
+    Ok(have)
+}
+
 pub fn run(p: &Params) -> BenchResult<Section> {
     let dir = TempDir::new("egret-bench-proxy-")?;
     let payload = Payload::write(dir.path())?;
@@ -139,6 +228,11 @@ pub fn run(p: &Params) -> BenchResult<Section> {
     } else {
         None
     };
+    let haproxy = if peers_on {
+        Some(Haproxy::start(&mock)?)
+    } else {
+        None
+    };
     let mitm = if peers_on { Mitm::start(&mock)? } else { None };
     let mut subjects = vec![
         Subject {
@@ -146,12 +240,14 @@ pub fn run(p: &Params) -> BenchResult<Section> {
             hosts: hosts_file(dir.path(), peers::MOCK_IP)?,
             sandbox: None,
             pid: None,
+            log: None,
         },
         Subject {
             who: Who::Egret,
             hosts: hosts_file(dir.path(), peers::MOCK_IP)?,
             sandbox: Some(&egret.sandbox),
             pid: Some(egret.pid),
+            log: None,
         },
     ];
     if let Some(n) = &nginx {
@@ -160,6 +256,16 @@ pub fn run(p: &Params) -> BenchResult<Section> {
             hosts: hosts_file(dir.path(), peers::NGINX_IP)?,
             sandbox: None,
             pid: Some(n.proc.pid()),
+            log: Some(n.log.clone()),
+        });
+    }
+    if let Some(h) = &haproxy {
+        subjects.push(Subject {
+            who: Who::Haproxy,
+            hosts: hosts_file(dir.path(), peers::HAPROXY_IP)?,
+            sandbox: None,
+            pid: Some(h.proc.pid()),
+            log: Some(h.log.clone()),
         });
     }
     if let Some(b) = &baseline {
@@ -168,6 +274,7 @@ pub fn run(p: &Params) -> BenchResult<Section> {
             hosts: hosts_file(dir.path(), peers::MOCK_IP)?,
             sandbox: Some(&b.sandbox),
             pid: Some(b.pid),
+            log: None,
         });
     }
     if let Some(m) = &mitm {
@@ -176,12 +283,19 @@ pub fn run(p: &Params) -> BenchResult<Section> {
             hosts: hosts_file(dir.path(), peers::MITM_IP)?,
             sandbox: None,
             pid: Some(m.proc.pid()),
+            log: None,
         });
     }
+    // Log lines before the timed runs (the sanity request's), per subject.
+    let mut logged_before: BTreeMap<Who, u64> = BTreeMap::new();
     for s in &subjects {
         sanity_check(s, &payload)?;
+        if let Some(log) = &s.log {
+            logged_before.insert(s.who, wait_logged(s.who, log, 1)?);
+        }
     }
     let before_status = egret.status();
+    let before_baseline = baseline.as_ref().map(Egret::status);
 
     let mut runs: BTreeMap<(Proto, Who), Runs> = BTreeMap::new();
     let idx: Vec<usize> = (0..subjects.len()).collect();
@@ -246,7 +360,6 @@ pub fn run(p: &Params) -> BenchResult<Section> {
             }
         }
     }
-    let after_status = egret.status();
     let rss: BTreeMap<Who, u64> = subjects
         .iter()
         .filter_map(|s| Some((s.who, rss_kib(s.pid?))))
@@ -362,32 +475,143 @@ pub fn run(p: &Params) -> BenchResult<Section> {
         }
     }
 
-    let total_sent: u64 = runs
-        .iter()
-        .filter(|((_, w), _)| *w == Who::Egret)
-        .map(|(_, r)| r.load.iter().map(|l| l.requests).sum::<u64>() + r.lat.len() as u64)
-        .sum();
+    // Per-core comparison with the capturing baselines, in words.
+    let mut per_core_notes = Vec::new();
+    for proto in [Proto::H1, Proto::H2] {
+        let e = per_core(&runs[&(proto, Who::Egret)]);
+        let vs: Vec<String> = [Who::Nginx, Who::Haproxy]
+            .into_iter()
+            .filter_map(|w| {
+                let b = per_core(runs.get(&(proto, w))?);
+                Some(format!("{} {:.2}×", w.name(), e / b))
+            })
+            .collect();
+        if !vs.is_empty() {
+            per_core_notes.push(format!("{} — {}", proto.name(), vs.join(", ")));
+        }
+    }
+
+    // What each subject wrote per request: egret's transaction records
+    // (the spool's counter, after the fsync'd append), the baselines' log
+    // lines, against the requests the load generators completed.
     let recs = |v: &serde_json::Value, k: &str| v["records"][k].as_u64().unwrap_or(0);
-    let captured = recs(&after_status, "transactions") - recs(&before_status, "transactions");
-    let dropped = recs(&after_status, "dropped_queue") + recs(&after_status, "dropped_spool");
+    let mut check_rows = Vec::new();
+    let mut dropped = 0;
+    for s in &subjects {
+        let done = |w: Who| -> (u64, u64) {
+            runs.iter()
+                .filter(|((_, who), _)| *who == w)
+                .map(|(_, r)| {
+                    (
+                        r.load.iter().map(|l| l.requests).sum::<u64>() + r.lat.len() as u64,
+                        r.load.iter().map(|l| l.errors).sum::<u64>(),
+                    )
+                })
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        };
+        let (completed, errors) = done(s.who);
+        let agent = match s.who {
+            Who::Egret => Some((&egret, &before_status)),
+            Who::EgretBaseline => baseline.as_ref().zip(before_baseline.as_ref()),
+            _ => None,
+        };
+        let (what, written): (&str, Box<dyn Fn() -> u64>) = match (agent, &s.log) {
+            (Some((a, before)), _) => (
+                "transaction records in the spool",
+                Box::new(move || {
+                    recs(&a.status(), "transactions").saturating_sub(recs(before, "transactions"))
+                }),
+            ),
+            (None, Some(log)) => {
+                let base = logged_before.get(&s.who).copied().unwrap_or(0);
+                (
+                    if s.who == Who::Nginx {
+                        "access-log lines"
+                    } else {
+                        "httplog lines"
+                    },
+                    Box::new(move || logged_requests(log, load::PATH).saturating_sub(base)),
+                )
+            }
+            (None, None) => continue,
+        };
+        // The last run's records (egret batches its spool appends) or log
+        // lines may still be on their way: wait for them, bounded.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut n = written();
+        while n < completed && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            n = written();
+        }
+        if let Some((a, _)) = agent {
+            let st = a.status();
+            dropped += recs(&st, "dropped_queue") + recs(&st, "dropped_spool");
+        }
+        let hi = completed + errors + p.rounds as u64 * IN_FLIGHT_PER_ROUND;
+        let t = Target::within(
+            &format!("{}: {what} for the requests completed", s.who.name()),
+            n,
+            completed,
+            hi,
+        );
+        check_rows.push(vec![
+            s.who.name(),
+            what.to_owned(),
+            completed.to_string(),
+            errors.to_string(),
+            n.to_string(),
+            if t.met { "✅" } else { "❌" }.to_owned(),
+        ]);
+        targets.push(t);
+    }
 
     let mut body = String::new();
     body.push_str(&format!(
         "POST {} to `{}` with a 1024-byte OpenAI chat-completion body; the mock answers a \
-         {}-word completion (≈1 KiB JSON). All four subjects terminate the client's TLS and \
-         speak TLS to the same mock upstream (`mock-provider`, verified certificate). egret runs \
-         with its default gateway: body capture (64 KiB), OpenAI parser, policy, trace context, \
-         records spooled (fsync'd) — the client runs inside a registered sandbox cgroup and is \
-         redirected by the kernel; the others are addressed directly. nginx: `proxy_pass` to an \
-         upstream keep-alive pool (`keepalive 256`), `worker_processes 1`. egret's agent is started pinned, so its runtime sizes itself to that one CPU (one worker thread). mitmproxy {}: `mitmdump --mode \
-         reverse:https://mock`. Proxy (subject) on CPU {}; load generator and mock on CPU {}.\n\n",
+         {}-word completion (≈1 KiB JSON). Every proxy terminates the client's TLS and speaks \
+         TLS to the same mock upstream (`mock-provider`), verifying its certificate, over \
+         kept-alive upstream connections; what else each does per request is in the table \
+         below. egret runs with its default gateway; its client runs inside a registered \
+         sandbox cgroup and is redirected by the kernel, the others are addressed directly. \
+         Two capturing baselines: nginx with an access log and HAProxy with `option httplog`, \
+         so the comparison is fair both ways — they write a line per request, egret a full \
+         record with both bodies. Each proxy has one worker (egret's agent is started pinned, \
+         so its runtime sizes itself to that one CPU).{} Proxy (subject) on CPU \
+         {}; load generator and mock on CPU {}.\n\n",
         load::PATH,
         peers::HOST,
         load::OUTPUT_WORDS,
-        if mitm.is_some() || !peers_on { "" } else { "(not installed: row omitted)" },
+        if mitm.is_some() || !peers_on {
+            ""
+        } else {
+            " mitmproxy is not installed: its rows are omitted."
+        },
         crate::util::SUBJECT_CPU,
         crate::util::LOAD_CPU,
     ));
+    body.push_str(&table(
+        &[
+            "subject",
+            "client side",
+            "upstream",
+            "per request, besides proxying",
+            "workers",
+        ],
+        &subjects
+            .iter()
+            .map(|s| {
+                let [c, u, w] = s.who.per_request();
+                vec![
+                    s.who.name(),
+                    c.into(),
+                    u.into(),
+                    w.into(),
+                    s.who.workers().into(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    ));
+    body.push('\n');
     body.push_str(&format!(
         "**Throughput** — HTTP/1.1: `wrk -t1 -c{WRK_CONNS}`, HTTP/2: `h2load -t1 -c{H2_CONNS} \
          -m{H2_STREAMS}`; {} s per run, {} round(s) per subject, interleaved. *CPU s/1k req* and \
@@ -408,6 +632,12 @@ pub fn run(p: &Params) -> BenchResult<Section> {
         ],
         &tput_rows,
     ));
+    if !per_core_notes.is_empty() {
+        body.push_str(&format!(
+            "\n**Per proxy core**, egret's req/s ÷ each capturing baseline's: {}.\n",
+            per_core_notes.join("; ")
+        ));
+    }
     body.push_str(&format!(
         "\n**Latency at a moderate fixed rate** — `h2load -c{LAT_CLIENTS} -m1 --rps={LAT_RPS_EACH}` \
          ({} req/s offered; `--h1` for HTTP/1.1), {} s per run, {} round(s); percentiles over \
@@ -439,11 +669,28 @@ pub fn run(p: &Params) -> BenchResult<Section> {
             .join(", "),
     );
     body.push_str(&format!(
-        ".\n\n**Capture check**: egret wrote {captured} transaction records for the {total_sent} \
-         requests the load generators completed through it (in-flight requests at the end of a \
-         timed run are served but not counted by the tools); records dropped: {dropped}.\n"
+        ".\n\n**What each subject wrote per request** — egret: transaction records (the \
+         spool's counter, after the `fdatasync`'d append; records dropped: {dropped}); nginx \
+         and HAProxy: lines of their log files that quote a `POST {}` request line. Each must \
+         be at least the requests the load generators completed through it and at most that \
+         plus their errors plus what can be in flight when a timed run ends ({} per round: \
+         served and written, but not counted by the tools).\n\n",
+        load::PATH,
+        IN_FLIGHT_PER_ROUND
+    ));
+    body.push_str(&table(
+        &[
+            "subject",
+            "written per request",
+            "requests completed",
+            "errors",
+            "written",
+            "check",
+        ],
+        &check_rows,
     ));
     drop(mitm);
+    drop(haproxy);
     drop(nginx);
     drop(baseline);
     drop(egret);

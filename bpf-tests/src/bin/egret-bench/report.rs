@@ -41,6 +41,17 @@ impl Target {
         }
     }
 
+    /// `value` must lie in `lo..=hi` (a count with a known slack).
+    pub fn within(name: &str, value: u64, lo: u64, hi: u64) -> Target {
+        Target {
+            name: name.to_owned(),
+            goal: format!("{lo} … {hi}"),
+            measured: value.to_string(),
+            met: (lo..=hi).contains(&value),
+            margin: format!("{:+}", value as i64 - lo as i64),
+        }
+    }
+
     /// A zero-loss style check.
     pub fn exact(name: &str, value: u64, expected: u64) -> Target {
         Target {
@@ -147,6 +158,15 @@ fn replace_block(doc: &str, id: &str, content: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn within_is_inclusive_at_both_ends() {
+        assert!(Target::within("t", 10, 10, 12).met);
+        assert!(Target::within("t", 12, 10, 12).met);
+        assert!(!Target::within("t", 9, 10, 12).met);
+        assert!(!Target::within("t", 13, 10, 12).met);
+        assert_eq!(Target::within("t", 9, 10, 12).margin, "-1");
+    }
 
     #[test]
     fn merge_replaces_only_named_blocks() {
