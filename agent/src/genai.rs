@@ -404,6 +404,62 @@ fn salvage_value<'a, T: serde::Deserialize<'a>>(tail: &'a [u8], key: &str) -> Op
     None
 }
 
+/// A modality of the usage breakdown (the conventions name text, image and
+/// audio; Gemini's VIDEO and DOCUMENT counts have no name there and are left
+/// out of the breakdown — they stay in the totals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Modality {
+    Text = 0,
+    Image = 1,
+    Audio = 2,
+}
+
+impl Modality {
+    /// Gemini's `ModalityTokenCount.modality` (`TEXT`, `IMAGE`, `AUDIO`;
+    /// `MODALITY_UNSPECIFIED` is text by the API's definition).
+    pub(crate) fn from_gemini(m: &str) -> Option<Modality> {
+        match m {
+            "TEXT" | "MODALITY_UNSPECIFIED" => Some(Modality::Text),
+            "IMAGE" => Some(Modality::Image),
+            "AUDIO" => Some(Modality::Audio),
+            _ => None,
+        }
+    }
+}
+
+/// Token counts by modality: `[text, image, audio]` for the input, the
+/// cache-read part of it and the output. `None`: not reported.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub(crate) struct ModalityTokens {
+    pub input: [Option<u64>; 3],
+    pub cache_read: [Option<u64>; 3],
+    pub output: [Option<u64>; 3],
+}
+
+impl ModalityTokens {
+    /// Adds `n` to a slot (Gemini may list a modality more than once).
+    pub(crate) fn add(slot: &mut [Option<u64>; 3], m: Modality, n: u64) {
+        let s = &mut slot[m as usize];
+        *s = Some(s.unwrap_or(0).saturating_add(n));
+    }
+
+    /// Writes the non-zero counts (the conventions recommend them "when
+    /// reported by the provider and non-zero"; a count never reported is
+    /// never written, as 0 or otherwise).
+    fn write(&self, record: &mut Record) {
+        for (part, names) in [&self.input, &self.cache_read, &self.output]
+            .into_iter()
+            .zip(sc::GEN_AI_USAGE_BY_MODALITY)
+        {
+            for (v, name) in part.iter().zip(names) {
+                if let Some(n) = v.filter(|n| *n > 0) {
+                    record.set(name, n);
+                }
+            }
+        }
+    }
+}
+
 /// What the response told, in semconv terms.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Findings {
@@ -422,6 +478,8 @@ pub(crate) struct Findings {
     pub cache_write_1h_input_tokens: Option<u64>,
     /// Reasoning ("thinking") tokens, part of `output_tokens`.
     pub reasoning_output_tokens: Option<u64>,
+    /// Usage split by modality, as the provider reported it.
+    pub modality: ModalityTokens,
     /// Provider / JSON-RPC error code, for `error.type`.
     pub error_type: Option<String>,
     pub rpc_status_code: Option<String>,
@@ -1460,6 +1518,7 @@ impl Exchange {
             sc::USAGE_CACHE_WRITE_1H_INPUT_TOKENS,
             f.cache_write_1h_input_tokens,
         );
+        f.modality.write(record);
 
         if let Some(r) = self.mcp.take() {
             record.set_opt(sc::MCP_METHOD_NAME, r.method);

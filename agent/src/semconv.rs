@@ -48,6 +48,39 @@ pub const GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: &str =
     "gen_ai.usage.cache_creation.input_tokens";
 pub const GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: &str = "gen_ai.usage.cache_write.input_tokens";
 pub const GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: &str = "gen_ai.usage.reasoning.output_tokens";
+/// Usage split by modality (semantic-conventions-genai v0.1.0's usage
+/// breakdown), each a part of its total: text, image, audio.
+pub const GEN_AI_USAGE_TEXT_INPUT_TOKENS: &str = "gen_ai.usage.text.input_tokens";
+pub const GEN_AI_USAGE_IMAGE_INPUT_TOKENS: &str = "gen_ai.usage.image.input_tokens";
+pub const GEN_AI_USAGE_AUDIO_INPUT_TOKENS: &str = "gen_ai.usage.audio.input_tokens";
+pub const GEN_AI_USAGE_TEXT_CACHE_READ_INPUT_TOKENS: &str =
+    "gen_ai.usage.text.cache_read.input_tokens";
+pub const GEN_AI_USAGE_IMAGE_CACHE_READ_INPUT_TOKENS: &str =
+    "gen_ai.usage.image.cache_read.input_tokens";
+pub const GEN_AI_USAGE_AUDIO_CACHE_READ_INPUT_TOKENS: &str =
+    "gen_ai.usage.audio.cache_read.input_tokens";
+pub const GEN_AI_USAGE_TEXT_OUTPUT_TOKENS: &str = "gen_ai.usage.text.output_tokens";
+pub const GEN_AI_USAGE_IMAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.image.output_tokens";
+pub const GEN_AI_USAGE_AUDIO_OUTPUT_TOKENS: &str = "gen_ai.usage.audio.output_tokens";
+/// The breakdown's names by part (input, cache read, output), then by
+/// modality (text, image, audio).
+pub const GEN_AI_USAGE_BY_MODALITY: [[&str; 3]; 3] = [
+    [
+        GEN_AI_USAGE_TEXT_INPUT_TOKENS,
+        GEN_AI_USAGE_IMAGE_INPUT_TOKENS,
+        GEN_AI_USAGE_AUDIO_INPUT_TOKENS,
+    ],
+    [
+        GEN_AI_USAGE_TEXT_CACHE_READ_INPUT_TOKENS,
+        GEN_AI_USAGE_IMAGE_CACHE_READ_INPUT_TOKENS,
+        GEN_AI_USAGE_AUDIO_CACHE_READ_INPUT_TOKENS,
+    ],
+    [
+        GEN_AI_USAGE_TEXT_OUTPUT_TOKENS,
+        GEN_AI_USAGE_IMAGE_OUTPUT_TOKENS,
+        GEN_AI_USAGE_AUDIO_OUTPUT_TOKENS,
+    ],
+];
 /// Of `gen_ai.usage.cache_write.input_tokens`, those written with a one-hour
 /// time-to-live (priced above five-minute writes).
 pub const USAGE_CACHE_WRITE_1H_INPUT_TOKENS: &str = "egret.usage.cache_write_1h.input_tokens";
@@ -351,7 +384,7 @@ impl AttrType {
 /// OpenInference and MLflow profile names (no OpenTelemetry registry has
 /// them) and `otel.metric.overflow` (named by the metrics SDK
 /// specification, not by the registry), and two GenAI names of
-/// semantic-conventions-genai v0.1.0 that the core registry egret depends on
+/// semantic-conventions-genai v0.1.0 names that the core registry egret depends on
 /// lacks. The other attribute names above
 /// are the core registry's, referenced from egret's.
 pub const DEFINED: &[(&str, AttrType)] = {
@@ -360,6 +393,15 @@ pub const DEFINED: &[(&str, AttrType)] = {
         // semantic-conventions-genai v0.1.0 names the core registry lacks.
         (GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS, I),
         (GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, I),
+        (GEN_AI_USAGE_TEXT_INPUT_TOKENS, I),
+        (GEN_AI_USAGE_IMAGE_INPUT_TOKENS, I),
+        (GEN_AI_USAGE_AUDIO_INPUT_TOKENS, I),
+        (GEN_AI_USAGE_TEXT_CACHE_READ_INPUT_TOKENS, I),
+        (GEN_AI_USAGE_IMAGE_CACHE_READ_INPUT_TOKENS, I),
+        (GEN_AI_USAGE_AUDIO_CACHE_READ_INPUT_TOKENS, I),
+        (GEN_AI_USAGE_TEXT_OUTPUT_TOKENS, I),
+        (GEN_AI_USAGE_IMAGE_OUTPUT_TOKENS, I),
+        (GEN_AI_USAGE_AUDIO_OUTPUT_TOKENS, I),
         (USAGE_CACHE_WRITE_1H_INPUT_TOKENS, I),
         (COST_USD, D),
         (COST_SOURCE, S),

@@ -13,11 +13,22 @@ from google.genai import types
 PROMPT = "Name three birds that wade in shallow water"
 
 
+def by_modality(details) -> dict:
+    """The SDK's parsed ModalityTokenCount list, summed per modality name."""
+    out: dict = {}
+    for d in details or []:
+        name = d.modality.value if d.modality is not None else "MODALITY_UNSPECIFIED"
+        out[name] = out.get(name, 0) + (d.token_count or 0)
+    return out
+
+
 def usage_of(u) -> dict:
     return {
         "input_tokens": u.prompt_token_count,
         "output_tokens": u.candidates_token_count,
         "total_tokens": u.total_token_count,
+        "prompt_by_modality": by_modality(u.prompt_tokens_details),
+        "candidates_by_modality": by_modality(u.candidates_tokens_details),
     }
 
 

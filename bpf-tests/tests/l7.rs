@@ -200,6 +200,23 @@ fn anthropic_google_and_mcp_sdks_through_egret() {
     assert_eq!(tokens(gj), usage(&g[0]));
     let gs = by_path(&recs, ":streamGenerateContent", true);
     assert_eq!(tokens(gs), usage(&g[1]));
+    // The usage split by modality is what the SDK parsed out of
+    // promptTokensDetails / candidatesTokensDetails (the last chunk's, for
+    // the stream).
+    for (r, sdk) in [(gj, &g[0]), (gs, &g[1])] {
+        for (key, list) in [
+            (sc::GEN_AI_USAGE_TEXT_INPUT_TOKENS, "prompt_by_modality"),
+            (
+                sc::GEN_AI_USAGE_TEXT_OUTPUT_TOKENS,
+                "candidates_by_modality",
+            ),
+        ] {
+            let want = sdk["usage"][list]["TEXT"].as_i64();
+            assert!(want.is_some_and(|n| n > 0), "{sdk}");
+            assert_eq!(r.get_i64(key), want, "{key}: {}", r.to_json_line());
+        }
+        assert_eq!(r.get(sc::GEN_AI_USAGE_IMAGE_INPUT_TOKENS), None);
+    }
 
     let tool = recs
         .iter()

@@ -1204,14 +1204,16 @@ fn check_sdks(python: &Path, target: &Target<'_>) {
     let g = by_call(&google, "generate_content");
     assert_eq!(
         g["usage"],
-        json!({"input_tokens": 13, "output_tokens": 16, "total_tokens": 29})
+        json!({"input_tokens": 13, "output_tokens": 16, "total_tokens": 29,
+               "prompt_by_modality": {"TEXT": 13}, "candidates_by_modality": {"TEXT": 16}})
     );
     assert_eq!(g["finish_reason"], "STOP");
     assert_eq!(g["text"], REPLY16);
     let g = by_call(&google, "generate_content_stream");
     assert_eq!(
         g["usage"],
-        json!({"input_tokens": 8, "output_tokens": 10, "total_tokens": 18})
+        json!({"input_tokens": 8, "output_tokens": 10, "total_tokens": 18,
+               "prompt_by_modality": {"TEXT": 8}, "candidates_by_modality": {"TEXT": 10}})
     );
     assert_eq!(g["finish_reason"], "MAX_TOKENS");
     assert_eq!(g["chunks"], 3);

@@ -16,23 +16,56 @@
 //! content) + `toolUsePromptTokenCount`; output = `candidatesTokenCount` +
 //! `thoughtsTokenCount` (thinking tokens are billed as output, as they are
 //! in OpenAI's `completion_tokens` and Anthropic's `output_tokens`);
-//! cache read = `cachedContentTokenCount`. There is no end-of-stream
+//! cache read = `cachedContentTokenCount`. The modality split comes from
+//! `promptTokensDetails`, `cacheTokensDetails` and `candidatesTokensDetails`
+//! (`[{modality, tokenCount}]`). There is no end-of-stream
 //! marker: a stream counts as complete once a candidate reported a
 //! `finishReason` (or the prompt was blocked).
 
 use serde::Deserialize;
 
 use super::de::{BStr, HasReason, Reasons};
-use super::{json_error, salvage_value, Findings};
+use super::{json_error, salvage_value, Findings, Modality, ModalityTokens};
 
-#[derive(Deserialize, Clone, Copy, Default)]
+#[derive(Deserialize, Clone, Default)]
 #[serde(rename_all = "camelCase")]
-struct UsageMetadata {
+struct UsageMetadata<'a> {
     prompt_token_count: Option<u64>,
     candidates_token_count: Option<u64>,
     cached_content_token_count: Option<u64>,
     thoughts_token_count: Option<u64>,
     tool_use_prompt_token_count: Option<u64>,
+    #[serde(borrow, default)]
+    prompt_tokens_details: Option<Vec<ModalityTokenCount<'a>>>,
+    #[serde(borrow, default)]
+    cache_tokens_details: Option<Vec<ModalityTokenCount<'a>>>,
+    #[serde(borrow, default)]
+    candidates_tokens_details: Option<Vec<ModalityTokenCount<'a>>>,
+}
+
+/// `{modality, tokenCount}` of `promptTokensDetails`, `cacheTokensDetails`
+/// and `candidatesTokensDetails`.
+#[derive(Deserialize, Clone)]
+#[serde(rename_all = "camelCase")]
+struct ModalityTokenCount<'a> {
+    #[serde(borrow)]
+    modality: Option<BStr<'a>>,
+    token_count: Option<u64>,
+}
+
+/// A details list into a `[text, image, audio]` slot (None when absent).
+fn by_modality(list: &Option<Vec<ModalityTokenCount<'_>>>) -> [Option<u64>; 3] {
+    let mut slot = [None; 3];
+    for e in list.iter().flatten() {
+        let m = e
+            .modality
+            .as_ref()
+            .map_or(Some(Modality::Text), |m| Modality::from_gemini(m.as_str()));
+        if let (Some(m), Some(n)) = (m, e.token_count) {
+            ModalityTokens::add(&mut slot, m, n);
+        }
+    }
+    slot
 }
 
 #[derive(Deserialize)]
@@ -71,7 +104,8 @@ struct ApiError<'a> {
 struct GenerateResponse<'a> {
     #[serde(borrow)]
     candidates: Option<Reasons<'a, Candidate<'a>>>,
-    usage_metadata: Option<UsageMetadata>,
+    #[serde(borrow)]
+    usage_metadata: Option<UsageMetadata<'a>>,
     #[serde(borrow)]
     model_version: Option<BStr<'a>>,
     #[serde(borrow)]
@@ -95,6 +129,7 @@ struct UsageMetadataSnapshot {
     cached: Option<u64>,
     thoughts: Option<u64>,
     tool_prompt: Option<u64>,
+    modality: ModalityTokens,
 }
 
 impl State {
@@ -133,6 +168,11 @@ impl State {
                 cached: u.cached_content_token_count,
                 thoughts: u.thoughts_token_count,
                 tool_prompt: u.tool_use_prompt_token_count,
+                modality: ModalityTokens {
+                    input: by_modality(&u.prompt_tokens_details),
+                    cache_read: by_modality(&u.cache_tokens_details),
+                    output: by_modality(&u.candidates_tokens_details),
+                },
             });
         }
     }
@@ -206,6 +246,7 @@ impl State {
         }
         f.cache_read_input_tokens = u.cached;
         f.reasoning_output_tokens = u.thoughts;
+        f.modality = u.modality;
     }
 }
 

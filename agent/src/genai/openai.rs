@@ -27,17 +27,80 @@
 use serde::Deserialize;
 
 use super::de::{BStr, HasReason, Reasons};
-use super::{json_error, salvage_value, Findings};
+use super::{json_error, salvage_value, Findings, Modality, ModalityTokens};
 
+/// A per-modality split (`text_tokens`, `image_tokens`, `audio_tokens`),
+/// where OpenAI reports one: Chat Completions' `prompt_tokens_details` and
+/// `completion_tokens_details` (`audio_tokens`), the Realtime API's
+/// `input_token_details` / `output_token_details` and their
+/// `cached_tokens_details`, the image APIs' `input_tokens_details`.
+#[derive(Deserialize, Clone, Copy, Default)]
+pub(super) struct Split {
+    text_tokens: Option<u64>,
+    image_tokens: Option<u64>,
+    audio_tokens: Option<u64>,
+}
+
+impl Split {
+    /// Into a `[text, image, audio]` slot of [`ModalityTokens`].
+    pub(super) fn put(&self, slot: &mut [Option<u64>; 3]) {
+        for (m, v) in [
+            (Modality::Text, self.text_tokens),
+            (Modality::Image, self.image_tokens),
+            (Modality::Audio, self.audio_tokens),
+        ] {
+            if let Some(n) = v {
+                slot[m as usize] = Some(n);
+            }
+        }
+    }
+}
+
+/// `prompt_tokens_details` / `input_tokens_details` (also the Realtime
+/// API's `input_token_details`).
 #[derive(Deserialize, Clone, Copy)]
-struct Details {
-    cached_tokens: Option<u64>,
+pub(super) struct Details {
+    pub(super) cached_tokens: Option<u64>,
+    text_tokens: Option<u64>,
+    image_tokens: Option<u64>,
+    audio_tokens: Option<u64>,
+    cached_tokens_details: Option<Split>,
+}
+
+impl Details {
+    /// The modality split of the input and of its cache-read part.
+    pub(super) fn modality(&self, m: &mut ModalityTokens) {
+        Split {
+            text_tokens: self.text_tokens,
+            image_tokens: self.image_tokens,
+            audio_tokens: self.audio_tokens,
+        }
+        .put(&mut m.input);
+        if let Some(c) = &self.cached_tokens_details {
+            c.put(&mut m.cache_read);
+        }
+    }
 }
 
 /// `completion_tokens_details` / `output_tokens_details`.
 #[derive(Deserialize, Clone, Copy)]
-struct OutputDetails {
+pub(super) struct OutputDetails {
     reasoning_tokens: Option<u64>,
+    text_tokens: Option<u64>,
+    image_tokens: Option<u64>,
+    audio_tokens: Option<u64>,
+}
+
+impl OutputDetails {
+    /// The modality split of the output.
+    pub(super) fn modality(&self, m: &mut ModalityTokens) {
+        Split {
+            text_tokens: self.text_tokens,
+            image_tokens: self.image_tokens,
+            audio_tokens: self.audio_tokens,
+        }
+        .put(&mut m.output);
+    }
 }
 
 /// Chat/Completions usage (`prompt_tokens`…) and Responses usage
@@ -62,20 +125,22 @@ impl Usage {
         if let Some(n) = self.completion_tokens.or(self.output_tokens) {
             f.output_tokens = Some(n);
         }
-        if let Some(n) = self
-            .prompt_tokens_details
-            .or(self.input_tokens_details)
-            .and_then(|d| d.cached_tokens)
-        {
+        let input = self.prompt_tokens_details.or(self.input_tokens_details);
+        if let Some(n) = input.and_then(|d| d.cached_tokens) {
             f.cache_read_input_tokens = Some(n);
         }
-        // Reasoning tokens are part of the output count already.
-        if let Some(n) = self
+        if let Some(d) = input {
+            d.modality(&mut f.modality);
+        }
+        let output = self
             .completion_tokens_details
-            .or(self.output_tokens_details)
-            .and_then(|d| d.reasoning_tokens)
-        {
+            .or(self.output_tokens_details);
+        // Reasoning tokens are part of the output count already.
+        if let Some(n) = output.and_then(|d| d.reasoning_tokens) {
             f.reasoning_output_tokens = Some(n);
+        }
+        if let Some(d) = output {
+            d.modality(&mut f.modality);
         }
     }
 }

@@ -35,7 +35,7 @@ use std::time::Instant;
 use serde::Deserialize;
 
 use super::de::BStr;
-use super::openai::Responses;
+use super::openai::{self, Responses};
 use super::{Findings, ParseError, Provider, Target};
 use crate::providers::Known;
 use crate::record::{now_unix_nanos, Record};
@@ -165,6 +165,11 @@ impl Turn {
             sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
             f.cache_read_input_tokens,
         );
+        rec.set_opt(
+            sc::GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+            f.reasoning_output_tokens,
+        );
+        f.modality.write(rec);
         rec.set(sc::REQ_BYTES, self.client_bytes);
         rec.set(sc::RESP_BYTES, self.server_bytes);
         rec.set(sc::START_TIME, self.started_ns);
@@ -258,12 +263,8 @@ fn code<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BStr<'a
 struct RtUsage {
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
-    input_token_details: Option<RtDetails>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-struct RtDetails {
-    cached_tokens: Option<u64>,
+    input_token_details: Option<openai::Details>,
+    output_token_details: Option<openai::OutputDetails>,
 }
 
 impl RtResponse<'_> {
@@ -285,8 +286,14 @@ impl RtResponse<'_> {
         if let Some(u) = self.usage {
             f.input_tokens = u.input_tokens.or(f.input_tokens);
             f.output_tokens = u.output_tokens.or(f.output_tokens);
-            if let Some(n) = u.input_token_details.and_then(|d| d.cached_tokens) {
-                f.cache_read_input_tokens = Some(n);
+            if let Some(d) = u.input_token_details {
+                if let Some(n) = d.cached_tokens {
+                    f.cache_read_input_tokens = Some(n);
+                }
+                d.modality(&mut f.modality);
+            }
+            if let Some(d) = u.output_token_details {
+                d.modality(&mut f.modality);
             }
         }
     }
@@ -666,6 +673,12 @@ mod tests {
         assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(12));
         assert_eq!(r.get_i64(sc::GEN_AI_USAGE_OUTPUT_TOKENS), Some(18));
         assert_eq!(r.get_i64(sc::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS), Some(4));
+        // The modality split: text as reported, audio reported as 0 is
+        // left out (the conventions: "when reported and non-zero").
+        assert_eq!(r.get_i64(sc::GEN_AI_USAGE_TEXT_INPUT_TOKENS), Some(12));
+        assert_eq!(r.get_i64(sc::GEN_AI_USAGE_TEXT_OUTPUT_TOKENS), Some(18));
+        assert_eq!(r.get(sc::GEN_AI_USAGE_AUDIO_INPUT_TOKENS), None);
+        assert_eq!(r.get(sc::GEN_AI_USAGE_AUDIO_OUTPUT_TOKENS), None);
         assert_eq!(r.get_bool(sc::GEN_AI_REQUEST_STREAM), Some(true));
         assert!(r.get(sc::PARSE_ERROR).is_none());
         // Client bytes: session.update, the item and response.create.

@@ -1799,6 +1799,70 @@ fn a_large_event_does_not_lose_the_usage() {
 // ------------------------------------------------ request parameters, usage
 
 #[test]
+fn usage_split_by_modality_as_each_provider_reports_it() {
+    let names = sc::GEN_AI_USAGE_BY_MODALITY.concat();
+    let split = |r: &Record| -> Vec<(&str, i64)> {
+        names
+            .iter()
+            .filter_map(|n| r.get_i64(n).map(|v| (*n, v)))
+            .collect()
+    };
+
+    // OpenAI Chat with audio in and out (gpt-4o-audio-preview's shape):
+    // only the audio parts are split out; zeros are not written.
+    let audio = br#"{"id":"c","model":"gpt-4o-audio-preview","choices":[{"index":0,"finish_reason":"stop"}],"usage":{"prompt_tokens":40,"completion_tokens":90,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":25,"text_tokens":15,"image_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":70,"text_tokens":20,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}"#;
+    let r = chat(br#"{"model":"gpt-4o-audio-preview","messages":[]}"#.to_vec())
+        .respond(200, JSON, audio.to_vec())
+        .run();
+    assert_eq!(
+        split(&r),
+        vec![
+            (sc::GEN_AI_USAGE_TEXT_INPUT_TOKENS, 15),
+            (sc::GEN_AI_USAGE_AUDIO_INPUT_TOKENS, 25),
+            (sc::GEN_AI_USAGE_TEXT_OUTPUT_TOKENS, 20),
+            (sc::GEN_AI_USAGE_AUDIO_OUTPUT_TOKENS, 70),
+        ]
+    );
+    // Text only, as OpenAI reports it for a text model: nothing split.
+    let text_only = br#"{"id":"c","model":"gpt-4o","choices":[{"index":0,"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0}}}"#;
+    let r = chat(br#"{"model":"gpt-4o","messages":[]}"#.to_vec())
+        .respond(200, JSON, text_only.to_vec())
+        .run();
+    assert_eq!(split(&r), vec![]);
+
+    // Gemini: promptTokensDetails / cacheTokensDetails /
+    // candidatesTokensDetails, a modality listed twice adds up, VIDEO has
+    // no name in the conventions (it stays in the totals only).
+    let gem = br#"{"candidates":[{"index":0,"finishReason":"STOP","content":{"role":"model","parts":[{"text":"ok"}]}}],"usageMetadata":{"promptTokenCount":1600,"candidatesTokenCount":12,"cachedContentTokenCount":1000,"totalTokenCount":1612,"promptTokensDetails":[{"modality":"TEXT","tokenCount":300},{"modality":"IMAGE","tokenCount":258},{"modality":"VIDEO","tokenCount":1000},{"modality":"TEXT","tokenCount":42}],"cacheTokensDetails":[{"modality":"VIDEO","tokenCount":900},{"modality":"TEXT","tokenCount":100}],"candidatesTokensDetails":[{"modality":"TEXT","tokenCount":12}]},"modelVersion":"gemini-2.5-flash"}"#;
+    let r = gemini(
+        "/v1beta/models/gemini-2.5-flash:generateContent",
+        br#"{"contents":[]}"#.to_vec(),
+    )
+    .respond(200, JSON, gem.to_vec())
+    .run();
+    assert_eq!(
+        split(&r),
+        vec![
+            (sc::GEN_AI_USAGE_TEXT_INPUT_TOKENS, 342),
+            (sc::GEN_AI_USAGE_IMAGE_INPUT_TOKENS, 258),
+            (sc::GEN_AI_USAGE_TEXT_CACHE_READ_INPUT_TOKENS, 100),
+            (sc::GEN_AI_USAGE_TEXT_OUTPUT_TOKENS, 12),
+        ]
+    );
+    assert_eq!(r.get_i64(sc::GEN_AI_USAGE_INPUT_TOKENS), Some(1600));
+
+    // Anthropic reports no split: nothing is invented.
+    let r = anthropic(br#"{"model":"claude-sonnet-4-5","messages":[]}"#.to_vec())
+        .respond(
+            200,
+            JSON,
+            br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":"end_turn","usage":{"input_tokens":5,"output_tokens":1}}"#.to_vec(),
+        )
+        .run();
+    assert_eq!(split(&r), vec![]);
+}
+
+#[test]
 fn request_parameters_reasoning_and_cache_write() {
     let chat_answer = br#"{"id":"c","model":"o4-mini","choices":[{"index":0,"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":50,"completion_tokens_details":{"reasoning_tokens":32}}}"#;
     let check_floats = |r: &Record, key: &str, want: f64| {

@@ -58,6 +58,7 @@ pub fn generate(
                 "candidatesTokenCount": so_far,
                 "totalTokenCount": input + so_far,
                 "promptTokensDetails": [{"modality": "TEXT", "tokenCount": input}],
+                "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": so_far}],
             },
             "modelVersion": model,
             "responseId": response_id,
