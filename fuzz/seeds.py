@@ -103,7 +103,8 @@ for k, v in cases.items():
     write("genai_exchange", k, v)
 
 
-# --- messages: [api][truncated][request length u16 LE][request][response] ----
+# --- messages: [api][flags][request length u16 LE][request][response] -------
+# flags: bit 0 cut, bit 1 binary response (base64-encoded by the harness).
 # api: the index into fuzz/src/messages.rs APIS.
 def msgs(api, req, resp, truncated=0):
     return bytes([api, truncated]) + len(req).to_bytes(2, "little") + req + resp
@@ -193,6 +194,13 @@ write("genai_exchange", "bedrock-converse-stream", bedrock(18, CONVERSE_REQ, CON
 write("genai_exchange", "bedrock-invoke-json", bedrock(19, INVOKE_REQ, fx("anthropic_message.json"), rtype=JSON_T))
 write("genai_exchange", "bedrock-invoke-stream", bedrock(20, INVOKE_REQ, INVOKE_STREAM))
 write("genai_exchange", "bedrock-stream-exception", bedrock(18, CONVERSE_REQ, CONVERSE_STREAM[:200] + EXCEPTION))
+
+# messages over Bedrock: APIS indices 9 converse_stream, 10 invoke_model,
+# 11 invoke_model_stream; flags 2 = the response is the binary event stream.
+write("messages", "bedrock-converse-stream", msgs(9, CONVERSE_REQ, CONVERSE_STREAM, truncated=2))
+write("messages", "bedrock-converse-stream-cut", msgs(9, CONVERSE_REQ, CONVERSE_STREAM[:150], truncated=3))
+write("messages", "bedrock-invoke-json", msgs(10, INVOKE_REQ, fx("anthropic_message.json")))
+write("messages", "bedrock-invoke-stream", msgs(11, INVOKE_REQ, INVOKE_STREAM, truncated=2))
 
 
 # --- mcp: [provider][resp type][status][flags], plan, request SEP response --

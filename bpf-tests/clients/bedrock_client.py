@@ -114,6 +114,7 @@ def main() -> None:
         emit(
             sdk="boto3", call=call, ok=True, model=model, stream=False, id=m["id"],
             response_model=m["model"], stop_reason=m["stop_reason"], usage=anthropic_usage(m["usage"]),
+            text="".join(b.get("text", "") for b in m["content"] if b.get("type") == "text"),
             bedrock_input_tokens=int(headers["x-amzn-bedrock-input-token-count"]),
             bedrock_output_tokens=int(headers["x-amzn-bedrock-output-token-count"]),
         )
@@ -122,9 +123,12 @@ def main() -> None:
         body["max_tokens"] = 8
         r = client.invoke_model_with_response_stream(modelId=model, body=json.dumps(body))
         msg_id, resp_model, stop_reason, usage, metrics, types = None, None, None, {}, None, []
+        text = ""
         for ev in r["body"]:
             chunk = json.loads(ev["chunk"]["bytes"])
             types.append(chunk["type"])
+            if chunk["type"] == "content_block_delta" and chunk["delta"].get("type") == "text_delta":
+                text += chunk["delta"]["text"]
             if chunk["type"] == "message_start":
                 msg_id = chunk["message"]["id"]
                 resp_model = chunk["message"]["model"]
@@ -136,7 +140,7 @@ def main() -> None:
         emit(
             sdk="boto3", call=call, ok=True, model=model, stream=True, id=msg_id,
             response_model=resp_model, stop_reason=stop_reason, usage=usage,
-            invocation_metrics=metrics, events=types,
+            invocation_metrics=metrics, events=types, text=text,
         )
 
         call = "converse_tampered"

@@ -1285,6 +1285,80 @@ fn json_attr(span: &Value, key: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{key}: {e}: {s}"))
 }
 
+/// Bedrock's structured content: boto3's Converse and ConverseStream (the
+/// stream an AWS binary event stream, held base64 in the record) and
+/// InvokeModel / InvokeModelWithResponseStream (Anthropic bodies, streamed
+/// as base64 `chunk` events), and the Anthropic SDK's `AnthropicBedrock`,
+/// through egret to the stand-in: each call's `gen_ai.output.messages` text
+/// and finish reason are what the SDK parsed from the same bytes.
+#[test]
+fn bedrock_structured_content_matches_what_boto3_and_anthropic_bedrock_parsed() {
+    if !require_privileges("bedrock_content") || !require_venv("bedrock_content") {
+        return;
+    }
+    let rx = Receiver::start();
+    let w = World::start(&format!(
+        "gateways:\n- name: content\n  routes:\n  - {{name: bedrock, hosts: [bedrock-runtime.us-east-1.amazonaws.com], provider: bedrock}}\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    messages: true\n    signals: {{logs: false, metrics: false}}\n",
+        rx.port
+    ));
+    let inv = unique("inv-bedrock-content-");
+    let cg = w.sandbox(&inv, None);
+    let calls = w.sdk(&cg, "bedrock_client.py");
+    assert!(calls.iter().all(|c| c["ok"] == true), "{calls:?}");
+    let recs = w.transactions(&inv, calls.len());
+    let lines = wait_spans(&rx, &inv, recs.len());
+    let by = |suffix: &str, model: &str| -> &Record {
+        recs.iter()
+            .find(|r| {
+                r.get_str(sc::URL_PATH).is_some_and(|p| p.ends_with(suffix))
+                    && r.get_str(sc::GEN_AI_REQUEST_MODEL) == Some(model)
+                    && r.get_i64(sc::HTTP_RESPONSE_STATUS_CODE) == Some(200)
+            })
+            .unwrap_or_else(|| panic!("no {suffix} {model}"))
+    };
+    let mut checked = 0;
+    for (call, suffix) in [
+        ("converse", "/converse"),
+        ("converse_stream", "/converse-stream"),
+        ("invoke_model", "/invoke"),
+        (
+            "invoke_model_with_response_stream",
+            "/invoke-with-response-stream",
+        ),
+        ("anthropic_bedrock_messages", "/invoke"),
+        (
+            "anthropic_bedrock_messages_stream",
+            "/invoke-with-response-stream",
+        ),
+    ] {
+        let sdk = calls.iter().find(|c| c["call"] == call).unwrap();
+        let rec = by(suffix, sdk["model"].as_str().unwrap());
+        let span = span_of(&lines, rec);
+        let out = json_attr(span, "gen_ai.output.messages");
+        let text: String = out[0]["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["type"] == "text")
+            .map(|p| p["content"].as_str().unwrap())
+            .collect();
+        assert!(!text.is_empty(), "{call}: {out}");
+        assert_eq!(text, sdk["text"].as_str().unwrap(), "{call}: {out}");
+        assert_eq!(out[0]["finish_reason"], sdk["stop_reason"], "{call}: {out}");
+        assert_eq!(
+            span["attributes"]["egret.messages.complete"], true,
+            "{call}"
+        );
+        let input = json_attr(span, "gen_ai.input.messages");
+        assert!(
+            input.to_string().contains("wade"),
+            "{call}: the prompt is not in the input: {input}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+}
+
 /// Structured content through the official SDKs: the OpenAI (Chat
 /// Completions and Responses, JSON and streamed), Anthropic and Gemini
 /// clients call the stand-ins through egret; an exporter with `messages:

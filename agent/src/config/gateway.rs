@@ -116,6 +116,9 @@ impl Default for CaptureBodyConfig {
                 "application/json".into(),
                 "application/x-ndjson".into(),
                 "text/event-stream".into(),
+                // Bedrock's ConverseStream / InvokeModelWithResponseStream
+                // (binary: kept base64).
+                "application/vnd.amazon.eventstream".into(),
             ],
         }
     }

@@ -166,6 +166,9 @@ fn json_of<T: Serialize>(v: &[T]) -> Option<String> {
 pub struct Bodies<'a> {
     pub request: Option<&'a str>,
     pub response: Option<&'a str>,
+    /// `response` is the base64 of a binary body (`egret.response.body_b64`):
+    /// only Bedrock's AWS event streams are read from it.
+    pub response_base64: bool,
     /// Either body was cut by the capture bound.
     pub truncated: bool,
 }
@@ -180,7 +183,35 @@ pub fn assemble(api: Api, bodies: Bodies<'_>) -> Option<Content> {
     let request = bodies
         .request
         .and_then(|b| serde_json::from_str::<Value>(b).ok());
-    let response = bodies.response.unwrap_or("");
+    // Bedrock's stream APIs answer an AWS binary event stream: held base64
+    // in the record, or as text when its bytes happen to be valid UTF-8.
+    // Its events become text the readers below take. Any other binary body
+    // is not read.
+    let decoded;
+    let response = match (api, bodies.response) {
+        (Api::BedrockConverseStream | Api::BedrockInvokeStream, Some(r)) => {
+            let raw = if bodies.response_base64 {
+                use base64::Engine as _;
+                match base64::engine::general_purpose::STANDARD.decode(r) {
+                    Ok(b) => std::borrow::Cow::Owned(b),
+                    Err(_) => {
+                        c.complete = false;
+                        std::borrow::Cow::Borrowed(&[][..])
+                    }
+                }
+            } else {
+                std::borrow::Cow::Borrowed(r.as_bytes())
+            };
+            decoded = if api == Api::BedrockConverseStream {
+                converse_stream_events(&raw, &mut c)
+            } else {
+                invoke_stream_events(&raw, &mut c)
+            };
+            decoded.as_str()
+        }
+        (_, _) if bodies.response_base64 => "",
+        (_, r) => r.unwrap_or(""),
+    };
     type Read<T> = fn(T, &mut Content);
     let (read_request, read_response): (Read<Map<String, Value>>, Read<&str>) = match api {
         Api::OpenAiChat | Api::OpenAiCompletions => (openai_chat_request, openai_chat_response),
@@ -189,6 +220,16 @@ pub fn assemble(api: Api, bodies: Bodies<'_>) -> Option<Content> {
         Api::GoogleGenerate | Api::GoogleStreamGenerate => (gemini_request, gemini_response),
         Api::OllamaChat | Api::OllamaGenerate => (ollama_request, ollama_response),
         Api::BedrockConverse => (converse_request, converse_response),
+        Api::BedrockConverseStream => (converse_request, converse_stream_response),
+        // InvokeModel carries the vendor's own body: Anthropic's Messages
+        // shape is read (a request with `messages`); other vendors' shapes
+        // are left alone rather than guessed at.
+        Api::BedrockInvoke | Api::BedrockInvokeStream => {
+            if !matches!(&request, Some(Value::Object(r)) if r.contains_key("messages")) {
+                return None;
+            }
+            (anthropic_request, anthropic_response)
+        }
         _ => return None,
     };
     if let Some(Value::Object(r)) = request {
@@ -1252,6 +1293,144 @@ fn converse_response(body: &str, c: &mut Content) {
             role: s(&m["role"]).unwrap_or_else(|| "assistant".into()),
             parts: converse_blocks(&m["content"]),
             finish_reason: s(&v["stopReason"]),
+        });
+    }
+}
+
+/// The JSON events of an AWS event stream, as `(:event-type,
+/// payload)`. A stream cut inside a message, or whose framing broke, marks
+/// the content incomplete; what decoded before stays.
+fn event_stream(bytes: &[u8], c: &mut Content) -> Vec<(String, Value)> {
+    let mut d = super::eventstream::Decoder::new(bytes.len().max(1));
+    let mut out = Vec::new();
+    let mut broken = false;
+    d.feed(bytes, |m| match m {
+        Ok(m) => {
+            let kind = m.headers.get_str(":event-type").unwrap_or_default();
+            if let Ok(v) = serde_json::from_slice::<Value>(m.payload) {
+                out.push((kind.to_owned(), v));
+            }
+        }
+        Err(_) => broken = true,
+    });
+    if broken || d.has_pending() || d.is_dead() {
+        c.complete = false;
+    }
+    out
+}
+
+/// ConverseStream's events as one JSON array of `{"t": type, "v": event}`
+/// (what [`converse_stream_response`] reads).
+fn converse_stream_events(raw: &[u8], c: &mut Content) -> String {
+    let events: Vec<Value> = event_stream(raw, c)
+        .into_iter()
+        .map(|(t, v)| serde_json::json!({"t": t, "v": v}))
+        .collect();
+    Value::Array(events).to_string()
+}
+
+/// InvokeModelWithResponseStream's `chunk` events: each payload's
+/// `bytes` is base64 of one event of the vendor's own stream (Anthropic's
+/// for Claude), returned as SSE `data:` lines for the vendor's reader.
+fn invoke_stream_events(raw: &[u8], c: &mut Content) -> String {
+    use base64::Engine as _;
+    let mut sse = String::new();
+    for (kind, v) in event_stream(raw, c) {
+        if kind != "chunk" {
+            continue;
+        }
+        let Some(inner) = v["bytes"]
+            .as_str()
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+        else {
+            continue;
+        };
+        // One JSON event per chunk: no newline can split an SSE line.
+        if let Ok(v) = serde_json::from_str::<Value>(&inner) {
+            sse.push_str("data: ");
+            sse.push_str(&v.to_string());
+            sse.push_str("\n\n");
+        }
+    }
+    sse
+}
+
+/// ConverseStream: `messageStart` (role), `contentBlockStart` (a tool
+/// use's id and name), `contentBlockDelta` (`text`, `toolUse.input`
+/// fragments, `reasoningContent.text`) by `contentBlockIndex`,
+/// `messageStop` (`stopReason`); complete once `messageStop` arrived.
+fn converse_stream_response(events: &str, c: &mut Content) {
+    let Ok(Value::Array(events)) = serde_json::from_str::<Value>(events) else {
+        return;
+    };
+    // (index, kind, text / arguments / reasoning, tool id, tool name)
+    let mut blocks: Vec<Block> = Vec::new();
+    let mut role = None;
+    let mut stop = None;
+    let find = |blocks: &mut Vec<Block>, i: i64, kind: &str| -> usize {
+        match blocks.iter().position(|b| b.0 == i) {
+            Some(p) => p,
+            None => {
+                blocks.push((i, kind.to_owned(), String::new(), None, None));
+                blocks.len() - 1
+            }
+        }
+    };
+    for e in &events {
+        let v = &e["v"];
+        let i = v["contentBlockIndex"].as_i64().unwrap_or(0);
+        match e["t"].as_str() {
+            Some("messageStart") => role = s(&v["role"]),
+            Some("contentBlockStart") => {
+                if let Some(u) = v["start"].get("toolUse") {
+                    let p = find(&mut blocks, i, "tool_use");
+                    blocks[p].1 = "tool_use".into();
+                    blocks[p].3 = s(&u["toolUseId"]);
+                    blocks[p].4 = s(&u["name"]);
+                }
+            }
+            Some("contentBlockDelta") => {
+                let d = &v["delta"];
+                if let Some(t) = d["text"].as_str() {
+                    let p = find(&mut blocks, i, "text");
+                    blocks[p].2.push_str(t);
+                } else if let Some(t) = d["toolUse"]["input"].as_str() {
+                    let p = find(&mut blocks, i, "tool_use");
+                    blocks[p].2.push_str(t);
+                } else if let Some(t) = d["reasoningContent"]["text"].as_str() {
+                    let p = find(&mut blocks, i, "thinking");
+                    blocks[p].2.push_str(t);
+                }
+            }
+            Some("messageStop") => stop = s(&v["stopReason"]).or(Some(String::new())),
+            _ => {}
+        }
+    }
+    c.complete &= stop.is_some();
+    blocks.sort_by_key(|b| b.0);
+    let parts: Vec<Part> = blocks
+        .into_iter()
+        .filter_map(|(_, kind, acc, id, name)| match kind.as_str() {
+            "text" => Some(text(acc)),
+            "thinking" => Some(Part::Reasoning { content: acc }),
+            "tool_use" => Some(Part::ToolCall {
+                id,
+                name: name?,
+                arguments: if acc.is_empty() {
+                    Some(Value::Object(Map::new()))
+                } else {
+                    arguments(&Value::String(acc))
+                },
+            }),
+            _ => None,
+        })
+        .collect();
+    if !parts.is_empty() || stop.is_some() {
+        c.output.push(OutputMessage {
+            role: role.unwrap_or_else(|| "assistant".into()),
+            parts,
+            finish_reason: stop.filter(|r| !r.is_empty()),
         });
     }
 }

@@ -908,10 +908,20 @@ async fn prepare(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     rec.set_opt(sc::REQUEST_CONTENT_TYPE, req_ct.clone());
+    // Bedrock's InvokeModel APIs default `contentType` to JSON, and boto3
+    // sends no Content-Type then: the body is JSON by the API's definition.
+    let bedrock_default = (req_ct.is_none()
+        && provider
+            .as_ref()
+            .is_some_and(|p| p.format == crate::genai::Provider::Bedrock))
+    .then_some("application/json");
     let req_capture = Arc::new(Mutex::new(
         Capture::new(
             capture.max_bytes,
-            capturable(req_ct.as_deref(), &capture.include_content_types),
+            capturable(
+                req_ct.as_deref().or(bedrock_default),
+                &capture.include_content_types,
+            ),
         )
         .with_content_encoding(content_encoding(req.headers()).as_deref()),
     ));

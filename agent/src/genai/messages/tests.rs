@@ -7,6 +7,7 @@ fn run(api: Api, req: &str, resp: &str) -> Content {
         Bodies {
             request: Some(req),
             response: Some(resp),
+            response_base64: false,
             truncated: false,
         },
     )
@@ -291,6 +292,7 @@ fn apis_without_messages_and_foreign_bodies_yield_nothing() {
     let b = Bodies {
         request: Some(r#"{"input":"x","model":"e"}"#),
         response: Some(r#"{"data":[]}"#),
+        response_base64: false,
         truncated: false,
     };
     assert_eq!(assemble(Api::OpenAiEmbeddings, b), None);
@@ -298,6 +300,7 @@ fn apis_without_messages_and_foreign_bodies_yield_nothing() {
     let junk = Bodies {
         request: Some("not json"),
         response: Some("\u{0}\u{1}"),
+        response_base64: false,
         truncated: true,
     };
     assert_eq!(assemble(Api::OpenAiChat, junk), None);
@@ -309,6 +312,7 @@ fn truncated_bodies_are_marked_incomplete() {
     let b = Bodies {
         request: Some(r#"{"messages":[{"role":"user","content":"hi"}]}"#),
         response: Some(r#"{"choices":[{"message":{"content":"a"},"finish_reason":"stop"}]}"#),
+        response_base64: false,
         truncated: true,
     };
     let c = assemble(Api::OpenAiChat, b).unwrap();
@@ -395,4 +399,167 @@ fn provider_fixtures_assemble() {
             assert!(c.input_json().is_some(), "{req}");
         }
     }
+}
+
+// ---- Bedrock streams: binary AWS event streams, base64 in the record ------
+
+fn es_event(kind: &str, payload: &Value) -> Vec<u8> {
+    use crate::genai::eventstream::{encode, HeaderValue};
+    encode(
+        &[
+            (":event-type", HeaderValue::String(kind)),
+            (":content-type", HeaderValue::String("application/json")),
+            (":message-type", HeaderValue::String("event")),
+        ],
+        payload.to_string().as_bytes(),
+    )
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn run_binary(api: Api, req: &str, resp: &[u8]) -> Option<Content> {
+    let resp = b64(resp);
+    assemble(
+        api,
+        Bodies {
+            request: Some(req),
+            response: Some(&resp),
+            response_base64: true,
+            truncated: false,
+        },
+    )
+}
+
+#[test]
+fn bedrock_converse_stream_joins_text_reasoning_and_tool_input_deltas() {
+    let req = r#"{"system":[{"text":"be brief"}],"messages":[{"role":"user","content":[{"text":"weather in Oslo?"}]}],"toolConfig":{"tools":[{"toolSpec":{"name":"weather","inputSchema":{"json":{"type":"object"}}}}]}}"#;
+    let stream: Vec<u8> = [
+        es_event("messageStart", &json!({"role": "assistant", "p": "ab"})),
+        es_event("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "user wants "}}})),
+        es_event("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "weather"}}})),
+        es_event("contentBlockStop", &json!({"contentBlockIndex": 0})),
+        es_event("contentBlockDelta", &json!({"contentBlockIndex": 1, "delta": {"text": "Let me "}})),
+        es_event("contentBlockDelta", &json!({"contentBlockIndex": 1, "delta": {"text": "check."}})),
+        es_event("contentBlockStart", &json!({"contentBlockIndex": 2, "start": {"toolUse": {"toolUseId": "tooluse_1", "name": "weather"}}})),
+        es_event("contentBlockDelta", &json!({"contentBlockIndex": 2, "delta": {"toolUse": {"input": "{\"city\":"}}})),
+        es_event("contentBlockDelta", &json!({"contentBlockIndex": 2, "delta": {"toolUse": {"input": "\"Oslo\"}"}}})),
+        es_event("messageStop", &json!({"stopReason": "tool_use"})),
+        es_event("metadata", &json!({"usage": {"inputTokens": 9, "outputTokens": 12, "totalTokens": 21}})),
+    ]
+    .concat();
+    let c = run_binary(Api::BedrockConverseStream, req, &stream).expect("content");
+    assert!(c.complete);
+    assert_eq!(
+        v(c.output_json()),
+        json!([{"role": "assistant", "finish_reason": "tool_use", "parts": [
+            {"type": "reasoning", "content": "user wants weather"},
+            {"type": "text", "content": "Let me check."},
+            {"type": "tool_call", "id": "tooluse_1", "name": "weather", "arguments": {"city": "Oslo"}}
+        ]}])
+    );
+    assert_eq!(
+        v(c.system_json()),
+        json!([{"type": "text", "content": "be brief"}])
+    );
+    assert_eq!(v(c.tools_json())[0]["name"], "weather");
+    // An event stream whose bytes happen to be valid UTF-8 is recorded as
+    // text, not base64: the same events, padded (Bedrock's own `p` field)
+    // until each frame is valid UTF-8, read from text.
+    let utf8_frame = |kind: &str, mut payload: Value| -> Vec<u8> {
+        use crate::genai::eventstream::{encode, HeaderValue};
+        for n in 0..200_000 {
+            // Small frames (a length byte over 0x7f is never UTF-8 there)
+            // of varying length (the prelude's CRC depends on it alone).
+            payload["p"] = json!(format!("{}{:x}", "x".repeat(n % 40), n / 40));
+            let f = encode(
+                &[(":event-type", HeaderValue::String(kind))],
+                payload.to_string().as_bytes(),
+            );
+            if std::str::from_utf8(&f).is_ok() {
+                return f;
+            }
+        }
+        panic!("no UTF-8 padding found");
+    };
+    let as_text = String::from_utf8(
+        [
+            utf8_frame("messageStart", json!({"role": "assistant"})),
+            utf8_frame("contentBlockDelta", json!({"delta": {"text": "Hi"}})),
+            utf8_frame("messageStop", json!({"stopReason": "end_turn"})),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let t = run(Api::BedrockConverseStream, req, &as_text);
+    assert!(t.complete);
+    assert_eq!(
+        v(t.output_json()),
+        json!([{"role": "assistant", "finish_reason": "end_turn", "parts": [{"type": "text", "content": "Hi"}]}])
+    );
+
+    // Cut mid-message (a capture bound or a reset): what decoded, marked
+    // incomplete, and no invented finish reason.
+    let cut = &stream[..stream.len() / 2 + 7];
+    let c = run_binary(Api::BedrockConverseStream, req, cut).expect("content");
+    assert!(!c.complete);
+    let out = v(c.output_json());
+    assert!(out[0].get("finish_reason").is_none(), "{out}");
+    assert_eq!(out[0]["parts"][0]["type"], "reasoning");
+}
+
+#[test]
+fn bedrock_invoke_model_reads_anthropic_bodies_json_and_streamed() {
+    let req = r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":64,"system":"be brief","messages":[{"role":"user","content":"hi"}]}"#;
+    // InvokeModel: the Anthropic message as JSON.
+    let json_resp = r#"{"id":"msg_bdrk_1","type":"message","role":"assistant","model":"claude-3-5-haiku-20241022","content":[{"type":"text","text":"Hello"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":1}}"#;
+    let c = run(Api::BedrockInvoke, req, json_resp);
+    assert_eq!(
+        v(c.output_json()),
+        json!([{"role": "assistant", "finish_reason": "end_turn", "parts": [{"type": "text", "content": "Hello"}]}])
+    );
+    assert_eq!(v(c.input_json())[0]["parts"][0]["content"], "hi");
+
+    // InvokeModelWithResponseStream: `chunk` events, each `bytes` one
+    // Anthropic streaming event.
+    let chunk = |e: Value| {
+        es_event(
+            "chunk",
+            &json!({"bytes": b64(e.to_string().as_bytes()), "p": "x"}),
+        )
+    };
+    let stream: Vec<u8> = [
+        chunk(json!({"type": "message_start", "message": {"id": "msg_bdrk_2", "role": "assistant", "content": []}})),
+        chunk(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+        chunk(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}})),
+        chunk(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "lo"}})),
+        chunk(json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}})),
+        chunk(json!({"type": "message_stop", "amazon-bedrock-invocationMetrics": {"inputTokenCount": 3}})),
+    ]
+    .concat();
+    let c = run_binary(Api::BedrockInvokeStream, req, &stream).expect("content");
+    assert!(c.complete);
+    assert_eq!(
+        v(c.output_json()),
+        json!([{"role": "assistant", "finish_reason": "end_turn", "parts": [{"type": "text", "content": "Hello"}]}])
+    );
+
+    // Another vendor's body (Titan): not guessed at.
+    let titan = r#"{"inputText":"hi","textGenerationConfig":{"maxTokenCount":8}}"#;
+    assert_eq!(
+        assemble(
+            Api::BedrockInvoke,
+            Bodies {
+                request: Some(titan),
+                response: Some(r#"{"results":[{"outputText":"x"}]}"#),
+                response_base64: false,
+                truncated: false,
+            }
+        ),
+        None
+    );
+    // A binary body for an API that is not an event stream: nothing read.
+    assert!(run_binary(Api::OpenAiChat, "{}", b"\x00\x01").is_none());
 }

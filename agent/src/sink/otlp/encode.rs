@@ -683,16 +683,15 @@ fn structured_content(rec: &Record, conv: Conventions) -> Option<Content> {
         return None;
     }
     let api = Api::from_name(rec.get_str(sc::GENAI_API)?)?;
-    let body = |key, b64| {
-        (rec.get_bool(b64) != Some(true))
-            .then(|| rec.get_str(key))
-            .flatten()
-    };
+    let request = (rec.get_bool(sc::REQUEST_BODY_B64) != Some(true))
+        .then(|| rec.get_str(sc::REQUEST_BODY))
+        .flatten();
     messages::assemble(
         api,
         Bodies {
-            request: body(sc::REQUEST_BODY, sc::REQUEST_BODY_B64),
-            response: body(sc::RESPONSE_BODY, sc::RESPONSE_BODY_B64),
+            request,
+            response: rec.get_str(sc::RESPONSE_BODY),
+            response_base64: rec.get_bool(sc::RESPONSE_BODY_B64) == Some(true),
             truncated: rec.get_bool(sc::BODY_TRUNCATED) == Some(true)
                 || rec.get_bool(sc::REQ_TRUNCATED) == Some(true)
                 || rec.get_bool(sc::RESP_TRUNCATED) == Some(true),
