@@ -511,15 +511,17 @@ impl Registry {
     }
 }
 
-/// Moves a record's end to `end` (unix ns), keeping its `202` time in
+/// Moves a record's end to `end` (unix ns) — the answer can beat the
+/// `202`, then the `202`'s end stays —, keeping its `202` time in
 /// `egret.mcp.accepted_ms`.
 fn retime(rec: &mut Record, end: i64) {
     if let Some(crate::record::AttrValue::Float(ms)) = rec.get(sc::DURATION_MS) {
         let ms = *ms;
         rec.set(sc::MCP_ACCEPTED_MS, ms);
     }
+    let accepted = rec.get_i64(sc::END_TIME).unwrap_or(i64::MIN);
     if let Some(start) = rec.get_i64(sc::START_TIME) {
-        if end >= start {
+        if end >= start && end > accepted {
             rec.set(sc::END_TIME, end);
             rec.set(sc::DURATION_MS, (end - start) as f64 / 1e6);
         }
@@ -687,6 +689,15 @@ mod tests {
             Some(crate::record::AttrValue::Float(f)) if *f == 2.0
         ));
         assert!(r.get_i64(sc::END_TIME).unwrap() > r.get_i64(sc::START_TIME).unwrap());
+        // An answer that beat the 202's end keeps the 202's end.
+        let mut late = post_record("ping");
+        let end = now_unix_nanos() + 60_000_000_000;
+        late.set(sc::END_TIME, end);
+        retime(&mut late, now_unix_nanos());
+        assert_eq!(late.get_i64(sc::END_TIME), Some(end));
+        assert!(
+            matches!(late.get(sc::DURATION_MS), Some(crate::record::AttrValue::Float(f)) if *f == 2.0)
+        );
         // Answer first (the usual order: it beats the sealed record).
         let k2 = tracked(reg.expect(&scope("inv-a"), EP, "2", None, now));
         assert!(reg
