@@ -100,7 +100,7 @@ pub use decode::Encoding;
 pub use include_usage::{rewrite_request_for_usage, UsageChunkFilter};
 pub use mcp::{
     endpoint_session_id, Answer as McpAnswer, Outcome as McpOutcome, StreamEvent,
-    TRACE_CONTEXT_SKIPPED_SIGNED, TRACE_CONTEXT_SKIPPED_STREAMED,
+    TRACE_CONTEXT_SKIPPED_SIGNED, TRACE_CONTEXT_SKIPPED_STREAMED, UNANSWERED as MCP_UNANSWERED,
 };
 pub use sse::{Block, SseEvent, SseParser};
 
@@ -1269,6 +1269,16 @@ impl Exchange {
         if let Some(s) = self.response.as_mut().and_then(|d| d.sink_mut()) {
             if let Parser::McpStream(st) = &mut s.parser {
                 st.take(out);
+            }
+        }
+    }
+
+    /// The legacy stream's events will not be taken (no one to pair them
+    /// for): none are kept; the stream is still counted on its record.
+    pub fn ignore_mcp_stream_events(&mut self) {
+        if let Some(s) = self.response.as_mut().and_then(|d| d.sink_mut()) {
+            if let Parser::McpStream(st) = &mut s.parser {
+                st.ignore();
             }
         }
     }

@@ -235,7 +235,7 @@ pub const MCP_TRANSPORT_SSE: &str = "sse";
 /// On a legacy stream's `GET` record: the endpoint it announced.
 pub const MCP_SSE_ENDPOINT: &str = "egret.mcp.sse.endpoint";
 /// On a legacy stream's `GET` record: its `message` events.
-pub const MCP_SSE_MESSAGES: &str = "egret.mcp.sse.messages";
+pub const MCP_SSE_MESSAGES: &str = "egret.mcp.sse.message_events";
 /// On a legacy stream's `GET` record: events not followed (bound).
 pub const MCP_SSE_DROPPED: &str = "egret.mcp.sse.dropped";
 /// On a legacy `POST`: where its JSON-RPC answer came from, or why none
@@ -257,8 +257,6 @@ pub const MCP_ANSWER_ID_REUSED: &str = "id_reused";
 /// On a legacy `POST`: from the request to its `202 Accepted`, ms (the
 /// record's duration runs to the answer).
 pub const MCP_ACCEPTED_MS: &str = "egret.mcp.accepted_ms";
-/// `error.type` of a request whose answer never came.
-pub const ERROR_TYPE_UNANSWERED: &str = "unanswered";
 // OTLP export (sink::otlp). Names a backend reads, beside the record's own.
 /// Event names: the LogRecord `event_name` field of each record's log.
 pub const EVENT_TRANSACTION: &str = "egret.transaction";

@@ -158,14 +158,17 @@ pub enum Outcome {
     Error(String),
 }
 
+/// `error.type` of a request whose answer never came.
+pub const UNANSWERED: &str = "unanswered";
+
 impl Outcome {
     /// The `error.type` it gives (`""` for none), as recorded in
     /// `egret.mcp.batch.error_types`: a request never answered is
-    /// `unanswered`.
+    /// [`UNANSWERED`].
     pub fn error_type(&self) -> &str {
         match self {
             Outcome::NotDue | Outcome::Ok => "",
-            Outcome::Pending => "unanswered",
+            Outcome::Pending => UNANSWERED,
             Outcome::Error(e) => e,
         }
     }
@@ -531,6 +534,10 @@ impl MetaPlan {
 /// [`Stream::dropped`] (their requests then end `unanswered`).
 pub const MAX_STREAM_EVENTS: usize = 256;
 
+/// Most answer-body bytes queued before [`Stream::take`]; answers past it
+/// are counted in [`Stream::dropped`].
+pub const MAX_STREAM_QUEUE_BYTES: usize = 16 << 20;
+
 /// Longest `endpoint` URI kept; a longer one is ignored.
 pub const MAX_ENDPOINT_BYTES: usize = 2048;
 
@@ -575,9 +582,14 @@ pub struct Stream {
     pub endpoint: Option<String>,
     /// `event: message` events seen.
     pub messages: u64,
-    /// Events not queued (over [`MAX_STREAM_EVENTS`] in one chunk).
+    /// Events not queued (over [`MAX_STREAM_EVENTS`] or
+    /// [`MAX_STREAM_QUEUE_BYTES`] between two [`Stream::take`]s).
     pub dropped: u64,
     queue: Vec<StreamEvent>,
+    /// Answer-body bytes in `queue`.
+    queued_bytes: usize,
+    /// Nobody takes the events: nothing is queued.
+    ignored: bool,
 }
 
 impl Stream {
@@ -592,10 +604,28 @@ impl Stream {
     /// The events queued since the last call.
     pub fn take(&mut self, out: &mut Vec<StreamEvent>) {
         out.append(&mut self.queue);
+        self.queued_bytes = 0;
+    }
+
+    /// No one will take the events (the stream is only recorded).
+    pub fn ignore(&mut self) {
+        self.ignored = true;
+        self.queue = Vec::new();
+        self.queued_bytes = 0;
     }
 
     fn push(&mut self, e: StreamEvent) {
-        if self.queue.len() < MAX_STREAM_EVENTS {
+        if self.ignored {
+            return;
+        }
+        let bytes = match &e {
+            StreamEvent::Answer(a) => a.body.len(),
+            StreamEvent::Endpoint { .. } => 0,
+        };
+        if self.queue.len() < MAX_STREAM_EVENTS
+            && self.queued_bytes + bytes <= MAX_STREAM_QUEUE_BYTES
+        {
+            self.queued_bytes += bytes;
             self.queue.push(e);
         } else {
             self.dropped += 1;
@@ -638,6 +668,9 @@ impl Stream {
         let Some(id) = m.id.0 else {
             return;
         };
+        if self.ignored {
+            return;
+        }
         let (outcome, code) = match (&m.error, &m.result) {
             (Some(e), _) => {
                 let code = e.code.map_or_else(|| "error".to_owned(), |c| c.to_string());

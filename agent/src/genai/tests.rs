@@ -2461,6 +2461,16 @@ fn a_legacy_stream_queues_a_bounded_number_of_events() {
     st.take(&mut out);
     assert_eq!(out.len(), mcp::MAX_STREAM_EVENTS);
     assert_eq!(st.dropped, 10);
+    // A stream no one pairs keeps nothing.
+    let mut quiet = mcp::Stream::new("/sse");
+    quiet.ignore();
+    quiet.event("endpoint", b"/m?s=1");
+    quiet.event("message", br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+    let mut none = Vec::new();
+    quiet.take(&mut none);
+    assert!(none.is_empty());
+    assert_eq!(quiet.messages, 1);
+    assert_eq!(quiet.endpoint.as_deref(), Some("/m?s=1"));
     st.event("message", b"not json");
     st.event(
         "message",

@@ -1201,6 +1201,9 @@ async fn forward(
     if follows {
         txn.mcp_stream = Scope::of(conn.origin.attribution.as_ref(), host)
             .map(|s| StreamHook::new(conn.l7.clone(), s));
+        if txn.mcp_stream.is_none() {
+            txn.exchange.ignore_mcp_stream_events();
+        }
     }
     let mut tap = ResponseTap::new(rbody, txn);
     tap.prefetch().await;

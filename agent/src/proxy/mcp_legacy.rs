@@ -504,7 +504,7 @@ impl Registry {
         rec.set(sc::MCP_TRANSPORT, sc::MCP_TRANSPORT_SSE);
         rec.set(sc::MCP_ANSWER, why);
         if rec.get(sc::ERROR_TYPE).is_none() {
-            rec.set(sc::ERROR_TYPE, sc::ERROR_TYPE_UNANSWERED);
+            rec.set(sc::ERROR_TYPE, crate::genai::MCP_UNANSWERED);
         }
         retime(&mut rec, now_unix_nanos());
         rec
