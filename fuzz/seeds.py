@@ -215,6 +215,11 @@ write("mcp", "rpc-error", mcp(b'{"jsonrpc":"2.0","id":"a-1","method":"resources/
                               fx("mcp_rpc_error_response.json"), routed=True))
 write("mcp", "tool-error", mcp(fx("mcp_tools_call_request.json"), fx("mcp_tool_error_response.json")))
 write("mcp", "notification-202", mcp(b'{"jsonrpc":"2.0","method":"notifications/initialized"}', b"", status=4))
+write("mcp", "legacy-sse-stream", mcp(b"", b"event: endpoint\r\ndata: /messages/?session_id=9f2c\r\n\r\n"
+                                      b": ping - 2026-12-03\r\n\r\n"
+                                      b'event: message\r\ndata: {"jsonrpc":"2.0","id":2,"result":{"content":[],"isError":true}}\r\n\r\n'
+                                      b'event: message\r\ndata: {"jsonrpc":"2.0","id":"x","error":{"code":-32601}}\r\n\r\n',
+                                      routed=True, rtype=SSE_T, flags=32, chunks=plan(7)))
 write("mcp", "batch", mcp(b'[{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p"}},{"jsonrpc":"2.0","method":"x"}]',
                           b'[{"jsonrpc":"2.0","id":1,"result":{}}]'))
 

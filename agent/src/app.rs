@@ -282,6 +282,7 @@ fn build_l7(
         resolver: Default::default(),
         admission: Admission::new(cfg.node.limits.clone()),
         drain: Default::default(),
+        mcp: crate::proxy::mcp_legacy::Registry::new(&cfg.node.mcp),
     }))
 }
 
@@ -375,6 +376,10 @@ impl App {
         let metrics = Arc::new(PromMetrics::new(cfg.node.metrics.max_series));
         let redaction_stats = Arc::new(RedactionStats::default());
         let l7 = build_l7(&cfg, tx.clone(), record_stats.clone())?;
+        tokio::spawn(crate::proxy::mcp_legacy::sweeper(
+            l7.clone(),
+            shutdown.child_token(),
+        ));
         let recorder = recorder::spawn(
             outputs.spool,
             rx,
@@ -516,6 +521,11 @@ impl App {
             );
         } else {
             tracing::info!(in_flight = drained.in_flight, "connections drained");
+        }
+        // MCP HTTP+SSE requests still awaiting their answer: written now
+        // (`egret.mcp.answer = agent_shutdown`), never lost.
+        for r in self.l7.mcp.drain() {
+            self.l7.emit(r);
         }
         tracing::info!("shutting down: flushing records");
         // The close events the kernel has queued so far become flow records

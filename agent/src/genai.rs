@@ -98,7 +98,10 @@ use crate::semconv as sc;
 pub use bedrock::sigv4_signs;
 pub use decode::Encoding;
 pub use include_usage::{rewrite_request_for_usage, UsageChunkFilter};
-pub use mcp::{TRACE_CONTEXT_SKIPPED_SIGNED, TRACE_CONTEXT_SKIPPED_STREAMED};
+pub use mcp::{
+    endpoint_session_id, Answer as McpAnswer, Outcome as McpOutcome, StreamEvent,
+    TRACE_CONTEXT_SKIPPED_SIGNED, TRACE_CONTEXT_SKIPPED_STREAMED, UNANSWERED as MCP_UNANSWERED,
+};
 pub use sse::{Block, SseEvent, SseParser};
 
 use decode::Decoder;
@@ -528,6 +531,8 @@ enum Parser {
     Google(google::State),
     Ollama(ollama::State),
     Mcp(mcp::State),
+    /// A legacy HTTP+SSE transport's `GET` stream.
+    McpStream(mcp::Stream),
     Bedrock(bedrock::State),
 }
 
@@ -540,6 +545,7 @@ impl Parser {
             Parser::Google(s) => s.event(data, f),
             Parser::Ollama(s) => s.event(data, f),
             Parser::Mcp(s) => s.event(data, f),
+            Parser::McpStream(s) => s.event(name, data),
             // Bedrock streams are event streams, never SSE.
             Parser::Bedrock(_) => {}
         }
@@ -553,6 +559,7 @@ impl Parser {
             Parser::Google(s) => s.json(body, f),
             Parser::Ollama(s) => s.json(body, f),
             Parser::Mcp(s) => s.json(body, f),
+            Parser::McpStream(_) => {}
             Parser::Bedrock(s) => s.json(body, f),
         }
     }
@@ -562,7 +569,11 @@ impl Parser {
             Parser::Anthropic(s) => s.end(f),
             Parser::Google(s) => s.end(f),
             Parser::Bedrock(s) => s.end(f),
-            Parser::Chat(_) | Parser::Responses(_) | Parser::Ollama(_) | Parser::Mcp(_) => {}
+            Parser::Chat(_)
+            | Parser::Responses(_)
+            | Parser::Ollama(_)
+            | Parser::Mcp(_)
+            | Parser::McpStream(_) => {}
         }
     }
 
@@ -570,7 +581,7 @@ impl Parser {
     /// [`Limits::max_json_bytes`] bytes, `tail` about its last
     /// [`SALVAGE_TAIL`] bytes.
     fn salvage(&mut self, head: &[u8], tail: &[u8], f: &mut Findings) {
-        if matches!(self, Parser::Mcp(_)) {
+        if matches!(self, Parser::Mcp(_) | Parser::McpStream(_)) {
             return;
         }
         // Top-level scalars of the (truncated) head: ids and models come
@@ -602,7 +613,7 @@ impl Parser {
                     f.output_tokens = Some(n);
                 }
             }
-            Parser::Mcp(_) => {}
+            Parser::Mcp(_) | Parser::McpStream(_) => {}
         }
     }
 
@@ -610,6 +621,7 @@ impl Parser {
     fn expects_completion(&self) -> bool {
         match self {
             Parser::Mcp(s) => s.expects_response(),
+            Parser::McpStream(_) => false,
             _ => true,
         }
     }
@@ -933,6 +945,11 @@ pub struct Exchange {
     mcp_trace_context: Option<&'static str>,
     mcp_session_id: Option<String>,
     mcp_protocol_version: Option<String>,
+    /// An MCP `GET` (a legacy HTTP+SSE stream when its answer is one): its
+    /// path and query.
+    mcp_get_path: Option<String>,
+    /// An MCP `POST`'s path and query (a legacy endpoint, maybe).
+    mcp_post_path: Option<String>,
     /// A Bedrock invoke request carried an Anthropic Messages body.
     bedrock_anthropic: bool,
     /// The request body prefix was cut before the JSON ended.
@@ -975,6 +992,8 @@ impl Exchange {
             mcp_trace_context: None,
             mcp_session_id: None,
             mcp_protocol_version: None,
+            mcp_get_path: None,
+            mcp_post_path: None,
             bedrock_anthropic: false,
             request_truncated: false,
             request_error: None,
@@ -1073,6 +1092,17 @@ impl Exchange {
         }
         if let Some(v) = header(headers, "mcp-protocol-version") {
             self.mcp_protocol_version = Some(v.to_owned());
+        }
+        if self.api == Api::Mcp {
+            // The legacy transport names its session in the endpoint's query.
+            if self.mcp_session_id.is_none() {
+                self.mcp_session_id = mcp::endpoint_session_id(path_and_query);
+            }
+            if method == Method::GET {
+                self.mcp_get_path = Some(path_and_query.to_owned());
+            } else if method == Method::POST {
+                self.mcp_post_path = Some(path_and_query.to_owned());
+            }
         }
 
         let end = match self.api {
@@ -1282,6 +1312,52 @@ impl Exchange {
         }
     }
 
+    /// True when the response is a legacy MCP stream being followed (see
+    /// [`Self::take_mcp_stream_events`]).
+    pub fn follows_mcp_stream(&mut self) -> bool {
+        self.response
+            .as_mut()
+            .and_then(|d| d.sink_mut())
+            .is_some_and(|s| matches!(s.parser, Parser::McpStream(_)))
+    }
+
+    /// The legacy stream's events parsed since the last call (after each
+    /// [`Self::on_response_chunk`]): endpoints and JSON-RPC answers.
+    pub fn take_mcp_stream_events(&mut self, out: &mut Vec<StreamEvent>) {
+        if let Some(s) = self.response.as_mut().and_then(|d| d.sink_mut()) {
+            if let Parser::McpStream(st) = &mut s.parser {
+                st.take(out);
+            }
+        }
+    }
+
+    /// The legacy stream's events will not be taken (no one to pair them
+    /// for): none are kept; the stream is still counted on its record.
+    pub fn ignore_mcp_stream_events(&mut self) {
+        if let Some(s) = self.response.as_mut().and_then(|d| d.sink_mut()) {
+            if let Parser::McpStream(st) = &mut s.parser {
+                st.ignore();
+            }
+        }
+    }
+
+    /// An MCP `POST` of one JSON-RPC request (an id and a method; not a
+    /// batch): its path and query and its id — what a legacy transport's
+    /// answer on the stream is matched by.
+    pub fn mcp_request(&self) -> Option<(&str, &str)> {
+        let r = self.mcp.as_ref()?;
+        if self.mcp_batch.is_some() || !r.expects_response() {
+            return None;
+        }
+        Some((self.mcp_post_path.as_deref()?, r.id.as_deref()?))
+    }
+
+    /// The MCP `POST`'s path and query (any JSON-RPC message).
+    pub fn mcp_post_path(&self) -> Option<&str> {
+        self.mcp.as_ref()?;
+        self.mcp_post_path.as_deref()
+    }
+
     /// The response status and headers.
     pub fn on_response_head(&mut self, status: u16, headers: &HeaderMap) {
         self.status = Some(status);
@@ -1306,6 +1382,19 @@ impl Exchange {
             // notification's bare 202, or the legacy HTTP+SSE transport's
             // `Accepted`, whose answer comes on the session's SSE stream).
             Api::Mcp if status == 202 => return,
+            // The legacy transport's stream: followed event by event
+            // ([`Self::take_mcp_stream_events`]).
+            Api::Mcp
+                if self.mcp.is_none()
+                    && (200..300).contains(&status)
+                    && media_type(headers)
+                        .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream")) =>
+            {
+                match &self.mcp_get_path {
+                    Some(p) => Parser::McpStream(mcp::Stream::new(p)),
+                    None => return,
+                }
+            }
             Api::Mcp => match &self.mcp {
                 Some(r) => {
                     // Only requests get a response; notifications and the
@@ -1463,8 +1552,28 @@ impl Exchange {
                     .is_some_and(|s| (200..300).contains(&s) && s != 204);
                 sink.end(ok);
                 f = std::mem::take(&mut sink.findings);
-                if let Parser::Mcp(s) = &mut sink.parser {
-                    batch_outcomes = Some(std::mem::take(&mut s.batch));
+                match &mut sink.parser {
+                    Parser::Mcp(s) => batch_outcomes = Some(std::mem::take(&mut s.batch)),
+                    Parser::McpStream(s) => {
+                        record.set(sc::MCP_TRANSPORT, sc::MCP_TRANSPORT_SSE);
+                        if let Some(e) = &s.endpoint {
+                            if self.mcp_session_id.is_none() {
+                                self.mcp_session_id = mcp::endpoint_session_id(e);
+                            }
+                            record.set(sc::MCP_SSE_ENDPOINT, e.as_str());
+                        }
+                        record.set(
+                            sc::MCP_SSE_MESSAGES,
+                            i64::try_from(s.messages).unwrap_or(i64::MAX),
+                        );
+                        if s.dropped > 0 {
+                            record.set(
+                                sc::MCP_SSE_DROPPED,
+                                i64::try_from(s.dropped).unwrap_or(i64::MAX),
+                            );
+                        }
+                    }
+                    _ => {}
                 }
             }
         }

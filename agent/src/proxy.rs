@@ -28,6 +28,7 @@ pub mod drain;
 pub mod http;
 pub mod io;
 pub mod listen;
+pub mod mcp_legacy;
 pub mod refusal;
 pub mod tap;
 pub mod trusted;
@@ -80,6 +81,9 @@ pub struct L7 {
     pub admission: Arc<admission::Admission>,
     /// Shutdown state shared by every connection.
     pub drain: Drain,
+    /// MCP's legacy HTTP+SSE transport: requests awaiting their answer on
+    /// the session's stream.
+    pub mcp: mcp_legacy::Registry,
 }
 
 impl L7 {
@@ -264,6 +268,31 @@ impl crate::admin::Report for Proxy {
                     http::MALFORMED_REQUESTS.load(Ordering::Relaxed),
                 ),
             ],
+        )?;
+        let st = &self.l7.mcp.stats;
+        let outcome = |name: &'static str, c: &AtomicU64| {
+            (vec![("outcome", name.into())], c.load(Ordering::Relaxed))
+        };
+        m.counter(
+            "egret_mcp_sse_requests",
+            "MCP HTTP+SSE requests followed to their answer on the session's stream, by outcome (overflow, id_reused: not followed)",
+            &[
+                outcome("answered", &st.answered),
+                outcome("timeout", &st.timeout),
+                outcome("stream_closed", &st.stream_closed),
+                outcome("agent_shutdown", &st.agent_shutdown),
+                outcome("overflow", &st.overflow),
+                outcome("id_reused", &st.id_reused),
+                outcome("session_refused", &st.sessions_refused),
+            ],
+        )?;
+        m.gauge(
+            "egret_mcp_sse_pending_requests",
+            "MCP HTTP+SSE requests awaiting their answer",
+            &[(
+                vec![],
+                i64::try_from(self.l7.mcp.pending()).unwrap_or(i64::MAX),
+            )],
         )
     }
 

@@ -53,10 +53,12 @@ pub enum Reason {
     SandboxLimit,
     /// A sandbox at its share of the record queue.
     QueueShare,
+    /// MCP HTTP+SSE: the pending-request registry is full.
+    McpPendingOverflow,
 }
 
 impl Reason {
-    const ALL: [Reason; 14] = [
+    const ALL: [Reason; 15] = [
         Reason::RefusedUnlinked,
         Reason::RefusedNonHttp,
         Reason::UpstreamConnect,
@@ -71,6 +73,7 @@ impl Reason {
         Reason::UnknownAttribution,
         Reason::SandboxLimit,
         Reason::QueueShare,
+        Reason::McpPendingOverflow,
     ];
     const COUNT: usize = Self::ALL.len();
 

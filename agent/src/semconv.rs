@@ -259,6 +259,37 @@ pub const MCP_BATCH_UNRECORDED: &str = "egret.mcp.batch.unrecorded";
 pub const MCP_BATCH_INDEX: &str = "egret.mcp.batch.index";
 /// What became of the trace context in `params._meta` of an MCP request.
 pub const MCP_TRACE_CONTEXT: &str = "egret.mcp.trace_context";
+// MCP's legacy HTTP+SSE transport (protocol revision 2024-11-05; the
+// proxy's `mcp_legacy` registry, `docs/attributes.md`, "MCP over HTTP+SSE").
+/// The MCP transport of a record that is not streamable HTTP.
+pub const MCP_TRANSPORT: &str = "egret.mcp.transport";
+/// Value of [`MCP_TRANSPORT`]: the legacy HTTP+SSE transport.
+pub const MCP_TRANSPORT_SSE: &str = "sse";
+/// On a legacy stream's `GET` record: the endpoint it announced.
+pub const MCP_SSE_ENDPOINT: &str = "egret.mcp.sse.endpoint";
+/// On a legacy stream's `GET` record: its `message` events.
+pub const MCP_SSE_MESSAGES: &str = "egret.mcp.sse.message_events";
+/// On a legacy stream's `GET` record: events not followed (bound).
+pub const MCP_SSE_DROPPED: &str = "egret.mcp.sse.dropped";
+/// On a legacy `POST`: where its JSON-RPC answer came from, or why none
+/// is on the record (values below).
+pub const MCP_ANSWER: &str = "egret.mcp.answer";
+/// The answer came on the session's stream.
+pub const MCP_ANSWER_STREAM: &str = "stream";
+/// No answer within `node.mcp.unansweredTimeout`.
+pub const MCP_ANSWER_TIMEOUT: &str = "timeout";
+/// The session's stream ended before the answer.
+pub const MCP_ANSWER_STREAM_CLOSED: &str = "stream_closed";
+/// The agent shut down before the answer.
+pub const MCP_ANSWER_AGENT_SHUTDOWN: &str = "agent_shutdown";
+/// The pending-request registry was full: not followed.
+pub const MCP_ANSWER_OVERFLOW: &str = "overflow";
+/// Another request of the session with the same id was still pending:
+/// not followed.
+pub const MCP_ANSWER_ID_REUSED: &str = "id_reused";
+/// On a legacy `POST`: from the request to its `202 Accepted`, ms (the
+/// record's duration runs to the answer).
+pub const MCP_ACCEPTED_MS: &str = "egret.mcp.accepted_ms";
 // OTLP export (sink::otlp). Names a backend reads, beside the record's own.
 /// Event names: the LogRecord `event_name` field of each record's log.
 pub const EVENT_TRANSACTION: &str = "egret.transaction";
@@ -354,6 +385,7 @@ pub const CONTENT_DETAIL: &[&str] = &[
     WEBSOCKET_SESSION_ID,
     MCP_BATCH_REQUEST_IDS,
     MCP_BATCH_TARGETS,
+    MCP_SSE_ENDPOINT,
 ];
 
 /// Value type of an attribute, as the semantic-convention YAML names it.
@@ -518,6 +550,12 @@ pub const DEFINED: &[(&str, AttrType)] = {
         (MCP_BATCH_UNRECORDED, I),
         (MCP_BATCH_INDEX, I),
         (MCP_TRACE_CONTEXT, S),
+        (MCP_TRANSPORT, S),
+        (MCP_SSE_ENDPOINT, S),
+        (MCP_SSE_MESSAGES, I),
+        (MCP_SSE_DROPPED, I),
+        (MCP_ANSWER, S),
+        (MCP_ACCEPTED_MS, D),
     ]
 };
 

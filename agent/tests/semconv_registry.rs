@@ -409,6 +409,8 @@ const VALUE_PREFIXES: &[(&str, &str)] = &[
     ("KIND_", sc::RECORD_KIND),
     ("COMPONENT_", sc::COMPONENT),
     ("ATTRIBUTION_SOURCE_", sc::ATTRIBUTION_SOURCE),
+    ("MCP_TRANSPORT_", sc::MCP_TRANSPORT),
+    ("MCP_ANSWER_", sc::MCP_ANSWER),
 ];
 
 #[derive(Debug, Default)]

@@ -2304,3 +2304,182 @@ fn content_modes_of_the_spool_and_clickhouse() {
         "the OTLP exporter (content: full) gets the in-memory record's body"
     );
 }
+
+/// MCP's legacy HTTP+SSE transport through the agent: the official SDK's
+/// `sse_client` opens the session's stream, then each request is a `POST`
+/// answered `202` whose answer comes on the stream. Each request is one
+/// record holding its answer (outcome, `error.type`, the answer as its
+/// response body), written as the answer passed on the stream, not when the
+/// stream ended; the request the stand-in never answers is written
+/// `unanswered` after `node.mcp.unansweredTimeout` while the stream is still
+/// open; the spans carry the same.
+#[test]
+fn mcp_legacy_sse_requests_are_recorded_with_their_answers_from_the_stream() {
+    if !require_privileges("mcp_sse") || !require_venv("mcp_sse") {
+        return;
+    }
+    let rx = Receiver::start();
+    let mut opts = WorldOptions {
+        extra_yaml: format!(
+            "gateways:\n- name: mcp-gw\n  routes:\n  - {{name: tools, hosts: [mcp.local], provider: mcp}}\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    signals: {{metrics: false}}\n",
+            rx.port
+        ),
+        ..WorldOptions::default()
+    };
+    opts.agent.node_yaml = "mcp:\n  unansweredTimeout: 2s\n".to_owned();
+    let w = World::with(opts);
+    let inv = unique("inv-mcp-sse-");
+    let cg = w.sandbox(&inv, None);
+    let py = venv_python().expect("venv checked by require_venv");
+    let script = clients_dir().join("mcp_sse_client.py");
+    // The client gives up on `stall` after 1 s and keeps the stream open
+    // 5 s more: the agent's 2 s timeout fires while the stream is open.
+    let out = w.run(
+        &cg,
+        &py,
+        &[
+            script.to_str().unwrap(),
+            "--stall-seconds",
+            "1",
+            "--linger-seconds",
+            "5",
+        ],
+    );
+    let calls: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("client json line"))
+        .collect();
+    assert_eq!(calls.len(), 5, "{out}");
+    assert!(calls.iter().all(|c| c["ok"] == true), "{calls:?}");
+
+    // Wait for the stream's own record (written when it ends) and the
+    // never-answered request.
+    let recs = w
+        .agent
+        .wait_records("the SSE stream and the stalled call", |r| {
+            let t = txns(r, &inv);
+            t.iter()
+                .any(|x| x.get_str(sc::HTTP_REQUEST_METHOD) == Some("GET"))
+                && t.iter()
+                    .any(|x| x.get_str(sc::MCP_ANSWER) == Some("timeout"))
+        });
+    let recs: Vec<&Record> = txns(&recs, &inv);
+    let stream = recs
+        .iter()
+        .find(|r| r.get_str(sc::HTTP_REQUEST_METHOD) == Some("GET"))
+        .unwrap();
+    let line = stream.to_json_line();
+    assert_eq!(stream.get_str(sc::URL_PATH), Some("/sse"), "{line}");
+    assert_eq!(stream.get_str(sc::MCP_TRANSPORT), Some("sse"), "{line}");
+    let endpoint = stream.get_str(sc::MCP_SSE_ENDPOINT).expect("endpoint");
+    let sid = endpoint
+        .strip_prefix("/messages/?session_id=")
+        .expect("the SDK server's endpoint form");
+    assert_eq!(stream.get_str(sc::MCP_SESSION_ID), Some(sid), "{line}");
+    // initialize, tools/list, echo, fail: four answers on the stream.
+    assert_eq!(stream.get_i64(sc::MCP_SSE_MESSAGES), Some(4), "{line}");
+    let stream_end = stream.get_i64(sc::END_TIME).unwrap();
+
+    let call = |method: &str, tool: Option<&str>| -> &Record {
+        let found: Vec<&&Record> = recs
+            .iter()
+            .filter(|r| {
+                r.get_str(sc::MCP_METHOD_NAME) == Some(method)
+                    && r.get_str(sc::GEN_AI_TOOL_NAME) == tool
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "one record for {method} {tool:?}");
+        found[0]
+    };
+    let answered = |r: &Record| -> Value {
+        let line = r.to_json_line();
+        assert_eq!(r.get_str(sc::MCP_TRANSPORT), Some("sse"), "{line}");
+        assert_eq!(r.get_str(sc::MCP_ANSWER), Some("stream"), "{line}");
+        assert_eq!(
+            r.get_i64(sc::HTTP_RESPONSE_STATUS_CODE),
+            Some(202),
+            "{line}"
+        );
+        assert_eq!(r.get_str(sc::URL_PATH), Some("/messages/"), "{line}");
+        assert_eq!(r.get_str(sc::MCP_SESSION_ID), Some(sid), "{line}");
+        // Written as the answer passed, before the stream ended; its
+        // duration runs to the answer, past the 202.
+        assert!(r.get_i64(sc::END_TIME).unwrap() < stream_end, "{line}");
+        let ms = |k| match r.get(k) {
+            Some(egret::record::AttrValue::Float(f)) => *f,
+            other => panic!("{k}: {other:?}: {line}"),
+        };
+        assert!(ms(sc::MCP_ACCEPTED_MS) <= ms(sc::DURATION_MS), "{line}");
+        let body = body_json(r, sc::RESPONSE_BODY);
+        assert_eq!(
+            body["id"].to_string(),
+            r.get_str(sc::JSONRPC_REQUEST_ID).unwrap(),
+            "{line}"
+        );
+        body
+    };
+
+    let init = call("initialize", None);
+    let body = answered(init);
+    assert_eq!(
+        init.get_str(sc::MCP_PROTOCOL_VERSION),
+        body["result"]["protocolVersion"].as_str()
+    );
+    assert_eq!(init.get(sc::ERROR_TYPE), None);
+    let list = call("tools/list", None);
+    let list_body = answered(list);
+    let tools: Vec<&str> = list_body["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(tools.contains(&"stall"), "{tools:?}");
+    let echo = call("tools/call", Some("echo"));
+    assert_eq!(
+        answered(echo)["result"]["content"][0]["text"],
+        "hello over sse"
+    );
+    assert_eq!(echo.get(sc::ERROR_TYPE), None);
+    let failed = call("tools/call", Some("fail"));
+    assert_eq!(answered(failed)["result"]["isError"], true);
+    assert_eq!(failed.get_str(sc::ERROR_TYPE), Some("tool_error"));
+
+    let stalled = call("tools/call", Some("stall"));
+    let line = stalled.to_json_line();
+    assert_eq!(
+        stalled.get_str(sc::ERROR_TYPE),
+        Some("unanswered"),
+        "{line}"
+    );
+    assert_eq!(stalled.get_str(sc::MCP_ANSWER), Some("timeout"), "{line}");
+    // The 202's `text/plain` body is not captured (the gateway's content
+    // types); no answer took its place.
+    assert_eq!(stalled.get(sc::RESPONSE_BODY), None, "{line}");
+    assert!(
+        matches!(stalled.get(sc::DURATION_MS), Some(egret::record::AttrValue::Float(f)) if *f >= 2000.0),
+        "{line}"
+    );
+    assert!(
+        stalled.get_i64(sc::END_TIME).unwrap() < stream_end,
+        "{line}"
+    );
+    // Notifications are recorded as they were: a 202, nothing awaited.
+    let note = call("notifications/initialized", None);
+    assert_eq!(note.get_str(sc::MCP_TRANSPORT), Some("sse"));
+    assert_eq!(note.get(sc::MCP_ANSWER), None);
+    assert_eq!(note.get(sc::ERROR_TYPE), None);
+
+    // The spans: `{method} {target}`, with the answer's `error.type`.
+    let lines = wait_spans(&rx, &inv, recs.len());
+    for (r, name, error) in [
+        (echo, "tools/call echo", None),
+        (failed, "tools/call fail", Some("tool_error")),
+        (stalled, "tools/call stall", Some("unanswered")),
+        (init, "initialize", None),
+    ] {
+        let span = span_of(&lines, r);
+        assert_eq!(span["name"], name, "{span}");
+        assert_eq!(span["attributes"]["error.type"].as_str(), error, "{span}");
+    }
+}

@@ -112,6 +112,8 @@ fn check_tap(chunks: &[&[u8]], body: &[u8], max: usize, enabled: bool, abort_aft
         error: None,
         chunks: Chunks::default(),
         finisher,
+        mcp_stream: None,
+        mcp_call: None,
     });
     let inner = Frames {
         chunks: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect(),

@@ -24,8 +24,9 @@
 //!
 //! `mcp` layout: 4 control bytes (provider: even → none, so MCP must be
 //! recognised from the body; odd → a route naming `mcp`; response content
-//! type; status; flags as byte 4 above), a [`Plan`], then request [`SEP`]
-//! response.
+//! type; status; flags as byte 4 above, plus bit 5: a `GET /sse`, the
+//! legacy HTTP+SSE transport's stream, followed event by event), a
+//! [`Plan`], then request [`SEP`] response.
 //!
 //! Invariants (both): no panic; heap use bounded by the limits, never by
 //! how much the response decodes to; `finish` is idempotent; provider and
@@ -531,10 +532,11 @@ pub fn mcp(data: &[u8]) {
     if flags & 8 != 0 {
         header(&mut resp_headers, "mcp-session-id", "s-2");
     }
+    let legacy = flags & 32 != 0;
     let case = Case {
         provider: provider.clone(),
-        method: Method::POST,
-        path: "/mcp",
+        method: if legacy { Method::GET } else { Method::POST },
+        path: if legacy { "/sse" } else { "/mcp" },
         req_headers,
         req_plain: req,
         req_sent: req.to_vec(),
@@ -559,6 +561,22 @@ pub fn mcp(data: &[u8]) {
                 jsonrpc && method,
                 "MCP detection on a valid body"
             );
+        }
+    }
+    // A routed GET answered with a stream is followed as a legacy stream.
+    let sse = resp_type.is_some_and(|t| {
+        t.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("text/event-stream")
+    });
+    if legacy && provider.is_some() && sse && (200..300).contains(&status) && status != 202 {
+        let rec = &out.record;
+        assert_eq!(rec.get_str(sc::MCP_TRANSPORT), Some("sse"));
+        assert!(rec.get_i64(sc::MCP_SSE_MESSAGES).is_some_and(|n| n >= 0));
+        if let Some(e) = rec.get_str(sc::MCP_SSE_ENDPOINT) {
+            assert!(e.starts_with('/'), "endpoint {e:?}");
         }
     }
     if out.provider == Some(Provider::Mcp) {

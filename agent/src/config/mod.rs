@@ -43,7 +43,9 @@ pub use gateway::{
     BudgetConfig, CaptureBodyConfig, DefaultPolicy, GatewayConfig, NonHttpPolicy, RouteConfig,
     Selector,
 };
-pub use node::{LimitsConfig, MetricsConfig, NodeConfig, ProxyProtocolConfig, DEFAULT_MAX_SERIES};
+pub use node::{
+    LimitsConfig, McpConfig, MetricsConfig, NodeConfig, ProxyProtocolConfig, DEFAULT_MAX_SERIES,
+};
 pub use otlp::{Compression, Convention, OtlpConfig, Protocol, SignalsConfig};
 pub use pricing::{LongContextPrice, ModelPrice, PricingConfig, Rates};
 pub use redaction::{

@@ -64,6 +64,36 @@ pub struct NodeConfig {
     #[serde(deserialize_with = "duration::de")]
     #[schemars(with = "String")]
     pub drain_timeout: std::time::Duration,
+    /// MCP's legacy HTTP+SSE transport: how long a request's answer is
+    /// awaited on its session's stream, and how many may wait.
+    pub mcp: McpConfig,
+}
+
+/// Requests of MCP's legacy HTTP+SSE transport awaiting their answer on
+/// the session's stream (see `docs/attributes.md`, "MCP over HTTP+SSE").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct McpConfig {
+    /// A request with no answer within this (e.g. `300s`) is recorded with
+    /// `error.type = unanswered`.
+    #[serde(deserialize_with = "duration::de")]
+    #[schemars(with = "String")]
+    pub unanswered_timeout: std::time::Duration,
+    /// Requests awaiting an answer per invocation; more are recorded at
+    /// once, not followed (`egret.mcp.answer = overflow`).
+    pub max_pending_per_invocation: usize,
+    /// Requests awaiting an answer on the node.
+    pub max_pending: usize,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            unanswered_timeout: std::time::Duration::from_secs(300),
+            max_pending_per_invocation: 1024,
+            max_pending: 65536,
+        }
+    }
 }
 
 /// Trusted-dialer listeners (PROXY protocol v2). Both live in the agent's
@@ -146,6 +176,7 @@ impl Default for NodeConfig {
             drain_timeout: std::time::Duration::from_secs(20),
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
+            mcp: McpConfig::default(),
         }
     }
 }

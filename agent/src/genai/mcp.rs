@@ -158,14 +158,17 @@ pub enum Outcome {
     Error(String),
 }
 
+/// `error.type` of a request whose answer never came.
+pub const UNANSWERED: &str = "unanswered";
+
 impl Outcome {
     /// The `error.type` it gives (`""` for none), as recorded in
     /// `egret.mcp.batch.error_types`: a request never answered is
-    /// `unanswered`.
+    /// [`UNANSWERED`].
     pub fn error_type(&self) -> &str {
         match self {
             Outcome::NotDue | Outcome::Ok => "",
-            Outcome::Pending => "unanswered",
+            Outcome::Pending => UNANSWERED,
             Outcome::Error(e) => e,
         }
     }
@@ -522,4 +525,237 @@ impl MetaPlan {
         out.extend_from_slice(&body[at..]);
         out
     }
+}
+
+// ---- the legacy HTTP+SSE transport (protocol revision 2024-11-05) -------
+
+/// Most events one chunk of a legacy stream queues for the proxy before
+/// [`Stream::take`]; later ones of the same chunk are counted in
+/// [`Stream::dropped`] (their requests then end `unanswered`).
+pub const MAX_STREAM_EVENTS: usize = 256;
+
+/// Most answer-body bytes queued before [`Stream::take`]; answers past it
+/// are counted in [`Stream::dropped`].
+pub const MAX_STREAM_QUEUE_BYTES: usize = 16 << 20;
+
+/// Longest `endpoint` URI kept; a longer one is ignored.
+pub const MAX_ENDPOINT_BYTES: usize = 2048;
+
+/// What a legacy MCP stream (`GET`, `text/event-stream`) told, event by
+/// event, for the proxy to act on while the stream goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// `event: endpoint`: where the client is to `POST` its messages, as
+    /// the path and query the proxy sees them (resolved against the
+    /// stream's own path), and the host of an absolute URI.
+    Endpoint {
+        host: Option<String>,
+        path_and_query: String,
+    },
+    /// `event: message` carrying a JSON-RPC response (to a request the
+    /// client `POST`ed).
+    Answer(Answer),
+}
+
+/// A JSON-RPC response seen on a legacy stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The id of the request it answers.
+    pub id: String,
+    /// [`Outcome::Ok`] or [`Outcome::Error`] (JSON-RPC code or
+    /// `tool_error`).
+    pub outcome: Outcome,
+    /// The JSON-RPC error code, when it is an error response.
+    pub rpc_status_code: Option<String>,
+    /// `result.protocolVersion` (an `initialize` answer).
+    pub protocol_version: Option<String>,
+    /// The event's data (at most the SSE parser's event bound).
+    pub body: Vec<u8>,
+}
+
+/// Follows a legacy stream: see [`StreamEvent`].
+#[derive(Debug, Default)]
+pub struct Stream {
+    /// The stream's own path (a relative endpoint resolves against it).
+    path: String,
+    /// The last endpoint announced.
+    pub endpoint: Option<String>,
+    /// `event: message` events seen.
+    pub messages: u64,
+    /// Events not queued (over [`MAX_STREAM_EVENTS`] or
+    /// [`MAX_STREAM_QUEUE_BYTES`] between two [`Stream::take`]s).
+    pub dropped: u64,
+    queue: Vec<StreamEvent>,
+    /// Answer-body bytes in `queue`.
+    queued_bytes: usize,
+    /// Nobody takes the events: nothing is queued.
+    ignored: bool,
+}
+
+impl Stream {
+    /// Follows the stream of `GET path_and_query`.
+    pub fn new(path_and_query: &str) -> Stream {
+        Stream {
+            path: path_and_query.to_owned(),
+            ..Stream::default()
+        }
+    }
+
+    /// The events queued since the last call.
+    pub fn take(&mut self, out: &mut Vec<StreamEvent>) {
+        out.append(&mut self.queue);
+        self.queued_bytes = 0;
+    }
+
+    /// No one will take the events (the stream is only recorded).
+    pub fn ignore(&mut self) {
+        self.ignored = true;
+        self.queue = Vec::new();
+        self.queued_bytes = 0;
+    }
+
+    fn push(&mut self, e: StreamEvent) {
+        if self.ignored {
+            return;
+        }
+        let bytes = match &e {
+            StreamEvent::Answer(a) => a.body.len(),
+            StreamEvent::Endpoint { .. } => 0,
+        };
+        if self.queue.len() < MAX_STREAM_EVENTS
+            && self.queued_bytes + bytes <= MAX_STREAM_QUEUE_BYTES
+        {
+            self.queued_bytes += bytes;
+            self.queue.push(e);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// One SSE event of the stream.
+    pub fn event(&mut self, name: &str, data: &[u8]) {
+        match name {
+            "endpoint" => {
+                let Some((host, pq)) = resolve_endpoint(&self.path, data) else {
+                    return;
+                };
+                self.endpoint = Some(pq.clone());
+                self.push(StreamEvent::Endpoint {
+                    host,
+                    path_and_query: pq,
+                });
+            }
+            "message" => {
+                self.messages += 1;
+                let first = data.iter().find(|b| !b.is_ascii_whitespace()).copied();
+                if first == Some(b'[') {
+                    if let Ok(list) = serde_json::from_slice::<Vec<Message<'_>>>(data) {
+                        for m in list {
+                            self.answer(m, data);
+                        }
+                    }
+                } else if let Ok(m) = serde_json::from_slice::<Message<'_>>(data) {
+                    self.answer(m, data);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Queues a response (server requests and notifications are not
+    /// answers to anything the client sent).
+    fn answer(&mut self, m: Message<'_>, data: &[u8]) {
+        let Some(id) = m.id.0 else {
+            return;
+        };
+        if self.ignored {
+            return;
+        }
+        let (outcome, code) = match (&m.error, &m.result) {
+            (Some(e), _) => {
+                let code = e.code.map_or_else(|| "error".to_owned(), |c| c.to_string());
+                (Outcome::Error(code.clone()), Some(code))
+            }
+            (None, Some(r)) if r.is_error == Some(true) => {
+                (Outcome::Error("tool_error".to_owned()), None)
+            }
+            (None, Some(_)) => (Outcome::Ok, None),
+            (None, None) => return,
+        };
+        let protocol_version = m
+            .result
+            .as_ref()
+            .and_then(|r| r.protocol_version.as_ref())
+            .map(|v| v.as_str().to_owned());
+        self.push(StreamEvent::Answer(Answer {
+            id,
+            outcome,
+            rpc_status_code: code,
+            protocol_version,
+            body: data.to_vec(),
+        }));
+    }
+}
+
+/// The `endpoint` event's URI as the path and query a `POST` to it will
+/// carry: an absolute URI gives its host (lowercased, without port) and
+/// path; an absolute path is taken as is; a relative one is resolved
+/// against the stream's path (RFC 3986 §5.2.3, without dot segments).
+pub fn resolve_endpoint(stream_path: &str, data: &[u8]) -> Option<(Option<String>, String)> {
+    let uri = std::str::from_utf8(data).ok()?.trim();
+    if uri.is_empty() || uri.len() > MAX_ENDPOINT_BYTES || uri.contains(char::is_whitespace) {
+        return None;
+    }
+    let uri = uri.split('#').next().unwrap_or("");
+    let lower = uri.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        let rest = &uri[uri.find("//")? + 2..];
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let authority = authority.rsplit('@').next().unwrap_or(authority);
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => authority.split(':').next().unwrap_or(""),
+        };
+        if host.is_empty() {
+            return None;
+        }
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_owned()
+        };
+        return Some((Some(host.to_ascii_lowercase()), path));
+    }
+    if uri.starts_with("//") {
+        return None; // network-path reference: not worth following
+    }
+    if uri.starts_with('/') {
+        return Some((None, uri.to_owned()));
+    }
+    let base = stream_path.split(['?', '#']).next().unwrap_or("/");
+    if let Some(q) = uri.strip_prefix('?') {
+        return Some((None, format!("{base}?{q}")));
+    }
+    let dir = &base[..base.rfind('/').map_or(0, |i| i + 1)];
+    let dir = if dir.is_empty() { "/" } else { dir };
+    Some((None, format!("{dir}{uri}")))
+}
+
+/// The value of the `session_id` query parameter of a legacy endpoint
+/// (the SDKs' name for the session).
+pub fn endpoint_session_id(path_and_query: &str) -> Option<String> {
+    let q = path_and_query.split_once('?')?.1;
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == "session_id" || k == "sessionId")
+            .then(|| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .filter(|v| !v.is_empty())
+    })
 }

@@ -2359,3 +2359,188 @@ fn mcp_meta_edit_is_valid_json_or_nothing() {
         }
     }
 }
+
+// ------------------------------------------- MCP legacy HTTP+SSE transport
+
+/// The stream of the official SDK's `SseServerTransport` (`mcp` 1.x): the
+/// endpoint first, then JSON-RPC messages, `\r\n` line ends.
+const LEGACY_STREAM: &[u8] = b"event: endpoint\r\ndata: /messages/?session_id=9f2c\r\n\r\n\
+: ping - 2026-12-03 21:40:00\r\n\r\n\
+event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{\"protocolVersion\":\"2024-11-05\",\"capabilities\":{}}}\r\n\r\n\
+event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{}}\r\n\r\n\
+event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\r\n\r\n\
+event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"content\":[],\"isError\":true}}\r\n\r\n\
+event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":\"s-3\",\"error\":{\"code\":-32601,\"message\":\"no\"}}\r\n\r\n";
+
+#[test]
+fn a_legacy_stream_is_followed_event_by_event_at_any_chunking() {
+    for split in 1..LEGACY_STREAM.len() {
+        let mut ex = Exchange::new(Some(Target::from(Provider::Mcp)), Limits::default());
+        ex.on_request(
+            &Method::GET,
+            "/sse",
+            &headers(&[("accept", "text/event-stream")]),
+            b"",
+        );
+        ex.on_response_head(
+            200,
+            &headers(&[("content-type", "text/event-stream; charset=utf-8")]),
+        );
+        assert!(ex.follows_mcp_stream());
+        let mut events = Vec::new();
+        let (a, b) = LEGACY_STREAM.split_at(split);
+        ex.on_response_chunk(a);
+        ex.take_mcp_stream_events(&mut events);
+        let first = events.len();
+        ex.on_response_chunk(b);
+        ex.take_mcp_stream_events(&mut events);
+        // The endpoint comes out as soon as its blank line passed, not at
+        // the end of the stream.
+        let endpoint_end = LEGACY_STREAM
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap()
+            + 4;
+        assert_eq!(first > 0, split >= endpoint_end - 1, "split {split}");
+        assert_eq!(events.len(), 4, "split {split}: {events:?}");
+        assert_eq!(
+            events[0],
+            StreamEvent::Endpoint {
+                host: None,
+                path_and_query: "/messages/?session_id=9f2c".into()
+            }
+        );
+        let answers: Vec<(String, McpOutcome, Option<String>)> = events[1..]
+            .iter()
+            .map(|e| match e {
+                StreamEvent::Answer(a) => {
+                    (a.id.clone(), a.outcome.clone(), a.rpc_status_code.clone())
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            answers,
+            vec![
+                ("0".into(), McpOutcome::Ok, None),
+                ("2".into(), McpOutcome::Error("tool_error".into()), None),
+                (
+                    "s-3".into(),
+                    McpOutcome::Error("-32601".into()),
+                    Some("-32601".into())
+                ),
+            ]
+        );
+        let StreamEvent::Answer(init) = &events[1] else {
+            unreachable!()
+        };
+        assert_eq!(init.protocol_version.as_deref(), Some("2024-11-05"));
+        assert!(init.body.starts_with(b"{\"jsonrpc\""));
+        let r = finish(&mut ex);
+        assert_eq!(s(&r, sc::MCP_TRANSPORT).as_deref(), Some("sse"));
+        assert_eq!(
+            s(&r, sc::MCP_SSE_ENDPOINT).as_deref(),
+            Some("/messages/?session_id=9f2c")
+        );
+        assert_eq!(s(&r, sc::MCP_SESSION_ID).as_deref(), Some("9f2c"));
+        assert_eq!(r.get_i64(sc::MCP_SSE_MESSAGES), Some(5));
+        assert!(r.get(sc::PARSE_ERROR).is_none(), "{}", r.to_json_line());
+    }
+}
+
+#[test]
+fn a_legacy_post_is_a_request_to_match_and_streamable_http_is_not_followed() {
+    let mut ex = request(
+        Some(Provider::Mcp),
+        "/messages/?session_id=9f2c",
+        &[("content-type", "application/json")],
+        br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo"}}"#,
+    );
+    assert_eq!(ex.mcp_request(), Some(("/messages/?session_id=9f2c", "4")));
+    ex.on_response_head(202, &headers(&[("content-type", "text/plain")]));
+    assert!(!ex.follows_mcp_stream());
+    let r = finish(&mut ex);
+    assert_eq!(s(&r, sc::MCP_SESSION_ID).as_deref(), Some("9f2c"));
+    // Notifications, client responses and batches are not matched.
+    for body in [
+        &br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#[..],
+        br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+        br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+    ] {
+        let ex = request(Some(Provider::Mcp), "/messages/", &[], body);
+        assert_eq!(ex.mcp_request(), None, "{}", String::from_utf8_lossy(body));
+    }
+    // A streamable-HTTP POST answered with a stream is parsed as before.
+    let mut ex = request(
+        Some(Provider::Mcp),
+        "/mcp",
+        &[("content-type", "application/json")],
+        br#"{"jsonrpc":"2.0","id":4,"method":"ping"}"#,
+    );
+    ex.on_response_head(200, &headers(&[("content-type", "text/event-stream")]));
+    assert!(!ex.follows_mcp_stream());
+}
+
+#[test]
+fn legacy_endpoints_resolve_like_a_browser_would() {
+    let r = |base: &str, data: &str| mcp::resolve_endpoint(base, data.as_bytes());
+    assert_eq!(
+        r("/sse", "/messages/?session_id=a"),
+        Some((None, "/messages/?session_id=a".into()))
+    );
+    assert_eq!(
+        r("/v1/sse?x=1", "messages?session_id=a"),
+        Some((None, "/v1/messages?session_id=a".into()))
+    );
+    assert_eq!(r("/sse", "?s=1"), Some((None, "/sse?s=1".into())));
+    assert_eq!(
+        r("/sse", "https://MCP.example:8443/rpc?s=1"),
+        Some((Some("mcp.example".into()), "/rpc?s=1".into()))
+    );
+    assert_eq!(
+        r("/sse", "http://[::1]:80?s=1"),
+        Some((Some("::1".into()), "/?s=1".into()))
+    );
+    assert_eq!(r("/sse", "//evil.example/x"), None);
+    assert_eq!(r("/sse", ""), None);
+    assert_eq!(r("/sse", "/a b"), None);
+    assert_eq!(r("/sse", &"/x".repeat(2000)), None);
+    assert_eq!(
+        mcp::endpoint_session_id("/messages/?a=1&session_id=ab%20c"),
+        Some("ab c".into())
+    );
+    assert_eq!(mcp::endpoint_session_id("/messages/?session_id="), None);
+}
+
+#[test]
+fn a_legacy_stream_queues_a_bounded_number_of_events() {
+    let mut st = mcp::Stream::new("/sse");
+    for i in 0..(mcp::MAX_STREAM_EVENTS + 10) {
+        st.event(
+            "message",
+            format!(r#"{{"jsonrpc":"2.0","id":{i},"result":{{}}}}"#).as_bytes(),
+        );
+    }
+    let mut out = Vec::new();
+    st.take(&mut out);
+    assert_eq!(out.len(), mcp::MAX_STREAM_EVENTS);
+    assert_eq!(st.dropped, 10);
+    // A stream no one pairs keeps nothing.
+    let mut quiet = mcp::Stream::new("/sse");
+    quiet.ignore();
+    quiet.event("endpoint", b"/m?s=1");
+    quiet.event("message", br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+    let mut none = Vec::new();
+    quiet.take(&mut none);
+    assert!(none.is_empty());
+    assert_eq!(quiet.messages, 1);
+    assert_eq!(quiet.endpoint.as_deref(), Some("/m?s=1"));
+    st.event("message", b"not json");
+    st.event(
+        "message",
+        br#"[{"jsonrpc":"2.0","id":1,"result":{}},{"jsonrpc":"2.0","id":2,"error":{}}]"#,
+    );
+    out.clear();
+    st.take(&mut out);
+    assert_eq!(out.len(), 2);
+}

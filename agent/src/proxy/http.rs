@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{
     destination,
     io::{ByteCounts, Counted},
+    mcp_legacy::{CallKey, Expect, Scope, StreamHook},
     refusal::Refusal,
     tap::{capturable, Capture, Finisher, RequestTap, ResponseTap, Transaction},
     upstream::{full, ProxyBody, Target, Upstream},
@@ -316,6 +317,9 @@ struct Pending {
     rec: Record,
     /// HTTP/1.x: the window ends at the wire mark (see [`Ledger`]).
     h1: bool,
+    /// A legacy MCP request: written once its answer is in
+    /// ([`super::mcp_legacy::Registry::attach`]).
+    mcp_call: Option<CallKey>,
 }
 
 /// Longest a finished transaction waits for its L4 counters.
@@ -334,7 +338,12 @@ impl Conn {
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(Pending { id, rec, h1 });
+            .push(Pending {
+                id,
+                rec,
+                h1,
+                mcp_call: None,
+            });
         let conn = self.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
@@ -414,6 +423,7 @@ impl Conn {
                     id,
                     rec: txn.rec,
                     h1,
+                    mcp_call: txn.mcp_call.take(),
                 });
         }
     }
@@ -467,7 +477,18 @@ impl Conn {
             }
             p.rec.set(sc::L4_BYTES_DOWNSTREAM, tx + rx);
             p.rec.set(sc::L4_BYTES_UPSTREAM, end.2 - cu);
-            self.l7.emit(p.rec);
+            match p.mcp_call.take() {
+                Some(call) => {
+                    let status = p
+                        .rec
+                        .get_i64(sc::HTTP_RESPONSE_STATUS_CODE)
+                        .and_then(|s| u16::try_from(s).ok());
+                    if let Some(r) = self.l7.mcp.attach(&call, p.rec, status) {
+                        self.l7.emit(r);
+                    }
+                }
+                None => self.l7.emit(p.rec),
+            }
         }
     }
 }
@@ -686,10 +707,12 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
             return refusal.response();
         }
     };
+    let mcp_call = legacy_mcp_request(&conn, &route.host, &exchange, &mut route.rec, &capture);
     let outbound = Outbound {
         rec: route.rec,
         exchange,
         started,
+        mcp_call,
         request,
         finisher: Arc::new(Finish {
             conn: conn.clone(),
@@ -712,6 +735,39 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     // is in.
     drop(buffered);
     resp
+}
+
+/// An MCP `POST` to the endpoint of a legacy HTTP+SSE session of the same
+/// invocation: a request (id and method) is expected in the registry, to be
+/// written with its answer from the stream; anything else is marked with
+/// the transport.
+fn legacy_mcp_request(
+    conn: &Conn,
+    host: &str,
+    exchange: &Exchange,
+    rec: &mut Record,
+    capture: &CaptureBodyConfig,
+) -> Option<CallKey> {
+    let path = exchange.mcp_post_path()?;
+    let scope = Scope::of(conn.origin.attribution.as_ref(), host)?;
+    let reg = &conn.l7.mcp;
+    let Some((path, id)) = exchange.mcp_request() else {
+        if reg.knows(&scope, path) {
+            rec.set(sc::MCP_TRANSPORT, sc::MCP_TRANSPORT_SSE);
+        }
+        return None;
+    };
+    let body_max = capturable(Some("application/json"), &capture.include_content_types)
+        .then_some(capture.max_bytes);
+    match reg.expect(&scope, path, id, body_max, Instant::now()) {
+        Expect::Tracked(k) => Some(k),
+        Expect::Untracked(why) => {
+            rec.set(sc::MCP_TRANSPORT, sc::MCP_TRANSPORT_SSE);
+            rec.set(sc::MCP_ANSWER, why);
+            None
+        }
+        Expect::NoSession => None,
+    }
 }
 
 /// Where a request goes, as far as the connection and its headers tell.
@@ -1052,6 +1108,8 @@ pub(super) struct Outbound {
     pub(super) rec: Record,
     exchange: Exchange,
     started: Instant,
+    /// A legacy MCP request awaiting its answer.
+    mcp_call: Option<CallKey>,
     request: Arc<Mutex<Capture>>,
     finisher: Arc<Finish>,
 }
@@ -1073,6 +1131,8 @@ impl Outbound {
             response,
             error,
             finisher: self.finisher,
+            mcp_stream: None,
+            mcp_call: self.mcp_call,
         }
     }
 }
@@ -1144,7 +1204,15 @@ async fn forward(
         capturable(resp_ct.as_deref(), &capture.include_content_types),
     )
     .with_content_encoding(content_encoding(&rparts.headers).as_deref());
-    let txn = Box::new(out.into_transaction(response, None));
+    let follows = out.exchange.follows_mcp_stream();
+    let mut txn = Box::new(out.into_transaction(response, None));
+    if follows {
+        txn.mcp_stream = Scope::of(conn.origin.attribution.as_ref(), host)
+            .map(|s| StreamHook::new(conn.l7.clone(), s));
+        if txn.mcp_stream.is_none() {
+            txn.exchange.ignore_mcp_stream_events();
+        }
+    }
     let mut tap = ResponseTap::new(rbody, txn);
     tap.prefetch().await;
     if tap.rewrites_body() {

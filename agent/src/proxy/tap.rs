@@ -367,6 +367,11 @@ pub struct Transaction {
     /// Set when the response did not end cleanly.
     pub error: Option<&'static str>,
     pub finisher: Arc<dyn Finisher>,
+    /// A legacy MCP stream: its events go to the pending-request registry
+    /// as they pass.
+    pub mcp_stream: Option<super::mcp_legacy::StreamHook>,
+    /// A legacy MCP request awaiting its answer on the session's stream.
+    pub mcp_call: Option<super::mcp_legacy::CallKey>,
 }
 
 impl Transaction {
@@ -497,6 +502,9 @@ impl<B: Body> ResponseTap<B> {
             if txn.error.is_none() {
                 txn.error = error;
             }
+            if let Some(mut h) = txn.mcp_stream.take() {
+                h.end();
+            }
             let fin = txn.finisher.clone();
             fin.finish(*txn);
         }
@@ -549,6 +557,9 @@ where
                             txn.chunks.arrived(now);
                         }
                         txn.exchange.on_response_chunk(&frame);
+                        if let Some(h) = txn.mcp_stream.as_mut() {
+                            h.chunk(&mut txn.exchange);
+                        }
                         txn.response.push(&frame);
                     }
                     let Some(f) = this.filter.as_mut() else {
@@ -933,6 +944,8 @@ mod tests {
             response: Capture::new(1 << 20, true).with_content_encoding(Some("gzip")),
             error: None,
             finisher: collect.clone(),
+            mcp_stream: None,
+            mcp_call: None,
         });
         let body = http_body_util::StreamBody::new(futures_util::stream::iter(
             frames
@@ -970,6 +983,8 @@ mod tests {
             response: Capture::new(1 << 20, true),
             error: None,
             finisher: collect.clone(),
+            mcp_stream: None,
+            mcp_call: None,
         });
         let body = http_body_util::StreamBody::new(futures_util::stream::iter(
             frames

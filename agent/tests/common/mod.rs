@@ -451,6 +451,7 @@ impl Harness {
             resolver: Default::default(),
             admission: Admission::new(cfg.node.limits.clone()),
             drain: Default::default(),
+            mcp: egret::proxy::mcp_legacy::Registry::new(&cfg.node.mcp),
         });
         Harness {
             l7,

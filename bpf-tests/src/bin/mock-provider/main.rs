@@ -66,6 +66,11 @@
 //!   an SSE stream when the client's Accept allows `text/event-stream`,
 //!   otherwise JSON; `/mcp?format=json` forces JSON. `server/discover` is
 //!   answered with method-not-found, so newer SDKs fall back to `initialize`.
+//! * MCP's legacy HTTP+SSE transport (2024-11-05): `GET /sse` (the
+//!   session's stream: `event: endpoint` first, then `event: message` with
+//!   each answer) and `POST /messages/?session_id=…` (`202 Accepted`); tools
+//!   `echo`, `add`, `fail` (isError) and `stall` (never answered); see
+//!   `mcp_sse.rs`.
 //! * Utilities: `GET /bytes/{n}` (n bytes with content-length), `POST /echo`, `GET /headers` (request headers as JSON)
 //!   (streams the request body back), `GET /sse/{n}?interval_ms=M` (n SSE
 //!   events), `GET /json/{n}` (an n-byte JSON document), `GET /healthz`.
@@ -110,6 +115,7 @@ mod bedrock;
 mod encoding;
 mod google;
 mod mcp;
+mod mcp_sse;
 mod ollama;
 mod openai;
 mod routing;

@@ -26,10 +26,10 @@ const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
-const METHOD_NOT_FOUND: i64 = -32601;
+pub(crate) const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
 
-fn rpc_error(id: &Value, code: i64, message: &str) -> Value {
+pub(crate) fn rpc_error(id: &Value, code: i64, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
 }
 
@@ -249,7 +249,7 @@ pub async fn handle(
 }
 
 /// The reply to a request of a live session.
-fn answer(id: &Value, method: &str, params: &Value) -> Value {
+pub(crate) fn answer(id: &Value, method: &str, params: &Value) -> Value {
     match method {
         "ping" => result(id, json!({})),
         "tools/list" => result(id, json!({"tools": tools()})),
@@ -391,11 +391,11 @@ fn check_session(
     Ok(())
 }
 
-fn result(id: &Value, result: Value) -> Value {
+pub(crate) fn result(id: &Value, result: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "result": result})
 }
 
-fn tools() -> Value {
+pub(crate) fn tools() -> Value {
     json!([
         {
             "name": "echo",
@@ -425,7 +425,7 @@ fn tools() -> Value {
     ])
 }
 
-fn tool_error(id: &Value, text: String) -> Value {
+pub(crate) fn tool_error(id: &Value, text: String) -> Value {
     result(
         id,
         json!({"content": [{"type": "text", "text": text}], "isError": true}),

@@ -15,7 +15,7 @@ use crate::utility::{
     bytes_endpoint, echo_endpoint, headers_endpoint, json_endpoint, sse_endpoint,
 };
 use crate::{
-    anthropic, bedrock, google, mcp, ollama, openai, websocket, RespBody, MAX_REQUEST_BODY,
+    anthropic, bedrock, google, mcp, mcp_sse, ollama, openai, websocket, RespBody, MAX_REQUEST_BODY,
 };
 
 /// What the provider handlers need from the request.
@@ -86,6 +86,10 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
         (&Method::POST, ["echo"]) => echo_endpoint(req),
         (&Method::GET, ["headers"]) => headers_endpoint(&req),
         (_, ["mcp"]) => mcp::handle(&state, req, query.as_deref()).await,
+        (&Method::GET, ["sse"]) => mcp_sse::stream(&state),
+        (_, ["messages"] | ["messages", ""]) => {
+            mcp_sse::message(&state, req, query.as_deref()).await
+        }
         (_, ["model", model, op]) => {
             let (model, op) = (model.to_string(), op.to_string());
             bedrock::handle(&state, req, &model, &op).await

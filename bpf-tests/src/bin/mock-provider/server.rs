@@ -24,6 +24,7 @@ pub(crate) async fn serve(
 ) -> Result<(), MockError> {
     let state = Arc::new(State {
         sessions: Mutex::new(HashSet::new()),
+        legacy: Default::default(),
         counter: AtomicU64::new(1),
         seed: SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -19,6 +19,8 @@ use crate::{BoxError, RespBody};
 pub(crate) struct State {
     /// Live MCP session ids.
     pub(crate) sessions: Mutex<HashSet<String>>,
+    /// Open legacy HTTP+SSE MCP streams.
+    pub(crate) legacy: crate::mcp_sse::Sessions,
     pub(crate) counter: AtomicU64,
     pub(crate) seed: u64,
     pub(crate) stream_delay: Duration,
