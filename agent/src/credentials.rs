@@ -73,7 +73,7 @@ impl KeyHasher {
             <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).expect("HMAC takes any key length");
         mac.update(key.as_bytes());
         let out = mac.finalize().into_bytes();
-        out[..8].iter().map(|b| format!("{b:02x}")).collect()
+        crate::record::hex(&out[..8])
     }
 }
 
