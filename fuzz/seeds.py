@@ -11,7 +11,9 @@ generated here: see docs/fuzzing.md.
 Run from anywhere: python3 fuzz/seeds.py
 """
 import gzip
+import json
 import os
+import struct
 import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -269,6 +271,64 @@ for k, v in CONFIGS.items():
 # --- credentials: arbitrary-structured; text seeds give it material ----------
 write("credentials", "bearer", b"\x02\x03Bearer  sk-test-123\x00\x01key=AIza&alt=sse")
 write("credentials", "goog", b"\x02AIzaSyA-example\x01\x01alt=sse&key=AIzaSyB")
+
+# --- spool_record: frame payloads, binary (agent/src/store/codec.rs) and JSON -
+def varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def bstr(s):
+    b = s.encode() if isinstance(s, str) else s
+    return varint(len(b)) + b
+
+
+def binary_record(attrs):
+    out = bytearray(b"\x01") + len(attrs).to_bytes(4, "little")
+    for k, v in sorted(attrs.items()):
+        out += bstr(k)
+        if isinstance(v, bool):
+            out += bytes([1 if v else 0])
+        elif isinstance(v, int):
+            out += b"\x02" + v.to_bytes(8, "little", signed=True)
+        elif isinstance(v, float):
+            out += b"\x03" + struct.pack("<d", v)
+        elif isinstance(v, str):
+            out += b"\x04" + bstr(v)
+        else:
+            out += b"\x05" + varint(len(v)) + b"".join(bstr(s) for s in v)
+    return bytes(out)
+
+
+SPOOL_RECORDS = {
+    "transaction": {
+        "egret.record.kind": "transaction",
+        "egret.record.id": "0192b3c4-d5e6-7f80-9a1b-2c3d4e5f6071",
+        "invocation.id": "inv-1",
+        "egret.start_time_unix_nano": 1733270400000000000,
+        "egret.duration_ms": 12.5,
+        "gen_ai.request.stream": True,
+        "gen_ai.response.finish_reasons": ["stop", "length"],
+        "gen_ai.usage.input_tokens": 12,
+        "egret.request.body": fx("anthropic_request.json").decode(),
+        "egret.response.body": "//4AgA==",
+        "egret.response.body_b64": True,
+        "egret.request.body_b64": False,
+    },
+    "flow": {
+        "egret.record.kind": "flow",
+        "egret.l4.bytes_sandbox_tx": 1024,
+        "egret.l4.segs_sandbox_tx": -1,
+        "k\u00e9y": "\u00e9\U0001f600\x00\x7f",
+    },
+}
+for name, attrs in SPOOL_RECORDS.items():
+    write("spool_record", "binary-" + name, binary_record(attrs))
+    write("spool_record", "json-" + name, json.dumps(attrs, separators=(",", ":")).encode())
 
 # --- proxy_protocol: PROXY v2 headers as a trusted dialer sends them ---------
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"

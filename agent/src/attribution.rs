@@ -111,10 +111,7 @@ fn derived_hex(domain: &str, seed: &str, n: usize) -> String {
     h.update(domain.as_bytes());
     h.update([0]);
     h.update(seed.as_bytes());
-    h.finalize()[..n]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::record::hex(&h.finalize()[..n])
 }
 
 /// `gen_ai.operation.name` of an invocation record (the GenAI

@@ -266,6 +266,17 @@ impl<F: Fn(&str) -> bool> Serialize for Filtered<'_, F> {
     }
 }
 
+/// Lowercase hex of `bytes` (the form of the ids records carry).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
 /// Wall-clock now in Unix nanoseconds.
 pub fn now_unix_nanos() -> i64 {
     let d = std::time::SystemTime::now()
@@ -469,6 +480,15 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn hex_is_lowercase_two_digits_per_byte() {
+        assert_eq!(hex(&[]), "");
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff, 0x5c]), "000fa0ff5c");
+        let all: Vec<u8> = (0..=255).collect();
+        let want: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&all), want);
+    }
 
     #[test]
     fn json_round_trip_keeps_types() {

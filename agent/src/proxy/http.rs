@@ -8,7 +8,7 @@
 //! response through a tap that completes the transaction).
 use std::{
     convert::Infallible,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -73,6 +73,9 @@ pub struct Conn {
     /// WebSocket sessions relayed after an upgrade (`proxy::websocket`):
     /// the connection ends when they do.
     pub(super) relays: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The attribution's trace root, derived once for the connection (its
+    /// attribution is fixed at accept) instead of on every request.
+    trace_root: OnceLock<Option<TraceRoot>>,
 }
 
 /// The connection's byte streams cut into per-transaction windows.
@@ -147,6 +150,7 @@ where
         pending: Mutex::new(Vec::new()),
         next_txn: Default::default(),
         relays: Mutex::default(),
+        trace_root: OnceLock::new(),
         ledger: Mutex::new(Ledger {
             cut: (handshake.0, handshake.1, 0),
             handshake: Some(handshake),
@@ -182,6 +186,7 @@ where
         pending: Mutex::new(Vec::new()),
         next_txn: Default::default(),
         relays: Mutex::default(),
+        trace_root: OnceLock::new(),
         ledger: Mutex::default(),
     });
     serve_http(TokioIo::new(io), conn).await;
@@ -326,6 +331,14 @@ struct Pending {
 const L4_SETTLE: Duration = Duration::from_millis(500);
 
 impl Conn {
+    /// The trace root of the connection's attribution (see
+    /// [`crate::attribution::Attribution::trace_root`]).
+    fn trace_root(&self) -> Option<&TraceRoot> {
+        self.trace_root
+            .get_or_init(|| self.origin.attribution.as_ref().map(|a| a.trace_root()))
+            .as_ref()
+    }
+
     /// Queues a record that needs no sealing (a refusal) for its L4 window,
     /// as the next transaction in order.
     fn pend(self: &Arc<Self>, rec: Record, h1: bool) {
@@ -1032,8 +1045,8 @@ async fn prepare(
     // Trace context, set on the outbound request: the sandbox's header, else
     // the `params._meta.traceparent` its MCP request carried, is the parent.
     let incoming_tp = incoming_tp.or_else(|| exchange.mcp_meta_traceparent().map(str::to_owned));
-    let root = attr.map(|a| a.trace_root());
-    let (trace_id, span_id, parent, header) = trace_context(incoming_tp.as_deref(), root.as_ref());
+    let (trace_id, span_id, parent, header) =
+        trace_context(incoming_tp.as_deref(), conn.trace_root());
     rec.set(sc::TRACE_ID, trace_id);
     rec.set(sc::SPAN_ID, span_id);
     rec.set_opt(sc::PARENT_SPAN_ID, parent);

@@ -249,7 +249,7 @@ impl Cursor {
             match read_frame(&mut reader, &mut self.payload) {
                 Ok(Frame::Ok(n)) => {
                     offset += n;
-                    match serde_json::from_slice::<Record>(&self.payload) {
+                    match super::codec::decode(&self.payload) {
                         Ok(r) => out.push((
                             Position {
                                 segment: seg,

@@ -32,7 +32,7 @@ pub struct SpoolStats {
     pub records_written: u64,
     pub records_dropped: u64,
     pub io_errors: u64,
-    /// Frames skipped on read because their crc or JSON was bad.
+    /// Frames skipped on read because their crc or record encoding was bad.
     pub corrupt_frames: u64,
     pub segments_deleted: u64,
     pub cursors: Vec<CursorStats>,

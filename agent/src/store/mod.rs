@@ -28,8 +28,21 @@
 //! (the format version) and holds frames
 //!
 //! ```text
-//! [u32 payload length LE][u32 crc32 of the payload LE][payload: the record's JSON]
+//! [u32 payload length LE][u32 crc32 of the payload LE][payload: one record]
 //! ```
+//!
+//! The payload is the record in a compact binary encoding (`codec`: a
+//! version byte `0x01`, then length-prefixed keys and typed values, strings
+//! and bodies copied unescaped). Agents before it wrote the record's JSON
+//! there; readers accept both, told apart by the first byte (`{` for
+//! JSON), so an upgraded agent reads and forwards an old spool. The
+//! encoding is an internal detail of the spool, not part of its contract:
+//! what the design fixes is the durability (append-only, `fdatasync`'d
+//! before anything else sees a record), which the framing and the writer
+//! give whatever the payload's encoding. JSON cost the agent's hot path a
+//! full escape pass over both captured bodies on every transaction (the
+//! largest single item of the per-request profile); the binary encoding is
+//! a length and a copy.
 //!
 //! A frame never spans segments and its payload is at most
 //! [`MAX_FRAME_PAYLOAD`]. A [`Position`] is (segment id, byte offset); the
@@ -85,6 +98,7 @@
 //! # Code
 //!
 //! - `segment`: the file format — framing, tail recovery, segment files;
+//! - `codec`: the record encoding inside a frame (binary; JSON read too);
 //! - `index`: the state writer and cursors share, and segment deletion;
 //! - `writer`: [`Spool`]: open, append, rotate, the size bound;
 //! - `cursor`: [`SpoolHandle`] and [`Cursor`]: reading and committing;
@@ -96,12 +110,14 @@ use serde::Serialize;
 
 use crate::statefile;
 
+mod codec;
 mod cursor;
 mod index;
 mod reader;
 mod segment;
 mod writer;
 
+pub use codec::{decode as decode_record, encode_record, DecodeError};
 pub use cursor::{Cursor, SpoolHandle};
 pub use index::{CursorStats, SpoolStats};
 pub use reader::{read_records, RecordsIter};

@@ -65,7 +65,7 @@ impl Iterator for RecordsIter {
                 continue;
             };
             match read_frame(reader, &mut self.payload) {
-                Ok(Frame::Ok(_)) => match serde_json::from_slice::<Record>(&self.payload) {
+                Ok(Frame::Ok(_)) => match super::codec::decode(&self.payload) {
                     Ok(r) => return Some(Ok(r)),
                     Err(e) => {
                         tracing::warn!(path = %path.display(), error = %e,

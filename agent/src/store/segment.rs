@@ -6,7 +6,7 @@ use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::StoreError;
+use super::{codec, StoreError};
 use crate::config::ContentMode;
 use crate::record::Record;
 use crate::statefile;
@@ -23,18 +23,18 @@ const SEGMENT_SUFFIX: &str = ".seg";
 /// Buffer size of segment readers.
 pub(super) const READ_BUF: usize = 64 << 10;
 
-/// Appends `record` to `buf` as one frame, with the attributes `content`
-/// keeps. False, with `buf` unchanged, when it cannot be encoded or its
-/// payload would exceed [`MAX_FRAME_PAYLOAD`].
+/// Appends `record` to `buf` as one frame (binary encoding, see `codec`),
+/// with the attributes `content` keeps. False, with `buf` unchanged, when
+/// its payload would exceed [`MAX_FRAME_PAYLOAD`].
 pub(super) fn push_frame(buf: &mut Vec<u8>, record: &Record, content: ContentMode) -> bool {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
-    let ok = match content {
-        ContentMode::Full => serde_json::to_writer(&mut *buf, record).is_ok(),
-        mode => serde_json::to_writer(&mut *buf, &record.filtered(|k| mode.keeps(k))).is_ok(),
-    };
+    match content {
+        ContentMode::Full => codec::encode(buf, record, |_| true),
+        mode => codec::encode(buf, record, |k| mode.keeps(k)),
+    }
     let len = buf.len() - start - FRAME_HEADER_LEN;
-    if !ok || len > MAX_FRAME_PAYLOAD {
+    if len > MAX_FRAME_PAYLOAD {
         buf.truncate(start);
         return false;
     }

@@ -371,7 +371,11 @@ pub fn run(p: &Params) -> BenchResult<Section> {
         .into_iter()
         .find(|r| r.kind() == sc::KIND_TRANSACTION)
         .ok_or_else(|| BenchError::Msg("no transaction record to inject".into()))?;
-    let template_bytes = template.to_json_line().len();
+    let template_bytes = {
+        let mut payload = Vec::new();
+        egret::store::encode_record(&mut payload, &template);
+        payload.len()
+    };
     let inject = spool_ceiling(dir.path(), &template, n_inject)?;
     eprintln!("  pipeline spool ceiling: {inject:.0} records/s");
 
@@ -516,8 +520,8 @@ pub fn run(p: &Params) -> BenchResult<Section> {
     ));
     body.push_str(&format!(
         "\n**Spool ceiling** — the library's `Spool::append` (what the recorder calls) with \
-         {n_inject} copies of a captured transaction record ({template_bytes} bytes of JSON \
-         each) in batches of 4,096, each batch one write + `fdatasync`: **{} records/s** \
+         {n_inject} copies of a captured transaction record ({template_bytes}-byte frame \
+         payload each) in batches of 4,096, each batch one write + `fdatasync`: **{} records/s** \
          ({:.0}× the proxy's offered transaction rate above).\n",
         fmt_num(inject),
         inject / (n_tx as f64 / load_secs)
