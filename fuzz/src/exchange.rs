@@ -551,8 +551,10 @@ pub fn mcp(data: &[u8]) {
     let out = drive(&case);
     check_common(&case, &out);
 
-    // Without a route, MCP is exactly a JSON-RPC 2.0 request body.
-    if provider.is_none() {
+    // Without a route, a POST is MCP exactly when its body is a JSON-RPC
+    // 2.0 request (messages are only ever POSTed; an unrouted GET with a
+    // body — the legacy flag without a route — is not MCP).
+    if provider.is_none() && !legacy {
         if let Some(top) = TopLevel::parse(req) {
             let jsonrpc = top.get(None, "jsonrpc") == Some(&Scalar::Str("2.0".into()));
             let method = top.get(None, "method").and_then(Scalar::as_str).is_some();
