@@ -185,9 +185,11 @@ pub fn assemble(api: Api, bodies: Bodies<'_>) -> Option<Content> {
         .and_then(|b| serde_json::from_str::<Value>(b).ok());
     // Bedrock's stream APIs answer an AWS binary event stream: held base64
     // in the record, or as text when its bytes happen to be valid UTF-8.
-    // Its events become text the readers below take. Any other binary body
-    // is not read.
+    // InvokeModel's events become the SSE text Anthropic's reader takes;
+    // ConverseStream's are read as decoded. Any other binary body is not
+    // read.
     let decoded;
+    let mut converse_events = None;
     let response = match (api, bodies.response) {
         (Api::BedrockConverseStream | Api::BedrockInvokeStream, Some(r)) => {
             let raw = if bodies.response_base64 {
@@ -203,7 +205,8 @@ pub fn assemble(api: Api, bodies: Bodies<'_>) -> Option<Content> {
                 std::borrow::Cow::Borrowed(r.as_bytes())
             };
             decoded = if api == Api::BedrockConverseStream {
-                converse_stream_events(&raw, &mut c)
+                converse_events = Some(event_stream(&raw, &mut c));
+                String::new()
             } else {
                 invoke_stream_events(&raw, &mut c)
             };
@@ -220,7 +223,7 @@ pub fn assemble(api: Api, bodies: Bodies<'_>) -> Option<Content> {
         Api::GoogleGenerate | Api::GoogleStreamGenerate => (gemini_request, gemini_response),
         Api::OllamaChat | Api::OllamaGenerate => (ollama_request, ollama_response),
         Api::BedrockConverse => (converse_request, converse_response),
-        Api::BedrockConverseStream => (converse_request, converse_stream_response),
+        Api::BedrockConverseStream => (converse_request, |_, _| {}),
         // InvokeModel carries the vendor's own body: Anthropic's Messages
         // shape is read (a request with `messages`); other vendors' shapes
         // are left alone rather than guessed at.
@@ -236,6 +239,9 @@ pub fn assemble(api: Api, bodies: Bodies<'_>) -> Option<Content> {
         read_request(r, &mut c);
     }
     read_response(response, &mut c);
+    if let Some(events) = converse_events {
+        converse_stream_response(&events, &mut c);
+    }
     let empty = c.input.is_empty()
         && c.output.is_empty()
         && c.system_instructions.is_empty()
@@ -851,6 +857,29 @@ fn anthropic_request(r: Map<String, Value>, c: &mut Content) {
 /// / thinking accumulated, tool id, tool name).
 type Block = (i64, String, String, Option<String>, Option<String>);
 
+/// Streamed content blocks, joined, as parts: text, thinking (reasoning)
+/// and tool uses, whose joined input fragments are parsed (none: `{}`).
+/// Anthropic's and Bedrock ConverseStream's blocks alike.
+fn block_parts(blocks: Vec<Block>) -> Vec<Part> {
+    blocks
+        .into_iter()
+        .filter_map(|(_, kind, acc, id, name)| match kind.as_str() {
+            "text" => Some(text(acc)),
+            "thinking" => Some(Part::Reasoning { content: acc }),
+            "tool_use" | "server_tool_use" => Some(Part::ToolCall {
+                id,
+                name: name?,
+                arguments: if acc.is_empty() {
+                    Some(Value::Object(Map::new()))
+                } else {
+                    arguments(&Value::String(acc))
+                },
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 fn anthropic_response(body: &str, c: &mut Content) {
     if !looks_like_sse(body) {
         if let Ok(v) = serde_json::from_str::<Value>(body) {
@@ -913,23 +942,7 @@ fn anthropic_response(body: &str, c: &mut Content) {
         }
     }
     c.complete &= ended;
-    let parts: Vec<Part> = blocks
-        .into_iter()
-        .filter_map(|(_, kind, acc, id, name)| match kind.as_str() {
-            "text" => Some(text(acc)),
-            "thinking" => Some(Part::Reasoning { content: acc }),
-            "tool_use" | "server_tool_use" => Some(Part::ToolCall {
-                id,
-                name: name?,
-                arguments: if acc.is_empty() {
-                    Some(Value::Object(Map::new()))
-                } else {
-                    arguments(&Value::String(acc))
-                },
-            }),
-            _ => None,
-        })
-        .collect();
+    let parts = block_parts(blocks);
     if !parts.is_empty() || stop.is_some() {
         c.output.push(OutputMessage {
             role: "assistant".into(),
@@ -1319,16 +1332,6 @@ fn event_stream(bytes: &[u8], c: &mut Content) -> Vec<(String, Value)> {
     out
 }
 
-/// ConverseStream's events as one JSON array of `{"t": type, "v": event}`
-/// (what [`converse_stream_response`] reads).
-fn converse_stream_events(raw: &[u8], c: &mut Content) -> String {
-    let events: Vec<Value> = event_stream(raw, c)
-        .into_iter()
-        .map(|(t, v)| serde_json::json!({"t": t, "v": v}))
-        .collect();
-    Value::Array(events).to_string()
-}
-
 /// InvokeModelWithResponseStream's `chunk` events: each payload's
 /// `bytes` is base64 of one event of the vendor's own stream (Anthropic's
 /// for Claude), returned as SSE `data:` lines for the vendor's reader.
@@ -1360,10 +1363,7 @@ fn invoke_stream_events(raw: &[u8], c: &mut Content) -> String {
 /// use's id and name), `contentBlockDelta` (`text`, `toolUse.input`
 /// fragments, `reasoningContent.text`) by `contentBlockIndex`,
 /// `messageStop` (`stopReason`); complete once `messageStop` arrived.
-fn converse_stream_response(events: &str, c: &mut Content) {
-    let Ok(Value::Array(events)) = serde_json::from_str::<Value>(events) else {
-        return;
-    };
+fn converse_stream_response(events: &[(String, Value)], c: &mut Content) {
     // (index, kind, text / arguments / reasoning, tool id, tool name)
     let mut blocks: Vec<Block> = Vec::new();
     let mut role = None;
@@ -1377,12 +1377,11 @@ fn converse_stream_response(events: &str, c: &mut Content) {
             }
         }
     };
-    for e in &events {
-        let v = &e["v"];
+    for (kind, v) in events {
         let i = v["contentBlockIndex"].as_i64().unwrap_or(0);
-        match e["t"].as_str() {
-            Some("messageStart") => role = s(&v["role"]),
-            Some("contentBlockStart") => {
+        match kind.as_str() {
+            "messageStart" => role = s(&v["role"]),
+            "contentBlockStart" => {
                 if let Some(u) = v["start"].get("toolUse") {
                     let p = find(&mut blocks, i, "tool_use");
                     blocks[p].1 = "tool_use".into();
@@ -1390,7 +1389,7 @@ fn converse_stream_response(events: &str, c: &mut Content) {
                     blocks[p].4 = s(&u["name"]);
                 }
             }
-            Some("contentBlockDelta") => {
+            "contentBlockDelta" => {
                 let d = &v["delta"];
                 if let Some(t) = d["text"].as_str() {
                     let p = find(&mut blocks, i, "text");
@@ -1403,29 +1402,13 @@ fn converse_stream_response(events: &str, c: &mut Content) {
                     blocks[p].2.push_str(t);
                 }
             }
-            Some("messageStop") => stop = s(&v["stopReason"]).or(Some(String::new())),
+            "messageStop" => stop = s(&v["stopReason"]).or(Some(String::new())),
             _ => {}
         }
     }
     c.complete &= stop.is_some();
     blocks.sort_by_key(|b| b.0);
-    let parts: Vec<Part> = blocks
-        .into_iter()
-        .filter_map(|(_, kind, acc, id, name)| match kind.as_str() {
-            "text" => Some(text(acc)),
-            "thinking" => Some(Part::Reasoning { content: acc }),
-            "tool_use" => Some(Part::ToolCall {
-                id,
-                name: name?,
-                arguments: if acc.is_empty() {
-                    Some(Value::Object(Map::new()))
-                } else {
-                    arguments(&Value::String(acc))
-                },
-            }),
-            _ => None,
-        })
-        .collect();
+    let parts = block_parts(blocks);
     if !parts.is_empty() || stop.is_some() {
         c.output.push(OutputMessage {
             role: role.unwrap_or_else(|| "assistant".into()),
