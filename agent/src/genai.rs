@@ -143,6 +143,11 @@ pub enum Api {
     BedrockInvoke,
     /// Bedrock `/model/{id}/invoke-with-response-stream`.
     BedrockInvokeStream,
+    /// OpenAI's Realtime API over WebSocket (a session's response records:
+    /// [`realtime`]).
+    OpenAiRealtime,
+    /// OpenAI's Responses API in WebSocket mode.
+    OpenAiResponsesWebSocket,
     /// Not an endpoint egret parses.
     Other,
 }
@@ -166,6 +171,8 @@ impl Api {
         Api::BedrockConverseStream,
         Api::BedrockInvoke,
         Api::BedrockInvokeStream,
+        Api::OpenAiRealtime,
+        Api::OpenAiResponsesWebSocket,
     ];
 
     /// The API's name on records (`egret.genai.api`); `None` for
@@ -188,6 +195,8 @@ impl Api {
             Api::BedrockConverseStream => "bedrock.converse_stream",
             Api::BedrockInvoke => "bedrock.invoke_model",
             Api::BedrockInvokeStream => "bedrock.invoke_model_stream",
+            Api::OpenAiRealtime => "openai.realtime",
+            Api::OpenAiResponsesWebSocket => "openai.responses_websocket",
             Api::Other => return None,
         })
     }
@@ -245,7 +254,9 @@ impl Api {
             | Api::OpenAiResponses
             | Api::OllamaChat
             | Api::BedrockConverse
-            | Api::BedrockConverseStream => Some("chat"),
+            | Api::BedrockConverseStream
+            | Api::OpenAiRealtime
+            | Api::OpenAiResponsesWebSocket => Some("chat"),
             Api::OpenAiCompletions | Api::OllamaGenerate => Some("text_completion"),
             Api::OpenAiEmbeddings | Api::GoogleEmbed | Api::OllamaEmbed => Some("embeddings"),
             Api::GoogleGenerate | Api::GoogleStreamGenerate => Some("generate_content"),
@@ -1205,7 +1216,8 @@ impl Exchange {
                 // Invoke bodies are the vendor's: only Converse is known JSON.
                 matches!(self.api, Api::BedrockConverse | Api::BedrockConverseStream).then_some(end)
             }
-            Api::Mcp | Api::Other => None,
+            // WebSocket sessions are parsed by `realtime`, never as an HTTP body.
+            Api::Mcp | Api::Other | Api::OpenAiRealtime | Api::OpenAiResponsesWebSocket => None,
         };
         match end {
             Some(json_scan::ScanEnd::Invalid) if !body.is_empty() => {
@@ -1426,7 +1438,7 @@ impl Exchange {
                 status,
                 headers,
             )),
-            Api::Other => return,
+            Api::Other | Api::OpenAiRealtime | Api::OpenAiResponsesWebSocket => return,
         };
         let ok = (200..300).contains(&status);
         let mode = match media_type(headers) {

@@ -10,6 +10,11 @@ One JSON line per model response:
   which offers permessage-deflate by default: says which extensions the
   session ended up with and whether the offer reached the provider (the
   mock echoes it in `x-mock-extensions-offered`).
+With --tools: a Realtime session with instructions and one tool; the
+model calls the tool (call realtime_tool_call: name, call id, the
+arguments the SDK joined from the deltas), the client sends the tool's
+output and asks again (call realtime_tool_answer: the text the SDK
+joined); then responses_ws as above.
 With --denied-host HOST: only tries a Realtime upgrade to HOST (with
 --model as given, empty included) and reports the HTTP status it was
 refused with (call realtime_denied).
@@ -75,6 +80,61 @@ def realtime(client: openai.OpenAI, model: str) -> None:
                         },
                     )
                     break
+
+
+TOOL = {
+    "type": "function",
+    "name": "lookup_bird",
+    "description": "Looks up a bird by a description",
+    "parameters": {
+        "type": "object",
+        "properties": {"query": {"type": "string"}, "limit": {"type": "integer"}},
+        "required": ["query"],
+    },
+}
+INSTRUCTIONS = "Answer in one line."
+TOOL_OUTPUT = {"bird": "grey heron", "wades": True}
+
+
+def realtime_tools(client: openai.OpenAI, model: str) -> None:
+    with client.realtime.connect(
+        model=model, websocket_connection_options={"open_timeout": OPEN_TIMEOUT}
+    ) as conn:
+        conn.session.update(session={"type": "realtime", "output_modalities": ["text"],
+                                     "instructions": INSTRUCTIONS, "tools": [TOOL]})
+        conn.conversation.item.create(item={
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": PROMPTS[0]}],
+        })
+        conn.response.create()
+        args, name, call_id = "", None, None
+        for event in conn:
+            if event.type == "response.output_item.added" and event.item.type == "function_call":
+                name, call_id = event.item.name, event.item.call_id
+            elif event.type == "response.function_call_arguments.delta":
+                args += event.delta
+            elif event.type == "error":
+                raise RuntimeError(f"realtime error event: {event.error}")
+            elif event.type == "response.done":
+                r = event.response
+                emit(sdk="openai", call="realtime_tool_call", ok=name is not None, id=r.id,
+                     status=r.status, name=name, call_id=call_id, arguments=json.loads(args))
+                break
+        conn.conversation.item.create(item={
+            "type": "function_call_output", "call_id": call_id, "output": json.dumps(TOOL_OUTPUT),
+        })
+        conn.response.create()
+        text = ""
+        for event in conn:
+            if event.type == "response.output_text.delta":
+                text += event.delta
+            elif event.type == "error":
+                raise RuntimeError(f"realtime error event: {event.error}")
+            elif event.type == "response.done":
+                r = event.response
+                emit(sdk="openai", call="realtime_tool_answer", ok=True, id=r.id,
+                     status=r.status, text=text, output=json.dumps(TOOL_OUTPUT))
+                break
 
 
 def responses_ws(client: openai.OpenAI, model: str) -> None:
@@ -189,6 +249,7 @@ def main() -> None:
     p.add_argument("--denied-host", default=None)
     p.add_argument("--cut", action="store_true")
     p.add_argument("--big", action="store_true")
+    p.add_argument("--tools", action="store_true")
     args = p.parse_args()
     model = args.model or "gpt-realtime"
     if args.denied_host:
@@ -217,6 +278,12 @@ def main() -> None:
     client = openai.OpenAI(**kwargs)
     call = "realtime"
     try:
+        if args.tools:
+            call = "realtime_tools"
+            realtime_tools(client, model)
+            call = "responses_ws"
+            responses_ws(client, "gpt-4.1-mini")
+            return
         realtime(client, model)
         call = "responses_ws"
         responses_ws(client, "gpt-4.1-mini")

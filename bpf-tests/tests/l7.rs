@@ -2483,3 +2483,126 @@ fn mcp_legacy_sse_requests_are_recorded_with_their_answers_from_the_stream() {
         assert_eq!(span["attributes"]["error.type"].as_str(), error, "{span}");
     }
 }
+
+/// Structured content of WebSocket sessions: the official `openai` SDK's
+/// Realtime client (instructions, a tool, the model's call, the tool's
+/// output, the answer) and its Responses WebSocket mode, through egret to
+/// the stand-in. Each response's `gen_ai.*.messages` are assembled from
+/// the messages its record kept: the call's name, id and arguments, the
+/// answer's text, exactly as the SDK joined them from the same deltas. A
+/// redaction rule over the tool's output reaches the kept messages: the
+/// value is in neither the spool nor the spans.
+#[test]
+fn websocket_structured_content_matches_what_the_openai_sdk_joined() {
+    if !require_privileges("websocket_content") || !require_venv("websocket_content") {
+        return;
+    }
+    let rx = Receiver::start();
+    let w = World::start(&format!(
+        "redaction:\n  patterns:\n  - {{name: bird, regex: 'grey heron'}}\n\
+         gateways:\n- name: content\n  routes:\n  - {{name: openai, hosts: [api.openai.com], provider: openai}}\n  otlp:\n    endpoint: http://127.0.0.1:{}\n    messages: true\n    conventions: [openinference]\n    signals: {{logs: false, metrics: false}}\n",
+        rx.port
+    ));
+    let inv = unique("inv-ws-content-");
+    let cg = w.sandbox(&inv, None);
+    let py = venv_python().expect("venv");
+    let script = clients_dir().join("realtime_client.py");
+    let calls: Vec<Value> = w
+        .run(&cg, &py, &[script.to_str().unwrap(), "--tools"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("client json line"))
+        .collect();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(calls.iter().all(|c| c["ok"] == true), "{calls:?}");
+    // Three responses and two sessions.
+    let recs = w.transactions(&inv, 5);
+    let lines = wait_spans(&rx, &inv, 5);
+    let by_id = |c: &Value| -> &Record {
+        recs.iter()
+            .find(|r| r.get_str(sc::GEN_AI_RESPONSE_ID) == c["id"].as_str())
+            .unwrap_or_else(|| panic!("no record for {c}"))
+    };
+    let call = |name: &str| calls.iter().find(|c| c["call"] == name).unwrap();
+
+    // The model calls the tool.
+    let c = call("realtime_tool_call");
+    let rec = by_id(c);
+    assert_eq!(rec.get_str(sc::GENAI_API), Some("openai.realtime"));
+    assert_eq!(rec.get_bool(sc::REQ_TRUNCATED), Some(false));
+    let span = span_of(&lines, rec);
+    let out = json_attr(span, "gen_ai.output.messages");
+    assert_eq!(
+        out[0]["parts"],
+        serde_json::json!([{"type": "tool_call", "id": c["call_id"], "name": c["name"], "arguments": c["arguments"]}]),
+        "{out}"
+    );
+    assert_eq!(out[0]["finish_reason"], c["status"]);
+    let input = json_attr(span, "gen_ai.input.messages");
+    assert_eq!(input[0]["role"], "user", "{input}");
+    assert_eq!(input[0]["parts"][0]["content"], "Name a wading bird");
+    let system = json_attr(span, "gen_ai.system_instructions");
+    assert_eq!(system[0]["content"], "Answer in one line.");
+    let tools = json_attr(span, "gen_ai.tool.definitions");
+    assert_eq!(tools[0]["name"], c["name"], "{tools}");
+    assert_eq!(span["attributes"]["egret.messages.complete"], true);
+    assert_eq!(
+        span["attributes"]["llm.output_messages.0.message.tool_calls.0.tool_call.function.name"],
+        c["name"]
+    );
+
+    // The tool's output goes back; the model answers.
+    let a = call("realtime_tool_answer");
+    let rec = by_id(a);
+    let span = span_of(&lines, rec);
+    let input = json_attr(span, "gen_ai.input.messages");
+    let sent = a["output"].as_str().unwrap();
+    assert!(sent.contains("grey heron"), "{a}");
+    assert_eq!(
+        input[0],
+        serde_json::json!({"role": "tool", "parts": [{"type": "tool_call_response", "id": c["call_id"],
+            "response": sent.replace("grey heron", "[REDACTED:bird]")}]}),
+        "{input}"
+    );
+    assert_eq!(
+        rec.get_i64(sc::REDACTION_COUNT),
+        Some(1),
+        "{}",
+        rec.to_json_line()
+    );
+    for r in &recs {
+        assert!(
+            !r.to_json_line().contains("grey heron"),
+            "{}",
+            r.to_json_line()
+        );
+    }
+    for l in &lines {
+        assert!(!l.to_string().contains("grey heron"), "{l}");
+    }
+    let out = json_attr(span, "gen_ai.output.messages");
+    assert!(!a["text"].as_str().unwrap().is_empty());
+    assert_eq!(
+        out[0]["parts"],
+        serde_json::json!([{"type": "text", "content": a["text"]}])
+    );
+
+    // Responses over WebSocket reads as the HTTP API does.
+    let r = call("responses_ws");
+    let rec = by_id(r);
+    assert_eq!(
+        rec.get_str(sc::GENAI_API),
+        Some("openai.responses_websocket")
+    );
+    let span = span_of(&lines, rec);
+    let out = json_attr(span, "gen_ai.output.messages");
+    assert_eq!(
+        out[0]["parts"],
+        serde_json::json!([{"type": "text", "content": r["text"]}])
+    );
+    let system = json_attr(span, "gen_ai.system_instructions");
+    assert_eq!(system[0]["content"], "Be brief.");
+    assert_eq!(
+        span["attributes"]["llm.output_messages.0.message.content"],
+        r["text"]
+    );
+}

@@ -194,7 +194,11 @@ pub fn websocket(data: &[u8]) {
         Flavor::Responses
     };
     let client = flags & 2 != 0;
-    let mut s = Session::new(flavor, Some("openai".into()), "/v1/realtime?model=m");
+    // Bit 2: the route captures bodies, at most 16 × (bits 3..8) bytes per
+    // direction.
+    let keep = (flags & 4 != 0).then_some(usize::from(flags >> 3) * 16);
+    let mut s =
+        Session::new(flavor, Some("openai".into()), "/v1/realtime?model=m").capturing(keep);
     let mut turns = Vec::new();
     let mut given = 0u64;
     for e in &whole {
@@ -218,6 +222,31 @@ pub fn websocket(data: &[u8]) {
         let mut rec = Record::new("transaction");
         t.write(&mut rec);
         assert_eq!(rec.get_str("gen_ai.provider.name"), Some("openai"));
+        for key in ["egret.request.body", "egret.response.body"] {
+            let Some(body) = rec.get_str(key) else {
+                continue;
+            };
+            let cap = keep.expect("a body kept without capture");
+            assert!(body.len() <= cap, "{key} over the cap");
+            for line in body.lines() {
+                assert!(
+                    serde_json::from_str::<serde::de::IgnoredAny>(line).is_ok(),
+                    "{key}: a kept line is not whole JSON: {line:?}"
+                );
+            }
+        }
+        // The exporters' reading of it: no panic, whatever it holds.
+        let api = egret::genai::Api::from_name(rec.get_str("egret.genai.api").unwrap_or(""));
+        let api = api.expect("a response names its API");
+        let _ = egret::genai::messages::assemble(
+            api,
+            egret::genai::messages::Bodies {
+                request: rec.get_str("egret.request.body"),
+                response: rec.get_str("egret.response.body"),
+                response_base64: false,
+                truncated: rec.get_bool("egret.body.truncated") == Some(true),
+            },
+        );
     }
     assert!(bytes <= given, "responses hold more bytes than the session");
 }

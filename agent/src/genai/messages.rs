@@ -9,6 +9,8 @@
 //! `input_json_delta`, thinking), Gemini's per-candidate chunks (SSE or a
 //! JSON array), Ollama's NDJSON lines and the Responses API's final
 //! `response.completed` object (or its text deltas when the stream was cut).
+//! OpenAI's WebSocket sessions (Realtime, Responses in WebSocket mode) are
+//! read per response from the messages its record kept ([`websocket`]).
 //!
 //! Runs off the data path: the exporters call it at encode time on the
 //! bodies the record holds, which are bounded and already redacted. A body
@@ -25,6 +27,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{Api, SseParser};
+
+mod websocket;
 
 /// One part of a message.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -180,6 +184,18 @@ pub fn assemble(api: Api, bodies: Bodies<'_>) -> Option<Content> {
         complete: !bodies.truncated,
         ..Content::default()
     };
+    // A WebSocket session's response: its messages, one per line.
+    let ws: Option<websocket::Read> = match api {
+        Api::OpenAiRealtime => Some(websocket::realtime),
+        Api::OpenAiResponsesWebSocket => Some(websocket::responses),
+        _ => None,
+    };
+    if let Some(read) = ws {
+        if !bodies.response_base64 {
+            read(bodies.request, bodies.response, &mut c);
+        }
+        return c.nonempty();
+    }
     let request = bodies
         .request
         .and_then(|b| serde_json::from_str::<Value>(b).ok());
@@ -242,11 +258,17 @@ pub fn assemble(api: Api, bodies: Bodies<'_>) -> Option<Content> {
     if let Some(events) = converse_events {
         converse_stream_response(&events, &mut c);
     }
-    let empty = c.input.is_empty()
-        && c.output.is_empty()
-        && c.system_instructions.is_empty()
-        && c.tool_definitions.is_empty();
-    (!empty).then_some(c)
+    c.nonempty()
+}
+
+impl Content {
+    fn nonempty(self) -> Option<Content> {
+        let empty = self.input.is_empty()
+            && self.output.is_empty()
+            && self.system_instructions.is_empty()
+            && self.tool_definitions.is_empty();
+        (!empty).then_some(self)
+    }
 }
 
 // ---- shared helpers --------------------------------------------------------
@@ -719,6 +741,16 @@ fn responses_output(resp: &Value, c: &mut Content) {
 fn responses_response(body: &str, c: &mut Content) {
     if looks_like_sse(body) {
         let (events, _) = sse_data(body);
+        responses_stream(&events, c);
+    } else if let Ok(v) = serde_json::from_str::<Value>(body) {
+        responses_output(&v, c);
+    }
+}
+
+/// A Responses event stream (SSE, or a WebSocket session's messages): the
+/// final `response` object, else the text deltas that arrived.
+fn responses_stream(events: &[Value], c: &mut Content) {
+    {
         let last = events.iter().rev().find(|v| {
             matches!(
                 v["type"].as_str(),
@@ -732,7 +764,7 @@ fn responses_response(body: &str, c: &mut Content) {
         // Cut before the end: the text deltas that arrived.
         c.complete = false;
         let mut t = String::new();
-        for v in &events {
+        for v in events {
             if v["type"] == "response.output_text.delta" {
                 if let Some(d) = v["delta"].as_str() {
                     t.push_str(d);
@@ -746,8 +778,6 @@ fn responses_response(body: &str, c: &mut Content) {
                 finish_reason: None,
             });
         }
-    } else if let Ok(v) = serde_json::from_str::<Value>(body) {
-        responses_output(&v, c);
     }
 }
 

@@ -26,8 +26,15 @@
 //! any response (session events) belong to none, so the responses' bytes
 //! add up to at most the session's.
 //!
+//! Text: when the route captures bodies ([`Session::capturing`]), the same
+//! attribution decides which messages become a response's bodies
+//! ([`Frames`]: whole JSON messages, one per line, within the bound), read
+//! by the exporters into structured content (`messages::websocket`).
+//!
 //! Bounded: at most [`MAX_OPEN`] requests and responses are tracked at
-//! once; past that the oldest is written as truncated.
+//! once; past that the oldest is written as truncated. Kept text: at most
+//! `captureBody.maxBytes` per response and direction, [`HELD_FACTOR`] ×
+//! that per session.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -36,7 +43,7 @@ use serde::Deserialize;
 
 use super::de::BStr;
 use super::openai::{self, Responses};
-use super::{Findings, ParseError, Provider, Target};
+use super::{Api, Findings, ParseError, Provider, Target};
 use crate::providers::Known;
 use crate::record::{now_unix_nanos, Record};
 use crate::semconv as sc;
@@ -94,6 +101,8 @@ impl Flavor {
 struct Request {
     model: Option<String>,
     client_bytes: u64,
+    /// The client's messages since the previous request, this one's last.
+    client: Frames,
     error: Option<&'static str>,
     started: Instant,
     started_ns: i64,
@@ -110,6 +119,11 @@ pub struct Turn {
     /// Bytes of the frames that made up the response, per direction.
     pub client_bytes: u64,
     pub server_bytes: u64,
+    /// The frames' text (when the route captures bodies), per direction.
+    client: Frames,
+    server: Frames,
+    /// `egret.genai.api`: the session's API.
+    api: Option<Api>,
     /// `egret.parse.error`, when the response could not be read whole.
     pub error: Option<&'static str>,
     started: Instant,
@@ -117,10 +131,24 @@ pub struct Turn {
 }
 
 impl Turn {
-    fn new(req: Option<Request>, pending_client: u64) -> Turn {
-        let (model, client_bytes, error, started, started_ns) = match req {
-            Some(r) => (r.model, r.client_bytes, r.error, r.started, r.started_ns),
-            None => (None, pending_client, None, Instant::now(), now_unix_nanos()),
+    fn new(req: Option<Request>, pending_client: u64, pending: Frames) -> Turn {
+        let (model, client_bytes, client, error, started, started_ns) = match req {
+            Some(r) => (
+                r.model,
+                r.client_bytes,
+                r.client,
+                r.error,
+                r.started,
+                r.started_ns,
+            ),
+            None => (
+                None,
+                pending_client,
+                pending,
+                None,
+                Instant::now(),
+                now_unix_nanos(),
+            ),
         };
         Turn {
             findings: Findings::default(),
@@ -128,6 +156,9 @@ impl Turn {
             request_model: model,
             client_bytes,
             server_bytes: 0,
+            client,
+            server: Frames::default(),
+            api: None,
             error,
             started,
             started_ns,
@@ -141,9 +172,27 @@ impl Turn {
     /// Writes the response's attributes: `gen_ai.*` (provider, operation
     /// `chat`, models, id, finish reason = the response status, usage,
     /// `request.stream = true`), its frames' bytes (`egret.req.bytes` /
-    /// `egret.resp.bytes`), times, `egret.parse.error` and the provider's
-    /// error code as `error.type` (when the record has none).
+    /// `egret.resp.bytes`) and text (the request and response bodies, see
+    /// [`Frames`]), times, `egret.parse.error` and the provider's error
+    /// code as `error.type` (when the record has none).
     pub fn write(mut self, rec: &mut Record) {
+        rec.set_opt(sc::GENAI_API, self.api.and_then(Api::name));
+        let client = std::mem::take(&mut self.client);
+        let server = std::mem::take(&mut self.server);
+        let cut = client.cut || server.cut;
+        let kept = client.write(
+            rec,
+            sc::REQUEST_BODY,
+            sc::REQUEST_BODY_B64,
+            sc::REQ_TRUNCATED,
+        ) + server.write(
+            rec,
+            sc::RESPONSE_BODY,
+            sc::RESPONSE_BODY_B64,
+            sc::RESP_TRUNCATED,
+        );
+        rec.set(sc::BODY_TRUNCATED, cut);
+        rec.set(sc::BODY_BYTES, kept);
         let f = &mut self.findings;
         if let Some(p) = self.provider.take() {
             rec.set(sc::GEN_AI_SYSTEM, p.clone());
@@ -180,6 +229,98 @@ impl Turn {
         if rec.get(sc::ERROR_TYPE).is_none() {
             rec.set_opt(sc::ERROR_TYPE, f.error_type.take());
         }
+    }
+}
+
+/// How much message text a session keeps for the records' bodies:
+/// `max` per response and direction (`captureBody.maxBytes`), and at most
+/// [`HELD_FACTOR`] × `max` across every response of the session not yet
+/// written.
+#[derive(Debug, Clone, Copy)]
+struct Keep {
+    max: usize,
+    held: usize,
+}
+
+/// Bound on a session's kept text, in units of `captureBody.maxBytes`.
+pub const HELD_FACTOR: usize = 4;
+
+/// One direction's messages of one response, as the record's body: whole
+/// JSON messages, one per line (NDJSON), as sent — a JSON text holds no
+/// line break but as whitespace, which becomes a space. A message that
+/// does not fit is not kept, nor is any after it (`cut`): the body is a
+/// prefix of the messages, each line whole JSON.
+#[derive(Debug, Default)]
+pub struct Frames {
+    text: String,
+    cut: bool,
+}
+
+impl Frames {
+    /// Keeps `data` (a whole JSON message) when it fits.
+    fn keep(&mut self, data: &[u8], keep: &mut Option<Keep>) {
+        let Some(k) = keep.as_mut() else {
+            return;
+        };
+        let need = data.len() + usize::from(!self.text.is_empty());
+        let fits = self.text.len() + need <= k.max && k.held + need <= HELD_FACTOR * k.max;
+        let Ok(s) = std::str::from_utf8(data) else {
+            self.cut = true;
+            return;
+        };
+        if self.cut || !fits {
+            self.cut = true;
+            return;
+        }
+        if !self.text.is_empty() {
+            self.text.push('\n');
+        }
+        let at = self.text.len();
+        self.text.push_str(s);
+        if s.contains(['\n', '\r']) {
+            let tail: String = self.text[at..]
+                .chars()
+                .map(|c| if matches!(c, '\n' | '\r') { ' ' } else { c })
+                .collect();
+            self.text.truncate(at);
+            self.text.push_str(&tail);
+        }
+        k.held += need;
+    }
+
+    /// A message of this direction was not kept (too large to parse, not
+    /// JSON).
+    fn lost(&mut self, keep: &Option<Keep>) {
+        if keep.is_some() {
+            self.cut = true;
+        }
+    }
+
+    /// Moves the frames out (for a request that becomes a response).
+    fn take(&mut self) -> Frames {
+        std::mem::take(self)
+    }
+
+    fn held(&self) -> usize {
+        self.text.len()
+    }
+
+    /// The body attributes of one direction; returns the bytes kept.
+    fn write(
+        self,
+        rec: &mut Record,
+        body: &'static str,
+        b64: &'static str,
+        truncated: &'static str,
+    ) -> u64 {
+        rec.set(truncated, self.cut);
+        if self.text.is_empty() {
+            return 0;
+        }
+        let n = self.text.len() as u64;
+        rec.set(body, self.text);
+        rec.set(b64, false);
+        n
     }
 }
 
@@ -315,6 +456,10 @@ pub struct Session {
     client_bytes: u64,
     /// A client message too large to parse since the last request.
     client_error: Option<&'static str>,
+    /// The client's messages not yet attributed to a request.
+    client_frames: Frames,
+    /// The text bound, when the route captures bodies.
+    keep: Option<Keep>,
     responses: Responses,
     /// Turns written so far.
     pub turns: u64,
@@ -343,9 +488,26 @@ impl Session {
             open: VecDeque::new(),
             client_bytes: 0,
             client_error: None,
+            client_frames: Frames::default(),
+            keep: None,
             responses: Responses,
             turns: 0,
             skipped: 0,
+        }
+    }
+
+    /// Keeps the messages' text for the records' bodies, up to `max` bytes
+    /// per response and direction (`captureBody.maxBytes`; see [`Frames`]).
+    pub fn capturing(mut self, max: Option<usize>) -> Session {
+        self.keep = max.map(|max| Keep { max, held: 0 });
+        self
+    }
+
+    /// The session's API.
+    pub fn api(&self) -> Api {
+        match self.flavor {
+            Flavor::Realtime => Api::OpenAiRealtime,
+            Flavor::Responses => Api::OpenAiResponsesWebSocket,
         }
     }
 
@@ -356,8 +518,10 @@ impl Session {
             return;
         }
         let Ok(ev) = serde_json::from_slice::<Event<'_>>(data) else {
+            self.client_frames.lost(&self.keep);
             return;
         };
+        self.client_frames.keep(data, &mut self.keep);
         if ev.kind.as_ref().map(BStr::as_str) != Some("response.create") {
             return;
         }
@@ -367,12 +531,13 @@ impl Session {
         };
         if self.requested.len() >= MAX_OPEN {
             if let Some(r) = self.requested.pop_front() {
-                self.emit_cut(Turn::new(Some(r), 0), done);
+                self.emit_cut(Turn::new(Some(r), 0, Frames::default()), done);
             }
         }
         self.requested.push_back(Request {
             model,
             client_bytes: std::mem::take(&mut self.client_bytes),
+            client: self.client_frames.take(),
             error: self.client_error.take(),
             started: Instant::now(),
             started_ns: now_unix_nanos(),
@@ -382,6 +547,7 @@ impl Session {
     /// A client message too large to parse (relayed whole).
     pub fn on_client_skipped(&mut self, wire: u64) {
         self.client_bytes += wire;
+        self.client_frames.lost(&self.keep);
         self.skipped += 1;
         self.client_error = Some(MESSAGE_TOO_LARGE);
     }
@@ -391,6 +557,7 @@ impl Session {
         self.skipped += 1;
         if let Some(t) = self.open.back_mut() {
             t.server_bytes += wire;
+            t.server.lost(&self.keep);
             t.flag(MESSAGE_TOO_LARGE);
         }
     }
@@ -412,6 +579,7 @@ impl Session {
             Err(_) => {
                 if let Some(t) = self.open.back_mut() {
                     t.server_bytes += wire;
+                    t.server.lost(&self.keep);
                     t.findings.flag(ParseError::InvalidJson);
                 }
                 return;
@@ -431,13 +599,17 @@ impl Session {
                     }
                 }
                 let req = self.requested.pop_front();
-                let pending = if req.is_none() {
-                    std::mem::take(&mut self.client_bytes)
+                let (pending, frames) = if req.is_none() {
+                    (
+                        std::mem::take(&mut self.client_bytes),
+                        self.client_frames.take(),
+                    )
                 } else {
-                    0
+                    (0, Frames::default())
                 };
-                let mut t = Turn::new(req, pending);
+                let mut t = Turn::new(req, pending, frames);
                 t.server_bytes = wire;
+                t.server.keep(data, &mut self.keep);
                 self.apply(&mut t, kind, data, ev.response.as_ref());
                 self.open.push_back(t);
                 return;
@@ -465,11 +637,16 @@ impl Session {
                 Some(t) => t,
                 // Never saw it start: the request it answers, if any.
                 None => match self.requested.pop_front() {
-                    Some(r) => Turn::new(Some(r), 0),
-                    None => Turn::new(None, std::mem::take(&mut self.client_bytes)),
+                    Some(r) => Turn::new(Some(r), 0, Frames::default()),
+                    None => Turn::new(
+                        None,
+                        std::mem::take(&mut self.client_bytes),
+                        self.client_frames.take(),
+                    ),
                 },
             };
             t.server_bytes += wire;
+            t.server.keep(data, &mut self.keep);
             self.apply(&mut t, kind, data, ev.response.as_ref());
             return self.emit(t, done);
         }
@@ -489,20 +666,27 @@ impl Session {
             };
             let t = t.or_else(|| {
                 if self.open.is_empty() {
-                    self.requested.pop_front().map(|r| Turn::new(Some(r), 0))
+                    self.requested
+                        .pop_front()
+                        .map(|r| Turn::new(Some(r), 0, Frames::default()))
                 } else {
                     None
                 }
             });
             if let Some(mut t) = t {
                 t.server_bytes += wire;
+                t.server.keep(data, &mut self.keep);
                 Findings::set_str(&mut t.findings.error_type, code);
                 return self.emit(t, done);
+            }
+            if let Some(t) = self.open.back_mut() {
+                t.server.keep(data, &mut self.keep);
             }
             return self.on_server_other(wire);
         }
         if let Some(t) = self.open.back_mut() {
             t.server_bytes += wire;
+            t.server.keep(data, &mut self.keep);
             if self.flavor == Flavor::Responses && !kind.ends_with(".delta") {
                 self.responses.event(kind, data, &mut t.findings);
             }
@@ -529,6 +713,10 @@ impl Session {
 
     fn emit(&mut self, mut t: Turn, done: &mut impl FnMut(Turn)) {
         t.provider.clone_from(&self.provider);
+        t.api = Some(self.api());
+        if let Some(k) = self.keep.as_mut() {
+            k.held = k.held.saturating_sub(t.client.held() + t.server.held());
+        }
         if t.request_model.is_none() {
             t.request_model = self
                 .query_model
@@ -554,7 +742,7 @@ impl Session {
             self.emit_cut(t, done);
         }
         while let Some(r) = self.requested.pop_front() {
-            self.emit_cut(Turn::new(Some(r), 0), done);
+            self.emit_cut(Turn::new(Some(r), 0, Frames::default()), done);
         }
     }
 }
@@ -587,11 +775,20 @@ fn percent_decode(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn run(flavor: Flavor, path: &str, script: &[(bool, &str)]) -> (Vec<Record>, Session) {
-        let mut s = Session::new(flavor, Some("openai".into()), path);
+        run_capturing(flavor, path, script, None)
+    }
+
+    pub(crate) fn run_capturing(
+        flavor: Flavor,
+        path: &str,
+        script: &[(bool, &str)],
+        capture: Option<usize>,
+    ) -> (Vec<Record>, Session) {
+        let mut s = Session::new(flavor, Some("openai".into()), path).capturing(capture);
         let mut turns = Vec::new();
         let mut done = |t: Turn| turns.push(t);
         for (client, msg) in script {
@@ -823,5 +1020,149 @@ mod tests {
         );
         assert_eq!(d(None, "api.openai.com", "/v1/chat/completions"), None);
         assert_eq!(d(None, "api.anthropic.com", "/v1/realtime"), None);
+    }
+
+    fn lines(r: &Record, key: &str) -> Vec<serde_json::Value> {
+        r.get_str(key)
+            .unwrap_or("")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each kept line is JSON"))
+            .collect()
+    }
+
+    #[test]
+    fn each_response_keeps_its_messages_one_per_line_within_the_bound() {
+        let script = [
+            (
+                false,
+                r#"{"type":"session.created","event_id":"e1","session":{"model":"gpt-realtime"}}"#,
+            ),
+            (true, r#"{"type":"session.update","session":{"instructions":"Be brief."}}"#),
+            // Pretty-printed: its line breaks are whitespace, kept as spaces.
+            (
+                true,
+                "{\"type\":\"conversation.item.create\",\r\n \"item\":{\"type\":\"message\",\"role\":\"user\",\"content\":[{\"type\":\"input_text\",\"text\":\"a\\nb\"}]}}",
+            ),
+            (true, r#"{"type":"response.create"}"#),
+            (
+                false,
+                r#"{"type":"response.created","response":{"id":"resp_1","status":"in_progress"}}"#,
+            ),
+            (
+                false,
+                r#"{"type":"response.output_text.delta","response_id":"resp_1","delta":"Hi"}"#,
+            ),
+            (
+                false,
+                r#"{"type":"response.done","response":{"id":"resp_1","status":"completed"}}"#,
+            ),
+            (true, r#"{"type":"response.create"}"#),
+            (
+                false,
+                r#"{"type":"response.created","response":{"id":"resp_2","status":"in_progress"}}"#,
+            ),
+            (
+                false,
+                r#"{"type":"response.done","response":{"id":"resp_2","status":"completed"}}"#,
+            ),
+        ];
+        let (recs, s) = run_capturing(
+            Flavor::Realtime,
+            "/v1/realtime?model=gpt-realtime",
+            &script,
+            Some(4096),
+        );
+        assert_eq!(recs.len(), 2);
+        let r = &recs[0];
+        assert_eq!(r.get_str(sc::GENAI_API), Some("openai.realtime"));
+        let sent = lines(r, sc::REQUEST_BODY);
+        let kinds: Vec<&str> = sent.iter().map(|v| v["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "session.update",
+                "conversation.item.create",
+                "response.create"
+            ]
+        );
+        // The string's escaped newline is untouched.
+        assert_eq!(sent[1]["item"]["content"][0]["text"], "a\nb");
+        let got = lines(r, sc::RESPONSE_BODY);
+        let kinds: Vec<&str> = got.iter().map(|v| v["type"].as_str().unwrap()).collect();
+        // session.created came before any response: it belongs to none.
+        assert_eq!(
+            kinds,
+            [
+                "response.created",
+                "response.output_text.delta",
+                "response.done"
+            ]
+        );
+        assert_eq!(r.get_bool(sc::REQ_TRUNCATED), Some(false));
+        assert_eq!(r.get_bool(sc::RESP_TRUNCATED), Some(false));
+        assert_eq!(r.get_bool(sc::BODY_TRUNCATED), Some(false));
+        assert_eq!(r.get_bool(sc::REQUEST_BODY_B64), Some(false));
+        let kept = r.get_str(sc::REQUEST_BODY).unwrap().len()
+            + r.get_str(sc::RESPONSE_BODY).unwrap().len();
+        assert_eq!(r.get_i64(sc::BODY_BYTES), Some(kept as i64));
+        assert_eq!(lines(&recs[1], sc::REQUEST_BODY).len(), 1);
+        assert_eq!(lines(&recs[1], sc::RESPONSE_BODY).len(), 2);
+        // Everything written: nothing held.
+        assert_eq!(s.keep.unwrap().held, 0);
+
+        // Not captured: no bodies, nothing said cut.
+        let (recs, _) = run(Flavor::Realtime, "/v1/realtime?model=m", &script);
+        assert!(recs[0].get(sc::REQUEST_BODY).is_none());
+        assert!(recs[0].get(sc::RESPONSE_BODY).is_none());
+        assert_eq!(recs[0].get_bool(sc::REQ_TRUNCATED), Some(false));
+        assert_eq!(recs[0].get_i64(sc::BODY_BYTES), Some(0));
+    }
+
+    #[test]
+    fn kept_text_is_a_prefix_of_whole_messages_and_the_session_bound_holds() {
+        let big = format!(
+            r#"{{"type":"conversation.item.create","item":{{"type":"message","role":"user","content":[{{"type":"input_text","text":"{}"}}]}}}}"#,
+            "x".repeat(300)
+        );
+        let script = [
+            (true, r#"{"type":"session.update","session":{}}"#),
+            (true, big.as_str()),
+            (true, r#"{"type":"response.create"}"#),
+            (
+                false,
+                r#"{"type":"response.created","response":{"id":"resp_1","status":"in_progress"}}"#,
+            ),
+            (
+                false,
+                r#"{"type":"response.done","response":{"id":"resp_1","status":"completed"}}"#,
+            ),
+        ];
+        let (recs, _) = run_capturing(Flavor::Realtime, "/v1/realtime", &script, Some(200));
+        let r = &recs[0];
+        // The message that did not fit is not cut in half, and nothing
+        // after it is kept: the first message alone, marked truncated.
+        let sent = lines(r, sc::REQUEST_BODY);
+        assert_eq!(sent.len(), 1, "{}", r.to_json_line());
+        assert_eq!(sent[0]["type"], "session.update");
+        assert_eq!(r.get_bool(sc::REQ_TRUNCATED), Some(true));
+        assert_eq!(r.get_bool(sc::RESP_TRUNCATED), Some(false));
+        assert_eq!(r.get_bool(sc::BODY_TRUNCATED), Some(true));
+
+        // Six requests never answered, 90 bytes each, bound 100: four fit
+        // the session's 4 × 100, the fifth and sixth are cut.
+        let pad = |n: usize| {
+            let head = r#"{"type":"response.create","pad":""#;
+            format!("{head}{}\"}}", "p".repeat(n - head.len() - 2))
+        };
+        let msgs: Vec<String> = (0..6).map(|_| pad(90)).collect();
+        assert_eq!(msgs[0].len(), 90);
+        let script: Vec<(bool, &str)> = msgs.iter().map(|m| (true, m.as_str())).collect();
+        let (recs, s) = run_capturing(Flavor::Realtime, "/v1/realtime", &script, Some(100));
+        let cut: Vec<bool> = recs
+            .iter()
+            .map(|r| r.get_bool(sc::REQ_TRUNCATED).unwrap())
+            .collect();
+        assert_eq!(cut, [false, false, false, false, true, true]);
+        assert_eq!(s.keep.unwrap().held, 0);
     }
 }

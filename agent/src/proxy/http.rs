@@ -703,7 +703,10 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>) -> Response<ProxyBody> 
     let provider = if websocket::is_websocket_upgrade(&req) {
         let flavor =
             crate::genai::realtime::Flavor::detect(provider.as_ref(), &route.host, path_q_of(&req));
-        upgrade = Some(Upgrade::take(&mut req, flavor));
+        // Its messages are JSON: kept when the route captures JSON bodies.
+        let keep = capturable(Some("application/json"), &capture.include_content_types)
+            .then_some(capture.max_bytes);
+        upgrade = Some(Upgrade::take(&mut req, flavor, keep));
         None
     } else {
         provider

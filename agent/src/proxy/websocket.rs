@@ -20,7 +20,10 @@
 //! the upgrade's own transaction record (status 101), written when the
 //! session ends, with the session's bytes (`egret.req.bytes` /
 //! `egret.resp.bytes`: everything after the upgrade, per direction) and
-//! L4 window. `egret.websocket.session_id` links them.
+//! L4 window. `egret.websocket.session_id` links them. When the route
+//! captures JSON bodies, each response's record also carries its messages'
+//! text as its bodies (bounded, see [`crate::genai::realtime`]); the
+//! session's record carries none.
 //!
 //! `permessage-deflate` is not offered upstream: egret removes the
 //! sandbox's `Sec-WebSocket-Extensions` from the upgrade request, so the
@@ -87,12 +90,19 @@ pub struct Upgrade {
     /// egret parses it.
     pub flavor: Option<(Flavor, Option<String>)>,
     pub path_and_query: String,
+    /// Message text kept per response and direction, when the route
+    /// captures JSON bodies (`captureBody.maxBytes`).
+    pub capture: Option<usize>,
 }
 
 impl Upgrade {
     /// Takes the sandbox's connection from `req` (before the request is
     /// consumed).
-    pub fn take<B>(req: &mut Request<B>, flavor: Option<(Flavor, Option<String>)>) -> Upgrade {
+    pub fn take<B>(
+        req: &mut Request<B>,
+        flavor: Option<(Flavor, Option<String>)>,
+        capture: Option<usize>,
+    ) -> Upgrade {
         let path_and_query = req
             .uri()
             .path_and_query()
@@ -102,6 +112,7 @@ impl Upgrade {
             downstream: hyper::upgrade::on(req),
             flavor,
             path_and_query,
+            capture,
         }
     }
 
@@ -248,7 +259,7 @@ async fn relay(
         server: FrameParser::new(MAX_MESSAGE),
         session: up
             .flavor
-            .map(|(f, name)| Session::new(f, name, &up.path_and_query)),
+            .map(|(f, name)| Session::new(f, name, &up.path_and_query).capturing(up.capture)),
         skipped: 0,
         close_code: None,
         closed: (false, false),
@@ -309,7 +320,8 @@ async fn relay(
         (turns, p)
     };
     emit(turns);
-    // The session's bytes, per direction (its frames are not captured).
+    // The session's bytes, per direction (its messages' text is on the
+    // responses' records).
     let mut sent = Capture::new(0, false);
     sent.total = client_total;
     *txn.request.lock().unwrap_or_else(|p| p.into_inner()) = sent;

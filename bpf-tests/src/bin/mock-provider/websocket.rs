@@ -9,7 +9,13 @@
 //! `response.created`, `response.output_item.added`,
 //! `response.content_part.added`, one `response.output_text.delta` per
 //! word, `response.output_text.done`, `response.content_part.done`,
-//! `response.output_item.done`, `response.done` with `usage`. Input tokens
+//! `response.output_item.done`, `response.done` with `usage`; when the
+//! session (or the response) offers tools and the conversation's last item
+//! is not a tool's result, a `function_call` item instead (the first tool,
+//! as over HTTP): `response.output_item.added`, one
+//! `response.function_call_arguments.delta` per fragment,
+//! `response.function_call_arguments.done`, `response.output_item.done`,
+//! `response.done`. Input tokens
 //! = words of the session's instructions and of every conversation item so
 //! far (the assistant's replies join the conversation, as on the real
 //! API); output tokens as for HTTP (`x-mock-output-tokens` on the upgrade,
@@ -39,7 +45,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::openai::responses_events;
 use crate::routing::Call;
 use crate::shared::{full, header_u64, json_response, query_param, State};
-use crate::tokens::{output_tokens, reply_deltas, reply_text, text_words, words};
+use crate::tokens::{output_tokens, reply_deltas, reply_text, text_words, words, ToolCall};
 use crate::RespBody;
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -200,6 +206,8 @@ async fn realtime(mut ws: Ws, state: &State, model: String, call: Call) -> WsRes
     // Words of every conversation item so far.
     let mut conversation = 0u64;
     let mut previous_item: Option<String> = None;
+    // The conversation's last item, for the tool-call rule.
+    let mut last_item = Value::Null;
     while let Some(ev) = next_text(&mut ws).await? {
         let event_id = ev.get("event_id");
         match ev.get("type").and_then(Value::as_str) {
@@ -217,6 +225,7 @@ async fn realtime(mut ws: Ws, state: &State, model: String, call: Call) -> WsRes
             Some("conversation.item.create") => {
                 let mut item = ev.get("item").cloned().unwrap_or(Value::Null);
                 conversation += text_words(&item);
+                last_item = item.clone();
                 let id = state.id("item_");
                 item["id"] = json!(id);
                 item["object"] = json!("realtime.item");
@@ -246,8 +255,25 @@ async fn realtime(mut ws: Ws, state: &State, model: String, call: Call) -> WsRes
                     .or_else(|| session.get("output_modalities"))
                     .cloned()
                     .unwrap_or(json!(["audio"]));
-                let events = realtime_response(state, input, output, cut, modalities);
-                conversation += output;
+                let tools = params
+                    .get("tools")
+                    .or_else(|| session.get("tools"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                // The response joins the conversation (its words).
+                let events = match realtime_tool_call(&tools, &last_item) {
+                    Some(tool) => {
+                        let (events, item) = realtime_function_call(state, input, &tool);
+                        conversation += words(&tool.arguments).max(1);
+                        last_item = item;
+                        events
+                    }
+                    None => {
+                        last_item = json!({"type": "message", "role": "assistant"});
+                        conversation += output;
+                        realtime_response(state, input, output, cut, modalities)
+                    }
+                };
                 send_all(&mut ws, events, call.delay).await?;
             }
             Some(other) => {
@@ -271,6 +297,84 @@ async fn realtime(mut ws: Ws, state: &State, model: String, call: Call) -> WsRes
         }
     }
     Ok(())
+}
+
+/// The tool call the HTTP stand-ins would make for `tools` (Realtime's
+/// `{type, name, …}`) after `last` (a conversation item).
+fn realtime_tool_call(tools: &Value, last: &Value) -> Option<ToolCall> {
+    let role = match last.get("type").and_then(Value::as_str) {
+        Some("function_call_output") => json!("tool"),
+        _ => last.get("role").cloned().unwrap_or(json!("user")),
+    };
+    let message =
+        json!({"role": role, "content": last.get("content").cloned().unwrap_or(Value::Null)});
+    ToolCall::wanted(&json!({"tools": tools, "messages": [message]}))
+}
+
+/// One Realtime response that calls `tool`; and the call's item.
+fn realtime_function_call(state: &State, input: u64, tool: &ToolCall) -> (Vec<Value>, Value) {
+    let id = state.id("resp_");
+    let item_id = state.id("item_");
+    let call_id = state.id("call_");
+    let output = words(&tool.arguments).max(1) + 4;
+    let ev = |kind: &str, mut v: Value| {
+        v["type"] = json!(kind);
+        v["event_id"] = json!(state.id("event_"));
+        v
+    };
+    let item = |status: &str, arguments: &str| {
+        json!({"id": item_id, "object": "realtime.item", "type": "function_call", "status": status,
+               "name": tool.name, "call_id": call_id, "arguments": arguments})
+    };
+    let response = |status: &str, output_items: Value, usage: Value| {
+        json!({"object": "realtime.response", "id": id, "status": status, "status_details": null,
+               "output": output_items, "conversation_id": state.id("conv_"),
+               "output_modalities": ["text"], "max_output_tokens": "inf", "usage": usage,
+               "metadata": null})
+    };
+    let at = |mut v: Value| {
+        v["response_id"] = json!(id);
+        v["item_id"] = json!(item_id);
+        v["output_index"] = json!(0);
+        v["call_id"] = json!(call_id);
+        v
+    };
+    let usage = json!({
+        "total_tokens": input + output, "input_tokens": input, "output_tokens": output,
+        "input_token_details": {"text_tokens": input, "audio_tokens": 0, "image_tokens": 0,
+                                "cached_tokens": 0},
+        "output_token_details": {"text_tokens": output, "audio_tokens": 0},
+    });
+    let mut events = vec![
+        ev(
+            "response.created",
+            json!({"response": response("in_progress", json!([]), Value::Null)}),
+        ),
+        ev(
+            "response.output_item.added",
+            json!({"response_id": id, "output_index": 0, "item": item("in_progress", "")}),
+        ),
+    ];
+    for f in tool.fragments() {
+        events.push(ev(
+            "response.function_call_arguments.delta",
+            at(json!({"delta": f})),
+        ));
+    }
+    events.push(ev(
+        "response.function_call_arguments.done",
+        at(json!({"name": tool.name, "arguments": tool.arguments})),
+    ));
+    let done_item = item("completed", &tool.arguments);
+    events.push(ev(
+        "response.output_item.done",
+        json!({"response_id": id, "output_index": 0, "item": done_item}),
+    ));
+    events.push(ev(
+        "response.done",
+        json!({"response": response("completed", json!([done_item]), usage)}),
+    ));
+    (events, done_item)
 }
 
 /// One Realtime response's events (text output).
