@@ -7,11 +7,10 @@
 //! kernel's close event) and `transaction` (one per HTTP exchange).
 use std::{
     borrow::Cow,
-    collections::BTreeMap,
     sync::{atomic::AtomicU64, Arc},
 };
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::semconv as sc;
 
@@ -98,14 +97,13 @@ impl AttrValue {
 ///
 /// Keys are the `&'static` names from [`crate::semconv`] (borrowed, not
 /// allocated: a transaction sets ~50 of them on the proxy's hot path);
-/// records read back from storage own theirs.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
+/// records read back from storage own theirs. Serialized as a map, keys in
+/// order.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Record {
-    attrs: BTreeMap<Cow<'static, str>, AttrValue>,
+    attrs: Attrs,
     /// The gaps between a streamed response's chunks, for the metrics the
     /// recorder counts; not an attribute (never stored or exported as one).
-    #[serde(skip)]
     chunk_gaps: Option<Box<ChunkGaps>>,
 }
 
@@ -146,6 +144,71 @@ impl ChunkGaps {
         }
         self.count += 1;
         self.sum += secs;
+    }
+}
+
+/// The attributes: a vector sorted by name, one entry per name. A record
+/// holds ~50 and is built once, read a few times and dropped: one
+/// allocation (not a tree's nodes), a binary search per access, and clones
+/// and drops that walk one slice.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Attrs(Vec<(Cow<'static, str>, AttrValue)>);
+
+impl Attrs {
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key))
+    }
+
+    fn insert(&mut self, key: Cow<'static, str>, value: AttrValue) {
+        match self.find(&key) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => {
+                if self.0.capacity() == 0 {
+                    // A transaction's usual count: one allocation.
+                    self.0.reserve_exact(64);
+                }
+                self.0.insert(i, (key, value));
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&AttrValue> {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut AttrValue> {
+        self.find(key).ok().map(|i| &mut self.0[i].1)
+    }
+
+    fn remove(&mut self, key: &str) -> Option<AttrValue> {
+        self.find(key).ok().map(|i| self.0.remove(i).1)
+    }
+}
+
+impl Serialize for Record {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Record;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of attributes")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Record, A::Error> {
+                let mut r = Record::default();
+                // A repeated name: the last value wins.
+                while let Some((k, v)) = m.next_entry::<String, AttrValue>()? {
+                    r.attrs.insert(Cow::Owned(k), v);
+                }
+                Ok(r)
+            }
+        }
+        d.deserialize_map(Visit)
     }
 }
 
@@ -218,7 +281,7 @@ impl Record {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &AttrValue)> {
-        self.attrs.iter().map(|(k, v)| (k.as_ref(), v))
+        self.attrs.0.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
     /// Mutable access to a string attribute (absent or not a string: None).
@@ -239,7 +302,7 @@ impl Record {
 
     /// Keeps only the attributes whose name `keep` accepts.
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.attrs.retain(|k, _| keep(k));
+        self.attrs.0.retain(|(k, _)| keep(k));
     }
 
     /// The record as it serializes with only the attributes `keep` accepts
@@ -438,6 +501,31 @@ impl Filter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn attributes_are_one_per_name_in_name_order() {
+        let mut r = Record::default();
+        for (k, v) in [("b", 1i64), ("d", 2), ("a", 3), ("c", 4), ("b", 5)] {
+            r.set(k, v);
+        }
+        let names: Vec<&str> = r.iter().map(|(k, _)| k).collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+        assert_eq!(r.get_i64("b"), Some(5));
+        assert_eq!(r.remove("c"), Some(AttrValue::Int(4)));
+        assert_eq!(r.remove("c"), None);
+        assert_eq!(r.get("zz"), None);
+        r.set("s", "x");
+        r.get_str_mut("s").unwrap().push('y');
+        assert_eq!(r.get_str("s"), Some("xy"));
+        r.retain(|k| k != "a");
+        assert_eq!(r.to_json_line(), r#"{"b":5,"d":2,"s":"xy"}"#);
+        // Read back (owned names): equal, in order; a repeated name keeps
+        // its last value.
+        let back: Record = serde_json::from_str(&r.to_json_line()).unwrap();
+        assert_eq!(back, r);
+        let dup: Record = serde_json::from_str(r#"{"z":1,"a":2,"z":3}"#).unwrap();
+        assert_eq!(dup.to_json_line(), r#"{"a":2,"z":3}"#);
+    }
+
     #[test]
     fn filters_match_exactly_and_unset_fields_match_all() {
         let mut r = Record::new(sc::KIND_TRANSACTION);

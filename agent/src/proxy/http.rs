@@ -197,9 +197,12 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let conn2 = conn.clone();
+    // The exchange's future is large (every step's state): boxed, so what
+    // hyper moves around — HTTP/2 spawns a task per stream and tokio copies
+    // a task's future as it is set up and finished — is a pointer.
     let svc = hyper::service::service_fn(move |req| {
         let conn = conn2.clone();
-        async move { Ok::<_, Infallible>(handle(req, conn).await) }
+        Box::pin(async move { Ok::<_, Infallible>(handle(req, conn).await) })
     });
     let limits = conn.l7.admission.limits().clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
