@@ -1232,10 +1232,15 @@ fn request_and_streaming_metrics_reach_prometheus_and_otlp_under_a_series_cap() 
                 .filter(|p| named(p, sc::METRIC_GEN_AI_TIME_PER_OUTPUT_CHUNK))
                 .any(|p| p["count"].as_u64() >= Some(3))
     });
+    // Points come in no particular order (series are keyed by a seeded
+    // hash): the streamed call's 200 series, by its model.
     let ok_point = lines
         .iter()
         .filter(|x| x["name"] == sc::METRIC_REQUESTS)
-        .find(|p| attr_is(p, sc::HTTP_RESPONSE_STATUS_CODE, Value::from(200)))
+        .find(|p| {
+            attr_is(p, sc::HTTP_RESPONSE_STATUS_CODE, Value::from(200))
+                && attr_is(p, sc::GEN_AI_REQUEST_MODEL, Value::from("claude-sonnet-4-5"))
+        })
         .expect("the 200 series over OTLP");
     for (k, v) in [
         (sc::GATEWAY_NAME, Value::from("metrics-gw")),

@@ -11,7 +11,7 @@
 //! each OTLP exporter (fed as records are offered to it).
 use std::{
     collections::{hash_map::Entry, HashMap},
-    hash::{BuildHasherDefault, Hash, Hasher},
+    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher},
     sync::Mutex,
 };
 
@@ -88,28 +88,13 @@ impl AOwned {
     }
 }
 
-/// FNV-1a: a series key is computed for every point on the capture side,
-/// and SipHash's per-byte cost showed. Collisions cost accuracy only (a
-/// set colliding with another's goes to the overflow series, never into
-/// the other).
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+/// The series keys' hasher: foldhash (word at a time; FNV-1a's byte at a
+/// time was most of a point's cost, SipHash's more), seeded at random once
+/// per process, so the values a sandbox controls (model names) cannot be
+/// chosen to collide. Collisions cost accuracy only (a set colliding with
+/// another's goes to the overflow series, never into the other).
+static SERIES_HASH: std::sync::LazyLock<foldhash::quality::RandomState> =
+    std::sync::LazyLock::new(foldhash::quality::RandomState::default);
 
 /// The hasher of a map keyed by a hash: the key is used as is.
 #[derive(Default)]
@@ -159,7 +144,7 @@ impl<'a> Attrs<'a> {
         self.items[..self.len].iter().flatten()
     }
     fn key(&self) -> u64 {
-        let mut h = Fnv::default();
+        let mut h = SERIES_HASH.build_hasher();
         for (k, v) in self.iter() {
             k.hash(&mut h);
             match v {
