@@ -7,6 +7,7 @@ use std::{
     io::{BufRead, BufReader, Read, Seek, SeekFrom},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -247,6 +248,237 @@ fn spool_ceiling(dir: &std::path::Path, template: &Record, n: usize) -> BenchRes
         written += k;
     }
     Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// What the pipeline ceiling measured.
+struct SinkCeiling {
+    n: u64,
+    /// Seconds from the first record fed until every record was in the
+    /// spool, in ClickHouse and at the OTLP receiver (each, when it was).
+    spool: Option<f64>,
+    clickhouse: Option<f64>,
+    otlp: Option<f64>,
+    ch_rows: u64,
+    ch_distinct: u64,
+    otlp_items: u64,
+    /// CPU seconds of the pipeline's threads (its runtime, the recorder).
+    cpu: f64,
+}
+
+/// CPU seconds (user + system) of this process's threads but `exclude`.
+fn threads_cpu(exclude: &[i32]) -> f64 {
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for e in dir.flatten() {
+        let tid: i32 = e.file_name().to_string_lossy().parse().unwrap_or(0);
+        if exclude.contains(&tid) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command's closing parenthesis: utime is the
+        // 12th, stime the 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    ticks as f64 / tick
+}
+
+fn gettid() -> i32 {
+    unsafe { libc::gettid() }
+}
+
+/// Pins the calling thread (and the threads it starts) to `cpu`.
+fn pin_thread(cpu: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// The agent's record pipeline, in this process from egret's library —
+/// `recorder::spawn` (stamp, redaction, group commit, `fdatasync`'d spool
+/// append, `/metrics`, the OTLP exporters' queues), the ClickHouse sink's
+/// delivery loop on a spool cursor and the OTLP exporters — on one runtime
+/// thread and the recorder's thread, both pinned to the subject CPU. A
+/// feeder thread on the other CPU puts `n` copies of a captured
+/// transaction on the record queue as fast as it takes them (the proxy's
+/// part is measured by the proxy bench). Timed until every record was in
+/// the spool, ClickHouse and the OTLP receiver; the pipeline threads' CPU
+/// over that time gives records per second per core.
+fn pipeline_ceiling(
+    dir: &std::path::Path,
+    template: &Record,
+    ch: &ClickHouseRig,
+    rx: &mut Receiver,
+    n: u64,
+) -> BenchResult<SinkCeiling> {
+    use egret::{
+        config::Config,
+        record::RecordStats,
+        recorder::{self, Recorder},
+        redact::{RedactionStats, Redactor},
+        sink::{
+            clickhouse::CURSOR_NAME,
+            otlp::{metrics::PromMetrics, sinks_from_env},
+            ClickHouseSink,
+        },
+    };
+    let inv = bpf_tests::unique("inv-bench-pipeline-");
+    let state = dir.join("pipeline-state");
+    std::fs::create_dir_all(&state).ctx(|| "state dir".into())?;
+    let yaml = format!(
+        "node:\n  stateDir: {}\nstore:\n  spool:\n    dir: {}\n    maxBytes: 4294967296\n  clickhouse:\n    url: {}\n    flushInterval: 200ms\n\
+         gateways:\n- name: bench\n  routes:\n  - {{name: openai, hosts: [api.openai.com], provider: openai}}\n\
+         \x20 otlp:\n    endpoint: http://127.0.0.1:{}\n    queueCapacity: 1000000\n    signals: {{traces: true, logs: true, metrics: false}}\n",
+        state.display(),
+        state.join("spool").display(),
+        ch.url(),
+        rx.port
+    );
+    let cfg = Config::parse(&yaml, std::path::Path::new("pipeline-bench.yaml"))
+        .map_err(|e| BenchError::Msg(format!("pipeline config: {e}")))?;
+    let stats = Arc::new(RecordStats::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (tx, queue) = tokio::sync::mpsc::channel::<Record>(recorder::QUEUE);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<i32, String>>();
+    // The pipeline's runtime thread (pinned; the recorder's thread, started
+    // from it, inherits the pin).
+    let pipeline = {
+        let (stats, stop) = (stats.clone(), stop.clone());
+        std::thread::spawn(move || {
+            pin_thread(crate::util::SUBJECT_CPU.parse().unwrap_or(0));
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return ready_tx.send(Err(format!("runtime: {e}"))).unwrap_or(()),
+            };
+            rt.block_on(async move {
+                let started = (|| -> Result<_, String> {
+                    let spool =
+                        egret::store::Spool::open(&cfg.store.spool_or_default(&cfg.node.state_dir))
+                            .map_err(|e| format!("spool: {e}"))?;
+                    let cursor = spool.cursor(CURSOR_NAME).map_err(|e| e.to_string())?;
+                    let ch = cfg.store.clickhouse.as_ref().ok_or("no clickhouse")?;
+                    let sink = ClickHouseSink::new(ch).map_err(|e| e.to_string())?;
+                    let otlp = sinks_from_env(&cfg, None).map_err(|e| e.to_string())?;
+                    let redaction = Redactor::new(&cfg.redaction).map_err(|e| e.to_string())?;
+                    let (tail, _) = tokio::sync::broadcast::channel(recorder::TAIL_BUFFER);
+                    let done = recorder::spawn(
+                        spool,
+                        queue,
+                        Recorder {
+                            stamp: Box::new(|_| {}),
+                            redaction: Arc::new(arc_swap::ArcSwap::from_pointee(redaction)),
+                            redaction_stats: Arc::new(RedactionStats::default()),
+                            otlp: Arc::new(arc_swap::ArcSwap::from_pointee(otlp)),
+                            metrics: Arc::new(PromMetrics::new(cfg.node.metrics.max_series)),
+                            tail,
+                            stats,
+                        },
+                        stop.child_token(),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    Ok((sink, cursor, done))
+                })();
+                match started {
+                    Ok((sink, cursor, done)) => {
+                        let _ = ready_tx.send(Ok(gettid()));
+                        let ch_task = tokio::spawn(sink.run(cursor, stop.child_token()));
+                        stop.cancelled().await;
+                        let _ = done.await;
+                        let _ = ch_task.await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+        })
+    };
+    match ready_rx.recv() {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return err(format!("pipeline: {e}")),
+        Err(_) => return err("pipeline thread ended before starting"),
+    }
+    // The feeder, on the load CPU.
+    let (feeder_tid_tx, feeder_tid_rx) = std::sync::mpsc::channel();
+    let feeder = {
+        let mut t = template.clone();
+        t.set(sc::INVOCATION_ID, inv.clone());
+        std::thread::spawn(move || {
+            pin_thread(crate::util::LOAD_CPU.parse().unwrap_or(1));
+            let _ = feeder_tid_tx.send(gettid());
+            for _ in 0..n {
+                let mut r = t.clone();
+                r.set(sc::RECORD_ID, uuid::Uuid::new_v4().to_string());
+                if tx.blocking_send(r).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let feeder_tid = feeder_tid_rx.recv().unwrap_or(0);
+    let exclude = [gettid(), feeder_tid];
+    let cpu0 = threads_cpu(&exclude);
+    let t0 = Instant::now();
+    let mut c = SinkCeiling {
+        n,
+        spool: None,
+        clickhouse: None,
+        otlp: None,
+        ch_rows: 0,
+        ch_distinct: 0,
+        otlp_items: 0,
+        cpu: 0.0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut cpu_at_end = None;
+    while Instant::now() < deadline {
+        let now = t0.elapsed().as_secs_f64();
+        if c.spool.is_none()
+            && stats
+                .transactions
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= n
+        {
+            c.spool = Some(now);
+        }
+        if c.clickhouse.is_none() {
+            (c.ch_rows, c.ch_distinct) = ch_counts(ch, "transactions", &inv);
+            if c.ch_distinct >= n {
+                c.clickhouse = Some(now);
+            }
+        }
+        if c.otlp.is_none() {
+            rx.poll();
+            c.otlp_items = rx.count("traces", sc::KIND_TRANSACTION, &inv);
+            if c.otlp_items >= n {
+                c.otlp = Some(now);
+            }
+        }
+        if c.spool.is_some() && c.clickhouse.is_some() && c.otlp.is_some() {
+            cpu_at_end = Some(threads_cpu(&exclude));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.cpu = cpu_at_end.unwrap_or_else(|| threads_cpu(&exclude)) - cpu0;
+    let _ = feeder.join();
+    stop.cancel();
+    let _ = pipeline.join();
+    // Duplicates would show after the last one arrived: counted again.
+    (c.ch_rows, c.ch_distinct) = ch_counts(ch, "transactions", &inv);
+    Ok(c)
 }
 
 pub fn run(p: &Params) -> BenchResult<Section> {
@@ -548,7 +780,73 @@ pub fn run(p: &Params) -> BenchResult<Section> {
         h1 as f64 / 1024.0,
         e_per / h_per
     ));
+    targets.push(Target::at_most(
+        "memory per idle TLS connection (both legs), egret ÷ nginx",
+        e_per / n_per,
+        1.0,
+        "×",
+    ));
+
+    // 5. The pipeline's ceiling: the recorder and both sinks fed as fast as
+    // they take records.
     drop(egret);
+    let n_sink: u64 = if p.quick { 5_000 } else { 100_000 };
+    match (&ch, rx.as_mut()) {
+        (Some(ch), Some(r)) => {
+            let c = pipeline_ceiling(dir.path(), &template, ch, r, n_sink)?;
+            let per_core = c.n as f64 / c.cpu.max(1e-9);
+            let secs =
+                |t: Option<f64>| t.map_or("— (did not arrive)".into(), |t| format!("{t:.2} s"));
+            eprintln!(
+                "  pipeline ceiling: {} records, pipeline CPU {:.2} s ({per_core:.0} /s per core), spool {:?} s, ClickHouse {:?} s, OTLP {:?} s",
+                c.n, c.cpu, c.spool, c.clickhouse, c.otlp
+            );
+            body.push_str(&format!(
+                "\n**Pipeline ceiling** — the agent's record pipeline from egret's library, in the \
+                 bench process: `recorder::spawn` (stamp, redaction, group commit, `fdatasync`'d \
+                 spool append, `/metrics`, the OTLP exporters' queues), the ClickHouse sink's \
+                 delivery loop on its spool cursor and the OTLP/HTTP exporter, on one runtime \
+                 thread and the recorder's thread, both pinned to CPU {}; a feeder thread on CPU {} \
+                 puts {} copies of the captured transaction (fresh ids) on the record queue as fast \
+                 as it takes them. Every record was in the spool after {}, in ClickHouse after {} \
+                 and at the OTLP receiver after {} (the receivers run on the other CPU and bound \
+                 these times). The pipeline's threads spent {:.2} s of CPU: **{} records/s per \
+                 core** through spool → ClickHouse + OTLP.\n",
+                crate::util::SUBJECT_CPU,
+                crate::util::LOAD_CPU,
+                fmt_num(c.n as f64),
+                secs(c.spool),
+                secs(c.clickhouse),
+                secs(c.otlp),
+                c.cpu,
+                fmt_num(per_core)
+            ));
+            targets.push(Target::at_least(
+                "records/s through spool → ClickHouse + OTLP, per pipeline core",
+                per_core,
+                50_000.0,
+                " /s",
+            ));
+            targets.push(Target::exact(
+                "pipeline ceiling: records in ClickHouse (distinct record ids)",
+                c.ch_distinct,
+                c.n,
+            ));
+            targets.push(Target::exact(
+                "pipeline ceiling: rows in ClickHouse (FINAL: duplicates collapse)",
+                c.ch_rows,
+                c.n,
+            ));
+            targets.push(Target::exact(
+                "pipeline ceiling: spans at the OTLP receiver",
+                c.otlp_items,
+                c.n,
+            ));
+        }
+        _ => body.push_str(
+            "\n**Pipeline ceiling** — not run (needs ClickHouse and the OTLP receiver).\n",
+        ),
+    }
     drop(rx);
     drop(ch);
     drop(mock);

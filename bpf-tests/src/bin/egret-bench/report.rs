@@ -41,17 +41,6 @@ impl Target {
         }
     }
 
-    /// `value` must lie in `lo..=hi` (a count with a known slack).
-    pub fn within(name: &str, value: u64, lo: u64, hi: u64) -> Target {
-        Target {
-            name: name.to_owned(),
-            goal: format!("{lo} … {hi}"),
-            measured: value.to_string(),
-            met: (lo..=hi).contains(&value),
-            margin: format!("{:+}", value as i64 - lo as i64),
-        }
-    }
-
     /// A zero-loss style check.
     pub fn exact(name: &str, value: u64, expected: u64) -> Target {
         Target {
@@ -160,12 +149,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn within_is_inclusive_at_both_ends() {
-        assert!(Target::within("t", 10, 10, 12).met);
-        assert!(Target::within("t", 12, 10, 12).met);
-        assert!(!Target::within("t", 9, 10, 12).met);
-        assert!(!Target::within("t", 13, 10, 12).met);
-        assert_eq!(Target::within("t", 9, 10, 12).margin, "-1");
+    fn exact_is_met_only_at_the_value() {
+        assert!(Target::exact("t", 10, 10).met);
+        assert!(!Target::exact("t", 11, 10).met);
+        assert_eq!(Target::exact("t", 9, 10).margin, "-1");
     }
 
     #[test]

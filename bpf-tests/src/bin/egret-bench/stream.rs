@@ -119,6 +119,14 @@ pub fn run(p: &Params) -> BenchResult<Section> {
             1.0,
             " ms",
         ));
+        if !path.contains("interval") {
+            targets.push(Target::at_most(
+                &format!("added time to the last event ({label}, median)"),
+                e_lb - d_lb,
+                1.0,
+                " ms",
+            ));
+        }
     }
     let mut body = format!(
         "`GET https://{HOST}/sse/1000` (1,000 `data:` events, ≈50 KB, as fast as the mock \
