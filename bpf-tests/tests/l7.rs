@@ -1239,7 +1239,11 @@ fn request_and_streaming_metrics_reach_prometheus_and_otlp_under_a_series_cap() 
         .filter(|x| x["name"] == sc::METRIC_REQUESTS)
         .find(|p| {
             attr_is(p, sc::HTTP_RESPONSE_STATUS_CODE, Value::from(200))
-                && attr_is(p, sc::GEN_AI_REQUEST_MODEL, Value::from("claude-sonnet-4-5"))
+                && attr_is(
+                    p,
+                    sc::GEN_AI_REQUEST_MODEL,
+                    Value::from("claude-sonnet-4-5"),
+                )
         })
         .expect("the 200 series over OTLP");
     for (k, v) in [
