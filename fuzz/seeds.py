@@ -289,7 +289,8 @@ def bstr(s):
 
 def binary_record(attrs):
     out = bytearray(b"\x01") + len(attrs).to_bytes(4, "little")
-    for k, v in sorted(attrs.items()):
+    # The encoder writes the map in its order: by byte length, then bytes.
+    for k, v in sorted(attrs.items(), key=lambda kv: (len(kv[0].encode()), kv[0].encode())):
         out += bstr(k)
         if isinstance(v, bool):
             out += bytes([1 if v else 0])

@@ -97,8 +97,8 @@ impl AttrValue {
 ///
 /// Keys are the `&'static` names from [`crate::semconv`] (borrowed, not
 /// allocated: a transaction sets ~50 of them on the proxy's hot path);
-/// records read back from storage own theirs. Serialized as a map, keys in
-/// order.
+/// records read back from storage own theirs. Serialized as a map, names
+/// in alphabetical order; [`Record::iter`] goes in the map's own order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Record {
     attrs: Attrs,
@@ -147,16 +147,31 @@ impl ChunkGaps {
     }
 }
 
-/// The attributes: a vector sorted by name, one entry per name. A record
-/// holds ~50 and is built once, read a few times and dropped: one
+/// The attributes: a vector sorted by [`key_order`], one entry per name. A
+/// record holds ~50 and is built once, read a few times and dropped: one
 /// allocation (not a tree's nodes), a binary search per access, and clones
 /// and drops that walk one slice.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Attrs(Vec<(Cow<'static, str>, AttrValue)>);
 
+/// The map's order: by length, then by bytes. Most steps of a search end on
+/// the lengths (names share long prefixes — `gen_ai.usage.` — so a
+/// lexicographic compare is a `memcmp` call each time), and a name compared
+/// with the very constant it was set with is equal without reading it (the
+/// `semconv` names are `&'static str` constants: same address).
+fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| {
+        if std::ptr::eq(a.as_ptr(), b.as_ptr()) {
+            std::cmp::Ordering::Equal
+        } else {
+            a.as_bytes().cmp(b.as_bytes())
+        }
+    })
+}
+
 impl Attrs {
     fn find(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key))
+        self.0.binary_search_by(|(k, _)| key_order(k, key))
     }
 
     fn insert(&mut self, key: Cow<'static, str>, value: AttrValue) {
@@ -187,7 +202,9 @@ impl Attrs {
 
 impl Serialize for Record {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.iter())
+        let mut attrs: Vec<(&str, &AttrValue)> = self.iter().collect();
+        attrs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        s.collect_map(attrs)
     }
 }
 
@@ -325,7 +342,10 @@ pub struct Filtered<'a, F> {
 
 impl<F: Fn(&str) -> bool> Serialize for Filtered<'_, F> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.rec.iter().filter(|(k, _)| (self.keep)(k)))
+        let mut attrs: Vec<(&str, &AttrValue)> =
+            self.rec.iter().filter(|(k, _)| (self.keep)(k)).collect();
+        attrs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        s.collect_map(attrs)
     }
 }
 
@@ -502,13 +522,24 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn attributes_are_one_per_name_in_name_order() {
+    fn attributes_are_one_per_name_and_serialize_in_name_order() {
         let mut r = Record::default();
         for (k, v) in [("b", 1i64), ("d", 2), ("a", 3), ("c", 4), ("b", 5)] {
             r.set(k, v);
         }
         let names: Vec<&str> = r.iter().map(|(k, _)| k).collect();
         assert_eq!(names, ["a", "b", "c", "d"]);
+        // The map's order is by length first; serialized, alphabetical.
+        let mut l = Record::default();
+        for k in ["ccc", "a", "bb", "aa", "b"] {
+            l.set(k, 1i64);
+        }
+        let names: Vec<&str> = l.iter().map(|(k, _)| k).collect();
+        assert_eq!(names, ["a", "b", "aa", "bb", "ccc"]);
+        assert_eq!(l.to_json_line(), r#"{"a":1,"aa":1,"b":1,"bb":1,"ccc":1}"#);
+        // A name equal by value but not by address is found.
+        let owned = String::from("bb");
+        assert_eq!(l.get_i64(&owned), Some(1));
         assert_eq!(r.get_i64("b"), Some(5));
         assert_eq!(r.remove("c"), Some(AttrValue::Int(4)));
         assert_eq!(r.remove("c"), None);
