@@ -207,6 +207,9 @@ macro_rules! table_row {
             /// non-string values that go to the generic arrays.
             pub fn from_record(r: &'a Record) -> Self {
                 let mut row = Self::default();
+                // The generic arrays in name order (the record's own order
+                // is by length: `record::Record`).
+                let mut generic = Vec::new();
                 for (k, v) in r.iter() {
                     let stored = match k {
                         sc::RECORD_KIND => v.as_str() == Some(Self::KIND),
@@ -217,8 +220,12 @@ macro_rules! table_row {
                         _ => false,
                     };
                     if !stored {
-                        push_generic(&mut row.attr_keys, &mut row.attr_values, &mut row.attr_types, k, v);
+                        generic.push((k, v));
                     }
+                }
+                generic.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (k, v) in generic {
+                    push_generic(&mut row.attr_keys, &mut row.attr_values, &mut row.attr_types, k, v);
                 }
                 row
             }
