@@ -61,7 +61,7 @@ impl Who {
                 "TLS, certificate verified, keep-alive pool",
                 "parses the OpenAI request and response bodies, builds a transaction record \
                  with both bodies (capture up to 64 KiB), policy and trace context, appends it \
-                 to the spool (JSON, CRC-framed, `fdatasync`'d in batches)",
+                 to the spool (binary frames, CRC-checked, `fdatasync`'d in batches)",
             ],
             Who::Nginx => [
                 "terminated (`listen … ssl http2`); HTTP/1.1 or HTTP/2",
