@@ -124,7 +124,29 @@ pub fn wrk(
     .arg("-s")
     .arg(&payload.lua)
     .arg(url());
-    let text = run(cmd, "wrk")?;
+    parse_wrk(&run(cmd, "wrk")?)
+}
+
+/// wrk `GET https://{HOST}{path}`, HTTP/1.1 keep-alive (the SSE profile).
+pub fn wrk_get(
+    sandbox: Option<&SandboxCgroup>,
+    hosts: &Path,
+    path: &str,
+    conns: u32,
+    secs: u32,
+) -> BenchResult<LoadResult> {
+    let mut cmd = client(sandbox, hosts, "wrk");
+    cmd.args([
+        "-t1",
+        &format!("-c{conns}"),
+        &format!("-d{secs}s"),
+        "--latency",
+    ])
+    .arg(format!("https://{HOST}{path}"));
+    parse_wrk(&run(cmd, "wrk")?)
+}
+
+fn parse_wrk(text: &str) -> BenchResult<LoadResult> {
     let mut r = LoadResult::default();
     for line in text.lines() {
         let t = line.trim();

@@ -34,6 +34,10 @@ pub struct ProfileArgs {
     /// Seconds of wrk load (perf).
     #[arg(long, default_value_t = 10)]
     secs: u32,
+    /// perf: the load is `GET /sse/1000` (1,000 back-to-back SSE events
+    /// per response, as the stream bench) instead of the chat completion.
+    #[arg(long)]
+    sse: bool,
     /// Where the profile and its reports go (default: <target>/release/profile).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -117,7 +121,11 @@ pub fn profile(a: ProfileArgs) -> BenchResult<()> {
                 .stderr(Stdio::null())
                 .spawn()
                 .ctx(|| "perf record".into())?;
-            let r = load::wrk(Some(&egret.sandbox), &hosts, &payload, 16, a.secs)?;
+            let r = if a.sse {
+                load::wrk_get(Some(&egret.sandbox), &hosts, "/sse/1000", 4, a.secs)?
+            } else {
+                load::wrk(Some(&egret.sandbox), &hosts, &payload, 16, a.secs)?
+            };
             eprintln!("profile: wrk {:.0} req/s under perf", r.rps);
             let _ = rec.wait();
             drop(egret);
