@@ -716,19 +716,22 @@ fn responses_request(r: Map<String, Value>, c: &mut Content) {
     c.parameters = parameters(r);
 }
 
+/// A response status as `gen_ai.response.finish_reasons` records it: the
+/// status, or for `incomplete` its reason (`reason`, when sent).
+fn status_finish(status: &Value, reason: &Value) -> Option<String> {
+    match status.as_str()? {
+        "incomplete" => Some(s(reason).unwrap_or_else(|| "incomplete".into())),
+        other => Some(other.to_owned()),
+    }
+}
+
 /// A whole Responses `response` object → one output message.
 fn responses_output(resp: &Value, c: &mut Content) {
     let messages = responses_items(&resp["output"], "assistant");
     let parts: Vec<Part> = messages.into_iter().flat_map(|m| m.parts).collect();
     // As `gen_ai.response.finish_reasons` records it: the status, or for
     // `incomplete` its reason.
-    let finish = match resp["status"].as_str() {
-        Some("incomplete") => {
-            Some(s(&resp["incomplete_details"]["reason"]).unwrap_or_else(|| "incomplete".into()))
-        }
-        Some(other) => Some(other.to_owned()),
-        None => None,
-    };
+    let finish = status_finish(&resp["status"], &resp["incomplete_details"]["reason"]);
     if !parts.is_empty() {
         c.output.push(OutputMessage {
             role: "assistant".into(),

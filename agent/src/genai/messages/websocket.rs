@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use super::{
     arguments, openai_tools, parameters, responses_items, responses_request, responses_stream, s,
-    text, url_part, Content, Message, OutputMessage, Part,
+    status_finish, text, url_part, Content, Message, OutputMessage, Part,
 };
 
 /// A session's reader: the request and response bodies into the content.
@@ -176,15 +176,7 @@ fn output(events: &[Value], c: &mut Content) {
                 _ => {}
             }
         }
-        // As `gen_ai.response.finish_reasons` records it: the status, or
-        // for `incomplete` its reason.
-        let finish = match r["status"].as_str() {
-            Some("incomplete") => {
-                Some(s(&r["status_details"]["reason"]).unwrap_or_else(|| "incomplete".into()))
-            }
-            Some(other) => Some(other.to_owned()),
-            None => None,
-        };
+        let finish = status_finish(&r["status"], &r["status_details"]["reason"]);
         if !out.is_empty() {
             c.output.push(OutputMessage {
                 role: "assistant".into(),

@@ -114,16 +114,8 @@ pub fn wrk(
     conns: u32,
     secs: u32,
 ) -> BenchResult<LoadResult> {
-    let mut cmd = client(sandbox, hosts, "wrk");
-    cmd.args([
-        "-t1",
-        &format!("-c{conns}"),
-        &format!("-d{secs}s"),
-        "--latency",
-    ])
-    .arg("-s")
-    .arg(&payload.lua)
-    .arg(url());
+    let mut cmd = wrk_base(sandbox, hosts, conns, secs);
+    cmd.arg("-s").arg(&payload.lua).arg(url());
     parse_wrk(&run(cmd, "wrk")?)
 }
 
@@ -135,15 +127,21 @@ pub fn wrk_get(
     conns: u32,
     secs: u32,
 ) -> BenchResult<LoadResult> {
+    let mut cmd = wrk_base(sandbox, hosts, conns, secs);
+    cmd.arg(format!("https://{HOST}{path}"));
+    parse_wrk(&run(cmd, "wrk")?)
+}
+
+/// wrk on one thread, `conns` connections for `secs`, with latencies.
+fn wrk_base(sandbox: Option<&SandboxCgroup>, hosts: &Path, conns: u32, secs: u32) -> Command {
     let mut cmd = client(sandbox, hosts, "wrk");
     cmd.args([
         "-t1",
         &format!("-c{conns}"),
         &format!("-d{secs}s"),
         "--latency",
-    ])
-    .arg(format!("https://{HOST}{path}"));
-    parse_wrk(&run(cmd, "wrk")?)
+    ]);
+    cmd
 }
 
 fn parse_wrk(text: &str) -> BenchResult<LoadResult> {
